@@ -1,0 +1,11 @@
+"""The orchestrator side of the RingRift training coordinator (see README for the map)."""
+
+from coordinator.config import Settings, load_settings
+from coordinator.errors import ConfigError, CoordinatorError, EventError, JobError, TrainingFailed
+from coordinator.keys import Keys
+from coordinator.orchestrator import TrainingOrchestrator
+
+__all__ = [
+    "ConfigError", "CoordinatorError", "EventError", "JobError", "Keys", "Settings",
+    "TrainingFailed", "TrainingOrchestrator", "load_settings",
+]

@@ -1,0 +1,47 @@
+"""The RingRift boards and config keys (`{board_type}_{num_players}p`), shared by events and the trainer."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from coordinator.errors import EventError
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    size: int  # H = W of the feature planes
+    policy_size: int  # the move index space
+
+
+BOARDS: dict[str, Board] = {
+    b.name: b
+    for b in (
+        Board("square8", 8, 7_000),
+        Board("square19", 19, 67_000),
+        Board("hex8", 9, 4_500),
+        Board("hexagonal", 25, 91_876),
+    )
+}
+MIN_PLAYERS, MAX_PLAYERS = 2, 4
+_CONFIG_KEY = re.compile(r"^([a-z0-9]+)_([0-9])p$")
+
+
+def make_config_key(board_type: str, num_players: int) -> str:
+    """Validate a board type and player count and return their config key, e.g. `hex8_2p`."""
+    if board_type not in BOARDS:
+        raise EventError(f"unknown board_type {board_type!r} (expected one of: {', '.join(BOARDS)})")
+    if not MIN_PLAYERS <= num_players <= MAX_PLAYERS:
+        raise EventError(f"num_players must be {MIN_PLAYERS}..{MAX_PLAYERS}, got {num_players}")
+    return f"{board_type}_{num_players}p"
+
+
+def parse_config_key(config_key: str) -> tuple[str, int]:
+    """Split `hex8_2p` into ("hex8", 2), validating both parts."""
+    match = _CONFIG_KEY.match(config_key)
+    if not match:
+        raise EventError(f"config key {config_key!r} is not of the form <board_type>_<players>p")
+    board_type, players = match.group(1), int(match.group(2))
+    make_config_key(board_type, players)
+    return board_type, players

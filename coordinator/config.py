@@ -1,0 +1,177 @@
+"""Settings: the YAML file (`config/distributed_hosts.yaml`) loaded into frozen, validated dataclasses.
+
+Every problem names the file, the key and what was expected; unknown keys are errors (a typo
+must not silently fall back to a default). Environment overrides: `RINGRIFT_CONFIG` (the file's
+path) and `REDIS_URL` (the `redis.url` key).
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from coordinator.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("config/distributed_hosts.yaml")
+CONFIG_ENV = "RINGRIFT_CONFIG"
+REDIS_URL_ENV = "REDIS_URL"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+    prefix: str = "ringrift"
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    default_epochs: int = 50
+    batch_size: int = 512
+    learning_rate: float = 0.001
+    early_stopping_patience: int = 5
+    # Argument list (never a shell string); "{python}" becomes the worker's own interpreter.
+    command: tuple[str, ...] = ("{python}", "-m", "workers.train")
+    timeout_s: int = 6 * 3600
+    # Where each job's output directory is created (shared storage on a real cluster).
+    models_root: str = "models"
+    # Seconds between SIGTERM and SIGKILL when a trainer must stop (timeout, shutdown).
+    kill_grace_s: int = 30
+
+
+@dataclass(frozen=True)
+class EventSettings:
+    stream_maxlen: int = 100_000
+    read_count: int = 100
+    block_ms: int = 1000
+    # An entry pending this long in a dead consumer is taken over by a live one.
+    reclaim_idle_ms: int = 60_000
+    group: str = "orchestrator"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    events: EventSettings = field(default_factory=EventSettings)
+    # Node name -> number of GPUs it offers.
+    hosts: Mapping[str, int] = field(default_factory=dict)
+    source: str = field(default="<defaults>", compare=False)
+
+
+# Fields that may be zero; every other number must be strictly positive.
+_MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen"}
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load settings from `path`, `$RINGRIFT_CONFIG` or `config/distributed_hosts.yaml`, in that order.
+
+    With none of them present the built-in defaults are used. Raises ConfigError.
+    """
+    env = os.environ if env is None else env
+    chosen = path or env.get(CONFIG_ENV)
+    if chosen is None and DEFAULT_CONFIG_PATH.exists():
+        chosen = DEFAULT_CONFIG_PATH
+    settings = Settings() if chosen is None else _load_file(Path(chosen))
+    if env.get(REDIS_URL_ENV):
+        settings = replace(settings, redis=replace(settings.redis, url=env[REDIS_URL_ENV]))
+    return settings
+
+
+def _load_file(path: Path) -> Settings:
+    source = str(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(source, [f"cannot read the file: {exc.strerror or exc}"]) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(source, [f"not valid YAML: {exc}"]) from exc
+    return parse_settings(raw or {}, source)
+
+
+def parse_settings(raw: Any, source: str = "<dict>") -> Settings:
+    """Validate a parsed YAML document; collects every problem before raising ConfigError."""
+    problems: list[str] = []
+    values = _parse_dataclass(Settings, raw, "", problems, skip={"source"})
+    if problems:
+        raise ConfigError(source, problems)
+    return Settings(**values, source=source)
+
+
+def _parse_dataclass(cls: type, raw: Any, where: str, problems: list[str], skip: set[str] = frozenset()) -> dict:
+    if not isinstance(raw, dict):
+        problems.append(f"{where or 'top level'}: expected a mapping, got {_describe(raw)}")
+        return {}
+    known = {f.name: f for f in fields(cls) if f.name not in skip}
+    for key in raw:
+        if key not in known:
+            problems.append(f"{where}{key}: unknown key (expected one of: {', '.join(sorted(known))})")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for name in known:
+        if name in raw:
+            values[name] = _parse_value(hints[name], raw[name], f"{where}{name}", problems)
+    return values
+
+
+def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
+    if is_dataclass(hint):
+        return hint(**_parse_dataclass(hint, value, f"{key}.", problems))
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+            return tuple(value)
+        problems.append(f"{key}: expected a non-empty list of strings, got {_describe(value)}")
+        return None
+    if origin in (Mapping, dict, typing.Mapping) or hint is Mapping:
+        return _parse_hosts(value, key, problems)
+    if origin in (typing.Union, types.UnionType):
+        hint = typing.get_args(hint)[0]
+    return _parse_scalar(hint, value, key, problems)
+
+
+def _parse_scalar(hint: type, value: Any, key: str, problems: list[str]) -> Any:
+    leaf = key.rsplit(".", 1)[-1]
+    bound = ">= 0" if leaf in _MAY_BE_ZERO else "> 0"
+    if hint is str:
+        if isinstance(value, str) and value:
+            return value
+        problems.append(f"{key}: expected a non-empty string, got {_describe(value)}")
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool) and _in_range(value, leaf):
+            return value
+        problems.append(f"{key}: expected an integer {bound}, got {_describe(value)}")
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and _in_range(value, leaf):
+            return float(value)
+        problems.append(f"{key}: expected a number {bound}, got {_describe(value)}")
+    return None
+
+
+def _in_range(value: float, leaf: str) -> bool:
+    return value >= 0 if leaf in _MAY_BE_ZERO else value > 0
+
+
+def _parse_hosts(value: Any, key: str, problems: list[str]) -> dict[str, int]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a mapping of node name to GPU count, got {_describe(value)}")
+        return {}
+    hosts: dict[str, int] = {}
+    for node, gpus in value.items():
+        if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus > 0:
+            hosts[str(node)] = gpus
+        else:
+            problems.append(f"{key}.{node}: expected a number of GPUs (integer > 0), got {_describe(gpus)}")
+    return hosts
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"

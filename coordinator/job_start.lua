@@ -1,0 +1,18 @@
+-- Move a job from queued to running and announce it, atomically.
+-- KEYS[1] job hash            KEYS[2] event stream
+-- ARGV[1] stream max length   ARGV[2] now (unix s)   ARGV[3] job id
+-- ARGV[4] node                ARGV[5] worker name
+-- Returns {1, attempt} when started, {0, current state} when the job is not queued.
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'queued' then
+  return {0, state or ''}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'state', 'running', 'node', ARGV[4], 'worker', ARGV[5],
+  'started_at', ARGV[2], 'updated_at', ARGV[2])
+local config_key = redis.call('HGET', KEYS[1], 'config_key')
+local epochs = redis.call('HGET', KEYS[1], 'epochs')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_STARTED',
+  'job_id', ARGV[3], 'config_key', config_key, 'node', ARGV[4], 'worker', ARGV[5],
+  'attempt', attempt, 'total_epochs', epochs)
+return {1, attempt}

@@ -1,0 +1,252 @@
+"""Training jobs: one record (a hash) per job, and every change of its state.
+
+States: `queued` -> `running` -> `complete` | `failed`. Each change is one atomic step that also
+publishes its event, so the record and the stream never disagree:
+
+- submit (WATCH/MULTI, bounded retries): records the export on the config, then creates a job and
+  enqueues it on RQ's `training` queue in the same transaction, or, when the config already has a
+  queued job, points that job at the newer data; with a running job the data waits for it to end.
+- start (`job_start.lua`): queued -> running, attempt + 1, TRAINING_STARTED.
+- progress (MULTI): epoch figures on the record + TRAINING_PROGRESS.
+- finish (`job_finish.lua`): running -> complete/failed, frees the config, TRAINING_COMPLETE/FAILED.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from rq import Queue
+
+from coordinator import priority
+from coordinator.config import Settings
+from coordinator.errors import CoordinatorError, JobError
+from coordinator.events import TRAINING_PROGRESS, Export, encode_fields, publish
+from coordinator.keys import TRAINING_QUEUE, Keys
+
+QUEUED, RUNNING, COMPLETE, FAILED = "queued", "running", "complete", "failed"
+FINAL_STATES = frozenset({COMPLETE, FAILED})
+MAX_WATCH_RETRIES = 20
+RQ_RESULT_TTL_S = 7 * 24 * 3600
+# RQ's own timeout is a backstop behind the worker's: trainer timeout + grace + this.
+RQ_TIMEOUT_MARGIN_S = 300
+RUN_TRAINING = "workers.tasks.run_training"
+
+
+@dataclass(frozen=True)
+class TrainingParams:
+    """Hyper-parameters of one job; defaults come from the `training` settings."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    early_stopping_patience: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainingParams:
+        t = settings.training
+        values = {
+            "epochs": t.default_epochs,
+            "batch_size": t.batch_size,
+            "learning_rate": t.learning_rate,
+            "early_stopping_patience": t.early_stopping_patience,
+        }
+        for name, value in overrides.items():
+            if name not in values:
+                raise CoordinatorError(f"unknown training parameter {name!r}")
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    job_id: str
+    action: str  # created | updated (queued job now uses the newer data) | deferred (job running) | duplicate
+
+
+def new_job_id(config_key: str) -> str:
+    return f"{config_key}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
+
+
+class JobStore:
+    """Reads and changes job records. The Redis client is passed in; scripts register once here."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys, stream_maxlen: int = 100_000) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.stream_maxlen = stream_maxlen
+        here = Path(__file__).parent
+        self._start = conn.register_script((here / "job_start.lua").read_text())
+        self._finish = conn.register_script((here / "job_finish.lua").read_text())
+
+    # -- reading --------------------------------------------------------------------------------
+    def get(self, job_id: str) -> dict[str, str]:
+        record = decode_hash(self.conn.hgetall(self.keys.job(job_id)))
+        if not record:
+            raise JobError(job_id, "no such job")
+        return record
+
+    def list(self, limit: int = 50) -> list[dict[str, str]]:
+        """The newest `limit` job records, newest first."""
+        ids = [i.decode() for i in self.conn.zrevrange(self.keys.jobs, 0, limit - 1)]
+        with self.conn.pipeline(transaction=False) as pipe:  # batching reads only
+            for job_id in ids:
+                pipe.hgetall(self.keys.job(job_id))
+            return [decode_hash(raw) for raw in pipe.execute() if raw]
+
+    def active_job(self, config_key: str) -> str | None:
+        job_id = self.conn.hget(self.keys.active, config_key)
+        return job_id.decode() if job_id else None
+
+    # -- submit ---------------------------------------------------------------------------------
+    def submit(
+        self,
+        settings: Settings,
+        export: Export,
+        params: TrainingParams,
+        event_id: str | None = None,
+        record_export: bool = True,
+    ) -> SubmitResult:
+        """Record an export and make sure exactly one queued-or-running job covers it."""
+        for _ in range(MAX_WATCH_RETRIES):
+            try:
+                return self._submit_once(settings, export, params, event_id, record_export)
+            except redis.WatchError:
+                continue
+        raise CoordinatorError(f"submit for {export.config_key}: still contended after {MAX_WATCH_RETRIES} tries")
+
+    def _submit_once(
+        self, settings: Settings, export: Export, params: TrainingParams, event_id: str | None, record: bool
+    ) -> SubmitResult:
+        ck, now = export.config_key, time.time()
+        config_key = self.keys.config(ck)
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.active, config_key)
+            current = pipe.hget(self.keys.active, ck)
+            current = current.decode() if current else None
+            cfg = decode_hash(pipe.hgetall(config_key))
+            if event_id and _stream_id_le(event_id, cfg.get("last_event_id")):
+                return SubmitResult(current or "", "duplicate")  # redelivered after a crash: applied already
+            state = None
+            if current:
+                pipe.watch(self.keys.job(current))
+                state = (pipe.hget(self.keys.job(current), "state") or b"").decode()
+            version = int(cfg.get("data_version", 0)) + (1 if record else 0)
+            data = {"npz_path": export.npz_path, "samples": export.samples, "data_version": version}
+            pipe.multi()
+            if record:
+                cfg_update = {**data, "exported_at": now, "board_type": export.board_type,
+                              "num_players": export.num_players}
+                if event_id:
+                    cfg_update["last_event_id"] = event_id
+                pipe.hset(config_key, mapping=_strings(cfg_update))
+                priority.set_score(pipe, self.keys, ck, priority.export_score(export.samples))
+            if state == QUEUED:
+                pipe.hset(self.keys.job(current), mapping=_strings({**data, "updated_at": now}))
+                result = SubmitResult(current, "updated")
+            elif state == RUNNING:
+                result = SubmitResult(current, "deferred")
+            else:
+                job_id = new_job_id(ck)
+                self._create(pipe, settings, export, params, job_id, data, now)
+                result = SubmitResult(job_id, "created")
+            pipe.execute()
+            return result
+
+    def _create(
+        self, pipe: redis.client.Pipeline, settings: Settings, export: Export, params: TrainingParams,
+        job_id: str, data: dict[str, Any], now: float,
+    ) -> None:
+        t = settings.training
+        output_dir = Path(t.models_root).expanduser().resolve() / export.config_key / job_id
+        record = {
+            "job_id": job_id, "state": QUEUED, "config_key": export.config_key,
+            "board_type": export.board_type, "num_players": export.num_players, **data,
+            "epochs": params.epochs, "batch_size": params.batch_size,
+            "learning_rate": params.learning_rate, "early_stopping_patience": params.early_stopping_patience,
+            "output_dir": str(output_dir), "command": json.dumps(list(t.command)),
+            "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
+            "stream_maxlen": self.stream_maxlen, "attempts": 0, "created_at": now, "updated_at": now,
+        }
+        pipe.hset(self.keys.job(job_id), mapping=_strings(record))
+        pipe.zadd(self.keys.jobs, {job_id: now})
+        pipe.hset(self.keys.active, export.config_key, job_id)
+        Queue(TRAINING_QUEUE, connection=self.conn).enqueue_call(
+            RUN_TRAINING,
+            args=(job_id, self.keys.prefix),
+            job_id=job_id,
+            timeout=t.timeout_s + t.kill_grace_s + RQ_TIMEOUT_MARGIN_S,
+            result_ttl=RQ_RESULT_TTL_S,
+            failure_ttl=RQ_RESULT_TTL_S,
+            description=f"train {export.config_key} ({job_id})",
+            pipeline=pipe,
+        )
+
+    # -- worker side ----------------------------------------------------------------------------
+    def start(self, job_id: str, node: str, worker: str) -> int | None:
+        """queued -> running; returns the attempt number, or None when the job is not queued."""
+        started, value = self._start(
+            keys=[self.keys.job(job_id), self.keys.events],
+            args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker],
+        )
+        return int(value) if started else None
+
+    def progress(self, job_id: str, config_key: str, figures: Mapping[str, Any]) -> None:
+        """Store an epoch's figures on the record and publish TRAINING_PROGRESS, in one MULTI."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(job_id), mapping=_strings({**figures, "updated_at": time.time()}))
+            publish(pipe, self.keys, TRAINING_PROGRESS, {"job_id": job_id, "config_key": config_key, **figures},
+                    maxlen=self.stream_maxlen)
+            pipe.execute()
+
+    def finish(
+        self,
+        job_id: str,
+        config_key: str,
+        state: str,
+        job_fields: Mapping[str, Any],
+        event_type: str,
+        event_fields: Mapping[str, Any],
+        config_fields: Mapping[str, Any] | None = None,
+        payload: Any = None,
+    ) -> bool:
+        """running -> complete/failed with the event; False when the job was not running."""
+        if state not in FINAL_STATES:
+            raise JobError(job_id, f"cannot finish in state {state!r}")
+        now = time.time()
+        job = _strings({**job_fields, "finished_at": now, "updated_at": now})
+        cfg = _strings(config_fields or {})
+        evt = encode_fields(event_type, {"job_id": job_id, "config_key": config_key, **event_fields}, payload)
+        args: list[Any] = [self.stream_maxlen, job_id, config_key, state, len(job), len(cfg), len(evt)]
+        for mapping in (job, cfg, evt):
+            for key, value in mapping.items():
+                args.extend((key, value))
+        keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key)]
+        return bool(self._finish(keys=keys, args=args))
+
+
+def _strings(mapping: Mapping[str, Any]) -> dict[str, str]:
+    return {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in mapping.items() if v is not None}
+
+
+def _stream_id_le(candidate: str, reference: str | None) -> bool:
+    """True when stream id `candidate` is at or before `reference` (ids are `ms-seq`)."""
+    if not reference:
+        return False
+
+    def parse(stream_id: str) -> tuple[int, int]:
+        ms, _, seq = stream_id.partition("-")
+        return int(ms), int(seq or 0)
+
+    return parse(candidate) <= parse(reference)
