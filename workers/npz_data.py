@@ -9,6 +9,8 @@ Format (see the exporters' spec): `features` (N, C, H, W) float32, `globals` (N,
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,16 +46,19 @@ class TrainingData:
 
 def load_training_data(path: str | os.PathLike[str], board_type: str) -> TrainingData:
     board = BOARDS[board_type]
+    if not Path(path).is_file():
+        raise BadTrainingData(f"{path}: no such file")
+    # np.load on anything but a zip would unpickle the whole file: refuse that outright.
+    if not zipfile.is_zipfile(path):
+        raise BadTrainingData(f"{path}: not an NPZ (zip) file")
     try:
         with np.load(path, allow_pickle=True) as npz:
-            missing = [k for k in REQUIRED_KEYS if k not in npz.files]
-            if missing:
-                raise BadTrainingData(f"{path}: missing required arrays: {', '.join(missing)}")
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as exc:
-        if isinstance(exc, BadTrainingData):
-            raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
         raise BadTrainingData(f"{path}: not a readable NPZ file: {exc}") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise BadTrainingData(f"{path}: missing required arrays: {', '.join(missing)}")
     features = np.asarray(arrays["features"], dtype=np.float32)
     n = features.shape[0]
     if features.ndim != 4 or features.shape[2:] != (board.size, board.size) or n == 0:

@@ -95,12 +95,13 @@ class TrainingRun:
             metrics = json.loads(metrics_path.read_text())
         except (OSError, ValueError) as exc:
             self._fail(f"trainer exited 0 but {metrics_path} is unreadable: {exc}", "")
-        duration = round(time.monotonic() - self.started, 3)
+        history = metrics.get("history") or [{}]
         result = {
             "model_path": metrics["model_path"],
             "epochs_completed": metrics["epochs_completed"],
+            "first_loss": history[0].get("train_loss"),
             "final_loss": metrics["final_loss"],
-            "duration_s": duration,
+            "duration_s": round(time.monotonic() - self.started, 3),
         }
         self.store.finish(
             self.job_id, self.config_key, COMPLETE,
@@ -111,7 +112,7 @@ class TrainingRun:
                 "latest_model": metrics["model_path"], "latest_job": self.job_id,
                 "last_trained_at": time.time(), "trained_data_version": self.record.get("data_version"),
             },
-            payload={"history": metrics.get("history", [])},
+            payload={"history": history},
         )
         return {"job_id": self.job_id, **result}
 

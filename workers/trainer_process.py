@@ -53,28 +53,28 @@ def run_trainer(
 ) -> TrainerResult:
     """Run the trainer to its end (or past `timeout_s`, then stop it); never raises on its failure."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
+    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    timed_out = threading.Event()
+    with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env,
         start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
-    reader.start()
-    timed_out = threading.Event()
-    timer = threading.Timer(timeout_s, _stop, args=(proc, kill_grace_s, timed_out))
-    timer.daemon = True
-    timer.start()
-    try:
-        for line in proc.stdout:
-            figures = _parse_progress(line)
-            if figures is not None:
-                on_progress(figures)
-        returncode = proc.wait()
-    finally:
-        timer.cancel()
-        if proc.poll() is None:  # we are being torn down: do not leave the trainer behind
-            _stop(proc, kill_grace_s, None)
-    reader.join(timeout=5)
+    ) as proc:
+        reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
+        reader.start()
+        timer = threading.Timer(timeout_s, _stop, args=(proc, kill_grace_s, timed_out))
+        timer.daemon = True
+        timer.start()
+        try:
+            for line in proc.stdout:
+                figures = _parse_progress(line)
+                if figures is not None:
+                    on_progress(figures)
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:  # we are being torn down: do not leave the trainer behind
+                _stop(proc, kill_grace_s, None)
+            reader.join(timeout=5)
     return TrainerResult(returncode, timed_out.is_set(), "".join(tail)[-4000:])
 
 

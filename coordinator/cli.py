@@ -1,0 +1,84 @@
+"""`ringrift-train`: the one command for people (run the service, demo, inspect jobs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import redis
+
+from coordinator.config import load_settings
+from coordinator.errors import ConfigError
+from coordinator.jobs import JobStore
+from coordinator.keys import Keys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    return args.func(args, settings)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ringrift-train", description="RingRift training coordinator")
+    parser.add_argument("--config", help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the orchestrator service (consume events, enqueue training)")
+    run.set_defaults(func=_run, verbose=True)
+
+    demo = sub.add_parser("demo", help="exports -> trained checkpoints on one machine, with an embedded Redis")
+    demo.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
+    demo.add_argument("--output", default="demo-output", help="where data, models and worker logs go")
+    demo.add_argument("--epochs", type=int, default=6)
+    demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    demo.set_defaults(func=_demo)
+
+    jobs = sub.add_parser("jobs", help="list the newest job records")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--json", action="store_true", help="print the records as JSON")
+    jobs.set_defaults(func=_jobs)
+    return parser
+
+
+def _run(args: argparse.Namespace, settings) -> int:
+    from coordinator.orchestrator import TrainingOrchestrator
+
+    asyncio.run(TrainingOrchestrator(settings).run_until_signal())
+    return 0
+
+
+def _demo(args: argparse.Namespace, settings) -> int:
+    from coordinator.demo import run_demo
+
+    return asyncio.run(run_demo(settings, Path(args.output), args.redis_url, args.epochs, args.timeout))
+
+
+def _jobs(args: argparse.Namespace, settings) -> int:
+    conn = redis.Redis.from_url(settings.redis.url)
+    records = JobStore(conn, Keys(settings.redis.prefix)).list(args.limit)
+    if args.json:
+        print(json.dumps(records, indent=1))
+        return 0
+    print(f"{'job':44} {'state':9} {'node':14} {'epoch':>7} {'final loss':>10}  error")
+    for r in records:
+        epoch = f"{r.get('epoch', 0)}/{r.get('epochs', '?')}"
+        print(f"{r['job_id']:44} {r['state']:9} {r.get('node', '-'):14} {epoch:>7} "
+              f"{r.get('final_loss', '-'):>10}  {r.get('error', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

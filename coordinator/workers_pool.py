@@ -1,0 +1,57 @@
+"""Starting and stopping real `rq worker training` processes (the demo, tests and benchmarks).
+
+On a cluster each GPU node runs `rq worker training --url redis://...` itself; this module
+starts exactly that command, so what the demo shows is what a node does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from coordinator.errors import CoordinatorError
+from coordinator.keys import TRAINING_QUEUE
+
+STOP_TIMEOUT_S = 15.0
+
+
+def rq_command() -> str:
+    """The `rq` script of this interpreter's environment (or the first on PATH)."""
+    sibling = Path(sys.executable).parent / "rq"
+    found = str(sibling) if sibling.exists() else shutil.which("rq")
+    if not found:
+        raise CoordinatorError("the `rq` command is not installed (pip install rq)")
+    return found
+
+
+def start_worker(
+    redis_url: str, name: str, node: str, extra_env: Mapping[str, str] | None = None,
+    extra_args: tuple[str, ...] = (), log_path: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """`rq worker training --url URL --name NAME` with RINGRIFT_NODE set; output to `log_path`."""
+    env = {**os.environ, "RINGRIFT_NODE": node, **(extra_env or {})}
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    argv = [rq_command(), "worker", TRAINING_QUEUE, "--url", redis_url, "--name", name, *extra_args]
+    try:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+    finally:
+        if log_path:
+            out.close()
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Warm shutdown (SIGTERM: RQ finishes nothing new), then SIGKILL what is left."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

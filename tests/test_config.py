@@ -1,0 +1,79 @@
+from pathlib import Path
+
+import pytest
+
+from coordinator.config import Settings, load_settings, parse_settings
+from coordinator.errors import ConfigError
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "distributed_hosts.yaml"
+
+
+def test_example_file_loads_with_the_seed_defaults():
+    settings = load_settings(EXAMPLE, env={})
+    assert settings.training.default_epochs == 50
+    assert settings.training.batch_size == 512
+    assert settings.training.learning_rate == 0.001
+    assert settings.training.early_stopping_patience == 5
+    assert settings.redis.prefix == "ringrift"
+    assert settings.training.command == ("{python}", "-m", "workers.train")
+    assert settings.hosts == {"gpu-node-1": 8, "gpu-node-2": 8}
+    assert settings.source == str(EXAMPLE)
+
+
+def test_wrong_type_names_file_key_and_expectation(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("training:\n  batch_size: big\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    message = str(info.value)
+    assert str(path) in message
+    assert "training.batch_size" in message
+    assert "expected an integer > 0" in message
+    assert "'big'" in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "redis:\n  urll: redis://x\ntraining:\n  learning_rate: -1\n  command: 'python train.py'\n"
+        "hosts:\n  gpu-a: zero\nextra: 1\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    problems = info.value.problems
+    assert any(p.startswith("redis.urll: unknown key") for p in problems)
+    assert any(p.startswith("training.learning_rate: expected a number > 0") for p in problems)
+    assert any(p.startswith("training.command: expected a non-empty list of strings") for p in problems)
+    assert any(p.startswith("hosts.gpu-a: expected a number of GPUs") for p in problems)
+    assert any(p.startswith("extra: unknown key") for p in problems)
+    assert len(problems) == 5
+
+
+def test_booleans_are_not_integers():
+    with pytest.raises(ConfigError, match="training.default_epochs"):
+        parse_settings({"training": {"default_epochs": True}})
+
+
+def test_invalid_yaml_names_the_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match=f"{path}: not valid YAML"):
+        load_settings(path, env={})
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load_settings(tmp_path / "nope.yaml", env={})
+
+
+def test_environment_overrides_path_and_url(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("redis:\n  url: redis://from-file:6379/0\n  prefix: other\n")
+    settings = load_settings(env={"RINGRIFT_CONFIG": str(path), "REDIS_URL": "redis://from-env:1/2"})
+    assert settings.redis.url == "redis://from-env:1/2"
+    assert settings.redis.prefix == "other"
+
+
+def test_no_file_anywhere_gives_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(env={}) == Settings()

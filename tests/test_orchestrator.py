@@ -1,0 +1,168 @@
+"""The orchestrator's event handling and the job state machine, on fakeredis."""
+
+import asyncio
+import time
+from dataclasses import replace
+
+import pytest
+from rq import Queue
+
+from coordinator import TrainingOrchestrator
+from coordinator.events import EventConsumer, decode_entry
+from coordinator.jobs import COMPLETE, QUEUED, RUNNING
+from coordinator.keys import TRAINING_QUEUE
+
+
+@pytest.fixture
+def orchestrator(fake_conn, make_settings):
+    orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="test")
+    orch.prepare()
+    return orch
+
+
+def export(conn, keys, board="hex8", players=2, path="/data/hex8_2p.npz", samples=40000, **extra):
+    fields = {"type": "NPZ_EXPORT_COMPLETE", "board_type": board, "num_players": players,
+              "npz_path": path, "samples": samples, **extra}
+    return conn.xadd(keys.events, fields).decode()
+
+
+def queued_ids(conn):
+    return Queue(TRAINING_QUEUE, connection=conn).job_ids
+
+
+def events_of(conn, keys, event_type):
+    return [decode_entry(i, f) for i, f in conn.xrange(keys.events) if f[b"type"] == event_type.encode()]
+
+
+def test_export_creates_one_job_enqueued_on_rq(orchestrator, fake_conn, keys):
+    export(fake_conn, keys)
+    assert orchestrator.process_once(block_ms=None) == 1
+    job_id = orchestrator.jobs.active_job("hex8_2p")
+    record = orchestrator.jobs.get(job_id)
+    assert record["state"] == QUEUED
+    assert (record["npz_path"], record["samples"], record["epochs"]) == ("/data/hex8_2p.npz", "40000", "3")
+    assert record["output_dir"].endswith(f"hex8_2p/{job_id}")
+    assert queued_ids(fake_conn) == [job_id]
+    assert fake_conn.zscore(keys.priority, "hex8_2p") == 40.0
+    assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
+
+
+def test_second_export_while_queued_updates_the_queued_job(orchestrator, fake_conn, keys):
+    export(fake_conn, keys, path="/data/v1.npz", samples=100)
+    export(fake_conn, keys, path="/data/v2.npz", samples=200)
+    orchestrator.process_once(block_ms=None)
+    [job_id] = queued_ids(fake_conn)
+    record = orchestrator.jobs.get(job_id)
+    assert (record["npz_path"], record["samples"], record["data_version"]) == ("/data/v2.npz", "200", "2")
+
+
+def test_export_while_running_waits_then_trains_on_the_newest_data(orchestrator, fake_conn, keys):
+    export(fake_conn, keys, path="/data/v1.npz")
+    orchestrator.process_once(block_ms=None)
+    [first] = queued_ids(fake_conn)
+    assert orchestrator.jobs.start(first, "node-a", "w1") == 1
+    export(fake_conn, keys, path="/data/v2.npz")
+    orchestrator.process_once(block_ms=None)
+    assert orchestrator.jobs.get(first)["npz_path"] == "/data/v1.npz"  # running: untouched
+    assert orchestrator.jobs.active_job("hex8_2p") == first
+    assert orchestrator.jobs.finish(first, "hex8_2p", COMPLETE, {"final_loss": 1.0}, "TRAINING_COMPLETE", {})
+    orchestrator.process_once(block_ms=None)  # sees TRAINING_STARTED and TRAINING_COMPLETE
+    second = orchestrator.jobs.active_job("hex8_2p")
+    assert second not in (None, first)
+    assert orchestrator.jobs.get(second)["npz_path"] == "/data/v2.npz"
+    assert queued_ids(fake_conn)[-1] == second
+
+
+def test_redelivered_export_is_applied_once(orchestrator, fake_conn, keys):
+    event_id = export(fake_conn, keys)
+    orchestrator.process_once(block_ms=None)
+    [job_id] = queued_ids(fake_conn)
+    orchestrator.jobs.start(job_id, "node-a", "w1")
+    # The same entry handled again (a crash between its effects and its ack):
+    [entry] = fake_conn.xrange(keys.events, event_id, event_id)
+    orchestrator._handle_batch([decode_entry(*entry)])
+    assert fake_conn.hget(keys.config("hex8_2p"), "data_version") == b"1"
+    assert orchestrator.jobs.finish(job_id, "hex8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})
+    orchestrator.process_once(block_ms=None)
+    assert orchestrator.jobs.active_job("hex8_2p") is None  # no second training for the same data
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex8", "num_players": "9", "npz_path": "/x"},
+         b"num_players must be 2..4"),
+        ({"type": "NPZ_EXPORT_COMPLET", "board_type": "hex8"}, b"unknown event type 'NPZ_EXPORT_COMPLET'"),
+        ({"board_type": "hex8"}, b"missing field 'type'"),
+        ({"type": "TRAINING_BLOCKED_BY_QUALITY", "config_key": "nope"}, b"not of the form"),
+    ],
+)
+def test_bad_events_are_dead_lettered_and_the_consumer_goes_on(orchestrator, fake_conn, keys, fields, reason):
+    fake_conn.xadd(keys.events, fields)
+    export(fake_conn, keys)
+    orchestrator.process_once(block_ms=None)
+    [(_, dead)] = fake_conn.xrange(keys.dead_letters)
+    assert reason in dead[b"dead_reason"]
+    assert orchestrator.jobs.active_job("hex8_2p") is not None
+    assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
+
+
+def test_quality_block_and_cluster_health_are_recorded(orchestrator, fake_conn, keys):
+    fake_conn.xadd(keys.events, {"type": "TRAINING_BLOCKED_BY_QUALITY", "config_key": "square8_3p", "reason": "low"})
+    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "gpu-2", "healthy": "false"})
+    orchestrator.process_once(block_ms=None)
+    assert fake_conn.hget(keys.config("square8_3p"), "quality_block_reason") == b"low"
+    assert fake_conn.hget(keys.cluster_health, "node") == b"gpu-2"
+    assert fake_conn.xlen(keys.dead_letters) == 0
+
+
+def test_restarted_orchestrator_handles_its_unacknowledged_entries(fake_conn, keys, make_settings):
+    first = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="host-a")
+    first.prepare()
+    export(fake_conn, keys)
+    first.consumer.read(10, None)  # delivered, then the process "dies" before handling it
+    again = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="host-a")
+    again.prepare()
+    assert again.jobs.active_job("hex8_2p") is not None
+    assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
+
+
+def test_other_consumers_pending_entries_are_reclaimed(fake_conn, keys, make_settings):
+    dead = EventConsumer(fake_conn, keys, "orchestrator", "dead-host")
+    dead.ensure_group()
+    export(fake_conn, keys)
+    dead.read(10, None)  # delivered to a consumer that never comes back
+    settings = make_settings()
+    settings = replace(settings, events=replace(settings.events, reclaim_idle_ms=20))
+    orch = TrainingOrchestrator(settings, fake_conn, consumer_name="live-host")
+    orch.prepare()
+    assert orch.jobs.active_job("hex8_2p") is None
+    time.sleep(0.05)
+    orch.process_once(block_ms=None)
+    assert orch.jobs.active_job("hex8_2p") is not None
+    assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
+
+
+def test_async_api_submit_start_stop(fake_conn, keys, make_settings):
+    async def scenario():
+        orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="api")
+        await orch.start()
+        job_id = await orch.submit_training(board_type="hex8", num_players=2, npz_path="/data/h.npz", epochs=7)
+        again = await orch.submit_training(board_type="hex8", num_players=2, npz_path="/data/h2.npz")
+        await orch.stop()
+        return orch, job_id, again
+
+    orch, job_id, again = asyncio.run(scenario())
+    assert job_id == again  # still queued: the same job, now on the newer file
+    record = orch.jobs.get(job_id)
+    assert (record["epochs"], record["npz_path"]) == ("7", "/data/h2.npz")
+
+
+def test_start_and_finish_are_guarded_by_state(orchestrator, fake_conn, keys):
+    job_id = orchestrator.submit_training_sync("square8", 2, "/d.npz")
+    assert orchestrator.jobs.start(job_id, "n", "w") == 1
+    assert orchestrator.jobs.start(job_id, "n", "w") is None  # already running
+    assert orchestrator.jobs.get(job_id)["state"] == RUNNING
+    assert orchestrator.jobs.finish(job_id, "square8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})
+    assert not orchestrator.jobs.finish(job_id, "square8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})
+    assert len(events_of(fake_conn, keys, "TRAINING_COMPLETE")) == 1

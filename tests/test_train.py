@@ -1,0 +1,107 @@
+"""The reference trainer on real (synthetic) NPZ files."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from workers.npz_data import BadTrainingData, load_training_data, write_synthetic_npz
+from workers.train import load_model, main, parse_args, train
+
+
+def _args(npz, out, *extra, board="hex8", players="2", epochs="4"):
+    return parse_args(["--board-type", board, "--num-players", players, "--data", str(npz),
+                       "--output-dir", str(out), "--epochs", epochs, "--batch-size", "64", *extra])
+
+
+@pytest.fixture(scope="module")
+def hex8_npz(tmp_path_factory):
+    return write_synthetic_npz(tmp_path_factory.mktemp("data") / "hex8_2p.npz", "hex8", 2, samples=384)
+
+
+def test_training_lowers_the_loss_and_writes_a_loadable_model(hex8_npz, tmp_path):
+    metrics = train(_args(hex8_npz, tmp_path))
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert metrics["final_loss"] < history[0]["train_loss"]
+    assert metrics["epochs_completed"] == 4 and metrics["device"] in ("cpu", "cuda")
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["model_path"] == str((tmp_path / "model.pt").resolve())
+    model = load_model(saved["model_path"])
+    data = load_training_data(hex8_npz, "hex8")
+    logits, values = model(torch.from_numpy(data.features[:5]), torch.from_numpy(data.globals[:5]))
+    assert logits.shape == (5, 4500) and values.shape == (5, 4)
+    assert torch.all(values.abs() <= 1)
+
+
+def test_resume_continues_from_the_last_epoch(hex8_npz, tmp_path):
+    train(_args(hex8_npz, tmp_path, epochs="2"))
+    metrics = train(_args(hex8_npz, tmp_path, "--resume", epochs="3"))
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]  # one new epoch, history kept
+    assert metrics["epochs_completed"] == 3
+
+
+def test_init_weights_starts_from_a_previous_model(hex8_npz, tmp_path):
+    first = train(_args(hex8_npz, tmp_path / "a", epochs="3"))
+    fresh = train(_args(hex8_npz, tmp_path / "b", epochs="1"))
+    warm = train(_args(hex8_npz, tmp_path / "c", "--init-weights", first["model_path"], epochs="1"))
+    assert warm["history"][0]["train_loss"] < fresh["history"][0]["train_loss"]
+
+
+def test_early_stopping_honours_patience(hex8_npz, tmp_path):
+    # A learning rate this high makes validation worse at once: stop after `patience` bad epochs.
+    metrics = train(_args(hex8_npz, tmp_path, "--patience", "1", "--learning-rate", "5.0", epochs="30"))
+    assert metrics["early_stopped"] and metrics["epochs_completed"] < 30
+
+
+def test_channels_come_from_the_data(tmp_path):
+    npz = write_synthetic_npz(tmp_path / "hex8_3p.npz", "hex8", 3, samples=64, channels=64)
+    metrics = train(_args(npz, tmp_path / "out", board="hex8", players="3", epochs="1"))
+    assert metrics["channels"] == 64
+    assert load_model(metrics["model_path"]).config["in_channels"] == 64
+
+
+def test_scalar_values_without_values_mp(tmp_path):
+    src = write_synthetic_npz(tmp_path / "s.npz", "square8", 2, samples=64)
+    with np.load(src, allow_pickle=True) as npz:
+        arrays = {k: npz[k] for k in npz.files if k not in ("values_mp", "num_players")}
+    np.savez_compressed(tmp_path / "plain.npz", **arrays)
+    data = load_training_data(tmp_path / "plain.npz", "square8")
+    assert data.value_mask[:, 0].all() and not data.value_mask[:, 1:].any()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda a: a.pop("policy_values"), "missing required arrays: policy_values"),
+        (lambda a: a.update(globals=a["globals"][:, :5]), "globals must be"),
+        (lambda a: a.update(features=a["features"][:, :, :5, :5]), "features must be"),
+    ],
+)
+def test_bad_data_is_rejected_with_the_reason(tmp_path, mutate, message):
+    src = write_synthetic_npz(tmp_path / "s.npz", "hex8", 2, samples=16)
+    with np.load(src, allow_pickle=True) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    mutate(arrays)
+    np.savez_compressed(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(BadTrainingData, match=message):
+        load_training_data(tmp_path / "bad.npz", "hex8")
+
+
+def test_wrong_board_for_the_data_exits_2_with_a_message(hex8_npz, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "workers.train", "--board-type", "square19", "--num-players", "2",
+         "--data", str(hex8_npz), "--output-dir", str(tmp_path), "--epochs", "1"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "features must be (N>0, C, 19, 19) for square19" in proc.stderr
+
+
+def test_corrupt_file_is_bad_input(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    assert main(["--board-type", "hex8", "--num-players", "2", "--data", str(tmp_path / "junk.npz"),
+                 "--output-dir", str(tmp_path / "o")]) == 2

@@ -1,0 +1,130 @@
+"""The RQ job on one in-process SimpleWorker (fakeredis); the trainer is a real subprocess."""
+
+import json
+import os
+import sys
+
+import pytest
+from rq import Queue, SimpleWorker
+
+from coordinator import TrainingOrchestrator
+from coordinator.events import decode_entry
+from coordinator.keys import TRAINING_QUEUE
+from workers.trainer_process import build_argv
+
+STUB = ("{python}", "-m", "workers.stub_train")
+
+
+def run_one_job(conn, make_settings, tmp_path, command=STUB, create_npz=True, **training):
+    npz = tmp_path / "hex8_2p.npz"
+    if create_npz:
+        npz.write_bytes(b"stub data")
+    orch = TrainingOrchestrator(make_settings(command=command, **training), conn, consumer_name="t")
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
+    queue = Queue(TRAINING_QUEUE, connection=conn)
+    SimpleWorker([queue], connection=conn).work(burst=True)
+    events = [decode_entry(i, f) for i, f in conn.xrange(orch.keys.events)]
+    return orch.jobs.get(job_id), events
+
+
+def test_job_runs_to_complete_with_progress_events(fake_conn, make_settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("RINGRIFT_NODE", "gpu-node-7")
+    record, events = run_one_job(fake_conn, make_settings, tmp_path)
+    assert record["state"] == "complete"
+    assert [e.type for e in events] == ["TRAINING_STARTED"] + ["TRAINING_PROGRESS"] * 3 + ["TRAINING_COMPLETE"]
+    started, *progress, complete = events
+    assert started.fields["node"] == "gpu-node-7" and started.fields["attempt"] == "1"
+    assert [p.fields["epoch"] for p in progress] == ["1", "2", "3"]
+    assert progress[-1].fields["total_epochs"] == "3"
+    assert complete.fields["model_path"] == record["model_path"]
+    assert float(complete.fields["final_loss"]) < float(complete.fields["first_loss"])
+    assert [h["epoch"] for h in complete.payload["history"]] == [1, 2, 3]
+    assert record["epoch"] == "3" and record["node"] == "gpu-node-7"
+    assert fake_conn.hget("ringrift:config:hex8_2p", "latest_model").decode() == record["model_path"]
+    assert fake_conn.hget("ringrift:training:active", "hex8_2p") is None
+
+
+def test_failing_trainer_becomes_training_failed_with_stderr_tail(fake_conn, make_settings, tmp_path):
+    record, events = run_one_job(fake_conn, make_settings, tmp_path, command=(*STUB, "--fail-with", "3"))
+    assert record["state"] == "failed"
+    failed = events[-1]
+    assert failed.type == "TRAINING_FAILED"
+    assert failed.fields["error"] == "trainer exited with status 3"
+    assert "failing on purpose with status 3" in failed.fields["stderr_tail"]
+    assert failed.fields["attempt"] == "1"
+    assert Queue(TRAINING_QUEUE, connection=fake_conn).failed_job_registry.count == 1
+
+
+def test_missing_npz_fails_without_running_the_trainer(fake_conn, make_settings, tmp_path):
+    record, events = run_one_job(fake_conn, make_settings, tmp_path, create_npz=False)
+    assert record["state"] == "failed"
+    assert events[-1].fields["error"].startswith("npz_path not found")
+    assert not any(e.type == "TRAINING_PROGRESS" for e in events)
+
+
+def test_trainer_past_its_timeout_is_stopped(fake_conn, make_settings, tmp_path):
+    slow = (*STUB, "--epoch-seconds", "30")
+    record, events = run_one_job(fake_conn, make_settings, tmp_path, command=slow, timeout_s=1)
+    assert record["state"] == "failed"
+    assert events[-1].fields["error"] == "trainer timed out after 1 s"
+    assert float(record["duration_s"]) < 10
+
+
+def test_argv_is_a_list_with_the_workers_python(fake_conn, make_settings, tmp_path):
+    orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
+    job_id = orch.submit_training_sync("square19", 3, "/data/x y.npz", learning_rate=0.01)
+    argv = build_argv(orch.jobs.get(job_id))
+    assert argv[:3] == [sys.executable, "-m", "workers.train"]
+    pairs = dict(zip(argv[3::2], argv[4::2]))
+    assert pairs["--data"] == "/data/x y.npz"  # one argument, no shell splitting
+    assert pairs["--board-type"] == "square19" and pairs["--num-players"] == "3"
+    assert pairs["--learning-rate"] == "0.01" and pairs["--epochs"] == "3"
+    assert pairs["--output-dir"] == orch.jobs.get(job_id)["output_dir"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_trainer_dies_with_its_parent(tmp_path):
+    """A trainer whose worker is SIGKILLed does not keep running (and keep a GPU)."""
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child_code = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+    (tmp_path / "child.py").write_text(child_code)
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys\nfrom workers.trainer_process import run_trainer\n"
+        f"run_trainer([sys.executable, {str(tmp_path / 'child.py')!r}], 60, 1, print)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "child never started"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while _alive(child):
+        assert time.monotonic() < deadline, "trainer outlived its killed parent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_progress_lines_are_parsed_from_the_trainers_stdout(tmp_path):
+    from workers.trainer_process import run_trainer
+
+    seen = []
+    lines = [json.dumps({"epoch": 1, "train_loss": 2.0}), "not json", json.dumps({"no_epoch": 1}), "{broken"]
+    code = "import sys\n" + "".join(f"print({line!r})\n" for line in lines) + "sys.stderr.write('warn\\n')\n"
+    result = run_trainer([sys.executable, "-c", code], 30, 1, seen.append)
+    assert seen == [{"epoch": 1, "train_loss": 2.0}]
+    assert result.returncode == 0 and not result.timed_out and result.stderr_tail == "warn\n"
