@@ -1,0 +1,132 @@
+"""Event-to-start latency: XADD of NPZ_EXPORT_COMPLETE -> the job running on an idle worker.
+
+Beside it, in the same run and on the same idle `rq worker training`, the floor under it: a
+raw RQ enqueue -> that job's first line. Samples alternate between the two so both see the same
+machine. The trainer is the stub (no torch), so what is measured is the coordination alone.
+
+    python -m bench.event_to_start [--samples 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+import yaml
+from rq import Queue, get_current_job
+from rq.job import Job, JobStatus
+
+from coordinator.events import NPZ_EXPORT_COMPLETE, publish
+from coordinator.jobs import JobStore
+from coordinator.keys import TRAINING_QUEUE, Keys
+from coordinator.local_redis import LocalRedis
+from coordinator.workers_pool import start_worker, stop_workers
+
+FLOOR_KEY = "bench:floor:started_at"
+IDLE_PAUSE_S = 0.05
+
+
+def record_start() -> None:
+    """The floor's job: note when its first line ran."""
+    get_current_job().connection.set(FLOOR_KEY, repr(time.time()))
+
+
+def wait_until(predicate, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.002)
+    raise TimeoutError("benchmark step did not finish")
+
+
+def ours_once(conn: redis.Redis, keys: Keys, store: JobStore, npz: Path, i: int) -> float:
+    sent = time.time()
+    publish(conn, keys, NPZ_EXPORT_COMPLETE,
+            {"board_type": "hex8", "num_players": 2, "npz_path": str(npz), "samples": 1000 + i})
+    job_id = wait_until(lambda: store.active_job("hex8_2p"))
+    started = float(wait_until(lambda: conn.hget(keys.job(job_id), "started_at")))
+    wait_until(lambda: conn.hget(keys.job(job_id), "state") in (b"complete", b"failed"))
+    wait_until(lambda: store.active_job("hex8_2p") is None)
+    wait_idle(conn, job_id)
+    return started - sent
+
+
+def floor_once(conn: redis.Redis, queue: Queue) -> float:
+    conn.delete(FLOOR_KEY)
+    sent = time.time()
+    job = queue.enqueue("bench.event_to_start.record_start")
+    started = float(wait_until(lambda: conn.get(FLOOR_KEY))) - sent
+    wait_idle(conn, job.id)
+    return started
+
+
+def wait_idle(conn: redis.Redis, rq_job_id: str) -> None:
+    """Until RQ has filed the job as ended and the worker is back waiting on the queue."""
+    job = Job.fetch(rq_job_id, connection=conn)
+    wait_until(lambda: job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED))
+    time.sleep(IDLE_PAUSE_S)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--samples", type=int, default=50)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp, LocalRedis() as server:
+        root = Path(tmp)
+        npz = root / "hex8_2p.npz"
+        npz.write_bytes(b"stub")  # the stub trainer does not read it
+        config = root / "bench.yaml"
+        config.write_text(yaml.safe_dump({
+            "redis": {"url": server.url},
+            "training": {"default_epochs": 1, "command": ["{python}", "-m", "workers.stub_train"],
+                         "models_root": str(root / "models")},
+            "events": {"block_ms": 1000},
+        }))
+        service = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(config), "run"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        worker = start_worker(server.url, "bench-worker", "bench-node", log_path=root / "worker.log")
+        conn = redis.Redis.from_url(server.url)
+        keys = Keys("ringrift")
+        store = JobStore(conn, keys)
+        queue = Queue(TRAINING_QUEUE, connection=conn)
+        try:
+            floor_once(conn, queue)  # warm-up: worker connected, modules imported
+            ours_once(conn, keys, store, npz, -1)
+            ours, floor = [], []
+            for i in range(args.samples):
+                ours.append(ours_once(conn, keys, store, npz, i))
+                floor.append(floor_once(conn, queue))
+        finally:
+            stop_workers([worker])
+            service.terminate()
+            service.wait()
+    print_table(ours, floor)
+    return 0
+
+
+def print_table(ours: list[float], floor: list[float]) -> None:
+    ms = 1000.0
+    p50o, p50f = statistics.median(ours) * ms, statistics.median(floor) * ms
+    p99o, p99f = percentile(ours, 0.99) * ms, percentile(floor, 0.99) * ms
+    print(f"event-to-start latency, {len(ours)} samples each, one idle `rq worker training`, stub trainer\n")
+    print("| measure | ours: XADD export -> job running | floor: raw RQ enqueue -> job start | ratio | target |")
+    print("|---|---|---|---|---|")
+    print(f"| p50 | {p50o:.1f} ms | {p50f:.1f} ms | {p50o / p50f:.2f} | <= 1.3 |")
+    print(f"| p99 | {p99o:.1f} ms | {p99f:.1f} ms | {p99o / p99f:.2f} | - |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
