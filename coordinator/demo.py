@@ -57,6 +57,7 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
         finally:
             await orchestrator.stop()
             await asyncio.to_thread(stop_workers, workers)
+    console.print()
     console.print(_summary(jobs))
     failed = [j for j in jobs if j.get("state") != "complete"]
     for job in failed:
