@@ -4,8 +4,9 @@ from coordinator.config import Settings, load_settings
 from coordinator.errors import ConfigError, CoordinatorError, EventError, JobError, TrainingFailed
 from coordinator.keys import Keys
 from coordinator.orchestrator import TrainingOrchestrator
+from coordinator.scheduler import TrainingScheduler
 
 __all__ = [
     "ConfigError", "CoordinatorError", "EventError", "JobError", "Keys", "Settings",
-    "TrainingFailed", "TrainingOrchestrator", "load_settings",
+    "TrainingFailed", "TrainingOrchestrator", "TrainingScheduler", "load_settings",
 ]

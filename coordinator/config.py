@@ -56,17 +56,56 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class PriorityWeights:
+    """How much each factor (each normalised to 0..1) adds to a config's score; 0 removes it."""
+
+    curriculum: float = 1.0
+    staleness: float = 1.0
+    freshness: float = 1.0
+    elo_velocity: float = 1.0
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    weights: PriorityWeights = field(default_factory=PriorityWeights)
+    # Curriculum weight at which the curriculum factor reaches 1.
+    curriculum_max_weight: float = 2.0
+    # Hours since the last training at which the staleness factor reaches 1 and the config starves.
+    staleness_saturation_hours: float = 24.0
+    # New samples at which the sample half of the freshness factor reaches 1.
+    fresh_samples_saturation: int = 100_000
+    # The recency half of the freshness factor halves every this many hours after an export.
+    export_half_life_hours: float = 6.0
+    # Fewer new samples than this since the last training: not eligible.
+    min_new_samples: int = 1
+    elo_window_hours: float = 24.0
+    elo_window_points: int = 50
+    # Elo per hour that maps to an Elo factor of 1 (and its negative to 0; no change is 0.5).
+    elo_velocity_scale: float = 50.0
+    # A TRAINING_BLOCKED_BY_QUALITY keeps a config out for this long, or until its next export.
+    quality_block_hours: float = 6.0
+    # After a failed training the config waits this long (or for its next export) before another.
+    failure_cooldown_s: float = 600.0
+    # Jobs queued beyond the free GPU slots, so a freed GPU never waits for the orchestrator.
+    prefetch: int = 1
+    # Every config is rescored this often (the time factors move with the clock).
+    rescore_interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     events: EventSettings = field(default_factory=EventSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     # Node name -> number of GPUs it offers.
     hosts: Mapping[str, int] = field(default_factory=dict)
     source: str = field(default="<defaults>", compare=False)
 
 
 # Fields that may be zero; every other number must be strictly positive.
-_MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen"}
+_MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "freshness", "elo_velocity",
+                "min_new_samples", "prefetch"}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,4 +1,5 @@
 -- Record a running job's end (complete or failed), free its config and announce it, atomically.
+-- On success the new samples the job covered are taken off the config's count.
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] config hash
 -- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] final state
 -- ARGV[5] n_job: field/value pairs for the job hash      (ARGV[8] .. )
@@ -13,6 +14,11 @@ local i = 8
 local job = {'state', ARGV[4]}
 for _ = 1, 2 * n_job do job[#job + 1] = ARGV[i]; i = i + 1 end
 redis.call('HSET', KEYS[1], unpack(job))
+if ARGV[4] == 'complete' then
+  local covered = tonumber(redis.call('HGET', KEYS[1], 'covered_samples') or '0')
+  local left = tonumber(redis.call('HGET', KEYS[4], 'new_samples') or '0') - covered
+  redis.call('HSET', KEYS[4], 'new_samples', math.max(left, 0))
+end
 if n_cfg > 0 then
   local cfg = {}
   for _ = 1, 2 * n_cfg do cfg[#cfg + 1] = ARGV[i]; i = i + 1 end

@@ -3,12 +3,15 @@
 States: `queued` -> `running` -> `complete` | `failed`. Each change is one atomic step that also
 publishes its event, so the record and the stream never disagree:
 
-- submit (WATCH/MULTI, bounded retries): records the export on the config, then creates a job and
-  enqueues it on RQ's `training` queue in the same transaction, or, when the config already has a
-  queued job, points that job at the newer data; with a running job the data waits for it to end.
-- start (`job_start.lua`): queued -> running, attempt + 1, TRAINING_STARTED.
+- record_export (WATCH/MULTI, bounded retries): stores an export on its config (path, samples,
+  new-sample count); a queued job of that config is pointed at the newer file.
+- create_job (WATCH/MULTI): unless the config has a queued or running job, writes the job record
+  and enqueues it on RQ's `training` queue in the same transaction. The scheduler decides when.
+- start (`job_start.lua`): queued -> running, attempt + 1, notes the new samples it covers,
+  TRAINING_STARTED.
 - progress (MULTI): epoch figures on the record + TRAINING_PROGRESS.
-- finish (`job_finish.lua`): running -> complete/failed, frees the config, TRAINING_COMPLETE/FAILED.
+- finish (`job_finish.lua`): running -> complete/failed, frees the config (on success, takes the
+  samples it covered off the config's new-sample count), TRAINING_COMPLETE/FAILED.
 """
 
 from __future__ import annotations
@@ -16,15 +19,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from rq import Queue
 
-from coordinator import priority
 from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, JobError
 from coordinator.events import TRAINING_PROGRESS, Export, encode_fields, publish
@@ -37,6 +39,9 @@ RQ_RESULT_TTL_S = 7 * 24 * 3600
 # RQ's own timeout is a backstop behind the worker's: trainer timeout + grace + this.
 RQ_TIMEOUT_MARGIN_S = 300
 RUN_TRAINING = "workers.tasks.run_training"
+# The score of a config that may not be trained now (the scheduler's INELIGIBLE).
+INELIGIBLE_SCORE = -1.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class TrainingParams:
 @dataclass(frozen=True)
 class SubmitResult:
     job_id: str
-    action: str  # created | updated (queued job now uses the newer data) | deferred (job running) | duplicate
+    action: str  # created | exists (the config's queued or running job)
 
 
 def new_job_id(config_key: str) -> str:
@@ -109,70 +114,81 @@ class JobStore:
         job_id = self.conn.hget(self.keys.active, config_key)
         return job_id.decode() if job_id else None
 
-    # -- submit ---------------------------------------------------------------------------------
-    def submit(
-        self,
-        settings: Settings,
-        export: Export,
-        params: TrainingParams,
-        event_id: str | None = None,
-        record_export: bool = True,
-    ) -> SubmitResult:
-        """Record an export and make sure exactly one queued-or-running job covers it."""
-        for _ in range(MAX_WATCH_RETRIES):
-            try:
-                return self._submit_once(settings, export, params, event_id, record_export)
-            except redis.WatchError:
-                continue
-        raise CoordinatorError(f"submit for {export.config_key}: still contended after {MAX_WATCH_RETRIES} tries")
+    # -- exports and job creation ---------------------------------------------------------------
+    def record_export(self, export: Export, event_id: str | None = None) -> str:
+        """Store an export on its config; a queued job of that config moves to the newer data.
 
-    def _submit_once(
-        self, settings: Settings, export: Export, params: TrainingParams, event_id: str | None, record: bool
-    ) -> SubmitResult:
+        Returns "recorded", "updated" (a queued job now uses this file) or "duplicate" (this stream
+        entry was applied before: redelivered after a crash between its effects and its ack).
+        """
+        return self._retry_watch(lambda: self._record_once(export, event_id), f"export of {export.config_key}")
+
+    def _record_once(self, export: Export, event_id: str | None) -> str:
         ck, now = export.config_key, time.time()
         config_key = self.keys.config(ck)
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.watch(self.keys.active, config_key)
-            current = pipe.hget(self.keys.active, ck)
-            current = current.decode() if current else None
+            current = _text(pipe.hget(self.keys.active, ck))
             cfg = decode_hash(pipe.hgetall(config_key))
             if event_id and _stream_id_le(event_id, cfg.get("last_event_id")):
-                return SubmitResult(current or "", "duplicate")  # redelivered after a crash: applied already
+                return "duplicate"
             state = None
             if current:
                 pipe.watch(self.keys.job(current))
-                state = (pipe.hget(self.keys.job(current), "state") or b"").decode()
-            version = int(cfg.get("data_version", 0)) + (1 if record else 0)
-            data = {"npz_path": export.npz_path, "samples": export.samples, "data_version": version}
+                state = _text(pipe.hget(self.keys.job(current), "state"))
+            data = {"npz_path": export.npz_path, "samples": export.samples,
+                    "data_version": int(cfg.get("data_version", 0)) + 1}
             pipe.multi()
-            if record:
-                cfg_update = {**data, "exported_at": now, "board_type": export.board_type,
-                              "num_players": export.num_players}
-                if event_id:
-                    cfg_update["last_event_id"] = event_id
-                pipe.hset(config_key, mapping=_strings(cfg_update))
-                priority.set_score(pipe, self.keys, ck, priority.export_score(export.samples))
+            update = {**data, "exported_at": now, "board_type": export.board_type,
+                      "num_players": export.num_players, "last_event_id": event_id}
+            if "first_seen_at" not in cfg:
+                update["first_seen_at"] = now
+            pipe.hset(config_key, mapping=_strings(update))
+            pipe.hincrby(config_key, "new_samples", export.samples)
+            pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE}, nx=True)  # known; the scheduler scores it
             if state == QUEUED:
                 pipe.hset(self.keys.job(current), mapping=_strings({**data, "updated_at": now}))
-                result = SubmitResult(current, "updated")
-            elif state == RUNNING:
-                result = SubmitResult(current, "deferred")
-            else:
-                job_id = new_job_id(ck)
-                self._create(pipe, settings, export, params, job_id, data, now)
-                result = SubmitResult(job_id, "created")
             pipe.execute()
-            return result
+            return "updated" if state == QUEUED else "recorded"
+
+    def create_job(self, settings: Settings, config_key: str, params: TrainingParams) -> SubmitResult:
+        """Create and enqueue a job on the config's newest data, unless one is queued or running."""
+        return self._retry_watch(lambda: self._create_once(settings, config_key, params), f"job for {config_key}")
+
+    def _create_once(self, settings: Settings, ck: str, params: TrainingParams) -> SubmitResult:
+        config_key = self.keys.config(ck)
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.active, config_key)
+            current = _text(pipe.hget(self.keys.active, ck))
+            if current:
+                return SubmitResult(current, "exists")
+            cfg = decode_hash(pipe.hgetall(config_key))
+            if not cfg.get("npz_path"):
+                raise JobError(ck, "no export recorded for this config")
+            job_id, now = new_job_id(ck), time.time()
+            pipe.multi()
+            self._create(pipe, settings, cfg, ck, params, job_id, now)
+            pipe.execute()
+            return SubmitResult(job_id, "created")
+
+    def _retry_watch(self, attempt: Callable[[], T], what: str) -> T:
+        for _ in range(MAX_WATCH_RETRIES):
+            try:
+                return attempt()
+            except redis.WatchError:
+                continue
+        raise CoordinatorError(f"{what}: still contended after {MAX_WATCH_RETRIES} tries")
 
     def _create(
-        self, pipe: redis.client.Pipeline, settings: Settings, export: Export, params: TrainingParams,
-        job_id: str, data: dict[str, Any], now: float,
+        self, pipe: redis.client.Pipeline, settings: Settings, cfg: dict[str, str], ck: str,
+        params: TrainingParams, job_id: str, now: float,
     ) -> None:
         t = settings.training
-        output_dir = Path(t.models_root).expanduser().resolve() / export.config_key / job_id
+        output_dir = Path(t.models_root).expanduser().resolve() / ck / job_id
         record = {
-            "job_id": job_id, "state": QUEUED, "config_key": export.config_key,
-            "board_type": export.board_type, "num_players": export.num_players, **data,
+            "job_id": job_id, "state": QUEUED, "config_key": ck,
+            "board_type": cfg["board_type"], "num_players": cfg["num_players"],
+            "npz_path": cfg["npz_path"], "samples": cfg.get("samples", 0), "data_version": cfg.get("data_version", 0),
             "epochs": params.epochs, "batch_size": params.batch_size,
             "learning_rate": params.learning_rate, "early_stopping_patience": params.early_stopping_patience,
             "output_dir": str(output_dir), "command": json.dumps(list(t.command)),
@@ -181,7 +197,8 @@ class JobStore:
         }
         pipe.hset(self.keys.job(job_id), mapping=_strings(record))
         pipe.zadd(self.keys.jobs, {job_id: now})
-        pipe.hset(self.keys.active, export.config_key, job_id)
+        pipe.hset(self.keys.active, ck, job_id)
+        pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE})  # queued: not eligible until it ends
         Queue(TRAINING_QUEUE, connection=self.conn).enqueue_call(
             RUN_TRAINING,
             args=(job_id, self.keys.prefix),
@@ -189,15 +206,15 @@ class JobStore:
             timeout=t.timeout_s + t.kill_grace_s + RQ_TIMEOUT_MARGIN_S,
             result_ttl=RQ_RESULT_TTL_S,
             failure_ttl=RQ_RESULT_TTL_S,
-            description=f"train {export.config_key} ({job_id})",
+            description=f"train {ck} ({job_id})",
             pipeline=pipe,
         )
 
     # -- worker side ----------------------------------------------------------------------------
-    def start(self, job_id: str, node: str, worker: str) -> int | None:
+    def start(self, job_id: str, config_key: str, node: str, worker: str) -> int | None:
         """queued -> running; returns the attempt number, or None when the job is not queued."""
         started, value = self._start(
-            keys=[self.keys.job(job_id), self.keys.events],
+            keys=[self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
             args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker],
         )
         return int(value) if started else None
@@ -234,6 +251,10 @@ class JobStore:
                 args.extend((key, value))
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key)]
         return bool(self._finish(keys=keys, args=args))
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode() if value else None
 
 
 def _strings(mapping: Mapping[str, Any]) -> dict[str, str]:

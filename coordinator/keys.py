@@ -10,7 +10,8 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 | `<prefix>:training:active`           | hash   | config key -> id of its one queued-or-running job        |
 | `<prefix>:jobs`                      | zset   | job id -> creation time (unix seconds), for listing      |
 | `<prefix>:job:<job_id>`              | hash   | one job's record: state, config, data, node, result      |
-| `<prefix>:config:<config_key>`       | hash   | a config's latest data, last training and latest model   |
+| `<prefix>:config:<config_key>`       | hash   | a config's data, training, model, score and its factors  |
+| `<prefix>:elo:<config_key>`          | list   | recent evaluations, "unix_time elo", oldest first        |
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |
 
 RQ keeps its own keys (`rq:queue:training`, `rq:job:<job_id>`, ...); an RQ job's id is our job id.
@@ -56,3 +57,6 @@ class Keys:
 
     def config(self, config_key: str) -> str:
         return f"{self.prefix}:config:{config_key}"
+
+    def elo(self, config_key: str) -> str:
+        return f"{self.prefix}:elo:{config_key}"

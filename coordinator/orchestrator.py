@@ -1,5 +1,10 @@
 """TrainingOrchestrator: turns pipeline events into training jobs on RQ's `training` queue.
 
+Events update each config's inputs (exports, training ends, evaluations, curriculum weights,
+quality blocks); the touched configs are rescored, then free GPU slots (the `hosts` GPUs plus
+`scheduler.prefetch`, minus the queued-or-running jobs) are filled in priority order. A periodic
+tick rescores every config and dispatches again, so time alone can make a config due.
+
 The work is synchronous Redis calls (`process_once` is the unit tests' entry point); the
 seed's asyncio API (`start`, `submit_training`, `stop`) runs them in a worker thread.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import socket
 import threading
@@ -21,12 +27,14 @@ from coordinator.boards import make_config_key, parse_config_key
 from coordinator.config import Settings, load_settings
 from coordinator.errors import EventError
 from coordinator.events import Event, EventConsumer, Export
-from coordinator.jobs import JobStore, SubmitResult, TrainingParams, decode_hash
+from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
+from coordinator.scheduler import TrainingScheduler
 
 log = logging.getLogger(__name__)
 TRIM_INTERVAL_S = 60.0
 ERROR_BACKOFF_S = 1.0
+MAX_DISPATCH_PER_CALL = 1000
 
 
 class TrainingOrchestrator:
@@ -43,17 +51,21 @@ class TrainingOrchestrator:
         self.jobs = JobStore(self.conn, self.keys, e.stream_maxlen)
         # A stable name per host: a restarted orchestrator finds its own unacknowledged entries.
         self.consumer = EventConsumer(self.conn, self.keys, e.group, consumer_name or socket.gethostname())
-        self._handlers: dict[str, Callable[[Event], None]] = {
+        self.scheduler = TrainingScheduler(self.conn, self.keys, self.settings.scheduler)
+        self._handlers: dict[str, Callable[[Event], list[str]]] = {
             ev.NPZ_EXPORT_COMPLETE: self._on_export,
             ev.TRAINING_COMPLETE: self._on_training_end,
             ev.TRAINING_FAILED: self._on_training_end,
             ev.TRAINING_BLOCKED_BY_QUALITY: self._on_quality_block,
             ev.CLUSTER_HEALTH_CHANGED: self._on_cluster_health,
+            ev.EVALUATION_COMPLETED: self._on_evaluation,
+            ev.CURRICULUM_WEIGHTS_UPDATED: self._on_curriculum,
         }
         self._stopping = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._next_reclaim = 0.0
         self._next_trim = 0.0
+        self._next_tick = 0.0
 
     # -- the seed's asyncio API -----------------------------------------------------------------
     async def start(self) -> None:
@@ -96,12 +108,44 @@ class TrainingOrchestrator:
     def prepare(self) -> None:
         self.consumer.ensure_group()
         self._handle_batch(self.consumer.read_own_pending(self.settings.events.read_count))
+        self.tick()
+
+    def tick(self) -> list[str]:
+        """Rescore every config (the time factors move) and fill free slots: the periodic work."""
+        self.scheduler.rescore()
+        return self.dispatch()
+
+    def total_slots(self) -> int:
+        return max(1, sum(self.settings.hosts.values()))
+
+    def dispatch(self) -> list[str]:
+        """Fill free GPU slots (plus the prefetch) with the highest-priority configs; new job ids."""
+        created: list[str] = []
+        params = TrainingParams.from_settings(self.settings)
+        for _ in range(MAX_DISPATCH_PER_CALL):
+            busy = self.conn.hlen(self.keys.active)
+            if busy >= self.total_slots() + self.settings.scheduler.prefetch:
+                break
+            config_key = self.scheduler.get_next_training_config()
+            if config_key is None:
+                break
+            result = self.jobs.create_job(self.settings, config_key, params)
+            self.scheduler.rescore([config_key])
+            if result.action == "created":
+                created.append(result.job_id)
+                log.info("%s: job %s queued (priority dispatch)", config_key, result.job_id)
+        return created
 
     def submit_training_sync(
         self, board_type: str, num_players: int, npz_path: str, samples: int = 0, **overrides: float | int | None
     ) -> str:
+        """An explicit request: recorded like an export and queued at once, whatever the priorities."""
         export = Export(board_type, num_players, make_config_key(board_type, num_players), npz_path, samples)
-        return self._submit(export, None, overrides).job_id
+        params = TrainingParams.from_settings(self.settings, **overrides)
+        self.jobs.record_export(export)
+        result = self.jobs.create_job(self.settings, export.config_key, params)
+        self.scheduler.rescore([export.config_key])
+        return result.job_id
 
     def process_once(self, block_ms: int | None = None) -> int:
         """Run due maintenance, read one batch of new events and handle it; returns how many."""
@@ -130,70 +174,104 @@ class TrainingOrchestrator:
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL_S
             self.consumer.trim(e.stream_maxlen)
+        if now >= self._next_tick:
+            self._next_tick = now + self.settings.scheduler.rescore_interval_s
+            self.tick()
 
     def _handle_batch(self, batch: list[Event]) -> None:
+        """Apply a batch, then rescore the configs it touched and dispatch once, then acknowledge."""
         done: list[str] = []
+        touched: set[str] = set()
         for event in batch:
-            if self._handle(event):
+            changed = self._handle(event)
+            if changed is not None:
                 done.append(event.id)
+                touched.update(changed)
+        if touched:
+            self.scheduler.rescore(sorted(touched))
+            self.dispatch()
         self.consumer.ack(done)
 
-    def _handle(self, event: Event) -> bool:
-        """Apply one event; True when it may be acknowledged with the batch."""
+    def _handle(self, event: Event) -> list[str] | None:
+        """Apply one event; the configs it touched, or None when it must not be acknowledged here."""
         try:
             if event.type not in ev.KNOWN_TYPES:
                 raise EventError(f"unknown event type {event.type!r}" if event.type else "missing field 'type'")
             handler = self._handlers.get(event.type)
-            if handler is not None:
-                handler(event)
-            return True
+            return handler(event) if handler is not None else []
         except EventError as exc:
             log.warning("dead-lettering event %s (%s): %s", event.id, event.type, exc)
             self.consumer.dead_letter(event, str(exc))
-            return False
+            return None
         except redis.RedisError:
             raise
         except Exception:
             # Left pending: reclaimed and retried after reclaim_idle_ms.
             log.exception("handling event %s (%s) failed", event.id, event.type)
-            return False
+            return None
 
-    # -- handlers -------------------------------------------------------------------------------
-    def _on_export(self, event: Event) -> None:
-        self._submit(ev.parse_export(event), event.id, {})
+    # -- handlers: each returns the configs whose score inputs it changed ------------------------
+    def _on_export(self, event: Event) -> list[str]:
+        export = ev.parse_export(event)
+        action = self.jobs.record_export(export, event.id)
+        log.info("%s: export %s (%d samples) %s", export.config_key, export.npz_path, export.samples, action)
+        return [] if action == "duplicate" else [export.config_key]
 
-    def _submit(self, export: Export, event_id: str | None, overrides: dict) -> SubmitResult:
-        params = TrainingParams.from_settings(self.settings, **overrides)
-        result = self.jobs.submit(self.settings, export, params, event_id=event_id)
-        log.info("%s %s: job %s %s", export.config_key, export.npz_path, result.job_id, result.action)
-        return result
+    def _on_training_end(self, event: Event) -> list[str]:
+        config_key = event.fields.get("config_key", "")
+        parse_config_key(config_key)
+        return [config_key]  # its slot is free and its inputs changed
 
-    def _on_training_end(self, event: Event) -> None:
-        """If exports arrived while the job ran, train again on the newest data."""
-        config_key, job_id = event.fields.get("config_key", ""), event.fields.get("job_id", "")
-        board_type, num_players = parse_config_key(config_key)
-        cfg = decode_hash(self.conn.hgetall(self.keys.config(config_key)))
-        trained = self.conn.hget(self.keys.job(job_id), "data_version")
-        if not cfg.get("npz_path") or self.jobs.active_job(config_key):
-            return
-        if int(cfg.get("data_version", 0)) > int(trained or 0):
-            export = Export(board_type, num_players, config_key, cfg["npz_path"], int(cfg.get("samples", 0)))
-            params = TrainingParams.from_settings(self.settings)
-            result = self.jobs.submit(self.settings, export, params, record_export=False)
-            log.info("%s: newer data arrived during %s; job %s %s", config_key, job_id, result.job_id, result.action)
-
-    def _on_quality_block(self, event: Event) -> None:
+    def _on_quality_block(self, event: Event) -> list[str]:
         config_key = _event_config_key(event)
         self.conn.hset(self.keys.config(config_key), mapping={
             "quality_blocked_at": f"{time.time():.3f}",
             "quality_block_reason": event.fields.get("reason", ""),
             "quality_block_event": event.id,
         })
+        return [config_key]
 
-    def _on_cluster_health(self, event: Event) -> None:
+    def _on_cluster_health(self, event: Event) -> list[str]:
         fields = {k: v for k, v in event.fields.items() if k != "type"}
         self.conn.hset(self.keys.cluster_health, mapping={**fields, "event_id": event.id,
                                                           "recorded_at": f"{time.time():.3f}"})
+        return []
+
+    def _on_evaluation(self, event: Event) -> list[str]:
+        config_key = _event_config_key(event)
+        elo = _finite(event.fields.get("elo", ""), "elo")
+        at = _finite(event.fields["timestamp"], "timestamp") if event.fields.get("timestamp") else time.time()
+        self.scheduler.record_elo(config_key, elo, at)
+        return [config_key]
+
+    def _on_curriculum(self, event: Event) -> list[str]:
+        weights = {}
+        for name, value in event.fields.items():
+            if name in CURRICULUM_METADATA:
+                continue
+            parse_config_key(name)
+            weight = _finite(value, f"weight of {name}")
+            if weight < 0:
+                raise EventError(f"weight of {name} must be >= 0, got {weight}")
+            weights[name] = weight
+        if not weights:
+            raise EventError("no config weights in CURRICULUM_WEIGHTS_UPDATED")
+        self.scheduler.set_curriculum_weights(weights)
+        return list(weights)
+
+
+# Fields of CURRICULUM_WEIGHTS_UPDATED that are not config weights.
+CURRICULUM_METADATA = frozenset({"type", "source", "timestamp", "reason", "payload"})
+
+
+def _finite(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise EventError(f"{name} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise EventError(f"{name} must be finite, got {text!r}")
+    return value
 
 
 def _event_config_key(event: Event) -> str:

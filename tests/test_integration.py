@@ -116,7 +116,7 @@ def test_malformed_event_is_dead_lettered_and_service_keeps_going(redis_server, 
     xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "board_type", "hex8", "num_players", "7",
                           "npz_path", str(npz))
     xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "board_type", "hex8", "num_players", "3",
-                          "npz_path", str(npz))
+                          "npz_path", str(npz), "samples", "100")
     wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=60)
     [(_, dead)] = real_conn.xrange("ringrift:events:dead")
     assert dead[b"num_players"] == b"7" and b"num_players must be 2..4" in dead[b"dead_reason"]

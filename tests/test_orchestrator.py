@@ -43,7 +43,8 @@ def test_export_creates_one_job_enqueued_on_rq(orchestrator, fake_conn, keys):
     assert (record["npz_path"], record["samples"], record["epochs"]) == ("/data/hex8_2p.npz", "40000", "3")
     assert record["output_dir"].endswith(f"hex8_2p/{job_id}")
     assert queued_ids(fake_conn) == [job_id]
-    assert fake_conn.zscore(keys.priority, "hex8_2p") == 40.0
+    assert fake_conn.zscore(keys.priority, "hex8_2p") == -1.0  # queued: not eligible again
+    assert fake_conn.hget(keys.config("hex8_2p"), "why") == f"queued or running ({job_id})".encode()
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
@@ -60,7 +61,7 @@ def test_export_while_running_waits_then_trains_on_the_newest_data(orchestrator,
     export(fake_conn, keys, path="/data/v1.npz")
     orchestrator.process_once(block_ms=None)
     [first] = queued_ids(fake_conn)
-    assert orchestrator.jobs.start(first, "node-a", "w1") == 1
+    assert orchestrator.jobs.start(first, "hex8_2p", "node-a", "w1") == 1
     export(fake_conn, keys, path="/data/v2.npz")
     orchestrator.process_once(block_ms=None)
     assert orchestrator.jobs.get(first)["npz_path"] == "/data/v1.npz"  # running: untouched
@@ -77,7 +78,7 @@ def test_redelivered_export_is_applied_once(orchestrator, fake_conn, keys):
     event_id = export(fake_conn, keys)
     orchestrator.process_once(block_ms=None)
     [job_id] = queued_ids(fake_conn)
-    orchestrator.jobs.start(job_id, "node-a", "w1")
+    orchestrator.jobs.start(job_id, "hex8_2p", "node-a", "w1")
     # The same entry handled again (a crash between its effects and its ack):
     [entry] = fake_conn.xrange(keys.events, event_id, event_id)
     orchestrator._handle_batch([decode_entry(*entry)])
@@ -160,8 +161,8 @@ def test_async_api_submit_start_stop(fake_conn, keys, make_settings):
 
 def test_start_and_finish_are_guarded_by_state(orchestrator, fake_conn, keys):
     job_id = orchestrator.submit_training_sync("square8", 2, "/d.npz")
-    assert orchestrator.jobs.start(job_id, "n", "w") == 1
-    assert orchestrator.jobs.start(job_id, "n", "w") is None  # already running
+    assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") == 1
+    assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") is None  # already running
     assert orchestrator.jobs.get(job_id)["state"] == RUNNING
     assert orchestrator.jobs.finish(job_id, "square8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})
     assert not orchestrator.jobs.finish(job_id, "square8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})

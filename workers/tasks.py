@@ -42,7 +42,7 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
     store = JobStore(conn, keys, int(record.get("stream_maxlen", 100_000)))
     node = node_name()
     worker = (rq_job.worker_name if rq_job and rq_job.worker_name else None) or f"{node}:{os.getpid()}"
-    attempt = store.start(job_id, node, worker)
+    attempt = store.start(job_id, record["config_key"], node, worker)
     if attempt is None:
         state = store.get(job_id).get("state")
         log.warning("job %s is %s, not queued: not running it", job_id, state)
@@ -123,5 +123,6 @@ class TrainingRun:
             job_fields={**fields, "duration_s": round(time.monotonic() - self.started, 3)},
             event_type=TRAINING_FAILED,
             event_fields=fields,
+            config_fields={"last_failed_at": time.time(), "last_error": error, "last_failed_job": self.job_id},
         )
         raise TrainingFailed(self.job_id, error)

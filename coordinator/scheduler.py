@@ -1,0 +1,280 @@
+"""TrainingScheduler: which config the next free GPU trains, and why (like Slurm's `sprio`).
+
+Score = sum over the four factors of weight x factor, each factor normalised to 0..1:
+
+| factor        | value                                                                         |
+|---------------|-------------------------------------------------------------------------------|
+| curriculum    | min(curriculum weight, curriculum_max_weight) / curriculum_max_weight          |
+| staleness     | min(1, hours since the last successful training / staleness_saturation_hours)  |
+| freshness     | 0.5 min(1, new samples / fresh_samples_saturation) + 0.5 * 0.5^(hours since   |
+|               | the newest export / export_half_life_hours)                                    |
+| elo_velocity  | clamp(0.5 + Elo-per-hour / (2 elo_velocity_scale), 0, 1); Elo/h is the least-  |
+|               | squares slope of the window's EVALUATION_COMPLETED points, 0 with fewer than 2 |
+
+Starvation guard: an eligible config whose staleness has saturated is *starving* and scores
+STARVING_BASE + hours waited, above every non-starving config, oldest first. Hence the bound:
+a config with data and curriculum weight > 0 starts training within
+`staleness_saturation_hours + ceil(N / S) * D` hours (N configs, S GPU slots, D the longest
+training), because once starving only configs that started starving earlier go before it.
+
+Ineligible configs (queued or running, quality-blocked, failed recently, too few new samples,
+curriculum weight 0)
+score INELIGIBLE in the sorted set; their hash says why. Ties: the greater config key first
+(Redis's ZREVRANGE order). Scores are recomputed when an input changes and on a periodic tick;
+`get_next_training_config` reads one pipelined round trip, whatever the number of configs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import redis
+
+from coordinator.config import SchedulerSettings
+from coordinator.jobs import decode_hash
+from coordinator.keys import Keys
+
+STARVING_BASE = 1000.0
+INELIGIBLE = -1.0
+FACTORS = ("curriculum", "staleness", "freshness", "elo_velocity")
+SCORE_FIELDS = ("score", "eligible", "base_eligible", "rest", "starving", "why", "flags", "scored_at",
+                *(f"f_{name}" for name in FACTORS), *(f"c_{name}" for name in FACTORS),
+                "hours_since_training", "hours_since_export", "elo_per_hour")
+
+
+@dataclass(frozen=True)
+class ConfigInputs:
+    """What the score is computed from (all stored on `<prefix>:config:<key>`)."""
+
+    config_key: str
+    curriculum_weight: float = 1.0
+    new_samples: int = 0
+    exported_at: float | None = None
+    first_seen_at: float | None = None
+    last_trained_at: float | None = None
+    quality_blocked_at: float | None = None
+    last_failed_at: float | None = None
+    active_job: str | None = None
+    elo_points: tuple[tuple[float, float], ...] = ()  # (unix time, elo)
+
+    @classmethod
+    def from_hash(cls, config_key: str, raw: Mapping[str, str], active_job: str | None,
+                  elo_points: Iterable[tuple[float, float]]) -> ConfigInputs:
+        def number(name: str) -> float | None:
+            return float(raw[name]) if raw.get(name) else None
+
+        return cls(
+            config_key=config_key,
+            curriculum_weight=float(raw.get("curriculum_weight", 1.0)),
+            new_samples=int(float(raw.get("new_samples", 0))),
+            exported_at=number("exported_at"),
+            first_seen_at=number("first_seen_at"),
+            last_trained_at=number("last_trained_at"),
+            quality_blocked_at=number("quality_blocked_at"),
+            last_failed_at=number("last_failed_at"),
+            active_job=active_job,
+            elo_points=tuple(elo_points),
+        )
+
+
+@dataclass(frozen=True)
+class Priority:
+    config_key: str
+    score: float
+    eligible: bool
+    base_eligible: bool  # eligible but for the curriculum weight (which a caller may override)
+    starving: bool
+    rest: float  # the score without the curriculum contribution (when not starving)
+    factors: dict[str, float]
+    contributions: dict[str, float]
+    why: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)
+    hours_since_training: float = 0.0
+    hours_since_export: float | None = None
+    elo_per_hour: float = 0.0
+
+    def as_fields(self, now: float) -> dict[str, str]:
+        fields = {
+            "score": f"{self.score:.6f}", "eligible": str(int(self.eligible)),
+            "base_eligible": str(int(self.base_eligible)), "rest": f"{self.rest:.6f}",
+            "starving": str(int(self.starving)), "why": "; ".join(self.why), "flags": ",".join(self.flags),
+            "scored_at": f"{now:.3f}", "hours_since_training": f"{self.hours_since_training:.3f}",
+            "hours_since_export": "" if self.hours_since_export is None else f"{self.hours_since_export:.3f}",
+            "elo_per_hour": f"{self.elo_per_hour:.3f}",
+        }
+        fields.update({f"f_{k}": f"{v:.6f}" for k, v in self.factors.items()})
+        fields.update({f"c_{k}": f"{v:.6f}" for k, v in self.contributions.items()})
+        return fields
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def elo_velocity(points: Iterable[tuple[float, float]]) -> float:
+    """Least-squares slope in Elo per hour; 0 with fewer than two points or no spread in time."""
+    pts = list(points)
+    if len(pts) < 2:
+        return 0.0
+    hours = [t / 3600.0 for t, _ in pts]
+    elos = [e for _, e in pts]
+    mean_h, mean_e = sum(hours) / len(hours), sum(elos) / len(elos)
+    spread = sum((h - mean_h) ** 2 for h in hours)
+    if spread == 0:
+        return 0.0
+    return sum((h - mean_h) * (e - mean_e) for h, e in zip(hours, elos)) / spread
+
+
+def compute_priority(inputs: ConfigInputs, s: SchedulerSettings, now: float,
+                     curriculum_weight: float | None = None) -> Priority:
+    """The pure scoring function: every stored score comes from here."""
+    weight = inputs.curriculum_weight if curriculum_weight is None else curriculum_weight
+    since = inputs.last_trained_at or inputs.first_seen_at or inputs.exported_at or now
+    hours_training = max(0.0, (now - since) / 3600.0)
+    hours_export = None if inputs.exported_at is None else max(0.0, (now - inputs.exported_at) / 3600.0)
+    window_start = now - s.elo_window_hours * 3600.0
+    window = sorted(p for p in inputs.elo_points if p[0] >= window_start)[-s.elo_window_points:]
+    velocity = elo_velocity(window)
+    factors = {
+        "curriculum": min(max(weight, 0.0), s.curriculum_max_weight) / s.curriculum_max_weight,
+        "staleness": min(1.0, hours_training / s.staleness_saturation_hours),
+        "freshness": 0.5 * min(1.0, inputs.new_samples / s.fresh_samples_saturation)
+        + (0.0 if hours_export is None else 0.5 * 0.5 ** (hours_export / s.export_half_life_hours)),
+        "elo_velocity": min(1.0, max(0.0, 0.5 + velocity / (2.0 * s.elo_velocity_scale))),
+    }
+    w = s.weights
+    contributions = {name: getattr(w, name) * value for name, value in factors.items()}
+    why = _blockers(inputs, s, now)
+    base_eligible = not why
+    if weight <= 0:
+        why.append("curriculum weight 0")
+    eligible = not why
+    starving = eligible and factors["staleness"] >= 1.0
+    rest = sum(v for k, v in contributions.items() if k != "curriculum")
+    if starving:
+        score = STARVING_BASE + hours_training
+    elif eligible:
+        score = rest + contributions["curriculum"]
+    else:
+        score = INELIGIBLE
+    flags = (["regressing"] if velocity < 0 else []) + (["starving"] if starving else [])
+    return Priority(inputs.config_key, score, eligible, base_eligible, starving, rest, factors, contributions,
+                    why, flags, hours_training, hours_export, velocity)
+
+
+def _blockers(inputs: ConfigInputs, s: SchedulerSettings, now: float) -> list[str]:
+    why = []
+    if inputs.active_job:
+        why.append(f"queued or running ({inputs.active_job})")
+    blocked = inputs.quality_blocked_at
+    if blocked and now - blocked < s.quality_block_hours * 3600 and (inputs.exported_at or 0) <= blocked:
+        why.append(f"blocked by quality for {s.quality_block_hours - (now - blocked) / 3600:.1f} h more")
+    failed = inputs.last_failed_at
+    if failed and now - failed < s.failure_cooldown_s and (inputs.exported_at or 0) <= failed:
+        why.append(f"last training failed; retry in {s.failure_cooldown_s - (now - failed):.0f} s or on new data")
+    if inputs.new_samples < s.min_new_samples:
+        why.append(f"{inputs.new_samples} new samples < minimum {s.min_new_samples}")
+    return why
+
+
+class TrainingScheduler:
+    """Scores configs into `<prefix>:training:priority` and picks the next one to train."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys, settings: SchedulerSettings | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.settings = settings or SchedulerSettings()
+        self.clock = clock
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get_next_training_config(self, curriculum_weights: Mapping[str, float] | None = None) -> str | None:
+        """The eligible config with the highest score, or None. One round trip.
+
+        `curriculum_weights` override the stored weights for this call only.
+        """
+        overrides = dict(curriculum_weights or {})
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            pipe.zrevrangebyscore(self.keys.priority, "+inf", 0, start=0, num=len(overrides) + 1, withscores=True)
+            for config_key in overrides:
+                pipe.hmget(self.keys.config(config_key), "base_eligible", "rest", "starving", "score")
+            top, *stored = pipe.execute()
+        candidates = [(score, key.decode()) for key, score in top if key.decode() not in overrides]
+        for (config_key, weight), (base_ok, rest, starving, score) in zip(overrides.items(), stored):
+            if base_ok != b"1" or weight <= 0:
+                continue
+            if starving == b"1":
+                candidates.append((float(score), config_key))
+            else:
+                c = min(weight, self.settings.curriculum_max_weight) / self.settings.curriculum_max_weight
+                candidates.append((float(rest) + self.settings.weights.curriculum * c, config_key))
+        return max(candidates)[1] if candidates else None
+
+    def ranked(self, curriculum_weights: Mapping[str, float] | None = None) -> list[Priority]:
+        """Every config with each factor's contribution, best first (the `priorities` view)."""
+        now = self.clock()
+        config_keys = [k.decode() for k in self.conn.zrange(self.keys.priority, 0, -1)]
+        overrides = curriculum_weights or {}
+        priorities = [compute_priority(inputs, self.settings, now, overrides.get(inputs.config_key))
+                      for inputs in self.load_inputs(config_keys)]
+        return sorted(priorities, key=lambda p: (p.score, p.config_key), reverse=True)
+
+    def load_inputs(self, config_keys: list[str]) -> list[ConfigInputs]:
+        """Inputs of many configs in one pipelined round trip."""
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            pipe.hmget(self.keys.active, config_keys) if config_keys else pipe.ping()
+            for config_key in config_keys:
+                pipe.hgetall(self.keys.config(config_key))
+                pipe.lrange(self.keys.elo(config_key), 0, -1)
+            active, *rest = pipe.execute()
+        active = active if config_keys else []
+        inputs = []
+        for i, config_key in enumerate(config_keys):
+            raw, elo = decode_hash(rest[2 * i]), rest[2 * i + 1]
+            job = active[i].decode() if active[i] else None
+            inputs.append(ConfigInputs.from_hash(config_key, raw, job, (_elo_point(p) for p in elo)))
+        return inputs
+
+    # -- writing ---------------------------------------------------------------------------------
+    def rescore(self, config_keys: Iterable[str] | None = None, batch: int = 500) -> int:
+        """Recompute and store the scores of `config_keys` (default: every known config)."""
+        keys = list(config_keys) if config_keys is not None else [
+            k.decode() for k in self.conn.zrange(self.keys.priority, 0, -1)]
+        for start in range(0, len(keys), batch):
+            chunk = keys[start:start + batch]
+            now = self.clock()
+            scored = [compute_priority(i, self.settings, now) for i in self.load_inputs(chunk)]
+            with self.conn.pipeline(transaction=False) as pipe:  # independent per-config writes
+                for p in scored:
+                    pipe.hset(self.keys.config(p.config_key), mapping=p.as_fields(now))
+                    pipe.zadd(self.keys.priority, {p.config_key: p.score})
+                pipe.execute()
+        return len(keys)
+
+    def record_elo(self, config_key: str, elo: float, at: float) -> None:
+        """Append an evaluation result to the config's window (kept to `elo_window_points`)."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}")
+            pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
+            pipe.execute()
+
+    def set_curriculum_weights(self, weights: Mapping[str, float]) -> None:
+        with self.conn.pipeline(transaction=True) as pipe:
+            for config_key, weight in weights.items():
+                pipe.hset(self.keys.config(config_key), "curriculum_weight", repr(float(weight)))
+                pipe.zadd(self.keys.priority, {config_key: INELIGIBLE}, nx=True)  # known from now on
+            pipe.execute()
+
+
+def _elo_point(raw: bytes) -> tuple[float, float]:
+    at, elo = raw.split()
+    return float(at), float(elo)
+
+
+def is_finite_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
