@@ -1,4 +1,4 @@
-"""`ringrift-train`: the one command for people (run the service, demo, inspect jobs)."""
+"""`ringrift-train`: the one command for people (run the service, demo, inspect priorities and jobs)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from coordinator.config import load_settings
 from coordinator.errors import ConfigError
 from coordinator.jobs import JobStore
 from coordinator.keys import Keys
+from coordinator.scheduler import TrainingScheduler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     demo.set_defaults(func=_demo)
 
+    prio = sub.add_parser("priorities", help="the configs ranked, with each factor's contribution (like sprio)")
+    prio.add_argument("--json", action="store_true", help="print the ranking as JSON")
+    prio.add_argument("--weights", help="curriculum weights to try, e.g. hex8_2p=1.5,square8_2p=0.5 (not stored)")
+    prio.set_defaults(func=_priorities)
+
     jobs = sub.add_parser("jobs", help="list the newest job records")
     jobs.add_argument("--limit", type=int, default=20)
     jobs.add_argument("--json", action="store_true", help="print the records as JSON")
@@ -64,6 +70,34 @@ def _demo(args: argparse.Namespace, settings) -> int:
     from coordinator.demo import run_demo
 
     return asyncio.run(run_demo(settings, Path(args.output), args.redis_url, args.epochs, args.timeout))
+
+
+def _priorities(args: argparse.Namespace, settings) -> int:
+    from coordinator.priorities_view import print_priorities
+
+    conn = redis.Redis.from_url(settings.redis.url)
+    scheduler = TrainingScheduler(conn, Keys(settings.redis.prefix), settings.scheduler)
+    try:
+        weights = _parse_weights(args.weights) if args.weights else None
+    except ValueError as exc:
+        print(f"--weights: {exc}", file=sys.stderr)
+        return 2
+    ranked = scheduler.ranked(weights)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in ranked], indent=1))
+    else:
+        print_priorities(ranked, settings.scheduler)
+    return 0
+
+
+def _parse_weights(text: str) -> dict[str, float]:
+    weights = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected config=weight, got {item!r}")
+        weights[key.strip()] = float(value)
+    return weights
 
 
 def _jobs(args: argparse.Namespace, settings) -> int:

@@ -24,6 +24,7 @@ from coordinator.jobs import FINAL_STATES, JobStore
 from coordinator.keys import Keys
 from coordinator.local_redis import LocalRedis
 from coordinator.orchestrator import TrainingOrchestrator
+from coordinator.priorities_view import priorities_table
 from coordinator.workers_pool import start_worker, stop_workers
 
 # (board type, players, samples): three configs, two boards, small enough for two CPU cores.
@@ -59,6 +60,7 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
             await asyncio.to_thread(stop_workers, workers)
     console.print()
     console.print(_summary(jobs))
+    console.print(priorities_table(ranked, settings.scheduler))
     failed = [j for j in jobs if j.get("state") != "complete"]
     for job in failed:
         console.print(f"[red]{job.get('config_key')}: {job.get('state')} {job.get('error', '')}[/red]")

@@ -95,6 +95,7 @@ class Priority:
     hours_since_training: float = 0.0
     hours_since_export: float | None = None
     elo_per_hour: float = 0.0
+    new_samples: int = 0
 
     def as_fields(self, now: float) -> dict[str, str]:
         fields = {
@@ -161,7 +162,7 @@ def compute_priority(inputs: ConfigInputs, s: SchedulerSettings, now: float,
         score = INELIGIBLE
     flags = (["regressing"] if velocity < 0 else []) + (["starving"] if starving else [])
     return Priority(inputs.config_key, score, eligible, base_eligible, starving, rest, factors, contributions,
-                    why, flags, hours_training, hours_export, velocity)
+                    why, flags, hours_training, hours_export, velocity, inputs.new_samples)
 
 
 def _blockers(inputs: ConfigInputs, s: SchedulerSettings, now: float) -> list[str]:

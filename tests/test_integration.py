@@ -5,73 +5,14 @@ Events are sent the way exporters send them: `redis-cli XADD` with plain string 
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import yaml
 
-from coordinator.events import decode_entry
 from coordinator.jobs import JobStore
-from tests.conftest import wait_for
+from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
 from workers.npz_data import write_synthetic_npz
 from workers.train import load_model
 
 pytestmark = pytest.mark.integration
-
-
-def console_script(name: str) -> str:
-    sibling = Path(sys.executable).parent / name
-    found = str(sibling) if sibling.exists() else shutil.which(name)
-    assert found, f"{name} is not installed (pip install -e '.[dev]')"
-    return found
-
-
-@pytest.fixture
-def service(redis_server, tmp_path):
-    """Start `ringrift-train --config <tmp yaml> run`; yields a function that starts it with a trainer."""
-    procs = []
-
-    def start(command: list[str], epochs: int = 4) -> None:
-        config = {
-            "redis": {"url": redis_server.url, "prefix": "ringrift"},
-            "training": {"default_epochs": epochs, "batch_size": 64, "command": command,
-                         "models_root": str(tmp_path / "models"), "timeout_s": 300, "kill_grace_s": 2},
-            "events": {"block_ms": 100, "reclaim_idle_ms": 5000},
-            "hosts": {"node-0": 1, "node-1": 1},
-        }
-        path = tmp_path / "coordinator.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - closed at teardown
-        procs.append((subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run"],
-                                       stdout=log, stderr=subprocess.STDOUT), log))
-
-    yield start
-    for proc, log in procs:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
-    if (tmp_path / "service.log").exists():
-        sys.stdout.write("--- service.log\n" + (tmp_path / "service.log").read_text()[-3000:])
-
-
-def xadd_like_an_exporter(redis_server, *fields: str) -> None:
-    """`redis-cli XADD ringrift:events '*' field value ...` (redis-py only where redis-cli is absent)."""
-    cli = shutil.which("redis-cli")
-    if cli:
-        subprocess.run([cli, "-p", str(redis_server.port), "XADD", "ringrift:events", "*", *fields],
-                       check=True, capture_output=True, timeout=10)
-    else:
-        import redis
-
-        redis.Redis(port=redis_server.port).xadd("ringrift:events", dict(zip(fields[::2], fields[1::2])))
-
-
-def stream_events(conn, event_type: str | None = None):
-    events = [decode_entry(i, f) for i, f in conn.xrange("ringrift:events")]
-    return [e for e in events if event_type is None or e.type == event_type]
 
 
 def test_exporter_xadd_trains_a_model_end_to_end(redis_server, real_conn, service, rq_workers, tmp_path):
@@ -157,3 +98,73 @@ def _keys():
     from coordinator.keys import Keys
 
     return Keys("ringrift")
+
+
+def test_priority_decides_what_the_one_free_gpu_trains_next(redis_server, real_conn, service, rq_workers, tmp_path):
+    """One GPU, busy; three configs wait; they start in curriculum-weight order on a real worker."""
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"stub")
+    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.3"], epochs=2,
+            hosts={"gpu-node": 1}, scheduler={"prefetch": 0})
+    rq_workers(1)
+    xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hexagonal_2p",
+                          "npz_path", str(npz), "samples", "10")
+    wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)  # the GPU is now busy
+    xadd_like_an_exporter(redis_server, "type", "CURRICULUM_WEIGHTS_UPDATED", "hex8_2p", "0.5",
+                          "square8_2p", "1.0", "square19_2p", "1.5")
+    for config_key in ("hex8_2p", "square8_2p", "square19_2p"):
+        xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", config_key,
+                              "npz_path", str(npz), "samples", "1000")
+    wait_for(lambda: len(stream_events(real_conn, "TRAINING_COMPLETE")) == 4, timeout_s=60)
+    order = [e.fields["config_key"] for e in stream_events(real_conn, "TRAINING_STARTED")]
+    assert order == ["hexagonal_2p", "square19_2p", "square8_2p", "hex8_2p"]
+
+
+def test_next_config_is_one_command_at_any_number_of_configs(real_conn):
+    from coordinator.config import SchedulerSettings
+    from coordinator.keys import Keys
+    from coordinator.scheduler import TrainingScheduler
+
+    scheduler = TrainingScheduler(real_conn, Keys("ringrift"), SchedulerSettings())
+    boards = ("hex8", "square8", "square19", "hexagonal")
+    keys = [f"{boards[i % 4]}_{2 + i % 3}p" for i in range(12)] + [f"hex8_{i}_2p" for i in range(988)]
+    with real_conn.pipeline(transaction=False) as pipe:
+        for i, key in enumerate(keys):
+            pipe.hset(f"ringrift:config:{key}", mapping={"new_samples": 100 + i, "exported_at": 1.8e9})
+        pipe.execute()
+    scheduler.set_curriculum_weights(dict.fromkeys(keys, 1.0))
+    assert scheduler.rescore() == 1000
+    before = int(real_conn.info("stats")["total_commands_processed"])
+    best = scheduler.get_next_training_config()
+    after = int(real_conn.info("stats")["total_commands_processed"])
+    assert after - before == 2  # ZREVRANGEBYSCORE, and the INFO that measured it
+    assert best == max(keys, key=lambda k: (real_conn.zscore("ringrift:training:priority", k), k))
+
+
+def test_priorities_command_explains_the_ranking(redis_server, real_conn, make_settings):
+    import json
+    import subprocess
+
+    from coordinator import TrainingOrchestrator
+    from tests.conftest import console_script
+
+    orch = TrainingOrchestrator(make_settings(redis_server.url), real_conn, consumer_name="t")
+    orch.prepare()
+    real_conn.xadd("ringrift:events", {"type": "CURRICULUM_WEIGHTS_UPDATED", "hex8_2p": "1.5", "square8_2p": "0"})
+    for key in ("hex8_2p", "square8_2p"):
+        real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": key,
+                                           "npz_path": "/d/x.npz", "samples": "500"})
+    real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": "square19_2p",
+                                       "npz_path": "/d/x.npz", "samples": "0"})
+    orch.process_once(block_ms=None)
+    env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([console_script("ringrift-train"), "priorities", "--json"], env=env,
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    ranking = {p["config_key"]: p for p in json.loads(out)}
+    assert ranking["hex8_2p"]["why"] == [f"queued or running ({orch.jobs.active_job('hex8_2p')})"]
+    assert ranking["square8_2p"]["why"] == ["curriculum weight 0"]
+    assert ranking["square19_2p"]["why"] == ["0 new samples < minimum 1"]
+    table = subprocess.run([console_script("ringrift-train"), "priorities", "--weights", "square8_2p=1"],
+                           env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
+                           check=True).stdout
+    assert "square8_2p" in table and "eligible" in table
