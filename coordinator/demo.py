@@ -55,6 +55,7 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
             console.print(f"[dim]2 x `rq worker training` started (logs in {output})[/dim]")
             job_ids = await asyncio.to_thread(_export_all, conn, orchestrator.keys, output / "data")
             jobs = await _follow(orchestrator.jobs, job_ids, console, timeout_s)
+            ranked = await asyncio.to_thread(orchestrator.scheduler.ranked)
         finally:
             await orchestrator.stop()
             await asyncio.to_thread(stop_workers, workers)

@@ -168,3 +168,16 @@ def test_priorities_command_explains_the_ranking(redis_server, real_conn, make_s
                            env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60,
                            check=True).stdout
     assert "square8_2p" in table and "eligible" in table
+
+
+def test_demo_command_runs_end_to_end(tmp_path):
+    """The README's first command (after the install): embedded Redis, two real workers, three configs."""
+    import subprocess
+
+    from tests.conftest import console_script
+
+    proc = subprocess.run([console_script("ringrift-train"), "demo", "--epochs", "2", "--output", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("complete") >= 3 and "training priorities" in proc.stdout
+    assert len(list((tmp_path / "models").glob("*/*/model.pt"))) == 3
