@@ -56,6 +56,19 @@ class EventSettings:
 
 
 @dataclass(frozen=True)
+class LeaseSettings:
+    # A lease not renewed for this long is free again; the worker renews every ttl_s / 3.
+    ttl_s: float = 30.0
+    acquire_attempts: int = 3
+    # Random delay between acquisition attempts, up to this.
+    acquire_max_delay_s: float = 0.5
+    # A job whose leases are busy goes back to the queue after about this long.
+    defer_s: float = 5.0
+    # Slots of a node that is not in `hosts` (or RINGRIFT_GPUS on the worker).
+    default_node_slots: int = 1
+
+
+@dataclass(frozen=True)
 class PriorityWeights:
     """How much each factor (each normalised to 0..1) adds to a config's score; 0 removes it."""
 
@@ -98,6 +111,7 @@ class Settings:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     events: EventSettings = field(default_factory=EventSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    leases: LeaseSettings = field(default_factory=LeaseSettings)
     # Node name -> number of GPUs it offers.
     hosts: Mapping[str, int] = field(default_factory=dict)
     source: str = field(default="<defaults>", compare=False)

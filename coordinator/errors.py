@@ -28,6 +28,21 @@ class JobError(CoordinatorError):
         super().__init__(f"job {job_id}: {message}")
 
 
+class LeaseError(CoordinatorError):
+    """Root of the lease layer's errors."""
+
+
+class LeaseUnavailable(LeaseError):
+    """The config is leased by someone else, the node has no free GPU slot, or the node is down."""
+
+    def __init__(self, config_key: str, node: str, reason: str, detail: str) -> None:
+        self.config_key = config_key
+        self.node = node
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"no lease for {config_key} on {node}: {reason} ({detail})")
+
+
 class TrainingFailed(CoordinatorError):
     """Raised by the RQ job after TRAINING_FAILED is recorded, so RQ files the job as failed too."""
 

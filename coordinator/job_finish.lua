@@ -1,33 +1,70 @@
--- Record a running job's end (complete or failed), free its config and announce it, atomically.
+-- Record the end of a job attempt (complete or failed), free its config and announce it, atomically.
+-- Fencing: a success whose fencing token is no longer the config's newest (or no longer the job's)
+-- publishes nothing; it is recorded as stale and TRAINING_FAILED with reason `fenced` is emitted.
+-- A failure of an attempt that is no longer the job's is announced but leaves the job alone.
 -- On success the new samples the job covered are taken off the config's count.
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] config hash
+-- KEYS[5] the config's fencing counter
 -- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] final state
--- ARGV[5] n_job: field/value pairs for the job hash      (ARGV[8] .. )
--- ARGV[6] n_cfg: field/value pairs for the config hash   (after the job's)
--- ARGV[7] n_evt: field/value pairs of the event, `type` included (after the config's)
--- Returns 1 when recorded, 0 when the job was not running (someone else ended it).
+-- ARGV[5] this attempt's fencing token ('' when run without a lease)   ARGV[6] node   ARGV[7] attempt
+-- ARGV[8] n_job: field/value pairs for the job hash      (from ARGV[11])
+-- ARGV[9] n_cfg: field/value pairs for the config hash   (after the job's)
+-- ARGV[10] n_evt: field/value pairs of the event, `type` included (after the config's)
+-- Returns 1 when recorded, 2 when fenced or stale, 0 when the job was not running (ended elsewhere).
+local function release_active()
+  if redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
+    redis.call('HDEL', KEYS[3], ARGV[3])
+  end
+end
+
+local function pairs_from(first, count)
+  local out = {}
+  for j = first, first + 2 * count - 1 do out[#out + 1] = ARGV[j] end
+  return out, first + 2 * count
+end
+
+local now = redis.call('TIME')
+local now_s = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+local job, next_i = pairs_from(11, tonumber(ARGV[8]))
+local cfg, evt_i = pairs_from(next_i, tonumber(ARGV[9]))
+local evt = pairs_from(evt_i, tonumber(ARGV[10]))
+local mine = ARGV[5]
+local current = redis.call('HGET', KEYS[1], 'fence') or ''
+if mine ~= '' then
+  local newest = redis.call('GET', KEYS[5]) or ''
+  if ARGV[4] == 'complete' and (newest ~= mine or current ~= mine) then
+    -- A result from an attempt that is no longer the newest holder: never published.
+    local error = 'fenced: fencing token ' .. mine .. ' is not the newest (' .. newest .. '); result not published'
+    if current == mine and redis.call('HGET', KEYS[1], 'state') == 'running' then
+      redis.call('HSET', KEYS[1], 'state', 'stale', 'error', error, 'reason', 'fenced',
+        'finished_at', now_s, 'updated_at', now_s)
+      release_active()
+    end
+    redis.call('HSET', KEYS[1], 'last_stale_attempt', ARGV[7], 'last_stale_at', now_s)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_FAILED',
+      'job_id', ARGV[2], 'config_key', ARGV[3], 'reason', 'fenced', 'error', error,
+      'attempt', ARGV[7], 'node', ARGV[6], 'fence', mine)
+    return 2
+  end
+  if current ~= mine then
+    -- A failure of an older attempt: reported, but the job belongs to a newer attempt now.
+    redis.call('HSET', KEYS[1], 'last_stale_attempt', ARGV[7], 'last_stale_at', now_s)
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
+    return 2
+  end
+end
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
   return 0
 end
-local n_job, n_cfg, n_evt = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local i = 8
-local job = {'state', ARGV[4]}
-for _ = 1, 2 * n_job do job[#job + 1] = ARGV[i]; i = i + 1 end
-redis.call('HSET', KEYS[1], unpack(job))
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished_at', now_s, 'updated_at', now_s, unpack(job))
 if ARGV[4] == 'complete' then
   local covered = tonumber(redis.call('HGET', KEYS[1], 'covered_samples') or '0')
   local left = tonumber(redis.call('HGET', KEYS[4], 'new_samples') or '0') - covered
   redis.call('HSET', KEYS[4], 'new_samples', math.max(left, 0))
 end
-if n_cfg > 0 then
-  local cfg = {}
-  for _ = 1, 2 * n_cfg do cfg[#cfg + 1] = ARGV[i]; i = i + 1 end
+if #cfg > 0 then
   redis.call('HSET', KEYS[4], unpack(cfg))
 end
-local evt = {}
-for _ = 1, 2 * n_evt do evt[#evt + 1] = ARGV[i]; i = i + 1 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
-if redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
-  redis.call('HDEL', KEYS[3], ARGV[3])
-end
+release_active()
 return 1

@@ -1,7 +1,7 @@
 -- Move a job from queued to running and announce it, atomically.
 -- KEYS[1] job hash            KEYS[2] event stream     KEYS[3] the job's config hash
 -- ARGV[1] stream max length   ARGV[2] now (unix s)     ARGV[3] job id
--- ARGV[4] node                ARGV[5] worker name
+-- ARGV[4] node                ARGV[5] worker name      ARGV[6] fencing token ('' without a lease)
 -- Returns {1, attempt} when started, {0, current state} when the job is not queued.
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'queued' then
@@ -11,10 +11,10 @@ local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 -- The new samples this run trains on: taken off the config's count when it succeeds.
 local covered = redis.call('HGET', KEYS[3], 'new_samples') or '0'
 redis.call('HSET', KEYS[1], 'state', 'running', 'node', ARGV[4], 'worker', ARGV[5],
-  'started_at', ARGV[2], 'updated_at', ARGV[2], 'covered_samples', covered)
+  'started_at', ARGV[2], 'updated_at', ARGV[2], 'covered_samples', covered, 'fence', ARGV[6])
 local config_key = redis.call('HGET', KEYS[1], 'config_key')
 local epochs = redis.call('HGET', KEYS[1], 'epochs')
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_STARTED',
   'job_id', ARGV[3], 'config_key', config_key, 'node', ARGV[4], 'worker', ARGV[5],
-  'attempt', attempt, 'total_epochs', epochs)
+  'attempt', attempt, 'total_epochs', epochs, 'fence', ARGV[6])
 return {1, attempt}

@@ -20,7 +20,7 @@ import json
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -68,6 +68,20 @@ class TrainingParams:
             if value is not None:
                 values[name] = value
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What an ending attempt records: job fields, config fields (on success), and its event."""
+
+    event_type: str
+    event_fields: Mapping[str, Any]
+    job_fields: Mapping[str, Any]
+    node: str
+    attempt: int
+    fence: int | None = None
+    config_fields: Mapping[str, Any] = field(default_factory=dict)
+    payload: Any = None
 
 
 @dataclass(frozen=True)
@@ -194,11 +208,17 @@ class JobStore:
             "output_dir": str(output_dir), "command": json.dumps(list(t.command)),
             "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
             "stream_maxlen": self.stream_maxlen, "attempts": 0, "created_at": now, "updated_at": now,
+            **_lease_fields(settings),
         }
         pipe.hset(self.keys.job(job_id), mapping=_strings(record))
         pipe.zadd(self.keys.jobs, {job_id: now})
         pipe.hset(self.keys.active, ck, job_id)
         pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE})  # queued: not eligible until it ends
+        self._enqueue_rq(pipe, settings, job_id, ck)
+
+    def _enqueue_rq(self, pipe: redis.client.Pipeline, settings: Settings, job_id: str, config_key: str) -> None:
+        """Queue the RQ job (id = our job id) on the caller's transaction."""
+        t = settings.training
         Queue(TRAINING_QUEUE, connection=self.conn).enqueue_call(
             RUN_TRAINING,
             args=(job_id, self.keys.prefix),
@@ -206,16 +226,16 @@ class JobStore:
             timeout=t.timeout_s + t.kill_grace_s + RQ_TIMEOUT_MARGIN_S,
             result_ttl=RQ_RESULT_TTL_S,
             failure_ttl=RQ_RESULT_TTL_S,
-            description=f"train {ck} ({job_id})",
+            description=f"train {config_key} ({job_id})",
             pipeline=pipe,
         )
 
     # -- worker side ----------------------------------------------------------------------------
-    def start(self, job_id: str, config_key: str, node: str, worker: str) -> int | None:
+    def start(self, job_id: str, config_key: str, node: str, worker: str, fence: int | None = None) -> int | None:
         """queued -> running; returns the attempt number, or None when the job is not queued."""
         started, value = self._start(
             keys=[self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
-            args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker],
+            args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker, "" if fence is None else fence],
         )
         return int(value) if started else None
 
@@ -227,30 +247,61 @@ class JobStore:
                     maxlen=self.stream_maxlen)
             pipe.execute()
 
-    def finish(
-        self,
-        job_id: str,
-        config_key: str,
-        state: str,
-        job_fields: Mapping[str, Any],
-        event_type: str,
-        event_fields: Mapping[str, Any],
-        config_fields: Mapping[str, Any] | None = None,
-        payload: Any = None,
-    ) -> bool:
-        """running -> complete/failed with the event; False when the job was not running."""
+    def finish(self, job_id: str, config_key: str, state: str, outcome: Outcome) -> str:
+        """End an attempt: "recorded", "fenced" (a newer lease or attempt exists: nothing published,
+        only the event) or "not_running" (the job was ended elsewhere)."""
         if state not in FINAL_STATES:
             raise JobError(job_id, f"cannot finish in state {state!r}")
-        now = time.time()
-        job = _strings({**job_fields, "finished_at": now, "updated_at": now})
-        cfg = _strings(config_fields or {})
-        evt = encode_fields(event_type, {"job_id": job_id, "config_key": config_key, **event_fields}, payload)
-        args: list[Any] = [self.stream_maxlen, job_id, config_key, state, len(job), len(cfg), len(evt)]
+        job = _strings(outcome.job_fields)
+        cfg = _strings(outcome.config_fields)
+        evt = encode_fields(outcome.event_type, {"job_id": job_id, "config_key": config_key, **outcome.event_fields},
+                            outcome.payload)
+        fence = "" if outcome.fence is None else outcome.fence
+        args: list[Any] = [self.stream_maxlen, job_id, config_key, state, fence, outcome.node, outcome.attempt,
+                           len(job), len(cfg), len(evt)]
         for mapping in (job, cfg, evt):
             for key, value in mapping.items():
                 args.extend((key, value))
-        keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key)]
-        return bool(self._finish(keys=keys, args=args))
+        keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key),
+                self.keys.fence(config_key)]
+        return {0: "not_running", 1: "recorded", 2: "fenced"}[int(self._finish(keys=keys, args=args))]
+
+    # -- delayed jobs (leases busy) ---------------------------------------------------------------
+    def defer(self, job_id: str, delay_s: float, reason: str) -> None:
+        """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back."""
+        ready = time.time() + delay_s
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(job_id), mapping=_strings({"deferred_reason": reason, "not_before": ready}))
+            pipe.hincrby(self.keys.job(job_id), "deferrals", 1)
+            pipe.zadd(self.keys.delayed_jobs, {job_id: ready})
+            pipe.execute()
+
+    def requeue_due(self, settings: Settings, limit: int = 100) -> list[str]:
+        """Put deferred jobs whose time has come back on RQ's queue (each in one transaction)."""
+        due = [j.decode() for j in self.conn.zrangebyscore(self.keys.delayed_jobs, "-inf", time.time(),
+                                                            start=0, num=limit)]
+        return [job_id for job_id in due if self._retry_watch(lambda j=job_id: self._requeue_once(settings, j),
+                                                              f"requeue of {job_id}")]
+
+    def _requeue_once(self, settings: Settings, job_id: str) -> bool:
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.job(job_id), self.keys.delayed_jobs)
+            if pipe.zscore(self.keys.delayed_jobs, job_id) is None:
+                return False  # another orchestrator took it
+            state, config_key = (_text(v) for v in pipe.hmget(self.keys.job(job_id), "state", "config_key"))
+            pipe.multi()
+            pipe.zrem(self.keys.delayed_jobs, job_id)
+            if state == QUEUED:
+                self._enqueue_rq(pipe, settings, job_id, config_key or "?")
+            pipe.execute()
+            return state == QUEUED
+
+def _lease_fields(settings: Settings) -> dict[str, Any]:
+    """What a worker needs to take its leases, carried on the job so workers need no settings."""
+    lease = settings.leases
+    return {"lease_ttl_s": lease.ttl_s, "lease_attempts": lease.acquire_attempts,
+            "lease_max_delay_s": lease.acquire_max_delay_s, "lease_defer_s": lease.defer_s,
+            "lease_default_slots": lease.default_node_slots}
 
 
 def _text(value: bytes | None) -> str | None:

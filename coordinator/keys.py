@@ -14,6 +14,16 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 | `<prefix>:elo:<config_key>`          | list   | recent evaluations, "unix_time elo", oldest first        |
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |
 
+Leases share the hash tag `{lease}`, so the scripts that take a config lease and a node slot
+together (and touch only the keys passed in) also run on Redis Cluster:
+
+| `<prefix>:{lease}:train:<config_key>` | hash   | a config's training lease: token, fence, holder; TTL |
+| `<prefix>:{lease}:fence:<config_key>` | string | the config's fencing counter, one per acquisition |
+| `<prefix>:{lease}:slots:<node>`      | zset   | a node's GPU slots in use: owner token -> expiry (ms)           |
+| `<prefix>:{lease}:node:<node>`       | hash   | a node's `gpus` and health `status` (healthy, degraded, down)   |
+| `<prefix>:{lease}:nodes`             | set    | every node name known                                           |
+| `<prefix>:jobs:delayed`              | zset   | job id -> unix time it goes back to RQ (leases were busy)       |
+
 RQ keeps its own keys (`rq:queue:training`, `rq:job:<job_id>`, ...); an RQ job's id is our job id.
 """
 
@@ -60,3 +70,28 @@ class Keys:
 
     def elo(self, config_key: str) -> str:
         return f"{self.prefix}:elo:{config_key}"
+
+    @property
+    def delayed_jobs(self) -> str:
+        return f"{self.prefix}:jobs:delayed"
+
+    # -- leases: one hash tag for all, so a script may take a config lease and a node slot at once --
+    def lease(self, config_key: str) -> str:
+        return f"{self.prefix}:{{lease}}:train:{config_key}"
+
+    def fence(self, config_key: str) -> str:
+        return f"{self.prefix}:{{lease}}:fence:{config_key}"
+
+    def node_slots(self, node: str) -> str:
+        return f"{self.prefix}:{{lease}}:slots:{node}"
+
+    def node(self, node: str) -> str:
+        return f"{self.prefix}:{{lease}}:node:{node}"
+
+    @property
+    def nodes(self) -> str:
+        return f"{self.prefix}:{{lease}}:nodes"
+
+    @property
+    def lease_pattern(self) -> str:
+        return f"{self.prefix}:{{lease}}:train:*"

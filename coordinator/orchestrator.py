@@ -29,12 +29,15 @@ from coordinator.errors import EventError
 from coordinator.events import Event, EventConsumer, Export
 from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
+from coordinator.leases import LeaseManager
 from coordinator.scheduler import TrainingScheduler
 
 log = logging.getLogger(__name__)
 TRIM_INTERVAL_S = 60.0
 ERROR_BACKOFF_S = 1.0
 MAX_DISPATCH_PER_CALL = 1000
+REQUEUE_INTERVAL_S = 1.0
+NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
 
 
 class TrainingOrchestrator:
@@ -52,6 +55,8 @@ class TrainingOrchestrator:
         # A stable name per host: a restarted orchestrator finds its own unacknowledged entries.
         self.consumer = EventConsumer(self.conn, self.keys, e.group, consumer_name or socket.gethostname())
         self.scheduler = TrainingScheduler(self.conn, self.keys, self.settings.scheduler)
+        lease = self.settings.leases
+        self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
         self._handlers: dict[str, Callable[[Event], list[str]]] = {
             ev.NPZ_EXPORT_COMPLETE: self._on_export,
             ev.TRAINING_COMPLETE: self._on_training_end,
@@ -66,6 +71,7 @@ class TrainingOrchestrator:
         self._next_reclaim = 0.0
         self._next_trim = 0.0
         self._next_tick = 0.0
+        self._next_requeue = 0.0
 
     # -- the seed's asyncio API -----------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +113,7 @@ class TrainingOrchestrator:
     # -- synchronous core -----------------------------------------------------------------------
     def prepare(self) -> None:
         self.consumer.ensure_group()
+        self.leases.register_nodes(dict(self.settings.hosts))
         self._handle_batch(self.consumer.read_own_pending(self.settings.events.read_count))
         self.tick()
 
@@ -116,7 +123,9 @@ class TrainingOrchestrator:
         return self.dispatch()
 
     def total_slots(self) -> int:
-        return max(1, sum(self.settings.hosts.values()))
+        """GPU slots on nodes not marked down (1 when no node is known at all)."""
+        nodes = self.leases.nodes()
+        return sum(int(n["gpus"]) for n in nodes if n["status"] != "down") if nodes else 1
 
     def dispatch(self) -> list[str]:
         """Fill free GPU slots (plus the prefetch) with the highest-priority configs; new job ids."""
@@ -174,6 +183,9 @@ class TrainingOrchestrator:
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL_S
             self.consumer.trim(e.stream_maxlen)
+        if now >= self._next_requeue:
+            self._next_requeue = now + REQUEUE_INTERVAL_S
+            self.jobs.requeue_due(self.settings)
         if now >= self._next_tick:
             self._next_tick = now + self.settings.scheduler.rescore_interval_s
             self.tick()
@@ -189,7 +201,8 @@ class TrainingOrchestrator:
                 touched.update(changed)
         if touched:
             self.scheduler.rescore(sorted(touched))
-            self.dispatch()
+        if batch:
+            self.dispatch()  # a training ended or a node changed: slots may be free
         self.consumer.ack(done)
 
     def _handle(self, event: Event) -> list[str] | None:
@@ -232,7 +245,22 @@ class TrainingOrchestrator:
         return [config_key]
 
     def _on_cluster_health(self, event: Event) -> list[str]:
-        fields = {k: v for k, v in event.fields.items() if k != "type"}
+        """A node's status (`node`, `status`, optional `gpus`), or RingRift's overall form with
+        `alive_peers`: a list of node names (known nodes missing from it are down) or a count."""
+        f = event.fields
+        if f.get("node"):
+            status = f.get("status", "")
+            if status not in NODE_STATUSES:
+                raise EventError(f"status must be one of {', '.join(sorted(NODE_STATUSES))}, got {status!r}")
+            gpus = int(_finite(f["gpus"], "gpus")) if f.get("gpus") else None
+            self.leases.set_node_health(f["node"], status, gpus)
+        elif f.get("alive_peers") and not f["alive_peers"].strip().isdigit():
+            alive = {p for p in f["alive_peers"].replace(",", " ").split() if p}
+            for node in self.leases.nodes():
+                self.leases.set_node_health(node["node"], "healthy" if node["node"] in alive else "down")
+        elif not f.get("alive_peers"):
+            raise EventError("expected node+status or alive_peers")
+        fields = {k: v for k, v in f.items() if k != "type"}
         self.conn.hset(self.keys.cluster_health, mapping={**fields, "event_id": event.id,
                                                           "recorded_at": f"{time.time():.3f}"})
         return []

@@ -152,3 +152,14 @@ def xadd_like_an_exporter(redis_server, *fields: str) -> None:
 def stream_events(conn, event_type: str | None = None):
     events = [decode_entry(i, f) for i, f in conn.xrange("ringrift:events")]
     return [e for e in events if event_type is None or e.type == event_type]
+
+
+def end_job(store, job_id: str, config_key: str, state: str = "complete", fence: int | None = None,
+            **config_fields: object) -> str:
+    """End a running job the way a worker does (no trainer): TRAINING_COMPLETE or TRAINING_FAILED."""
+    from coordinator.jobs import Outcome
+
+    event = "TRAINING_COMPLETE" if state == "complete" else "TRAINING_FAILED"
+    outcome = Outcome(event, {"node": "n"}, job_fields={"final_loss": 1.0}, node="n", attempt=1, fence=fence,
+                      config_fields=config_fields)
+    return store.finish(job_id, config_key, state, outcome)

@@ -9,8 +9,9 @@ from rq import Queue
 
 from coordinator import TrainingOrchestrator
 from coordinator.events import EventConsumer, decode_entry
-from coordinator.jobs import COMPLETE, QUEUED, RUNNING
+from coordinator.jobs import QUEUED, RUNNING
 from coordinator.keys import TRAINING_QUEUE
+from tests.conftest import end_job
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_export_while_running_waits_then_trains_on_the_newest_data(orchestrator,
     orchestrator.process_once(block_ms=None)
     assert orchestrator.jobs.get(first)["npz_path"] == "/data/v1.npz"  # running: untouched
     assert orchestrator.jobs.active_job("hex8_2p") == first
-    assert orchestrator.jobs.finish(first, "hex8_2p", COMPLETE, {"final_loss": 1.0}, "TRAINING_COMPLETE", {})
+    assert end_job(orchestrator.jobs, first, "hex8_2p") == "recorded"
     orchestrator.process_once(block_ms=None)  # sees TRAINING_STARTED and TRAINING_COMPLETE
     second = orchestrator.jobs.active_job("hex8_2p")
     assert second not in (None, first)
@@ -83,7 +84,7 @@ def test_redelivered_export_is_applied_once(orchestrator, fake_conn, keys):
     [entry] = fake_conn.xrange(keys.events, event_id, event_id)
     orchestrator._handle_batch([decode_entry(*entry)])
     assert fake_conn.hget(keys.config("hex8_2p"), "data_version") == b"1"
-    assert orchestrator.jobs.finish(job_id, "hex8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})
+    assert end_job(orchestrator.jobs, job_id, "hex8_2p") == "recorded"
     orchestrator.process_once(block_ms=None)
     assert orchestrator.jobs.active_job("hex8_2p") is None  # no second training for the same data
 
@@ -110,11 +111,31 @@ def test_bad_events_are_dead_lettered_and_the_consumer_goes_on(orchestrator, fak
 
 def test_quality_block_and_cluster_health_are_recorded(orchestrator, fake_conn, keys):
     fake_conn.xadd(keys.events, {"type": "TRAINING_BLOCKED_BY_QUALITY", "config_key": "square8_3p", "reason": "low"})
-    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "gpu-2", "healthy": "false"})
+    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "gpu-2", "status": "down"})
     orchestrator.process_once(block_ms=None)
     assert fake_conn.hget(keys.config("square8_3p"), "quality_block_reason") == b"low"
     assert fake_conn.hget(keys.cluster_health, "node") == b"gpu-2"
+    assert fake_conn.hget(keys.node("gpu-2"), "status") == b"down"
     assert fake_conn.xlen(keys.dead_letters) == 0
+
+
+def test_node_health_changes_the_usable_slots(fake_conn, keys, make_settings):
+    orch = TrainingOrchestrator(replace(make_settings(), hosts={"a": 4, "b": 2, "c": 1}), fake_conn, "t")
+    orch.prepare()
+    assert orch.total_slots() == 7
+    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "a", "status": "down"})
+    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "d", "status": "healthy", "gpus": "8"})
+    orch.process_once(block_ms=None)
+    assert orch.total_slots() == 2 + 1 + 8
+    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "alive_peers": "a, c"})
+    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "alive_peers": "3"})  # a count: recorded only
+    fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "a", "status": "on fire"})
+    orch.process_once(block_ms=None)
+    assert {n["node"]: n["status"] for n in orch.leases.nodes()} == {"a": "healthy", "b": "down", "c": "healthy",
+                                                                     "d": "down"}
+    assert orch.total_slots() == 5
+    [(_, dead)] = fake_conn.xrange(keys.dead_letters)
+    assert dead[b"dead_reason"].startswith(b"status must be one of")
 
 
 def test_restarted_orchestrator_handles_its_unacknowledged_entries(fake_conn, keys, make_settings):
@@ -164,6 +185,6 @@ def test_start_and_finish_are_guarded_by_state(orchestrator, fake_conn, keys):
     assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") == 1
     assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") is None  # already running
     assert orchestrator.jobs.get(job_id)["state"] == RUNNING
-    assert orchestrator.jobs.finish(job_id, "square8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})
-    assert not orchestrator.jobs.finish(job_id, "square8_2p", COMPLETE, {}, "TRAINING_COMPLETE", {})
+    assert end_job(orchestrator.jobs, job_id, "square8_2p") == "recorded"
+    assert end_job(orchestrator.jobs, job_id, "square8_2p") == "not_running"
     assert len(events_of(fake_conn, keys, "TRAINING_COMPLETE")) == 1

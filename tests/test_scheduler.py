@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from coordinator import TrainingOrchestrator, TrainingScheduler
 from coordinator.config import PriorityWeights, SchedulerSettings
-from coordinator.jobs import COMPLETE
 from coordinator.scheduler import STARVING_BASE, ConfigInputs, compute_priority, elo_velocity
+from tests.conftest import end_job
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -224,8 +224,7 @@ def test_curriculum_event_sets_weights_and_bad_ones_are_dead_lettered(orch, fake
 def test_failed_training_cools_down_until_new_data(orch, fake_conn, keys):
     job_id = orch.submit_training_sync("hex8", 2, "/d/v1.npz", samples=100)
     orch.jobs.start(job_id, "hex8_2p", "n", "w")
-    orch.jobs.finish(job_id, "hex8_2p", "failed", {"error": "x"}, "TRAINING_FAILED", {"error": "x"},
-                     config_fields={"last_failed_at": NOW + 10**6})
+    end_job(orch.jobs, job_id, "hex8_2p", "failed", last_failed_at=NOW + 10**6)
     orch.process_once(block_ms=None)
     assert orch.jobs.active_job("hex8_2p") is None
     assert "last training failed" in fake_conn.hget(keys.config("hex8_2p"), "why").decode()
@@ -257,7 +256,7 @@ def run_dispatch_order(conn, make_settings, keys, weights: dict[str, float]) -> 
     assert conn.hlen(keys.active) == 1  # nothing queued while the slot is busy
     started, running = [], (busy, "hexagonal_2p")
     for _ in range(len(weights)):
-        orch.jobs.finish(*running, COMPLETE, {}, "TRAINING_COMPLETE", {})
+        end_job(orch.jobs, *running)
         orch.process_once(block_ms=None)  # the slot is free: the best config is queued
         [(config_key, job_id)] = [(k.decode(), v.decode()) for k, v in conn.hgetall(keys.active).items()]
         orch.jobs.start(job_id, config_key, "gpu-1", "w")

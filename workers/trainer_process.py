@@ -28,6 +28,7 @@ class TrainerResult:
     returncode: int
     timed_out: bool
     stderr_tail: str
+    stopped: bool = False  # stopped on request (lease lost, cancel) before it ended
 
 
 def build_argv(record: Mapping[str, str]) -> list[str]:
@@ -50,11 +51,14 @@ def run_trainer(
     timeout_s: float,
     kill_grace_s: float,
     on_progress: Callable[[dict[str, Any]], None],
+    stop: threading.Event | None = None,
 ) -> TrainerResult:
-    """Run the trainer to its end (or past `timeout_s`, then stop it); never raises on its failure."""
+    """Run the trainer to its end (or past `timeout_s`, or until `stop` is set, then stop it:
+    SIGTERM, SIGKILL after `kill_grace_s`); never raises on the trainer's failure."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-    timed_out = threading.Event()
+    timed_out, stopped = threading.Event(), threading.Event()
+    stop = stop or threading.Event()
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env,
         start_new_session=True, preexec_fn=_die_with_parent,
@@ -64,6 +68,8 @@ def run_trainer(
         timer = threading.Timer(timeout_s, _stop, args=(proc, kill_grace_s, timed_out))
         timer.daemon = True
         timer.start()
+        watcher = threading.Thread(target=_stop_when, args=(stop, proc, kill_grace_s, stopped), daemon=True)
+        watcher.start()
         try:
             for line in proc.stdout:
                 figures = _parse_progress(line)
@@ -74,8 +80,16 @@ def run_trainer(
             timer.cancel()
             if proc.poll() is None:  # we are being torn down: do not leave the trainer behind
                 _stop(proc, kill_grace_s, None)
+            stop.set()  # releases the watcher; `stopped` was only set if it fired while running
             reader.join(timeout=5)
-    return TrainerResult(returncode, timed_out.is_set(), "".join(tail)[-4000:])
+            watcher.join(timeout=5)
+    return TrainerResult(returncode, timed_out.is_set(), "".join(tail)[-4000:], stopped.is_set())
+
+
+def _stop_when(stop: threading.Event, proc: subprocess.Popen, grace_s: float, flag: threading.Event) -> None:
+    stop.wait()
+    if proc.poll() is None:
+        _stop(proc, grace_s, flag)
 
 
 def _parse_progress(line: str) -> dict[str, Any] | None:

@@ -1,0 +1,190 @@
+"""Training slots on Redlock-style leases (replacing the NFS file locks).
+
+A worker that trains config C on node N holds two leases, taken together in one script or not
+at all: C's training lease (one trainer per config) and one of N's GPU slots (at most `gpus`
+trainings per node). Each acquisition returns a fencing token from C's counter, which only
+grows; a result is published only if its token is still C's newest (see `job_finish.lua`), so a
+paused or partitioned worker that lost its lease cannot overwrite a newer model.
+
+Renewal and release compare the owner token (scripts), so nobody extends or frees a lease it
+does not hold. `LeaseKeeper` renews every TTL/3 while the trainer runs, without a cap, and
+reports the lease lost when the owner changed or Redis was unreachable for a whole TTL.
+
+Single instance, not a quorum: leases live on the one Redis (with AOF, or a Sentinel-managed
+primary) that also holds the jobs and the stream, so a lease can only be as available as the
+job state it protects. Redlock's multi-master quorum would add N round trips per renewal and
+still leave the jobs on one primary; fencing tokens cover what failover can lose (a lease
+acquired on the old primary and not replicated): the newer holder's token wins at publish.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from coordinator.errors import LeaseUnavailable
+from coordinator.jobs import decode_hash
+from coordinator.keys import Keys
+
+LEASE_TTL_S = 30.0
+
+
+@dataclass(frozen=True)
+class Lease:
+    config_key: str
+    node: str
+    token: str
+    fence: int
+    ttl_ms: int
+
+
+class LeaseManager:
+    def __init__(self, conn: redis.Redis, keys: Keys, ttl_s: float = LEASE_TTL_S, default_slots: int = 1) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.ttl_ms = int(ttl_s * 1000)
+        self.default_slots = default_slots
+        here = Path(__file__).parent
+        self._acquire = conn.register_script((here / "lease_acquire.lua").read_text())
+        self._renew = conn.register_script((here / "lease_renew.lua").read_text())
+        self._release = conn.register_script((here / "lease_release.lua").read_text())
+
+    def try_acquire(self, config_key: str, node: str, worker: str, job_id: str) -> Lease:
+        """One attempt; raises LeaseUnavailable with the reason (config, slots, node_down)."""
+        token = uuid.uuid4().hex
+        keys = [self.keys.lease(config_key), self.keys.fence(config_key), self.keys.node_slots(node),
+                self.keys.node(node)]
+        reply = self._acquire(keys=keys, args=[token, self.ttl_ms, self.default_slots, node, worker, job_id])
+        if reply[0] == 1:
+            return Lease(config_key, node, token, int(reply[1]), self.ttl_ms)
+        raise LeaseUnavailable(config_key, node, _text(reply[1]), _text(reply[2]))
+
+    def acquire(self, config_key: str, node: str, worker: str, job_id: str, attempts: int = 3,
+                max_delay_s: float = 0.5) -> Lease:
+        """Up to `attempts` tries, a random pause (up to `max_delay_s`) between them."""
+        for attempt in range(attempts):
+            try:
+                return self.try_acquire(config_key, node, worker, job_id)
+            except LeaseUnavailable as exc:
+                if exc.reason == "node_down" or attempt == attempts - 1:
+                    raise
+            time.sleep(random.uniform(0, max_delay_s))
+        raise AssertionError("unreachable")
+
+    def renew(self, lease: Lease) -> bool:
+        """Extend both leases by the TTL; False when the caller no longer holds them."""
+        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node)]
+        return bool(self._renew(keys=keys, args=[lease.token, lease.ttl_ms]))
+
+    def release(self, lease: Lease) -> bool:
+        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node)]
+        return bool(self._release(keys=keys, args=[lease.token]))
+
+    def newest_fence(self, config_key: str) -> int:
+        return int(self.conn.get(self.keys.fence(config_key)) or 0)
+
+    # -- nodes -----------------------------------------------------------------------------------
+    def register_nodes(self, hosts: dict[str, int]) -> None:
+        """Record the configured GPUs of each node (their health status is left as it is)."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            for node, gpus in hosts.items():
+                pipe.hset(self.keys.node(node), "gpus", gpus)
+                pipe.sadd(self.keys.nodes, node)
+            pipe.execute()
+
+    def set_node_health(self, node: str, status: str, gpus: int | None = None) -> None:
+        fields: dict[str, str | int] = {"status": status, "status_at": f"{time.time():.3f}"}
+        if gpus is not None:
+            fields["gpus"] = gpus
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.node(node), mapping=fields)
+            pipe.sadd(self.keys.nodes, node)
+            pipe.execute()
+
+    def nodes(self) -> list[dict[str, str]]:
+        """Every known node: gpus, status, slots in use (unexpired)."""
+        names = sorted(n.decode() for n in self.conn.smembers(self.keys.nodes))
+        now_ms = time.time() * 1000
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for name in names:
+                pipe.hgetall(self.keys.node(name))
+                pipe.zcount(self.keys.node_slots(name), now_ms, "+inf")
+            replies = pipe.execute()
+        out = []
+        for i, name in enumerate(names):
+            info = decode_hash(replies[2 * i])
+            out.append({"node": name, "gpus": info.get("gpus", str(self.default_slots)),
+                        "status": info.get("status", "healthy"), "in_use": str(replies[2 * i + 1])})
+        return out
+
+    def usable_slots(self) -> int:
+        """GPU slots on nodes that are not down."""
+        return sum(int(n["gpus"]) for n in self.nodes() if n["status"] != "down")
+
+    def held(self) -> list[dict[str, str]]:
+        """Every held config lease with its holder, fencing token and TTL left."""
+        names = sorted(self.conn.scan_iter(match=self.keys.lease_pattern, count=500))
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for name in names:
+                pipe.hgetall(name)
+                pipe.pttl(name)
+            replies = pipe.execute()
+        held = []
+        for i, name in enumerate(names):
+            info = decode_hash(replies[2 * i])
+            if info:
+                resource = name.decode().rsplit(":", 1)[1]
+                held.append({"config_key": resource, **info, "ttl_left_ms": str(replies[2 * i + 1])})
+        return held
+
+
+class LeaseKeeper:
+    """Renews a lease every TTL/3 in a thread; calls `on_lost(reason)` once if it is lost."""
+
+    def __init__(self, manager: LeaseManager, lease: Lease, on_lost: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.manager = manager
+        self.lease = lease
+        self.on_lost = on_lost
+        self.clock = clock
+        self.lost_reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{lease.config_key}", daemon=True)
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        interval = self.lease.ttl_ms / 3000.0
+        last_ok = self.clock()
+        while not self._stop.wait(interval):
+            try:
+                if self.manager.renew(self.lease):
+                    last_ok = self.clock()
+                    continue
+                self._lost("lease_lost: another holder took it over")
+                return
+            except redis.RedisError as exc:
+                if self.clock() - last_ok >= self.lease.ttl_ms / 1000.0:
+                    self._lost(f"lease_lost: Redis unreachable for a whole TTL ({exc})")
+                    return
+
+    def _lost(self, reason: str) -> None:
+        self.lost_reason = reason
+        self.on_lost(reason)
+
+
+def _text(value: bytes | str | int) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
