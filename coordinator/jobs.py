@@ -216,13 +216,17 @@ class JobStore:
         pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE})  # queued: not eligible until it ends
         self._enqueue_rq(pipe, settings, job_id, ck)
 
-    def _enqueue_rq(self, pipe: redis.client.Pipeline, settings: Settings, job_id: str, config_key: str) -> None:
-        """Queue the RQ job (id = our job id) on the caller's transaction."""
+    def _enqueue_rq(self, pipe: redis.client.Pipeline, settings: Settings, job_id: str, config_key: str,
+                    rq_job_id: str | None = None) -> None:
+        """Queue the RQ job on the caller's transaction: its id is our job id, plus a suffix when the
+        job goes back to the queue (so RQ's record of an earlier attempt is never overwritten)."""
         t = settings.training
+        rq_job_id = rq_job_id or job_id
+        pipe.hset(self.keys.job(job_id), "rq_job_id", rq_job_id)
         Queue(TRAINING_QUEUE, connection=self.conn).enqueue_call(
             RUN_TRAINING,
             args=(job_id, self.keys.prefix),
-            job_id=job_id,
+            job_id=rq_job_id,
             timeout=t.timeout_s + t.kill_grace_s + RQ_TIMEOUT_MARGIN_S,
             result_ttl=RQ_RESULT_TTL_S,
             failure_ttl=RQ_RESULT_TTL_S,
@@ -288,13 +292,32 @@ class JobStore:
             pipe.watch(self.keys.job(job_id), self.keys.delayed_jobs)
             if pipe.zscore(self.keys.delayed_jobs, job_id) is None:
                 return False  # another orchestrator took it
-            state, config_key = (_text(v) for v in pipe.hmget(self.keys.job(job_id), "state", "config_key"))
+            state, config_key, deferrals = (_text(v) for v in pipe.hmget(
+                self.keys.job(job_id), "state", "config_key", "deferrals"))
             pipe.multi()
             pipe.zrem(self.keys.delayed_jobs, job_id)
             if state == QUEUED:
-                self._enqueue_rq(pipe, settings, job_id, config_key or "?")
+                self._enqueue_rq(pipe, settings, job_id, config_key or "?", f"{job_id}-d{deferrals or 0}")
             pipe.execute()
             return state == QUEUED
+
+    def requeue(self, settings: Settings, job_id: str, reason: str) -> bool:
+        """running -> queued and back on RQ's queue (its attempt was abandoned); False if not running."""
+        return self._retry_watch(lambda: self._requeue_running(settings, job_id, reason), f"requeue of {job_id}")
+
+    def _requeue_running(self, settings: Settings, job_id: str, reason: str) -> bool:
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.job(job_id))
+            state, config_key, attempts = (_text(v) for v in pipe.hmget(
+                self.keys.job(job_id), "state", "config_key", "attempts"))
+            if state != RUNNING:
+                return False
+            pipe.multi()
+            pipe.hset(self.keys.job(job_id), mapping=_strings({
+                "state": QUEUED, "requeued_reason": reason, "updated_at": time.time()}))
+            self._enqueue_rq(pipe, settings, job_id, config_key or "?", f"{job_id}-a{int(attempts or 0) + 1}")
+            pipe.execute()
+            return True
 
 def _lease_fields(settings: Settings) -> dict[str, Any]:
     """What a worker needs to take its leases, carried on the job so workers need no settings."""

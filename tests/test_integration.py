@@ -180,4 +180,4 @@ def test_demo_command_runs_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("complete") >= 3 and "training priorities" in proc.stdout
-    assert len(list((tmp_path / "models").glob("*/*/model.pt"))) == 3
+    assert len(list((tmp_path / "models").glob("*/*/attempt-1/model.pt"))) == 3

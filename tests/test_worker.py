@@ -73,13 +73,13 @@ def test_trainer_past_its_timeout_is_stopped(fake_conn, make_settings, tmp_path)
 def test_argv_is_a_list_with_the_workers_python(fake_conn, make_settings, tmp_path):
     orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
     job_id = orch.submit_training_sync("square19", 3, "/data/x y.npz", learning_rate=0.01)
-    argv = build_argv(orch.jobs.get(job_id))
+    argv = build_argv(orch.jobs.get(job_id), "/models/out")
     assert argv[:3] == [sys.executable, "-m", "workers.train"]
     pairs = dict(zip(argv[3::2], argv[4::2]))
     assert pairs["--data"] == "/data/x y.npz"  # one argument, no shell splitting
     assert pairs["--board-type"] == "square19" and pairs["--num-players"] == "3"
     assert pairs["--learning-rate"] == "0.01" and pairs["--epochs"] == "3"
-    assert pairs["--output-dir"] == orch.jobs.get(job_id)["output_dir"]
+    assert pairs["--output-dir"] == "/models/out"
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self"), reason="PR_SET_PDEATHSIG is Linux-only")

@@ -89,6 +89,8 @@ class TrainingRun:
         self.lease = lease
         self.started = time.monotonic()
         self.stop = threading.Event()
+        # Each attempt writes its own directory: a stale attempt never overwrites a published model.
+        self.output_dir = Path(record["output_dir"]) / f"attempt-{attempt}"
 
     def execute(self) -> dict[str, Any]:
         try:
@@ -104,9 +106,9 @@ class TrainingRun:
         npz_path = Path(self.record["npz_path"])
         if not npz_path.is_file():
             self._fail("missing_input", f"npz_path not found: {npz_path}", "")
-        Path(self.record["output_dir"]).mkdir(parents=True, exist_ok=True)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         result = run_trainer(
-            build_argv(self.record),
+            build_argv(self.record, str(self.output_dir)),
             timeout_s=float(self.record["timeout_s"]),
             kill_grace_s=float(self.record["kill_grace_s"]),
             on_progress=self._progress,
@@ -125,7 +127,7 @@ class TrainingRun:
         self.store.progress(self.job_id, self.config_key, {k: figures[k] for k in keep if k in figures})
 
     def _complete(self) -> dict[str, Any]:
-        metrics_path = Path(self.record["output_dir"]) / METRICS_FILE
+        metrics_path = self.output_dir / METRICS_FILE
         try:
             metrics = json.loads(metrics_path.read_text())
         except (OSError, ValueError) as exc:

@@ -31,7 +31,7 @@ class TrainerResult:
     stopped: bool = False  # stopped on request (lease lost, cancel) before it ended
 
 
-def build_argv(record: Mapping[str, str]) -> list[str]:
+def build_argv(record: Mapping[str, str], output_dir: str) -> list[str]:
     """The trainer's argument list from a job record; nothing passes through a shell."""
     command = [sys.executable if part == "{python}" else part for part in json.loads(record["command"])]
     return command + [
@@ -42,7 +42,7 @@ def build_argv(record: Mapping[str, str]) -> list[str]:
         "--batch-size", record["batch_size"],
         "--learning-rate", record["learning_rate"],
         "--patience", record["early_stopping_patience"],
-        "--output-dir", record["output_dir"],
+        "--output-dir", output_dir,
     ]
 
 

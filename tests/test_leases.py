@@ -1,0 +1,135 @@
+"""Leases on fakeredis (with Lua): acquisition, slots, ownership, expiry, fencing at publish."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from coordinator import TrainingOrchestrator
+from coordinator.errors import LeaseUnavailable
+from coordinator.leases import LeaseKeeper, LeaseManager
+from tests.conftest import end_job
+
+
+@pytest.fixture
+def leases(fake_conn, keys):
+    return LeaseManager(fake_conn, keys, ttl_s=30, default_slots=2)
+
+
+def test_fencing_tokens_only_grow(leases):
+    first = leases.try_acquire("hex8_2p", "n1", "w1", "j1")
+    assert leases.release(first)
+    second = leases.try_acquire("hex8_2p", "n1", "w2", "j2")
+    assert (first.fence, second.fence) == (1, 2)
+    assert leases.newest_fence("hex8_2p") == 2
+    other = leases.try_acquire("square8_2p", "n1", "w3", "j3")
+    assert other.fence == 1  # one counter per config
+
+
+def test_a_held_config_cannot_be_taken(leases):
+    leases.try_acquire("hex8_2p", "n1", "w1", "job-a")
+    with pytest.raises(LeaseUnavailable) as info:
+        leases.try_acquire("hex8_2p", "n2", "w2", "job-b")
+    assert (info.value.reason, info.value.detail) == ("config", "job-a")
+
+
+def test_a_node_runs_at_most_its_gpus(leases, fake_conn, keys):
+    leases.register_nodes({"n1": 2})
+    held = [leases.try_acquire(f"hex8_{p}p", "n1", "w", "j") for p in (2, 3)]
+    with pytest.raises(LeaseUnavailable) as info:
+        leases.try_acquire("hex8_4p", "n1", "w", "j")
+    assert (info.value.reason, info.value.detail) == ("slots", "2/2")
+    assert leases.try_acquire("hex8_4p", "n2", "w", "j")  # another node has room
+    leases.release(held[0])
+    assert leases.try_acquire("square8_2p", "n1", "w", "j").fence == 1  # the freed slot is usable
+    assert fake_conn.zcard(keys.node_slots("n1")) == 2
+    assert leases.nodes()[0] == {"node": "n1", "gpus": "2", "status": "healthy", "in_use": "2"}
+
+
+def test_failed_acquisition_takes_nothing(leases, fake_conn, keys):
+    leases.register_nodes({"n1": 1})
+    leases.try_acquire("hex8_2p", "n1", "w", "j")
+    with pytest.raises(LeaseUnavailable):
+        leases.try_acquire("square8_2p", "n1", "w", "j")  # no slot: the config lease is not taken
+    assert not fake_conn.exists(keys.lease("square8_2p"))
+    assert leases.newest_fence("square8_2p") == 0
+
+
+def test_a_down_node_gets_no_lease(leases):
+    leases.set_node_health("n1", "down")
+    with pytest.raises(LeaseUnavailable, match="node_down"):
+        leases.acquire("hex8_2p", "n1", "w", "j", attempts=3, max_delay_s=0)
+
+
+def test_only_the_owner_renews_or_releases(leases, fake_conn, keys):
+    mine = leases.try_acquire("hex8_2p", "n1", "w1", "j1")
+    forged = type(mine)(mine.config_key, mine.node, "not-my-token", mine.fence, mine.ttl_ms)
+    assert not leases.renew(forged) and not leases.release(forged)
+    assert fake_conn.exists(keys.lease("hex8_2p"))
+    assert leases.renew(mine) and leases.release(mine)
+    assert not fake_conn.exists(keys.lease("hex8_2p")) and fake_conn.zcard(keys.node_slots("n1")) == 0
+    assert not leases.renew(mine)  # released: nothing to extend
+
+
+def test_an_expired_lease_is_free_and_the_old_holder_cannot_renew(fake_conn, keys):
+    short = LeaseManager(fake_conn, keys, ttl_s=0.05, default_slots=1)
+    old = short.try_acquire("hex8_2p", "n1", "w1", "j1")
+    time.sleep(0.1)
+    new = short.try_acquire("hex8_2p", "n1", "w2", "j1")  # config lease and the node's one slot
+    assert new.fence == old.fence + 1
+    assert not short.renew(old) and short.renew(new)
+
+
+def test_keeper_renews_and_reports_a_lost_lease(fake_conn, keys):
+    manager = LeaseManager(fake_conn, keys, ttl_s=0.3)
+    lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
+    lost = threading.Event()
+    with LeaseKeeper(manager, lease, on_lost=lambda reason: lost.set()) as keeper:
+        time.sleep(0.7)  # past two TTLs: only renewals keep it
+        assert fake_conn.hget(keys.lease("hex8_2p"), "token") == lease.token.encode()
+        fake_conn.delete(keys.lease("hex8_2p"))  # an operator (or expiry) takes it away
+        assert lost.wait(2)
+    assert keeper.lost_reason.startswith("lease_lost")
+
+
+def test_held_leases_are_listed_with_holder_fence_and_ttl(leases):
+    leases.try_acquire("hex8_2p", "gpu-1", "worker-a", "job-1")
+    [held] = leases.held()
+    assert held["config_key"] == "hex8_2p" and held["node"] == "gpu-1" and held["job_id"] == "job-1"
+    assert held["fence"] == "1" and 0 < int(held["ttl_left_ms"]) <= 30_000
+
+
+# -- fencing at publish -------------------------------------------------------------------------
+
+@pytest.fixture
+def running_job(fake_conn, keys, make_settings):
+    orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    return orch, job_id
+
+
+def test_a_result_under_an_old_fence_is_not_published(running_job, fake_conn, keys, leases):
+    orch, job_id = running_job
+    old = leases.try_acquire("hex8_2p", "n1", "w1", job_id)
+    orch.jobs.start(job_id, "hex8_2p", "n1", "w1", fence=old.fence)
+    fake_conn.delete(keys.lease("hex8_2p"))  # the old holder's lease expired...
+    leases.try_acquire("hex8_2p", "n2", "w2", "other")  # ...and someone newer holds it now
+    assert end_job(orch.jobs, job_id, "hex8_2p", fence=old.fence, latest_model="/old/model.pt") == "fenced"
+    record = orch.jobs.get(job_id)
+    assert record["state"] == "stale" and record["reason"] == "fenced"
+    assert fake_conn.hget(keys.config("hex8_2p"), "latest_model") is None
+    last = fake_conn.xrevrange(keys.events, count=1)[0][1]
+    assert last[b"type"] == b"TRAINING_FAILED" and last[b"reason"] == b"fenced"
+
+
+def test_an_older_attempts_failure_leaves_the_newer_attempt_alone(running_job, fake_conn, keys, leases):
+    orch, job_id = running_job
+    orch.jobs.start(job_id, "hex8_2p", "n1", "w1", fence=1)
+    fake_conn.hset(keys.job(job_id), "fence", 2)  # a retry took over the job with a newer lease
+    fake_conn.set(keys.fence("hex8_2p"), 2)
+    assert end_job(orch.jobs, job_id, "hex8_2p", state="failed", fence=1) == "fenced"
+    assert orch.jobs.get(job_id)["state"] == "running"
+    assert end_job(orch.jobs, job_id, "hex8_2p", fence=2, latest_model="/new/model.pt") == "recorded"
+    assert fake_conn.hget(keys.config("hex8_2p"), "latest_model") == b"/new/model.pt"
