@@ -1,4 +1,4 @@
-"""`ringrift-train`: the one command for people (run the service, demo, inspect priorities and jobs)."""
+"""`ringrift-train`: the one command for people (run the service, demo, inspect priorities, locks, jobs)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from coordinator.config import load_settings
 from coordinator.errors import ConfigError
 from coordinator.jobs import JobStore
 from coordinator.keys import Keys
+from coordinator.leases import LeaseManager
 from coordinator.scheduler import TrainingScheduler
 
 
@@ -51,6 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     prio.add_argument("--json", action="store_true", help="print the ranking as JSON")
     prio.add_argument("--weights", help="curriculum weights to try, e.g. hex8_2p=1.5,square8_2p=0.5 (not stored)")
     prio.set_defaults(func=_priorities)
+
+    locks = sub.add_parser("locks", help="held training leases and each node's GPU slots")
+    locks.add_argument("--json", action="store_true")
+    locks.set_defaults(func=_locks)
 
     jobs = sub.add_parser("jobs", help="list the newest job records")
     jobs.add_argument("--limit", type=int, default=20)
@@ -98,6 +103,23 @@ def _parse_weights(text: str) -> dict[str, float]:
             raise ValueError(f"expected config=weight, got {item!r}")
         weights[key.strip()] = float(value)
     return weights
+
+
+def _locks(args: argparse.Namespace, settings) -> int:
+    conn = redis.Redis.from_url(settings.redis.url)
+    leases = LeaseManager(conn, Keys(settings.redis.prefix), settings.leases.ttl_s, settings.leases.default_node_slots)
+    held, nodes = leases.held(), leases.nodes()
+    if args.json:
+        print(json.dumps({"leases": held, "nodes": nodes}, indent=1))
+        return 0
+    print(f"{'config':14} {'node':14} {'worker':24} {'job':40} {'fence':>6} {'ttl left':>9}")
+    for h in held:
+        print(f"{h['config_key']:14} {h.get('node', '-'):14} {h.get('worker', '-'):24} {h.get('job_id', '-'):40} "
+              f"{h.get('fence', '-'):>6} {int(h['ttl_left_ms']) / 1000:>8.1f}s")
+    print(f"\n{'node':14} {'status':9} {'slots in use':>12}")
+    for n in nodes:
+        print(f"{n['node']:14} {n['status']:9} {n['in_use'] + '/' + n['gpus']:>12}")
+    return 0
 
 
 def _jobs(args: argparse.Namespace, settings) -> int:

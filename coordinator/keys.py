@@ -17,7 +17,7 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 Leases share the hash tag `{lease}`, so the scripts that take a config lease and a node slot
 together (and touch only the keys passed in) also run on Redis Cluster:
 
-| `<prefix>:{lease}:train:<config_key>` | hash   | a config's training lease: token, fence, holder; TTL |
+| `<prefix>:{lease}:train:<config_key>` | string | a config's lease: "token|fence|node|worker|job"; TTL |
 | `<prefix>:{lease}:fence:<config_key>` | string | the config's fencing counter, one per acquisition |
 | `<prefix>:{lease}:slots:<node>`      | zset   | a node's GPU slots in use: owner token -> expiry (ms)           |
 | `<prefix>:{lease}:node:<node>`       | hash   | a node's `gpus` and health `status` (healthy, degraded, down)   |

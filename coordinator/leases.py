@@ -64,7 +64,10 @@ class LeaseManager:
         reply = self._acquire(keys=keys, args=[token, self.ttl_ms, self.default_slots, node, worker, job_id])
         if reply[0] == 1:
             return Lease(config_key, node, token, int(reply[1]), self.ttl_ms)
-        raise LeaseUnavailable(config_key, node, _text(reply[1]), _text(reply[2]))
+        reason, detail = _text(reply[1]), _text(reply[2])
+        if reason == "config":
+            detail = parse_holder(detail).get("job_id", detail)
+        raise LeaseUnavailable(config_key, node, reason, detail)
 
     def acquire(self, config_key: str, node: str, worker: str, job_id: str, attempts: int = 3,
                 max_delay_s: float = 0.5) -> Lease:
@@ -133,15 +136,15 @@ class LeaseManager:
         names = sorted(self.conn.scan_iter(match=self.keys.lease_pattern, count=500))
         with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
             for name in names:
-                pipe.hgetall(name)
+                pipe.get(name)
                 pipe.pttl(name)
             replies = pipe.execute()
         held = []
         for i, name in enumerate(names):
-            info = decode_hash(replies[2 * i])
-            if info:
+            if replies[2 * i]:
                 resource = name.decode().rsplit(":", 1)[1]
-                held.append({"config_key": resource, **info, "ttl_left_ms": str(replies[2 * i + 1])})
+                held.append({"config_key": resource, **parse_holder(replies[2 * i].decode()),
+                             "ttl_left_ms": str(replies[2 * i + 1])})
         return held
 
 
@@ -184,6 +187,14 @@ class LeaseKeeper:
     def _lost(self, reason: str) -> None:
         self.lost_reason = reason
         self.on_lost(reason)
+
+
+HOLDER_FIELDS = ("token", "fence", "node", "worker", "job_id")
+
+
+def parse_holder(value: str) -> dict[str, str]:
+    """A lease's value, "token|fence|node|worker|job_id", as a mapping."""
+    return dict(zip(HOLDER_FIELDS, value.split("|", len(HOLDER_FIELDS) - 1)))
 
 
 def _text(value: bytes | str | int) -> str:

@@ -102,3 +102,27 @@ def test_a_node_with_two_gpus_never_runs_three_trainings(redis_server, real_conn
           f"{deferrals} deferrals")
     assert peak == 2
     assert deferrals > 0  # the third and fourth workers found the node full and moved on
+
+
+def test_locks_command_shows_holders_and_slots(redis_server, real_conn):
+    import json
+
+    from coordinator.leases import LeaseManager
+    from tests.conftest import console_script
+
+    leases = LeaseManager(real_conn, Keys("ringrift"), ttl_s=60)
+    leases.register_nodes({"gpu-a": 2, "gpu-b": 1})
+    leases.set_node_health("gpu-b", "down")
+    leases.try_acquire("hex8_2p", "gpu-a", "worker-1", "job-42")
+    env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"}
+    out = json.loads(subprocess.run([console_script("ringrift-train"), "locks", "--json"], env=env,
+                                    capture_output=True, text=True, timeout=60, check=True).stdout)
+    [held] = out["leases"]
+    assert (held["config_key"], held["node"], held["worker"], held["job_id"], held["fence"]) == (
+        "hex8_2p", "gpu-a", "worker-1", "job-42", "1")
+    assert 50_000 < int(held["ttl_left_ms"]) <= 60_000
+    assert out["nodes"] == [{"node": "gpu-a", "gpus": "2", "status": "healthy", "in_use": "1"},
+                            {"node": "gpu-b", "gpus": "1", "status": "down", "in_use": "0"}]
+    text = subprocess.run([console_script("ringrift-train"), "locks"], env=env, capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    assert "job-42" in text and "1/2" in text
