@@ -58,7 +58,7 @@ class EventSettings:
 @dataclass(frozen=True)
 class LeaseSettings:
     # A lease not renewed for this long is free again; the worker renews every ttl_s / 3.
-    ttl_s: float = 30.0
+    ttl_s: float = 10.0
     acquire_attempts: int = 3
     # Random delay between acquisition attempts, up to this.
     acquire_max_delay_s: float = 0.5
@@ -66,6 +66,27 @@ class LeaseSettings:
     defer_s: float = 5.0
     # Slots of a node that is not in `hosts` (or RINGRIFT_GPUS on the worker).
     default_node_slots: int = 1
+    # How often the orchestrator looks for attempts whose lease expired (dead workers).
+    reaper_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    # Retries after infrastructure failures (lost lease or worker, Redis errors).
+    infrastructure: int = 5
+    # Retries after the trainer failed (non-zero exit, timeout); poison inputs get none.
+    trainer: int = 1
+    backoff_base_s: float = 5.0
+    backoff_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    # This many consecutive failures within window_s open a config's (or a node's) breaker.
+    failures: int = 3
+    window_s: float = 3600.0
+    # An open breaker lets one trial through after this long; success closes it.
+    cooldown_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +133,8 @@ class Settings:
     events: EventSettings = field(default_factory=EventSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     leases: LeaseSettings = field(default_factory=LeaseSettings)
+    retries: RetrySettings = field(default_factory=RetrySettings)
+    breakers: BreakerSettings = field(default_factory=BreakerSettings)
     # Node name -> number of GPUs it offers.
     hosts: Mapping[str, int] = field(default_factory=dict)
     source: str = field(default="<defaults>", compare=False)
@@ -119,7 +142,7 @@ class Settings:
 
 # Fields that may be zero; every other number must be strictly positive.
 _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "freshness", "elo_velocity",
-                "min_new_samples", "prefetch"}
+                "min_new_samples", "prefetch", "infrastructure", "trainer"}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

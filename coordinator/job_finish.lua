@@ -1,15 +1,17 @@
--- Record the end of a job attempt (complete or failed), free its config and announce it, atomically.
+-- Record the end of a job attempt (complete, failed, retrying or cancelled), free its config
+-- (unless it will retry) and announce it, atomically.
 -- Fencing: a success whose fencing token is no longer the config's newest (or no longer the job's)
 -- publishes nothing; it is recorded as stale and TRAINING_FAILED with reason `fenced` is emitted.
 -- A failure of an attempt that is no longer the job's is announced but leaves the job alone.
 -- On success the new samples the job covered are taken off the config's count.
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] config hash
--- KEYS[5] the config's fencing counter
+-- KEYS[5] the config's fencing counter   KEYS[6] delayed-job zset (retries wait there)
 -- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] final state
 -- ARGV[5] this attempt's fencing token ('' when run without a lease)   ARGV[6] node   ARGV[7] attempt
--- ARGV[8] n_job: field/value pairs for the job hash      (from ARGV[11])
+-- ARGV[8] n_job: field/value pairs for the job hash      (from ARGV[13])
 -- ARGV[9] n_cfg: field/value pairs for the config hash   (after the job's)
 -- ARGV[10] n_evt: field/value pairs of the event, `type` included (after the config's)
+-- ARGV[11] allowed "from" states, comma-separated   ARGV[12] unix time of the retry ('' : none)
 -- Returns 1 when recorded, 2 when fenced or stale, 0 when the job was not running (ended elsewhere).
 local function release_active()
   if redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
@@ -25,7 +27,7 @@ end
 
 local now = redis.call('TIME')
 local now_s = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-local job, next_i = pairs_from(11, tonumber(ARGV[8]))
+local job, next_i = pairs_from(13, tonumber(ARGV[8]))
 local cfg, evt_i = pairs_from(next_i, tonumber(ARGV[9]))
 local evt = pairs_from(evt_i, tonumber(ARGV[10]))
 local mine = ARGV[5]
@@ -35,7 +37,8 @@ if mine ~= '' then
   if ARGV[4] == 'complete' and (newest ~= mine or current ~= mine) then
     -- A result from an attempt that is no longer the newest holder: never published.
     local error = 'fenced: fencing token ' .. mine .. ' is not the newest (' .. newest .. '); result not published'
-    if current == mine and redis.call('HGET', KEYS[1], 'state') == 'running' then
+    local st = redis.call('HGET', KEYS[1], 'state')
+    if current == mine and (st == 'running' or st == 'leased') then
       redis.call('HSET', KEYS[1], 'state', 'stale', 'error', error, 'reason', 'fenced',
         'finished_at', now_s, 'updated_at', now_s)
       release_active()
@@ -53,7 +56,12 @@ if mine ~= '' then
     return 2
   end
 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'running' then
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local ok = false
+for s in string.gmatch(ARGV[11], '[^,]+') do
+  if s == state then ok = true end
+end
+if not ok then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished_at', now_s, 'updated_at', now_s, unpack(job))
@@ -66,5 +74,9 @@ if #cfg > 0 then
   redis.call('HSET', KEYS[4], unpack(cfg))
 end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
-release_active()
+if ARGV[12] ~= '' then
+  redis.call('ZADD', KEYS[6], ARGV[12], ARGV[2])  -- retrying: the config stays taken by this job
+else
+  release_active()
+end
 return 1

@@ -1,20 +1,26 @@
--- Move a job from queued to running and announce it, atomically.
+-- An attempt holding the leases takes a job: queued -> leased, announced, atomically.
 -- KEYS[1] job hash            KEYS[2] event stream     KEYS[3] the job's config hash
 -- ARGV[1] stream max length   ARGV[2] now (unix s)     ARGV[3] job id
 -- ARGV[4] node                ARGV[5] worker name      ARGV[6] fencing token ('' without a lease)
--- Returns {1, attempt} when started, {0, current state} when the job is not queued.
-local state = redis.call('HGET', KEYS[1], 'state')
-if state ~= 'queued' then
-  return {0, state or ''}
+-- ARGV[7] allowed "from" states, comma-separated       ARGV[8] epoch it resumes from (0: fresh)
+-- Returns {1, attempt} when taken, {0, current state} when the job may not start.
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local ok = false
+for s in string.gmatch(ARGV[7], '[^,]+') do
+  if s == state then ok = true end
+end
+if not ok then
+  return {0, state}
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 -- The new samples this run trains on: taken off the config's count when it succeeds.
 local covered = redis.call('HGET', KEYS[3], 'new_samples') or '0'
-redis.call('HSET', KEYS[1], 'state', 'running', 'node', ARGV[4], 'worker', ARGV[5],
-  'started_at', ARGV[2], 'updated_at', ARGV[2], 'covered_samples', covered, 'fence', ARGV[6])
+redis.call('HSET', KEYS[1], 'state', 'leased', 'node', ARGV[4], 'worker', ARGV[5],
+  'started_at', ARGV[2], 'updated_at', ARGV[2], 'covered_samples', covered, 'fence', ARGV[6],
+  'resumed_epoch', ARGV[8])
 local config_key = redis.call('HGET', KEYS[1], 'config_key')
 local epochs = redis.call('HGET', KEYS[1], 'epochs')
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_STARTED',
   'job_id', ARGV[3], 'config_key', config_key, 'node', ARGV[4], 'worker', ARGV[5],
-  'attempt', attempt, 'total_epochs', epochs, 'fence', ARGV[6])
+  'attempt', attempt, 'total_epochs', epochs, 'fence', ARGV[6], 'resumed_epoch', ARGV[8])
 return {1, attempt}

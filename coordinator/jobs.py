@@ -1,17 +1,18 @@
 """Training jobs: one record (a hash) per job, and every change of its state.
 
-States: `queued` -> `running` -> `complete` | `failed`. Each change is one atomic step that also
-publishes its event, so the record and the stream never disagree:
+The states and their legal moves are in `job_states.py`. Each change is one atomic step that
+also publishes its event, so the record and the stream never disagree:
 
 - record_export (WATCH/MULTI, bounded retries): stores an export on its config (path, samples,
   new-sample count); a queued job of that config is pointed at the newer file.
 - create_job (WATCH/MULTI): unless the config has a queued or running job, writes the job record
   and enqueues it on RQ's `training` queue in the same transaction. The scheduler decides when.
-- start (`job_start.lua`): queued -> running, attempt + 1, notes the new samples it covers,
-  TRAINING_STARTED.
+- start (`job_start.lua`): queued -> leased by an attempt holding the leases, attempt + 1, its
+  fencing token and resumed epoch, TRAINING_STARTED; `mark_running` once the trainer is up.
 - progress (MULTI): epoch figures on the record + TRAINING_PROGRESS.
-- finish (`job_finish.lua`): running -> complete/failed, frees the config (on success, takes the
-  samples it covered off the config's new-sample count), TRAINING_COMPLETE/FAILED.
+- finish (`job_finish.lua`): -> complete / failed / retrying / cancelled, fenced (a stale attempt
+  publishes nothing), frees the config unless it retries, TRAINING_COMPLETE/FAILED/CANCELLED.
+- transition (`job_transition.lua`): the simple moves (cancel, reap, retry) for `recovery.py`.
 """
 
 from __future__ import annotations
@@ -29,11 +30,18 @@ from rq import Queue
 
 from coordinator.config import Settings
 from coordinator.errors import CoordinatorError, JobError
-from coordinator.events import TRAINING_PROGRESS, Export, encode_fields, publish
+from coordinator.events import TRAINING_CANCELLED, TRAINING_PROGRESS, Export, encode_fields, publish
+from coordinator.job_states import (
+    CANCELLED,
+    FINAL_STATES,
+    LEASED,
+    QUEUED,
+    RETRYING,
+    RUNNING,
+    csv_from,
+)
 from coordinator.keys import TRAINING_QUEUE, Keys
 
-QUEUED, RUNNING, COMPLETE, FAILED = "queued", "running", "complete", "failed"
-FINAL_STATES = frozenset({COMPLETE, FAILED})
 MAX_WATCH_RETRIES = 20
 RQ_RESULT_TTL_S = 7 * 24 * 3600
 # RQ's own timeout is a backstop behind the worker's: trainer timeout + grace + this.
@@ -108,6 +116,7 @@ class JobStore:
         here = Path(__file__).parent
         self._start = conn.register_script((here / "job_start.lua").read_text())
         self._finish = conn.register_script((here / "job_finish.lua").read_text())
+        self._transition = conn.register_script((here / "job_transition.lua").read_text())
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, str]:
@@ -208,7 +217,7 @@ class JobStore:
             "output_dir": str(output_dir), "command": json.dumps(list(t.command)),
             "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
             "stream_maxlen": self.stream_maxlen, "attempts": 0, "created_at": now, "updated_at": now,
-            **_lease_fields(settings),
+            **_worker_fields(settings),
         }
         pipe.hset(self.keys.job(job_id), mapping=_strings(record))
         pipe.zadd(self.keys.jobs, {job_id: now})
@@ -235,13 +244,50 @@ class JobStore:
         )
 
     # -- worker side ----------------------------------------------------------------------------
-    def start(self, job_id: str, config_key: str, node: str, worker: str, fence: int | None = None) -> int | None:
-        """queued -> running; returns the attempt number, or None when the job is not queued."""
+    def start(self, job_id: str, config_key: str, node: str, worker: str, fence: int | None = None,
+              resumed_epoch: int = 0) -> int | None:
+        """queued -> leased; returns the attempt number, or None when the job may not start."""
         started, value = self._start(
             keys=[self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
-            args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker, "" if fence is None else fence],
+            args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker, "" if fence is None else fence,
+                  csv_from(LEASED), resumed_epoch],
         )
         return int(value) if started else None
+
+    def mark_running(self, job_id: str, config_key: str) -> bool:
+        return self.transition(job_id, config_key, RUNNING)
+
+    def transition(self, job_id: str, config_key: str, target: str, fields: Mapping[str, Any] | None = None,
+                   event: tuple[str, Mapping[str, Any]] | None = None, release_active: bool = False,
+                   wake_at: float | None = None, undelay: bool = False, expected_fence: str = "") -> bool:
+        """Move a job to `target` if `job_states.TRANSITIONS` allows it from its current state."""
+        job = _strings(fields or {})
+        evt = encode_fields(event[0], {"job_id": job_id, "config_key": config_key, **event[1]}) if event else {}
+        args: list[Any] = [self.stream_maxlen, job_id, config_key, target, csv_from(target),
+                           "1" if release_active else "0", "" if wake_at is None else f"{wake_at:.3f}",
+                           "1" if undelay else "0", expected_fence, len(job), len(evt)]
+        for mapping in (job, evt):
+            for key, value in mapping.items():
+                args.extend((key, value))
+        keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs]
+        moved, _state = self._transition(keys=keys, args=args)
+        return bool(moved)
+
+    def cancel(self, job_id: str) -> str:
+        """Cancel a job: at once when it waits ("cancelled"), through its worker when it runs
+        ("requested": the worker stops the trainer within seconds); "ended" when already final."""
+        record = self.get(job_id)
+        if record["state"] in (QUEUED, RETRYING):
+            if self.transition(job_id, record["config_key"], CANCELLED, {"reason": "cancelled"},
+                               (TRAINING_CANCELLED, {"state_was": record["state"]}),
+                               release_active=True, undelay=True):
+                Queue(TRAINING_QUEUE, connection=self.conn).remove(record.get("rq_job_id") or job_id)
+                return "cancelled"
+            record = self.get(job_id)  # it moved on meanwhile
+        if record["state"] in (LEASED, RUNNING):
+            self.conn.hset(self.keys.job(job_id), "cancel_requested", "1")
+            return "requested"
+        return "ended"
 
     def progress(self, job_id: str, config_key: str, figures: Mapping[str, Any]) -> None:
         """Store an epoch's figures on the record and publish TRAINING_PROGRESS, in one MULTI."""
@@ -251,10 +297,11 @@ class JobStore:
                     maxlen=self.stream_maxlen)
             pipe.execute()
 
-    def finish(self, job_id: str, config_key: str, state: str, outcome: Outcome) -> str:
+    def finish(self, job_id: str, config_key: str, state: str, outcome: Outcome,
+               retry_at: float | None = None) -> str:
         """End an attempt: "recorded", "fenced" (a newer lease or attempt exists: nothing published,
         only the event) or "not_running" (the job was ended elsewhere)."""
-        if state not in FINAL_STATES:
+        if state not in FINAL_STATES | {RETRYING}:
             raise JobError(job_id, f"cannot finish in state {state!r}")
         job = _strings(outcome.job_fields)
         cfg = _strings(outcome.config_fields)
@@ -262,69 +309,26 @@ class JobStore:
                             outcome.payload)
         fence = "" if outcome.fence is None else outcome.fence
         args: list[Any] = [self.stream_maxlen, job_id, config_key, state, fence, outcome.node, outcome.attempt,
-                           len(job), len(cfg), len(evt)]
+                           len(job), len(cfg), len(evt), csv_from(state),
+                           "" if retry_at is None else f"{retry_at:.3f}"]
         for mapping in (job, cfg, evt):
             for key, value in mapping.items():
                 args.extend((key, value))
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key),
-                self.keys.fence(config_key)]
+                self.keys.fence(config_key), self.keys.delayed_jobs]
         return {0: "not_running", 1: "recorded", 2: "fenced"}[int(self._finish(keys=keys, args=args))]
 
-    # -- delayed jobs (leases busy) ---------------------------------------------------------------
-    def defer(self, job_id: str, delay_s: float, reason: str) -> None:
-        """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back."""
-        ready = time.time() + delay_s
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.job(job_id), mapping=_strings({"deferred_reason": reason, "not_before": ready}))
-            pipe.hincrby(self.keys.job(job_id), "deferrals", 1)
-            pipe.zadd(self.keys.delayed_jobs, {job_id: ready})
-            pipe.execute()
-
-    def requeue_due(self, settings: Settings, limit: int = 100) -> list[str]:
-        """Put deferred jobs whose time has come back on RQ's queue (each in one transaction)."""
-        due = [j.decode() for j in self.conn.zrangebyscore(self.keys.delayed_jobs, "-inf", time.time(),
-                                                            start=0, num=limit)]
-        return [job_id for job_id in due if self._retry_watch(lambda j=job_id: self._requeue_once(settings, j),
-                                                              f"requeue of {job_id}")]
-
-    def _requeue_once(self, settings: Settings, job_id: str) -> bool:
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.job(job_id), self.keys.delayed_jobs)
-            if pipe.zscore(self.keys.delayed_jobs, job_id) is None:
-                return False  # another orchestrator took it
-            state, config_key, deferrals = (_text(v) for v in pipe.hmget(
-                self.keys.job(job_id), "state", "config_key", "deferrals"))
-            pipe.multi()
-            pipe.zrem(self.keys.delayed_jobs, job_id)
-            if state == QUEUED:
-                self._enqueue_rq(pipe, settings, job_id, config_key or "?", f"{job_id}-d{deferrals or 0}")
-            pipe.execute()
-            return state == QUEUED
-
-    def requeue(self, settings: Settings, job_id: str, reason: str) -> bool:
-        """running -> queued and back on RQ's queue (its attempt was abandoned); False if not running."""
-        return self._retry_watch(lambda: self._requeue_running(settings, job_id, reason), f"requeue of {job_id}")
-
-    def _requeue_running(self, settings: Settings, job_id: str, reason: str) -> bool:
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.job(job_id))
-            state, config_key, attempts = (_text(v) for v in pipe.hmget(
-                self.keys.job(job_id), "state", "config_key", "attempts"))
-            if state != RUNNING:
-                return False
-            pipe.multi()
-            pipe.hset(self.keys.job(job_id), mapping=_strings({
-                "state": QUEUED, "requeued_reason": reason, "updated_at": time.time()}))
-            self._enqueue_rq(pipe, settings, job_id, config_key or "?", f"{job_id}-a{int(attempts or 0) + 1}")
-            pipe.execute()
-            return True
-
-def _lease_fields(settings: Settings) -> dict[str, Any]:
-    """What a worker needs to take its leases, carried on the job so workers need no settings."""
-    lease = settings.leases
+def _worker_fields(settings: Settings) -> dict[str, Any]:
+    """The settings a worker needs (leases, retries, breakers), carried on the job so that workers
+    need nothing but the Redis URL."""
+    lease, retry, breaker = settings.leases, settings.retries, settings.breakers
     return {"lease_ttl_s": lease.ttl_s, "lease_attempts": lease.acquire_attempts,
             "lease_max_delay_s": lease.acquire_max_delay_s, "lease_defer_s": lease.defer_s,
-            "lease_default_slots": lease.default_node_slots}
+            "lease_default_slots": lease.default_node_slots,
+            "retries_infrastructure": retry.infrastructure, "retries_trainer": retry.trainer,
+            "retry_backoff_base_s": retry.backoff_base_s, "retry_backoff_max_s": retry.backoff_max_s,
+            "breaker_failures": breaker.failures, "breaker_window_s": breaker.window_s,
+            "breaker_cooldown_s": breaker.cooldown_s}
 
 
 def _text(value: bytes | None) -> str | None:

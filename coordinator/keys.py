@@ -13,6 +13,7 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 | `<prefix>:config:<config_key>`       | hash   | a config's data, training, model, score and its factors  |
 | `<prefix>:elo:<config_key>`          | list   | recent evaluations, "unix_time elo", oldest first        |
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |
+| `<prefix>:breaker:<kind>:<name>`     | hash   | a circuit breaker (kind config or node): state, failures |
 
 Leases share the hash tag `{lease}`, so the scripts that take a config lease and a node slot
 together (and touch only the keys passed in) also run on Redis Cluster:
@@ -70,6 +71,9 @@ class Keys:
 
     def elo(self, config_key: str) -> str:
         return f"{self.prefix}:elo:{config_key}"
+
+    def breaker(self, kind: str, name: str) -> str:
+        return f"{self.prefix}:breaker:{kind}:{name}"
 
     @property
     def delayed_jobs(self) -> str:

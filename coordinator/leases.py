@@ -33,7 +33,7 @@ from coordinator.errors import LeaseUnavailable
 from coordinator.jobs import decode_hash
 from coordinator.keys import Keys
 
-LEASE_TTL_S = 30.0
+LEASE_TTL_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -149,13 +149,17 @@ class LeaseManager:
 
 
 class LeaseKeeper:
-    """Renews a lease every TTL/3 in a thread; calls `on_lost(reason)` once if it is lost."""
+    """Renews a lease every TTL/3 in a thread; calls `on_lost(reason)` once when it is lost, or when
+    `poll()` (asked every `poll_s`, e.g. "was this job cancelled?") returns a reason to stop."""
 
     def __init__(self, manager: LeaseManager, lease: Lease, on_lost: Callable[[str], None],
+                 poll: Callable[[], str | None] | None = None, poll_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.manager = manager
         self.lease = lease
         self.on_lost = on_lost
+        self.poll = poll
+        self.poll_s = poll_s
         self.clock = clock
         self.lost_reason: str | None = None
         self._stop = threading.Event()
@@ -170,10 +174,17 @@ class LeaseKeeper:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        interval = self.lease.ttl_ms / 3000.0
-        last_ok = self.clock()
-        while not self._stop.wait(interval):
+        renew_every = self.lease.ttl_ms / 3000.0
+        last_ok = last_try = self.clock()
+        while not self._stop.wait(min(renew_every, self.poll_s)):
             try:
+                reason = self.poll() if self.poll else None
+                if reason:
+                    self._lost(reason)
+                    return
+                if self.clock() - last_try < renew_every:
+                    continue
+                last_try = self.clock()
                 if self.manager.renew(self.lease):
                     last_ok = self.clock()
                     continue

@@ -30,13 +30,16 @@ from coordinator.events import Event, EventConsumer, Export
 from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
+from coordinator.recovery import Recovery
 from coordinator.scheduler import TrainingScheduler
 
 log = logging.getLogger(__name__)
 TRIM_INTERVAL_S = 60.0
-ERROR_BACKOFF_S = 1.0
+ERROR_BACKOFF_S = 0.5
 MAX_DISPATCH_PER_CALL = 1000
 REQUEUE_INTERVAL_S = 1.0
+LOST_CHECK_INTERVAL_S = 30.0
+MAX_ERROR_BACKOFF_S = 30.0
 NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
 
 
@@ -54,13 +57,16 @@ class TrainingOrchestrator:
         self.jobs = JobStore(self.conn, self.keys, e.stream_maxlen)
         # A stable name per host: a restarted orchestrator finds its own unacknowledged entries.
         self.consumer = EventConsumer(self.conn, self.keys, e.group, consumer_name or socket.gethostname())
-        self.scheduler = TrainingScheduler(self.conn, self.keys, self.settings.scheduler)
+        self.scheduler = TrainingScheduler(self.conn, self.keys, self.settings.scheduler,
+                                           breakers=self.settings.breakers)
         lease = self.settings.leases
         self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
+        self.recovery = Recovery(self.jobs, self.settings)
         self._handlers: dict[str, Callable[[Event], list[str]]] = {
             ev.NPZ_EXPORT_COMPLETE: self._on_export,
             ev.TRAINING_COMPLETE: self._on_training_end,
             ev.TRAINING_FAILED: self._on_training_end,
+            ev.TRAINING_CANCELLED: self._on_training_end,
             ev.TRAINING_BLOCKED_BY_QUALITY: self._on_quality_block,
             ev.CLUSTER_HEALTH_CHANGED: self._on_cluster_health,
             ev.EVALUATION_COMPLETED: self._on_evaluation,
@@ -72,6 +78,8 @@ class TrainingOrchestrator:
         self._next_trim = 0.0
         self._next_tick = 0.0
         self._next_requeue = 0.0
+        self._next_reap = 0.0
+        self._next_lost_check = time.monotonic() + LOST_CHECK_INTERVAL_S
 
     # -- the seed's asyncio API -----------------------------------------------------------------
     async def start(self) -> None:
@@ -168,12 +176,16 @@ class TrainingOrchestrator:
         await asyncio.to_thread(self._consume_until_stopped)
 
     def _consume_until_stopped(self) -> None:
+        """The loop; while Redis is unreachable it backs off (doubling, capped) and resumes by itself."""
+        backoff = ERROR_BACKOFF_S
         while not self._stopping.is_set():
             try:
                 self.process_once()
-            except redis.RedisError as exc:  # Redis restarting or unreachable: keep trying
-                log.warning("event loop: %s; retrying in %.0f s", exc, ERROR_BACKOFF_S)
-                self._stopping.wait(ERROR_BACKOFF_S)
+                backoff = ERROR_BACKOFF_S
+            except redis.RedisError as exc:
+                log.warning("event loop: %s; retrying in %.1f s", exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, MAX_ERROR_BACKOFF_S)
 
     def _maintain(self) -> None:
         now, e = time.monotonic(), self.settings.events
@@ -183,9 +195,15 @@ class TrainingOrchestrator:
         if now >= self._next_trim:
             self._next_trim = now + TRIM_INTERVAL_S
             self.consumer.trim(e.stream_maxlen)
+        if now >= self._next_reap:
+            self._next_reap = now + self.settings.leases.reaper_interval_s
+            self.recovery.reap()
         if now >= self._next_requeue:
             self._next_requeue = now + REQUEUE_INTERVAL_S
-            self.jobs.requeue_due(self.settings)
+            self.recovery.requeue_due()
+        if now >= self._next_lost_check:
+            self._next_lost_check = now + LOST_CHECK_INTERVAL_S
+            self.recovery.requeue_lost()
         if now >= self._next_tick:
             self._next_tick = now + self.settings.scheduler.rescore_interval_s
             self.tick()
@@ -236,11 +254,15 @@ class TrainingOrchestrator:
         return [config_key]  # its slot is free and its inputs changed
 
     def _on_quality_block(self, event: Event) -> list[str]:
-        config_key = _event_config_key(event)
+        """Block the config until its next export or `until` (default: quality_block_hours from now);
+        a queued job for it is held by the worker that takes it (deferred), not lost."""
+        config_key, f, now = _event_config_key(event), event.fields, time.time()
+        default_until = now + self.settings.scheduler.quality_block_hours * 3600
+        until = _finite(f["until"], "until") if f.get("until") else default_until
         self.conn.hset(self.keys.config(config_key), mapping={
-            "quality_blocked_at": f"{time.time():.3f}",
-            "quality_block_reason": event.fields.get("reason", ""),
-            "quality_block_event": event.id,
+            "quality_blocked_at": f"{now:.3f}", "quality_blocked_until": f"{until:.3f}",
+            "quality_block_reason": f.get("reason", ""), "quality_score": f.get("quality_score", ""),
+            "quality_threshold": f.get("threshold", ""), "quality_block_event": event.id,
         })
         return [config_key]
 

@@ -17,8 +17,8 @@ a config with data and curriculum weight > 0 starts training within
 `staleness_saturation_hours + ceil(N / S) * D` hours (N configs, S GPU slots, D the longest
 training), because once starving only configs that started starving earlier go before it.
 
-Ineligible configs (queued or running, quality-blocked, failed recently, too few new samples,
-curriculum weight 0)
+Ineligible configs (queued or running, quality-blocked, circuit breaker open, failed recently,
+too few new samples, curriculum weight 0)
 score INELIGIBLE in the sorted set; their hash says why. Ties: the greater config key first
 (Redis's ZREVRANGE order). Scores are recomputed when an input changes and on a periodic tick;
 `get_next_training_config` reads one pipelined round trip, whatever the number of configs.
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from coordinator.config import SchedulerSettings
+from coordinator.config import BreakerSettings, SchedulerSettings
 from coordinator.jobs import decode_hash
 from coordinator.keys import Keys
 
@@ -56,13 +56,15 @@ class ConfigInputs:
     first_seen_at: float | None = None
     last_trained_at: float | None = None
     quality_blocked_at: float | None = None
+    quality_blocked_until: float | None = None
     last_failed_at: float | None = None
+    breaker_open_until: float | None = None  # the config's circuit breaker: open until then
     active_job: str | None = None
     elo_points: tuple[tuple[float, float], ...] = ()  # (unix time, elo)
 
     @classmethod
     def from_hash(cls, config_key: str, raw: Mapping[str, str], active_job: str | None,
-                  elo_points: Iterable[tuple[float, float]]) -> ConfigInputs:
+                  elo_points: Iterable[tuple[float, float]], breaker_open_until: float | None = None) -> ConfigInputs:
         def number(name: str) -> float | None:
             return float(raw[name]) if raw.get(name) else None
 
@@ -74,7 +76,9 @@ class ConfigInputs:
             first_seen_at=number("first_seen_at"),
             last_trained_at=number("last_trained_at"),
             quality_blocked_at=number("quality_blocked_at"),
+            quality_blocked_until=number("quality_blocked_until"),
             last_failed_at=number("last_failed_at"),
+            breaker_open_until=breaker_open_until,
             active_job=active_job,
             elo_points=tuple(elo_points),
         )
@@ -170,8 +174,11 @@ def _blockers(inputs: ConfigInputs, s: SchedulerSettings, now: float) -> list[st
     if inputs.active_job:
         why.append(f"queued or running ({inputs.active_job})")
     blocked = inputs.quality_blocked_at
-    if blocked and now - blocked < s.quality_block_hours * 3600 and (inputs.exported_at or 0) <= blocked:
-        why.append(f"blocked by quality for {s.quality_block_hours - (now - blocked) / 3600:.1f} h more")
+    until = inputs.quality_blocked_until or ((blocked or 0) + s.quality_block_hours * 3600)
+    if blocked and now < until and (inputs.exported_at or 0) <= blocked:
+        why.append(f"blocked by quality for {(until - now) / 3600:.1f} h more")
+    if inputs.breaker_open_until and now < inputs.breaker_open_until:
+        why.append(f"circuit breaker open for {inputs.breaker_open_until - now:.0f} s more")
     failed = inputs.last_failed_at
     if failed and now - failed < s.failure_cooldown_s and (inputs.exported_at or 0) <= failed:
         why.append(f"last training failed; retry in {s.failure_cooldown_s - (now - failed):.0f} s or on new data")
@@ -184,11 +191,12 @@ class TrainingScheduler:
     """Scores configs into `<prefix>:training:priority` and picks the next one to train."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, settings: SchedulerSettings | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, breakers: BreakerSettings | None = None) -> None:
         self.conn = conn
         self.keys = keys
         self.settings = settings or SchedulerSettings()
         self.clock = clock
+        self.breakers = breakers or BreakerSettings()
 
     # -- reading ---------------------------------------------------------------------------------
     def get_next_training_config(self, curriculum_weights: Mapping[str, float] | None = None) -> str | None:
@@ -229,13 +237,15 @@ class TrainingScheduler:
             for config_key in config_keys:
                 pipe.hgetall(self.keys.config(config_key))
                 pipe.lrange(self.keys.elo(config_key), 0, -1)
+                pipe.hmget(self.keys.breaker("config", config_key), "state", "opened_at")
             active, *rest = pipe.execute()
         active = active if config_keys else []
         inputs = []
         for i, config_key in enumerate(config_keys):
-            raw, elo = decode_hash(rest[2 * i]), rest[2 * i + 1]
+            raw, elo, (state, opened_at) = decode_hash(rest[3 * i]), rest[3 * i + 1], rest[3 * i + 2]
             job = active[i].decode() if active[i] else None
-            inputs.append(ConfigInputs.from_hash(config_key, raw, job, (_elo_point(p) for p in elo)))
+            until = float(opened_at) + self.breakers.cooldown_s if state == b"open" and opened_at else None
+            inputs.append(ConfigInputs.from_hash(config_key, raw, job, (_elo_point(p) for p in elo), until))
         return inputs
 
     # -- writing ---------------------------------------------------------------------------------

@@ -163,3 +163,12 @@ def end_job(store, job_id: str, config_key: str, state: str = "complete", fence:
     outcome = Outcome(event, {"node": "n"}, job_fields={"final_loss": 1.0}, node="n", attempt=1, fence=fence,
                       config_fields=config_fields)
     return store.finish(job_id, config_key, state, outcome)
+
+
+def take_job(orch, job_id: str, config_key: str, node: str = "node-a"):
+    """Start a job the way a worker does: leases first (so the reaper sees a live holder), then
+    queued -> leased -> running. Returns the lease (its `fence` is the fencing token)."""
+    lease = orch.leases.try_acquire(config_key, node, "test-worker", job_id)
+    assert orch.jobs.start(job_id, config_key, node, "test-worker", fence=lease.fence) is not None
+    orch.jobs.mark_running(job_id, config_key)
+    return lease

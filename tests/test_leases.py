@@ -130,6 +130,6 @@ def test_an_older_attempts_failure_leaves_the_newer_attempt_alone(running_job, f
     fake_conn.hset(keys.job(job_id), "fence", 2)  # a retry took over the job with a newer lease
     fake_conn.set(keys.fence("hex8_2p"), 2)
     assert end_job(orch.jobs, job_id, "hex8_2p", state="failed", fence=1) == "fenced"
-    assert orch.jobs.get(job_id)["state"] == "running"
+    assert orch.jobs.get(job_id)["state"] == "leased"  # untouched
     assert end_job(orch.jobs, job_id, "hex8_2p", fence=2, latest_model="/new/model.pt") == "recorded"
     assert fake_conn.hget(keys.config("hex8_2p"), "latest_model") == b"/new/model.pt"

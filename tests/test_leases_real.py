@@ -42,8 +42,8 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def test_a_holder_stopped_past_its_ttl_is_fenced_at_publish(redis_server, real_conn, service, rq_workers, tmp_path):
-    """Worker 1 is SIGSTOPped mid-training; its lease expires; the job is requeued and worker 2
-    trains it under a newer fencing token; worker 1, continued, cannot publish its model."""
+    """Worker 1 is SIGSTOPped mid-training; its lease expires; the orchestrator's reaper requeues the
+    job and worker 2 trains it under a newer fencing token; worker 1, continued, cannot publish."""
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")
     service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], epochs=1, leases={"ttl_s": 1.0})
@@ -56,19 +56,19 @@ def test_a_holder_stopped_past_its_ttl_is_fenced_at_publish(redis_server, real_c
     stopped = _descendants(first.pid)  # the work horse and the trainer
     for proc in stopped:
         proc.send_signal(signal.SIGSTOP)
-    time.sleep(2.5)  # past the 1 s TTL: the lease is gone
+    [lost] = wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_FAILED")
+                               if e.fields["reason"] == "worker_lost"], timeout_s=10)  # reaped after the TTL
+    assert lost.fields["will_retry"] == "true" and lost.fields["failure_class"] == "infrastructure"
     assert not real_conn.exists(Keys("ringrift").lease("hex8_2p"))
     store = JobStore(real_conn, Keys("ringrift"))
-    from coordinator.config import load_settings
-    assert store.requeue(load_settings(tmp_path / "coordinator.yaml", env={}), job_id, "worker stopped")
-    rq_workers(1)  # worker 2 takes the attempt 2 with fence 2
+    rq_workers(1)  # worker 2 takes attempt 2 with fence 2
     wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=30)
     # Continue the trainer first (its sleep is over: it exits 0), then the horse, which publishes.
     for proc in sorted(stopped, key=lambda p: "stub_train" not in " ".join(p.cmdline())):
         proc.send_signal(signal.SIGCONT)
         time.sleep(0.5)
     [fenced] = wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_FAILED")
-                                 if e.fields.get("attempt") == "1"], timeout_s=30)
+                                 if e.fields["reason"] == "fenced"], timeout_s=30)
     [complete] = stream_events(real_conn, "TRAINING_COMPLETE")
     print(f"\nSIGSTOP scenario: attempt 1 (fence {fenced.fields.get('fence')}) -> {fenced.fields['reason']}: "
           f"{fenced.fields['error']}; attempt {complete.fields['attempt']} (fence {complete.fields['fence']}) "

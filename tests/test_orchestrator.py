@@ -9,9 +9,9 @@ from rq import Queue
 
 from coordinator import TrainingOrchestrator
 from coordinator.events import EventConsumer, decode_entry
-from coordinator.jobs import QUEUED, RUNNING
+from coordinator.job_states import LEASED, QUEUED, RUNNING
 from coordinator.keys import TRAINING_QUEUE
-from tests.conftest import end_job
+from tests.conftest import end_job, take_job
 
 
 @pytest.fixture
@@ -62,12 +62,13 @@ def test_export_while_running_waits_then_trains_on_the_newest_data(orchestrator,
     export(fake_conn, keys, path="/data/v1.npz")
     orchestrator.process_once(block_ms=None)
     [first] = queued_ids(fake_conn)
-    assert orchestrator.jobs.start(first, "hex8_2p", "node-a", "w1") == 1
+    lease = take_job(orchestrator, first, "hex8_2p")
     export(fake_conn, keys, path="/data/v2.npz")
     orchestrator.process_once(block_ms=None)
     assert orchestrator.jobs.get(first)["npz_path"] == "/data/v1.npz"  # running: untouched
     assert orchestrator.jobs.active_job("hex8_2p") == first
-    assert end_job(orchestrator.jobs, first, "hex8_2p") == "recorded"
+    assert end_job(orchestrator.jobs, first, "hex8_2p", fence=lease.fence) == "recorded"
+    orchestrator.leases.release(lease)
     orchestrator.process_once(block_ms=None)  # sees TRAINING_STARTED and TRAINING_COMPLETE
     second = orchestrator.jobs.active_job("hex8_2p")
     assert second not in (None, first)
@@ -79,12 +80,13 @@ def test_redelivered_export_is_applied_once(orchestrator, fake_conn, keys):
     event_id = export(fake_conn, keys)
     orchestrator.process_once(block_ms=None)
     [job_id] = queued_ids(fake_conn)
-    orchestrator.jobs.start(job_id, "hex8_2p", "node-a", "w1")
+    lease = take_job(orchestrator, job_id, "hex8_2p")
     # The same entry handled again (a crash between its effects and its ack):
     [entry] = fake_conn.xrange(keys.events, event_id, event_id)
     orchestrator._handle_batch([decode_entry(*entry)])
     assert fake_conn.hget(keys.config("hex8_2p"), "data_version") == b"1"
-    assert end_job(orchestrator.jobs, job_id, "hex8_2p") == "recorded"
+    assert end_job(orchestrator.jobs, job_id, "hex8_2p", fence=lease.fence) == "recorded"
+    orchestrator.leases.release(lease)
     orchestrator.process_once(block_ms=None)
     assert orchestrator.jobs.active_job("hex8_2p") is None  # no second training for the same data
 
@@ -183,7 +185,10 @@ def test_async_api_submit_start_stop(fake_conn, keys, make_settings):
 def test_start_and_finish_are_guarded_by_state(orchestrator, fake_conn, keys):
     job_id = orchestrator.submit_training_sync("square8", 2, "/d.npz")
     assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") == 1
-    assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") is None  # already running
+    assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") is None  # already taken
+    assert orchestrator.jobs.get(job_id)["state"] == LEASED
+    assert orchestrator.jobs.mark_running(job_id, "square8_2p")
+    assert not orchestrator.jobs.mark_running(job_id, "square8_2p")  # running -> running is no move
     assert orchestrator.jobs.get(job_id)["state"] == RUNNING
     assert end_job(orchestrator.jobs, job_id, "square8_2p") == "recorded"
     assert end_job(orchestrator.jobs, job_id, "square8_2p") == "not_running"

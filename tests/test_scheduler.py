@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from coordinator import TrainingOrchestrator, TrainingScheduler
 from coordinator.config import PriorityWeights, SchedulerSettings
 from coordinator.scheduler import STARVING_BASE, ConfigInputs, compute_priority, elo_velocity
-from tests.conftest import end_job
+from tests.conftest import end_job, take_job
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -223,7 +223,7 @@ def test_curriculum_event_sets_weights_and_bad_ones_are_dead_lettered(orch, fake
 
 def test_failed_training_cools_down_until_new_data(orch, fake_conn, keys):
     job_id = orch.submit_training_sync("hex8", 2, "/d/v1.npz", samples=100)
-    orch.jobs.start(job_id, "hex8_2p", "n", "w")
+    take_job(orch, job_id, "hex8_2p")
     end_job(orch.jobs, job_id, "hex8_2p", "failed", last_failed_at=NOW + 10**6)
     orch.process_once(block_ms=None)
     assert orch.jobs.active_job("hex8_2p") is None
@@ -246,7 +246,7 @@ def run_dispatch_order(conn, make_settings, keys, weights: dict[str, float]) -> 
     orch = TrainingOrchestrator(settings, conn, consumer_name="t")
     orch.prepare()
     busy = orch.submit_training_sync("hexagonal", 2, "/d/busy.npz", samples=10)  # the one slot
-    orch.jobs.start(busy, "hexagonal_2p", "gpu-1", "w")
+    lease = take_job(orch, busy, "hexagonal_2p", "gpu-1")
     conn.xadd(keys.events, {"type": "CURRICULUM_WEIGHTS_UPDATED", **{k: str(v) for k, v in weights.items()}})
     for key in weights:
         board, players = key.rsplit("_", 1)
@@ -254,12 +254,12 @@ def run_dispatch_order(conn, make_settings, keys, weights: dict[str, float]) -> 
                                 "npz_path": f"/d/{key}.npz", "samples": "1000"})
     orch.process_once(block_ms=None)
     assert conn.hlen(keys.active) == 1  # nothing queued while the slot is busy
-    started, running = [], (busy, "hexagonal_2p")
+    started, running = [], (busy, "hexagonal_2p", lease)
     for _ in range(len(weights)):
-        end_job(orch.jobs, *running)
+        end_job(orch.jobs, *running[:2], fence=running[2].fence)
+        orch.leases.release(running[2])
         orch.process_once(block_ms=None)  # the slot is free: the best config is queued
         [(config_key, job_id)] = [(k.decode(), v.decode()) for k, v in conn.hgetall(keys.active).items()]
-        orch.jobs.start(job_id, config_key, "gpu-1", "w")
         started.append(config_key)
-        running = (job_id, config_key)
+        running = (job_id, config_key, take_job(orch, job_id, config_key, "gpu-1"))
     return started

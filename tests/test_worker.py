@@ -46,26 +46,28 @@ def test_job_runs_to_complete_with_progress_events(fake_conn, make_settings, tmp
 
 def test_failing_trainer_becomes_training_failed_with_stderr_tail(fake_conn, make_settings, tmp_path):
     record, events = run_one_job(fake_conn, make_settings, tmp_path, command=(*STUB, "--fail-with", "3"))
-    assert record["state"] == "failed"
+    assert record["state"] == "retrying"  # a trainer failure is retried once by default
     failed = events[-1]
     assert failed.type == "TRAINING_FAILED"
     assert failed.fields["error"] == "trainer exited with status 3"
     assert "failing on purpose with status 3" in failed.fields["stderr_tail"]
-    assert failed.fields["attempt"] == "1"
+    assert (failed.fields["reason"], failed.fields["failure_class"]) == ("trainer_error", "trainer")
+    assert failed.fields["attempt"] == "1" and failed.fields["will_retry"] == "true"
     assert Queue(TRAINING_QUEUE, connection=fake_conn).failed_job_registry.count == 1
 
 
 def test_missing_npz_fails_without_running_the_trainer(fake_conn, make_settings, tmp_path):
     record, events = run_one_job(fake_conn, make_settings, tmp_path, create_npz=False)
-    assert record["state"] == "failed"
+    assert record["state"] == "failed"  # poison input: never retried
     assert events[-1].fields["error"].startswith("npz_path not found")
+    assert (events[-1].fields["failure_class"], events[-1].fields["will_retry"]) == ("poison", "false")
     assert not any(e.type == "TRAINING_PROGRESS" for e in events)
 
 
 def test_trainer_past_its_timeout_is_stopped(fake_conn, make_settings, tmp_path):
     slow = (*STUB, "--epoch-seconds", "30")
     record, events = run_one_job(fake_conn, make_settings, tmp_path, command=slow, timeout_s=1)
-    assert record["state"] == "failed"
+    assert record["state"] == "retrying" and events[-1].fields["reason"] == "timeout"
     assert events[-1].fields["error"] == "trainer timed out after 1 s"
     assert float(record["duration_s"]) < 10
 

@@ -1,14 +1,17 @@
 """The RQ job that `rq worker training` runs on a GPU node: one attempt of one training job.
 
 `run_training(job_id, prefix)`:
-1. takes the config's training lease and one of this node's GPU slots (one script, with a
-   fencing token); if they are busy the job goes back to the queue after a delay, and the worker
-   moves on instead of waiting;
-2. moves the job to running (TRAINING_STARTED) and runs the configured trainer as a subprocess,
-   renewing the leases every TTL/3; a lost lease stops the trainer (`lease_lost`);
+1. hands the job back (deferred, not lost) when this node's circuit breaker is open or the
+   config is blocked by quality, then takes the config's training lease and one of this node's
+   GPU slots (one script, with a fencing token); if they are busy the job is deferred too;
+2. moves the job to leased (TRAINING_STARTED, with the epoch it resumes from: the newest
+   checkpoint of an earlier attempt) and runs the trainer as a subprocess, renewing the leases
+   every TTL/3 and stopping the trainer when a lease is lost or the job is cancelled;
 3. turns the trainer's per-epoch lines into TRAINING_PROGRESS;
-4. ends with TRAINING_COMPLETE, published only if its fencing token is still the newest, or
-   TRAINING_FAILED with a `reason` and the stderr tail; then gives the leases back.
+4. ends with TRAINING_COMPLETE (published only under the newest fencing token), or
+   TRAINING_FAILED with its reason, failure class and whether it will retry (after backoff), or
+   TRAINING_CANCELLED; records the result on the config's and node's circuit breakers; frees the
+   leases.
 Everything it needs is in the job record the orchestrator wrote: a worker needs only Redis.
 """
 
@@ -27,17 +30,25 @@ from typing import Any
 import redis
 from rq import get_current_job
 
+from coordinator.breakers import CircuitBreakers
+from coordinator.config import BreakerSettings, RetrySettings
 from coordinator.errors import LeaseUnavailable, TrainingFailed
-from coordinator.events import TRAINING_COMPLETE, TRAINING_FAILED
-from coordinator.jobs import COMPLETE, FAILED, JobStore, Outcome
+from coordinator.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
+from coordinator.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
+from coordinator.jobs import JobStore, Outcome
 from coordinator.keys import Keys
 from coordinator.leases import Lease, LeaseKeeper, LeaseManager
+from coordinator.recovery import Recovery
+from coordinator.retry import BAD_INPUT_EXIT, decide
 from workers.trainer_process import build_argv, run_trainer
 
 log = logging.getLogger(__name__)
 NODE_ENV = "RINGRIFT_NODE"
 GPUS_ENV = "RINGRIFT_GPUS"
 METRICS_FILE = "metrics.json"
+CHECKPOINT_INFO = "checkpoint.json"
+# How long the worker keeps trying to record an attempt's end while Redis is unreachable.
+FINISH_RETRY_S = 60.0
 
 
 def node_name() -> str:
@@ -50,35 +61,71 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
     keys = Keys(prefix)
     record = JobStore(conn, keys).get(job_id)
     store = JobStore(conn, keys, int(record.get("stream_maxlen", 100_000)))
-    node = node_name()
+    recovery = Recovery(store)
+    node, config_key = node_name(), record["config_key"]
     worker = (rq_job.worker_name if rq_job and rq_job.worker_name else None) or f"{node}:{os.getpid()}"
-    leases = LeaseManager(conn, keys, float(record.get("lease_ttl_s", 30)),
+    breakers = CircuitBreakers(conn, keys, BreakerSettings(
+        int(record.get("breaker_failures", 3)), float(record.get("breaker_window_s", 3600)),
+        float(record.get("breaker_cooldown_s", 600))), store.stream_maxlen)
+    defer_s = float(record.get("lease_defer_s", 5))
+    held = _hold_reason(conn, keys, breakers, config_key, node)
+    if held:
+        recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
+        return {"job_id": job_id, "deferred": held}
+    leases = LeaseManager(conn, keys, float(record.get("lease_ttl_s", 10)),
                           int(os.environ.get(GPUS_ENV) or record.get("lease_default_slots", 1)))
     try:
-        lease = leases.acquire(record["config_key"], node, worker, job_id,
-                               attempts=int(record.get("lease_attempts", 3)),
+        lease = leases.acquire(config_key, node, worker, job_id, attempts=int(record.get("lease_attempts", 3)),
                                max_delay_s=float(record.get("lease_max_delay_s", 0.5)))
     except LeaseUnavailable as exc:
-        delay = float(record.get("lease_defer_s", 5)) * random.uniform(1.0, 2.0)
-        store.defer(job_id, delay, str(exc))
-        log.info("job %s deferred %.1f s: %s", job_id, delay, exc)
+        recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc))
+        log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
     try:
-        attempt = store.start(job_id, record["config_key"], node, worker, fence=lease.fence)
+        resume, resumed_epoch = newest_checkpoint(Path(record["output_dir"]))
+        attempt = store.start(job_id, config_key, node, worker, fence=lease.fence, resumed_epoch=resumed_epoch)
         if attempt is None:
             state = store.get(job_id).get("state")
             log.warning("job %s is %s, not queued: not running it", job_id, state)
             return {"job_id": job_id, "skipped": state}
-        return TrainingRun(store, store.get(job_id), node, attempt, leases, lease).execute()
+        run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, resume)
+        return run.execute()
     finally:
-        leases.release(lease)
+        try:
+            leases.release(lease)
+        except redis.RedisError:  # it expires by itself; the reaper treats it as abandoned
+            log.warning("could not release the lease of %s; it will expire", job_id)
+
+
+def _hold_reason(conn: redis.Redis, keys: Keys, breakers: CircuitBreakers, config_key: str, node: str) -> str:
+    """Why this job must wait (not run here now), or "" to go ahead."""
+    if not breakers.allows("node", node):
+        return f"circuit breaker of node {node} is open"
+    until, blocked_at, exported_at = conn.hmget(keys.config(config_key), "quality_blocked_until",
+                                                "quality_blocked_at", "exported_at")
+    if until and float(until) > time.time() and float(exported_at or 0) <= float(blocked_at or 0):
+        return f"{config_key} blocked by quality until {float(until):.0f}"
+    return ""
+
+
+def newest_checkpoint(output_dir: Path) -> tuple[str | None, int]:
+    """The newest epoch checkpoint any earlier attempt of the job left: (checkpoint path, epoch)."""
+    best: tuple[str | None, int] = (None, 0)
+    for info in output_dir.glob(f"attempt-*/{CHECKPOINT_INFO}"):
+        try:
+            epoch = int(json.loads(info.read_text())["epoch"])
+        except (OSError, ValueError, KeyError):
+            continue
+        if epoch > best[1] and (info.parent / "checkpoint.pt").exists():
+            best = (str(info.parent / "checkpoint.pt"), epoch)
+    return best
 
 
 class TrainingRun:
     """One attempt of one job on this worker, holding its leases."""
 
-    def __init__(self, store: JobStore, record: dict[str, str], node: str, attempt: int,
-                 leases: LeaseManager, lease: Lease) -> None:
+    def __init__(self, store: JobStore, record: dict[str, str], node: str, attempt: int, leases: LeaseManager,
+                 lease: Lease, breakers: CircuitBreakers, resume: str | None) -> None:
         self.store = store
         self.record = record
         self.job_id = record["job_id"]
@@ -87,6 +134,8 @@ class TrainingRun:
         self.attempt = attempt
         self.leases = leases
         self.lease = lease
+        self.breakers = breakers
+        self.resume = resume
         self.started = time.monotonic()
         self.stop = threading.Event()
         # Each attempt writes its own directory: a stale attempt never overwrites a published model.
@@ -94,13 +143,21 @@ class TrainingRun:
 
     def execute(self) -> dict[str, Any]:
         try:
-            with LeaseKeeper(self.leases, self.lease, on_lost=lambda _reason: self.stop.set()) as keeper:
+            with LeaseKeeper(self.leases, self.lease, on_lost=lambda _reason: self.stop.set(),
+                             poll=self._cancel_requested) as keeper:
                 return self._train(keeper)
         except TrainingFailed:
             raise
+        except redis.RedisError as exc:
+            self._fail("redis_error", f"Redis error: {exc}", "")
+            raise  # unreachable: _fail raises
         except Exception as exc:  # our own failure: the job must still end, with the reason
             self._fail("worker_error", f"worker error: {exc!r}", "")
             raise  # unreachable: _fail raises
+
+    def _cancel_requested(self) -> str | None:
+        flag = self.store.conn.hget(self.store.keys.job(self.job_id), "cancel_requested")
+        return "cancelled" if flag else None
 
     def _train(self, keeper: LeaseKeeper) -> dict[str, Any]:
         npz_path = Path(self.record["npz_path"])
@@ -108,23 +165,31 @@ class TrainingRun:
             self._fail("missing_input", f"npz_path not found: {npz_path}", "")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         result = run_trainer(
-            build_argv(self.record, str(self.output_dir)),
+            build_argv(self.record, str(self.output_dir), self.resume),
             timeout_s=float(self.record["timeout_s"]),
             kill_grace_s=float(self.record["kill_grace_s"]),
             on_progress=self._progress,
             stop=self.stop,
+            on_start=lambda: self.store.mark_running(self.job_id, self.config_key),
         )
+        if keeper.lost_reason == "cancelled" and result.stopped:
+            return self._cancelled()
         if keeper.lost_reason and result.stopped:
             self._fail("lease_lost", keeper.lost_reason, result.stderr_tail)
         if result.timed_out:
             self._fail("timeout", f"trainer timed out after {self.record['timeout_s']} s", result.stderr_tail)
+        if result.returncode == BAD_INPUT_EXIT:
+            self._fail("bad_input", "trainer rejected its input (exit status 2)", result.stderr_tail)
         if result.returncode != 0:
             self._fail("trainer_error", f"trainer exited with status {result.returncode}", result.stderr_tail)
         return self._complete()
 
     def _progress(self, figures: dict[str, Any]) -> None:
         keep = ("epoch", "total_epochs", "train_loss", "val_loss", "epoch_time_s")
-        self.store.progress(self.job_id, self.config_key, {k: figures[k] for k in keep if k in figures})
+        try:
+            self.store.progress(self.job_id, self.config_key, {k: figures[k] for k in keep if k in figures})
+        except redis.RedisError as exc:  # progress is best-effort; the lease keeper judges Redis loss
+            log.warning("progress of %s not recorded: %s", self.job_id, exc)
 
     def _complete(self) -> dict[str, Any]:
         metrics_path = self.output_dir / METRICS_FILE
@@ -140,26 +205,67 @@ class TrainingRun:
             "final_loss": metrics["final_loss"],
             "duration_s": round(time.monotonic() - self.started, 3),
         }
-        outcome = Outcome(
-            TRAINING_COMPLETE, {**result, "node": self.node, "attempt": self.attempt, "fence": self.lease.fence},
-            job_fields=result, node=self.node, attempt=self.attempt, fence=self.lease.fence,
+        outcome = self._outcome(
+            TRAINING_COMPLETE, {**result, "fence": self.lease.fence}, result,
             config_fields={"latest_model": metrics["model_path"], "latest_job": self.job_id,
                            "latest_fence": self.lease.fence, "last_trained_at": time.time(),
                            "trained_data_version": self.record.get("data_version")},
             payload={"history": history},
         )
-        if self.store.finish(self.job_id, self.config_key, COMPLETE, outcome) == "fenced":
+        if self._finish(COMPLETE, outcome) == "fenced":
             raise TrainingFailed(self.job_id, "fenced: a newer lease exists; result recorded as stale")
+        self._breakers(success=True)
         return {"job_id": self.job_id, **result}
 
+    def _cancelled(self) -> dict[str, Any]:
+        fields = {"reason": "cancelled", "attempt": self.attempt, "node": self.node}
+        self._finish(CANCELLED, self._outcome(TRAINING_CANCELLED, fields, fields))
+        return {"job_id": self.job_id, "cancelled": True}
+
     def _fail(self, reason: str, error: str, stderr_tail: str) -> None:
+        r = self.record
+        settings = RetrySettings(int(r.get("retries_infrastructure", 5)), int(r.get("retries_trainer", 1)),
+                                 float(r.get("retry_backoff_base_s", 5)), float(r.get("retry_backoff_max_s", 300)))
+        previous = int(r.get(f"failures_{decide(reason, 0, settings).failure_class}", 0))
+        decision = decide(reason, previous, settings)
         fields = {"reason": reason, "error": error, "stderr_tail": stderr_tail, "attempt": self.attempt,
-                  "node": self.node}
-        outcome = Outcome(
+                  "node": self.node, "failure_class": decision.failure_class,
+                  "will_retry": str(decision.will_retry).lower(), "retry_in_s": round(decision.delay_s, 3)}
+        outcome = self._outcome(
             TRAINING_FAILED, fields,
-            job_fields={**fields, "duration_s": round(time.monotonic() - self.started, 3)},
-            node=self.node, attempt=self.attempt, fence=self.lease.fence,
-            config_fields={"last_failed_at": time.time(), "last_error": error, "last_failed_job": self.job_id},
+            {**fields, "duration_s": round(time.monotonic() - self.started, 3),
+             f"failures_{decision.failure_class}": decision.failures_of_class},
+            config_fields={} if decision.will_retry else {
+                "last_failed_at": time.time(), "last_error": error, "last_failed_job": self.job_id},
         )
-        self.store.finish(self.job_id, self.config_key, FAILED, outcome)
+        if decision.will_retry:
+            self._finish(RETRYING, outcome, retry_at=time.time() + decision.delay_s)
+        else:
+            self._finish(FAILED, outcome)
+        if reason not in ("lease_lost",):
+            self._breakers(success=False)
         raise TrainingFailed(self.job_id, error)
+
+    def _outcome(self, event_type: str, event_fields: dict[str, Any], job_fields: dict[str, Any],
+                 **extra: Any) -> Outcome:
+        return Outcome(event_type, {**event_fields, "node": self.node, "attempt": self.attempt}, job_fields,
+                       node=self.node, attempt=self.attempt, fence=self.lease.fence, **extra)
+
+    def _finish(self, state: str, outcome: Outcome, retry_at: float | None = None) -> str:
+        """Record the end, retrying while Redis is briefly away (past that, the reaper retries the job)."""
+        deadline, delay = time.monotonic() + FINISH_RETRY_S, 0.2
+        while True:
+            try:
+                return self.store.finish(self.job_id, self.config_key, state, outcome, retry_at)
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _breakers(self, success: bool) -> None:
+        try:
+            self.breakers.record("config", self.config_key, success)
+            self.breakers.record("node", self.node, success)
+        except redis.RedisError as exc:
+            log.warning("circuit breakers not updated for %s: %s", self.job_id, exc)

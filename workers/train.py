@@ -4,8 +4,9 @@
         --epochs 50 --batch-size 512 --learning-rate 0.001 --patience 5 --output-dir out/
 
 Prints one JSON line per epoch on stdout. Writes into the output directory: `checkpoint.pt`
-after every epoch (what `--resume` continues from), `model.pt` (the best weights by validation
-loss, what `--init-weights` and `load_model` read) and `metrics.json` at the end. Uses CUDA when
+and `checkpoint.json` (its epoch) after every epoch (what `--resume` continues from),
+`model.pt` (the best weights by validation loss, what `--init-weights` and `load_model` read)
+and `metrics.json` at the end. Uses CUDA when
 present, the CPU otherwise. Exit status 2 for bad arguments or bad data, 1 for other failures.
 """
 
@@ -28,6 +29,8 @@ from coordinator.boards import BOARDS, MAX_PLAYERS
 from workers.npz_data import GLOBAL_FEATURES, BadTrainingData, TrainingData, load_training_data
 
 CHECKPOINT, MODEL, METRICS = "checkpoint.pt", "model.pt", "metrics.json"
+# Beside each checkpoint: {"epoch": n, "checkpoint": path}, so a retry can resume without torch.
+CHECKPOINT_INFO = "checkpoint.json"
 HIDDEN = 256
 
 
@@ -172,6 +175,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             _save(out / MODEL, {**meta, "model": model.state_dict(), "epoch": state["epoch"]})
         _save(out / CHECKPOINT, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                  "state": state})
+        _write_json(out / CHECKPOINT_INFO, {"epoch": state["epoch"], "checkpoint": str((out / CHECKPOINT).resolve())})
         print(json.dumps(line), flush=True)
     history = state["history"]
     metrics = {
@@ -180,10 +184,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "best_val_loss": state["best_val"], "early_stopped": state["epoch"] < args.epochs,
         "device": str(device), "samples": len(data), "channels": data.channels, "history": history,
     }
-    tmp = out / (METRICS + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=1))
-    os.replace(tmp, out / METRICS)
+    _write_json(out / METRICS, metrics)
     return metrics
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def _save(path: Path, obj: dict[str, Any]) -> None:

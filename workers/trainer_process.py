@@ -31,7 +31,7 @@ class TrainerResult:
     stopped: bool = False  # stopped on request (lease lost, cancel) before it ended
 
 
-def build_argv(record: Mapping[str, str], output_dir: str) -> list[str]:
+def build_argv(record: Mapping[str, str], output_dir: str, resume: str | None = None) -> list[str]:
     """The trainer's argument list from a job record; nothing passes through a shell."""
     command = [sys.executable if part == "{python}" else part for part in json.loads(record["command"])]
     return command + [
@@ -43,7 +43,7 @@ def build_argv(record: Mapping[str, str], output_dir: str) -> list[str]:
         "--learning-rate", record["learning_rate"],
         "--patience", record["early_stopping_patience"],
         "--output-dir", output_dir,
-    ]
+    ] + (["--resume", resume] if resume else [])
 
 
 def run_trainer(
@@ -52,6 +52,7 @@ def run_trainer(
     kill_grace_s: float,
     on_progress: Callable[[dict[str, Any]], None],
     stop: threading.Event | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainerResult:
     """Run the trainer to its end (or past `timeout_s`, or until `stop` is set, then stop it:
     SIGTERM, SIGKILL after `kill_grace_s`); never raises on the trainer's failure."""
@@ -71,6 +72,8 @@ def run_trainer(
         watcher = threading.Thread(target=_stop_when, args=(stop, proc, kill_grace_s, stopped), daemon=True)
         watcher.start()
         try:
+            if on_start is not None:
+                on_start()
             for line in proc.stdout:
                 figures = _parse_progress(line)
                 if figures is not None:

@@ -1,0 +1,52 @@
+"""Circuit breakers per config and per node, kept in Redis so every process sees the same state.
+
+`failures` consecutive failures within `window_s` open a breaker (CIRCUIT_OPENED): the scheduler
+skips that config, that node's workers hand their jobs back. After `cooldown_s` it is half-open:
+one trial goes through; success closes it (CIRCUIT_CLOSED), failure opens it for another
+cooldown. Fenced and cancelled attempts are not failures of the config or the node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import redis
+
+from coordinator.config import BreakerSettings
+from coordinator.keys import Keys
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+def breaker_state(raw: Mapping[str, str], settings: BreakerSettings, now: float) -> str:
+    """closed, open, or half_open (open, and the cooldown is over: the next attempt is the trial)."""
+    if raw.get("state") != OPEN:
+        return CLOSED
+    return HALF_OPEN if now - float(raw.get("opened_at", 0)) >= settings.cooldown_s else OPEN
+
+
+class CircuitBreakers:
+    def __init__(self, conn: redis.Redis, keys: Keys, settings: BreakerSettings | None = None,
+                 stream_maxlen: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.settings = settings or BreakerSettings()
+        self.stream_maxlen = stream_maxlen
+        self.clock = clock
+        self._record = conn.register_script((Path(__file__).parent / "breaker_record.lua").read_text())
+
+    def record(self, kind: str, name: str, success: bool) -> str:
+        s = self.settings
+        reply = self._record(keys=[self.keys.breaker(kind, name), self.keys.events],
+                             args=[self.stream_maxlen, "1" if success else "0", f"{self.clock():.3f}",
+                                   s.failures, s.window_s, kind, name, s.cooldown_s])
+        return reply.decode() if isinstance(reply, bytes) else reply
+
+    def state(self, kind: str, name: str) -> str:
+        raw = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.breaker(kind, name)).items()}
+        return breaker_state(raw, self.settings, self.clock())
+
+    def allows(self, kind: str, name: str) -> bool:
+        return self.state(kind, name) != OPEN

@@ -1,0 +1,154 @@
+"""Getting jobs back on the queue: deferrals, retries after backoff, and abandoned attempts.
+
+- `defer`: a worker found the leases busy; the job stays queued, out of RQ, until a set time.
+- `requeue_due` (orchestrator, every second): deferred and retrying jobs whose time has come
+  go back on RQ's queue, each in one transaction with its state change.
+- `reap` (orchestrator, every `leases.reaper_interval_s`): an attempt whose config lease is gone
+  (or held under another fencing token) was abandoned: its worker died, froze or lost Redis past
+  the TTL. The job moves to retrying (an infrastructure failure: backoff, a retry limit) and
+  TRAINING_FAILED says so. Whatever is left of the old attempt is fenced at publish.
+- `requeue_lost`: a queued job that is in neither RQ's queue nor the delayed set (its RQ job
+  failed before it could start, e.g. Redis went away) is put back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+
+from rq import Queue
+from rq.job import Job, JobStatus
+
+from coordinator.config import Settings
+from coordinator.events import TRAINING_FAILED
+from coordinator.job_states import ACTIVE_ATTEMPT_STATES, FAILED, QUEUED, RETRYING, allowed_from
+from coordinator.jobs import JobStore, _strings, _text, decode_hash
+from coordinator.keys import TRAINING_QUEUE
+from coordinator.leases import parse_holder
+from coordinator.retry import decide
+
+log = logging.getLogger(__name__)
+# Backoff before the first retry of an attempt found dead: short, the node is simply gone.
+REAPED_RETRY_DELAY_S = 0.0
+
+
+class Recovery:
+    def __init__(self, store: JobStore, settings: Settings | None = None) -> None:
+        self.store = store
+        self.conn = store.conn
+        self.keys = store.keys
+        self.settings = settings or Settings()
+
+    # -- deferral (worker side) -----------------------------------------------------------------
+    def defer(self, job_id: str, delay_s: float, reason: str) -> None:
+        """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back."""
+        ready = time.time() + delay_s
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(job_id), mapping=_strings({"deferred_reason": reason, "not_before": ready}))
+            pipe.hincrby(self.keys.job(job_id), "deferrals", 1)
+            pipe.zadd(self.keys.delayed_jobs, {job_id: ready})
+            pipe.execute()
+
+    # -- back onto RQ (orchestrator side) ---------------------------------------------------------
+    def requeue_due(self, limit: int = 100) -> list[str]:
+        """Deferred (queued) and retrying jobs whose time has come go back on RQ's queue."""
+        due = [j.decode() for j in self.conn.zrangebyscore(self.keys.delayed_jobs, "-inf", time.time(),
+                                                            start=0, num=limit)]
+        return [job_id for job_id in due
+                if self.store._retry_watch(lambda j=job_id: self._requeue_once(j), f"requeue of {job_id}")]
+
+    def _requeue_once(self, job_id: str) -> bool:
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.job(job_id), self.keys.delayed_jobs)
+            if pipe.zscore(self.keys.delayed_jobs, job_id) is None:
+                return False  # another orchestrator took it
+            state, config_key, attempts, deferrals = (_text(v) for v in pipe.hmget(
+                self.keys.job(job_id), "state", "config_key", "attempts", "deferrals"))
+            pipe.multi()
+            pipe.zrem(self.keys.delayed_jobs, job_id)
+            back = state == QUEUED or state in allowed_from(QUEUED)
+            if back:
+                pipe.hset(self.keys.job(job_id), mapping=_strings({"state": QUEUED, "updated_at": time.time()}))
+                suffix = f"a{int(attempts or 0) + 1}" if state == RETRYING else f"d{deferrals or 0}"
+                self.store._enqueue_rq(pipe, self.settings, job_id, config_key or "?", f"{job_id}-{suffix}")
+            pipe.execute()
+            return back
+
+    def requeue_lost(self) -> list[str]:
+        """Queued jobs that nothing will run (their RQ job ended without starting them)."""
+        active = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.active).items()}
+        lost = []
+        queue = Queue(TRAINING_QUEUE, connection=self.conn)
+        for config_key, job_id in active.items():
+            state, rq_id, not_before = (_text(v) for v in self.conn.hmget(
+                self.keys.job(job_id), "state", "rq_job_id", "not_before"))
+            if state != QUEUED or self.conn.zscore(self.keys.delayed_jobs, job_id) is not None:
+                continue
+            status = _rq_status(queue, rq_id or job_id)
+            if status in (None, JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED):
+                self.defer(job_id, 0.0, f"RQ job {rq_id} {status or 'missing'}: requeued")
+                lost.append(job_id)
+                log.warning("%s: queued job %s had no live RQ job (%s); requeued", config_key, job_id, status)
+        return lost
+
+    # -- abandoned attempts -----------------------------------------------------------------------
+    def reap(self) -> list[str]:
+        """Attempts whose lease is gone or taken over: retry them (or fail them past the limit)."""
+        active = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.active).items()}
+        if not active:
+            return []
+        pairs = list(active.items())
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for config_key, job_id in pairs:
+                pipe.hgetall(self.keys.job(job_id))
+                pipe.get(self.keys.lease(config_key))
+            replies = pipe.execute()
+        reaped = []
+        for i, (_config_key, job_id) in enumerate(pairs):
+            record, lease = decode_hash(replies[2 * i]), replies[2 * i + 1]
+            if record.get("state") not in ACTIVE_ATTEMPT_STATES:
+                continue
+            holder = parse_holder(lease.decode()) if lease else {}
+            if holder.get("fence") == record.get("fence"):
+                continue  # alive: its worker keeps renewing
+            if self.abandon(record, "worker_lost", "lease expired: the worker died, froze or lost Redis"):
+                reaped.append(job_id)
+        return reaped
+
+    def abandon(self, record: dict[str, str], reason: str, error: str) -> bool:
+        """Move an abandoned attempt to retrying (or failed past its retry limit), with its event."""
+        job_id, config_key = record["job_id"], record["config_key"]
+        decision = decide(reason, int(record.get("failures_infrastructure", 0)), self.settings.retries)
+        wake = time.time() + (REAPED_RETRY_DELAY_S if decision.failures_of_class == 1 else decision.delay_s)
+        target = RETRYING if decision.will_retry else FAILED
+        fields = {"reason": reason, "error": error, "failure_class": decision.failure_class,
+                  "will_retry": str(decision.will_retry).lower(), "attempt": record.get("attempts", "0"),
+                  "node": record.get("node", "")}
+        moved = self.store.transition(
+            job_id, config_key, target,
+            {**fields, f"failures_{decision.failure_class}": decision.failures_of_class},
+            (TRAINING_FAILED, {**fields, "retry_in_s": round(wake - time.time(), 3)}),
+            release_active=target == FAILED, wake_at=wake if decision.will_retry else None,
+            expected_fence=record.get("fence", ""),
+        )
+        if moved:
+            log.warning("%s: attempt %s of %s abandoned (%s); %s", config_key, record.get("attempts"), job_id,
+                        error, "retrying" if decision.will_retry else "failed")
+        return moved
+
+
+def _rq_status(queue: Queue, rq_id: str) -> str | None:
+    try:
+        job = Job.fetch(rq_id, connection=queue.connection)
+    except Exception:  # noqa: BLE001 - rq raises NoSuchJobError, or fails to unpickle a foreign job
+        return None
+    status = job.get_status(refresh=False)
+    if status == JobStatus.QUEUED and rq_id not in queue.job_ids:
+        return None
+    return status
+
+
+def jitter(base_s: float) -> float:
+    return base_s * random.uniform(1.0, 2.0)
+
