@@ -1,4 +1,4 @@
-"""`ringrift-train`: the one command for people (run the service, demo, inspect priorities, locks, jobs)."""
+"""`ringrift-train`: the one command for people (run the service, demo, inspect priorities, locks, jobs; cancel)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 
 from coordinator.config import load_settings
-from coordinator.errors import ConfigError
+from coordinator.errors import ConfigError, JobError
 from coordinator.jobs import JobStore
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
@@ -56,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     locks = sub.add_parser("locks", help="held training leases and each node's GPU slots")
     locks.add_argument("--json", action="store_true")
     locks.set_defaults(func=_locks)
+
+    cancel = sub.add_parser("cancel", help="cancel a queued or running job (its worker stops the trainer)")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=_cancel)
 
     jobs = sub.add_parser("jobs", help="list the newest job records")
     jobs.add_argument("--limit", type=int, default=20)
@@ -122,17 +126,31 @@ def _locks(args: argparse.Namespace, settings) -> int:
     return 0
 
 
+def _cancel(args: argparse.Namespace, settings) -> int:
+    conn = redis.Redis.from_url(settings.redis.url)
+    try:
+        outcome = JobStore(conn, Keys(settings.redis.prefix)).cancel(args.job_id)
+    except JobError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print({"cancelled": f"{args.job_id}: cancelled",
+           "requested": f"{args.job_id}: running; its worker stops the trainer and frees its leases",
+           "ended": f"{args.job_id}: already ended, nothing to cancel"}[outcome])
+    return 0 if outcome != "ended" else 1
+
+
 def _jobs(args: argparse.Namespace, settings) -> int:
     conn = redis.Redis.from_url(settings.redis.url)
     records = JobStore(conn, Keys(settings.redis.prefix)).list(args.limit)
     if args.json:
         print(json.dumps(records, indent=1))
         return 0
-    print(f"{'job':44} {'state':9} {'node':14} {'epoch':>7} {'final loss':>10}  error")
+    print(f"{'job':44} {'state':9} {'node':14} {'try':>3} {'epoch':>7} {'final loss':>10}  reason / error")
     for r in records:
         epoch = f"{r.get('epoch', 0)}/{r.get('epochs', '?')}"
-        print(f"{r['job_id']:44} {r['state']:9} {r.get('node', '-'):14} {epoch:>7} "
-              f"{r.get('final_loss', '-'):>10}  {r.get('error', '')}")
+        why = f"{r.get('reason', '')} {r.get('error', '')}".strip()
+        print(f"{r['job_id']:44} {r['state']:9} {r.get('node', '-'):14} {r.get('attempts', '0'):>3} {epoch:>7} "
+              f"{r.get('final_loss', '-'):>10}  {why}")
     return 0
 
 

@@ -40,9 +40,10 @@ def free_port() -> int:
 class LocalRedis:
     """`with LocalRedis() as server: redis.Redis.from_url(server.url)`"""
 
-    def __init__(self, port: int | None = None, binary: str | None = None) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, appendonly: bool = False) -> None:
         self.port = port or free_port()
         self.binary = binary or redis_server_binary()
+        self.appendonly = appendonly
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -51,11 +52,13 @@ class LocalRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> LocalRedis:
-        self._dir = tempfile.TemporaryDirectory(prefix="ringrift-redis-")
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="ringrift-redis-")
         log = Path(self._dir.name) / "redis.log"
+        aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.appendonly else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self._dir.name, "--logfile", str(log)],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
+             "--dir", self._dir.name, "--logfile", str(log)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
@@ -72,6 +75,18 @@ class LocalRedis:
                 time.sleep(0.02)
         client.close()
         return self
+
+    def restart(self, down_s: float = 0.0, kill: bool = False) -> None:
+        """Stop the server (SIGTERM: it syncs its AOF; or SIGKILL) and start it again on the same
+        port and data directory after `down_s`."""
+        assert self.proc is not None
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+        time.sleep(down_s)
+        self.start()
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import signal
 import socket
 import threading
@@ -35,6 +36,7 @@ from coordinator.scheduler import TrainingScheduler
 
 log = logging.getLogger(__name__)
 TRIM_INTERVAL_S = 60.0
+CONSUMER_ENV = "RINGRIFT_CONSUMER"
 ERROR_BACKOFF_S = 0.5
 MAX_DISPATCH_PER_CALL = 1000
 REQUEUE_INTERVAL_S = 1.0
@@ -56,7 +58,9 @@ class TrainingOrchestrator:
         e = self.settings.events
         self.jobs = JobStore(self.conn, self.keys, e.stream_maxlen)
         # A stable name per host: a restarted orchestrator finds its own unacknowledged entries.
-        self.consumer = EventConsumer(self.conn, self.keys, e.group, consumer_name or socket.gethostname())
+        # Two orchestrators on one host need their own names (RINGRIFT_CONSUMER).
+        name = consumer_name or os.environ.get(CONSUMER_ENV) or socket.gethostname()
+        self.consumer = EventConsumer(self.conn, self.keys, e.group, name)
         self.scheduler = TrainingScheduler(self.conn, self.keys, self.settings.scheduler,
                                            breakers=self.settings.breakers)
         lease = self.settings.leases

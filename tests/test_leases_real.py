@@ -53,6 +53,7 @@ def test_a_holder_stopped_past_its_ttl_is_fenced_at_publish(redis_server, real_c
     [started] = wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)
     job_id = started.fields["job_id"]
     wait_for(lambda: any("stub_train" in " ".join(p.cmdline()) for p in _descendants(first.pid)), timeout_s=10)
+    time.sleep(1.0)  # the trainer is past its start-up, inside its 2 s epoch
     stopped = _descendants(first.pid)  # the work horse and the trainer
     for proc in stopped:
         proc.send_signal(signal.SIGSTOP)

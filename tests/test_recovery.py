@@ -1,0 +1,106 @@
+"""State machine, retry policy, circuit breakers, reaper and deferrals on fakeredis."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from coordinator import TrainingOrchestrator
+from coordinator.breakers import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
+from coordinator.config import BreakerSettings, RetrySettings
+from coordinator.job_states import FINAL_STATES, TRANSITIONS, allowed_from
+from coordinator.retry import decide
+from tests.conftest import take_job
+
+
+def test_the_state_table():
+    assert FINAL_STATES == {"complete", "failed", "cancelled", "stale"}
+    assert allowed_from("queued") == {"retrying"}
+    assert allowed_from("leased") == {"queued"}
+    assert all(moves for state, moves in TRANSITIONS.items() if state not in FINAL_STATES)
+
+
+def test_retry_policy_by_failure_class():
+    s = RetrySettings(infrastructure=2, trainer=1, backoff_base_s=10, backoff_max_s=25)
+    rng = random.Random(0)
+    first, second, third = (decide("worker_lost", n, s, rng) for n in range(3))
+    assert (first.will_retry, second.will_retry, third.will_retry) == (True, True, False)
+    assert 5 <= first.delay_s < 15 and 10 <= second.delay_s < 30  # base x 2^(n-1), jittered, capped
+    assert decide("trainer_error", 0, s).will_retry and not decide("trainer_error", 1, s).will_retry
+    poison = decide("bad_input", 0, s)
+    assert (poison.failure_class, poison.will_retry) == ("poison", False)
+
+
+def test_breaker_opens_half_opens_and_closes(fake_conn, keys):
+    now = [1000.0]
+    breakers = CircuitBreakers(fake_conn, keys, BreakerSettings(failures=3, window_s=60, cooldown_s=100),
+                               clock=lambda: now[0])
+    assert breakers.record("config", "hex8_2p", False) == CLOSED
+    assert breakers.record("config", "hex8_2p", False) == CLOSED
+    assert breakers.record("config", "hex8_2p", False) == OPEN
+    assert not breakers.allows("config", "hex8_2p")
+    now[0] += 100
+    assert breakers.state("config", "hex8_2p") == HALF_OPEN and breakers.allows("config", "hex8_2p")
+    assert breakers.record("config", "hex8_2p", False) == OPEN  # the trial failed: another cooldown
+    assert breakers.state("config", "hex8_2p") == OPEN
+    now[0] += 100
+    assert breakers.record("config", "hex8_2p", True) == CLOSED
+    types = [f[b"type"] for _, f in fake_conn.xrange(keys.events)]
+    assert types == [b"CIRCUIT_OPENED", b"CIRCUIT_CLOSED"]
+
+
+def test_failures_outside_the_window_do_not_add_up(fake_conn, keys):
+    now = [0.0]
+    breakers = CircuitBreakers(fake_conn, keys, BreakerSettings(failures=2, window_s=60), clock=lambda: now[0])
+    breakers.record("node", "gpu-1", False)
+    now[0] += 120
+    assert breakers.record("node", "gpu-1", False) == CLOSED
+
+
+@pytest.fixture
+def orch(fake_conn, make_settings):
+    o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
+    o.prepare()
+    return o
+
+
+def test_reaper_retries_an_attempt_whose_lease_is_gone(orch, fake_conn, keys):
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    lease = take_job(orch, job_id, "hex8_2p")
+    assert orch.recovery.reap() == []  # its holder renews: alive
+    fake_conn.delete(keys.lease("hex8_2p"))  # not renewed past the TTL
+    assert orch.recovery.reap() == [job_id]
+    record = orch.jobs.get(job_id)
+    assert (record["state"], record["reason"], record["failures_infrastructure"]) == ("retrying", "worker_lost", "1")
+    assert orch.recovery.requeue_due() == [job_id]
+    assert orch.jobs.get(job_id)["state"] == "queued" and orch.jobs.get(job_id)["rq_job_id"] == f"{job_id}-a2"
+    assert lease.fence == 1
+
+
+def test_cancel_a_queued_job_frees_its_config(orch, fake_conn, keys):
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    assert orch.jobs.cancel(job_id) == "cancelled"
+    assert orch.jobs.get(job_id)["state"] == "cancelled" and orch.jobs.active_job("hex8_2p") is None
+    assert orch.jobs.cancel(job_id) == "ended"
+    assert not orch.jobs.transition(job_id, "hex8_2p", "queued")  # cancelled is final
+
+
+def test_cancel_a_running_job_asks_its_worker(orch):
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    take_job(orch, job_id, "hex8_2p")
+    assert orch.jobs.cancel(job_id) == "requested"
+    assert orch.jobs.get(job_id)["cancel_requested"] == "1"
+
+
+def test_quality_block_until_and_a_new_export_lifts_it(orch, fake_conn, keys):
+    fake_conn.xadd(keys.events, {"type": "TRAINING_BLOCKED_BY_QUALITY", "config_key": "hex8_2p",
+                                 "quality_score": "0.4", "threshold": "0.6", "reason": "low quality",
+                                 "until": "4102444800"})
+    orch.process_once(block_ms=None)
+    cfg = fake_conn.hgetall(keys.config("hex8_2p"))
+    assert cfg[b"quality_blocked_until"] == b"4102444800.000" and cfg[b"quality_threshold"] == b"0.6"
+    fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/x",
+                                 "samples": "10"})
+    orch.process_once(block_ms=None)
+    assert orch.jobs.active_job("hex8_2p") is not None  # the newer export lifted the block
