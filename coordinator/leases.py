@@ -177,6 +177,11 @@ class LeaseKeeper:
         renew_every = self.lease.ttl_ms / 3000.0
         last_ok = last_try = self.clock()
         while not self._stop.wait(min(renew_every, self.poll_s)):
+            if self.clock() - last_ok >= self.lease.ttl_ms / 1000.0:
+                # This process was paused (SIGSTOP, VM freeze) past the TTL: the lease is gone
+                # whatever Redis says now; stop the trainer before asking anyone.
+                self._lost("lease_lost: this worker was paused past the lease TTL")
+                return
             try:
                 reason = self.poll() if self.poll else None
                 if reason:
