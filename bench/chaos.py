@@ -56,7 +56,7 @@ class Cluster:
             "redis": {"url": server.url},
             "training": {"default_epochs": 4, "command": ["{python}", "-m", "workers.stub_train",
                                                           "--epoch-seconds", "0.5"],
-                         "models_root": str(root / "models"), "kill_grace_s": 2},
+                         "models_root": str(root / "models"), "check_npz": False, "kill_grace_s": 2},
             "leases": {"ttl_s": LEASE_TTL_S, "defer_s": 1.0},
             "retries": {"infrastructure": 20, "backoff_base_s": 0.5, "backoff_max_s": 5},
             "breakers": {"failures": 1000},

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         config.write_text(yaml.safe_dump({
             "redis": {"url": server.url},
             "training": {"default_epochs": 1, "command": ["{python}", "-m", "workers.stub_train"],
-                         "models_root": str(root / "models")},
+                         "models_root": str(root / "models"), "check_npz": False},
             "events": {"block_ms": 1000},
         }))
         service = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(config), "run"],

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import redis
 
-from coordinator.config import load_settings
-from coordinator.errors import ConfigError, JobError
+from coordinator.config import load_settings, redact_url
+from coordinator.errors import ConfigError, EventError, JobError
+from coordinator.events import EventConsumer
 from coordinator.jobs import JobStore
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
@@ -24,12 +25,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.func is _check_config:
+        return _check_config(args)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config)  # every command, services included, refuses a bad file
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
     return args.func(args, settings)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.path or args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"{exc.source}: {problem}")
+        print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"{settings.source}: OK ({len(settings.hosts)} hosts, {sum(settings.hosts.values())} GPUs, "
+          f"redis {redact_url(settings.redis.url)}, prefix {settings.redis.prefix})")
+    if not settings.training.data_roots:
+        print("warning: training.data_roots is empty: exports may name any absolute path")
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    check = sub.add_parser("check-config", help="validate a YAML config; every problem, exit status 1 if any")
+    check.add_argument("path", nargs="?", help="default: --config, $RINGRIFT_CONFIG or config/distributed_hosts.yaml")
+    check.set_defaults(func=_check_config)
+
+    dead = sub.add_parser("dead-letters", help="events that could not be handled, with the reason")
+    dead.add_argument("--replay", metavar="ID", help="put this dead letter back on the event stream")
+    dead.add_argument("--limit", type=int, default=50)
+    dead.add_argument("--json", action="store_true")
+    dead.set_defaults(func=_dead_letters)
 
     run = sub.add_parser("run", help="run the orchestrator service (consume events, enqueue training)")
     run.set_defaults(func=_run, verbose=True)
@@ -123,6 +151,27 @@ def _locks(args: argparse.Namespace, settings) -> int:
     print(f"\n{'node':14} {'status':9} {'slots in use':>12}")
     for n in nodes:
         print(f"{n['node']:14} {n['status']:9} {n['in_use'] + '/' + n['gpus']:>12}")
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace, settings) -> int:
+    conn = redis.Redis.from_url(settings.redis.url)
+    consumer = EventConsumer(conn, Keys(settings.redis.prefix), settings.events.group, "cli")
+    if args.replay:
+        try:
+            new_id = consumer.replay(args.replay)
+        except EventError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        print(f"{args.replay} replayed as {new_id}")
+        return 0
+    letters = consumer.dead_letters(args.limit)
+    if args.json:
+        print(json.dumps([{"id": e.id, **e.fields} for e in letters], indent=1))
+        return 0
+    print(f"{'dead letter id':20} {'type':28} {'original id':20} reason")
+    for e in letters:
+        print(f"{e.id:20} {e.type[:28]:28} {e.fields.get('dead_original_id', ''):20} {e.fields.get('dead_reason', '')}")
     return 0
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -41,6 +42,12 @@ class TrainingSettings:
     timeout_s: int = 6 * 3600
     # Where each job's output directory is created (shared storage on a real cluster).
     models_root: str = "models"
+    # An export's npz_path must resolve (symlinks and .. resolved) inside one of these
+    # directories, or the event is dead-lettered. Empty: any absolute path (not for production).
+    data_roots: tuple[str, ...] = ()
+    # Workers check the NPZ (zip, arrays, shapes for the board) before starting the trainer.
+    # Off only for a trainer that reads another format.
+    check_npz: bool = True
     # Seconds between SIGTERM and SIGKILL when a trainer must stop (timeout, shutdown).
     kill_grace_s: int = 30
 
@@ -49,6 +56,8 @@ class TrainingSettings:
 class EventSettings:
     stream_maxlen: int = 100_000
     read_count: int = 100
+    # An entry delivered more often than this without being handled is dead-lettered (poison).
+    max_deliveries: int = 5
     block_ms: int = 1000
     # An entry pending this long in a dead consumer is taken over by a live one.
     reclaim_idle_ms: int = 60_000
@@ -140,6 +149,8 @@ class Settings:
     source: str = field(default="<defaults>", compare=False)
 
 
+# Lists that may be empty.
+_MAY_BE_EMPTY = {"data_roots"}
 # Fields that may be zero; every other number must be strictly positive.
 _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "freshness", "elo_velocity",
                 "min_new_samples", "prefetch", "infrastructure", "trainer"}
@@ -201,9 +212,11 @@ def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
         return hint(**_parse_dataclass(hint, value, f"{key}.", problems))
     origin = typing.get_origin(hint)
     if origin is tuple:
-        if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        may_be_empty = key.rsplit(".", 1)[-1] in _MAY_BE_EMPTY
+        if isinstance(value, list) and (value or may_be_empty) and all(isinstance(v, str) and v for v in value):
             return tuple(value)
-        problems.append(f"{key}: expected a non-empty list of strings, got {_describe(value)}")
+        what = "a list of strings" if may_be_empty else "a non-empty list of strings"
+        problems.append(f"{key}: expected {what}, got {_describe(value)}")
         return None
     if origin in (Mapping, dict, typing.Mapping) or hint is Mapping:
         return _parse_hosts(value, key, problems)
@@ -215,7 +228,11 @@ def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
 def _parse_scalar(hint: type, value: Any, key: str, problems: list[str]) -> Any:
     leaf = key.rsplit(".", 1)[-1]
     bound = ">= 0" if leaf in _MAY_BE_ZERO else "> 0"
-    if hint is str:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        problems.append(f"{key}: expected true or false, got {_describe(value)}")
+    elif hint is str:
         if isinstance(value, str) and value:
             return value
         problems.append(f"{key}: expected a non-empty string, got {_describe(value)}")
@@ -247,6 +264,15 @@ def _parse_hosts(value: Any, key: str, problems: list[str]) -> dict[str, int]:
         else:
             problems.append(f"{key}.{node}: expected a number of GPUs (integer > 0), got {_describe(gpus)}")
     return hosts
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and screens."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def _describe(value: Any) -> str:

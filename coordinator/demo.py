@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from coordinator.config import Settings
+from coordinator.config import Settings, redact_url
 from coordinator.events import NPZ_EXPORT_COMPLETE, publish
 from coordinator.jobs import FINAL_STATES, JobStore
 from coordinator.keys import Keys
@@ -42,7 +42,7 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
         if redis_url is None:
             server = stack.enter_context(LocalRedis())
             redis_url = server.url
-            console.print(f"[dim]embedded redis-server on {redis_url}[/dim]")
+            console.print(f"[dim]embedded redis-server on {redact_url(redis_url)}[/dim]")
         settings = replace(settings, redis=replace(settings.redis, url=redis_url))
         conn = redis.Redis.from_url(redis_url)
         orchestrator = TrainingOrchestrator(settings, conn, consumer_name="demo")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import msgpack
@@ -56,6 +56,7 @@ class Event:
     fields: dict[str, str]
     payload: Any = None
     raw: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    deliveries: int = 1  # how often the group delivered it (known for reclaimed entries)
 
 
 @dataclass(frozen=True)
@@ -185,12 +186,34 @@ class EventConsumer:
             self.keys.events, self.group, self.consumer, min_idle_ms, start_id="0-0", count=count
         )
         # Redis 7 adds a third element (ids trimmed away); 6.2 replies with two.
-        entries = reply[1]
-        return [decode_entry(entry_id, raw) for entry_id, raw in entries if raw is not None]
+        events = [decode_entry(entry_id, raw) for entry_id, raw in reply[1] if raw is not None]
+        if not events:
+            return []
+        pending = self.conn.xpending_range(self.keys.events, self.group, min=events[0].id, max=events[-1].id,
+                                           count=len(events) * 2, consumername=self.consumer)
+        counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in pending}
+        return [replace(e, deliveries=counts.get(e.id, 1)) for e in events]
 
     def ack(self, ids: list[str], pipeline: redis.client.Pipeline | None = None) -> None:
         if ids:
             (pipeline or self.conn).xack(self.keys.events, self.group, *ids)
+
+    def dead_letters(self, count: int = 100) -> list[Event]:
+        """The newest dead letters, newest first."""
+        return [decode_entry(i, raw) for i, raw in self.conn.xrevrange(self.keys.dead_letters, count=count)]
+
+    def replay(self, dead_id: str) -> str:
+        """Put a dead letter's original fields back on the event stream (after a fix); returns the
+        new entry's id. The dead letter is removed, in the same transaction."""
+        entries = self.conn.xrange(self.keys.dead_letters, dead_id, dead_id)
+        if not entries:
+            raise EventError(f"no dead letter {dead_id}")
+        original = {k: v for k, v in entries[0][1].items() if not k.startswith(b"dead_")}
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.keys.events, original)
+            pipe.xdel(self.keys.dead_letters, dead_id)
+            new_id, _ = pipe.execute()
+        return _text(new_id)
 
     def dead_letter(self, event: Event, reason: str) -> None:
         """Copy the event with its reason to the dead-letter stream and acknowledge it, atomically."""

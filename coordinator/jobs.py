@@ -216,6 +216,7 @@ class JobStore:
             "learning_rate": params.learning_rate, "early_stopping_patience": params.early_stopping_patience,
             "output_dir": str(output_dir), "command": json.dumps(list(t.command)),
             "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
+            "check_npz": int(t.check_npz),
             "stream_maxlen": self.stream_maxlen, "attempts": 0, "created_at": now, "updated_at": now,
             **_worker_fields(settings),
         }

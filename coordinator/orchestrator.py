@@ -20,12 +20,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import redis
 
 from coordinator import events as ev
 from coordinator.boards import make_config_key, parse_config_key
-from coordinator.config import Settings, load_settings
+from coordinator.config import Settings, load_settings, redact_url
 from coordinator.errors import EventError
 from coordinator.events import Event, EventConsumer, Export
 from coordinator.jobs import JobStore, TrainingParams
@@ -33,6 +34,7 @@ from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
 from coordinator.recovery import Recovery
 from coordinator.scheduler import TrainingScheduler
+from coordinator.schemas import validate, validate_entry
 
 log = logging.getLogger(__name__)
 TRIM_INTERVAL_S = 60.0
@@ -118,7 +120,8 @@ class TrainingOrchestrator:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
         await self.start()
-        log.info("orchestrator consuming %s as %s/%s", self.keys.events, self.consumer.group, self.consumer.consumer)
+        log.info("orchestrator on %s consuming %s as %s/%s", redact_url(self.settings.redis.url), self.keys.events,
+                 self.consumer.group, self.consumer.consumer)
         await done.wait()
         await self.stop()
 
@@ -230,8 +233,10 @@ class TrainingOrchestrator:
     def _handle(self, event: Event) -> list[str] | None:
         """Apply one event; the configs it touched, or None when it must not be acknowledged here."""
         try:
-            if event.type not in ev.KNOWN_TYPES:
-                raise EventError(f"unknown event type {event.type!r}" if event.type else "missing field 'type'")
+            if event.deliveries > self.settings.events.max_deliveries:
+                raise EventError(f"poison: delivered {event.deliveries} times without being handled")
+            validate_entry(event.raw)
+            validate(event)
             handler = self._handlers.get(event.type)
             return handler(event) if handler is not None else []
         except EventError as exc:
@@ -248,6 +253,7 @@ class TrainingOrchestrator:
     # -- handlers: each returns the configs whose score inputs it changed ------------------------
     def _on_export(self, event: Event) -> list[str]:
         export = ev.parse_export(event)
+        _check_data_root(export.npz_path, self.settings.training.data_roots)
         action = self.jobs.record_export(export, event.id)
         log.info("%s: export %s (%d samples) %s", export.config_key, export.npz_path, export.samples, action)
         return [] if action == "duplicate" else [export.config_key]
@@ -316,6 +322,16 @@ class TrainingOrchestrator:
 
 # Fields of CURRICULUM_WEIGHTS_UPDATED that are not config weights.
 CURRICULUM_METADATA = frozenset({"type", "source", "timestamp", "reason", "payload"})
+
+
+def _check_data_root(npz_path: str, roots: tuple[str, ...]) -> None:
+    """The path, with symlinks and `..` resolved, must lie inside a configured data root."""
+    if not roots:
+        return
+    resolved = Path(npz_path).resolve()
+    if not any(resolved.is_relative_to(Path(root).resolve()) for root in roots):
+        raise EventError(f"npz_path {npz_path!r} resolves to {str(resolved)!r}, outside the data roots "
+                         f"({', '.join(roots)})")
 
 
 def _finite(text: str, name: str) -> float:

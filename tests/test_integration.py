@@ -44,9 +44,11 @@ def test_corrupt_npz_ends_in_training_failed_with_stderr(redis_server, real_conn
     xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "square8_2p",
                           "output_path", str(bad), "samples_exported", "10")
     [failed] = wait_for(lambda: stream_events(real_conn, "TRAINING_FAILED"), timeout_s=120)
-    assert failed.fields["error"] == "trainer rejected its input (exit status 2)"
+    # The worker's check catches it before the trainer (and its GPU) starts: poison, never retried.
+    assert failed.fields["error"].endswith("not an NPZ (zip) file")
     assert (failed.fields["reason"], failed.fields["failure_class"], failed.fields["will_retry"]) == (
         "bad_input", "poison", "false")
+    assert not stream_events(real_conn, "TRAINING_PROGRESS")
     assert "not an NPZ (zip) file" in failed.fields["stderr_tail"]
 
 

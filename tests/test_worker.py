@@ -64,6 +64,19 @@ def test_missing_npz_fails_without_running_the_trainer(fake_conn, make_settings,
     assert not any(e.type == "TRAINING_PROGRESS" for e in events)
 
 
+def test_a_bad_npz_is_caught_before_the_trainer_starts(fake_conn, make_settings, tmp_path):
+    record, events = run_one_job(fake_conn, make_settings, tmp_path, check_npz=True)  # b"stub data": no zip
+    assert (record["state"], record["reason"], record["failure_class"]) == ("failed", "bad_input", "poison")
+    assert record["error"].endswith("not an NPZ (zip) file")
+    assert not any(e.type == "TRAINING_PROGRESS" for e in events)
+
+
+def test_the_trainers_stderr_tail_is_kept_when_it_rejects_its_input(fake_conn, make_settings, tmp_path):
+    record, events = run_one_job(fake_conn, make_settings, tmp_path, command=("{python}", "-m", "workers.train"))
+    assert (record["reason"], record["failure_class"]) == ("bad_input", "poison")
+    assert "train.py: bad input" in events[-1].fields["stderr_tail"]
+
+
 def test_trainer_past_its_timeout_is_stopped(fake_conn, make_settings, tmp_path):
     slow = (*STUB, "--epoch-seconds", "30")
     record, events = run_one_job(fake_conn, make_settings, tmp_path, command=slow, timeout_s=1)

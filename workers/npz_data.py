@@ -44,6 +44,42 @@ class TrainingData:
         return int(self.features.shape[0])
 
 
+def check_npz(path: str | os.PathLike[str], board_type: str) -> int:
+    """A cheap look before any GPU time is spent: a zip with the required arrays, and array
+    headers (not data) with the board's shapes. Returns the sample count; raises BadTrainingData."""
+    board = BOARDS[board_type]
+    if not Path(path).is_file():
+        raise BadTrainingData(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise BadTrainingData(f"{path}: not an NPZ (zip) file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            missing = [k for k in REQUIRED_KEYS if f"{k}.npy" not in names]
+            if missing:
+                raise BadTrainingData(f"{path}: missing required arrays: {', '.join(missing)}")
+            features = _header_shape(archive, "features.npy")
+            globals_ = _header_shape(archive, "globals.npy")
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        if isinstance(exc, BadTrainingData):
+            raise
+        raise BadTrainingData(f"{path}: unreadable NPZ: {exc}") from exc
+    if len(features) != 4 or features[2:] != (board.size, board.size) or features[0] == 0:
+        raise BadTrainingData(f"{path}: features must be (N>0, C, {board.size}, {board.size}) for {board_type}, "
+                              f"got {features}")
+    if globals_ != (features[0], GLOBAL_FEATURES):
+        raise BadTrainingData(f"{path}: globals must be ({features[0]}, {GLOBAL_FEATURES}), got {globals_}")
+    return int(features[0])
+
+
+def _header_shape(archive: zipfile.ZipFile, name: str) -> tuple[int, ...]:
+    with archive.open(name) as member:
+        major, _minor = np.lib.format.read_magic(member)
+        read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _fortran, _dtype = read(member)
+    return tuple(shape)
+
+
 def load_training_data(path: str | os.PathLike[str], board_type: str) -> TrainingData:
     board = BOARDS[board_type]
     if not Path(path).is_file():

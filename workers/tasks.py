@@ -40,6 +40,7 @@ from coordinator.keys import Keys
 from coordinator.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.recovery import Recovery
 from coordinator.retry import BAD_INPUT_EXIT, decide
+from workers.npz_data import BadTrainingData, check_npz
 from workers.trainer_process import build_argv, run_trainer
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,11 @@ class TrainingRun:
         npz_path = Path(self.record["npz_path"])
         if not npz_path.is_file():
             self._fail("missing_input", f"npz_path not found: {npz_path}", "")
+        if self.record.get("check_npz", "1") == "1":
+            try:
+                check_npz(npz_path, self.record["board_type"])
+            except BadTrainingData as exc:  # before any GPU time: poison, never retried
+                self._fail("bad_input", str(exc), "")
         self.output_dir.mkdir(parents=True, exist_ok=True)
         result = run_trainer(
             build_argv(self.record, str(self.output_dir), self.resume),
