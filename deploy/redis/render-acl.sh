@@ -9,5 +9,7 @@ done
 here="$(cd "$(dirname "$0")" && pwd)"
 python3 - "$here/users.acl.template" <<'PY'
 import os, string, sys
-print(string.Template(open(sys.argv[1]).read()).substitute(os.environ), end="")
+# ACL files take no comments: the template's comment lines stay in the template.
+lines = [line for line in open(sys.argv[1]) if line.strip() and not line.startswith("#")]
+print(string.Template("".join(lines)).substitute(os.environ), end="")
 PY
