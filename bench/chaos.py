@@ -171,23 +171,32 @@ def inject(cluster: Cluster, conn: redis.Redis, fault: str, rng: random.Random) 
 class ConcurrencyWatch(threading.Thread):
     """Samples the process table: two live (not stopped) trainers of one config at once?"""
 
-    def __init__(self) -> None:
+    def __init__(self, models_root: Path) -> None:
         super().__init__(daemon=True)
+        self.models_root = str(models_root)  # this run's trainers only, not other processes'
         self.overlaps = 0
         self.samples = 0
+        self.examples: list[str] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         while not self.done.wait(0.05):
-            live: dict[str, int] = defaultdict(int)
-            for proc in psutil.process_iter(["cmdline", "status"]):
+            live: dict[str, list[str]] = defaultdict(list)
+            for proc in psutil.process_iter(["cmdline", "status", "pid"]):
                 cmd = proc.info["cmdline"] or []
                 if "workers.stub_train" in cmd and proc.info["status"] not in (psutil.STATUS_STOPPED,
                                                                                psutil.STATUS_ZOMBIE):
-                    out = cmd[cmd.index("--output-dir") + 1] if "--output-dir" in cmd else ""
-                    live[Path(out).parent.parent.name] += 1
+                    out = Path(cmd[cmd.index("--output-dir") + 1] if "--output-dir" in cmd else "")
+                    if not str(out).startswith(self.models_root):
+                        continue
+                    live[out.parent.parent.name].append(f"{proc.info['pid']}:{out.parent.name}/{out.name}"
+                                                        f":{proc.info['status']}")
             self.samples += 1
-            self.overlaps += sum(1 for n in live.values() if n > 1)
+            for procs in live.values():
+                if len(procs) > 1:
+                    self.overlaps += 1
+                    if len(self.examples) < 5:
+                        self.examples.append(" & ".join(procs))
 
 
 def audit(conn: redis.Redis) -> dict[str, int]:
@@ -212,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--faults", default=",".join(FAULTS), help="the kinds to draw from, comma-separated")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     recoveries: dict[str, list[float]] = defaultdict(list)
     unrecovered = sent = 0
-    watch = ConcurrencyWatch()
     with tempfile.TemporaryDirectory() as tmp, LocalRedis(appendonly=True) as server:
         root = Path(tmp)
+        watch = ConcurrencyWatch(root / "models")
         npz = root / "data.npz"
         npz.write_bytes(b"stub")
         cluster = Cluster(root, server)
@@ -236,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                         "samples": str(rng.randint(100, 1000))}), 30)
                     sent += 1
                 time.sleep(rng.uniform(0.5, 1.5))
-                fault, recovered = inject(cluster, conn, rng.choice(FAULTS), rng)
+                fault, recovered = inject(cluster, conn, rng.choice(args.faults.split(",")), rng)
                 print(f"round {round_no:>2}: {fault:<17} recovered in "
                       f"{'-' if recovered is None else f'{recovered:.1f} s'}", flush=True)
                 if recovered is None:
@@ -268,6 +278,8 @@ def print_table(args, sent: int, report: dict, watch: ConcurrencyWatch, recoveri
     print(f"| stale publishes accepted | {report.get('stale', '?')} (fenced and refused: "
           f"{report.get('fenced', '?')}) | 0 |")
     print(f"| faults not recovered within 60 s | {unrecovered} | 0 |")
+    for example in watch.examples:
+        print(f"| overlap seen | {example} | |")
     if every:
         print(f"| recovery, all faults: median / max | {statistics.median(every):.1f} s / {max(every):.1f} s | |")
     for fault in FAULTS:
