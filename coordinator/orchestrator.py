@@ -240,7 +240,7 @@ class TrainingOrchestrator:
             handler = self._handlers.get(event.type)
             return handler(event) if handler is not None else []
         except EventError as exc:
-            log.warning("dead-lettering event %s (%s): %s", event.id, event.type, exc)
+            log.warning("dead-lettering event %s (%r): %s", event.id, event.type[:40], exc)
             self.consumer.dead_letter(event, str(exc))
             return None
         except redis.RedisError:
