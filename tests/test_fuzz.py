@@ -25,9 +25,9 @@ text_values = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
 )
 values = st.one_of(text_values.map(str.encode), st.binary(max_size=64), st.binary(min_size=4000, max_size=5000))
-payloads = st.one_of(st.binary(max_size=32),
-                     st.recursive(st.integers(-2**63, 2**63 - 1) | st.text(max_size=5), lambda c: st.lists(c, max_size=3), max_leaves=30)
-                     .map(lambda v: msgpack.packb(v)))
+msgpack_values = st.recursive(st.integers(-2**63, 2**63 - 1) | st.text(max_size=5),
+                              lambda children: st.lists(children, max_size=3), max_leaves=30)
+payloads = st.one_of(st.binary(max_size=32), msgpack_values.map(msgpack.packb))
 events = st.dictionaries(
     st.one_of(st.sampled_from(FIELD_NAMES), st.text(min_size=1, max_size=12)).map(str.encode),
     values, min_size=1, max_size=8,
