@@ -7,8 +7,10 @@
   (or held under another fencing token) was abandoned: its worker died, froze or lost Redis past
   the TTL. The job moves to retrying (an infrastructure failure: backoff, a retry limit) and
   TRAINING_FAILED says so. Whatever is left of the old attempt is fenced at publish.
-- `requeue_lost`: a queued job that is in neither RQ's queue nor the delayed set (its RQ job
-  failed before it could start, e.g. Redis went away) is put back.
+- `requeue_lost`: a queued job that nothing will run is put back: its RQ job ended or vanished
+  without starting it (e.g. Redis went away), or a worker took it from RQ and died before taking
+  its leases (RQ says "started", our record still says queued, for longer than a worker ever needs
+  to take its leases).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from datetime import timezone
 
 from rq import Queue
 from rq.job import Job, JobStatus
@@ -31,6 +34,8 @@ from coordinator.retry import decide
 log = logging.getLogger(__name__)
 # Backoff before the first retry of an attempt found dead: short, the node is simply gone.
 REAPED_RETRY_DELAY_S = 0.0
+# A worker takes its leases within seconds of taking a job from RQ; past this it died doing so.
+LOST_AFTER_S = 20.0
 
 
 class Recovery:
@@ -85,8 +90,11 @@ class Recovery:
                 self.keys.job(job_id), "state", "rq_job_id", "not_before"))
             if state != QUEUED or self.conn.zscore(self.keys.delayed_jobs, job_id) is not None:
                 continue
-            status = _rq_status(queue, rq_id or job_id)
-            if status in (None, JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED, JobStatus.CANCELED):
+            status, started_at = _rq_status(queue, rq_id or job_id)
+            taken_and_dropped = status == JobStatus.STARTED and started_at is not None and (
+                time.time() - started_at > LOST_AFTER_S)
+            if taken_and_dropped or status in (None, JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED,
+                                               JobStatus.CANCELED):
                 self.defer(job_id, 0.0, f"RQ job {rq_id} {status or 'missing'}: requeued")
                 lost.append(job_id)
                 log.warning("%s: queued job %s had no live RQ job (%s); requeued", config_key, job_id, status)
@@ -138,15 +146,19 @@ class Recovery:
         return moved
 
 
-def _rq_status(queue: Queue, rq_id: str) -> str | None:
+def _rq_status(queue: Queue, rq_id: str) -> tuple[str | None, float | None]:
+    """RQ's status of the job (None: missing, or queued but not in the queue) and its start time."""
     try:
         job = Job.fetch(rq_id, connection=queue.connection)
     except Exception:  # noqa: BLE001 - rq raises NoSuchJobError, or fails to unpickle a foreign job
-        return None
+        return None, None
     status = job.get_status(refresh=False)
     if status == JobStatus.QUEUED and rq_id not in queue.job_ids:
-        return None
-    return status
+        return None, None
+    started = job.started_at
+    if started is not None and started.tzinfo is None:
+        started = started.replace(tzinfo=timezone.utc)  # RQ stores UTC
+    return status, started.timestamp() if started else None
 
 
 def jitter(base_s: float) -> float:

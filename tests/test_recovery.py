@@ -104,3 +104,23 @@ def test_quality_block_until_and_a_new_export_lifts_it(orch, fake_conn, keys):
                                  "samples": "10"})
     orch.process_once(block_ms=None)
     assert orch.jobs.active_job("hex8_2p") is not None  # the newer export lifted the block
+
+
+def test_a_job_taken_from_rq_by_a_worker_that_died_is_requeued(orch, fake_conn):
+    from datetime import datetime, timedelta, timezone
+
+    from rq.job import Job, JobStatus
+
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    assert orch.recovery.requeue_lost() == []  # queued in RQ: fine
+    rq_job = Job.fetch(job_id, connection=fake_conn)
+    fake_conn.lrem("rq:queue:training", 0, job_id)  # a worker took it...
+    rq_job.set_status(JobStatus.STARTED)
+    rq_job.started_at = datetime.now(timezone.utc) - timedelta(seconds=5)
+    rq_job.save()
+    assert orch.recovery.requeue_lost() == []  # ...a moment ago: it is taking its leases
+    rq_job.started_at = datetime.now(timezone.utc) - timedelta(seconds=60)
+    rq_job.save()
+    assert orch.recovery.requeue_lost() == [job_id]  # ...and died before our record moved on
+    assert orch.recovery.requeue_due() == [job_id]
+    assert orch.jobs.get(job_id)["rq_job_id"] == f"{job_id}-d1"
