@@ -57,17 +57,19 @@ def test_a_holder_stopped_past_its_ttl_is_fenced_at_publish(redis_server, real_c
     stopped = _descendants(first.pid)  # the work horse and the trainer
     for proc in stopped:
         proc.send_signal(signal.SIGSTOP)
-    [lost] = wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_FAILED")
-                               if e.fields["reason"] == "worker_lost"], timeout_s=10)  # reaped after the TTL
-    assert lost.fields["will_retry"] == "true" and lost.fields["failure_class"] == "infrastructure"
-    assert not real_conn.exists(Keys("ringrift").lease("hex8_2p"))
+    try:
+        [lost] = wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_FAILED")
+                                   if e.fields["reason"] == "worker_lost"], timeout_s=10)  # reaped after the TTL
+        assert lost.fields["will_retry"] == "true" and lost.fields["failure_class"] == "infrastructure"
+        assert not real_conn.exists(Keys("ringrift").lease("hex8_2p"))
+        rq_workers(1)  # worker 2 takes attempt 2 with fence 2
+        wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=30)
+    finally:
+        # Continue the trainer first (its sleep is over: it exits 0), then the horse, which publishes.
+        for proc in sorted(stopped, key=lambda p: "stub_train" not in " ".join(p.cmdline())):
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.5)
     store = JobStore(real_conn, Keys("ringrift"))
-    rq_workers(1)  # worker 2 takes attempt 2 with fence 2
-    wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=30)
-    # Continue the trainer first (its sleep is over: it exits 0), then the horse, which publishes.
-    for proc in sorted(stopped, key=lambda p: "stub_train" not in " ".join(p.cmdline())):
-        proc.send_signal(signal.SIGCONT)
-        time.sleep(0.5)
     [fenced] = wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_FAILED")
                                  if e.fields["reason"] == "fenced"], timeout_s=30)
     [complete] = stream_events(real_conn, "TRAINING_COMPLETE")
