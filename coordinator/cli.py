@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.func is _check_config:
         return _check_config(args)
     try:
-        settings = load_settings(args.config)  # every command, services included, refuses a bad file
+        settings = load_settings(args.config_path)  # every command, services included, refuses a bad file
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     try:
-        settings = load_settings(args.path or args.config)
+        settings = load_settings(args.path or args.config_path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{exc.source}: {problem}")
@@ -52,7 +52,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringrift-train", description="RingRift training coordinator")
-    parser.add_argument("--config", help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
+    parser.add_argument("--config", dest="config_path",
+                        help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     dead.set_defaults(func=_dead_letters)
 
     run = sub.add_parser("run", help="run the orchestrator service (consume events, enqueue training)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (e.g. 9108)")
     run.set_defaults(func=_run, verbose=True)
 
     demo = sub.add_parser("demo", help="exports -> trained checkpoints on one machine, with an embedded Redis")
@@ -80,6 +82,32 @@ def _parser() -> argparse.ArgumentParser:
     prio.add_argument("--json", action="store_true", help="print the ranking as JSON")
     prio.add_argument("--weights", help="curriculum weights to try, e.g. hex8_2p=1.5,square8_2p=0.5 (not stored)")
     prio.set_defaults(func=_priorities)
+
+    status = sub.add_parser("status", help="one screen: configs, running jobs, queue, nodes, failures")
+    status.add_argument("--json", action="store_true", help="print the same data as JSON")
+    status.add_argument("--watch", action="store_true", help="refresh in place")
+    status.add_argument("--interval", type=float, default=2.0)
+    status.add_argument("--configs", type=int, default=15, help="configs to list (the highest priority first)")
+    status.set_defaults(func=_status)
+
+    events = sub.add_parser("events", help="the event stream, one line per event")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--type", action="append", default=[], help="only this type (repeatable)")
+    events.add_argument("--config", dest="config_key", help="only this config, e.g. hex8_2p")
+    events.add_argument("--count", type=int, default=50, help="how many of the newest to start with")
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.set_defaults(func=_events)
+
+    submit = sub.add_parser("submit", help="queue a training job now (the CLI face of submit_training)")
+    submit.add_argument("--board-type", required=True)
+    submit.add_argument("--num-players", required=True, type=int)
+    submit.add_argument("--npz-path", required=True)
+    submit.add_argument("--samples", type=int, default=0)
+    submit.add_argument("--epochs", type=int)
+    submit.add_argument("--batch-size", type=int)
+    submit.add_argument("--learning-rate", type=float)
+    submit.add_argument("--wait", action="store_true", help="follow the job to its end; non-zero exit if it fails")
+    submit.set_defaults(func=_submit)
 
     locks = sub.add_parser("locks", help="held training leases and each node's GPU slots")
     locks.add_argument("--json", action="store_true")
@@ -99,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, settings) -> int:
     from coordinator.orchestrator import TrainingOrchestrator
 
-    asyncio.run(TrainingOrchestrator(settings).run_until_signal())
+    asyncio.run(TrainingOrchestrator(settings).run_until_signal(args.metrics_port))
     return 0
 
 
@@ -107,6 +135,62 @@ def _demo(args: argparse.Namespace, settings) -> int:
     from coordinator.demo import run_demo
 
     return asyncio.run(run_demo(settings, Path(args.output), args.redis_url, args.epochs, args.timeout))
+
+
+def _events(args: argparse.Namespace, settings) -> int:
+    from coordinator.event_tail import print_events
+
+    conn = redis.Redis.from_url(settings.redis.url)
+    try:
+        print_events(conn, Keys(settings.redis.prefix), set(args.type), args.config_key, args.count, args.follow,
+                     args.json)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _submit(args: argparse.Namespace, settings) -> int:
+    from coordinator.orchestrator import TrainingOrchestrator
+    from coordinator.submit_wait import follow_job
+
+    conn = redis.Redis.from_url(settings.redis.url)
+    orchestrator = TrainingOrchestrator(settings, conn, consumer_name="cli-submit")
+    try:
+        job_id = orchestrator.submit_training_sync(
+            args.board_type, args.num_players, args.npz_path, args.samples,
+            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    except (EventError, JobError) as exc:
+        print(f"submit: {exc}", file=sys.stderr)
+        return 2
+    print(job_id, flush=True)
+    return follow_job(orchestrator.jobs, job_id) if args.wait else 0
+
+
+def _status(args: argparse.Namespace, settings) -> int:
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    from coordinator.status import gather
+    from coordinator.status_view import render
+
+    conn = redis.Redis.from_url(settings.redis.url)
+    if args.json:
+        print(json.dumps(gather(conn, settings), indent=1))
+        return 0
+    console = Console()
+    if not args.watch:
+        console.print(render(gather(conn, settings), args.configs))
+        return 0
+    with Live(render(gather(conn, settings), args.configs), console=console, screen=False,
+              auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(gather(conn, settings), args.configs), refresh=True)
+        except KeyboardInterrupt:
+            return 0
 
 
 def _priorities(args: argparse.Namespace, settings) -> int:

@@ -36,8 +36,9 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
     console = Console()
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
-    settings = replace(settings, training=replace(
-        settings.training, default_epochs=epochs, batch_size=128, models_root=str(output / "models")))
+    settings = replace(settings, hosts={f"demo-node-{i}": 1 for i in (1, 2)}, training=replace(
+        settings.training, default_epochs=epochs, batch_size=128, models_root=str(output / "models"),
+        data_roots=(str(output / "data"),)))
     with contextlib.ExitStack() as stack:
         if redis_url is None:
             server = stack.enter_context(LocalRedis())

@@ -20,7 +20,9 @@ redis.call('HSET', KEYS[1], 'state', 'leased', 'node', ARGV[4], 'worker', ARGV[5
   'resumed_epoch', ARGV[8])
 local config_key = redis.call('HGET', KEYS[1], 'config_key')
 local epochs = redis.call('HGET', KEYS[1], 'epochs')
+local source = redis.call('HGET', KEYS[1], 'source_event') or ''  -- the export behind it (latency)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_STARTED',
   'job_id', ARGV[3], 'config_key', config_key, 'node', ARGV[4], 'worker', ARGV[5],
-  'attempt', attempt, 'total_epochs', epochs, 'fence', ARGV[6], 'resumed_epoch', ARGV[8])
+  'attempt', attempt, 'total_epochs', epochs, 'fence', ARGV[6], 'resumed_epoch', ARGV[8],
+  'source_event', source)
 return {1, attempt}

@@ -218,6 +218,7 @@ class JobStore:
             "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
             "check_npz": int(t.check_npz),
             "stream_maxlen": self.stream_maxlen, "attempts": 0, "created_at": now, "updated_at": now,
+            "source_event": cfg.get("last_event_id", ""),
             **_worker_fields(settings),
         }
         pipe.hset(self.keys.job(job_id), mapping=_strings(record))

@@ -14,6 +14,7 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 | `<prefix>:elo:<config_key>`          | list   | recent evaluations, "unix_time elo", oldest first        |
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |
 | `<prefix>:breaker:<kind>:<name>`     | hash   | a circuit breaker (kind config or node): state, failures |
+| `<prefix>:stats`                     | hash   | counters shared by all processes (e.g. lease_busy)       |
 
 Leases share the hash tag `{lease}`, so the scripts that take a config lease and a node slot
 together (and touch only the keys passed in) also run on Redis Cluster:
@@ -71,6 +72,10 @@ class Keys:
 
     def elo(self, config_key: str) -> str:
         return f"{self.prefix}:elo:{config_key}"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.prefix}:stats"
 
     def breaker(self, kind: str, name: str) -> str:
         return f"{self.prefix}:breaker:{kind}:{name}"

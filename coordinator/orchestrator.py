@@ -32,6 +32,7 @@ from coordinator.events import Event, EventConsumer, Export
 from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
+from coordinator.metrics import Metrics
 from coordinator.recovery import Recovery
 from coordinator.scheduler import TrainingScheduler
 from coordinator.schemas import validate, validate_entry
@@ -68,6 +69,7 @@ class TrainingOrchestrator:
         lease = self.settings.leases
         self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
         self.recovery = Recovery(self.jobs, self.settings)
+        self.metrics = Metrics(self.conn, self.keys, self.settings)
         self._handlers: dict[str, Callable[[Event], list[str]]] = {
             ev.NPZ_EXPORT_COMPLETE: self._on_export,
             ev.TRAINING_COMPLETE: self._on_training_end,
@@ -113,8 +115,10 @@ class TrainingOrchestrator:
             self.submit_training_sync, board_type, num_players, npz_path, samples, **overrides
         )
 
-    async def run_until_signal(self) -> None:
-        """`ringrift-train run`: consume until SIGINT or SIGTERM."""
+    async def run_until_signal(self, metrics_port: int | None = None) -> None:
+        """`ringrift-train run`: consume until SIGINT or SIGTERM; serve metrics on `metrics_port`."""
+        if metrics_port:
+            self.metrics.serve(metrics_port)
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -165,6 +169,9 @@ class TrainingOrchestrator:
     ) -> str:
         """An explicit request: recorded like an export and queued at once, whatever the priorities."""
         export = Export(board_type, num_players, make_config_key(board_type, num_players), npz_path, samples)
+        if not npz_path.startswith("/"):
+            raise EventError(f"npz_path must be an absolute path, got {npz_path!r}")
+        _check_data_root(npz_path, self.settings.training.data_roots)
         params = TrainingParams.from_settings(self.settings, **overrides)
         self.jobs.record_export(export)
         result = self.jobs.create_job(self.settings, export.config_key, params)
@@ -238,10 +245,13 @@ class TrainingOrchestrator:
             validate_entry(event.raw)
             validate(event)
             handler = self._handlers.get(event.type)
-            return handler(event) if handler is not None else []
+            touched = handler(event) if handler is not None else []
+            self.metrics.observe(event, dead=False)
+            return touched
         except EventError as exc:
             log.warning("dead-lettering event %s (%r): %s", event.id, event.type[:40], exc)
             self.consumer.dead_letter(event, str(exc))
+            self.metrics.observe(event, dead=True)
             return None
         except redis.RedisError:
             raise

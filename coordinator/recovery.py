@@ -46,10 +46,13 @@ class Recovery:
         self.settings = settings or Settings()
 
     # -- deferral (worker side) -----------------------------------------------------------------
-    def defer(self, job_id: str, delay_s: float, reason: str) -> None:
-        """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back."""
+    def defer(self, job_id: str, delay_s: float, reason: str, count_as: str | None = None) -> None:
+        """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back.
+        `count_as` names a counter of `<prefix>:stats` to add one to (for the metrics)."""
         ready = time.time() + delay_s
         with self.conn.pipeline(transaction=True) as pipe:
+            if count_as:
+                pipe.hincrby(self.keys.stats, count_as, 1)
             pipe.hset(self.keys.job(job_id), mapping=_strings({"deferred_reason": reason, "not_before": ready}))
             pipe.hincrby(self.keys.job(job_id), "deferrals", 1)
             pipe.zadd(self.keys.delayed_jobs, {job_id: ready})

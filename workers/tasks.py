@@ -79,7 +79,7 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
         lease = leases.acquire(config_key, node, worker, job_id, attempts=int(record.get("lease_attempts", 3)),
                                max_delay_s=float(record.get("lease_max_delay_s", 0.5)))
     except LeaseUnavailable as exc:
-        recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc))
+        recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc), count_as="lease_busy")
         log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
     try:

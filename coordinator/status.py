@@ -1,0 +1,94 @@
+"""What `ringrift-train status` shows, gathered from Redis as one plain dict (also its `--json`).
+
+Configs with priority, rank and why; running jobs with epoch, loss, node, elapsed and ETA; the
+queue; nodes with slots and health; RQ workers with their last heartbeat; recent failures.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+
+from coordinator.breakers import breaker_state
+from coordinator.config import Settings
+from coordinator.events import TRAINING_FAILED, decode_entry
+from coordinator.job_states import ACTIVE_ATTEMPT_STATES
+from coordinator.jobs import decode_hash
+from coordinator.keys import TRAINING_QUEUE, Keys
+from coordinator.leases import LeaseManager
+from coordinator.scheduler import TrainingScheduler
+
+RECENT_EVENTS_SCANNED = 2000
+
+
+def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str, Any]:
+    keys = Keys(settings.redis.prefix)
+    now = time.time()
+    ranked = TrainingScheduler(conn, keys, settings.scheduler, breakers=settings.breakers).ranked()
+    return {
+        "at": now,
+        "configs": [_config_row(conn, keys, settings, p, rank, now) for rank, p in enumerate(ranked, 1)],
+        "running": _running(conn, keys, now),
+        "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
+                  "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
+        "nodes": LeaseManager(conn, keys, settings.leases.ttl_s, settings.leases.default_node_slots).nodes(),
+        "workers": _workers(conn, now),
+        "failures": _failures(conn, keys, failures),
+    }
+
+
+def _config_row(conn: redis.Redis, keys: Keys, settings: Settings, p: Any, rank: int, now: float) -> dict[str, Any]:
+    breaker = decode_hash(conn.hgetall(keys.breaker("config", p.config_key)))
+    return {
+        "config_key": p.config_key, "rank": rank if p.eligible else None, "score": round(p.score, 3),
+        "eligible": p.eligible, "why": p.why, "flags": p.flags,
+        "hours_since_training": round(p.hours_since_training, 2), "new_samples": p.new_samples,
+        "elo_per_hour": round(p.elo_per_hour, 2), "breaker": breaker_state(breaker, settings.breakers, now),
+    }
+
+
+def _running(conn: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
+    ids = [v.decode() for v in conn.hvals(keys.active)]
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        records = [decode_hash(r) for r in pipe.execute()]
+    rows = []
+    for r in records:
+        if r.get("state") not in ACTIVE_ATTEMPT_STATES:
+            continue
+        epoch, total = int(r.get("epoch", 0) or 0), int(r.get("epochs", 0) or 0)
+        elapsed = now - float(r.get("started_at", now))
+        done = max(epoch - int(r.get("resumed_epoch", 0) or 0), 0)
+        eta = elapsed / done * (total - epoch) if done else None
+        rows.append({"job_id": r["job_id"], "config_key": r["config_key"], "state": r["state"],
+                     "node": r.get("node", ""), "attempt": int(r.get("attempts", 0)), "epoch": epoch,
+                     "total_epochs": total, "train_loss": r.get("train_loss"), "val_loss": r.get("val_loss"),
+                     "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1)})
+    return sorted(rows, key=lambda row: row["config_key"])
+
+
+def _workers(conn: redis.Redis, now: float) -> list[dict[str, Any]]:
+    rows = []
+    for worker in Worker.all(connection=conn):
+        beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
+        rows.append({"name": worker.name, "state": worker.get_state(), "hostname": worker.hostname,
+                     "seconds_since_heartbeat": None if beat is None else round(now - beat, 1)})
+    return sorted(rows, key=lambda row: row["name"])
+
+
+def _failures(conn: redis.Redis, keys: Keys, count: int) -> list[dict[str, str]]:
+    found = []
+    for entry_id, raw in conn.xrevrange(keys.events, count=RECENT_EVENTS_SCANNED):
+        event = decode_entry(entry_id, raw)
+        if event.type == TRAINING_FAILED:
+            f = event.fields
+            found.append({"id": event.id, "job_id": f.get("job_id", ""), "config_key": f.get("config_key", ""),
+                          "reason": f.get("reason", ""), "error": f.get("error", "")[:200],
+                          "will_retry": f.get("will_retry", ""), "node": f.get("node", "")})
+            if len(found) == count:
+                break
+    return found
