@@ -17,14 +17,14 @@ from coordinator.events import EventConsumer
 from coordinator.jobs import JobStore
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
+from coordinator.logs import configure as configure_logging
 from coordinator.scheduler import TrainingScheduler
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO if args.verbose else logging.WARNING, args.log_format)
     if args.func is _check_config:
         return _check_config(args)
     try:
@@ -55,6 +55,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", dest="config_path",
                         help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="json: one object per line, for log shippers")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = sub.add_parser("check-config", help="validate a YAML config; every problem, exit status 1 if any")

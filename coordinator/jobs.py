@@ -225,10 +225,10 @@ class JobStore:
         pipe.zadd(self.keys.jobs, {job_id: now})
         pipe.hset(self.keys.active, ck, job_id)
         pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE})  # queued: not eligible until it ends
-        self._enqueue_rq(pipe, settings, job_id, ck)
+        self._enqueue_rq(pipe, settings, job_id, ck, cfg["npz_path"], 1)
 
     def _enqueue_rq(self, pipe: redis.client.Pipeline, settings: Settings, job_id: str, config_key: str,
-                    rq_job_id: str | None = None) -> None:
+                    npz_path: str, attempt: int, rq_job_id: str | None = None) -> None:
         """Queue the RQ job on the caller's transaction: its id is our job id, plus a suffix when the
         job goes back to the queue (so RQ's record of an earlier attempt is never overwritten)."""
         t = settings.training
@@ -241,7 +241,7 @@ class JobStore:
             timeout=t.timeout_s + t.kill_grace_s + RQ_TIMEOUT_MARGIN_S,
             result_ttl=RQ_RESULT_TTL_S,
             failure_ttl=RQ_RESULT_TTL_S,
-            description=f"train {config_key} ({job_id})",
+            description=f"train {config_key} from {npz_path}, attempt {attempt}",
             pipeline=pipe,
         )
 

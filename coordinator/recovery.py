@@ -71,15 +71,16 @@ class Recovery:
             pipe.watch(self.keys.job(job_id), self.keys.delayed_jobs)
             if pipe.zscore(self.keys.delayed_jobs, job_id) is None:
                 return False  # another orchestrator took it
-            state, config_key, attempts, deferrals = (_text(v) for v in pipe.hmget(
-                self.keys.job(job_id), "state", "config_key", "attempts", "deferrals"))
+            state, config_key, attempts, deferrals, npz_path = (_text(v) for v in pipe.hmget(
+                self.keys.job(job_id), "state", "config_key", "attempts", "deferrals", "npz_path"))
             pipe.multi()
             pipe.zrem(self.keys.delayed_jobs, job_id)
             back = state == QUEUED or state in allowed_from(QUEUED)
             if back:
                 pipe.hset(self.keys.job(job_id), mapping=_strings({"state": QUEUED, "updated_at": time.time()}))
                 suffix = f"a{int(attempts or 0) + 1}" if state == RETRYING else f"d{deferrals or 0}"
-                self.store._enqueue_rq(pipe, self.settings, job_id, config_key or "?", f"{job_id}-{suffix}")
+                self.store._enqueue_rq(pipe, self.settings, job_id, config_key or "?", npz_path or "?",
+                                       int(attempts or 0) + 1, f"{job_id}-{suffix}")
             pipe.execute()
             return back
 

@@ -111,3 +111,20 @@ def test_passwords_never_reach_the_screen():
     assert redact_url("redis://worker:s3cret@gpu-redis:6379/0") == "redis://worker:***@gpu-redis:6379/0"
     assert redact_url("rediss://:s3cret@h:6380") == "rediss://:***@h:6380"
     assert redact_url("redis://localhost:6379/0") == "redis://localhost:6379/0"
+
+
+def test_json_logs_carry_the_job_and_no_password(capsys):
+    import json
+    import logging
+
+    from coordinator.logs import configure, for_job
+
+    configure(logging.INFO, "json")
+    try:
+        for_job(logging.getLogger("t"), job_id="hex8_2p-1", config_key="hex8_2p").warning(
+            "cannot reach redis://worker:s3cret@redis:6379/0")
+    finally:
+        logging.getLogger().handlers.clear()
+    entry = json.loads(capsys.readouterr().err.strip())
+    assert (entry["job_id"], entry["config_key"], entry["level"]) == ("hex8_2p-1", "hex8_2p", "WARNING")
+    assert "s3cret" not in entry["message"] and "worker:***@redis" in entry["message"]

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from rq import Queue, SimpleWorker
+from rq.job import Job
 
 from coordinator import TrainingOrchestrator
 from coordinator.events import decode_entry
@@ -42,6 +43,9 @@ def test_job_runs_to_complete_with_progress_events(fake_conn, make_settings, tmp
     assert record["epoch"] == "3" and record["node"] == "gpu-node-7"
     assert fake_conn.hget("ringrift:config:hex8_2p", "latest_model").decode() == record["model_path"]
     assert fake_conn.hget("ringrift:training:active", "hex8_2p") is None
+    rq_job = Job.fetch(record["job_id"], connection=fake_conn)  # what `rq info` / rq-dashboard show
+    assert rq_job.description == f"train hex8_2p from {record['npz_path']}, attempt 1"
+    assert (rq_job.meta["epoch"], rq_job.meta["config_key"]) == (3, "hex8_2p")
 
 
 def test_failing_trainer_becomes_training_failed_with_stderr_tail(fake_conn, make_settings, tmp_path):

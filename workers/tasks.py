@@ -38,6 +38,7 @@ from coordinator.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
 from coordinator.jobs import JobStore, Outcome
 from coordinator.keys import Keys
 from coordinator.leases import Lease, LeaseKeeper, LeaseManager
+from coordinator.logs import for_job
 from coordinator.recovery import Recovery
 from coordinator.retry import BAD_INPUT_EXIT, decide
 from workers.npz_data import BadTrainingData, check_npz
@@ -89,13 +90,14 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
             state = store.get(job_id).get("state")
             log.warning("job %s is %s, not queued: not running it", job_id, state)
             return {"job_id": job_id, "skipped": state}
-        run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, resume)
+        run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, resume, rq_job)
         return run.execute()
     finally:
         try:
             leases.release(lease)
         except redis.RedisError:  # it expires by itself; the reaper treats it as abandoned
-            log.warning("could not release the lease of %s; it will expire", job_id)
+            log.warning("could not release the lease of %s; it will expire", job_id,
+                        extra={"job_id": job_id, "config_key": config_key})
 
 
 def _hold_reason(conn: redis.Redis, keys: Keys, breakers: CircuitBreakers, config_key: str, node: str) -> str:
@@ -126,7 +128,7 @@ class TrainingRun:
     """One attempt of one job on this worker, holding its leases."""
 
     def __init__(self, store: JobStore, record: dict[str, str], node: str, attempt: int, leases: LeaseManager,
-                 lease: Lease, breakers: CircuitBreakers, resume: str | None) -> None:
+                 lease: Lease, breakers: CircuitBreakers, resume: str | None, rq_job: Any = None) -> None:
         self.store = store
         self.record = record
         self.job_id = record["job_id"]
@@ -137,6 +139,8 @@ class TrainingRun:
         self.lease = lease
         self.breakers = breakers
         self.resume = resume
+        self.rq_job = rq_job
+        self.log = for_job(log, job_id=self.job_id, config_key=self.config_key, attempt=attempt, node=node)
         self.started = time.monotonic()
         self.stop = threading.Event()
         # Each attempt writes its own directory: a stale attempt never overwrites a published model.
@@ -192,10 +196,14 @@ class TrainingRun:
 
     def _progress(self, figures: dict[str, Any]) -> None:
         keep = ("epoch", "total_epochs", "train_loss", "val_loss", "epoch_time_s")
+        shown = {k: figures[k] for k in keep if k in figures}
         try:
-            self.store.progress(self.job_id, self.config_key, {k: figures[k] for k in keep if k in figures})
+            self.store.progress(self.job_id, self.config_key, shown)
+            if self.rq_job is not None:  # what `rq info` and rq-dashboard show
+                self.rq_job.meta.update({"config_key": self.config_key, "attempt": self.attempt, **shown})
+                self.rq_job.save_meta()
         except redis.RedisError as exc:  # progress is best-effort; the lease keeper judges Redis loss
-            log.warning("progress of %s not recorded: %s", self.job_id, exc)
+            self.log.warning("progress not recorded: %s", exc)
 
     def _complete(self) -> dict[str, Any]:
         metrics_path = self.output_dir / METRICS_FILE
@@ -274,4 +282,4 @@ class TrainingRun:
             self.breakers.record("config", self.config_key, success)
             self.breakers.record("node", self.node, success)
         except redis.RedisError as exc:
-            log.warning("circuit breakers not updated for %s: %s", self.job_id, exc)
+            self.log.warning("circuit breakers not updated: %s", exc)
