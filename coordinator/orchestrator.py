@@ -2,8 +2,9 @@
 
 Events update each config's inputs (exports, training ends, evaluations, curriculum weights,
 quality blocks); the touched configs are rescored, then free GPU slots (the `hosts` GPUs plus
-`scheduler.prefetch`, minus the queued-or-running jobs) are filled in priority order. A periodic
-tick rescores every config and dispatches again, so time alone can make a config due.
+`scheduler.prefetch`, minus the queued-or-running jobs) are filled in priority order. Periodic
+work (`periodic.py`, on rq-scheduler) rescores every config and dispatches again, so time alone
+can make a config due, and reaps abandoned attempts.
 
 The work is synchronous Redis calls (`process_once` is the unit tests' entry point); the
 seed's asyncio API (`start`, `submit_training`, `stop`) runs them in a worker thread.
@@ -33,17 +34,16 @@ from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
 from coordinator.metrics import Metrics
+from coordinator.periodic import PeriodicWork
 from coordinator.recovery import Recovery
 from coordinator.scheduler import TrainingScheduler
 from coordinator.schemas import validate, validate_entry
 
 log = logging.getLogger(__name__)
-TRIM_INTERVAL_S = 60.0
+PERIODIC_POLL_S = 0.5
 CONSUMER_ENV = "RINGRIFT_CONSUMER"
 ERROR_BACKOFF_S = 0.5
 MAX_DISPATCH_PER_CALL = 1000
-REQUEUE_INTERVAL_S = 1.0
-LOST_CHECK_INTERVAL_S = 5.0
 MAX_ERROR_BACKOFF_S = 30.0
 NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
 
@@ -70,6 +70,7 @@ class TrainingOrchestrator:
         self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
         self.recovery = Recovery(self.jobs, self.settings)
         self.metrics = Metrics(self.conn, self.keys, self.settings)
+        self.periodic = PeriodicWork(self)
         self._handlers: dict[str, Callable[[Event], list[str]]] = {
             ev.NPZ_EXPORT_COMPLETE: self._on_export,
             ev.TRAINING_COMPLETE: self._on_training_end,
@@ -83,11 +84,7 @@ class TrainingOrchestrator:
         self._stopping = threading.Event()
         self._task: asyncio.Task[None] | None = None
         self._next_reclaim = 0.0
-        self._next_trim = 0.0
-        self._next_tick = 0.0
-        self._next_requeue = 0.0
-        self._next_reap = 0.0
-        self._next_lost_check = time.monotonic() + LOST_CHECK_INTERVAL_S
+        self._next_periodic = 0.0
 
     # -- the seed's asyncio API -----------------------------------------------------------------
     async def start(self) -> None:
@@ -133,6 +130,7 @@ class TrainingOrchestrator:
     def prepare(self) -> None:
         self.consumer.ensure_group()
         self.leases.register_nodes(dict(self.settings.hosts))
+        self.periodic.register()
         self._handle_batch(self.consumer.read_own_pending(self.settings.events.read_count))
         self.tick()
 
@@ -202,25 +200,14 @@ class TrainingOrchestrator:
                 backoff = min(backoff * 2, MAX_ERROR_BACKOFF_S)
 
     def _maintain(self) -> None:
+        """This consumer's reclaim of stale entries, then the periodic work that is due (rq-scheduler)."""
         now, e = time.monotonic(), self.settings.events
         if now >= self._next_reclaim:
             self._next_reclaim = now + e.reclaim_idle_ms / 2000.0
             self._handle_batch(self.consumer.reclaim(e.reclaim_idle_ms, e.read_count))
-        if now >= self._next_trim:
-            self._next_trim = now + TRIM_INTERVAL_S
-            self.consumer.trim(e.stream_maxlen)
-        if now >= self._next_reap:
-            self._next_reap = now + self.settings.leases.reaper_interval_s
-            self.recovery.reap()
-        if now >= self._next_requeue:
-            self._next_requeue = now + REQUEUE_INTERVAL_S
-            self.recovery.requeue_due()
-        if now >= self._next_lost_check:
-            self._next_lost_check = now + LOST_CHECK_INTERVAL_S
-            self.recovery.requeue_lost()
-        if now >= self._next_tick:
-            self._next_tick = now + self.settings.scheduler.rescore_interval_s
-            self.tick()
+        if now >= self._next_periodic:
+            self._next_periodic = now + PERIODIC_POLL_S
+            self.periodic.run_due()
 
     def _handle_batch(self, batch: list[Event]) -> None:
         """Apply a batch, then rescore the configs it touched and dispatch once, then acknowledge."""

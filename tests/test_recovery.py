@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -124,3 +125,16 @@ def test_a_job_taken_from_rq_by_a_worker_that_died_is_requeued(orch, fake_conn):
     assert orch.recovery.requeue_lost() == [job_id]  # ...and died before our record moved on
     assert orch.recovery.requeue_due() == [job_id]
     assert orch.jobs.get(job_id)["rq_job_id"] == f"{job_id}-d1"
+
+
+def test_periodic_work_is_registered_once_and_run_once(fake_conn, make_settings):
+    first = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="a")
+    second = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="b")
+    assert len(first.periodic.register()) == 5
+    assert second.periodic.register() == []  # a restart or a second coordinator adds nothing
+    ran = first.periodic.run_due() + second.periodic.run_due()
+    assert sorted(ran) == ["reap", "requeue_due", "requeue_lost", "tick", "trim"]  # each once, by one of them
+    assert first.periodic.run_due() + second.periodic.run_due() == []  # not due again yet
+    slower = replace(make_settings(), leases=replace(make_settings().leases, reaper_interval_s=7))
+    assert TrainingOrchestrator(slower, fake_conn, consumer_name="c").periodic.register() == [
+        "ringrift-periodic-reap"]  # a changed interval replaces its entry
