@@ -41,7 +41,6 @@ from coordinator.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.logs import for_job
 from coordinator.recovery import Recovery
 from coordinator.retry import BAD_INPUT_EXIT, decide
-from workers.npz_data import BadTrainingData, check_npz
 from workers.trainer_process import build_argv, run_trainer
 
 log = logging.getLogger(__name__)
@@ -169,6 +168,8 @@ class TrainingRun:
         if not npz_path.is_file():
             self._fail("missing_input", f"npz_path not found: {npz_path}", "")
         if self.record.get("check_npz", "1") == "1":
+            from workers.npz_data import BadTrainingData, check_npz  # numpy: loaded after TRAINING_STARTED
+
             try:
                 check_npz(npz_path, self.record["board_type"])
             except BadTrainingData as exc:  # before any GPU time: poison, never retried
