@@ -47,11 +47,7 @@ class TrainingData:
 def check_npz(path: str | os.PathLike[str], board_type: str) -> int:
     """A cheap look before any GPU time is spent: a zip with the required arrays, and array
     headers (not data) with the board's shapes. Returns the sample count; raises BadTrainingData."""
-    board = BOARDS[board_type]
-    if not Path(path).is_file():
-        raise BadTrainingData(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise BadTrainingData(f"{path}: not an NPZ (zip) file")
+    _require_zip(path)
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -64,12 +60,24 @@ def check_npz(path: str | os.PathLike[str], board_type: str) -> int:
         if isinstance(exc, BadTrainingData):
             raise
         raise BadTrainingData(f"{path}: unreadable NPZ: {exc}") from exc
-    if len(features) != 4 or features[2:] != (board.size, board.size) or features[0] == 0:
-        raise BadTrainingData(f"{path}: features must be (N>0, C, {board.size}, {board.size}) for {board_type}, "
-                              f"got {features}")
+    _check_shapes(path, board_type, features, globals_)
+    return int(features[0])
+
+
+def _require_zip(path: str | os.PathLike[str]) -> None:
+    if not Path(path).is_file():
+        raise BadTrainingData(f"{path}: no such file")
+    # np.load on anything but a zip would unpickle the whole file: refuse that outright.
+    if not zipfile.is_zipfile(path):
+        raise BadTrainingData(f"{path}: not an NPZ (zip) file")
+
+
+def _check_shapes(path: object, board_type: str, features: tuple[int, ...], globals_: tuple[int, ...]) -> None:
+    size = BOARDS[board_type].size
+    if len(features) != 4 or features[2:] != (size, size) or features[0] == 0:
+        raise BadTrainingData(f"{path}: features must be (N>0, C, {size}, {size}) for {board_type}, got {features}")
     if globals_ != (features[0], GLOBAL_FEATURES):
         raise BadTrainingData(f"{path}: globals must be ({features[0]}, {GLOBAL_FEATURES}), got {globals_}")
-    return int(features[0])
 
 
 def _header_shape(archive: zipfile.ZipFile, name: str) -> tuple[int, ...]:
@@ -82,11 +90,7 @@ def _header_shape(archive: zipfile.ZipFile, name: str) -> tuple[int, ...]:
 
 def load_training_data(path: str | os.PathLike[str], board_type: str) -> TrainingData:
     board = BOARDS[board_type]
-    if not Path(path).is_file():
-        raise BadTrainingData(f"{path}: no such file")
-    # np.load on anything but a zip would unpickle the whole file: refuse that outright.
-    if not zipfile.is_zipfile(path):
-        raise BadTrainingData(f"{path}: not an NPZ (zip) file")
+    _require_zip(path)
     try:
         with np.load(path, allow_pickle=True) as npz:
             arrays = {k: npz[k] for k in npz.files}
@@ -96,14 +100,9 @@ def load_training_data(path: str | os.PathLike[str], board_type: str) -> Trainin
     if missing:
         raise BadTrainingData(f"{path}: missing required arrays: {', '.join(missing)}")
     features = np.asarray(arrays["features"], dtype=np.float32)
-    n = features.shape[0]
-    if features.ndim != 4 or features.shape[2:] != (board.size, board.size) or n == 0:
-        raise BadTrainingData(
-            f"{path}: features must be (N>0, C, {board.size}, {board.size}) for {board_type}, got {features.shape}"
-        )
     glob = np.asarray(arrays["globals"], dtype=np.float32)
-    if glob.shape != (n, GLOBAL_FEATURES):
-        raise BadTrainingData(f"{path}: globals must be ({n}, {GLOBAL_FEATURES}), got {glob.shape}")
+    _check_shapes(path, board_type, features.shape, glob.shape)
+    n = features.shape[0]
     values, mask = _values(arrays, n, path)
     indices, probs = _pad_policies(arrays["policy_indices"], arrays["policy_values"], n, board.policy_size, path)
     weights = np.asarray(arrays.get("sample_weights", np.ones(n)), dtype=np.float32).reshape(n)
