@@ -1,0 +1,81 @@
+"""Event ingest: exports per second the orchestrator consumes and applies (validate, record,
+rescore, dispatch, ack) in steady state over the 12 configs, and the dead-letter path, beside the
+raw pipelined XADD rate from redis-py measured in the same run against the same server.
+
+    python -m bench.ingest [--events 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import replace
+
+import redis
+
+from coordinator.config import Settings
+from coordinator.keys import Keys
+from coordinator.local_redis import LocalRedis
+from coordinator.orchestrator import TrainingOrchestrator
+
+CONFIGS = [f"{board}_{players}p" for board in ("hex8", "square8", "square19", "hexagonal") for players in (2, 3, 4)]
+
+
+def raw_xadd_rate(conn: redis.Redis, events: int, batch: int = 100) -> float:
+    fields = {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/data/x.npz", "samples": "1000"}
+    began = time.perf_counter()
+    for start in range(0, events, batch):
+        with conn.pipeline(transaction=False) as pipe:
+            for _ in range(min(batch, events - start)):
+                pipe.xadd("bench:raw", fields)
+            pipe.execute()
+    rate = events / (time.perf_counter() - began)
+    conn.delete("bench:raw")
+    return rate
+
+
+def ingest_rate(url: str, events: int, valid: bool = True) -> float:
+    conn = redis.Redis.from_url(url)
+    conn.flushall()
+    base = Settings()
+    # One GPU slot, held: the measure is ingest (validate, record, rescore, ack), not dispatch.
+    settings = replace(base, redis=replace(base.redis, url=url), hosts={"node-0": 1},
+                       scheduler=replace(base.scheduler, prefetch=0),
+                       events=replace(base.events, read_count=500, block_ms=10))
+    orch = TrainingOrchestrator(settings, conn, consumer_name="bench")
+    orch.prepare()
+    with conn.pipeline(transaction=False) as pipe:
+        for i in range(events):
+            key = CONFIGS[i % len(CONFIGS)]
+            players = key[-2] if valid else "9"  # invalid: players outside 2..4, dead-lettered
+            pipe.xadd(Keys().events, {"type": "NPZ_EXPORT_COMPLETE", "board_type": key.rsplit("_", 1)[0],
+                                      "num_players": players, "npz_path": f"/data/{key}.npz", "samples": "1000"})
+        pipe.execute()
+    began = time.perf_counter()
+    while orch.process_once(block_ms=10):
+        pass
+    return events / (time.perf_counter() - began)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, default=5000)
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # the dead-letter row would log every event
+    with LocalRedis() as server:
+        conn = redis.Redis.from_url(server.url)
+        floor = raw_xadd_rate(conn, args.events)
+        rows = [("valid exports, 12 configs", ingest_rate(server.url, args.events)),
+                ("invalid exports (dead-lettered)", ingest_rate(server.url, args.events, valid=False))]
+    print(f"event ingest, {args.events:,} NPZ_EXPORT_COMPLETE events, one orchestrator, one connection\n")
+    print("| events | ours: applied/s | floor: raw pipelined XADD/s | ratio | target |")
+    print("|---|---|---|---|---|")
+    for what, rate in rows:
+        print(f"| {what} | {rate:,.0f} | {floor:,.0f} | {rate / floor:.1%} | >= 25% |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
