@@ -217,16 +217,20 @@ class EventConsumer:
 
     def dead_letter(self, event: Event, reason: str) -> None:
         """Copy the event with its reason to the dead-letter stream and acknowledge it, atomically."""
-        fields: dict[bytes | str, bytes | str] = dict(event.raw)
-        fields.update({
-            "dead_reason": reason,
-            "dead_original_id": event.id,
-            "dead_group": self.group,
-            "dead_at": f"{time.time():.3f}",
-        })
+        self.dead_letter_many([(event, reason)])
+
+    def dead_letter_many(self, letters: list[tuple[Event, str]]) -> None:
+        """`dead_letter` for several events in one transaction."""
+        if not letters:
+            return
+        now = f"{time.time():.3f}"
         with self.conn.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.dead_letters, fields, maxlen=100_000, approximate=True)
-            pipe.xack(self.keys.events, self.group, event.id)
+            for event, reason in letters:
+                fields: dict[bytes | str, bytes | str] = dict(event.raw)
+                fields.update({"dead_reason": reason, "dead_original_id": event.id, "dead_group": self.group,
+                               "dead_at": now})
+                pipe.xadd(self.keys.dead_letters, fields, maxlen=100_000, approximate=True)
+            pipe.xack(self.keys.events, self.group, *(event.id for event, _ in letters))
             pipe.execute()
 
     def trim(self, maxlen: int) -> int:

@@ -144,30 +144,38 @@ class JobStore:
         Returns "recorded", "updated" (a queued job now uses this file) or "duplicate" (this stream
         entry was applied before: redelivered after a crash between its effects and its ack).
         """
-        return self._retry_watch(lambda: self._record_once(export, event_id), f"export of {export.config_key}")
+        return self.record_exports([(export, event_id)])
 
-    def _record_once(self, export: Export, event_id: str | None) -> str:
-        ck, now = export.config_key, time.time()
+    def record_exports(self, exports: list[tuple[Export, str | None]]) -> str:
+        """Several consecutive exports of one config, applied in one transaction: the newest file
+        wins, every export's samples count, entries applied before are skipped (by stream id)."""
+        config_key = exports[0][0].config_key
+        return self._retry_watch(lambda: self._record_once(exports), f"export of {config_key}")
+
+    def _record_once(self, exports: list[tuple[Export, str | None]]) -> str:
+        ck, now = exports[0][0].config_key, time.time()
         config_key = self.keys.config(ck)
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.watch(self.keys.active, config_key)
             current = _text(pipe.hget(self.keys.active, ck))
             cfg = decode_hash(pipe.hgetall(config_key))
-            if event_id and _stream_id_le(event_id, cfg.get("last_event_id")):
+            fresh = [(e, i) for e, i in exports if not (i and _stream_id_le(i, cfg.get("last_event_id")))]
+            if not fresh:
                 return "duplicate"
+            export, event_id = fresh[-1]
             state = None
             if current:
                 pipe.watch(self.keys.job(current))
                 state = _text(pipe.hget(self.keys.job(current), "state"))
             data = {"npz_path": export.npz_path, "samples": export.samples,
-                    "data_version": int(cfg.get("data_version", 0)) + 1}
+                    "data_version": int(cfg.get("data_version", 0)) + len(fresh)}
             pipe.multi()
             update = {**data, "exported_at": now, "board_type": export.board_type,
                       "num_players": export.num_players, "last_event_id": event_id}
             if "first_seen_at" not in cfg:
                 update["first_seen_at"] = now
             pipe.hset(config_key, mapping=_strings(update))
-            pipe.hincrby(config_key, "new_samples", export.samples)
+            pipe.hincrby(config_key, "new_samples", sum(e.samples for e, _ in fresh))
             pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE}, nx=True)  # known; the scheduler scores it
             if state == QUEUED:
                 pipe.hset(self.keys.job(current), mapping=_strings({**data, "updated_at": now}))

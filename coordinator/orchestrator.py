@@ -72,7 +72,6 @@ class TrainingOrchestrator:
         self.metrics = Metrics(self.conn, self.keys, self.settings)
         self.periodic = PeriodicWork(self)
         self._handlers: dict[str, Callable[[Event], list[str]]] = {
-            ev.NPZ_EXPORT_COMPLETE: self._on_export,
             ev.TRAINING_COMPLETE: self._on_training_end,
             ev.TRAINING_FAILED: self._on_training_end,
             ev.TRAINING_CANCELLED: self._on_training_end,
@@ -82,6 +81,7 @@ class TrainingOrchestrator:
             ev.CURRICULUM_WEIGHTS_UPDATED: self._on_curriculum,
         }
         self._stopping = threading.Event()
+        self._dead: list[tuple[Event, str]] = []  # this batch's dead letters, written together
         self._task: asyncio.Task[None] | None = None
         self._next_reclaim = 0.0
         self._next_periodic = 0.0
@@ -210,19 +210,65 @@ class TrainingOrchestrator:
             self.periodic.run_due()
 
     def _handle_batch(self, batch: list[Event]) -> None:
-        """Apply a batch, then rescore the configs it touched and dispatch once, then acknowledge."""
+        """Apply a batch, then rescore the configs it touched and dispatch once, then acknowledge.
+
+        Consecutive exports are coalesced per config (one transaction per config, the newest file
+        wins, every export's samples count); any other event first flushes the exports before it,
+        so the stream's order holds between kinds."""
         done: list[str] = []
         touched: set[str] = set()
+        pending: dict[str, list[tuple[Event, Export]]] = {}
         for event in batch:
+            if event.type == ev.NPZ_EXPORT_COMPLETE:
+                export = self._valid_export(event)
+                if export is not None:
+                    pending.setdefault(export.config_key, []).append((event, export))
+                continue
+            self._flush_exports(pending, done, touched)
             changed = self._handle(event)
             if changed is not None:
                 done.append(event.id)
                 touched.update(changed)
+        self._flush_exports(pending, done, touched)
         if touched:
             self.scheduler.rescore(sorted(touched))
+        self.consumer.dead_letter_many(self._dead)
+        self._dead.clear()
         if batch:
             self.dispatch()  # a training ended or a node changed: slots may be free
         self.consumer.ack(done)
+
+    def _valid_export(self, event: Event) -> Export | None:
+        """The export, or None when it was dead-lettered (its reason stored)."""
+        try:
+            if event.deliveries > self.settings.events.max_deliveries:
+                raise EventError(f"poison: delivered {event.deliveries} times without being handled")
+            validate_entry(event.raw)
+            validate(event)
+            export = ev.parse_export(event)
+            _check_data_root(export.npz_path, self.settings.training.data_roots)
+            return export
+        except EventError as exc:
+            self._dead_letter(event, exc)
+            return None
+
+    def _flush_exports(self, pending: dict[str, list[tuple[Event, Export]]], done: list[str],
+                       touched: set[str]) -> None:
+        for config_key, items in pending.items():
+            try:
+                action = self.jobs.record_exports([(export, event.id) for event, export in items])
+            except redis.RedisError:
+                raise
+            except Exception:  # left pending: reclaimed and retried after reclaim_idle_ms
+                log.exception("recording exports of %s failed", config_key)
+                continue
+            for event, _ in items:
+                self.metrics.observe(event, dead=False)
+                done.append(event.id)
+            if action != "duplicate":
+                touched.add(config_key)
+            log.info("%s: %d export(s), newest %s: %s", config_key, len(items), items[-1][1].npz_path, action)
+        pending.clear()
 
     def _handle(self, event: Event) -> list[str] | None:
         """Apply one event; the configs it touched, or None when it must not be acknowledged here."""
@@ -236,9 +282,7 @@ class TrainingOrchestrator:
             self.metrics.observe(event, dead=False)
             return touched
         except EventError as exc:
-            log.warning("dead-lettering event %s (%r): %s", event.id, event.type[:40], exc)
-            self.consumer.dead_letter(event, str(exc))
-            self.metrics.observe(event, dead=True)
+            self._dead_letter(event, exc)
             return None
         except redis.RedisError:
             raise
@@ -247,14 +291,13 @@ class TrainingOrchestrator:
             log.exception("handling event %s (%s) failed", event.id, event.type)
             return None
 
-    # -- handlers: each returns the configs whose score inputs it changed ------------------------
-    def _on_export(self, event: Event) -> list[str]:
-        export = ev.parse_export(event)
-        _check_data_root(export.npz_path, self.settings.training.data_roots)
-        action = self.jobs.record_export(export, event.id)
-        log.info("%s: export %s (%d samples) %s", export.config_key, export.npz_path, export.samples, action)
-        return [] if action == "duplicate" else [export.config_key]
+    def _dead_letter(self, event: Event, exc: EventError) -> None:
+        """Queue the event for the dead-letter stream; written (and acked) with the batch."""
+        log.warning("dead-lettering event %s (%r): %s", event.id, event.type[:40], exc)
+        self._dead.append((event, str(exc)))
+        self.metrics.observe(event, dead=True)
 
+    # -- handlers: each returns the configs whose score inputs it changed ------------------------
     def _on_training_end(self, event: Event) -> list[str]:
         config_key = event.fields.get("config_key", "")
         parse_config_key(config_key)
