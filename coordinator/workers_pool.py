@@ -6,6 +6,7 @@ starts exactly that command, so what the demo shows is what a node does.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -20,13 +21,16 @@ from coordinator.keys import TRAINING_QUEUE
 STOP_TIMEOUT_S = 15.0
 
 
-def rq_command() -> str:
-    """The `rq` script of this interpreter's environment (or the first on PATH)."""
+def rq_command() -> list[str]:
+    """The `rq` script of this interpreter's environment, else the first on PATH, else the same
+    CLI run as `python -m rq.cli` (a virtualenv sharing the system's packages has no script)."""
     sibling = Path(sys.executable).parent / "rq"
     found = str(sibling) if sibling.exists() else shutil.which("rq")
-    if not found:
+    if found:
+        return [found]
+    if importlib.util.find_spec("rq") is None:
         raise CoordinatorError("the `rq` command is not installed (pip install rq)")
-    return found
+    return [sys.executable, "-m", "rq.cli"]
 
 
 def start_worker(
@@ -36,7 +40,7 @@ def start_worker(
     """`rq worker training --url URL --name NAME` with RINGRIFT_NODE set; output to `log_path`."""
     env = {**os.environ, "RINGRIFT_NODE": node, **(extra_env or {})}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    argv = [rq_command(), "worker", TRAINING_QUEUE, "--url", redis_url, "--name", name, *extra_args]
+    argv = [*rq_command(), "worker", TRAINING_QUEUE, "--url", redis_url, "--name", name, *extra_args]
     try:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     finally:
