@@ -9,9 +9,8 @@ import logging
 import sys
 from pathlib import Path
 
-import redis
-
 from coordinator.config import load_settings, redact_url
+from coordinator.connection import connect
 from coordinator.errors import ConfigError, EventError, JobError
 from coordinator.events import EventConsumer
 from coordinator.jobs import JobStore
@@ -142,7 +141,7 @@ def _demo(args: argparse.Namespace, settings) -> int:
 def _events(args: argparse.Namespace, settings) -> int:
     from coordinator.event_tail import print_events
 
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     try:
         print_events(conn, Keys(settings.redis.prefix), set(args.type), args.config_key, args.count, args.follow,
                      args.json)
@@ -155,7 +154,7 @@ def _submit(args: argparse.Namespace, settings) -> int:
     from coordinator.orchestrator import TrainingOrchestrator
     from coordinator.submit_wait import follow_job
 
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     orchestrator = TrainingOrchestrator(settings, conn, consumer_name="cli-submit")
     try:
         job_id = orchestrator.submit_training_sync(
@@ -177,7 +176,7 @@ def _status(args: argparse.Namespace, settings) -> int:
     from coordinator.status import gather
     from coordinator.status_view import render
 
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     if args.json:
         print(json.dumps(gather(conn, settings), indent=1))
         return 0
@@ -198,7 +197,7 @@ def _status(args: argparse.Namespace, settings) -> int:
 def _priorities(args: argparse.Namespace, settings) -> int:
     from coordinator.priorities_view import print_priorities
 
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     scheduler = TrainingScheduler(conn, Keys(settings.redis.prefix), settings.scheduler)
     try:
         weights = _parse_weights(args.weights) if args.weights else None
@@ -224,7 +223,7 @@ def _parse_weights(text: str) -> dict[str, float]:
 
 
 def _locks(args: argparse.Namespace, settings) -> int:
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     leases = LeaseManager(conn, Keys(settings.redis.prefix), settings.leases.ttl_s, settings.leases.default_node_slots)
     held, nodes = leases.held(), leases.nodes()
     if args.json:
@@ -241,7 +240,7 @@ def _locks(args: argparse.Namespace, settings) -> int:
 
 
 def _dead_letters(args: argparse.Namespace, settings) -> int:
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     consumer = EventConsumer(conn, Keys(settings.redis.prefix), settings.events.group, "cli")
     if args.replay:
         try:
@@ -262,7 +261,7 @@ def _dead_letters(args: argparse.Namespace, settings) -> int:
 
 
 def _cancel(args: argparse.Namespace, settings) -> int:
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     try:
         outcome = JobStore(conn, Keys(settings.redis.prefix)).cancel(args.job_id)
     except JobError as exc:
@@ -275,7 +274,7 @@ def _cancel(args: argparse.Namespace, settings) -> int:
 
 
 def _jobs(args: argparse.Namespace, settings) -> int:
-    conn = redis.Redis.from_url(settings.redis.url)
+    conn = connect(settings.redis.url)
     records = JobStore(conn, Keys(settings.redis.prefix)).list(args.limit)
     if args.json:
         print(json.dumps(records, indent=1))

@@ -28,6 +28,7 @@ import redis
 from coordinator import events as ev
 from coordinator.boards import make_config_key, parse_config_key
 from coordinator.config import Settings, load_settings, redact_url
+from coordinator.connection import connect
 from coordinator.errors import EventError
 from coordinator.events import Event, EventConsumer, Export
 from coordinator.jobs import JobStore, TrainingParams
@@ -56,7 +57,7 @@ class TrainingOrchestrator:
         consumer_name: str | None = None,
     ) -> None:
         self.settings = settings or load_settings()
-        self.conn = conn or redis.Redis.from_url(self.settings.redis.url)
+        self.conn = conn or connect(self.settings.redis.url)
         self.keys = Keys(self.settings.redis.prefix)
         e = self.settings.events
         self.jobs = JobStore(self.conn, self.keys, e.stream_maxlen)
@@ -195,9 +196,17 @@ class TrainingOrchestrator:
                 self.process_once()
                 backoff = ERROR_BACKOFF_S
             except redis.RedisError as exc:
+                if "NOGROUP" in str(exc):  # a new primary without our group (data lost in a failover)
+                    self._recreate_group()
                 log.warning("event loop: %s; retrying in %.1f s", exc, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, MAX_ERROR_BACKOFF_S)
+
+    def _recreate_group(self) -> None:
+        try:
+            self.consumer.ensure_group()
+        except redis.RedisError as exc:
+            log.warning("could not recreate the consumer group: %s", exc)
 
     def _maintain(self) -> None:
         """This consumer's reclaim of stale entries, then the periodic work that is due (rq-scheduler)."""

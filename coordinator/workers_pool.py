@@ -37,10 +37,16 @@ def start_worker(
     redis_url: str, name: str, node: str, extra_env: Mapping[str, str] | None = None,
     extra_args: tuple[str, ...] = (), log_path: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`rq worker training --url URL --name NAME` with RINGRIFT_NODE set; output to `log_path`."""
+    """`rq worker training --url URL --name NAME` with RINGRIFT_NODE set; output to `log_path`.
+    A Sentinel URL goes through `-c workers.rq_settings` (RQ takes Sentinel only from settings)."""
     env = {**os.environ, "RINGRIFT_NODE": node, **(extra_env or {})}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    argv = [*rq_command(), "worker", TRAINING_QUEUE, "--url", redis_url, "--name", name, *extra_args]
+    if redis_url.startswith("redis+sentinel://"):
+        env["REDIS_URL"] = redis_url
+        target = ["-c", "workers.rq_settings"]
+    else:
+        target = ["--url", redis_url]
+    argv = [*rq_command(), "worker", TRAINING_QUEUE, *target, "--name", name, *extra_args]
     try:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
     finally:
