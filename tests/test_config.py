@@ -77,3 +77,13 @@ def test_environment_overrides_path_and_url(tmp_path):
 def test_no_file_anywhere_gives_defaults(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert load_settings(env={}) == Settings()
+
+
+def test_sentinel_urls_are_parsed():
+    from coordinator.connection import parse_sentinel_url
+
+    target = parse_sentinel_url("redis+sentinel://worker:pw@s1:26379,s2:26380,s3/mymaster/2")
+    assert target.instances == [("s1", 26379), ("s2", 26380), ("s3", 26379)]
+    assert (target.master_name, target.db, target.username, target.password) == ("mymaster", 2, "worker", "pw")
+    with pytest.raises(Exception, match="master name"):
+        parse_sentinel_url("redis+sentinel://s1:26379")

@@ -1,5 +1,12 @@
 """Redis HA: a primary, a replica and three sentinels on loopback; the primary is SIGKILLed mid-run
-and the orchestrator and workers (all on the Sentinel URL) carry on with the new primary."""
+and the orchestrator and workers (all on the Sentinel URL) carry on with the new primary.
+
+NOT COLLECTED (the name does not start with test_): work in progress for the deploy issue. It
+passed once (first event handled on the new primary 3.5 s after the SIGKILL) and failed once: an
+`rq worker` died on a ConnectionError during the failover, and a job queued right after the
+failover was not picked up within 120 s. Run it by hand with
+`python -m pytest tests/faults/wip_failover.py -s` while fixing that.
+"""
 
 from __future__ import annotations
 
