@@ -36,6 +36,16 @@ def fake_conn() -> Iterator[fakeredis.FakeRedis]:
     conn.flushall()
 
 
+@pytest.fixture
+def orch(fake_conn, make_settings):
+    """An orchestrator on fakeredis with the test settings, group created."""
+    from coordinator import TrainingOrchestrator
+
+    o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
+    o.prepare()
+    return o
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[LocalRedis]:
     with LocalRedis() as server:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-import pytest
-
 from coordinator import TrainingOrchestrator
 from coordinator.breakers import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
 from coordinator.config import BreakerSettings, RetrySettings
@@ -57,13 +55,6 @@ def test_failures_outside_the_window_do_not_add_up(fake_conn, keys):
     breakers.record("node", "gpu-1", False)
     now[0] += 120
     assert breakers.record("node", "gpu-1", False) == CLOSED
-
-
-@pytest.fixture
-def orch(fake_conn, make_settings):
-    o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
-    o.prepare()
-    return o
 
 
 def test_reaper_retries_an_attempt_whose_lease_is_gone(orch, fake_conn, keys):

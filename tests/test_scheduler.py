@@ -186,13 +186,6 @@ def test_curriculum_weights_passed_in_override_stored_ones_for_that_call(fake_co
 
 # -- event-driven inputs through the orchestrator (fakeredis) --------------------------------------
 
-@pytest.fixture
-def orch(fake_conn, make_settings):
-    o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
-    o.prepare()
-    return o
-
-
 def test_evaluations_feed_the_elo_velocity(orch, fake_conn, keys):
     fake_conn.xadd(keys.events, {"type": "EVALUATION_COMPLETED", "config_key": "hex8_2p", "elo": "1500",
                                  "timestamp": str(NOW - 2 * HOUR)})
