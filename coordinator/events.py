@@ -122,21 +122,27 @@ def publish(
     return conn.xadd(keys.events, encode_fields(event_type, fields, payload), **kwargs)
 
 
-def parse_export(event: Event) -> Export:
-    """Read an export event, accepting `config_key`/`config`, `output_path` and `samples_exported`."""
-    f = event.fields
-    config = f.get("config_key") or f.get("config")
-    if f.get("board_type") and f.get("num_players"):
-        board_type = f["board_type"]
-        num_players = _parse_int(f["num_players"], "num_players")
+def config_of(fields: Mapping[str, str]) -> tuple[str, int, str]:
+    """(board type, players, config key) from `board_type`+`num_players` or `config_key`/`config`,
+    validated; the two forms must agree when both are given."""
+    config = fields.get("config_key") or fields.get("config")
+    if fields.get("board_type") and fields.get("num_players"):
+        board_type = fields["board_type"]
+        num_players = _parse_int(fields["num_players"], "num_players")
         key = make_config_key(board_type, num_players)
         if config and config != key:
             raise EventError(f"config_key {config!r} disagrees with board_type/num_players ({key})")
-    elif config:
+        return board_type, num_players, key
+    if config:
         board_type, num_players = parse_config_key(config)
-        key = config
-    else:
-        raise EventError("missing board_type+num_players (or config_key)")
+        return board_type, num_players, config
+    raise EventError("missing board_type+num_players (or config_key)")
+
+
+def parse_export(event: Event) -> Export:
+    """Read an export event, accepting `config_key`/`config`, `output_path` and `samples_exported`."""
+    f = event.fields
+    board_type, num_players, key = config_of(f)
     npz_path = f.get("npz_path") or f.get("output_path")
     if not npz_path:
         raise EventError("missing npz_path (or output_path)")

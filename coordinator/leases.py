@@ -128,8 +128,9 @@ class LeaseManager:
         return out
 
     def usable_slots(self) -> int:
-        """GPU slots on nodes that are not down."""
-        return sum(int(n["gpus"]) for n in self.nodes() if n["status"] != "down")
+        """GPU slots on nodes that are not down (1 when no node is known at all)."""
+        nodes = self.nodes()
+        return sum(int(n["gpus"]) for n in nodes if n["status"] != "down") if nodes else 1
 
     def held(self) -> list[dict[str, str]]:
         """Every held config lease with its holder, fencing token and TTL left."""

@@ -141,17 +141,16 @@ class TrainingOrchestrator:
         return self.dispatch()
 
     def total_slots(self) -> int:
-        """GPU slots on nodes not marked down (1 when no node is known at all)."""
-        nodes = self.leases.nodes()
-        return sum(int(n["gpus"]) for n in nodes if n["status"] != "down") if nodes else 1
+        return self.leases.usable_slots()
 
     def dispatch(self) -> list[str]:
         """Fill free GPU slots (plus the prefetch) with the highest-priority configs; new job ids."""
         created: list[str] = []
         params = TrainingParams.from_settings(self.settings)
+        capacity = self.total_slots() + self.settings.scheduler.prefetch  # read once per call
+        busy = self.conn.hlen(self.keys.active)
         for _ in range(MAX_DISPATCH_PER_CALL):
-            busy = self.conn.hlen(self.keys.active)
-            if busy >= self.total_slots() + self.settings.scheduler.prefetch:
+            if busy >= capacity:
                 break
             config_key = self.scheduler.get_next_training_config()
             if config_key is None:
@@ -159,6 +158,7 @@ class TrainingOrchestrator:
             result = self.jobs.create_job(self.settings, config_key, params)
             self.scheduler.rescore([config_key])
             if result.action == "created":
+                busy += 1
                 created.append(result.job_id)
                 log.info("%s: job %s queued (priority dispatch)", config_key, result.job_id)
         return created
@@ -315,7 +315,7 @@ class TrainingOrchestrator:
     def _on_quality_block(self, event: Event) -> list[str]:
         """Block the config until its next export or `until` (default: quality_block_hours from now);
         a queued job for it is held by the worker that takes it (deferred), not lost."""
-        config_key, f, now = _event_config_key(event), event.fields, time.time()
+        config_key, f, now = ev.config_of(event.fields)[2], event.fields, time.time()
         default_until = now + self.settings.scheduler.quality_block_hours * 3600
         until = _finite(f["until"], "until") if f.get("until") else default_until
         self.conn.hset(self.keys.config(config_key), mapping={
@@ -347,7 +347,7 @@ class TrainingOrchestrator:
         return []
 
     def _on_evaluation(self, event: Event) -> list[str]:
-        config_key = _event_config_key(event)
+        config_key = ev.config_of(event.fields)[2]
         elo = _finite(event.fields.get("elo", ""), "elo")
         at = _finite(event.fields["timestamp"], "timestamp") if event.fields.get("timestamp") else time.time()
         self.scheduler.record_elo(config_key, elo, at)
@@ -391,15 +391,3 @@ def _finite(text: str, name: str) -> float:
     if not math.isfinite(value):
         raise EventError(f"{name} must be finite, got {text!r}")
     return value
-
-
-def _event_config_key(event: Event) -> str:
-    f = event.fields
-    if f.get("config_key") or f.get("config"):
-        key = f.get("config_key") or f["config"]
-        parse_config_key(key)
-        return key
-    try:
-        return make_config_key(f.get("board_type", ""), int(f.get("num_players", "0")))
-    except ValueError:
-        raise EventError("num_players must be an integer") from None

@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import time
 from datetime import timezone
 
@@ -163,8 +162,4 @@ def _rq_status(queue: Queue, rq_id: str) -> tuple[str | None, float | None]:
     if started is not None and started.tzinfo is None:
         started = started.replace(tzinfo=timezone.utc)  # RQ stores UTC
     return status, started.timestamp() if started else None
-
-
-def jitter(base_s: float) -> float:
-    return base_s * random.uniform(1.0, 2.0)
 

@@ -26,7 +26,6 @@ score INELIGIBLE in the sorted set; their hash says why. Ties: the greater confi
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -283,9 +282,3 @@ def _elo_point(raw: bytes) -> tuple[float, float]:
     at, elo = raw.split()
     return float(at), float(elo)
 
-
-def is_finite_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False

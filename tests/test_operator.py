@@ -123,8 +123,8 @@ def test_events_and_status_commands(redis_server, real_conn, service, rq_workers
     assert "running" in screen and running["config_key"] in screen and "configs by priority" in screen
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed here")
 def test_status_watch_in_a_terminal(redis_server, real_conn, service, rq_workers, tmp_path):
+    assert shutil.which("tmux"), "tmux is missing: .ci/run installs it"
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")
     service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], epochs=4)

@@ -1,7 +1,6 @@
 """The RQ job on one in-process SimpleWorker (fakeredis); the trainer is a real subprocess."""
 
 import json
-import os
 import sys
 
 import pytest
@@ -101,7 +100,7 @@ def test_argv_is_a_list_with_the_workers_python(fake_conn, make_settings, tmp_pa
     assert pairs["--output-dir"] == "/models/out"
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self"), reason="PR_SET_PDEATHSIG is Linux-only")
+@pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
 def test_trainer_dies_with_its_parent(tmp_path):
     """A trainer whose worker is SIGKILLed does not keep running (and keep a GPU)."""
     import signal
