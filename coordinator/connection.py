@@ -4,7 +4,9 @@
     redis+sentinel://[user:password@]h1:26379,h2:26379/mymaster/0   the primary Sentinel names
 
 With Sentinel the client asks the sentinels for the current primary and asks again after a
-connection error, so a process keeps working across a failover once its retry loop reconnects.
+connection error, retrying each command for up to about FAILOVER_RETRY_S: a failover (a few
+seconds) is a pause, not an error. That matters most for `rq worker`, whose main loop quits on a
+Redis error while a job runs.
 `rq worker` takes the same URL through `rq worker training -c workers.rq_settings` (RQ reads
 Sentinel settings from a module, not from --url).
 """
@@ -15,12 +17,16 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import redis
-from redis.sentinel import Sentinel
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from coordinator.errors import CoordinatorError
 
 SENTINEL_SCHEME = "redis+sentinel"
 SOCKET_TIMEOUT_S = 5.0
+FAILOVER_RETRY_S = 30.0
+_RETRY_STEP_CAP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,26 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
                           unquote(parts.password) if parts.password else None)
 
 
+class PrimaryFollowingConnection(SentinelManagedConnection):
+    """Asks the sentinels for the primary on every reconnect. redis-py 8 reconnects a dropped
+    connection through `connect_check_health`, which reuses the old address: every retry of a
+    command in flight when the primary died went to the dead host (redis/redis-py#3874)."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+def failover_retry() -> dict[str, object]:
+    """Connection kwargs for a Sentinel-managed primary: retry a command on connection errors and
+    timeouts for about FAILOVER_RETRY_S, each reconnect asking the sentinels for the primary."""
+    retries = int(FAILOVER_RETRY_S / _RETRY_STEP_CAP_S) + 4  # the first steps are shorter than the cap
+    return {"retry": Retry(ExponentialBackoff(cap=_RETRY_STEP_CAP_S, base=0.1), retries),
+            "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+            "connection_class": PrimaryFollowingConnection}
+
+
 def connect(url: str) -> redis.Redis:
     """A client for `url`; for Sentinel, one that follows the primary."""
     if not url.startswith(f"{SENTINEL_SCHEME}://"):
@@ -56,4 +82,4 @@ def connect(url: str) -> redis.Redis:
     target = parse_sentinel_url(url)
     sentinel = Sentinel(target.instances, socket_timeout=SOCKET_TIMEOUT_S)
     return sentinel.master_for(target.master_name, db=target.db, username=target.username,
-                               password=target.password, socket_timeout=SOCKET_TIMEOUT_S)
+                               password=target.password, socket_timeout=SOCKET_TIMEOUT_S, **failover_retry())

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 
-from coordinator.connection import SENTINEL_SCHEME, parse_sentinel_url
+from coordinator.connection import SENTINEL_SCHEME, SOCKET_TIMEOUT_S, failover_retry, parse_sentinel_url
 
 _url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 if _url.startswith(f"{SENTINEL_SCHEME}://"):
     _target = parse_sentinel_url(_url)
     SENTINEL = {"INSTANCES": _target.instances, "MASTER_NAME": _target.master_name, "DB": _target.db,
-                "USERNAME": _target.username, "PASSWORD": _target.password, "SOCKET_TIMEOUT": 5}
+                "USERNAME": _target.username, "PASSWORD": _target.password, "SOCKET_TIMEOUT": SOCKET_TIMEOUT_S,
+                # RQ's main loop quits on a Redis error while a job runs: retry across a failover.
+                "CONNECTION_KWARGS": failover_retry()}
 else:
     REDIS_URL = _url
