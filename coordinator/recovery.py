@@ -110,19 +110,21 @@ class Recovery:
         if not active:
             return []
         pairs = list(active.items())
-        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only, two fields per job
             for config_key, job_id in pairs:
-                pipe.hgetall(self.keys.job(job_id))
+                pipe.hmget(self.keys.job(job_id), "state", "fence")
                 pipe.get(self.keys.lease(config_key))
             replies = pipe.execute()
         reaped = []
         for i, (_config_key, job_id) in enumerate(pairs):
-            record, lease = decode_hash(replies[2 * i]), replies[2 * i + 1]
-            if record.get("state") not in ACTIVE_ATTEMPT_STATES:
+            (state, fence), lease = replies[2 * i], replies[2 * i + 1]
+            if state is None or state.decode() not in ACTIVE_ATTEMPT_STATES:
                 continue
             holder = parse_holder(lease.decode()) if lease else {}
-            if holder.get("fence") == record.get("fence"):
+            if holder.get("fence") == (fence.decode() if fence else None):
                 continue  # alive: its worker keeps renewing
+            # The whole record only for a suspect; abandon() re-checks state and fence atomically.
+            record = decode_hash(self.conn.hgetall(self.keys.job(job_id)))
             if self.abandon(record, "worker_lost", "lease expired: the worker died, froze or lost Redis"):
                 reaped.append(job_id)
         return reaped
