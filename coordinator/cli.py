@@ -7,7 +7,10 @@ import asyncio
 import json
 import logging
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+
+import redis
 
 from coordinator.config import load_settings, redact_url
 from coordinator.connection import connect
@@ -18,6 +21,11 @@ from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
 from coordinator.logs import configure as configure_logging
 from coordinator.scheduler import TrainingScheduler
+
+# RQ refreshes rq:worker:<name>'s last_heartbeat every --worker-ttl - 15 s while idle (default TTL 420 s)
+# and every 30 s while it runs a job, and lets the key expire --worker-ttl + 60 s after the last one.
+DEFAULT_HEARTBEAT_MAX_AGE_S = 480.0
+WORKER_KEY_PREFIX = "rq:worker:"  # rq.worker.Worker.redis_worker_namespace_prefix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,6 +125,14 @@ def _parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a queued or running job (its worker stops the trainer)")
     cancel.add_argument("job_id")
     cancel.set_defaults(func=_cancel)
+
+    alive = sub.add_parser("worker-alive", help="exit 0 if the rq worker NAME sent a heartbeat recently "
+                                                "(a liveness probe), 1 otherwise")
+    alive.add_argument("name", help="the worker's name (rq worker --name)")
+    alive.add_argument("--max-age", type=float, default=DEFAULT_HEARTBEAT_MAX_AGE_S, metavar="S",
+                       help="oldest acceptable heartbeat, seconds (default %(default)s: RQ's default worker TTL "
+                            "+ 60; an idle worker heartbeats every --worker-ttl - 15 s, a busy one every 30 s)")
+    alive.set_defaults(func=_worker_alive)
 
     jobs = sub.add_parser("jobs", help="list the newest job records")
     jobs.add_argument("--limit", type=int, default=20)
@@ -271,6 +287,35 @@ def _cancel(args: argparse.Namespace, settings) -> int:
            "requested": f"{args.job_id}: running; its worker stops the trainer and frees its leases",
            "ended": f"{args.job_id}: already ended, nothing to cancel"}[outcome])
     return 0 if outcome != "ended" else 1
+
+
+def _worker_alive(args: argparse.Namespace, settings) -> int:
+    """Liveness of one rq worker from its own heartbeat: 0 alive; 1 missing, stopped, stale, or
+    Redis unreachable."""
+    try:
+        alive, why = worker_liveness(connect(settings.redis.url), args.name, args.max_age)
+    except redis.RedisError as exc:
+        alive, why = False, f"cannot read its heartbeat from {redact_url(settings.redis.url)}: {exc}"
+    print(f"worker {args.name}: {why}", file=sys.stdout if alive else sys.stderr)
+    return 0 if alive else 1
+
+
+def worker_liveness(conn: redis.Redis, name: str, max_age_s: float) -> tuple[bool, str]:
+    """(alive, why) from RQ's hash rq:worker:<name>: its `last_heartbeat` (UTC) at most `max_age_s`
+    old and no `death` (RQ keeps a stopped worker's hash for 60 s). Reads only: any role may ask."""
+    from rq.utils import utcparse
+
+    beat, death, state = (v.decode() if isinstance(v, bytes) else v
+                          for v in conn.hmget(f"{WORKER_KEY_PREFIX}{name}", "last_heartbeat", "death", "state"))
+    if beat is None:
+        return False, (f"not registered (no {WORKER_KEY_PREFIX}{name}): not started, or stopped or silent "
+                       "past its TTL")
+    if death:
+        return False, f"stopped at {death} UTC"
+    age = max(0.0, (datetime.now(timezone.utc) - utcparse(beat)).total_seconds())
+    if age > max_age_s:
+        return False, f"last heartbeat {age:.0f} s ago, older than --max-age {max_age_s:g} s"
+    return True, f"alive ({state}), last heartbeat {age:.1f} s ago"
 
 
 def _jobs(args: argparse.Namespace, settings) -> int:
