@@ -117,6 +117,7 @@ class JobStore:
         self._start = conn.register_script((here / "job_start.lua").read_text())
         self._finish = conn.register_script((here / "job_finish.lua").read_text())
         self._transition = conn.register_script((here / "job_transition.lua").read_text())
+        self._record = conn.register_script((here / "record_exports.lua").read_text())
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, str]:
@@ -151,6 +152,27 @@ class JobStore:
         wins, every export's samples count, entries applied before are skipped (by stream id)."""
         config_key = exports[0][0].config_key
         return self._retry_watch(lambda: self._record_once(exports), f"export of {config_key}")
+
+    def record_exports_many(self, groups: list[list[tuple[Export, str | None]]]) -> list[str]:
+        """`record_exports` for many configs (one group each) in two round trips: read their active
+        jobs, then one `record_exports.lua` per config, pipelined. A config whose active job changed
+        in between goes through `record_exports` alone. One action per group, in order."""
+        if not groups:
+            return []
+        keys = [group[0][0].config_key for group in groups]
+        active = [_text(v) or "" for v in self.conn.hmget(self.keys.active, keys)]
+        now = repr(time.time())
+        with self.conn.pipeline(transaction=False) as pipe:  # each script is atomic on its own
+            for ck, job_id, group in zip(keys, active, groups):
+                script_keys = [self.keys.config(ck), self.keys.active, self.keys.priority]
+                script_keys += [self.keys.job(job_id)] if job_id else []
+                args = [ck, job_id, now, INELIGIBLE_SCORE, QUEUED]
+                for export, event_id in group:
+                    args += [event_id or "", export.npz_path, export.samples, export.board_type, export.num_players]
+                self._record(keys=script_keys, args=args, client=pipe)
+            actions = [a.decode() for a in pipe.execute()]
+        return [self.record_exports(group) if action == "moved" else action
+                for action, group in zip(actions, groups)]
 
     def _record_once(self, exports: list[tuple[Export, str | None]]) -> str:
         ck, now = exports[0][0].config_key, time.time()

@@ -146,14 +146,14 @@ class TrainingOrchestrator:
     def dispatch(self) -> list[str]:
         """Fill free GPU slots (plus the prefetch) with the highest-priority configs; new job ids."""
         created: list[str] = []
+        config_key = self.scheduler.get_next_training_config()
+        if config_key is None:
+            return created  # the common case after an export batch: no need to read every node's slots
         params = TrainingParams.from_settings(self.settings)
         capacity = self.total_slots() + self.settings.scheduler.prefetch  # read once per call
         busy = self.conn.hlen(self.keys.active)
         for _ in range(MAX_DISPATCH_PER_CALL):
-            if busy >= capacity:
-                break
-            config_key = self.scheduler.get_next_training_config()
-            if config_key is None:
+            if busy >= capacity or config_key is None:
                 break
             result = self.jobs.create_job(self.settings, config_key, params)
             self.scheduler.rescore([config_key])
@@ -161,6 +161,7 @@ class TrainingOrchestrator:
                 busy += 1
                 created.append(result.job_id)
                 log.info("%s: job %s queued (priority dispatch)", config_key, result.job_id)
+            config_key = self.scheduler.get_next_training_config()
         return created
 
     def submit_training_sync(
@@ -263,14 +264,16 @@ class TrainingOrchestrator:
 
     def _flush_exports(self, pending: dict[str, list[tuple[Event, Export]]], done: list[str],
                        touched: set[str]) -> None:
-        for config_key, items in pending.items():
-            try:
-                action = self.jobs.record_exports([(export, event.id) for event, export in items])
-            except redis.RedisError:
-                raise
-            except Exception:  # left pending: reclaimed and retried after reclaim_idle_ms
-                log.exception("recording exports of %s failed", config_key)
-                continue
+        groups = list(pending.items())
+        try:
+            actions = self.jobs.record_exports_many([[(export, event.id) for event, export in items]
+                                                     for _key, items in groups])
+        except redis.RedisError:
+            raise
+        except Exception:  # left pending: reclaimed and retried after reclaim_idle_ms
+            log.exception("recording exports of %s failed", ", ".join(pending))
+            actions = []
+        for (config_key, items), action in zip(groups, actions):
             for event, _ in items:
                 self.metrics.observe(event, dead=False)
                 done.append(event.id)

@@ -58,6 +58,26 @@ def test_second_export_while_queued_updates_the_queued_job(orchestrator, fake_co
     assert (record["npz_path"], record["samples"], record["data_version"]) == ("/data/v2.npz", "200", "2")
 
 
+def test_export_batch_falls_back_when_the_active_job_changed_under_it(orchestrator, fake_conn, keys):
+    """record_exports_many reads the active jobs, then runs one script per config: a config whose
+    job appeared in between is written by the WATCH/MULTI path instead, not with stale state."""
+    from coordinator.events import Export
+
+    export(fake_conn, keys, path="/data/v1.npz", samples=100)
+    orchestrator.process_once(block_ms=None)
+    [job_id] = queued_ids(fake_conn)
+    real_hmget = fake_conn.hmget
+    fake_conn.hmget = lambda key, fields: [None] * len(fields)  # as if read before the job existed
+    try:
+        new = [(Export("hex8", 2, "hex8_2p", "/data/v2.npz", 200), "9999999999999-0")]
+        assert orchestrator.jobs.record_exports_many([new]) == ["updated"]
+    finally:
+        fake_conn.hmget = real_hmget
+    record = orchestrator.jobs.get(job_id)
+    assert (record["npz_path"], record["samples"], record["data_version"]) == ("/data/v2.npz", "200", "2")
+    assert orchestrator.jobs.record_exports_many([new]) == ["duplicate"]  # the same stream id again
+
+
 def test_export_while_running_waits_then_trains_on_the_newest_data(orchestrator, fake_conn, keys):
     export(fake_conn, keys, path="/data/v1.npz")
     orchestrator.process_once(block_ms=None)
