@@ -20,6 +20,7 @@ import redis
 import yaml
 from rq import Queue
 
+from bench.figures import print_figures
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| Redis commands (all processes) | {ours_commands:,.0f} | {raw_commands:,.0f} | "
           f"{ours_commands / raw_commands:.1f}x |")
     print(f"| orchestrator CPU | {ours_cpu * 1000:.1f} ms | - | - |")
+    print_figures(commands_per_job=ours_commands, cpu_per_job_s=ours_cpu)
     return 0
 
 

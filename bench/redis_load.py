@@ -21,6 +21,7 @@ import redis
 import yaml
 
 from bench.coordinator_cost import CONFIGS, commands, wait_for_count
+from bench.figures import print_figures
 from coordinator.keys import Keys
 from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, size in sizes.items():
         print(f"| Redis memory per {name} | {size:,.0f} bytes |")
     print(f"\nbusy window, most frequent: {', '.join(f'{k} {v / args.window_s:.1f}/s' for k, v in top)}")
+    print_figures(per_running=per_job, orchestrator_idle=idle - workers_idle,
+                  per_idle_worker=workers_idle / args.workers, worker_rss=sum(rss) / len(rss),
+                  job_bytes=sizes["job record"] + sizes["RQ job hash"], entry_bytes=sizes["stream entry"])
     return 0
 
 
