@@ -46,6 +46,7 @@ CONSUMER_ENV = "RINGRIFT_CONSUMER"
 ERROR_BACKOFF_S = 0.5
 MAX_DISPATCH_PER_CALL = 1000
 MAX_ERROR_BACKOFF_S = 30.0
+RESCORE_DEBOUNCE_S = 0.5  # during a burst of exports, rescore at most this often
 NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
 
 
@@ -86,6 +87,8 @@ class TrainingOrchestrator:
         self._task: asyncio.Task[None] | None = None
         self._next_reclaim = 0.0
         self._next_periodic = 0.0
+        self._dirty: set[str] = set()  # configs whose score inputs changed, not yet rescored
+        self._rescored_at = 0.0
 
     # -- the seed's asyncio API -----------------------------------------------------------------
     async def start(self) -> None:
@@ -240,13 +243,25 @@ class TrainingOrchestrator:
                 done.append(event.id)
                 touched.update(changed)
         self._flush_exports(pending, done, touched)
-        if touched:
-            self.scheduler.rescore(sorted(touched))
+        self._dirty |= touched
+        rescore_now, rescored = not self._in_export_burst(batch), bool(self._dirty)
+        if rescore_now and rescored:
+            self.scheduler.rescore(sorted(self._dirty))
+            self._dirty.clear()
+            self._rescored_at = time.monotonic()
         self.consumer.dead_letter_many(self._dead)
         self._dead.clear()
-        if batch:
-            self.dispatch()  # a training ended or a node changed: slots may be free
-        self.consumer.ack(done)
+        if rescore_now and (batch or rescored):
+            self.dispatch()  # a training ended, a node changed or new data was scored: slots may be used
+        self.consumer.ack(done)  # a config left dirty is still rescored: next batch, idle poll or tick
+
+    def _in_export_burst(self, batch: list[Event]) -> bool:
+        """A full batch of nothing but exports, soon after the last rescore: the stream is behind,
+        so rescoring waits (at most RESCORE_DEBOUNCE_S) and covers every config the burst touched
+        once, not once per batch. A short batch (caught up) or any other event rescores at once."""
+        return (len(batch) >= self.settings.events.read_count
+                and time.monotonic() - self._rescored_at < RESCORE_DEBOUNCE_S
+                and all(event.type == ev.NPZ_EXPORT_COMPLETE for event in batch))
 
     def _valid_export(self, event: Event) -> Export | None:
         """The export, or None when it was dead-lettered (its reason stored)."""

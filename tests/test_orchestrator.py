@@ -213,3 +213,20 @@ def test_start_and_finish_are_guarded_by_state(orchestrator, fake_conn, keys):
     assert end_job(orchestrator.jobs, job_id, "square8_2p") == "recorded"
     assert end_job(orchestrator.jobs, job_id, "square8_2p") == "not_running"
     assert len(events_of(fake_conn, keys, "TRAINING_COMPLETE")) == 1
+
+
+def test_a_burst_of_exports_is_rescored_once_it_ends_then_dispatched(fake_conn, keys, make_settings):
+    base = make_settings()
+    settings = replace(base, events=replace(base.events, read_count=2), hosts={"node-0": 8})
+    orch = TrainingOrchestrator(settings, fake_conn, consumer_name="burst")
+    orch.prepare()
+    for board, players in (("hex8", 2), ("square8", 2), ("square19", 2), ("hex8", 3)):
+        export(fake_conn, keys, board=board, players=players)
+    assert orch.process_once(block_ms=None) == 2  # a full batch, first of the burst: scored and dispatched
+    assert orch.jobs.active_job("hex8_2p") and orch.jobs.active_job("square8_2p")
+    assert orch.process_once(block_ms=None) == 2  # full again, right after: recorded and acked, scoring waits
+    assert fake_conn.hget(keys.config("square19_2p"), "data_version") == b"1"
+    assert orch.jobs.active_job("square19_2p") is None
+    assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
+    assert orch.process_once(block_ms=None) == 0  # caught up: the burst's configs are scored and dispatched
+    assert orch.jobs.active_job("square19_2p") and orch.jobs.active_job("hex8_3p")
