@@ -50,6 +50,8 @@ class TrainingSettings:
     check_npz: bool = True
     # Seconds between SIGTERM and SIGKILL when a trainer must stop (timeout, shutdown).
     kill_grace_s: int = 30
+    # Records of jobs that ended are deleted this many days after they were created (0: kept).
+    job_retention_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ class Settings:
 _MAY_BE_EMPTY = {"data_roots"}
 # Fields that may be zero; every other number must be strictly positive.
 _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "freshness", "elo_velocity",
-                "min_new_samples", "prefetch", "infrastructure", "trainer"}
+                "min_new_samples", "prefetch", "infrastructure", "trainer", "job_retention_days"}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:

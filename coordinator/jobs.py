@@ -134,6 +134,24 @@ class JobStore:
                 pipe.hgetall(self.keys.job(job_id))
             return [decode_hash(raw) for raw in pipe.execute() if raw]
 
+    def prune(self, created_before: float, limit: int = 500) -> int:
+        """Delete up to `limit` records of jobs created before `created_before` that have ended
+        (a final state never changes, so no transaction is needed); queued or running ones stay."""
+        ids = [i.decode() for i in self.conn.zrangebyscore(self.keys.jobs, "-inf", created_before, start=0, num=limit)]
+        if not ids:
+            return 0
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for job_id in ids:
+                pipe.hget(self.keys.job(job_id), "state")
+            states = pipe.execute()
+        ended = [j for j, state in zip(ids, states) if state is None or state.decode() in FINAL_STATES]
+        if ended:
+            with self.conn.pipeline(transaction=True) as pipe:
+                pipe.delete(*(self.keys.job(j) for j in ended))
+                pipe.zrem(self.keys.jobs, *ended)
+                pipe.execute()
+        return len(ended)
+
     def active_job(self, config_key: str) -> str | None:
         job_id = self.conn.hget(self.keys.active, config_key)
         return job_id.decode() if job_id else None

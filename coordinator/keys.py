@@ -10,6 +10,7 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 | `<prefix>:training:active`           | hash   | config key -> id of its one queued-or-running job        |
 | `<prefix>:jobs`                      | zset   | job id -> creation time (unix seconds), for listing      |
 | `<prefix>:job:<job_id>`              | hash   | one job's record: state, config, data, node, result      |
+|                                      |        | (an ended job's is deleted after job_retention_days)     |
 | `<prefix>:config:<config_key>`       | hash   | a config's data, training, model, score and its factors  |
 | `<prefix>:elo:<config_key>`          | list   | recent evaluations, "unix_time elo", oldest first        |
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |

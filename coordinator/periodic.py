@@ -1,5 +1,5 @@
 """Periodic work as rq-scheduler jobs: the scheduler tick (rescore, fill free slots), the reaper,
-putting deferred/retrying/lost jobs back on the queue, and stream trimming.
+putting deferred/retrying/lost jobs back on the queue, stream trimming and pruning old job records.
 
 `ringrift-train run` registers them with fixed ids, so a restart (or a second coordinator)
 finds them registered and adds nothing; an interval changed in the YAML replaces the old entry.
@@ -13,6 +13,7 @@ ordinary RQ job function); `rq info` and `rqscheduler`'s tools show the entries.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -27,19 +28,27 @@ log = logging.getLogger(__name__)
 MAINTENANCE_QUEUE = "ringrift-maintenance"
 MAINTENANCE_FUNC = "coordinator.periodic.maintenance"
 MAX_RUNS_PER_CALL = 20
+PRUNE_INTERVAL_S = 600.0
 
 
 def task_intervals(orchestrator: TrainingOrchestrator) -> dict[str, float]:
     s = orchestrator.settings
     return {"tick": s.scheduler.rescore_interval_s, "reap": s.leases.reaper_interval_s, "requeue_due": 1.0,
-            "requeue_lost": 5.0, "trim": 60.0}
+            "requeue_lost": 5.0, "trim": 60.0, "prune": PRUNE_INTERVAL_S}
 
 
 def task_methods(orchestrator: TrainingOrchestrator) -> dict[str, Callable[[], object]]:
     o = orchestrator
     return {"tick": o.tick, "reap": o.recovery.reap, "requeue_due": o.recovery.requeue_due,
             "requeue_lost": o.recovery.requeue_lost,
-            "trim": lambda: o.consumer.trim(o.settings.events.stream_maxlen)}
+            "trim": lambda: o.consumer.trim(o.settings.events.stream_maxlen),
+            "prune": lambda: prune_job_history(o)}
+
+
+def prune_job_history(o: TrainingOrchestrator) -> int:
+    """Job records past `training.job_retention_days` (0 keeps them), a batch per run."""
+    days = o.settings.training.job_retention_days
+    return o.jobs.prune(time.time() - days * 86_400) if days > 0 else 0
 
 
 class PeriodicWork:

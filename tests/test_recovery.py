@@ -10,7 +10,7 @@ from coordinator import TrainingOrchestrator
 from coordinator.breakers import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
 from coordinator.config import BreakerSettings, RetrySettings
 from coordinator.job_states import FINAL_STATES, TRANSITIONS, allowed_from
-from coordinator.periodic import task_intervals
+from coordinator.periodic import prune_job_history, task_intervals
 from coordinator.retry import decide
 from tests.conftest import take_job
 
@@ -123,14 +123,27 @@ def test_a_job_taken_from_rq_by_a_worker_that_died_is_requeued(orch, fake_conn):
 def test_periodic_work_is_registered_once_and_run_once(fake_conn, make_settings):
     first = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="a")
     second = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="b")
-    assert len(first.periodic.register()) == 5
+    assert len(first.periodic.register()) == 6
     assert second.periodic.register() == []  # a restart or a second coordinator adds nothing
     began = time.monotonic()
     ran = first.periodic.run_due() + second.periodic.run_due()
-    assert sorted(ran) == ["reap", "requeue_due", "requeue_lost", "tick", "trim"]  # each once, by one of them
+    assert sorted(ran) == ["prune", "reap", "requeue_due", "requeue_lost", "tick", "trim"]  # each once, by one
     again = first.periodic.run_due() + second.periodic.run_due()
     # Only what was due again: on a loaded machine the 1-s tasks may be (whole seconds, rounded up).
     assert all(task_intervals(first)[task] <= time.monotonic() - began + 1 for task in again), again
     slower = replace(make_settings(), leases=replace(make_settings().leases, reaper_interval_s=7))
     assert TrainingOrchestrator(slower, fake_conn, consumer_name="c").periodic.register() == [
         "ringrift-periodic-reap"]  # a changed interval replaces its entry
+
+
+def test_old_job_records_are_pruned_once_ended_and_running_ones_kept(orch, fake_conn, keys):
+    old, kept = time.time() - 40 * 86_400, time.time() - 86_400
+    for job_id, state, created in (("a-old-done", "complete", old), ("b-old-failed", "failed", old),
+                                   ("c-old-running", "running", old), ("d-recent-done", "complete", kept)):
+        fake_conn.hset(keys.job(job_id), mapping={"state": state, "job_id": job_id})
+        fake_conn.zadd(keys.jobs, {job_id: created})
+    assert orch.settings.training.job_retention_days == 30
+    assert prune_job_history(orch) == 2
+    assert sorted(j.decode() for j in fake_conn.zrange(keys.jobs, 0, -1)) == ["c-old-running", "d-recent-done"]
+    assert not fake_conn.exists(keys.job("a-old-done")) and fake_conn.exists(keys.job("c-old-running"))
+    assert prune_job_history(orch) == 0
