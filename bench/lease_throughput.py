@@ -38,6 +38,19 @@ def redis_py_lock(conn: redis.Redis, pairs: int) -> float:
     return pairs / (time.perf_counter() - began)
 
 
+def costs(conn: redis.Redis, run, pairs: int) -> tuple[float, float, float]:
+    """(pairs/s, redis-server CPU µs per pair from INFO cpu, client CPU µs per pair) of one run.
+    (Not commandstats: a script's inner commands are counted there as well as the script.)"""
+    def server_cpu() -> float:
+        info = conn.info("cpu")
+        return info["used_cpu_user"] + info["used_cpu_sys"]
+
+    before, cpu = server_cpu(), time.process_time()
+    rate = run(conn, pairs)
+    cpu_us = (time.process_time() - cpu) * 1e6 / pairs
+    return rate, (server_cpu() - before) * 1e6 / pairs, cpu_us
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=5_000)
@@ -46,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     with LocalRedis() as server:
         conn = redis.Redis.from_url(server.url)
         ours(conn, 500), redis_py_lock(conn, 500)  # warm-up: scripts loaded, connection open
-        ours_rates, lock_rates = [], []
+        ours_runs, lock_runs = [], []
         for _ in range(args.runs):  # interleaved, so both see the same machine
-            ours_rates.append(ours(conn, args.pairs))
-            lock_rates.append(redis_py_lock(conn, args.pairs))
+            ours_runs.append(costs(conn, ours, args.pairs))
+            lock_runs.append(costs(conn, redis_py_lock, args.pairs))
+    ours_rates, lock_rates = [r[0] for r in ours_runs], [r[0] for r in lock_runs]
     a, b = statistics.median(ours_rates), statistics.median(lock_rates)
     ratio = statistics.median(x / y for x, y in zip(ours_rates, lock_rates))
     print(f"lease acquire+release, {args.pairs:,} pairs x {args.runs} interleaved runs, one connection\n")
@@ -58,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| pairs/s, median run | {a:,.0f} | {b:,.0f} | {ratio:.2f}x (median of per-run ratios) | >= 1.0x |")
     print(f"| pairs/s, best run | {max(ours_rates):,.0f} | {max(lock_rates):,.0f} | "
           f"{max(ours_rates) / max(lock_rates):.2f}x | - |")
+    for i, what in ((1, "redis-server CPU per pair (INFO cpu)"), (2, "client CPU per pair")):
+        a, b = statistics.median(r[i] for r in ours_runs), statistics.median(r[i] for r in lock_runs)
+        print(f"| {what}, median | {a:.1f} µs | {b:.1f} µs | {a / b:.2f}x | - |")
     return 0
 
 
