@@ -173,22 +173,20 @@ class JobStore:
 
     def record_exports_many(self, groups: list[list[tuple[Export, str | None]]]) -> list[str]:
         """`record_exports` for many configs (one group each) in two round trips: read their active
-        jobs, then one `record_exports.lua` per config, pipelined. A config whose active job changed
+        jobs, then one `record_exports.lua` call for them all. A config whose active job changed
         in between goes through `record_exports` alone. One action per group, in order."""
         if not groups:
             return []
-        keys = [group[0][0].config_key for group in groups]
-        active = [_text(v) or "" for v in self.conn.hmget(self.keys.active, keys)]
-        now = repr(time.time())
-        with self.conn.pipeline(transaction=False) as pipe:  # each script is atomic on its own
-            for ck, job_id, group in zip(keys, active, groups):
-                script_keys = [self.keys.config(ck), self.keys.active, self.keys.priority]
-                script_keys += [self.keys.job(job_id)] if job_id else []
-                args = [ck, job_id, now, INELIGIBLE_SCORE, QUEUED]
-                for export, event_id in group:
-                    args += [event_id or "", export.npz_path, export.samples, export.board_type, export.num_players]
-                self._record(keys=script_keys, args=args, client=pipe)
-            actions = [a.decode() for a in pipe.execute()]
+        config_keys = [group[0][0].config_key for group in groups]
+        active = [_text(v) or "" for v in self.conn.hmget(self.keys.active, config_keys)]
+        keys: list[str] = [self.keys.active, self.keys.priority]
+        args: list[object] = [repr(time.time()), INELIGIBLE_SCORE, QUEUED]
+        for ck, job_id, group in zip(config_keys, active, groups):
+            keys += [self.keys.config(ck), self.keys.job(job_id)] if job_id else [self.keys.config(ck)]
+            args += [ck, job_id, len(group)]
+            for export, event_id in group:
+                args += [event_id or "", export.npz_path, export.samples, export.board_type, export.num_players]
+        actions = [a.decode() for a in self._record(keys=keys, args=args)]
         return [self.record_exports(group) if action == "moved" else action
                 for action, group in zip(actions, groups)]
 

@@ -259,7 +259,8 @@ class TrainingScheduler:
             with self.conn.pipeline(transaction=False) as pipe:  # independent per-config writes
                 for p in scored:
                     pipe.hset(self.keys.config(p.config_key), mapping=p.as_fields(now))
-                    pipe.zadd(self.keys.priority, {p.config_key: p.score})
+                if scored:
+                    pipe.zadd(self.keys.priority, {p.config_key: p.score for p in scored})
                 pipe.execute()
         return len(keys)
 
