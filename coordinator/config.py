@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
-
 from coordinator.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("config/distributed_hosts.yaml")
@@ -174,6 +172,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
 
 
 def _load_file(path: Path) -> Settings:
+    import yaml  # here: every RQ work horse imports this module and never reads a file (~11 ms a job)
+
     source = str(path)
     try:
         raw = yaml.safe_load(path.read_text())
