@@ -24,8 +24,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as CallTimeout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -34,6 +37,7 @@ from coordinator.jobs import decode_hash
 from coordinator.keys import Keys
 
 LEASE_TTL_S = 10.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -151,7 +155,11 @@ class LeaseManager:
 
 class LeaseKeeper:
     """Renews a lease every TTL/3 in a thread; calls `on_lost(reason)` once when it is lost, or when
-    `poll()` (asked every `poll_s`, e.g. "was this job cancelled?") returns a reason to stop."""
+    `poll()` (asked every `poll_s`, e.g. "was this job cancelled?") returns a reason to stop.
+
+    Every Redis call runs with a deadline (the TTL left since the last renewal): a client that
+    retries across a failover (up to 30 s with Sentinel) must not keep the trainer going past the
+    lease's TTL, when another worker may already hold it."""
 
     def __init__(self, manager: LeaseManager, lease: Lease, on_lost: Callable[[str], None],
                  poll: Callable[[], str | None] | None = None, poll_s: float = 1.0,
@@ -165,6 +173,7 @@ class LeaseKeeper:
         self.lost_reason: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{lease.config_key}", daemon=True)
+        self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lease-call-{lease.config_key}")
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -173,6 +182,12 @@ class LeaseKeeper:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._calls.shutdown(wait=False)  # a call still retrying ends by itself
+
+    def _call(self, fn: Callable[[], T], last_ok: float) -> T:
+        """`fn()`, or CallTimeout once the lease's TTL since `last_ok` has run out."""
+        left = self.lease.ttl_ms / 1000.0 - (self.clock() - last_ok)
+        return self._calls.submit(fn).result(timeout=max(0.0, left))
 
     def _run(self) -> None:
         renew_every = self.lease.ttl_ms / 3000.0
@@ -184,17 +199,20 @@ class LeaseKeeper:
                 self._lost("lease_lost: this worker was paused past the lease TTL")
                 return
             try:
-                reason = self.poll() if self.poll else None
+                reason = self._call(self.poll, last_ok) if self.poll else None
                 if reason:
                     self._lost(reason)
                     return
                 if self.clock() - last_try < renew_every:
                     continue
                 last_try = self.clock()
-                if self.manager.renew(self.lease):
+                if self._call(lambda: self.manager.renew(self.lease), last_ok):
                     last_ok = self.clock()
                     continue
                 self._lost("lease_lost: another holder took it over")
+                return
+            except CallTimeout:
+                self._lost("lease_lost: Redis did not answer within the lease's TTL")
                 return
             except redis.RedisError as exc:
                 if self.clock() - last_ok >= self.lease.ttl_ms / 1000.0:

@@ -94,6 +94,22 @@ def test_keeper_renews_and_reports_a_lost_lease(fake_conn, keys):
     assert keeper.lost_reason.startswith("lease_lost")
 
 
+def test_keeper_gives_up_when_a_renewal_hangs_past_the_ttl(fake_conn, keys):
+    """A client retrying across a failover can block a renewal for 30 s: the trainer must still be
+    stopped once the TTL has run out, since another worker may hold the lease by then."""
+    manager = LeaseManager(fake_conn, keys, ttl_s=0.6)
+    lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
+    release = threading.Event()
+    manager.renew = lambda _lease: release.wait(10) or True  # Redis does not answer
+    lost, began = threading.Event(), time.monotonic()
+    with LeaseKeeper(manager, lease, on_lost=lambda reason: lost.set()) as keeper:
+        assert lost.wait(3)
+        took = time.monotonic() - began
+        release.set()
+    assert keeper.lost_reason == "lease_lost: Redis did not answer within the lease's TTL"
+    assert 0.5 < took < 1.5  # about one TTL after the last renewal, not when the call gives up
+
+
 def test_held_leases_are_listed_with_holder_fence_and_ttl(leases):
     leases.try_acquire("hex8_2p", "gpu-1", "worker-a", "job-1")
     [held] = leases.held()
