@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbusy window, most frequent: {', '.join(f'{k} {v / args.window_s:.1f}/s' for k, v in top)}")
     print_figures(per_running=per_job, orchestrator_idle=idle - workers_idle,
                   per_idle_worker=workers_idle / args.workers, worker_rss=sum(rss) / len(rss),
-                  job_bytes=sizes["job record"] + sizes["RQ job hash"], entry_bytes=sizes["stream entry"])
+                  job_bytes=sizes["job record"], rq_job_bytes=sizes["RQ job hash"], entry_bytes=sizes["stream entry"])
     return 0
 
 

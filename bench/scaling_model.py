@@ -4,6 +4,9 @@ assumption stated in the table."""
 
 from __future__ import annotations
 
+from coordinator.config import Settings
+from coordinator.jobs import RQ_RESULT_TTL_S
+
 NODES, GPUS_PER_NODE = 1_000, 8
 CONFIGS_TODAY = 12
 TRAINING_HOURS = 3.0  # the seed's typical run
@@ -11,18 +14,20 @@ EVENTS_PER_JOB = 53  # TRAINING_STARTED + ~50 TRAINING_PROGRESS (one per epoch) 
 EXPORT_EVERY_S = 300.0  # each config's self-play export, assumed
 CONNECTIONS_PER_WORKER = 2  # rq worker main + its pubsub; a work horse adds one while its job runs
 REDIS_HEADROOM = 0.5  # plan for half the single-connection pipelined rate
-NEEDED = ("per_running", "orchestrator_idle", "per_idle_worker", "worker_rss", "job_bytes", "entry_bytes",
-          "commands_per_job", "cpu_per_job_s", "ingest_12", "ingest_1000", "raw_xadd")
+NEEDED = ("per_running", "orchestrator_idle", "per_idle_worker", "worker_rss", "job_bytes", "rq_job_bytes",
+          "entry_bytes", "commands_per_job", "cpu_per_job_s", "ingest_12", "ingest_1000", "raw_xadd")
 
 
-def _load(f: dict[str, float], running: int, workers: int, configs: int) -> dict[str, float]:
+def _load(f: dict[str, float], running: int, workers: int, configs: int, retention_days: float) -> dict[str, float]:
     jobs_s = running / (TRAINING_HOURS * 3600)
     events_s = configs / EXPORT_EVERY_S + jobs_s * EVENTS_PER_JOB
     commands_s = (running * f["per_running"] + jobs_s * f["commands_per_job"] + f["orchestrator_idle"]
                   + (workers - running) * f["per_idle_worker"])
     return {"jobs_s": jobs_s, "events_s": events_s, "commands_s": commands_s,
             "connections": workers * CONNECTIONS_PER_WORKER + running + 2,  # + the orchestrator's
-            "job_mb_day": jobs_s * 86_400 * f["job_bytes"] / 2**20, "cpu": jobs_s * f["cpu_per_job_s"]}
+            "history_mb": jobs_s * (f["job_bytes"] * retention_days * 86_400
+                                    + f["rq_job_bytes"] * RQ_RESULT_TTL_S) / 2**20,
+            "cpu": jobs_s * f["cpu_per_job_s"]}
 
 
 def render(f: dict[str, float]) -> str:
@@ -30,8 +35,9 @@ def render(f: dict[str, float]) -> str:
     if missing:
         return f"## Scaling model\n\nNot computed: figures missing from this run ({', '.join(missing)}).\n"
     workers = NODES * GPUS_PER_NODE
-    today = _load(f, CONFIGS_TODAY, workers, CONFIGS_TODAY)
-    full = _load(f, workers, workers, workers)
+    retention = Settings().training.job_retention_days
+    today = _load(f, CONFIGS_TODAY, workers, CONFIGS_TODAY, retention)
+    full = _load(f, workers, workers, workers, retention)
     ceiling = (f["raw_xadd"] * REDIS_HEADROOM - f["orchestrator_idle"]) / f["per_running"]
     rows = [
         ("running trainings", f"{CONFIGS_TODAY} (one per config)", f"{workers:,}", "min(GPU slots, configs)"),
@@ -44,8 +50,9 @@ def render(f: dict[str, float]) -> str:
          f"{f['orchestrator_idle']:.0f} + idle workers x {f['per_idle_worker']:.2f}"),
         ("Redis connections", f"{today['connections']:,}", f"{full['connections']:,}",
          f"{CONNECTIONS_PER_WORKER} per worker + 1 per running job: above Redis' default maxclients 10,000"),
-        ("job history growth", f"{today['job_mb_day']:.1f} MB/day", f"{full['job_mb_day']:,.0f} MB/day",
-         f"jobs/day x {f['job_bytes']:,.0f} B (our record + RQ's hash); records are kept"),
+        ("job history held", f"{today['history_mb']:,.0f} MB", f"{full['history_mb']:,.0f} MB",
+         f"jobs/day x ({f['job_bytes']:,.0f} B record x {retention:g} days (`training.job_retention_days`) "
+         f"+ {f['rq_job_bytes']:,.0f} B RQ hash x {RQ_RESULT_TTL_S / 86_400:g} days)"),
         ("event stream", f"{100_000 * f['entry_bytes'] / 2**20:.0f} MB", f"{100_000 * f['entry_bytes'] / 2**20:.0f} MB",
          f"stream_maxlen 100,000 x {f['entry_bytes']:.0f} B"),
         ("worker memory per node", f"{GPUS_PER_NODE * f['worker_rss'] / 2**20:.0f} MiB",
@@ -69,8 +76,9 @@ Where one Redis stops: planning for {REDIS_HEADROOM:.0%} of the single-connectio
 measured here ({f['raw_xadd']:,.0f} commands/s), one Redis carries about {ceiling:,.0f} running
 trainings at {f['per_running']:.2f} commands/s each (lease renewal every TTL/3, the cancel poll every
 second, the reaper's two reads per running job every `reaper_interval_s`, RQ heartbeats, progress).
-Before that, the connection count needs `maxclients` (and the file-descriptor limit) raised, and the
-job history needs a retention policy at cluster scale. Events are never the bottleneck: even with
+Before that, the connection count needs `maxclients` (and the file-descriptor limit) raised, and at
+full scale the job history wants a shorter `training.job_retention_days` (Redis holds it in RAM).
+Events are never the bottleneck: even with
 every slot busy the stream carries {full['events_s']:.0f} events/s against an ingest of
 {f['ingest_1000']:,.0f}/s. Beyond one Redis: raise `reaper_interval_s` (the largest per-job term
 after renewals), then shard configs across coordinators, each with its own Redis or key prefix and
