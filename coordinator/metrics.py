@@ -50,6 +50,10 @@ class Metrics:
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
 
+    def observe_exports(self, count: int) -> None:
+        """`count` NPZ_EXPORT_COMPLETE events applied (one counter update per batch, not per event)."""
+        self.consumed.labels(ev.NPZ_EXPORT_COMPLETE).inc(count)
+
     def observe(self, event: ev.Event, dead: bool) -> None:
         kind = event.type if event.type in ev.KNOWN_TYPES else "unknown"
         if dead:

@@ -289,9 +289,8 @@ class TrainingOrchestrator:
             log.exception("recording exports of %s failed", ", ".join(pending))
             actions = []
         for (config_key, items), action in zip(groups, actions):
-            for event, _ in items:
-                self.metrics.observe(event, dead=False)
-                done.append(event.id)
+            self.metrics.observe_exports(len(items))
+            done.extend(event.id for event, _ in items)
             if action != "duplicate":
                 touched.add(config_key)
             log.info("%s: %d export(s), newest %s: %s", config_key, len(items), items[-1][1].npz_path, action)

@@ -7,6 +7,7 @@ field size, valid UTF-8, and a msgpack `payload` of bounded size and depth (neve
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class Schema:
     # Alternatives: at least one of each group must be present (producer variants).
     one_of: tuple[tuple[str, ...], ...] = ()
     open_fields: bool = True  # extra fields are kept (exporters add their own metadata)
+
+    @functools.cached_property
+    def checks(self) -> dict[str, Check]:
+        """Every field's check, required ones last (they win on a name in both)."""
+        return {**self.optional, **self.required}
 
 
 BOARD = _one_of(*BOARDS)
@@ -165,6 +171,6 @@ def validate(event: ev.Event) -> None:
     for group in schema.one_of:
         if not any(f.get(name) for name in group):
             raise EventError(f"missing field: one of {', '.join(group)}")
-    for name, check in {**schema.optional, **schema.required}.items():
+    for name, check in schema.checks.items():
         if f.get(name):
             check(name, f[name])
