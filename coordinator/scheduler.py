@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from coordinator.config import BreakerSettings, SchedulerSettings
-from coordinator.jobs import decode_hash
 from coordinator.keys import Keys
 
 STARVING_BASE = 1000.0
@@ -42,6 +41,10 @@ FACTORS = ("curriculum", "staleness", "freshness", "elo_velocity")
 SCORE_FIELDS = ("score", "eligible", "base_eligible", "rest", "starving", "why", "flags", "scored_at",
                 *(f"f_{name}" for name in FACTORS), *(f"c_{name}" for name in FACTORS),
                 "hours_since_training", "hours_since_export", "elo_per_hour")
+
+
+INPUT_FIELDS = ("curriculum_weight", "new_samples", "exported_at", "first_seen_at", "last_trained_at",
+                "quality_blocked_at", "quality_blocked_until", "last_failed_at")  # what from_hash reads
 
 
 @dataclass(frozen=True)
@@ -234,14 +237,15 @@ class TrainingScheduler:
         with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
             pipe.hmget(self.keys.active, config_keys) if config_keys else pipe.ping()
             for config_key in config_keys:
-                pipe.hgetall(self.keys.config(config_key))
+                pipe.hmget(self.keys.config(config_key), INPUT_FIELDS)  # not the stored explanation
                 pipe.lrange(self.keys.elo(config_key), 0, -1)
                 pipe.hmget(self.keys.breaker("config", config_key), "state", "opened_at")
             active, *rest = pipe.execute()
         active = active if config_keys else []
         inputs = []
         for i, config_key in enumerate(config_keys):
-            raw, elo, (state, opened_at) = decode_hash(rest[3 * i]), rest[3 * i + 1], rest[3 * i + 2]
+            raw = {name: v.decode() for name, v in zip(INPUT_FIELDS, rest[3 * i]) if v is not None}
+            elo, (state, opened_at) = rest[3 * i + 1], rest[3 * i + 2]
             job = active[i].decode() if active[i] else None
             until = float(opened_at) + self.breakers.cooldown_s if state == b"open" and opened_at else None
             inputs.append(ConfigInputs.from_hash(config_key, raw, job, (_elo_point(p) for p in elo), until))

@@ -256,3 +256,26 @@ def run_dispatch_order(conn, make_settings, keys, weights: dict[str, float]) -> 
         started.append(config_key)
         running = (job_id, config_key, take_job(orch, job_id, config_key, "gpu-1"))
     return started
+
+
+def test_rescore_reads_every_field_the_inputs_use():
+    """load_inputs reads only INPUT_FIELDS (HMGET, not the stored explanation): from_hash must
+    not use a field missing from that list."""
+    from coordinator.scheduler import INPUT_FIELDS, ConfigInputs
+
+    class Recorder(dict):
+        def __init__(self) -> None:
+            super().__init__()
+            self.asked: set[str] = set()
+
+        def get(self, key, default=None):
+            self.asked.add(key)
+            return super().get(key, default)
+
+        def __getitem__(self, key):
+            self.asked.add(key)
+            return super().__getitem__(key)
+
+    raw = Recorder()
+    ConfigInputs.from_hash("hex8_2p", raw, None, [])
+    assert raw.asked and raw.asked <= set(INPUT_FIELDS)
