@@ -15,26 +15,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timezone
 from pathlib import Path
 
 import redis
 import yaml
-from rq import Queue, get_current_job
+from rq import Queue
 from rq.job import Job, JobStatus
+from rq.utils import utcparse
 
+from bench.floor_jobs import FLOOR_KEY
 from coordinator.events import NPZ_EXPORT_COMPLETE, publish
 from coordinator.jobs import JobStore
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
 
-FLOOR_KEY = "bench:floor:started_at"
 IDLE_PAUSE_S = 0.05
-
-
-def record_start() -> None:
-    """The floor's job: note when its first line ran."""
-    get_current_job().connection.set(FLOOR_KEY, repr(time.time()))
+FLOOR_PARTS: list[float] = []  # the floor's RQ work horse started -> its job's first line
 
 
 def wait_until(predicate, timeout_s: float = 30.0):
@@ -47,7 +45,8 @@ def wait_until(predicate, timeout_s: float = 30.0):
     raise TimeoutError("benchmark step did not finish")
 
 
-def ours_once(conn: redis.Redis, keys: Keys, store: JobStore, npz: Path, i: int) -> float:
+def ours_once(conn: redis.Redis, keys: Keys, store: JobStore, npz: Path, i: int) -> tuple[float, ...]:
+    """(total, XADD -> job created, created -> RQ work horse started, horse -> leases held), seconds."""
     sent = time.time()
     publish(conn, keys, NPZ_EXPORT_COMPLETE,
             {"board_type": "hex8", "num_players": 2, "npz_path": str(npz), "samples": 1000 + i})
@@ -56,16 +55,20 @@ def ours_once(conn: redis.Redis, keys: Keys, store: JobStore, npz: Path, i: int)
     wait_until(lambda: conn.hget(keys.job(job_id), "state") in (b"complete", b"failed"))
     wait_until(lambda: store.active_job("hex8_2p") is None)
     wait_idle(conn, job_id)
-    return started - sent
+    created = float(conn.hget(keys.job(job_id), "created_at"))
+    horse = utcparse(conn.hget(f"rq:job:{job_id}", "started_at").decode()).replace(tzinfo=timezone.utc).timestamp()
+    return started - sent, created - sent, horse - created, started - horse
 
 
 def floor_once(conn: redis.Redis, queue: Queue) -> float:
     conn.delete(FLOOR_KEY)
     sent = time.time()
-    job = queue.enqueue("bench.event_to_start.record_start")
-    started = float(wait_until(lambda: conn.get(FLOOR_KEY))) - sent
+    job = queue.enqueue("bench.floor_jobs.record_start")
+    started = float(wait_until(lambda: conn.get(FLOOR_KEY)))
     wait_idle(conn, job.id)
-    return started
+    horse = utcparse(conn.hget(f"rq:job:{job.id}", "started_at").decode()).replace(tzinfo=timezone.utc).timestamp()
+    FLOOR_PARTS.append(started - horse)
+    return started - sent
 
 
 def wait_idle(conn: redis.Redis, rq_job_id: str) -> None:
@@ -105,15 +108,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             floor_once(conn, queue)  # warm-up: worker connected, modules imported
             ours_once(conn, keys, store, npz, -1)
-            ours, floor = [], []
+            parts, floor = [], []
             for i in range(args.samples):
-                ours.append(ours_once(conn, keys, store, npz, i))
+                parts.append(ours_once(conn, keys, store, npz, i))
                 floor.append(floor_once(conn, queue))
         finally:
             stop_workers([worker])
             service.terminate()
             service.wait()
-    print_table(ours, floor)
+    print_table([p[0] for p in parts], floor)
+    steps = ("XADD -> job created (orchestrator)", "created -> work horse started (RQ)",
+             "horse -> leases held (run_training)")
+    print("\nours, median of each step: " + ", ".join(
+        f"{name} {statistics.median(p[i + 1] for p in parts) * 1000:.1f} ms" for i, name in enumerate(steps))
+        + f"; floor: work horse started -> job's first line {statistics.median(FLOOR_PARTS) * 1000:.1f} ms")
     return 0
 
 

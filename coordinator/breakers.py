@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import redis
 
 from coordinator.config import BreakerSettings
 from coordinator.keys import Keys
+from coordinator.lua import script
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -35,7 +35,7 @@ class CircuitBreakers:
         self.settings = settings or BreakerSettings()
         self.stream_maxlen = stream_maxlen
         self.clock = clock
-        self._record = conn.register_script((Path(__file__).parent / "breaker_record.lua").read_text())
+        self._record = script(conn, "breaker_record.lua")
 
     def record(self, kind: str, name: str, success: bool) -> str:
         s = self.settings

@@ -41,8 +41,11 @@ from coordinator.job_states import (
     csv_from,
 )
 from coordinator.keys import TRAINING_QUEUE, Keys
+from coordinator.lua import script
 
 MAX_WATCH_RETRIES = 20
+# What a new job copies from its config's hash (`_create`).
+CREATE_FIELDS = ("board_type", "num_players", "npz_path", "samples", "data_version", "last_event_id")
 RQ_RESULT_TTL_S = 7 * 24 * 3600
 # RQ's own timeout is a backstop behind the worker's: trainer timeout + grace + this.
 RQ_TIMEOUT_MARGIN_S = 300
@@ -113,11 +116,10 @@ class JobStore:
         self.conn = conn
         self.keys = keys
         self.stream_maxlen = stream_maxlen
-        here = Path(__file__).parent
-        self._start = conn.register_script((here / "job_start.lua").read_text())
-        self._finish = conn.register_script((here / "job_finish.lua").read_text())
-        self._transition = conn.register_script((here / "job_transition.lua").read_text())
-        self._record = conn.register_script((here / "record_exports.lua").read_text())
+        self._start = script(conn, "job_start.lua")
+        self._finish = script(conn, "job_finish.lua")
+        self._transition = script(conn, "job_transition.lua")
+        self._record = script(conn, "record_exports.lua")
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, str]:
@@ -172,23 +174,33 @@ class JobStore:
         return self._retry_watch(lambda: self._record_once(exports), f"export of {config_key}")
 
     def record_exports_many(self, groups: list[list[tuple[Export, str | None]]]) -> list[str]:
-        """`record_exports` for many configs (one group each) in two round trips: read their active
-        jobs, then one `record_exports.lua` call for them all. A config whose active job changed
-        in between goes through `record_exports` alone. One action per group, in order."""
+        """`record_exports` for many configs (one group each), in one `record_exports.lua` call
+        that assumes no config has a job; those that do come back "moved" and go again with their
+        jobs (two more round trips). A job that changed in between: `record_exports` alone. One
+        action per group, in order."""
+        actions = self._record_groups(groups, [""] * len(groups))
+        moved = [i for i, action in enumerate(actions) if action == "moved"]
+        if moved:
+            jobs = [_text(v) or "" for v in self.conn.hmget(self.keys.active,
+                                                             [groups[i][0][0].config_key for i in moved])]
+            for i, action in zip(moved, self._record_groups([groups[i] for i in moved], jobs)):
+                actions[i] = action
+        return [self.record_exports(group) if action == "moved" else action
+                for action, group in zip(actions, groups)]
+
+    def _record_groups(self, groups: list[list[tuple[Export, str | None]]], jobs: list[str]) -> list[str]:
+        """One `record_exports.lua` call: each group with the active job id the caller expects."""
         if not groups:
             return []
-        config_keys = [group[0][0].config_key for group in groups]
-        active = [_text(v) or "" for v in self.conn.hmget(self.keys.active, config_keys)]
         keys: list[str] = [self.keys.active, self.keys.priority]
         args: list[object] = [repr(time.time()), INELIGIBLE_SCORE, QUEUED]
-        for ck, job_id, group in zip(config_keys, active, groups):
+        for job_id, group in zip(jobs, groups):
+            ck = group[0][0].config_key
             keys += [self.keys.config(ck), self.keys.job(job_id)] if job_id else [self.keys.config(ck)]
             args += [ck, job_id, len(group)]
             for export, event_id in group:
                 args += [event_id or "", export.npz_path, export.samples, export.board_type, export.num_players]
-        actions = [a.decode() for a in self._record(keys=keys, args=args)]
-        return [self.record_exports(group) if action == "moved" else action
-                for action, group in zip(actions, groups)]
+        return [a.decode() for a in self._record(keys=keys, args=args)]
 
     def _record_once(self, exports: list[tuple[Export, str | None]]) -> str:
         ck, now = exports[0][0].config_key, time.time()
@@ -228,10 +240,16 @@ class JobStore:
         config_key = self.keys.config(ck)
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.watch(self.keys.active, config_key)
-            current = _text(pipe.hget(self.keys.active, ck))
+            # Both reads in one round trip, on another connection: WATCH still sees any change made
+            # after it, whoever reads.
+            with self.conn.pipeline(transaction=False) as reads:
+                reads.hget(self.keys.active, ck)
+                reads.hmget(config_key, CREATE_FIELDS)
+                active, values = reads.execute()
+            current = _text(active)
             if current:
                 return SubmitResult(current, "exists")
-            cfg = decode_hash(pipe.hgetall(config_key))
+            cfg = {name: v.decode() for name, v in zip(CREATE_FIELDS, values) if v is not None}
             if not cfg.get("npz_path"):
                 raise JobError(ck, "no export recorded for this config")
             job_id, now = new_job_id(ck), time.time()

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as CallTimeout
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 import redis
@@ -35,6 +34,7 @@ import redis
 from coordinator.errors import LeaseUnavailable
 from coordinator.jobs import decode_hash
 from coordinator.keys import Keys
+from coordinator.lua import script
 
 LEASE_TTL_S = 10.0
 T = TypeVar("T")
@@ -55,10 +55,9 @@ class LeaseManager:
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
         self.default_slots = default_slots
-        here = Path(__file__).parent
-        self._acquire = conn.register_script((here / "lease_acquire.lua").read_text())
-        self._renew = conn.register_script((here / "lease_renew.lua").read_text())
-        self._release = conn.register_script((here / "lease_release.lua").read_text())
+        self._acquire = script(conn, "lease_acquire.lua")
+        self._renew = script(conn, "lease_renew.lua")
+        self._release = script(conn, "lease_release.lua")
 
     def try_acquire(self, config_key: str, node: str, worker: str, job_id: str) -> Lease:
         """One attempt; raises LeaseUnavailable with the reason (config, slots, node_down)."""

@@ -46,7 +46,8 @@ CONSUMER_ENV = "RINGRIFT_CONSUMER"
 ERROR_BACKOFF_S = 0.5
 MAX_DISPATCH_PER_CALL = 1000
 MAX_ERROR_BACKOFF_S = 30.0
-RESCORE_DEBOUNCE_S = 0.5  # during a burst of exports, rescore at most this often
+RESCORE_DEBOUNCE_S = 0.5
+SLOTS_CACHE_S = 5.0  # during a burst of exports, rescore at most this often
 NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
 
 
@@ -88,6 +89,7 @@ class TrainingOrchestrator:
         self._next_reclaim = 0.0
         self._next_periodic = 0.0
         self._dirty: set[str] = set()  # configs whose score inputs changed, not yet rescored
+        self._slots: tuple[int, float] | None = None  # (usable GPU slots, when read)
         self._rescored_at = 0.0
 
     # -- the seed's asyncio API -----------------------------------------------------------------
@@ -140,11 +142,18 @@ class TrainingOrchestrator:
 
     def tick(self) -> list[str]:
         """Rescore every config (the time factors move) and fill free slots: the periodic work."""
+        self._slots = None
         self.scheduler.rescore()
         return self.dispatch()
 
     def total_slots(self) -> int:
-        return self.leases.usable_slots()
+        """GPU slots on nodes that are not down, read at most every SLOTS_CACHE_S: every dispatch
+        needs it, and it changes only with a node's health (a health event here drops the cache;
+        one handled by another coordinator is seen within SLOTS_CACHE_S)."""
+        now = time.monotonic()
+        if self._slots is None or now - self._slots[1] >= SLOTS_CACHE_S:
+            self._slots = (self.leases.usable_slots(), now)
+        return self._slots[0]
 
     def dispatch(self) -> list[str]:
         """Fill free GPU slots (plus the prefetch) with the highest-priority configs; new job ids."""
@@ -346,6 +355,7 @@ class TrainingOrchestrator:
         """A node's status (`node`, `status`, optional `gpus`), or RingRift's overall form with
         `alive_peers`: a list of node names (known nodes missing from it are down) or a count."""
         f = event.fields
+        self._slots = None  # usable slots are read again at the next dispatch
         if f.get("node"):
             status = f.get("status", "")
             if status not in NODE_STATUSES:

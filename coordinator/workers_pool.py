@@ -19,6 +19,8 @@ from coordinator.errors import CoordinatorError
 from coordinator.keys import TRAINING_QUEUE
 
 STOP_TIMEOUT_S = 15.0
+# `rq worker` takes its worker class from this variable too: the node command itself is unchanged.
+WORKER_CLASS = "workers.worker.TrainingWorker"
 
 
 def rq_command() -> list[str]:
@@ -37,9 +39,10 @@ def start_worker(
     redis_url: str, name: str, node: str, extra_env: Mapping[str, str] | None = None,
     extra_args: tuple[str, ...] = (), log_path: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`rq worker training --url URL --name NAME` with RINGRIFT_NODE set; output to `log_path`.
+    """`rq worker training --url URL --name NAME` with RINGRIFT_NODE and RQ_WORKER_CLASS (the
+    preloading worker class) set; output to `log_path`.
     A Sentinel URL goes through `-c workers.rq_settings` (RQ takes Sentinel only from settings)."""
-    env = {**os.environ, "RINGRIFT_NODE": node, **(extra_env or {})}
+    env = {**os.environ, "RQ_WORKER_CLASS": WORKER_CLASS, "RINGRIFT_NODE": node, **(extra_env or {})}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
     if redis_url.startswith("redis+sentinel://"):
         env["REDIS_URL"] = redis_url

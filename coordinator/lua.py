@@ -1,0 +1,20 @@
+"""The Lua scripts that sit beside the modules that run them (`job_start.lua`, `lease_acquire.lua`,
+...), read when this module is imported: every RQ work horse builds a JobStore and a LeaseManager
+per job, and a horse forked from a worker that imported this module reads no file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+from redis.commands.core import Script
+
+HERE = Path(__file__).parent
+
+
+SOURCES = {path.name: path.read_text() for path in HERE.glob("*.lua")}
+
+
+def script(conn: redis.Redis, name: str) -> Script:
+    """`conn.register_script` for the file `coordinator/<name>`."""
+    return conn.register_script(SOURCES[name])
