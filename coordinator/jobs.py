@@ -341,8 +341,12 @@ class JobStore:
 
     def cancel(self, job_id: str) -> str:
         """Cancel a job: at once when it waits ("cancelled"), through its worker when it runs
-        ("requested": the worker stops the trainer within seconds); "ended" when already final."""
+        ("requested": the worker stops the trainer within seconds); "ended" when already final.
+        Its config then waits for a newer export before it is scheduled again."""
         record = self.get(job_id)
+        if record["state"] in (QUEUED, RETRYING, LEASED, RUNNING):
+            # Before the job ends: the scheduler must not hand the same data straight back.
+            self.conn.hset(self.keys.config(record["config_key"]), "cancelled_at", repr(time.time()))
         if record["state"] in (QUEUED, RETRYING):
             if self.transition(job_id, record["config_key"], CANCELLED, {"reason": "cancelled"},
                                (TRAINING_CANCELLED, {"state_was": record["state"]}),

@@ -44,7 +44,7 @@ SCORE_FIELDS = ("score", "eligible", "base_eligible", "rest", "starving", "why",
 
 
 INPUT_FIELDS = ("curriculum_weight", "new_samples", "exported_at", "first_seen_at", "last_trained_at",
-                "quality_blocked_at", "quality_blocked_until", "last_failed_at")  # what from_hash reads
+                "quality_blocked_at", "quality_blocked_until", "last_failed_at", "cancelled_at")  # from_hash reads
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class ConfigInputs:
     quality_blocked_at: float | None = None
     quality_blocked_until: float | None = None
     last_failed_at: float | None = None
+    cancelled_at: float | None = None  # an operator cancelled its job: waits for newer data
     breaker_open_until: float | None = None  # the config's circuit breaker: open until then
     active_job: str | None = None
     elo_points: tuple[tuple[float, float], ...] = ()  # (unix time, elo)
@@ -80,6 +81,7 @@ class ConfigInputs:
             quality_blocked_at=number("quality_blocked_at"),
             quality_blocked_until=number("quality_blocked_until"),
             last_failed_at=number("last_failed_at"),
+            cancelled_at=number("cancelled_at"),
             breaker_open_until=breaker_open_until,
             active_job=active_job,
             elo_points=tuple(elo_points),
@@ -184,6 +186,8 @@ def _blockers(inputs: ConfigInputs, s: SchedulerSettings, now: float) -> list[st
     failed = inputs.last_failed_at
     if failed and now - failed < s.failure_cooldown_s and (inputs.exported_at or 0) <= failed:
         why.append(f"last training failed; retry in {s.failure_cooldown_s - (now - failed):.0f} s or on new data")
+    if inputs.cancelled_at and (inputs.exported_at or 0) <= inputs.cancelled_at:
+        why.append("its last job was cancelled; waits for a newer export")
     if inputs.new_samples < s.min_new_samples:
         why.append(f"{inputs.new_samples} new samples < minimum {s.min_new_samples}")
     return why

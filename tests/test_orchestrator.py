@@ -230,3 +230,17 @@ def test_a_burst_of_exports_is_rescored_once_it_ends_then_dispatched(fake_conn, 
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
     assert orch.process_once(block_ms=None) == 0  # caught up: the burst's configs are scored and dispatched
     assert orch.jobs.active_job("square19_2p") and orch.jobs.active_job("hex8_3p")
+
+
+def test_a_cancelled_config_waits_for_a_newer_export(orchestrator, fake_conn, keys):
+    export(fake_conn, keys)
+    orchestrator.process_once(block_ms=None)
+    job_id = orchestrator.jobs.active_job("hex8_2p")
+    assert orchestrator.jobs.cancel(job_id) == "cancelled"
+    orchestrator.process_once(block_ms=None)  # TRAINING_CANCELLED: rescored, dispatched
+    assert orchestrator.jobs.active_job("hex8_2p") is None  # not handed the same data straight back
+    assert b"cancelled" in fake_conn.hget(keys.config("hex8_2p"), "why")
+    time.sleep(0.01)
+    export(fake_conn, keys, path="/data/v2.npz")
+    orchestrator.process_once(block_ms=None)
+    assert orchestrator.jobs.active_job("hex8_2p") not in (None, job_id)
