@@ -3,8 +3,9 @@
 The states and their legal moves are in `job_states.py`. Each change is one atomic step that
 also publishes its event, so the record and the stream never disagree:
 
-- record_export (WATCH/MULTI, bounded retries): stores an export on its config (path, samples,
-  new-sample count); a queued job of that config is pointed at the newer file.
+- record_exports (`record_exports.lua`, many configs per call): stores exports on their configs
+  (path, samples, new-sample count, redeliveries skipped by stream id); a queued job of that
+  config is pointed at the newer file.
 - create_job (WATCH/MULTI): unless the config has a queued or running job, writes the job record
   and enqueues it on RQ's `training` queue in the same transaction. The scheduler decides when.
 - start (`job_start.lua`): queued -> leased by an attempt holding the leases, attempt + 1, its
@@ -168,10 +169,15 @@ class JobStore:
         return self.record_exports([(export, event_id)])
 
     def record_exports(self, exports: list[tuple[Export, str | None]]) -> str:
-        """Several consecutive exports of one config, applied in one transaction: the newest file
-        wins, every export's samples count, entries applied before are skipped (by stream id)."""
+        """Several consecutive exports of one config, applied at once by `record_exports.lua`: the
+        newest file wins, every export's samples count, entries applied before are skipped (by
+        stream id). Reads the config's active job first; goes again if it changed in between."""
         config_key = exports[0][0].config_key
-        return self._retry_watch(lambda: self._record_once(exports), f"export of {config_key}")
+        for _ in range(MAX_WATCH_RETRIES):
+            [action] = self._record_groups([exports], [self.active_job(config_key) or ""])
+            if action != "moved":
+                return action
+        raise CoordinatorError(f"export of {config_key}: its job kept changing after {MAX_WATCH_RETRIES} tries")
 
     def record_exports_many(self, groups: list[list[tuple[Export, str | None]]]) -> list[str]:
         """`record_exports` for many configs (one group each), in one `record_exports.lua` call
@@ -190,8 +196,6 @@ class JobStore:
 
     def _record_groups(self, groups: list[list[tuple[Export, str | None]]], jobs: list[str]) -> list[str]:
         """One `record_exports.lua` call: each group with the active job id the caller expects."""
-        if not groups:
-            return []
         keys: list[str] = [self.keys.active, self.keys.priority]
         args: list[object] = [repr(time.time()), INELIGIBLE_SCORE, QUEUED]
         for job_id, group in zip(jobs, groups):
@@ -200,37 +204,7 @@ class JobStore:
             args += [ck, job_id, len(group)]
             for export, event_id in group:
                 args += [event_id or "", export.npz_path, export.samples, export.board_type, export.num_players]
-        return [a.decode() for a in self._record(keys=keys, args=args)]
-
-    def _record_once(self, exports: list[tuple[Export, str | None]]) -> str:
-        ck, now = exports[0][0].config_key, time.time()
-        config_key = self.keys.config(ck)
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.active, config_key)
-            current = _text(pipe.hget(self.keys.active, ck))
-            cfg = decode_hash(pipe.hgetall(config_key))
-            fresh = [(e, i) for e, i in exports if not (i and _stream_id_le(i, cfg.get("last_event_id")))]
-            if not fresh:
-                return "duplicate"
-            export, event_id = fresh[-1]
-            state = None
-            if current:
-                pipe.watch(self.keys.job(current))
-                state = _text(pipe.hget(self.keys.job(current), "state"))
-            data = {"npz_path": export.npz_path, "samples": export.samples,
-                    "data_version": int(cfg.get("data_version", 0)) + len(fresh)}
-            pipe.multi()
-            update = {**data, "exported_at": now, "board_type": export.board_type,
-                      "num_players": export.num_players, "last_event_id": event_id}
-            if "first_seen_at" not in cfg:
-                update["first_seen_at"] = now
-            pipe.hset(config_key, mapping=_strings(update))
-            pipe.hincrby(config_key, "new_samples", sum(e.samples for e, _ in fresh))
-            pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE}, nx=True)  # known; the scheduler scores it
-            if state == QUEUED:
-                pipe.hset(self.keys.job(current), mapping=_strings({**data, "updated_at": now}))
-            pipe.execute()
-            return "updated" if state == QUEUED else "recorded"
+        return [a.decode() for a in self._record(keys=keys, args=args)] if groups else []
 
     def create_job(self, settings: Settings, config_key: str, params: TrainingParams) -> SubmitResult:
         """Create and enqueue a job on the config's newest data, unless one is queued or running."""
@@ -407,15 +381,3 @@ def _text(value: bytes | None) -> str | None:
 
 def _strings(mapping: Mapping[str, Any]) -> dict[str, str]:
     return {k: (repr(v) if isinstance(v, float) else str(v)) for k, v in mapping.items() if v is not None}
-
-
-def _stream_id_le(candidate: str, reference: str | None) -> bool:
-    """True when stream id `candidate` is at or before `reference` (ids are `ms-seq`)."""
-    if not reference:
-        return False
-
-    def parse(stream_id: str) -> tuple[int, int]:
-        ms, _, seq = stream_id.partition("-")
-        return int(ms), int(seq or 0)
-
-    return parse(candidate) <= parse(reference)

@@ -10,8 +10,6 @@ import redis
 from redis.commands.core import Script
 
 HERE = Path(__file__).parent
-
-
 SOURCES = {path.name: path.read_text() for path in HERE.glob("*.lua")}
 
 

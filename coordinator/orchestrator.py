@@ -46,8 +46,8 @@ CONSUMER_ENV = "RINGRIFT_CONSUMER"
 ERROR_BACKOFF_S = 0.5
 MAX_DISPATCH_PER_CALL = 1000
 MAX_ERROR_BACKOFF_S = 30.0
-RESCORE_DEBOUNCE_S = 0.5
-SLOTS_CACHE_S = 5.0  # during a burst of exports, rescore at most this often
+RESCORE_DEBOUNCE_S = 0.5  # during a burst of exports, rescore at most this often
+SLOTS_CACHE_S = 5.0  # usable GPU slots are read again after this long
 NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
 
 

@@ -1,7 +1,7 @@
 -- Record a batch's exports, grouped by config, in one call: per config the newest file wins, every
 -- export's samples count, and stream ids at or before the config's last_event_id are redeliveries
--- (skipped). The same rule as JobStore._record_once (the WATCH/MULTI path). Each config is checked
--- and written on its own; the call as a whole is atomic, so nothing else interleaves.
+-- (skipped). Each config is checked and written on its own; the call as a whole is atomic, so
+-- nothing else interleaves.
 -- KEYS[1] the active-jobs hash   KEYS[2] the priority zset
 -- then per config: its config hash, and that config's active job hash when ARGV says it has one
 -- ARGV[1] now   ARGV[2] the ineligible score   ARGV[3] "queued"

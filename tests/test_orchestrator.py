@@ -60,7 +60,7 @@ def test_second_export_while_queued_updates_the_queued_job(orchestrator, fake_co
 
 def test_export_batch_falls_back_when_the_active_job_changed_under_it(orchestrator, fake_conn, keys):
     """record_exports_many reads the active jobs, then runs one script per config: a config whose
-    job appeared in between is written by the WATCH/MULTI path instead, not with stale state."""
+    job appeared in between is written again with the job it has now, not with stale state."""
     from coordinator.events import Export
 
     export(fake_conn, keys, path="/data/v1.npz", samples=100)
