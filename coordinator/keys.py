@@ -6,6 +6,7 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 |--------------------------------------|--------|----------------------------------------------------------|
 | `<prefix>:events`                    | stream | the pipeline event bus (exports, training lifecycle)     |
 | `<prefix>:events:dead`               | stream | events that could not be handled, with `dead_reason`     |
+| `<prefix>:intake`                    | list   | exporters' JSON submissions (RPUSH only), moved onto events |
 | `<prefix>:training:priority`         | zset   | config key -> priority score (highest trains first)      |
 | `<prefix>:training:active`           | hash   | config key -> id of its one queued-or-running job        |
 | `<prefix>:jobs`                      | zset   | job id -> creation time (unix seconds), for listing      |
@@ -48,6 +49,10 @@ class Keys:
     @property
     def dead_letters(self) -> str:
         return f"{self.prefix}:events:dead"
+
+    @property
+    def intake(self) -> str:
+        return f"{self.prefix}:intake"
 
     @property
     def priority(self) -> str:
