@@ -3,7 +3,9 @@
 Two kinds: what this orchestrator sees happen on the stream (events consumed and dead-lettered
 by type, training durations, event-to-start latency, lease acquisitions, fenced publishes), kept
 as counters and histograms in a registry of its own; and the cluster's state, read from Redis at
-scrape time (queue depth, jobs by state, per-config priority and Elo/h, breakers, node slots).
+scrape time (queue depth, jobs by state, per-config priority and Elo/h, breakers of configs and
+nodes, node slots). Every known label of the labelled counters exists at 0 from the start: a
+series Prometheus first sees at 1 never shows in `rate()`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from coordinator.leases import LeaseManager
 
 JOBS_SCANNED = 2000
 CONFIGS_EXPORTED = 2000
-DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 16 * 3600, float("inf"))
+# Seconds (the demo's trainings) to a day (a long run on a big board).
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 2 * 3600, 4 * 3600, 8 * 3600, 16 * 3600,
+                    24 * 3600, float("inf"))
+UNKNOWN_TYPE = "unknown"  # the label of events whose type is not in events.KNOWN_TYPES
+# ringrift_node_slots' status when the node's circuit breaker is open: its GPUs take no jobs.
+BREAKER_OPEN_STATUS = "breaker_open"
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, float("inf"))
 
 
@@ -37,6 +44,9 @@ class Metrics:
                                 registry=r)
         self.dead = Counter("ringrift_events_dead_lettered", "Events moved to the dead-letter stream", ["type"],
                             registry=r)
+        for kind in (*sorted(ev.KNOWN_TYPES), UNKNOWN_TYPE):  # at 0 before the first event of each type
+            self.consumed.labels(kind)
+            self.dead.labels(kind)
         self.duration = Histogram("ringrift_training_duration_seconds", "Duration of completed trainings",
                                   buckets=DURATION_BUCKETS, registry=r)
         self.latency = Histogram("ringrift_event_to_start_seconds", "From the export event to the training start",
@@ -55,7 +65,7 @@ class Metrics:
         self.consumed.labels(ev.NPZ_EXPORT_COMPLETE).inc(count)
 
     def observe(self, event: ev.Event, dead: bool) -> None:
-        kind = event.type if event.type in ev.KNOWN_TYPES else "unknown"
+        kind = event.type if event.type in ev.KNOWN_TYPES else UNKNOWN_TYPE
         if dead:
             self.dead.labels(kind).inc()
             return
@@ -85,8 +95,11 @@ class _ClusterCollector:
         yield GaugeMetricFamily("ringrift_jobs_delayed", "Jobs deferred or retrying after backoff",
                                 value=conn.zcard(keys.delayed_jobs))
         yield self._jobs_by_state()
-        yield from self._configs()
-        yield from self._nodes()
+        breaker = GaugeMetricFamily("ringrift_breaker_open", "1 while a circuit breaker is open",
+                                    labels=["kind", "name"])
+        yield from self._configs(breaker)
+        yield from self._nodes(breaker)
+        yield breaker
         stats = decode_hash(conn.hgetall(keys.stats))
         yield CounterMetricFamily("ringrift_lease_busy", "Jobs handed back because their leases were busy",
                                   value=float(stats.get("lease_busy", 0)))
@@ -102,7 +115,7 @@ class _ClusterCollector:
             family.add_metric([state], count)
         return family
 
-    def _configs(self) -> Iterator[GaugeMetricFamily]:
+    def _configs(self, breaker: GaugeMetricFamily) -> Iterator[GaugeMetricFamily]:
         names = [n.decode() for n in self.conn.zrevrange(self.keys.priority, 0, CONFIGS_EXPORTED - 1)]
         with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
             for name in names:
@@ -111,8 +124,6 @@ class _ClusterCollector:
             replies = pipe.execute()
         priority = GaugeMetricFamily("ringrift_config_priority", "Priority score (-1: not eligible)", labels=["config"])
         elo = GaugeMetricFamily("ringrift_config_elo_per_hour", "Elo velocity", labels=["config"])
-        breaker = GaugeMetricFamily("ringrift_breaker_open", "1 while a circuit breaker is open",
-                                    labels=["kind", "name"])
         now = time.time()
         for i, name in enumerate(names):
             score, velocity = replies[2 * i]
@@ -122,15 +133,25 @@ class _ClusterCollector:
             breaker.add_metric(["config", name], 1.0 if state == OPEN else 0.0)
         yield priority
         yield elo
-        yield breaker
 
-    def _nodes(self) -> Iterator[GaugeMetricFamily]:
+    def _nodes(self, breaker: GaugeMetricFamily) -> Iterator[GaugeMetricFamily]:
+        """Slots per node; a node whose breaker is open reports status `breaker_open` (its workers
+        hand every job back, so its GPUs are not usable) and a `kind="node"` breaker series."""
         lease = self.settings.leases
         nodes = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots).nodes()
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for n in nodes:
+                pipe.hgetall(self.keys.breaker("node", n["node"]))
+            breakers = pipe.execute()
         in_use = GaugeMetricFamily("ringrift_node_slots_in_use", "GPU slots leased", labels=["node"])
-        total = GaugeMetricFamily("ringrift_node_slots", "GPU slots", labels=["node", "status"])
-        for n in nodes:
+        total = GaugeMetricFamily("ringrift_node_slots", f"GPU slots by node status (healthy, degraded, down, "
+                                  f"{BREAKER_OPEN_STATUS})", labels=["node", "status"])
+        now = time.time()
+        for n, raw in zip(nodes, breakers):
+            is_open = breaker_state(decode_hash(raw), self.settings.breakers, now) == OPEN
+            breaker.add_metric(["node", n["node"]], 1.0 if is_open else 0.0)
             in_use.add_metric([n["node"]], float(n["in_use"]))
-            total.add_metric([n["node"], n["status"]], float(n["gpus"]))
+            status = BREAKER_OPEN_STATUS if is_open and n["status"] != "down" else n["status"]
+            total.add_metric([n["node"], status], float(n["gpus"]))
         yield in_use
         yield total
