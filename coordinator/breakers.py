@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 
 import redis
 
-from coordinator.config import BreakerSettings
+from coordinator.config import BreakerSettings, EventSettings, Settings
 from coordinator.keys import Keys
 from coordinator.lua import script
 
@@ -29,13 +29,18 @@ def breaker_state(raw: Mapping[str, str], settings: BreakerSettings, now: float)
 
 class CircuitBreakers:
     def __init__(self, conn: redis.Redis, keys: Keys, settings: BreakerSettings | None = None,
-                 stream_maxlen: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+                 stream_maxlen: int = EventSettings.stream_maxlen, clock: Callable[[], float] = time.time) -> None:
         self.conn = conn
         self.keys = keys
         self.settings = settings or BreakerSettings()
         self.stream_maxlen = stream_maxlen
         self.clock = clock
         self._record = script(conn, "breaker_record.lua")
+
+    @classmethod
+    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings,
+                      clock: Callable[[], float] = time.time) -> CircuitBreakers:
+        return cls(conn, keys, settings.breakers, settings.events.stream_maxlen, clock)
 
     def record(self, kind: str, name: str, success: bool) -> str:
         s = self.settings

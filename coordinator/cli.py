@@ -214,7 +214,7 @@ def _priorities(args: argparse.Namespace, settings) -> int:
     from coordinator.priorities_view import print_priorities
 
     conn = connect(settings.redis.url)
-    scheduler = TrainingScheduler(conn, Keys(settings.redis.prefix), settings.scheduler)
+    scheduler = TrainingScheduler.from_settings(conn, Keys(settings.redis.prefix), settings)
     try:
         weights = _parse_weights(args.weights) if args.weights else None
     except ValueError as exc:
@@ -240,7 +240,7 @@ def _parse_weights(text: str) -> dict[str, float]:
 
 def _locks(args: argparse.Namespace, settings) -> int:
     conn = connect(settings.redis.url)
-    leases = LeaseManager(conn, Keys(settings.redis.prefix), settings.leases.ttl_s, settings.leases.default_node_slots)
+    leases = LeaseManager.from_settings(conn, Keys(settings.redis.prefix), settings)
     held, nodes = leases.held(), leases.nodes()
     if args.json:
         print(json.dumps({"leases": held, "nodes": nodes}, indent=1))
@@ -279,7 +279,7 @@ def _dead_letters(args: argparse.Namespace, settings) -> int:
 def _cancel(args: argparse.Namespace, settings) -> int:
     conn = connect(settings.redis.url)
     try:
-        outcome = JobStore(conn, Keys(settings.redis.prefix)).cancel(args.job_id)
+        outcome = JobStore.from_settings(conn, Keys(settings.redis.prefix), settings).cancel(args.job_id)
     except JobError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -320,7 +320,7 @@ def worker_liveness(conn: redis.Redis, name: str, max_age_s: float) -> tuple[boo
 
 def _jobs(args: argparse.Namespace, settings) -> int:
     conn = connect(settings.redis.url)
-    records = JobStore(conn, Keys(settings.redis.prefix)).list(args.limit)
+    records = JobStore.from_settings(conn, Keys(settings.redis.prefix), settings).list(args.limit)
     if args.json:
         print(json.dumps(records, indent=1))
         return 0

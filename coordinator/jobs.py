@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import redis
 from rq import Queue
 
-from coordinator.config import Settings
+from coordinator.config import EventSettings, Settings
 from coordinator.errors import CoordinatorError, JobError
 from coordinator.events import TRAINING_CANCELLED, TRAINING_PROGRESS, Export, encode_fields, publish
 from coordinator.job_states import (
@@ -113,7 +113,7 @@ def decode_hash(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 class JobStore:
     """Reads and changes job records. The Redis client is passed in; scripts register once here."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys, stream_maxlen: int = 100_000) -> None:
+    def __init__(self, conn: redis.Redis, keys: Keys, stream_maxlen: int = EventSettings.stream_maxlen) -> None:
         self.conn = conn
         self.keys = keys
         self.stream_maxlen = stream_maxlen
@@ -121,6 +121,10 @@ class JobStore:
         self._finish = script(conn, "job_finish.lua")
         self._transition = script(conn, "job_transition.lua")
         self._record = script(conn, "record_exports.lua")
+
+    @classmethod
+    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> JobStore:
+        return cls(conn, keys, settings.events.stream_maxlen)
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, str]:

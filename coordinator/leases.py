@@ -31,12 +31,12 @@ from typing import TypeVar
 
 import redis
 
+from coordinator.config import LeaseSettings, Settings
 from coordinator.errors import LeaseUnavailable
 from coordinator.jobs import decode_hash
 from coordinator.keys import Keys
 from coordinator.lua import script
 
-LEASE_TTL_S = 10.0
 T = TypeVar("T")
 
 
@@ -50,7 +50,8 @@ class Lease:
 
 
 class LeaseManager:
-    def __init__(self, conn: redis.Redis, keys: Keys, ttl_s: float = LEASE_TTL_S, default_slots: int = 1) -> None:
+    def __init__(self, conn: redis.Redis, keys: Keys, ttl_s: float = LeaseSettings.ttl_s,
+                 default_slots: int = LeaseSettings.default_node_slots) -> None:
         self.conn = conn
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
@@ -58,6 +59,13 @@ class LeaseManager:
         self._acquire = script(conn, "lease_acquire.lua")
         self._renew = script(conn, "lease_renew.lua")
         self._release = script(conn, "lease_release.lua")
+
+    @classmethod
+    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings,
+                      default_slots: int | None = None) -> LeaseManager:
+        """`default_slots`: a worker's own GPU count (RINGRIFT_GPUS), instead of the setting."""
+        lease = settings.leases
+        return cls(conn, keys, lease.ttl_s, default_slots or lease.default_node_slots)
 
     def try_acquire(self, config_key: str, node: str, worker: str, job_id: str) -> Lease:
         """One attempt; raises LeaseUnavailable with the reason (config, slots, node_down)."""

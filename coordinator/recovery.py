@@ -19,6 +19,7 @@ import logging
 import time
 from datetime import timezone
 
+import redis
 from rq import Queue
 from rq.job import Job, JobStatus
 
@@ -26,7 +27,7 @@ from coordinator.config import Settings
 from coordinator.events import TRAINING_FAILED
 from coordinator.job_states import ACTIVE_ATTEMPT_STATES, FAILED, QUEUED, RETRYING, allowed_from
 from coordinator.jobs import JobStore, _strings, _text, decode_hash
-from coordinator.keys import TRAINING_QUEUE
+from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import parse_holder
 from coordinator.retry import decide
 
@@ -43,6 +44,10 @@ class Recovery:
         self.conn = store.conn
         self.keys = store.keys
         self.settings = settings or Settings()
+
+    @classmethod
+    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> Recovery:
+        return cls(JobStore.from_settings(conn, keys, settings), settings)
 
     # -- deferral (worker side) -----------------------------------------------------------------
     def defer(self, job_id: str, delay_s: float, reason: str, count_as: str | None = None) -> None:

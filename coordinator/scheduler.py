@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
-from coordinator.config import BreakerSettings, SchedulerSettings
+from coordinator.config import BreakerSettings, SchedulerSettings, Settings
 from coordinator.keys import Keys
 
 STARVING_BASE = 1000.0
@@ -203,6 +203,11 @@ class TrainingScheduler:
         self.settings = settings or SchedulerSettings()
         self.clock = clock
         self.breakers = breakers or BreakerSettings()
+
+    @classmethod
+    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings,
+                      clock: Callable[[], float] = time.time) -> TrainingScheduler:
+        return cls(conn, keys, settings.scheduler, clock, settings.breakers)
 
     # -- reading ---------------------------------------------------------------------------------
     def get_next_training_config(self, curriculum_weights: Mapping[str, float] | None = None) -> str | None:
