@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from coordinator.errors import EventError
+from coordinator.inputs import split_config_key
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,6 @@ BOARDS: dict[str, Board] = {
     )
 }
 MIN_PLAYERS, MAX_PLAYERS = 2, 4
-_CONFIG_KEY = re.compile(r"^([a-z0-9]+)_([0-9])p$")
 
 
 def make_config_key(board_type: str, num_players: int) -> str:
@@ -38,10 +37,7 @@ def make_config_key(board_type: str, num_players: int) -> str:
 
 
 def parse_config_key(config_key: str) -> tuple[str, int]:
-    """Split `hex8_2p` into ("hex8", 2), validating both parts."""
-    match = _CONFIG_KEY.match(config_key)
-    if not match:
-        raise EventError(f"config key {config_key!r} is not of the form <board_type>_<players>p")
-    board_type, players = match.group(1), int(match.group(2))
+    """Split `hex8_2p` into ("hex8", 2), validating both parts (the whole text: no trailing newline)."""
+    board_type, players = split_config_key(config_key, "config key")
     make_config_key(board_type, players)
     return board_type, players

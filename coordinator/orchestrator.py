@@ -29,7 +29,7 @@ from coordinator import events as ev
 from coordinator.boards import make_config_key, parse_config_key
 from coordinator.config import Settings, load_settings, redact_url
 from coordinator.connection import connect
-from coordinator.errors import EventError
+from coordinator.errors import CoordinatorError, EventError
 from coordinator.events import Event, EventConsumer, Export
 from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
@@ -49,6 +49,16 @@ MAX_ERROR_BACKOFF_S = 30.0
 RESCORE_DEBOUNCE_S = 0.5  # during a burst of exports, rescore at most this often
 SLOTS_CACHE_S = 5.0  # usable GPU slots are read again after this long
 NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
+MAX_REASON_CHARS = 500
+# Errors that say nothing about the entry being handled: the batch stays pending and is retried
+# (reclaimed after reclaim_idle_ms; after events.max_deliveries it is dead-lettered as poison).
+# Any other error while handling an entry dead-letters that entry with the error as its reason.
+TRANSIENT_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError,
+                          redis.exceptions.ReadOnlyError, redis.exceptions.TryAgainError)
+
+
+class ConsumerDied(CoordinatorError):
+    """The consumer thread ended while the service was meant to run (`run` exits non-zero)."""
 
 
 class TrainingOrchestrator:
@@ -129,22 +139,74 @@ class TrainingOrchestrator:
         await self.start()
         log.info("orchestrator on %s consuming %s as %s/%s", redact_url(self.settings.redis.url), self.keys.events,
                  self.consumer.group, self.consumer.consumer)
-        await done.wait()
+        assert self._task is not None
+        signalled = asyncio.create_task(done.wait())
+        await asyncio.wait({signalled, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if not signalled.done():  # the consumer ended by itself: say why and let the supervisor restart us
+            signalled.cancel()
+            task, self._task = self._task, None
+            why = repr(task.exception()) if not task.cancelled() and task.exception() else "returned"
+            log.critical("the event consumer stopped (%s); exiting so that the service is restarted", why)
+            raise ConsumerDied(f"the event consumer stopped: {why}")
         await self.stop()
 
     # -- synchronous core -----------------------------------------------------------------------
     def prepare(self) -> None:
+        """Join the group and catch up. Nothing stored can make this fail: a bad entry is
+        dead-lettered, a bad config skipped (logged, `configs_skipped` on the stats hash, its
+        `skipped_reason`); only Redis being unreachable does."""
         self.consumer.ensure_group()
         self.leases.register_nodes(dict(self.settings.hosts))
-        self.periodic.register()
+        try:
+            self.periodic.register()
+        except TRANSIENT_REDIS_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a stored rq-scheduler entry we cannot read
+            log.error("periodic tasks not registered: %s", _reason(exc))
+            self.conn.hincrby(self.keys.stats, "startup_problems", 1)
+        for stored in self.conn.zrange(self.keys.priority, 0, -1):
+            try:
+                parse_config_key(stored.decode("utf-8"))
+            except (EventError, UnicodeDecodeError) as exc:
+                self._skip_config(stored, str(exc))
         self._handle_batch(self.consumer.read_own_pending(self.settings.events.read_count))
         self.tick()
 
     def tick(self) -> list[str]:
         """Rescore every config (the time factors move) and fill free slots: the periodic work."""
         self._slots = None
-        self.scheduler.rescore()
+        self._rescore(None)
         return self.dispatch()
+
+    def _rescore(self, config_keys: list[str] | None) -> None:
+        """Rescore; when a stored config cannot be scored, the others are scored one by one and
+        that one is skipped."""
+        try:
+            self.scheduler.rescore(config_keys)
+            return
+        except TRANSIENT_REDIS_ERRORS:
+            raise
+        except Exception:  # noqa: BLE001 - find the config it came from
+            pass
+        for config_key in config_keys if config_keys is not None else [
+                k.decode("utf-8", "replace") for k in self.conn.zrange(self.keys.priority, 0, -1)]:
+            try:
+                self.scheduler.rescore([config_key])
+            except TRANSIENT_REDIS_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a stored config we cannot score
+                self._skip_config(config_key, f"cannot be scored: {_reason(exc)}")
+
+    def _skip_config(self, config_key: str | bytes, reason: str) -> None:
+        """Take a stored config out of the priorities (its hash stays, with the reason)."""
+        log.error("config %r skipped: %s", config_key, reason)
+        name = config_key.decode("utf-8", "replace") if isinstance(config_key, bytes) else config_key
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.priority, config_key)
+            pipe.hset(self.keys.config(name), mapping={"skipped_reason": reason,
+                                                               "skipped_at": f"{time.time():.3f}"})
+            pipe.hincrby(self.keys.stats, "configs_skipped", 1)
+            pipe.execute()
 
     def total_slots(self) -> int:
         """GPU slots on nodes that are not down, read at most every SLOTS_CACHE_S: every dispatch
@@ -167,8 +229,15 @@ class TrainingOrchestrator:
         for _ in range(MAX_DISPATCH_PER_CALL):
             if busy >= capacity or config_key is None:
                 break
-            result = self.jobs.create_job(self.settings, config_key, params)
-            self.scheduler.rescore([config_key])
+            try:
+                result = self.jobs.create_job(self.settings, config_key, params)
+            except TRANSIENT_REDIS_ERRORS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one stored config must not stop dispatch
+                self._skip_config(config_key, f"cannot be dispatched: {_reason(exc)}")
+                config_key = self.scheduler.get_next_training_config()
+                continue
+            self._rescore([config_key])
             if result.action == "created":
                 busy += 1
                 created.append(result.job_id)
@@ -202,18 +271,30 @@ class TrainingOrchestrator:
         await asyncio.to_thread(self._consume_until_stopped)
 
     def _consume_until_stopped(self) -> None:
-        """The loop; while Redis is unreachable it backs off (doubling, capped) and resumes by itself."""
+        """The loop; while Redis is unreachable it backs off (doubling, capped) and resumes by itself.
+        An entry's own errors never get here (they dead-letter it); any other error is logged with
+        its traceback and the loop goes on after the same backoff."""
         backoff = ERROR_BACKOFF_S
         while not self._stopping.is_set():
             try:
                 self.process_once()
                 backoff = ERROR_BACKOFF_S
+                continue
             except redis.RedisError as exc:
                 if "NOGROUP" in str(exc):  # a new primary without our group (data lost in a failover)
                     self._recreate_group()
                 log.warning("event loop: %s; retrying in %.1f s", exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, MAX_ERROR_BACKOFF_S)
+            except Exception:  # noqa: BLE001 - the loop must outlive any bug; it says so loudly
+                log.exception("event loop failed; retrying in %.1f s", backoff)
+                self._count("loop_errors")
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, MAX_ERROR_BACKOFF_S)
+
+    def _count(self, name: str) -> None:
+        try:
+            self.conn.hincrby(self.keys.stats, name, 1)
+        except redis.RedisError:
+            pass  # only a counter
 
     def _recreate_group(self) -> None:
         try:
@@ -255,7 +336,7 @@ class TrainingOrchestrator:
         self._dirty |= touched
         rescore_now, rescored = not self._in_export_burst(batch), bool(self._dirty)
         if rescore_now and rescored:
-            self.scheduler.rescore(sorted(self._dirty))
+            self._rescore(sorted(self._dirty))
             self._dirty.clear()
             self._rescored_at = time.monotonic()
         self.consumer.dead_letter_many(self._dead)
@@ -275,16 +356,24 @@ class TrainingOrchestrator:
     def _valid_export(self, event: Event) -> Export | None:
         """The export, or None when it was dead-lettered (its reason stored)."""
         try:
-            if event.deliveries > self.settings.events.max_deliveries:
-                raise EventError(f"poison: delivered {event.deliveries} times without being handled")
-            validate_entry(event.raw)
-            validate(event)
+            self._admit(event)
             export = ev.parse_export(event)
             _check_data_root(export.npz_path, self.settings.training.data_roots)
             return export
         except EventError as exc:
-            self._dead_letter(event, exc)
-            return None
+            self._dead_letter(event, str(exc))
+        except TRANSIENT_REDIS_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error of this entry is this entry's dead letter
+            self._dead_letter(event, _reason(exc), unexpected=True)
+        return None
+
+    def _admit(self, event: Event) -> None:
+        """The checks every entry passes before it is acted on: not poison, within the limits, valid."""
+        if event.deliveries > self.settings.events.max_deliveries:
+            raise EventError(f"poison: delivered {event.deliveries} times without being handled")
+        validate_entry(event.raw)
+        validate(event)
 
     def _flush_exports(self, pending: dict[str, list[tuple[Event, Export]]], done: list[str],
                        touched: set[str]) -> None:
@@ -292,12 +381,13 @@ class TrainingOrchestrator:
         try:
             actions = self.jobs.record_exports_many([[(export, event.id) for event, export in items]
                                                      for _key, items in groups])
-        except redis.RedisError:
+        except TRANSIENT_REDIS_ERRORS:
             raise
-        except Exception:  # left pending: reclaimed and retried after reclaim_idle_ms
-            log.exception("recording exports of %s failed", ", ".join(pending))
-            actions = []
+        except Exception:  # noqa: BLE001 - find the config it came from: one at a time
+            actions = [self._record_alone(items) for _key, items in groups]
         for (config_key, items), action in zip(groups, actions):
+            if action is None:
+                continue
             self.metrics.observe_exports(len(items))
             done.extend(event.id for event, _ in items)
             if action != "duplicate":
@@ -305,31 +395,42 @@ class TrainingOrchestrator:
             log.info("%s: %d export(s), newest %s: %s", config_key, len(items), items[-1][1].npz_path, action)
         pending.clear()
 
+    def _record_alone(self, items: list[tuple[Event, Export]]) -> str | None:
+        """One config's exports; on an error they are dead-lettered with it (None)."""
+        try:
+            return self.jobs.record_exports_many([[(export, event.id) for event, export in items]])[0]
+        except TRANSIENT_REDIS_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any error of these entries is their dead letter
+            for event, _export in items:
+                self._dead_letter(event, _reason(exc), unexpected=True)
+            return None
+
     def _handle(self, event: Event) -> list[str] | None:
         """Apply one event; the configs it touched, or None when it must not be acknowledged here."""
         try:
-            if event.deliveries > self.settings.events.max_deliveries:
-                raise EventError(f"poison: delivered {event.deliveries} times without being handled")
-            validate_entry(event.raw)
-            validate(event)
+            self._admit(event)
             handler = self._handlers.get(event.type)
             touched = handler(event) if handler is not None else []
             self.metrics.observe(event, dead=False)
             return touched
         except EventError as exc:
-            self._dead_letter(event, exc)
-            return None
-        except redis.RedisError:
-            raise
-        except Exception:
-            # Left pending: reclaimed and retried after reclaim_idle_ms.
-            log.exception("handling event %s (%s) failed", event.id, event.type)
-            return None
+            self._dead_letter(event, str(exc))
+        except TRANSIENT_REDIS_ERRORS:
+            raise  # left pending: reclaimed and retried, dead-lettered as poison after max_deliveries
+        except Exception as exc:  # noqa: BLE001 - any error of this entry is this entry's dead letter
+            self._dead_letter(event, _reason(exc), unexpected=True)
+        return None
 
-    def _dead_letter(self, event: Event, exc: EventError) -> None:
-        """Queue the event for the dead-letter stream; written (and acked) with the batch."""
-        log.warning("dead-lettering event %s (%r): %s", event.id, event.type[:40], exc)
-        self._dead.append((event, str(exc)))
+    def _dead_letter(self, event: Event, reason: str, unexpected: bool = False) -> None:
+        """Queue the event for the dead-letter stream; written (and acked) with the batch. An
+        unexpected error (not a validation) is logged with its traceback and counted."""
+        if unexpected:
+            log.exception("event %s (%r) failed; dead-lettered: %s", event.id, event.type[:40], reason)
+            self._count("handler_errors")
+        else:
+            log.warning("dead-lettering event %s (%r): %s", event.id, event.type[:40], reason)
+        self._dead.append((event, reason))
         self.metrics.observe(event, dead=True)
 
     # -- handlers: each returns the configs whose score inputs it changed ------------------------
@@ -400,12 +501,21 @@ class TrainingOrchestrator:
 CURRICULUM_METADATA = frozenset({"type", "source", "timestamp", "reason", "payload"})
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
+
+
 def _check_data_root(npz_path: str, roots: tuple[str, ...]) -> None:
-    """The path, with symlinks and `..` resolved, must lie inside a configured data root."""
+    """The path, with symlinks and `..` resolved, must lie inside a configured data root; any
+    failure to resolve it (a symlink loop, permissions, a name too long) is the event's error."""
     if not roots:
         return
-    resolved = Path(npz_path).resolve()
-    if not any(resolved.is_relative_to(Path(root).resolve()) for root in roots):
+    try:
+        resolved = Path(npz_path).resolve()
+        inside = any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise EventError(f"npz_path {npz_path[:200]!r} cannot be resolved: {_reason(exc)}") from None
+    if not inside:
         raise EventError(f"npz_path {npz_path!r} resolves to {str(resolved)!r}, outside the data roots "
                          f"({', '.join(roots)})")
 

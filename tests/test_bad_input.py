@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import time
-from dataclasses import replace
 
 import msgpack
 
@@ -52,22 +50,6 @@ def test_payloads_must_be_small_shallow_msgpack(fake_conn, keys, make_settings):
     assert reasons[1] == "payload is nested deeper than 8"
     assert reasons[2].startswith("payload is larger than")
     assert len(reasons) == 3  # the small, shallow one was handled
-
-
-def test_an_event_that_keeps_failing_is_dead_lettered_as_poison(fake_conn, keys, make_settings, monkeypatch):
-    settings = make_settings()
-    settings = replace(settings, events=replace(settings.events, reclaim_idle_ms=1, max_deliveries=3))
-    orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
-    orch.prepare()
-    monkeypatch.setattr(orch, "_handlers", {**orch._handlers, "EVALUATION_COMPLETED": lambda e: 1 / 0})
-    fake_conn.xadd(keys.events, {"type": "EVALUATION_COMPLETED", "config_key": "hex8_2p", "elo": "1"})
-    for _ in range(6):
-        orch._next_reclaim = 0
-        time.sleep(0.01)
-        orch.process_once(block_ms=None)
-    [(_, dead)] = fake_conn.xrange(keys.dead_letters)
-    assert dead[b"dead_reason"].startswith(b"poison: delivered 4 times")
-    assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
 def test_dead_letters_command_lists_and_replays(redis_server, real_conn, make_settings):
