@@ -7,11 +7,12 @@ path) and `REDIS_URL` (the `redis.url` key).
 
 from __future__ import annotations
 
+import json
 import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -147,6 +148,48 @@ class Settings:
     # Node name -> number of GPUs it offers.
     hosts: Mapping[str, int] = field(default_factory=dict)
     source: str = field(default="<defaults>", compare=False)
+
+
+# The sections a worker needs, carried whole as JSON in each job record's `settings` field (so a
+# worker needs nothing but the Redis URL) and rebuilt with these dataclasses.
+WORKER_SECTIONS = ("events", "leases", "retries", "breakers")
+# Job records written before the `settings` field held these flattened fields instead:
+# record field -> (section, setting).
+_LEGACY_WORKER_FIELDS = {
+    "stream_maxlen": ("events", "stream_maxlen"),
+    "lease_ttl_s": ("leases", "ttl_s"), "lease_attempts": ("leases", "acquire_attempts"),
+    "lease_max_delay_s": ("leases", "acquire_max_delay_s"), "lease_defer_s": ("leases", "defer_s"),
+    "lease_default_slots": ("leases", "default_node_slots"),
+    "retries_infrastructure": ("retries", "infrastructure"), "retries_trainer": ("retries", "trainer"),
+    "retry_backoff_base_s": ("retries", "backoff_base_s"), "retry_backoff_max_s": ("retries", "backoff_max_s"),
+    "breaker_failures": ("breakers", "failures"), "breaker_window_s": ("breakers", "window_s"),
+    "breaker_cooldown_s": ("breakers", "cooldown_s"),
+}
+
+
+def worker_settings_json(settings: Settings) -> str:
+    """The `settings` field of a job record: the WORKER_SECTIONS of `settings`, as JSON."""
+    return json.dumps({name: asdict(getattr(settings, name)) for name in WORKER_SECTIONS}, sort_keys=True)
+
+
+def worker_settings(record: Mapping[str, str]) -> Settings:
+    """The settings a job's worker runs with, from its record: the `settings` field, or the
+    flattened fields of a record written by an older orchestrator. A setting the record lacks
+    (or does not know yet) has its default here; one this code does not know is ignored."""
+    if record.get("settings"):
+        sections: dict[str, dict[str, Any]] = json.loads(record["settings"])
+    else:
+        sections = {}
+        for name, (section, setting) in _LEGACY_WORKER_FIELDS.items():
+            if name in record:
+                sections.setdefault(section, {})[setting] = record[name]
+    base = Settings()
+    rebuilt = {}
+    for section in WORKER_SECTIONS:
+        cls = type(getattr(base, section))
+        hints = typing.get_type_hints(cls)
+        rebuilt[section] = cls(**{k: hints[k](v) for k, v in sections.get(section, {}).items() if k in hints})
+    return replace(base, **rebuilt)
 
 
 # Lists that may be empty.

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import redis
 from rq import Queue
 
-from coordinator.config import EventSettings, Settings
+from coordinator.config import EventSettings, Settings, worker_settings_json
 from coordinator.errors import CoordinatorError, JobError
 from coordinator.events import TRAINING_CANCELLED, TRAINING_PROGRESS, Export, encode_fields, publish
 from coordinator.job_states import (
@@ -259,9 +259,9 @@ class JobStore:
             "output_dir": str(output_dir), "command": json.dumps(list(t.command)),
             "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
             "check_npz": int(t.check_npz),
-            "stream_maxlen": self.stream_maxlen, "attempts": 0, "created_at": now, "updated_at": now,
+            "attempts": 0, "created_at": now, "updated_at": now,
             "source_event": cfg.get("last_event_id", ""),
-            **_worker_fields(settings),
+            "settings": worker_settings_json(settings),  # what the worker needs: config.worker_settings
         }
         pipe.hset(self.keys.job(job_id), mapping=_strings(record))
         pipe.zadd(self.keys.jobs, {job_id: now})
@@ -365,19 +365,6 @@ class JobStore:
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key),
                 self.keys.fence(config_key), self.keys.delayed_jobs]
         return {0: "not_running", 1: "recorded", 2: "fenced"}[int(self._finish(keys=keys, args=args))]
-
-def _worker_fields(settings: Settings) -> dict[str, Any]:
-    """The settings a worker needs (leases, retries, breakers), carried on the job so that workers
-    need nothing but the Redis URL."""
-    lease, retry, breaker = settings.leases, settings.retries, settings.breakers
-    return {"lease_ttl_s": lease.ttl_s, "lease_attempts": lease.acquire_attempts,
-            "lease_max_delay_s": lease.acquire_max_delay_s, "lease_defer_s": lease.defer_s,
-            "lease_default_slots": lease.default_node_slots,
-            "retries_infrastructure": retry.infrastructure, "retries_trainer": retry.trainer,
-            "retry_backoff_base_s": retry.backoff_base_s, "retry_backoff_max_s": retry.backoff_max_s,
-            "breaker_failures": breaker.failures, "breaker_window_s": breaker.window_s,
-            "breaker_cooldown_s": breaker.cooldown_s}
-
 
 def _text(value: bytes | None) -> str | None:
     return value.decode() if value else None

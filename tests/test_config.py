@@ -87,3 +87,30 @@ def test_sentinel_urls_are_parsed():
     assert (target.master_name, target.db, target.username, target.password) == ("mymaster", 2, "worker", "pw")
     with pytest.raises(Exception, match="master name"):
         parse_sentinel_url("redis+sentinel://s1:26379")
+
+
+def test_worker_settings_travel_as_whole_sections():
+    from dataclasses import replace
+
+    from coordinator.config import worker_settings, worker_settings_json
+
+    base = Settings()
+    settings = replace(base, leases=replace(base.leases, ttl_s=2.5, default_node_slots=4),
+                       retries=replace(base.retries, trainer=3), breakers=replace(base.breakers, cooldown_s=7.0),
+                       events=replace(base.events, stream_maxlen=1_000_000))
+    rebuilt = worker_settings({"settings": worker_settings_json(settings)})
+    for section in ("leases", "retries", "breakers", "events"):
+        assert getattr(rebuilt, section) == getattr(settings, section)
+    assert worker_settings({}) == base  # nothing on the record: the defaults, from config.py
+
+
+def test_worker_settings_read_records_of_the_old_flattened_layout():
+    from coordinator.config import worker_settings
+
+    old = {"lease_ttl_s": "2.5", "lease_attempts": "4", "lease_default_slots": "2", "retries_trainer": "3",
+           "retry_backoff_max_s": "60.0", "breaker_failures": "9", "breaker_cooldown_s": "7.0",
+           "stream_maxlen": "1000000", "job_id": "x"}
+    s = worker_settings(old)
+    assert (s.leases.ttl_s, s.leases.acquire_attempts, s.leases.default_node_slots) == (2.5, 4, 2)
+    assert (s.retries.trainer, s.retries.backoff_max_s, s.retries.infrastructure) == (3, 60.0, 5)
+    assert (s.breakers.failures, s.breakers.cooldown_s, s.events.stream_maxlen) == (9, 7.0, 1_000_000)

@@ -31,7 +31,7 @@ import redis
 from rq import get_current_job
 
 from coordinator.breakers import OPEN, CircuitBreakers, breaker_state
-from coordinator.config import BreakerSettings, RetrySettings
+from coordinator.config import RetrySettings, worker_settings
 from coordinator.errors import JobError, LeaseUnavailable, TrainingFailed
 from coordinator.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
@@ -60,30 +60,27 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
     rq_job = get_current_job()
     conn = rq_job.connection if rq_job else redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://"))
     keys, node = Keys(prefix), node_name()
-    store = JobStore(conn, keys)
     with conn.pipeline(transaction=False) as pipe:  # one round trip: the record and the node's breaker
         pipe.hgetall(keys.job(job_id))
         pipe.hgetall(keys.breaker("node", node))
         record, node_breaker = (decode_hash(raw) for raw in pipe.execute())
     if not record:
         raise JobError(job_id, "no such job")
-    store.stream_maxlen = int(record.get("stream_maxlen", store.stream_maxlen))
-    recovery = Recovery(store)
+    settings = worker_settings(record)
+    store = JobStore.from_settings(conn, keys, settings)
+    recovery = Recovery(store, settings)
     config_key = record["config_key"]
     worker = (rq_job.worker_name if rq_job and rq_job.worker_name else None) or f"{node}:{os.getpid()}"
-    breakers = CircuitBreakers(conn, keys, BreakerSettings(
-        int(record.get("breaker_failures", 3)), float(record.get("breaker_window_s", 3600)),
-        float(record.get("breaker_cooldown_s", 600))), store.stream_maxlen)
-    defer_s = float(record.get("lease_defer_s", 5))
+    breakers = CircuitBreakers.from_settings(conn, keys, settings)
+    defer_s = settings.leases.defer_s
     held = _hold_reason(conn, keys, breakers, config_key, node, node_breaker)
     if held:
         recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
         return {"job_id": job_id, "deferred": held}
-    leases = LeaseManager(conn, keys, float(record.get("lease_ttl_s", 10)),
-                          int(os.environ.get(GPUS_ENV) or record.get("lease_default_slots", 1)))
+    leases = LeaseManager.from_settings(conn, keys, settings, int(os.environ.get(GPUS_ENV) or 0) or None)
     try:
-        lease = leases.acquire(config_key, node, worker, job_id, attempts=int(record.get("lease_attempts", 3)),
-                               max_delay_s=float(record.get("lease_max_delay_s", 0.5)))
+        lease = leases.acquire(config_key, node, worker, job_id, attempts=settings.leases.acquire_attempts,
+                               max_delay_s=settings.leases.acquire_max_delay_s)
     except LeaseUnavailable as exc:
         recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc), count_as="lease_busy")
         log.info("job %s deferred: %s", job_id, exc)
@@ -95,7 +92,8 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
             state = store.get(job_id).get("state")
             log.warning("job %s is %s, not queued: not running it", job_id, state)
             return {"job_id": job_id, "skipped": state}
-        run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, resume, rq_job)
+        run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, settings.retries,
+                          resume, rq_job)
         return run.execute()
     finally:
         try:
@@ -139,7 +137,8 @@ class TrainingRun:
     """One attempt of one job on this worker, holding its leases."""
 
     def __init__(self, store: JobStore, record: dict[str, str], node: str, attempt: int, leases: LeaseManager,
-                 lease: Lease, breakers: CircuitBreakers, resume: str | None, rq_job: Any = None) -> None:
+                 lease: Lease, breakers: CircuitBreakers, retries: RetrySettings, resume: str | None,
+                 rq_job: Any = None) -> None:
         self.store = store
         self.record = record
         self.job_id = record["job_id"]
@@ -149,6 +148,7 @@ class TrainingRun:
         self.leases = leases
         self.lease = lease
         self.breakers = breakers
+        self.retries = retries
         self.resume = resume
         self.rq_job = rq_job
         self.log = for_job(log, job_id=self.job_id, config_key=self.config_key, attempt=attempt, node=node)
@@ -250,11 +250,8 @@ class TrainingRun:
         return {"job_id": self.job_id, "cancelled": True}
 
     def _fail(self, reason: str, error: str, stderr_tail: str) -> None:
-        r = self.record
-        settings = RetrySettings(int(r.get("retries_infrastructure", 5)), int(r.get("retries_trainer", 1)),
-                                 float(r.get("retry_backoff_base_s", 5)), float(r.get("retry_backoff_max_s", 300)))
-        previous = int(r.get(f"failures_{decide(reason, 0, settings).failure_class}", 0))
-        decision = decide(reason, previous, settings)
+        previous = int(self.record.get(f"failures_{decide(reason, 0, self.retries).failure_class}", 0))
+        decision = decide(reason, previous, self.retries)
         fields = {"reason": reason, "error": error, "stderr_tail": stderr_tail, "attempt": self.attempt,
                   "node": self.node, "failure_class": decision.failure_class,
                   "will_retry": str(decision.will_retry).lower(), "retry_in_s": round(decision.delay_s, 3)}
