@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 from rich.table import Table
 
 from coordinator.config import SchedulerSettings
 from coordinator.scheduler import FACTORS, STARVING_BASE, Priority
+from coordinator.status_view import wide_console
 
 
 def priorities_table(ranked: list[Priority], s: SchedulerSettings) -> Table:
@@ -32,4 +32,4 @@ def priorities_table(ranked: list[Priority], s: SchedulerSettings) -> Table:
 
 
 def print_priorities(ranked: list[Priority], s: SchedulerSettings) -> None:
-    Console().print(priorities_table(ranked, s))
+    wide_console().print(priorities_table(ranked, s))

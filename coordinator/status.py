@@ -1,7 +1,13 @@
 """What `ringrift-train status` shows, gathered from Redis as one plain dict (also its `--json`).
 
 Configs with priority, rank and why; running jobs with epoch, loss, node, elapsed and ETA; the
-queue; nodes with slots and health; RQ workers with their last heartbeat; recent failures.
+queue; nodes with slots and health, each with the RQ workers that run on it; RQ workers with their
+node and last heartbeat; recent failures.
+
+A worker's node: the one its lease names while it trains (what it holds), else the node it
+registered under (`WORKER_NODE_FIELD` on RQ's worker hash), else its host name (RQ's record).
+Nodes: every node `hosts` or a health event registered, and every node a worker or a lease
+names (`listed` False: its slots in use are shown against the default slot count).
 """
 
 from __future__ import annotations
@@ -22,20 +28,26 @@ from coordinator.leases import LeaseManager
 from coordinator.scheduler import TrainingScheduler
 
 RECENT_EVENTS_SCANNED = 2000
+# The field of RQ's worker hash that names the node a worker runs on (RINGRIFT_NODE), when its
+# worker class writes one; RQ's own `hostname` otherwise.
+WORKER_NODE_FIELD = "ringrift_node"
 
 
 def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str, Any]:
     keys = Keys(settings.redis.prefix)
     now = time.time()
     ranked = TrainingScheduler(conn, keys, settings.scheduler, breakers=settings.breakers).ranked()
+    leases = LeaseManager(conn, keys, settings.leases.ttl_s, settings.leases.default_node_slots)
+    held = leases.held()
+    workers = _workers(conn, now, held)
     return {
         "at": now,
         "configs": [_config_row(conn, keys, settings, p, rank, now) for rank, p in enumerate(ranked, 1)],
         "running": _running(conn, keys, now),
         "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
                   "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
-        "nodes": LeaseManager(conn, keys, settings.leases.ttl_s, settings.leases.default_node_slots).nodes(),
-        "workers": _workers(conn, now),
+        "nodes": _nodes(conn, keys, leases, held, workers),
+        "workers": workers,
         "failures": _failures(conn, keys, failures),
     }
 
@@ -71,13 +83,39 @@ def _running(conn: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: row["config_key"])
 
 
-def _workers(conn: redis.Redis, now: float) -> list[dict[str, Any]]:
+def _workers(conn: redis.Redis, now: float, held: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """RQ's workers, each with the node it runs on (see the module docstring)."""
+    leased = {h["worker"]: h["node"] for h in held if h.get("worker") and h.get("node")}
+    workers = Worker.all(connection=conn)
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for worker in workers:
+            pipe.hget(worker.key, WORKER_NODE_FIELD)
+        registered = [v.decode() if v else None for v in pipe.execute()]
     rows = []
-    for worker in Worker.all(connection=conn):
+    for worker, node in zip(workers, registered):
         beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
         rows.append({"name": worker.name, "state": worker.get_state(), "hostname": worker.hostname,
+                     "node": leased.get(worker.name) or node or worker.hostname or "",
                      "seconds_since_heartbeat": None if beat is None else round(now - beat, 1)})
     return sorted(rows, key=lambda row: row["name"])
+
+
+def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[str, str]],
+           workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every node listed (hosts, health events) or named by a lease or a worker, with its workers."""
+    rows = [{**n, "listed": True} for n in leases.nodes()]
+    named = {h["node"] for h in held if h.get("node")} | {w["node"] for w in workers if w["node"]}
+    unlisted = sorted(named - {n["node"] for n in rows})
+    now_ms = time.time() * 1000
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for name in unlisted:
+            pipe.zcount(keys.node_slots(name), now_ms, "+inf")
+        in_use = pipe.execute()
+    rows += [{"node": name, "gpus": str(leases.default_slots), "status": "healthy", "in_use": str(used),
+              "listed": False} for name, used in zip(unlisted, in_use)]
+    for row in rows:
+        row["workers"] = [w["name"] for w in workers if w["node"] == row["node"]]
+    return sorted(rows, key=lambda row: row["node"])
 
 
 def _failures(conn: redis.Redis, keys: Keys, count: int) -> list[dict[str, str]]:

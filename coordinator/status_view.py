@@ -1,20 +1,37 @@
-"""Rendering `ringrift-train status` with rich: one screen, readable at 12 configs and at 200."""
+"""Rendering `ringrift-train status` with rich: one screen, readable at 12 configs and at 200;
+and the console every rich table of the CLI prints through (`wide_console`)."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import IO, Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 BAR_WIDTH = 20
+# Columns when the output is a pipe or a file: rich would use 80 and cut cells to `squ…`.
+PIPE_WIDTH = 512
 
 
-def render(status: dict[str, Any], max_configs: int = 15) -> Group:
-    return Group(_header(status), _running(status), _configs(status, max_configs), _nodes(status),
-                 _failures(status))
+def wide_console(file: IO[str] | None = None) -> Console:
+    """The terminal's width on a terminal; `PIPE_WIDTH` columns on a pipe or file (`| less`, logs),
+    so a table keeps its full width there."""
+    console = Console(file=file)
+    return console if console.is_terminal else Console(file=file, width=PIPE_WIDTH)
+
+
+def print_status(status: dict[str, Any], max_configs: int = 15, console: Console | None = None) -> None:
+    """`status` once: tables fill a terminal; on a pipe or file each is only as wide as its cells."""
+    console = console or wide_console()
+    console.print(render(status, max_configs, fill=console.is_terminal))
+
+
+def render(status: dict[str, Any], max_configs: int = 15, fill: bool = True) -> Group:
+    """`fill`: tables as wide as the console (a terminal), else as wide as their cells."""
+    return Group(_header(status), _running(status, fill), _configs(status, max_configs, fill), _nodes(status, fill),
+                 _failures(status, fill))
 
 
 def _header(status: dict[str, Any]) -> Text:
@@ -24,8 +41,8 @@ def _header(status: dict[str, Any]) -> Text:
                 f"queued or running: {q['active']}  |  workers: {len(status['workers'])}", style="bold")
 
 
-def _running(status: dict[str, Any]) -> Table:
-    table = Table(title="running", title_justify="left", expand=True)
+def _running(status: dict[str, Any], fill: bool) -> Table:
+    table = Table(title="running", title_justify="left", expand=fill)
     for column in ("config", "job", "node", "try", "progress", "loss", "elapsed", "ETA"):
         table.add_column(column, no_wrap=True)
     for r in status["running"]:
@@ -38,13 +55,13 @@ def _running(status: dict[str, Any]) -> Table:
     return table
 
 
-def _configs(status: dict[str, Any], limit: int) -> Table:
+def _configs(status: dict[str, Any], limit: int, fill: bool) -> Table:
     rows = status["configs"]
     eligible = sum(1 for c in rows if c["eligible"])
     shown = rows[:limit]
     table = Table(title=f"configs by priority ({len(rows)}: {eligible} eligible)", title_justify="left",
                   caption=f"... {len(rows) - limit} more: `ringrift-train priorities`" if len(rows) > limit else None,
-                  expand=True)
+                  expand=fill)
     for column in ("#", "config", "score", "h since trained", "new samples", "Elo/h", "breaker", "why not"):
         table.add_column(column, no_wrap=column != "why not")
     for c in shown:
@@ -56,24 +73,25 @@ def _configs(status: dict[str, Any], limit: int) -> Table:
     return table
 
 
-def _nodes(status: dict[str, Any]) -> Table:
-    table = Table(title="nodes and workers", title_justify="left", expand=True)
+def _nodes(status: dict[str, Any], fill: bool) -> Table:
+    """One row per worker under the node it runs on; a node without workers gets one row."""
+    table = Table(title="nodes and workers", title_justify="left", expand=fill)
     for column in ("node", "status", "slots", "worker", "state", "heartbeat"):
         table.add_column(column, no_wrap=True)
-    workers = status["workers"]
-    for i in range(max(len(status["nodes"]), len(workers))):
-        n = status["nodes"][i] if i < len(status["nodes"]) else None
-        w = workers[i] if i < len(workers) else None
-        table.add_row(
-            n["node"] if n else "", (n["status"] if n["status"] == "healthy" else f"[red]{n['status']}[/red]")
-            if n else "", f"{n['in_use']}/{n['gpus']}" if n else "",
-            w["name"] if w else "", w["state"] if w else "",
-            f"{w['seconds_since_heartbeat']:.0f} s ago" if w and w["seconds_since_heartbeat"] is not None else "")
+    workers = {w["name"]: w for w in status["workers"]}
+    for n in status["nodes"]:
+        health = n["status"] if n["status"] == "healthy" else f"[red]{n['status']}[/red]"
+        node_cells = [n["node"], health if n["listed"] else f"{health} (not in hosts)", f"{n['in_use']}/{n['gpus']}"]
+        for w in [workers[name] for name in n["workers"]] or [None]:
+            beat = w["seconds_since_heartbeat"] if w else None
+            table.add_row(*node_cells, w["name"] if w else "", w["state"] if w else "",
+                          "" if beat is None else f"{beat:.0f} s ago")
+            node_cells = ["", "", ""]
     return table
 
 
-def _failures(status: dict[str, Any]) -> Table:
-    table = Table(title="recent failures", title_justify="left", expand=True)
+def _failures(status: dict[str, Any], fill: bool) -> Table:
+    table = Table(title="recent failures", title_justify="left", expand=fill)
     for column in ("config", "job", "reason", "retry", "error"):
         table.add_column(column, no_wrap=column != "error")
     for f in status["failures"]:
