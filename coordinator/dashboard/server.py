@@ -1,0 +1,153 @@
+"""The dashboard's web server: one read-only page and its JSON, served by Starlette on uvicorn.
+
+    ringrift-train dashboard [--host 127.0.0.1] [--port 8080] [--token T] [--redis-url URL]
+
+Routes: `/` the page, `/static/*` its files (uPlot vendored: nothing is fetched at run time),
+`/api/page` all five panels, `/api/job/<id>` one job's record and curve, `/api/config/<key>` one
+config's history. It binds 127.0.0.1 unless told otherwise and refuses any other address without
+a token; with a token every request needs it (`?token=`, `Authorization: Bearer`, or the cookie
+the page sets after the first request). Redis is only read: a `viewer` ACL URL is enough.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import ipaddress
+import threading
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from coordinator.config import Settings, redact_url
+from coordinator.connection import connect
+from coordinator.dashboard.data import DashboardData
+from coordinator.errors import ConfigError
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+TOKEN_COOKIE = "ringrift_dashboard_token"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: may resolve anywhere
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to serve a non-loopback address without a token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError("dashboard", [f"--host {host} is reachable from other machines: give --token "
+                                        "(or bind 127.0.0.1 and reach it through an SSH tunnel)"])
+
+
+class TokenGate:
+    """ASGI middleware: every request must carry the token; a good `?token=` sets a cookie so the
+    page's own requests (scripts, JSON) need nothing more."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        header = request.headers.get("authorization", "")
+        offered = [request.query_params.get("token", ""), request.cookies.get(TOKEN_COOKIE, ""),
+                   header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""]
+        if not any(o and hmac.compare_digest(o.encode(), self.token.encode()) for o in offered):
+            await PlainTextResponse("token required", status_code=401)(scope, receive, send)
+            return
+        if not request.query_params.get("token"):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_cookie(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                cookie = f"{TOKEN_COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                message.setdefault("headers", []).append((b"set-cookie", cookie.encode()))
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)
+
+
+def create_app(data: DashboardData, token: str | None = None) -> Starlette:
+    """The dashboard as an ASGI app (mountable in another server); `data` reads Redis."""
+
+    def page(_request: Request) -> Response:  # sync handlers: Starlette runs them in its thread pool
+        return JSONResponse(data.page())
+
+    def job(request: Request) -> Response:
+        found = data.job(request.path_params["job_id"])
+        return JSONResponse(found) if found else JSONResponse({"error": "no such job"}, status_code=404)
+
+    def config(request: Request) -> Response:
+        found = data.config(request.path_params["config_key"])
+        return JSONResponse(found) if found else JSONResponse({"error": "no such config"}, status_code=404)
+
+    def index(_request: Request) -> Response:
+        return FileResponse(STATIC / "index.html")
+
+    routes = [Route("/", index), Route("/api/page", page), Route("/api/job/{job_id}", job),
+              Route("/api/config/{config_key}", config), Mount("/static", StaticFiles(directory=STATIC))]
+    return Starlette(routes=routes, middleware=[Middleware(TokenGate, token=token)] if token else [])
+
+
+def build_server(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+                 token: str | None = None) -> uvicorn.Server:
+    check_bind(host, token)
+    app = create_app(DashboardData(connect(settings.redis.url), settings), token)
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+
+
+def serve_in_thread(settings: Settings, port: int, host: str = DEFAULT_HOST,
+                    token: str | None = None) -> threading.Thread:
+    """Beside another service (`ringrift-train run --dashboard-port`): a daemon thread (uvicorn
+    installs no signal handlers outside the main thread, so the host process keeps its own)."""
+    server = build_server(settings, host, port, token)
+    thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
+    thread.start()
+    return thread
+
+
+# -- the command line (wired into coordinator/cli.py) -----------------------------------------------
+def add_dashboard_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("dashboard", help="a live web page: configs, loss curves, Elo, GPU timeline, trouble")
+    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--token", help="required on every request (?token=T once, then a cookie)")
+    p.add_argument("--redis-url", help="read Redis as this URL (e.g. the viewer user's) instead of redis.url")
+    p.set_defaults(func=run_dashboard)
+    return p
+
+
+def run_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+    import sys
+
+    if args.redis_url:
+        settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=args.redis_url))
+    try:
+        server = build_server(settings, args.host, args.port, args.token)
+    except ConfigError as exc:
+        print(exc.problems[0], file=sys.stderr)
+        return 2
+    shown = "localhost" if is_loopback(args.host) else args.host
+    print(f"dashboard on http://{shown}:{args.port}/{'?token=…' if args.token else ''} reading "
+          f"{redact_url(settings.redis.url)}", flush=True)
+    server.run()
+    return 0
