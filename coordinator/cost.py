@@ -1,0 +1,94 @@
+"""The cost-aware factor: what a config's next training costs in GPU-hours and what it returns in Elo.
+
+Pure functions (no Redis, no clock), like `compute_priority`: the scheduler, tests and the scheduling
+simulator (`bench/scheduling_sim.py`) call them with what a coordinator records.
+
+- **Expected GPU-hours** of the next training: the mean of the config's last `duration_window`
+  trainings (GPU-hours each: wall hours x GPUs held); before any history, its board's default.
+- **Elo gained per training**: each `EVALUATION_COMPLETED` attributed to the training that produced the
+  evaluated model, minus the Elo of that model's parent (model lineage); the last `gain_window` gains,
+  smoothed towards a prior of `prior_elo_per_gpu_hour` x expected GPU-hours with the weight of
+  `prior_trainings` trainings. The prior is a rate, so every config without history starts equal per
+  GPU-hour, whatever its board.
+- **Factor** (0..1): v / (v + `value_scale`) for v = smoothed gain / expected GPU-hours in Elo per
+  GPU-hour (0.5 at `value_scale`, towards 1 above it); 0 when the smoothed gain is not positive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+# GPU-hours of one training before a config has history (RingRift's boards; `hex8` is 9x9 planes).
+DEFAULT_BOARD_GPU_HOURS: Mapping[str, float] = MappingProxyType(
+    {"square8": 1.0, "hex8": 0.75, "square19": 20.0, "hexagonal": 24.0})
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """The factor's settings (proposed YAML section `scheduler.cost`)."""
+
+    board_default_gpu_hours: Mapping[str, float] = field(default_factory=lambda: DEFAULT_BOARD_GPU_HOURS)
+    # A board missing from `board_default_gpu_hours`.
+    fallback_gpu_hours: float = 4.0
+    duration_window: int = 5  # recent trainings whose durations are averaged
+    gain_window: int = 8  # recent Elo gains (returns diminish, so old gains say little)
+    prior_elo_per_gpu_hour: float = 10.0
+    prior_trainings: float = 2.0  # how many trainings' worth of evidence the prior weighs
+    value_scale: float = 10.0  # Elo per GPU-hour at which the factor is 0.5
+
+    def __post_init__(self) -> None:
+        numbers = {"fallback_gpu_hours": self.fallback_gpu_hours, "duration_window": self.duration_window,
+                   "gain_window": self.gain_window, "prior_trainings": self.prior_trainings,
+                   "value_scale": self.value_scale,
+                   **{f"board_default_gpu_hours.{k}": v for k, v in self.board_default_gpu_hours.items()}}
+        bad = [name for name, value in numbers.items() if not value > 0]
+        if bad or self.prior_elo_per_gpu_hour < 0:
+            raise ValueError(f"cost settings must be positive: {', '.join(bad) or 'prior_elo_per_gpu_hour'}")
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """One config's factor and what it came from (what `priorities` explains)."""
+
+    expected_gpu_hours: float
+    elo_per_training: float  # smoothed
+    value_per_gpu_hour: float  # Elo per GPU-hour
+    factor: float  # 0..1
+    trainings_seen: int  # gains that entered the smoothing
+
+    def why(self) -> str:
+        return (f"{self.elo_per_training:+.1f} Elo per training (smoothed over {self.trainings_seen}) / "
+                f"{self.expected_gpu_hours:.2f} GPU-h = {self.value_per_gpu_hour:.1f} Elo per GPU-h")
+
+
+def expected_gpu_hours(recent_gpu_hours: Sequence[float], board_type: str, s: CostSettings) -> float:
+    """The mean of the last `duration_window` trainings' GPU-hours, or the board's default."""
+    recent = [h for h in recent_gpu_hours if h > 0][-s.duration_window:]
+    if not recent:
+        return s.board_default_gpu_hours.get(board_type, s.fallback_gpu_hours)
+    return sum(recent) / len(recent)
+
+
+def smoothed_elo_per_training(gains: Sequence[float], gpu_hours: float, s: CostSettings) -> float:
+    """The last `gain_window` gains' mean, shrunk towards the prior rate x `gpu_hours`."""
+    recent = list(gains)[-s.gain_window:]
+    prior = s.prior_elo_per_gpu_hour * gpu_hours
+    return (sum(recent) + s.prior_trainings * prior) / (len(recent) + s.prior_trainings)
+
+
+def value_factor(value_per_gpu_hour: float, s: CostSettings) -> float:
+    """v / (v + value_scale), 0 for v <= 0: monotonic, in 0..1, 0.5 at `value_scale`."""
+    if value_per_gpu_hour <= 0:
+        return 0.0
+    return value_per_gpu_hour / (value_per_gpu_hour + s.value_scale)
+
+
+def estimate(recent_gpu_hours: Sequence[float], elo_gains: Sequence[float], board_type: str,
+             s: CostSettings) -> CostEstimate:
+    """The config's cost factor from its recent durations (GPU-hours) and attributed Elo gains."""
+    hours = expected_gpu_hours(recent_gpu_hours, board_type, s)
+    gain = smoothed_elo_per_training(elo_gains, hours, s)
+    value = gain / hours
+    return CostEstimate(hours, gain, value, value_factor(value, s), min(len(elo_gains), s.gain_window))
