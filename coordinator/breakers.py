@@ -20,11 +20,19 @@ from coordinator.lua import script
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
+def open_until(raw: Mapping[str, str], settings: BreakerSettings) -> float | None:
+    """When an open breaker lets its trial through (opened_at + cooldown_s); None when not open."""
+    if raw.get("state") != OPEN:
+        return None
+    return float(raw.get("opened_at") or 0) + settings.cooldown_s
+
+
 def breaker_state(raw: Mapping[str, str], settings: BreakerSettings, now: float) -> str:
     """closed, open, or half_open (open, and the cooldown is over: the next attempt is the trial)."""
-    if raw.get("state") != OPEN:
+    until = open_until(raw, settings)
+    if until is None:
         return CLOSED
-    return HALF_OPEN if now - float(raw.get("opened_at", 0)) >= settings.cooldown_s else OPEN
+    return HALF_OPEN if now >= until else OPEN
 
 
 class CircuitBreakers:

@@ -152,7 +152,7 @@ class Settings:
 
 # The sections a worker needs, carried whole as JSON in each job record's `settings` field (so a
 # worker needs nothing but the Redis URL) and rebuilt with these dataclasses.
-WORKER_SECTIONS = ("events", "leases", "retries", "breakers")
+WORKER_SECTIONS = ("events", "leases", "retries", "breakers", "scheduler")
 # Job records written before the `settings` field held these flattened fields instead:
 # record field -> (section, setting).
 _LEGACY_WORKER_FIELDS = {
@@ -184,12 +184,14 @@ def worker_settings(record: Mapping[str, str]) -> Settings:
             if name in record:
                 sections.setdefault(section, {})[setting] = record[name]
     base = Settings()
-    rebuilt = {}
-    for section in WORKER_SECTIONS:
-        cls = type(getattr(base, section))
-        hints = typing.get_type_hints(cls)
-        rebuilt[section] = cls(**{k: hints[k](v) for k, v in sections.get(section, {}).items() if k in hints})
-    return replace(base, **rebuilt)
+    return replace(base, **{s: _rebuild(type(getattr(base, s)), sections.get(s, {})) for s in WORKER_SECTIONS})
+
+
+def _rebuild(cls: type, values: Mapping[str, Any]) -> Any:
+    """A settings dataclass from JSON or record values (nested dataclasses too); unknown keys ignored."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _rebuild(hints[k], v) if is_dataclass(hints[k]) else hints[k](v)
+                  for k, v in values.items() if k in hints})
 
 
 # Lists that may be empty.

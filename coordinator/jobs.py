@@ -43,6 +43,7 @@ from coordinator.job_states import (
 )
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.lua import script
+from coordinator.scheduler import INELIGIBLE
 
 MAX_WATCH_RETRIES = 20
 # What a new job copies from its config's hash (`_create`).
@@ -51,8 +52,6 @@ RQ_RESULT_TTL_S = 7 * 24 * 3600
 # RQ's own timeout is a backstop behind the worker's: trainer timeout + grace + this.
 RQ_TIMEOUT_MARGIN_S = 300
 RUN_TRAINING = "workers.tasks.run_training"
-# The score of a config that may not be trained now (the scheduler's INELIGIBLE).
-INELIGIBLE_SCORE = -1.0
 T = TypeVar("T")
 
 
@@ -201,7 +200,7 @@ class JobStore:
     def _record_groups(self, groups: list[list[tuple[Export, str | None]]], jobs: list[str]) -> list[str]:
         """One `record_exports.lua` call: each group with the active job id the caller expects."""
         keys: list[str] = [self.keys.active, self.keys.priority]
-        args: list[object] = [repr(time.time()), INELIGIBLE_SCORE, QUEUED]
+        args: list[object] = [repr(time.time()), INELIGIBLE, QUEUED]
         for job_id, group in zip(jobs, groups):
             ck = group[0][0].config_key
             keys += [self.keys.config(ck), self.keys.job(job_id)] if job_id else [self.keys.config(ck)]
@@ -266,7 +265,7 @@ class JobStore:
         pipe.hset(self.keys.job(job_id), mapping=_strings(record))
         pipe.zadd(self.keys.jobs, {job_id: now})
         pipe.hset(self.keys.active, ck, job_id)
-        pipe.zadd(self.keys.priority, {ck: INELIGIBLE_SCORE})  # queued: not eligible until it ends
+        pipe.zadd(self.keys.priority, {ck: INELIGIBLE})  # queued: not eligible until it ends
         self._enqueue_rq(pipe, settings, job_id, ck, cfg["npz_path"], 1)
 
     def _enqueue_rq(self, pipe: redis.client.Pipeline, settings: Settings, job_id: str, config_key: str,

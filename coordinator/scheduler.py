@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
+from coordinator.breakers import open_until
 from coordinator.config import BreakerSettings, SchedulerSettings, Settings
 from coordinator.keys import Keys
 
@@ -173,13 +174,22 @@ def compute_priority(inputs: ConfigInputs, s: SchedulerSettings, now: float,
                     why, flags, hours_training, hours_export, velocity, inputs.new_samples)
 
 
+def quality_block_until(blocked_at: float | None, until: float | None, exported_at: float | None,
+                        s: SchedulerSettings) -> float | None:
+    """Until when a TRAINING_BLOCKED_BY_QUALITY keeps a config out: its `until`, else
+    quality_block_hours after the block; None when not blocked (never, or a newer export lifted it).
+    The one rule: the scheduler scores with it, the worker holds a queued job with it."""
+    if not blocked_at or (exported_at or 0) > blocked_at:
+        return None
+    return until or blocked_at + s.quality_block_hours * 3600
+
+
 def _blockers(inputs: ConfigInputs, s: SchedulerSettings, now: float) -> list[str]:
     why = []
     if inputs.active_job:
         why.append(f"queued or running ({inputs.active_job})")
-    blocked = inputs.quality_blocked_at
-    until = inputs.quality_blocked_until or ((blocked or 0) + s.quality_block_hours * 3600)
-    if blocked and now < until and (inputs.exported_at or 0) <= blocked:
+    until = quality_block_until(inputs.quality_blocked_at, inputs.quality_blocked_until, inputs.exported_at, s)
+    if until is not None and now < until:
         why.append(f"blocked by quality for {(until - now) / 3600:.1f} h more")
     if inputs.breaker_open_until and now < inputs.breaker_open_until:
         why.append(f"circuit breaker open for {inputs.breaker_open_until - now:.0f} s more")
@@ -254,9 +264,9 @@ class TrainingScheduler:
         inputs = []
         for i, config_key in enumerate(config_keys):
             raw = {name: v.decode() for name, v in zip(INPUT_FIELDS, rest[3 * i]) if v is not None}
-            elo, (state, opened_at) = rest[3 * i + 1], rest[3 * i + 2]
+            elo, breaker = rest[3 * i + 1], rest[3 * i + 2]
             job = active[i].decode() if active[i] else None
-            until = float(opened_at) + self.breakers.cooldown_s if state == b"open" and opened_at else None
+            until = open_until({k: v.decode() for k, v in zip(("state", "opened_at"), breaker) if v}, self.breakers)
             inputs.append(ConfigInputs.from_hash(config_key, raw, job, (_elo_point(p) for p in elo), until))
         return inputs
 

@@ -97,9 +97,11 @@ def test_worker_settings_travel_as_whole_sections():
     base = Settings()
     settings = replace(base, leases=replace(base.leases, ttl_s=2.5, default_node_slots=4),
                        retries=replace(base.retries, trainer=3), breakers=replace(base.breakers, cooldown_s=7.0),
-                       events=replace(base.events, stream_maxlen=1_000_000))
+                       events=replace(base.events, stream_maxlen=1_000_000),
+                       scheduler=replace(base.scheduler, quality_block_hours=2.0,
+                                         weights=replace(base.scheduler.weights, curriculum=0.0)))
     rebuilt = worker_settings({"settings": worker_settings_json(settings)})
-    for section in ("leases", "retries", "breakers", "events"):
+    for section in ("leases", "retries", "breakers", "events", "scheduler"):
         assert getattr(rebuilt, section) == getattr(settings, section)
     assert worker_settings({}) == base  # nothing on the record: the defaults, from config.py
 

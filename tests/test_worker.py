@@ -146,3 +146,24 @@ def test_progress_lines_are_parsed_from_the_trainers_stdout(tmp_path):
     result = run_trainer([sys.executable, "-c", code], 30, 1, seen.append)
     assert seen == [{"epoch": 1, "train_loss": 2.0}]
     assert result.returncode == 0 and not result.timed_out and result.stderr_tail == "warn\n"
+
+
+def test_a_quality_block_without_until_holds_the_job_as_the_scheduler_would(fake_conn, make_settings, tmp_path):
+    """No `until`: the block lasts quality_block_hours (the scheduler's rule, used by the worker too)."""
+    import time
+
+    from coordinator.scheduler import ConfigInputs, compute_priority
+
+    npz = tmp_path / "hex8_2p.npz"
+    npz.write_bytes(b"stub data")
+    settings = make_settings(command=STUB)
+    orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
+    blocked_at = time.time()
+    fake_conn.hset(orch.keys.config("hex8_2p"), mapping={"quality_blocked_at": blocked_at,
+                                                         "exported_at": blocked_at - 1})
+    SimpleWorker([Queue(TRAINING_QUEUE, connection=fake_conn)], connection=fake_conn).work(burst=True)
+    record = orch.jobs.get(job_id)
+    assert record["state"] == "queued" and "blocked by quality" in record["deferred_reason"]
+    inputs = ConfigInputs("hex8_2p", new_samples=10, exported_at=blocked_at - 1, quality_blocked_at=blocked_at)
+    assert any("blocked by quality" in why for why in compute_priority(inputs, settings.scheduler, blocked_at + 1).why)

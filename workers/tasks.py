@@ -31,7 +31,7 @@ import redis
 from rq import get_current_job
 
 from coordinator.breakers import OPEN, CircuitBreakers, breaker_state
-from coordinator.config import RetrySettings, worker_settings
+from coordinator.config import RetrySettings, Settings, worker_settings
 from coordinator.errors import JobError, LeaseUnavailable, TrainingFailed
 from coordinator.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
@@ -41,6 +41,7 @@ from coordinator.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.logs import for_job
 from coordinator.recovery import Recovery
 from coordinator.retry import BAD_INPUT_EXIT, decide
+from coordinator.scheduler import quality_block_until
 from workers.trainer_process import build_argv, run_trainer
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
     worker = (rq_job.worker_name if rq_job and rq_job.worker_name else None) or f"{node}:{os.getpid()}"
     breakers = CircuitBreakers.from_settings(conn, keys, settings)
     defer_s = settings.leases.defer_s
-    held = _hold_reason(conn, keys, breakers, config_key, node, node_breaker)
+    held = _hold_reason(conn, keys, settings, breakers, config_key, node, node_breaker)
     if held:
         recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
         return {"job_id": job_id, "deferred": held}
@@ -103,16 +104,17 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
                         extra={"job_id": job_id, "config_key": config_key})
 
 
-def _hold_reason(conn: redis.Redis, keys: Keys, breakers: CircuitBreakers, config_key: str, node: str,
-                 node_breaker: dict[str, str]) -> str:
+def _hold_reason(conn: redis.Redis, keys: Keys, settings: Settings, breakers: CircuitBreakers, config_key: str,
+                 node: str, node_breaker: dict[str, str]) -> str:
     """Why this job must wait (not run here now), or "" to go ahead. `node_breaker`: the node's
     breaker hash, as read with the job record."""
     if breaker_state(node_breaker, breakers.settings, breakers.clock()) == OPEN:
         return f"circuit breaker of node {node} is open"
-    until, blocked_at, exported_at = conn.hmget(keys.config(config_key), "quality_blocked_until",
-                                                "quality_blocked_at", "exported_at")
-    if until and float(until) > time.time() and float(exported_at or 0) <= float(blocked_at or 0):
-        return f"{config_key} blocked by quality until {float(until):.0f}"
+    blocked_at, until, exported_at = (float(v) if v else None for v in conn.hmget(
+        keys.config(config_key), "quality_blocked_at", "quality_blocked_until", "exported_at"))
+    blocked_until = quality_block_until(blocked_at, until, exported_at, settings.scheduler)
+    if blocked_until is not None and blocked_until > time.time():
+        return f"{config_key} blocked by quality until {blocked_until:.0f}"
     return ""
 
 
