@@ -56,8 +56,9 @@ def node_breakers_open(conn: redis.Redis, keys: Keys, settings: BreakerSettings,
 
 
 class DashboardData:
-    def __init__(self, conn: redis.Redis, settings: Settings, clock: Callable[[], float] = time.time) -> None:
-        self.conn, self.settings, self.clock = conn, settings, clock
+    def __init__(self, conn: redis.Redis, settings: Settings, clock: Callable[[], float] = time.time,
+                 cache_s: float = PAGE_CACHE_S) -> None:
+        self.conn, self.settings, self.clock, self.cache_s = conn, settings, clock, cache_s
         self.keys = Keys(settings.redis.prefix)
         self.scheduler = TrainingScheduler.from_settings(conn, self.keys, settings, clock)
         self.leases = LeaseManager(conn, self.keys, settings.leases.ttl_s, settings.leases.default_node_slots)
@@ -69,7 +70,7 @@ class DashboardData:
     # -- the page ---------------------------------------------------------------------------------
     def page(self) -> dict[str, Any]:
         with self._lock:
-            if self._cached and time.monotonic() - self._cached[0] < PAGE_CACHE_S:
+            if self._cached and time.monotonic() - self._cached[0] < self.cache_s:
                 return self._cached[1]
             page = self._gather()
             self._cached = (time.monotonic(), page)
