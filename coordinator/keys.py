@@ -36,6 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRAINING_QUEUE = "training"
+# Counter fields of `<prefix>:stats` that workers add to when a lease release or a move to running
+# finds the lease or the job already taken from them (logged too).
+STAT_RELEASE_LOST = "lease_release_lost"
+STAT_MARK_RUNNING_LOST = "mark_running_lost"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from datetime import timezone
 
 import redis
 from rq import Queue
+from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from coordinator.config import Settings
@@ -160,7 +161,7 @@ def _rq_status(queue: Queue, rq_id: str) -> tuple[str | None, float | None]:
     """RQ's status of the job (None: missing, or queued but not in the queue) and its start time."""
     try:
         job = Job.fetch(rq_id, connection=queue.connection)
-    except Exception:  # noqa: BLE001 - rq raises NoSuchJobError, or fails to unpickle a foreign job
+    except NoSuchJobError:  # only that: a Redis error is not a missing job, it propagates
         return None, None
     status = job.get_status(refresh=False)
     if status == JobStatus.QUEUED and rq_id not in queue.job_ids:

@@ -147,3 +147,19 @@ def test_old_job_records_are_pruned_once_ended_and_running_ones_kept(orch, fake_
     assert sorted(j.decode() for j in fake_conn.zrange(keys.jobs, 0, -1)) == ["c-old-running", "d-recent-done"]
     assert not fake_conn.exists(keys.job("a-old-done")) and fake_conn.exists(keys.job("c-old-running"))
     assert prune_job_history(orch) == 0
+
+
+def test_a_redis_error_is_not_taken_for_a_missing_rq_job(orch, monkeypatch):
+    import pytest
+    import redis
+    from rq.job import Job
+
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+
+    def unreachable(*_args, **_kwargs):
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(Job, "fetch", unreachable)
+    with pytest.raises(redis.ConnectionError):
+        orch.recovery.requeue_lost()
+    assert orch.jobs.get(job_id)["state"] == "queued" and "deferred_reason" not in orch.jobs.get(job_id)

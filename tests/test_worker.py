@@ -167,3 +167,15 @@ def test_a_quality_block_without_until_holds_the_job_as_the_scheduler_would(fake
     assert record["state"] == "queued" and "blocked by quality" in record["deferred_reason"]
     inputs = ConfigInputs("hex8_2p", new_samples=10, exported_at=blocked_at - 1, quality_blocked_at=blocked_at)
     assert any("blocked by quality" in why for why in compute_priority(inputs, settings.scheduler, blocked_at + 1).why)
+
+
+def test_a_lost_release_and_a_lost_move_to_running_are_counted(fake_conn, make_settings, tmp_path, monkeypatch):
+    from coordinator.jobs import JobStore
+    from coordinator.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST
+    from coordinator.leases import LeaseManager
+
+    monkeypatch.setattr(LeaseManager, "release", lambda _self, _lease: False)  # expired or taken over
+    monkeypatch.setattr(JobStore, "mark_running", lambda _self, _job_id, _config_key: False)
+    record, _events = run_one_job(fake_conn, make_settings, tmp_path)
+    stats = {k.decode(): int(v) for k, v in fake_conn.hgetall("ringrift:stats").items()}
+    assert (stats[STAT_RELEASE_LOST], stats[STAT_MARK_RUNNING_LOST]) == (1, 1)

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from rq import get_current_job
@@ -36,7 +36,7 @@ from coordinator.errors import JobError, LeaseUnavailable, TrainingFailed
 from coordinator.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
 from coordinator.jobs import JobStore, Outcome, decode_hash
-from coordinator.keys import Keys
+from coordinator.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
 from coordinator.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.logs import for_job
 from coordinator.recovery import Recovery
@@ -98,10 +98,18 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
         return run.execute()
     finally:
         try:
-            leases.release(lease)
+            if not leases.release(lease):
+                count_lost(conn, keys, STAT_RELEASE_LOST)
+                log.warning("lease of %s was no longer ours at release (expired or taken over)", job_id,
+                            extra={"job_id": job_id, "config_key": config_key})
         except redis.RedisError:  # it expires by itself; the reaper treats it as abandoned
             log.warning("could not release the lease of %s; it will expire", job_id,
                         extra={"job_id": job_id, "config_key": config_key})
+
+
+def count_lost(conn: redis.Redis, keys: Keys, stat: str) -> None:
+    """Add one to a `<prefix>:stats` counter of lost steps (keys.STAT_*)."""
+    conn.hincrby(keys.stats, stat, 1)
 
 
 def _hold_reason(conn: redis.Redis, keys: Keys, settings: Settings, breakers: CircuitBreakers, config_key: str,
@@ -168,10 +176,8 @@ class TrainingRun:
             raise
         except redis.RedisError as exc:
             self._fail("redis_error", f"Redis error: {exc}", "")
-            raise  # unreachable: _fail raises
         except Exception as exc:  # our own failure: the job must still end, with the reason
             self._fail("worker_error", f"worker error: {exc!r}", "")
-            raise  # unreachable: _fail raises
 
     def _cancel_requested(self) -> str | None:
         flag = self.store.conn.hget(self.store.keys.job(self.job_id), "cancel_requested")
@@ -195,7 +201,7 @@ class TrainingRun:
             kill_grace_s=float(self.record["kill_grace_s"]),
             on_progress=self._progress,
             stop=self.stop,
-            on_start=lambda: self.store.mark_running(self.job_id, self.config_key),
+            on_start=self._mark_running,
         )
         if keeper.lost_reason == "cancelled" and result.stopped:
             return self._cancelled()
@@ -208,6 +214,13 @@ class TrainingRun:
         if result.returncode != 0:
             self._fail("trainer_error", f"trainer exited with status {result.returncode}", result.stderr_tail)
         return self._complete()
+
+    def _mark_running(self) -> None:
+        """leased -> running once the trainer is up; a job moved on meanwhile (reaped, cancelled)
+        is logged and counted (the lease keeper stops a trainer whose lease is gone)."""
+        if not self.store.mark_running(self.job_id, self.config_key):
+            count_lost(self.store.conn, self.store.keys, STAT_MARK_RUNNING_LOST)
+            self.log.warning("job %s was no longer leased when its trainer started", self.job_id)
 
     def _progress(self, figures: dict[str, Any]) -> None:
         keep = ("epoch", "total_epochs", "train_loss", "val_loss", "epoch_time_s")
@@ -251,7 +264,7 @@ class TrainingRun:
         self._finish(CANCELLED, self._outcome(TRAINING_CANCELLED, fields, fields))
         return {"job_id": self.job_id, "cancelled": True}
 
-    def _fail(self, reason: str, error: str, stderr_tail: str) -> None:
+    def _fail(self, reason: str, error: str, stderr_tail: str) -> NoReturn:
         previous = int(self.record.get(f"failures_{decide(reason, 0, self.retries).failure_class}", 0))
         decision = decide(reason, previous, self.retries)
         fields = {"reason": reason, "error": error, "stderr_tail": stderr_tail, "attempt": self.attempt,
