@@ -8,12 +8,21 @@ travel msgpack-encoded in one `payload` field.
 Delivery is at-least-once: a consumer acknowledges an entry only after its effects are stored,
 takes over entries left pending by a dead consumer (XAUTOCLAIM), and moves an entry it cannot
 handle to the dead-letter stream with the reason and the original fields, then acknowledges it.
+
+Entries are read as Redis sent them (field order and repeated names kept in `Event.pairs`), so a
+dead letter holds the event exactly and `replay` puts back the same event. A dead letter keeps at
+most DEAD_VALUE_BYTES of each value and DEAD_ENTRY_BYTES in all; what it cut is listed in its
+`dead_truncated` field (JSON: field index, name, size, sha256), and such a letter cannot be
+replayed. Both streams are capped by count and by an approximate byte budget (`trim`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,6 +32,7 @@ import redis
 
 from coordinator.boards import make_config_key, parse_config_key
 from coordinator.errors import EventError
+from coordinator.inputs import parse_int
 from coordinator.keys import Keys
 
 NPZ_EXPORT_COMPLETE = "NPZ_EXPORT_COMPLETE"
@@ -47,6 +57,13 @@ KNOWN_TYPES = frozenset({
 # Names RingRift's own producers use for the same things.
 TYPE_ALIASES = {"TRAINING_COMPLETED": TRAINING_COMPLETE}
 PAYLOAD_FIELD = "payload"
+DEAD_PREFIX = b"dead_"
+DEAD_VALUE_BYTES = 512  # of each value kept in a dead letter
+DEAD_ENTRY_BYTES = 4096  # of names and values kept in a dead letter, its own fields aside
+DEAD_LETTERS_MAXLEN = 10_000  # entries; with DEAD_ENTRY_BYTES, at most ~45 MiB of dead letters
+STREAM_MAX_BYTES = 512 * 1024 * 1024  # the event stream's approximate byte budget (`trim`)
+TRIM_SAMPLE = 200  # newest entries whose size estimates the average entry
+Pairs = tuple[tuple[bytes, bytes], ...]
 
 
 @dataclass(frozen=True)
@@ -55,8 +72,14 @@ class Event:
     type: str
     fields: dict[str, str]
     payload: Any = None
-    raw: dict[bytes, bytes] = field(default_factory=dict, repr=False)
+    raw: dict[bytes, bytes] = field(default_factory=dict, repr=False)  # the last value of each name
     deliveries: int = 1  # how often the group delivered it (known for reclaimed entries)
+    pairs: Pairs = field(default=(), repr=False)  # every field as sent, in order, repeats included
+
+    def repeated(self) -> set[str]:
+        """Field names that occur more than once."""
+        counts = Counter(name for name, _ in self.pairs)
+        return {_text(name) for name, n in counts.items() if n > 1}
 
 
 @dataclass(frozen=True)
@@ -74,11 +97,26 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-def decode_entry(entry_id: bytes | str, raw: Mapping[bytes, bytes]) -> Event:
+def as_pairs(raw: Mapping[bytes, bytes] | list[bytes] | Pairs) -> Pairs:
+    """An entry's fields as (name, value) pairs, from redis-py's dict or Redis's flat list."""
+    if isinstance(raw, Mapping):
+        return tuple((_bytes(k), _bytes(v)) for k, v in raw.items())
+    if raw and not isinstance(raw[0], (tuple, list)):
+        return tuple((_bytes(raw[i]), _bytes(raw[i + 1])) for i in range(0, len(raw) - 1, 2))
+    return tuple((_bytes(k), _bytes(v)) for k, v in raw)
+
+
+def _bytes(value: bytes | str | int) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def decode_entry(entry_id: bytes | str, raw: Mapping[bytes, bytes] | list[bytes] | Pairs) -> Event:
     """Turn one stream entry into an Event; the type's known aliases are mapped to one name."""
+    pairs = as_pairs(raw)
+    last = dict(pairs)
     fields: dict[str, str] = {}
     payload: Any = None
-    for key, value in raw.items():
+    for key, value in last.items():
         name = _text(key)
         if name == PAYLOAD_FIELD:
             try:
@@ -89,7 +127,7 @@ def decode_entry(entry_id: bytes | str, raw: Mapping[bytes, bytes]) -> Event:
             fields[name] = _text(value)
     event_type = fields.get("type", "")
     event_type = TYPE_ALIASES.get(event_type, event_type)
-    return Event(id=_text(entry_id), type=event_type, fields=fields, payload=payload, raw=dict(raw))
+    return Event(id=_text(entry_id), type=event_type, fields=fields, payload=payload, raw=last, pairs=pairs)
 
 
 def encode_fields(event_type: str, fields: Mapping[str, Any], payload: Any = None) -> dict[str, str | bytes]:
@@ -128,7 +166,7 @@ def config_of(fields: Mapping[str, str]) -> tuple[str, int, str]:
     config = fields.get("config_key") or fields.get("config")
     if fields.get("board_type") and fields.get("num_players"):
         board_type = fields["board_type"]
-        num_players = _parse_int(fields["num_players"], "num_players")
+        num_players = parse_int(fields["num_players"], "num_players")
         key = make_config_key(board_type, num_players)
         if config and config != key:
             raise EventError(f"config_key {config!r} disagrees with board_type/num_players ({key})")
@@ -146,17 +184,12 @@ def parse_export(event: Event) -> Export:
     npz_path = f.get("npz_path") or f.get("output_path")
     if not npz_path:
         raise EventError("missing npz_path (or output_path)")
-    samples = _parse_int(f.get("samples") or f.get("samples_exported") or "0", "samples")
+    samples = parse_int(f.get("samples") or f.get("samples_exported") or "0", "samples")
     if samples < 0:
         raise EventError(f"samples must be >= 0, got {samples}")
     return Export(board_type, num_players, key, npz_path, samples)
 
 
-def _parse_int(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise EventError(f"{name} must be an integer, got {text!r}") from None
 
 
 class EventConsumer:
@@ -167,6 +200,10 @@ class EventConsumer:
         self.keys = keys
         self.group = group
         self.consumer = consumer
+        # The same connections, replies left as Redis sent them (redis-py folds fields into a dict).
+        self.raw = redis.Redis(connection_pool=conn.connection_pool)
+        for command in ("XREADGROUP", "XAUTOCLAIM", "XRANGE", "XREVRANGE"):
+            self.raw.set_response_callback(command, _unparsed)
 
     def ensure_group(self) -> None:
         """Create the group (and the stream) if missing; a new group starts at the stream's start."""
@@ -178,17 +215,17 @@ class EventConsumer:
 
     def read(self, count: int, block_ms: int | None) -> list[Event]:
         """New entries for this group, waiting up to `block_ms` when there are none."""
-        reply = self.conn.xreadgroup(self.group, self.consumer, {self.keys.events: ">"}, count=count, block=block_ms)
+        reply = self.raw.xreadgroup(self.group, self.consumer, {self.keys.events: ">"}, count=count, block=block_ms)
         return self._decode(reply)
 
     def read_own_pending(self, count: int) -> list[Event]:
         """Entries delivered to this consumer name earlier and never acknowledged (e.g. before a crash)."""
-        reply = self.conn.xreadgroup(self.group, self.consumer, {self.keys.events: "0"}, count=count)
+        reply = self.raw.xreadgroup(self.group, self.consumer, {self.keys.events: "0"}, count=count)
         return self._decode(reply)
 
     def reclaim(self, min_idle_ms: int, count: int) -> list[Event]:
         """Take over entries other consumers left pending for at least `min_idle_ms`."""
-        reply = self.conn.xautoclaim(
+        reply = self.raw.xautoclaim(
             self.keys.events, self.group, self.consumer, min_idle_ms, start_id="0-0", count=count
         )
         # Redis 7 adds a third element (ids trimmed away); 6.2 replies with two.
@@ -206,17 +243,23 @@ class EventConsumer:
 
     def dead_letters(self, count: int = 100) -> list[Event]:
         """The newest dead letters, newest first."""
-        return [decode_entry(i, raw) for i, raw in self.conn.xrevrange(self.keys.dead_letters, count=count)]
+        return [decode_entry(i, raw) for i, raw in self.raw.xrevrange(self.keys.dead_letters, count=count)]
 
     def replay(self, dead_id: str) -> str:
-        """Put a dead letter's original fields back on the event stream (after a fix); returns the
-        new entry's id. The dead letter is removed, in the same transaction."""
-        entries = self.conn.xrange(self.keys.dead_letters, dead_id, dead_id)
+        """Put a dead letter's original fields back on the event stream (after a fix), in their
+        order with their repeats; returns the new entry's id. The dead letter is removed, in the
+        same transaction. A letter whose values were cut cannot be replayed."""
+        entries = self.raw.xrange(self.keys.dead_letters, dead_id, dead_id)
         if not entries:
             raise EventError(f"no dead letter {dead_id}")
-        original = {k: v for k, v in entries[0][1].items() if not k.startswith(b"dead_")}
+        pairs = as_pairs(entries[0][1])
+        truncated = dict(pairs).get(DEAD_PREFIX + b"truncated")
+        if truncated:
+            raise EventError(f"dead letter {dead_id} was cut to fit (see dead_truncated: {_text(truncated)[:200]}); "
+                             f"it cannot be replayed exactly")
+        original = [part for k, v in pairs if not k.startswith(DEAD_PREFIX) for part in (k, v)]
         with self.conn.pipeline(transaction=True) as pipe:
-            pipe.xadd(self.keys.events, original)
+            pipe.execute_command("XADD", self.keys.events, "*", *original)
             pipe.xdel(self.keys.dead_letters, dead_id)
             new_id, _ = pipe.execute()
         return _text(new_id)
@@ -232,19 +275,51 @@ class EventConsumer:
         now = f"{time.time():.3f}"
         with self.conn.pipeline(transaction=True) as pipe:
             for event, reason in letters:
-                fields: dict[bytes | str, bytes | str] = dict(event.raw)
-                fields.update({"dead_reason": reason, "dead_original_id": event.id, "dead_group": self.group,
-                               "dead_at": now})
-                pipe.xadd(self.keys.dead_letters, fields, maxlen=100_000, approximate=True)
+                kept, cut = _fit(event.pairs or as_pairs(event.raw))
+                own: list[bytes | str] = ["dead_reason", reason, "dead_original_id", event.id,
+                                          "dead_group", self.group, "dead_at", now]
+                if cut:
+                    own += ["dead_truncated", json.dumps(cut)]
+                pipe.execute_command("XADD", self.keys.dead_letters, "MAXLEN", "~", DEAD_LETTERS_MAXLEN, "*",
+                                     *(part for pair in kept for part in pair), *own)
             pipe.xack(self.keys.events, self.group, *(event.id for event, _ in letters))
             pipe.execute()
 
-    def trim(self, maxlen: int) -> int:
+    def trim(self, maxlen: int, max_bytes: int = STREAM_MAX_BYTES) -> int:
+        """Cap the event stream at `maxlen` entries and about `max_bytes` (the newest TRIM_SAMPLE
+        entries' average size times the count); returns the entries removed."""
+        sample = self.raw.xrevrange(self.keys.events, count=TRIM_SAMPLE)
+        if sample:
+            size = sum(len(k) + len(v) + 16 for _i, raw in sample for k, v in as_pairs(raw)) / len(sample)
+            maxlen = min(maxlen, max(1, int(max_bytes / size)))
         return self.conn.xtrim(self.keys.events, maxlen=maxlen, approximate=True)
 
     @staticmethod
     def _decode(reply: Any) -> list[Event]:
+        """XREADGROUP's reply, RESP2 (a list of [stream, entries]) or RESP3 (a map) alike."""
         events: list[Event] = []
-        for _stream, entries in reply or []:
+        for _stream, entries in (reply.items() if isinstance(reply, dict) else reply or []):
             events.extend(decode_entry(entry_id, raw) for entry_id, raw in entries if raw is not None)
         return events
+
+
+def _unparsed(response: Any, **_options: Any) -> Any:
+    return response
+
+
+def _fit(pairs: Pairs) -> tuple[list[tuple[bytes, bytes]], list[dict[str, Any]]]:
+    """A dead letter's copy of the fields: each name and value cut to DEAD_VALUE_BYTES, and all of
+    them to DEAD_ENTRY_BYTES; what was cut is described (index, name, bytes, sha256)."""
+    kept: list[tuple[bytes, bytes]] = []
+    cut: list[dict[str, Any]] = []
+    budget = DEAD_ENTRY_BYTES
+    for index, (name, value) in enumerate(pairs):
+        short_name = name[:min(DEAD_VALUE_BYTES, max(budget, 0))]
+        budget -= len(short_name)
+        short_value = value[:min(DEAD_VALUE_BYTES, max(budget, 0))]
+        budget -= len(short_value)
+        if short_name != name or short_value != value:
+            cut.append({"index": index, "field": _text(short_name[:64]), "name_bytes": len(name),
+                        "bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()})
+        kept.append((short_name, short_value))
+    return kept, cut

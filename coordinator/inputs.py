@@ -14,6 +14,7 @@ value is integral (`5.0` and `1e3` are 5 and 1000; `-0` is 0; `5.5` is refused).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -52,11 +53,6 @@ def split_config_key(text: str, field: str = "config_key") -> tuple[str, int]:
     return match.group(1), int(match.group(2))
 
 
-def looks_like_config_key(name: str) -> bool:
-    """A field name of the config-key form (CURRICULUM_WEIGHTS_UPDATED's weights)."""
-    return PATTERNS["config_key"].fullmatch(name) is not None
-
-
 def parse_number(text: str, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
     """A finite number in [lo, hi] by the number rule above."""
     if len(text) > MAX_NUMBER_CHARS:
@@ -84,3 +80,32 @@ def parse_int(text: str, name: str, lo: int | None = None, hi: int | None = None
     if lo is not None and hi is not None and not lo <= value <= hi:
         raise EventError(f"{name} must be {lo}..{hi}, got {value}")
     return value
+
+
+def parse_name_list(text: str, field: str, kind: str = "node") -> list[str]:
+    """A list of names as producers write it: a JSON list (`["gpu-a", "gpu-b"]`, what
+    `json.dumps` writes) or names separated by commas and/or spaces (`gpu-a, gpu-b`). Every name
+    must be a valid identifier of `kind`; anything else is refused, never read as "no names"."""
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            names = json.loads(stripped)
+        except ValueError:
+            raise EventError(f"{field} is neither a JSON list nor a comma/space list: {text[:80]!r}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise EventError(f"{field} must be a JSON list of strings, got {text[:80]!r}")
+    else:
+        names = [n for n in re.split(r"[,\s]+", stripped) if n]
+    for name in names:
+        check_identifier(kind, name, f"a name in {field}")
+    return names
+
+
+LOOSE_CONFIG_KEY = re.compile(r"\s*[A-Za-z0-9]+_\d+[pP]\s*")  # what a config key that is slightly off looks like
+
+
+def is_config_key_field(name: str) -> bool:
+    """A field name meant as a config key (CURRICULUM_WEIGHTS_UPDATED's weights): of the
+    config-key form, or close to it (`hex8_2p\\n`, `Hex8_2p`, `hex8_٣p`), so that such a name is
+    refused by the exact check instead of being ignored as metadata."""
+    return LOOSE_CONFIG_KEY.fullmatch(name) is not None

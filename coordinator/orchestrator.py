@@ -13,8 +13,8 @@ seed's asyncio API (`start`, `submit_training`, `stop`) runs them in a worker th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -31,6 +31,7 @@ from coordinator.config import Settings, load_settings, redact_url
 from coordinator.connection import connect
 from coordinator.errors import CoordinatorError, EventError
 from coordinator.events import Event, EventConsumer, Export
+from coordinator.inputs import is_config_key_field, parse_name_list
 from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
@@ -48,7 +49,6 @@ MAX_DISPATCH_PER_CALL = 1000
 MAX_ERROR_BACKOFF_S = 30.0
 RESCORE_DEBOUNCE_S = 0.5  # during a burst of exports, rescore at most this often
 SLOTS_CACHE_S = 5.0  # usable GPU slots are read again after this long
-NODE_STATUSES = frozenset({"healthy", "degraded", "down"})
 MAX_REASON_CHARS = 500
 # Errors that say nothing about the entry being handled: the batch stays pending and is retried
 # (reclaimed after reclaim_idle_ms; after events.max_deliveries it is dead-lettered as poison).
@@ -372,7 +372,7 @@ class TrainingOrchestrator:
         """The checks every entry passes before it is acted on: not poison, within the limits, valid."""
         if event.deliveries > self.settings.events.max_deliveries:
             raise EventError(f"poison: delivered {event.deliveries} times without being handled")
-        validate_entry(event.raw)
+        validate_entry(event.pairs)
         validate(event)
 
     def _flush_exports(self, pending: dict[str, list[tuple[Event, Export]]], done: list[str],
@@ -434,17 +434,16 @@ class TrainingOrchestrator:
         self.metrics.observe(event, dead=True)
 
     # -- handlers: each returns the configs whose score inputs it changed ------------------------
+    # schemas.py has checked every field they read (names, numbers, lists): they only act.
     def _on_training_end(self, event: Event) -> list[str]:
-        config_key = event.fields.get("config_key", "")
-        parse_config_key(config_key)
-        return [config_key]  # its slot is free and its inputs changed
+        return [event.fields["config_key"]]  # its slot is free and its inputs changed
 
     def _on_quality_block(self, event: Event) -> list[str]:
         """Block the config until its next export or `until` (default: quality_block_hours from now);
         a queued job for it is held by the worker that takes it (deferred), not lost."""
         config_key, f, now = ev.config_of(event.fields)[2], event.fields, time.time()
         default_until = now + self.settings.scheduler.quality_block_hours * 3600
-        until = _finite(f["until"], "until") if f.get("until") else default_until
+        until = float(f["until"]) if f.get("until") else default_until
         self.conn.hset(self.keys.config(config_key), mapping={
             "quality_blocked_at": f"{now:.3f}", "quality_blocked_until": f"{until:.3f}",
             "quality_block_reason": f.get("reason", ""), "quality_score": f.get("quality_score", ""),
@@ -453,52 +452,53 @@ class TrainingOrchestrator:
         return [config_key]
 
     def _on_cluster_health(self, event: Event) -> list[str]:
-        """A node's status (`node`, `status`, optional `gpus`), or RingRift's overall form with
-        `alive_peers`: a list of node names (known nodes missing from it are down) or a count."""
+        """RingRift's forms: a node's status (`node`, `status`, optional `gpus`); `alive_peers`, a
+        list of node names (known nodes missing from it are down) or a count (recorded only);
+        `open_nodes`, the nodes whose circuit is open (down until a later event leaves them out);
+        and the overall/resilience scores, which name no node (recorded only). Every form is
+        recorded on the cluster health hash."""
         f = event.fields
         self._slots = None  # usable slots are read again at the next dispatch
-        if f.get("node"):
-            status = f.get("status", "")
-            if status not in NODE_STATUSES:
-                raise EventError(f"status must be one of {', '.join(sorted(NODE_STATUSES))}, got {status!r}")
-            gpus = int(_finite(f["gpus"], "gpus")) if f.get("gpus") else None
-            self.leases.set_node_health(f["node"], status, gpus)
-        elif f.get("alive_peers") and not f["alive_peers"].strip().isdigit():
-            alive = {p for p in f["alive_peers"].replace(",", " ").split() if p}
+        if f.get("node") and f.get("status"):
+            self.leases.set_node_health(f["node"], f["status"], int(float(f["gpus"])) if f.get("gpus") else None)
+        peers = f.get("alive_peers", "").strip()
+        if peers and not peers.isdigit():
+            alive = set(parse_name_list(peers, "alive_peers"))
             for node in self.leases.nodes():
                 self.leases.set_node_health(node["node"], "healthy" if node["node"] in alive else "down")
-        elif not f.get("alive_peers"):
-            raise EventError("expected node+status or alive_peers")
-        fields = {k: v for k, v in f.items() if k != "type"}
-        self.conn.hset(self.keys.cluster_health, mapping={**fields, "event_id": event.id,
+        recorded = {k: v for k, v in f.items() if k != "type"}
+        if "open_nodes" in f:
+            recorded[CIRCUIT_OPEN_FIELD] = json.dumps(self._open_circuits(parse_name_list(f["open_nodes"],
+                                                                                          "open_nodes")))
+        self.conn.hset(self.keys.cluster_health, mapping={**recorded, "event_id": event.id,
                                                           "recorded_at": f"{time.time():.3f}"})
         return []
 
+    def _open_circuits(self, open_nodes: list[str]) -> list[str]:
+        """Nodes with an open circuit are down; those the last such event named and this one does
+        not are healthy again. Returns the list to record."""
+        before = json.loads(self.conn.hget(self.keys.cluster_health, CIRCUIT_OPEN_FIELD) or "[]")
+        for node in open_nodes:
+            self.leases.set_node_health(node, "down")
+        for node in sorted(set(before) - set(open_nodes)):
+            self.leases.set_node_health(node, "healthy")
+        return sorted(set(open_nodes))
+
     def _on_evaluation(self, event: Event) -> list[str]:
-        config_key = ev.config_of(event.fields)[2]
-        elo = _finite(event.fields.get("elo", ""), "elo")
-        at = _finite(event.fields["timestamp"], "timestamp") if event.fields.get("timestamp") else time.time()
-        self.scheduler.record_elo(config_key, elo, at)
+        config_key, f = ev.config_of(event.fields)[2], event.fields
+        at = float(f["timestamp"]) if f.get("timestamp") else time.time()
+        self.scheduler.record_elo(config_key, float(f["elo"]), at)
         return [config_key]
 
     def _on_curriculum(self, event: Event) -> list[str]:
-        weights = {}
-        for name, value in event.fields.items():
-            if name in CURRICULUM_METADATA:
-                continue
-            parse_config_key(name)
-            weight = _finite(value, f"weight of {name}")
-            if weight < 0:
-                raise EventError(f"weight of {name} must be >= 0, got {weight}")
-            weights[name] = weight
-        if not weights:
-            raise EventError("no config weights in CURRICULUM_WEIGHTS_UPDATED")
+        """Fields of the config-key form are weights; the rest is metadata (schemas.py)."""
+        weights = {name: float(value) for name, value in event.fields.items() if is_config_key_field(name)}
         self.scheduler.set_curriculum_weights(weights)
         return list(weights)
 
 
-# Fields of CURRICULUM_WEIGHTS_UPDATED that are not config weights.
-CURRICULUM_METADATA = frozenset({"type", "source", "timestamp", "reason", "payload"})
+# Where the cluster health hash keeps the nodes the last `open_nodes` took out of dispatch.
+CIRCUIT_OPEN_FIELD = "circuit_open_nodes"
 
 
 def _reason(exc: BaseException) -> str:
@@ -520,11 +520,3 @@ def _check_data_root(npz_path: str, roots: tuple[str, ...]) -> None:
                          f"({', '.join(roots)})")
 
 
-def _finite(text: str, name: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise EventError(f"{name} must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise EventError(f"{name} must be finite, got {text!r}")
-    return value

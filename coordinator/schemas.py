@@ -2,12 +2,18 @@
 
 `validate(event)` raises EventError with the first problem found; the orchestrator then moves
 the event to the dead-letter stream with that reason. Limits apply to every event: field count,
-field size, valid UTF-8, and a msgpack `payload` of bounded size and depth (never pickle).
+field name and value size (the message names the limit hit), valid UTF-8, no repeated meaningful
+field (two `npz_path`: which one was meant?), and a msgpack `payload` or JSON `history` of bounded
+size and depth (never pickle). Numbers follow the one rule of `coordinator/inputs.py`; names
+(config keys, nodes, job ids, workers) match their pattern in full. The coordinator's own event
+types are checked like the rest, since anyone allowed to XADD can send them: handlers and the
+metrics observer only ever see valid values.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,35 +24,43 @@ import msgpack
 from coordinator import events as ev
 from coordinator.boards import BOARDS, MAX_PLAYERS, MIN_PLAYERS, parse_config_key
 from coordinator.errors import EventError
+from coordinator.inputs import check_identifier, is_config_key_field, parse_int, parse_name_list, parse_number
 
 MAX_FIELDS = 64
+MAX_FIELD_NAME_BYTES = 256
 MAX_FIELD_BYTES = 4096
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_PAYLOAD_DEPTH = 8
+# Fields allowed past MAX_FIELD_BYTES: the failure's stderr tail and the per-epoch history (JSON).
+FIELD_LIMITS = {"stderr_tail": 16 * 1024, "history": MAX_PAYLOAD_BYTES}
+JSON_FIELDS = frozenset({"history"})
 
 Check = Callable[[str, str], None]
 
 
 def _number(lo: float = -math.inf, hi: float = math.inf) -> Check:
     def check(name: str, text: str) -> None:
-        try:
-            value = float(text)
-        except ValueError:
-            raise EventError(f"{name} must be a number, got {text[:40]!r}") from None
-        if not math.isfinite(value) or not lo <= value <= hi:
-            raise EventError(f"{name} must be a finite number in [{lo:g}, {hi:g}], got {text[:40]!r}")
+        parse_number(text, name, lo, hi)
     return check
 
 
 def _integer(lo: int, hi: int) -> Check:
     def check(name: str, text: str) -> None:
-        try:
-            value = int(text)
-        except ValueError:
-            raise EventError(f"{name} must be an integer, got {text[:40]!r}") from None
-        if not lo <= value <= hi:
-            raise EventError(f"{name} must be {lo}..{hi}, got {value}")
+        parse_int(text, name, lo, hi)
     return check
+
+
+def _identifier(kind: str) -> Check:
+    def check(name: str, text: str) -> None:
+        check_identifier(kind, text, name)
+    return check
+
+
+def _stream_id(name: str, text: str) -> None:
+    """A stream entry id, `<ms>-<seq>` (both parts ASCII digits)."""
+    ms, _, seq = text.partition("-")
+    if not (ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit() and len(text) <= 41):
+        raise EventError(f"{name} must be a stream id <ms>-<seq>, got {text[:40]!r}")
 
 
 def _one_of(*allowed: str) -> Check:
@@ -69,6 +83,18 @@ def _text(name: str, text: str) -> None:
     """Any UTF-8 text within the size limit (checked for every field)."""
 
 
+def _json_history(name: str, text: str) -> None:
+    """A JSON list of per-epoch figures, nested at most MAX_PAYLOAD_DEPTH deep."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise EventError(f"{name} is not valid JSON") from None
+    if not isinstance(value, list):
+        raise EventError(f"{name} must be a JSON list, got {type(value).__name__}")
+    if _depth(value) > MAX_PAYLOAD_DEPTH:
+        raise EventError(f"{name} is nested deeper than {MAX_PAYLOAD_DEPTH}")
+
+
 @dataclass(frozen=True)
 class Schema:
     required: dict[str, Check] = field(default_factory=dict)
@@ -77,17 +103,64 @@ class Schema:
     one_of: tuple[tuple[str, ...], ...] = ()
     open_fields: bool = True  # extra fields are kept (exporters add their own metadata)
 
+    config_key_fields: bool = False  # fields named like config keys carry values (curriculum weights)
+    whole: Callable[[ev.Event], None] | None = None  # a check of the event as a whole, after the fields'
+
     @functools.cached_property
     def checks(self) -> dict[str, Check]:
         """Every field's check, required ones last (they win on a name in both)."""
         return {**self.optional, **self.required}
 
+    def meaningful(self, name: str) -> bool:
+        """A field this type reads (repeating it makes the event ambiguous)."""
+        return (name in ("type", ev.PAYLOAD_FIELD) or name in self.checks
+                or any(name in group for group in self.one_of)
+                or (self.config_key_fields and is_config_key_field(name)))
 
+
+def _curriculum(event: ev.Event) -> None:
+    """Fields of the config-key form are weights (a malformed key or weight is refused, naming
+    it); every other field is metadata and ignored."""
+    weights = [name for name in event.fields if is_config_key_field(name)]
+    for name in weights:
+        parse_config_key(name)
+        parse_number(event.fields[name], f"weight of {name}", 0)
+    if not weights:
+        raise EventError("no config weights in CURRICULUM_WEIGHTS_UPDATED")
+
+
+# RingRift's CLUSTER_HEALTH_CHANGED forms: a node's status; the overall form (alive_peers, a list
+# or a count); the circuit-breaker form (open_nodes); the overall/resilience scores naming no node.
+HEALTH_FORMS = ("node", "alive_peers", "open_nodes", "overall_health", "overall_score", "score", "level",
+                "new_state", "quorum_health")
+
+
+def _cluster_health(event: ev.Event) -> None:
+    f = event.fields
+    if not any(f.get(name) for name in HEALTH_FORMS) and "open_nodes" not in f:
+        raise EventError(f"missing field: one of {', '.join(HEALTH_FORMS)}")
+    if f.get("node") and not f.get("status") and not any(f.get(n) for n in HEALTH_FORMS[1:]):
+        raise EventError("missing field 'status' (a node's health)")
+    peers = f.get("alive_peers", "")
+    if peers.strip() and not (peers.strip().isascii() and peers.strip().isdigit()):  # a count is recorded only
+        parse_name_list(peers, "alive_peers")
+    if "open_nodes" in f:
+        parse_name_list(f["open_nodes"], "open_nodes")
+
+
+BOOLEAN = _one_of("true", "false", "True", "False", "1", "0")
 BOARD = _one_of(*BOARDS)
 PLAYERS = _integer(MIN_PLAYERS, MAX_PLAYERS)
 SAMPLES = _integer(0, 10**12)
-JOB_ID = _text
+JOB_ID = _identifier("job_id")
+NODE = _identifier("node")
 COMMON_CONFIG = {"board_type": BOARD, "num_players": PLAYERS, "config_key": _config_key, "config": _config_key}
+EPOCH = _integer(0, 10**7)
+SECONDS = _number(0, 1e9)
+LOSS = _number()
+# Every TRAINING_* event: the job, its config, where and which attempt.
+TRAINING_COMMON = {**COMMON_CONFIG, "node": NODE, "worker": _identifier("worker"), "attempt": _integer(0, 10**6),
+                   "fence": _integer(0, 10**18)}
 
 SCHEMAS: dict[str, Schema] = {
     ev.NPZ_EXPORT_COMPLETE: Schema(
@@ -99,41 +172,57 @@ SCHEMAS: dict[str, Schema] = {
                   "until": _number(0, 1e11), "reason": _text},
         one_of=(("config_key", "config", "board_type"),)),
     ev.CLUSTER_HEALTH_CHANGED: Schema(
-        optional={"node": _text, "status": _one_of("healthy", "degraded", "down"), "gpus": _integer(0, 1024),
-                  "alive_peers": _text},
-        one_of=(("node", "alive_peers"),)),
+        optional={"node": NODE, "status": _one_of("healthy", "degraded", "down"), "gpus": _integer(0, 1024),
+                  "alive_peers": _text, "open_nodes": _text, "overall_score": _number(), "score": _number(),
+                  "failure_ratio": _number(0, 1), "is_degraded": BOOLEAN, "is_critical": BOOLEAN,
+                  "leader_id": NODE, "node_id": NODE},
+        whole=_cluster_health),
     ev.EVALUATION_COMPLETED: Schema(
         required={"elo": _number(-10_000, 100_000)},
         optional={**COMMON_CONFIG, "timestamp": _number(0, 1e11)},
         one_of=(("config_key", "config", "board_type"),)),
-    ev.CURRICULUM_WEIGHTS_UPDATED: Schema(),  # fields are config keys; checked by its handler
-    ev.TRAINING_STARTED: Schema(required={"job_id": JOB_ID, "config_key": _config_key}),
-    ev.TRAINING_PROGRESS: Schema(required={"job_id": JOB_ID, "config_key": _config_key},
-                                 optional={"epoch": _integer(0, 10**7), "train_loss": _number(),
-                                           "val_loss": _number()}),
-    ev.TRAINING_COMPLETE: Schema(required={"job_id": JOB_ID, "config_key": _config_key}),
-    ev.TRAINING_FAILED: Schema(required={"job_id": JOB_ID, "config_key": _config_key}),
-    ev.TRAINING_CANCELLED: Schema(required={"job_id": JOB_ID, "config_key": _config_key}),
+    ev.CURRICULUM_WEIGHTS_UPDATED: Schema(config_key_fields=True, whole=_curriculum),
+    ev.TRAINING_STARTED: Schema(
+        required={"job_id": JOB_ID, "config_key": _config_key},
+        optional={**TRAINING_COMMON, "total_epochs": EPOCH, "resumed_epoch": EPOCH, "source_event": _stream_id,
+                  "samples": SAMPLES, "init_weights": _path}),
+    ev.TRAINING_PROGRESS: Schema(
+        required={"job_id": JOB_ID, "config_key": _config_key},
+        optional={**TRAINING_COMMON, "epoch": EPOCH, "total_epochs": EPOCH, "train_loss": LOSS, "val_loss": LOSS,
+                  "epoch_time_s": SECONDS}),
+    ev.TRAINING_COMPLETE: Schema(
+        required={"job_id": JOB_ID, "config_key": _config_key},
+        optional={**TRAINING_COMMON, "duration_s": SECONDS, "final_loss": LOSS, "first_loss": LOSS,
+                  "epochs_completed": EPOCH, "model_path": _path, "samples": SAMPLES, "history": _json_history}),
+    ev.TRAINING_FAILED: Schema(
+        required={"job_id": JOB_ID, "config_key": _config_key},
+        optional={**TRAINING_COMMON, "retry_in_s": SECONDS, "will_retry": _one_of("true", "false")}),
+    ev.TRAINING_CANCELLED: Schema(required={"job_id": JOB_ID, "config_key": _config_key},
+                                  optional=TRAINING_COMMON),
     ev.CIRCUIT_OPENED: Schema(required={"kind": _one_of("config", "node"), "name": _text}),
     ev.CIRCUIT_CLOSED: Schema(required={"kind": _one_of("config", "node"), "name": _text}),
 }
 
 
-def validate_entry(raw: dict[bytes, bytes]) -> None:
+def validate_entry(pairs: ev.Pairs) -> None:
     """Limits every entry must meet before it is decoded: size, count, UTF-8, payload shape."""
-    if len(raw) > MAX_FIELDS:
-        raise EventError(f"too many fields: {len(raw)} > {MAX_FIELDS}")
-    for key, value in raw.items():
+    if len(pairs) > MAX_FIELDS:
+        raise EventError(f"too many fields: {len(pairs)} > {MAX_FIELDS}")
+    for key, value in pairs:
+        if len(key) > MAX_FIELD_NAME_BYTES:
+            raise EventError(f"field name {key[:40]!r}... is longer than {MAX_FIELD_NAME_BYTES} bytes "
+                             f"({len(key)})")
         if key == b"payload":
             _check_payload(value)
             continue
-        if len(key) > 256 or len(value) > MAX_FIELD_BYTES:
-            raise EventError(f"field {key[:40]!r} is larger than {MAX_FIELD_BYTES} bytes")
         try:
-            key.decode("utf-8")
+            name = key.decode("utf-8")
             value.decode("utf-8")
         except UnicodeDecodeError:
             raise EventError(f"field {key[:40]!r} is not UTF-8 text") from None
+        limit = FIELD_LIMITS.get(name, MAX_FIELD_BYTES)
+        if len(value) > limit:
+            raise EventError(f"field {name[:40]!r} is larger than {limit} bytes ({len(value)})")
 
 
 def _check_payload(value: bytes) -> None:
@@ -164,6 +253,9 @@ def validate(event: ev.Event) -> None:
     schema = SCHEMAS.get(event.type)
     if schema is None:
         raise EventError(f"unknown event type {event.type[:60]!r}")
+    repeated = sorted(name for name in event.repeated() if schema.meaningful(name))
+    if repeated:
+        raise EventError(f"field {repeated[0][:40]!r} repeats (which value was meant?)")
     f = event.fields
     for name in schema.required:
         if not f.get(name):
@@ -174,3 +266,5 @@ def validate(event: ev.Event) -> None:
     for name, check in schema.checks.items():
         if f.get(name):
             check(name, f[name])
+    if schema.whole is not None:
+        schema.whole(event)

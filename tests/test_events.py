@@ -39,7 +39,7 @@ def test_training_completed_alias_maps_to_one_type():
     [
         ({"board_type": "hex9", "num_players": 2, "npz_path": "/x"}, "unknown board_type"),
         ({"board_type": "hex8", "num_players": 5, "npz_path": "/x"}, "num_players must be 2..4"),
-        ({"board_type": "hex8", "num_players": "two", "npz_path": "/x"}, "num_players must be an integer"),
+        ({"board_type": "hex8", "num_players": "two", "npz_path": "/x"}, "num_players must be a number"),
         ({"board_type": "hex8", "num_players": 2}, "missing npz_path"),
         ({"npz_path": "/x"}, "missing board_type"),
         ({"config_key": "hex8-2p", "npz_path": "/x"}, "not of the form"),
