@@ -1,0 +1,109 @@
+"""The preemption decision: who yields, to whom and why; every guard can hold a job back."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from coordinator.preemption import VALUE, WAIT, Candidate, PreemptionSettings, RunningJob, decide
+
+NOW = 1_800_000_000.0
+HOUR = 3600.0
+S = PreemptionSettings(margin=0.5, min_run_minutes=60, max_preemptions_per_job=2, max_wait_hours=12)
+
+
+def job(name: str, value: float = 1.0, ran_h: float = 5.0, **extra) -> RunningJob:
+    return RunningJob(f"job-{name}", name, f"slot-{name}", NOW - ran_h * HOUR, value, **extra)
+
+
+def starving(name: str, waited: float = 11.5) -> Candidate:
+    return Candidate(name, 1000.0 + waited, True, waited)
+
+
+def victims(running, ranked, free=0, s=S) -> list[str]:
+    return [p.config_key for p in decide(running, ranked, free, s, NOW).preempt]
+
+
+def test_a_free_slot_is_taken_before_anyone_is_preempted():
+    running = [job("a"), job("b")]
+    assert victims(running, [starving("x")], free=1) == []
+    assert victims(running, [starving("x"), starving("y")], free=1) == ["a"]
+
+
+def test_a_starving_config_takes_the_lowest_value_job_and_says_why():
+    decision = decide([job("a", 2.0), job("b", 1.0), job("c", 3.0)], [starving("x", 11.5)], 0, S, NOW)
+    (p,) = decision.preempt
+    assert (p.config_key, p.for_config, p.kind, p.slot) == ("b", "x", WAIT, "slot-b")
+    assert "waited 11.5 h" in p.why
+
+
+def test_an_outranking_config_needs_the_margin():
+    running = [job("a", 1.0), job("b", 2.0)]
+    assert victims(running, [Candidate("x", 1.49)]) == []
+    decision = decide(running, [Candidate("x", 1.5)], 0, S, NOW)
+    assert [(p.config_key, p.kind) for p in decision.preempt] == [("a", VALUE)]
+    assert "margin" in decision.preempt[0].why
+
+
+def test_candidates_are_served_best_first_each_with_its_own_victim():
+    running = [job("a", 1.0), job("b", 1.2), job("c", 5.0)]
+    ranked = [starving("s"), Candidate("x", 2.0), Candidate("y", 1.6)]
+    decision = decide(running, ranked, 0, S, NOW)
+    assert [(p.for_config, p.config_key) for p in decision.preempt] == [("s", "a"), ("x", "b")]
+
+
+def test_no_job_is_preempted_before_its_minimum_run_time():
+    young = job("a", 0.1, ran_h=0.9)
+    assert victims([young], [starving("x")]) == []
+    assert "min_run_minutes" in decide([young], [starving("x")], 0, S, NOW).protected["job-a"]
+    assert victims([replace(young, started_at=NOW - 1.0 * HOUR)], [starving("x")]) == ["a"]
+
+
+def test_one_preemption_in_flight_per_slot_and_its_slot_goes_to_the_best_candidate():
+    pending = job("a", 0.1, preempt_requested_at=NOW - 60)
+    other = job("b", 0.2)
+    # The pending one frees a slot for "x"; "y" may still take another job.
+    assert victims([pending, other], [starving("x"), Candidate("y", 5.0)]) == ["b"]
+    assert victims([pending, other], [starving("x")]) == []
+    assert victims([pending], [starving("x"), starving("y")]) == []
+
+
+def test_the_per_job_cap_stops_value_preemptions_but_not_the_wait_bound():
+    tired = job("a", 0.1, preemptions=2)
+    assert victims([tired], [Candidate("x", 9.0)]) == []
+    assert victims([tired], [starving("x")]) == ["a"]
+    assert victims([replace(tired, preemptions=1)], [Candidate("x", 9.0)]) == ["a"]
+
+
+def test_a_starving_job_is_never_preempted_for_value():
+    fed = job("a", 1000.0 + 13, starving=True)
+    assert victims([fed], [Candidate("x", 9999.0)]) == []
+
+
+def test_starving_configs_time_slice_the_longest_running_starving_job_when_all_are_starving():
+    older = job("a", 1012.0, ran_h=3.0, starving=True)
+    newer = job("b", 1030.0, ran_h=2.0, starving=True)
+    assert victims([older, newer], [starving("x")]) == ["a"]
+    # A job that was not started as starving goes first, whatever its value.
+    assert victims([older, job("c", 50.0)], [starving("x")]) == ["c"]
+
+
+def test_off_switch():
+    off = replace(S, enabled=False)
+    decision = decide([job("a", 0.0)], [starving("x"), Candidate("y", 99.0)], 0, off, NOW)
+    assert decision.preempt == () and decision.protected == {"job-a": "preemption disabled"}
+
+
+def test_equal_values_yield_the_job_with_the_newest_checkpoint_first():
+    older_ckpt = job("a", 1.0, checkpoint_at=NOW - 600)
+    newer_ckpt = job("b", 1.0, checkpoint_at=NOW - 60)
+    assert victims([older_ckpt, newer_ckpt], [starving("x")]) == ["b"]
+
+
+def test_the_wait_bound_starts_starving_one_minimum_run_before_it():
+    assert S.starve_after_hours == pytest.approx(11.0)
+    with pytest.raises(ValueError):
+        PreemptionSettings(max_wait_hours=1.0, min_run_minutes=60)
+    with pytest.raises(ValueError):
+        PreemptionSettings(margin=-1)
