@@ -1,0 +1,127 @@
+"""The Grafana dashboard's queries on a real Prometheus (Debian's `prometheus`) scraping a real
+`ringrift-train run --metrics-port` every second, through a dead letter, a trainer failure that
+opens a config's and a node's circuit breaker at once, and a completed training."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from coordinator.local_redis import free_port
+from tests.conftest import console_script, stream_events, wait_for
+from tests.test_dashboard import require
+
+pytestmark = pytest.mark.integration
+DASHBOARD = Path(__file__).parent.parent / "deploy/grafana/ringrift-training.json"
+
+# What each panel query must return once the scenario has run: the label values of its series
+# (one label per query, or "" for a single unlabelled series) and whether the values must be > 0.
+EXPECTED: dict[str, tuple[str, set[str], bool]] = {
+    "ringrift_queue_depth": ("", {""}, False),
+    "ringrift_jobs_delayed": ("", {""}, False),
+    "sum by (state) (ringrift_jobs)": ("state", {"complete", "failed"}, True),
+    "sum(ringrift_node_slots_in_use)": ("", {""}, False),
+    # node-0's breaker is open: only node-1's GPU counts.
+    'sum(ringrift_node_slots{status!~"down|breaker_open"})': ("", {""}, True),
+    "ringrift_node_slots_in_use": ("node", {"node-0", "node-1"}, False),
+    "histogram_quantile(0.5, sum by (le) (rate(ringrift_training_duration_seconds_bucket[1h])))": ("", {""}, True),
+    "histogram_quantile(0.9, sum by (le) (rate(ringrift_training_duration_seconds_bucket[1h])))": ("", {""}, True),
+    "histogram_quantile(0.5, sum by (le) (rate(ringrift_event_to_start_seconds_bucket[15m])))": ("", {""}, True),
+    "histogram_quantile(0.99, sum by (le) (rate(ringrift_event_to_start_seconds_bucket[15m])))": ("", {""}, True),
+    "sum by (type) (rate(ringrift_events_consumed_total[5m]))": (
+        "type", {"NPZ_EXPORT_COMPLETE", "TRAINING_STARTED", "TRAINING_COMPLETE", "TRAINING_FAILED",
+                 "CIRCUIT_OPENED"}, True),
+    "sum by (type) (rate(ringrift_events_dead_lettered_total[5m]))": ("type", {"NPZ_EXPORT_COMPLETE"}, True),
+    "rate(ringrift_lease_acquisitions_total[5m])": ("", {""}, True),
+    "rate(ringrift_lease_busy_total[5m])": ("", {""}, False),
+    "increase(ringrift_fenced_publishes_total[1h])": ("", {""}, False),
+    "ringrift_breaker_open == 1": ("kind", {"config", "node"}, True),
+    "topk(20, ringrift_config_priority)": ("config", {"hex8_2p", "square8_2p"}, False),
+    "ringrift_config_elo_per_hour": ("config", {"hex8_2p", "square8_2p"}, False),
+}
+
+
+def panel_queries() -> list[str]:
+    return [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p.get("targets", [])]
+
+
+def test_every_panel_query_is_checked():
+    assert sorted(panel_queries()) == sorted(EXPECTED)
+
+
+def query(port: int, expr: str) -> list[dict]:
+    address = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    reply = json.loads(urllib.request.urlopen(address, timeout=10).read())
+    assert reply["status"] == "success", reply
+    return reply["data"]["result"]
+
+
+def answers(port: int, expr: str) -> dict[str, float]:
+    label, _, _ = EXPECTED[expr]
+    return {r["metric"].get(label, "") if label else "": float(r["value"][1]) for r in query(port, expr)}
+
+
+def meets(port: int, expr: str) -> bool:
+    _, want, positive = EXPECTED[expr]
+    got = answers(port, expr)
+    return want <= set(got) and all(not math.isnan(got[k]) and (got[k] > 0 or not positive) for k in want)
+
+
+def test_grafana_queries_on_a_real_prometheus(redis_server, real_conn, service, rq_workers, tmp_path):
+    prometheus = require("prometheus")
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"stub")
+    metrics_port, prom_port = free_port(), free_port()
+    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.5"], epochs=2,
+            breakers={"failures": 1, "window_s": 3600, "cooldown_s": 3600}).terminate()
+    log = open(tmp_path / "metrics-service.log", "wb")  # noqa: SIM115 - closed below
+    svc = subprocess.Popen([console_script("ringrift-train"), "--config", str(tmp_path / "coordinator.yaml"), "run",
+                            "--metrics-port", str(metrics_port)], stdout=log, stderr=subprocess.STDOUT)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                                      "scrape_configs": [{"job_name": "ringrift", "static_configs": [
+                                          {"targets": [f"127.0.0.1:{metrics_port}"]}]}]}))
+    prom_log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - closed below
+    prom = subprocess.Popen([prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}"], stdout=prom_log, stderr=subprocess.STDOUT)
+    try:
+        # Two scrapes of the fresh coordinator first: every counter is seen at 0 before it moves.
+        wait_for(lambda: _try(lambda: query(prom_port, 'count_over_time(up{job="ringrift"}[1m]) >= 2')),
+                 timeout_s=60, interval_s=0.5)
+        assert answers(prom_port, "sum by (type) (rate(ringrift_events_consumed_total[5m]))")  # series at 0 exist
+        rq_workers(1)  # node-0
+        real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p",
+                                           "npz_path": str(npz), "samples": "10"})
+        real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p"})  # dead letter
+        wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=60)
+        # A missing file: the trainer's failure opens square8_2p's and node-0's breakers at once.
+        real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": "square8_2p",
+                                           "npz_path": str(tmp_path / "gone.npz"), "samples": "10"})
+        wait_for(lambda: len(stream_events(real_conn, "CIRCUIT_OPENED")) == 2, timeout_s=60)
+        for expr in EXPECTED:
+            wait_for(lambda expr=expr: _try(lambda: meets(prom_port, expr)), timeout_s=60, interval_s=0.5)
+        assert answers(prom_port, 'sum(ringrift_node_slots{status!~"down|breaker_open"})') == {"": 1.0}
+        opened = query(prom_port, "ringrift_breaker_open == 1")
+        assert sorted((r["metric"]["kind"], r["metric"]["name"]) for r in opened) == [
+            ("config", "square8_2p"), ("node", "node-0")]
+    finally:
+        prom.terminate()
+        svc.terminate()
+        prom.wait(timeout=15)
+        svc.wait(timeout=15)
+        log.close()
+        prom_log.close()
+
+
+def _try(probe):
+    try:
+        return probe()
+    except OSError:
+        return None
