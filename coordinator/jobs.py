@@ -13,7 +13,9 @@ also publishes its event, so the record and the stream never disagree:
 - progress (MULTI): epoch figures on the record + TRAINING_PROGRESS.
 - finish (`job_finish.lua`): -> complete / failed / retrying / cancelled, fenced (a stale attempt
   publishes nothing), frees the config unless it retries, TRAINING_COMPLETE/FAILED/CANCELLED.
-- transition (`job_transition.lua`): the simple moves (cancel, reap, retry) for `recovery.py`.
+- transition (`job_transition.lua`): the simple moves (reap, retry) for `recovery.py`.
+- cancel (`job_cancel.lua`): a waiting job -> cancelled, a running one asked to stop, and its
+  config marked to wait for a newer export, in one step.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ from coordinator.config import EventSettings, Settings, worker_settings_json
 from coordinator.errors import CoordinatorError, JobError
 from coordinator.events import TRAINING_CANCELLED, TRAINING_PROGRESS, Export, encode_fields, publish
 from coordinator.job_states import (
+    ACTIVE_ATTEMPT_STATES,
     CANCELLED,
     FINAL_STATES,
     LEASED,
     QUEUED,
     RETRYING,
     RUNNING,
+    allowed_from,
     csv_from,
 )
 from coordinator.keys import TRAINING_QUEUE, Keys
@@ -120,6 +124,7 @@ class JobStore:
         self._finish = script(conn, "job_finish.lua")
         self._transition = script(conn, "job_transition.lua")
         self._record = script(conn, "record_exports.lua")
+        self._cancel = script(conn, "job_cancel.lua")
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> JobStore:
@@ -319,22 +324,23 @@ class JobStore:
     def cancel(self, job_id: str) -> str:
         """Cancel a job: at once when it waits ("cancelled"), through its worker when it runs
         ("requested": the worker stops the trainer within seconds); "ended" when already final.
-        Its config then waits for a newer export before it is scheduled again."""
-        record = self.get(job_id)
-        if record["state"] in (QUEUED, RETRYING, LEASED, RUNNING):
-            # Before the job ends: the scheduler must not hand the same data straight back.
-            self.conn.hset(self.keys.config(record["config_key"]), "cancelled_at", repr(time.time()))
-        if record["state"] in (QUEUED, RETRYING):
-            if self.transition(job_id, record["config_key"], CANCELLED, {"reason": "cancelled"},
-                               (TRAINING_CANCELLED, {"state_was": record["state"]}),
-                               release_active=True, undelay=True):
-                Queue(TRAINING_QUEUE, connection=self.conn).remove(record.get("rq_job_id") or job_id)
-                return "cancelled"
-            record = self.get(job_id)  # it moved on meanwhile
-        if record["state"] in (LEASED, RUNNING):
-            self.conn.hset(self.keys.job(job_id), "cancel_requested", "1")
-            return "requested"
-        return "ended"
+        Its config then waits for a newer export before it is scheduled again. One script
+        (`job_cancel.lua`): a crash leaves either nothing done or all of it."""
+        config_key = _text(self.conn.hget(self.keys.job(job_id), "config_key"))  # never changes
+        if config_key is None:
+            raise JobError(job_id, "no such job")
+        evt = encode_fields(TRAINING_CANCELLED, {"job_id": job_id, "config_key": config_key})
+        keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs,
+                self.keys.config(config_key), Queue(TRAINING_QUEUE, connection=self.conn).key]
+        args: list[Any] = [self.stream_maxlen, job_id, config_key, repr(time.time()), CANCELLED,
+                           ",".join(sorted(allowed_from(CANCELLED) - ACTIVE_ATTEMPT_STATES)),
+                           ",".join(sorted(ACTIVE_ATTEMPT_STATES)), len(evt)]
+        for key, value in evt.items():
+            args.extend((key, value))
+        outcome = _text(self._cancel(keys=keys, args=args))
+        if outcome == "missing":
+            raise JobError(job_id, "no such job")
+        return outcome
 
     def progress(self, job_id: str, config_key: str, figures: Mapping[str, Any]) -> None:
         """Store an epoch's figures on the record and publish TRAINING_PROGRESS, in one MULTI."""

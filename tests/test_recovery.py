@@ -87,6 +87,42 @@ def test_cancel_a_running_job_asks_its_worker(orch):
     assert orch.jobs.get(job_id)["cancel_requested"] == "1"
 
 
+def test_cancel_is_one_step_a_crash_after_the_first_write_splits_nothing(orch, fake_conn, keys, monkeypatch):
+    """Redis goes away right after cancel's first write: the config must not be left waiting for a
+    newer export (cancelled_at) while its job is still queued, with RQ's copy still to run."""
+    import pytest
+    import redis
+
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    fake_conn.xadd(keys.events, {"type": "FILLER"})
+    real = fake_conn.execute_command
+    wrote = []
+
+    def crash_after_first_write(*args, **options):
+        if wrote:
+            raise redis.ConnectionError("the process died here")
+        reply = real(*args, **options)
+        if str(args[0]).upper() in ("HSET", "EVALSHA", "EVAL", "XADD", "LREM", "HDEL", "ZREM"):
+            wrote.append(args[0])
+        return reply
+
+    monkeypatch.setattr(fake_conn, "execute_command", crash_after_first_write)
+    try:
+        orch.jobs.cancel(job_id)
+    except redis.ConnectionError:
+        pass
+    monkeypatch.setattr(fake_conn, "execute_command", real)
+    cancelled_at = fake_conn.hget(keys.config("hex8_2p"), "cancelled_at")
+    state = orch.jobs.get(job_id)["state"]
+    assert (state, cancelled_at is not None) in (("queued", False), ("cancelled", True)), (state, cancelled_at)
+    if state == "cancelled":  # all of it: the config freed, RQ's copy gone, the event published
+        assert orch.jobs.active_job("hex8_2p") is None and job_id.encode() not in fake_conn.lrange(
+            "rq:queue:training", 0, -1)
+        assert fake_conn.xrange(keys.events)[-1][1][b"type"] == b"TRAINING_CANCELLED"
+    with pytest.raises(Exception, match="no such job"):
+        orch.jobs.cancel("hex8_2p-nope")
+
+
 def test_quality_block_until_and_a_new_export_lifts_it(orch, fake_conn, keys):
     fake_conn.xadd(keys.events, {"type": "TRAINING_BLOCKED_BY_QUALITY", "config_key": "hex8_2p",
                                  "quality_score": "0.4", "threshold": "0.6", "reason": "low quality",
