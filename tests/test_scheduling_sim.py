@@ -1,0 +1,73 @@
+"""The scheduling simulator, and the wait bound asserted on its simulated clock with day-long trainings."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+import pytest
+
+from bench import scheduling_sim as sim
+from coordinator.preemption import PreemptionSettings
+
+W = PreemptionSettings(max_wait_hours=12.0, min_run_minutes=60.0)
+
+
+def day_long(seed: int) -> list[sim.Spec]:
+    """The 12 configs, every training 24-29 GPU-hours (20 epochs: a checkpoint every 1.2-1.44 h)."""
+    return [replace(s, gpu_hours=24.0 * (1 + 0.1 * (k % 3))) for k, s in enumerate(sim.cluster(random.Random(seed)))]
+
+
+@pytest.mark.parametrize(("gpus", "seed"), [(2, 0), (3, 1), (4, 2)])
+def test_the_wait_bound_holds_whatever_the_training_length(gpus, seed):
+    specs = day_long(seed)
+    checkpoint = max(s.checkpoint_h for s in specs)
+    r = sim.simulate(specs, gpus, sim.Policy("proposed", preemption=W), days=8, seed=seed)
+    # Past the cold start (every config's first data arrives within a few hours of the others):
+    # max_wait + one checkpoint interval.
+    assert r.worst_wait_from(24.0) <= W.max_wait_hours + checkpoint + 1e-6
+    # The cold start: (N - S) configs starve together and the GPUs pass from one to the next
+    # every min run + checkpoint interval.
+    burst = (math.ceil((len(specs) - gpus) / gpus) - 1) * (W.min_run_minutes / 60 + checkpoint)
+    assert r.worst_wait_h <= W.max_wait_hours + checkpoint + burst + 1e-6
+    assert r.preemptions > 0 and r.lost_gpu_hours == pytest.approx(r.preemptions * sim.RESUME_OVERHEAD_H)
+
+
+def test_without_preemption_the_wait_is_a_multiple_of_the_training_length():
+    specs = day_long(0)
+    bound = W.max_wait_hours + max(s.checkpoint_h for s in specs)
+    for policy in (sim.Policy("proposed", preemption=replace(W, enabled=False)), sim.Policy("current")):
+        r = sim.simulate(specs, 2, policy, days=8, seed=0)
+        assert r.preemptions == 0
+        assert r.worst_wait_from(24.0) > 2 * bound
+
+
+def test_a_run_is_a_function_of_its_seed():
+    specs = sim.cluster(random.Random(4))
+    a, b = (sim.simulate(specs, 3, sim.Policy("proposed"), days=3, seed=4) for _ in range(2))
+    assert a == b
+    assert sim.simulate(specs, 3, sim.Policy("proposed"), days=3, seed=5) != a
+
+
+def test_the_cluster_has_the_ringrift_configs_from_under_an_hour_to_about_a_day():
+    specs = sim.cluster(random.Random(0))
+    assert len(specs) == 12 and {s.key.split("_")[0] for s in specs} == set(sim.BOARD_MODELS)
+    hours = {s.key: s.gpu_hours for s in specs}
+    assert hours["hex8_2p"] < 1.0 and hours["hexagonal_4p"] > 24.0
+    assert sum(s.weight == 0.05 for s in specs) == 1
+
+
+def test_the_proposed_policy_earns_more_per_gpu_hour_than_round_robin_when_gpus_are_scarce():
+    rows = sim.compare([("proposed", sim.Policy("proposed"))], [2], seeds=2, days=7)
+    assert min(rows[0].ratios) > 1.0
+
+
+def test_the_cli_prints_one_markdown_row_per_policy_and_gpu_count(capsys):
+    assert sim.main(["--seeds", "1", "--days", "2", "--gpus", "2,8"]) == 0
+    out = capsys.readouterr().out
+    for gpus in (2, 8):
+        for policy in sim.POLICIES:
+            assert f"| {gpus} | {policy} |" in out
+    assert sim.main(["--seeds", "1", "--days", "1", "--gpus", "2", "--sweep", "max_wait_hours=6,12"]) == 0
+    assert "| 2 | proposed max_wait_hours=6 |" in capsys.readouterr().out
