@@ -2,8 +2,9 @@
 
 Every field people or exporters need is a plain string field, so
 `redis-cli XADD ringrift:events '*' type NPZ_EXPORT_COMPLETE board_type hex8 num_players 2
-npz_path /data/hex8_2p.npz samples 40000` is a valid event. Nested data (metrics, history) may
-travel msgpack-encoded in one `payload` field.
+npz_path /data/hex8_2p.npz samples 40000` is a valid event. Every field the coordinator and its
+workers write is UTF-8 text; nested data (the per-epoch history) is JSON text in a named field
+(`history`). A msgpack `payload` field from other producers is still read.
 
 Delivery is at-least-once: a consumer acknowledges an entry only after its effects are stored,
 takes over entries left pending by a dead consumer (XAUTOCLAIM), and moves an entry it cannot
@@ -57,6 +58,7 @@ KNOWN_TYPES = frozenset({
 # Names RingRift's own producers use for the same things.
 TYPE_ALIASES = {"TRAINING_COMPLETED": TRAINING_COMPLETE}
 PAYLOAD_FIELD = "payload"
+JSON_FIELDS = ("history",)  # nested data the coordinator writes, as JSON text; read into Event.payload
 DEAD_PREFIX = b"dead_"
 DEAD_VALUE_BYTES = 512  # of each value kept in a dead letter
 DEAD_ENTRY_BYTES = 4096  # of names and values kept in a dead letter, its own fields aside
@@ -125,26 +127,58 @@ def decode_entry(entry_id: bytes | str, raw: Mapping[bytes, bytes] | list[bytes]
                 fields[name] = _text(value)  # a producer sent plain text: keep it readable
         else:
             fields[name] = _text(value)
+    if payload is None:
+        payload = _json_fields(fields)
     event_type = fields.get("type", "")
     event_type = TYPE_ALIASES.get(event_type, event_type)
     return Event(id=_text(entry_id), type=event_type, fields=fields, payload=payload, raw=last, pairs=pairs)
 
 
-def encode_fields(event_type: str, fields: Mapping[str, Any], payload: Any = None) -> dict[str, str | bytes]:
-    """Stream fields for an event: plain strings, plus msgpack `payload` when given."""
-    encoded: dict[str, str | bytes] = {"type": event_type}
-    for key, value in fields.items():
-        if value is not None:
-            encoded[key] = _format(value)
-    if payload is not None:
-        encoded[PAYLOAD_FIELD] = msgpack.packb(payload, use_bin_type=True)
+def _json_fields(fields: Mapping[str, str]) -> dict[str, Any] | None:
+    """The JSON_FIELDS present, decoded (a field that is not JSON is left out: schemas refuse it)."""
+    nested = {}
+    for name in JSON_FIELDS:
+        if name in fields:
+            try:
+                nested[name] = json.loads(fields[name])
+            except ValueError:
+                continue
+    return nested or None
+
+
+def encode_fields(event_type: str, fields: Mapping[str, Any], payload: Mapping[str, Any] | None = None
+                  ) -> dict[str, str]:
+    """Stream fields for an event, every one UTF-8 text (readable with `decode_responses=True` and
+    redis-cli): numbers and strings as text, lists and mappings as JSON text. `payload` is nested
+    data: each of its entries becomes a field of its own name (`{"history": [...]}` -> a JSON
+    `history` field). A non-finite number is left out: it is no figure (schemas.py refuses it)."""
+    encoded: dict[str, str] = {"type": event_type}
+    for key, value in {**fields, **(payload or {})}.items():
+        text = _format(value)
+        if text is not None:
+            encoded[key] = text
     return encoded
 
 
-def _format(value: Any) -> str:
+def _format(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
     if isinstance(value, float):
-        return repr(round(value, 6)) if math.isfinite(value) else str(value)
+        return repr(round(value, 6))
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(_finite_only(value), separators=(",", ":"), ensure_ascii=False)
     return str(value)
+
+
+def _finite_only(value: Any) -> Any:
+    """JSON has no NaN or Infinity: such numbers become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_only(v) for v in value]
+    return value
 
 
 def publish(
@@ -152,7 +186,7 @@ def publish(
     keys: Keys,
     event_type: str,
     fields: Mapping[str, Any],
-    payload: Any = None,
+    payload: Mapping[str, Any] | None = None,
     maxlen: int = 100_000,
 ) -> Any:
     """XADD one event (trimmed approximately to `maxlen`); on a pipeline it is only queued."""

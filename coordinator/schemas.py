@@ -32,8 +32,7 @@ MAX_FIELD_BYTES = 4096
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_PAYLOAD_DEPTH = 8
 # Fields allowed past MAX_FIELD_BYTES: the failure's stderr tail and the per-epoch history (JSON).
-FIELD_LIMITS = {"stderr_tail": 16 * 1024, "history": MAX_PAYLOAD_BYTES}
-JSON_FIELDS = frozenset({"history"})
+FIELD_LIMITS = {"stderr_tail": 16 * 1024, **{name: MAX_PAYLOAD_BYTES for name in ev.JSON_FIELDS}}
 
 Check = Callable[[str, str], None]
 

@@ -52,14 +52,21 @@ def test_bad_exports_raise_with_the_reason(fields, reason):
         parse_export(_event(type=NPZ_EXPORT_COMPLETE, **fields))
 
 
-def test_publish_writes_plain_fields_and_msgpack_payload(fake_conn, keys):
-    publish(fake_conn, keys, TRAINING_COMPLETE, {"job_id": "j1", "final_loss": 0.5, "skip": None},
-            payload={"history": [1, 2]})
+def test_publish_writes_text_fields_and_nested_data_as_json(fake_conn, keys):
+    publish(fake_conn, keys, TRAINING_COMPLETE, {"job_id": "j1", "final_loss": 0.5, "skip": None,
+                                                 "first_loss": float("nan")},
+            payload={"history": [{"epoch": 1, "val_loss": float("inf")}, {"epoch": 2}]})
     [(entry_id, raw)] = fake_conn.xrange(keys.events)
     assert raw[b"type"] == b"TRAINING_COMPLETE" and raw[b"job_id"] == b"j1" and raw[b"final_loss"] == b"0.5"
-    assert b"skip" not in raw
-    assert msgpack.unpackb(raw[b"payload"]) == {"history": [1, 2]}
-    assert decode_entry(entry_id, raw).payload == {"history": [1, 2]}
+    assert b"skip" not in raw and b"first_loss" not in raw and b"payload" not in raw
+    assert raw[b"history"] == b'[{"epoch":1,"val_loss":null},{"epoch":2}]'
+    assert decode_entry(entry_id, raw).payload == {"history": [{"epoch": 1, "val_loss": None}, {"epoch": 2}]}
+
+
+def test_a_producers_msgpack_payload_is_still_read(fake_conn, keys):
+    entry_id = fake_conn.xadd(keys.events, {"type": "TRAINING_COMPLETE", "payload": msgpack.packb({"history": [1]})})
+    [(_, raw)] = fake_conn.xrange(keys.events)
+    assert decode_entry(entry_id, raw).payload == {"history": [1]}
 
 
 def test_dead_letter_keeps_fields_and_reason_and_acks(fake_conn, keys):
