@@ -5,6 +5,9 @@ benchmarks and tests of the worker (progress lines, checkpoints and resume, metr
 
 Each epoch sleeps `--epoch-seconds` (default 0), prints the same JSON line as the real one and
 writes `checkpoint.json` ({"epoch": n}); `--resume PATH` continues after PATH's epoch.
+`--init-weights PATH` is only recorded (stderr, metrics.json and the model file's text).
+On SIGTERM or SIGINT it stops at once, even mid-epoch: it writes the checkpoint of the last
+completed epoch and exits with STOPPED_EXIT (143), like the reference trainer.
 """
 
 from __future__ import annotations
@@ -12,9 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+
+from workers.trainer_command import STOPPED_EXIT
+
+SLEEP_SLICE_S = 0.05  # how often a sleeping epoch looks for a stop request
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,9 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     first = 1
     if args.resume:
         first = json.loads((Path(args.resume).parent / "checkpoint.json").read_text())["epoch"] + 1
+    if args.init_weights:
+        print(f"stub trainer: init weights from {args.init_weights}", file=sys.stderr, flush=True)
+    asked: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: asked.append(signum))
     history = []
     for epoch in range(first, args.epochs + 1):
-        time.sleep(args.epoch_seconds)
+        deadline = time.monotonic() + args.epoch_seconds
+        while not asked and time.monotonic() < deadline:
+            time.sleep(min(SLEEP_SLICE_S, max(0.0, deadline - time.monotonic())))
+        if asked:  # the checkpoint of epoch - 1 is already on disk
+            print(f"stub trainer: stopped during epoch {epoch}; checkpoint of epoch {epoch - 1} kept",
+                  file=sys.stderr, flush=True)
+            return STOPPED_EXIT
         line = {"epoch": epoch, "total_epochs": args.epochs, "train_loss": 1.0 / epoch, "val_loss": 1.1 / epoch}
         history.append(line)
         (out / "checkpoint.pt").write_bytes(b"stub")
@@ -48,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stub trainer: failing on purpose with status {args.fail_with}", file=sys.stderr)
             return args.fail_with
     model = out / "model.pt"
-    model.write_bytes(b"stub")
+    model.write_text(json.dumps({"stub": True, "init_weights": args.init_weights, "resume": args.resume}))
     final = 1.0 / args.epochs
     metrics = {"model_path": str(model.resolve()), "epochs_completed": args.epochs, "first_epoch": first,
+               "init_weights": args.init_weights,
                "final_loss": final, "history": history or [{"epoch": args.epochs, "train_loss": final}]}
     (out / "metrics.json").write_text(json.dumps(metrics))
     return 0

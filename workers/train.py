@@ -6,8 +6,17 @@
 Prints one JSON line per epoch on stdout. Writes into the output directory: `checkpoint.pt`
 and `checkpoint.json` (its epoch) after every epoch (what `--resume` continues from),
 `model.pt` (the best weights by validation loss, what `--init-weights` and `load_model` read)
-and `metrics.json` at the end. Uses CUDA when
-present, the CPU otherwise. Exit status 2 for bad arguments or bad data, 1 for other failures.
+and `metrics.json` at the end. Uses CUDA when present, the CPU otherwise.
+
+`--init-weights PATH` (warm start) loads a model's weights first: every tensor whose name and
+shape match this network's (so a model of another board or channel count still gives what
+fits); the counts are printed on stderr and kept in metrics.json. `--resume` takes precedence
+over it (a checkpoint already holds the weights).
+
+On SIGTERM (or SIGINT) it stops within one batch, even mid-epoch: it saves `checkpoint.pt`
+(the weights so far; `checkpoint.json` keeps the last completed epoch, which a resume redoes)
+and exits with status 143 (STOPPED_EXIT), writing no metrics.json: a stopped training is never
+a finished one. Exit status 2 for bad arguments or bad data, 1 for other failures.
 """
 
 from __future__ import annotations
@@ -16,8 +25,10 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +38,20 @@ from torch.nn import functional as F
 
 from coordinator.boards import BOARDS, MAX_PLAYERS
 from workers.npz_data import GLOBAL_FEATURES, BadTrainingData, TrainingData, load_training_data
+from workers.trainer_command import STOPPED_EXIT
 
 CHECKPOINT, MODEL, METRICS = "checkpoint.pt", "model.pt", "metrics.json"
 # Beside each checkpoint: {"epoch": n, "checkpoint": path}, so a retry can resume without torch.
 CHECKPOINT_INFO = "checkpoint.json"
 HIDDEN = 256
+
+
+class Stopped(Exception):
+    """Raised between batches once a stop was asked for (SIGTERM)."""
+
+
+def _never() -> bool:
+    return False
 
 
 class PolicyValueNet(nn.Module):
@@ -86,13 +106,27 @@ def losses(model: PolicyValueNet, batch: dict[str, torch.Tensor]) -> tuple[torch
     return policy, value
 
 
+def load_init_weights(model: nn.Module, path: str | os.PathLike[str], device: torch.device | str) -> tuple[int, int]:
+    """Copy into `model` every tensor of the saved model (a `model.pt`/`checkpoint.pt`, or a bare
+    state dict) whose name and shape match. Returns (tensors loaded, tensors in the model)."""
+    saved = torch.load(path, map_location=device, weights_only=False)
+    source = saved.get("model", saved) if isinstance(saved, dict) else {}
+    own = model.state_dict()
+    fits = {k: v for k, v in source.items() if k in own and getattr(v, "shape", None) == own[k].shape}
+    model.load_state_dict({**own, **fits})
+    return len(fits), len(own)
+
+
 def run_epoch(model: PolicyValueNet, tensors: dict[str, torch.Tensor], rows: torch.Tensor, batch_size: int,
-              optimizer: torch.optim.Optimizer | None) -> dict[str, float]:
-    """One pass over `rows`; trains when an optimizer is given. Returns weighted mean losses."""
+              optimizer: torch.optim.Optimizer | None, should_stop: Callable[[], bool] = _never) -> dict[str, float]:
+    """One pass over `rows`; trains when an optimizer is given. Returns weighted mean losses.
+    Raises Stopped before any batch once `should_stop()` is true."""
     model.train(optimizer is not None)
     totals = torch.zeros(3, device=rows.device)
     with torch.set_grad_enabled(optimizer is not None):
         for start in range(0, len(rows), batch_size):
+            if should_stop():
+                raise Stopped
             idx = rows[start:start + batch_size]
             batch = {k: v[idx] for k, v in tensors.items()}
             policy, value = losses(model, batch)
@@ -134,7 +168,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def train(args: argparse.Namespace, should_stop: Callable[[], bool] = _never) -> dict[str, Any]:
+    """Train; the metrics (also written to metrics.json). When `should_stop()` turns true: save
+    the checkpoint and return {"stopped": True, "epoch": last completed epoch, ...} instead."""
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
@@ -145,9 +181,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model = PolicyValueNet(data.channels, board.size, board.policy_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
-    if args.init_weights:
-        model.load_state_dict(torch.load(args.init_weights, map_location=device, weights_only=False)["model"])
+    warm: dict[str, Any] = {"init_weights": None}
     resume = out / CHECKPOINT if args.resume == "auto" else (Path(args.resume) if args.resume else None)
+    if args.init_weights and not (resume is not None and resume.is_file()):
+        loaded, total = load_init_weights(model, args.init_weights, device)
+        warm = {"init_weights": str(Path(args.init_weights).resolve()), "init_tensors_loaded": loaded,
+                "init_tensors_total": total}
+        print(f"train.py: init weights: {loaded} of {total} tensors from {args.init_weights}", file=sys.stderr)
     if resume is not None and resume.is_file():
         saved = torch.load(resume, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
@@ -158,11 +198,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed)).to(device)
     val_rows, train_rows = order[:n_val], order[n_val:] if n_val < len(data) else order
     meta = {"board_type": args.board_type, "num_players": args.num_players, "model_config": model.config}
+
+    def save_checkpoint() -> None:
+        _save(out / CHECKPOINT, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "state": state})
+        _write_json(out / CHECKPOINT_INFO, {"epoch": state["epoch"], "checkpoint": str((out / CHECKPOINT).resolve())})
+
     while state["epoch"] < args.epochs and state["bad_epochs"] < args.patience:
         began = time.monotonic()
         shuffled = train_rows[torch.randperm(len(train_rows), device=device)]
-        train_figs = run_epoch(model, tensors, shuffled, args.batch_size, optimizer)
-        val_figs = run_epoch(model, tensors, val_rows, args.batch_size, None) if n_val else train_figs
+        try:
+            train_figs = run_epoch(model, tensors, shuffled, args.batch_size, optimizer, should_stop)
+            val_figs = run_epoch(model, tensors, val_rows, args.batch_size, None, should_stop) if n_val else train_figs
+        except Stopped:
+            save_checkpoint()
+            print(f"train.py: stopped during epoch {state['epoch'] + 1}; checkpoint saved", file=sys.stderr)
+            return {"stopped": True, "epoch": state["epoch"], "checkpoint_path": str((out / CHECKPOINT).resolve())}
         state["epoch"] += 1
         improved = val_figs["loss"] < state["best_val"]
         state["best_val"] = min(state["best_val"], val_figs["loss"])
@@ -173,16 +224,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         state["history"].append(line)
         if improved:
             _save(out / MODEL, {**meta, "model": model.state_dict(), "epoch": state["epoch"]})
-        _save(out / CHECKPOINT, {**meta, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "state": state})
-        _write_json(out / CHECKPOINT_INFO, {"epoch": state["epoch"], "checkpoint": str((out / CHECKPOINT).resolve())})
+        save_checkpoint()
         print(json.dumps(line), flush=True)
     history = state["history"]
     metrics = {
         "model_path": str((out / MODEL).resolve()), "checkpoint_path": str((out / CHECKPOINT).resolve()),
         "epochs_completed": state["epoch"], "final_loss": history[-1]["train_loss"] if history else None,
         "best_val_loss": state["best_val"], "early_stopped": state["epoch"] < args.epochs,
-        "device": str(device), "samples": len(data), "channels": data.channels, "history": history,
+        "device": str(device), "samples": len(data), "channels": data.channels, **warm, "history": history,
     }
     _write_json(out / METRICS, metrics)
     return metrics
@@ -201,14 +250,22 @@ def _save(path: Path, obj: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    asked: list[int] = []  # the handlers only note the request; training checks it between batches
+    previous = {sig: signal.signal(sig, lambda signum, _frame: asked.append(signum)) for sig in STOP_SIGNALS}
     try:
-        train(args)
+        metrics = train(args, lambda: bool(asked))
     except (BadTrainingData, FileNotFoundError) as exc:
         print(f"train.py: bad input: {exc}", file=sys.stderr)
         return 2
-    return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return STOPPED_EXIT if metrics.get("stopped") else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,14 @@
-"""Running the trainer as a child process: argument list, progress lines, stderr tail, timeout.
+"""Running the trainer as a child process: progress lines, summary, stderr tail, timeout, stop.
 
-The trainer prints one JSON object per epoch on stdout; every such line is handed to
-`on_progress`. The child gets its own session (so a stop reaches its whole process group) and
-is tied to its parent with PR_SET_PDEATHSIG, so it does not outlive a killed worker.
+Both streams are read line by line through an `OutputParser` (workers/trainer_output.py):
+each progress line (a JSON object with `epoch`, or a configured pattern's match, on stdout or
+stderr) is handed to `on_progress` and kept in the result's history; a summary line fills the
+result's summary. The last STDERR_TAIL_LINES lines of stderr are kept for TRAINING_FAILED.
+Exit status 0 without a model file where the command said (`model_path`) is `model_missing`.
+The child gets its own session (so a stop reaches its whole process group) and is tied to its
+parent with PR_SET_PDEATHSIG, so it does not outlive a killed worker. A trainer asked to stop
+gets SIGTERM; a well-behaved one saves a checkpoint and exits with STOPPED_EXIT (see
+workers/trainer_command.py).
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from workers.trainer_command import MODEL_FILE, AttemptPaths, record_values
+from workers.trainer_command import build_argv as fill_template
+from workers.trainer_output import OutputParser
 
 STDERR_TAIL_LINES = 40
 PR_SET_PDEATHSIG = 1
@@ -29,21 +39,20 @@ class TrainerResult:
     timed_out: bool
     stderr_tail: str
     stopped: bool = False  # stopped on request (lease lost, cancel) before it ended
+    # Exit status 0, but no model file at the `model_path` run_trainer was given.
+    model_missing: bool = False
+    summary: dict[str, Any] = field(default_factory=dict)  # the summary line's figures
+    history: tuple[dict[str, Any], ...] = ()  # every progress line's figures, in order
 
 
-def build_argv(record: Mapping[str, str], output_dir: str, resume: str | None = None) -> list[str]:
-    """The trainer's argument list from a job record; nothing passes through a shell."""
-    command = [sys.executable if part == "{python}" else part for part in json.loads(record["command"])]
-    return command + [
-        "--board-type", record["board_type"],
-        "--num-players", record["num_players"],
-        "--data", record["npz_path"],
-        "--epochs", record["epochs"],
-        "--batch-size", record["batch_size"],
-        "--learning-rate", record["learning_rate"],
-        "--patience", record["early_stopping_patience"],
-        "--output-dir", output_dir,
-    ] + (["--resume", resume] if resume else [])
+def build_argv(record: Mapping[str, str], output_dir: str, resume: str | None = None,
+               init_weights: str | None = None) -> list[str]:
+    """The trainer's argument list for the attempt writing into `output_dir` (an `attempt-<n>`
+    directory of the job's), from the job record's command template; nothing passes through a shell."""
+    out = Path(output_dir)
+    paths = AttemptPaths(out, out, out / MODEL_FILE)
+    values = record_values(record, paths, int(record.get("attempts") or 0), resume, init_weights)
+    return fill_template(json.loads(record["command"]), values)
 
 
 def run_trainer(
@@ -53,18 +62,36 @@ def run_trainer(
     on_progress: Callable[[dict[str, Any]], None],
     stop: threading.Event | None = None,
     on_start: Callable[[], None] | None = None,
+    parser: OutputParser | None = None,
+    model_path: str | os.PathLike[str] | None = None,
 ) -> TrainerResult:
     """Run the trainer to its end (or past `timeout_s`, or until `stop` is set, then stop it:
-    SIGTERM, SIGKILL after `kill_grace_s`); never raises on the trainer's failure."""
+    SIGTERM, SIGKILL after `kill_grace_s`); never raises on the trainer's failure. `parser`:
+    how to read its lines (default: JSON progress lines only); `model_path`: where a trainer
+    that exits 0 must have written its model."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    parser = parser or OutputParser()
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    history: list[dict[str, Any]] = []
+    progress_lock = threading.Lock()
+
+    def read(stream: IO[str], keep: deque[str] | None) -> None:
+        for line in stream:
+            if keep is not None:
+                keep.append(line)
+            figures = parser.feed(line)
+            if figures is not None:
+                with progress_lock:  # one stream at a time: callers need not be thread-safe
+                    history.append(figures)
+                    on_progress(figures)
+
     timed_out, stopped = threading.Event(), threading.Event()
     stop = stop or threading.Event()
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env,
         start_new_session=True, preexec_fn=_die_with_parent,
     ) as proc:
-        reader = threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True)
+        reader = threading.Thread(target=read, args=(proc.stderr, tail), daemon=True)
         reader.start()
         timer = threading.Timer(timeout_s, _stop, args=(proc, kill_grace_s, timed_out))
         timer.daemon = True
@@ -74,10 +101,7 @@ def run_trainer(
         try:
             if on_start is not None:
                 on_start()
-            for line in proc.stdout:
-                figures = _parse_progress(line)
-                if figures is not None:
-                    on_progress(figures)
+            read(proc.stdout, None)
             returncode = proc.wait()
         finally:
             timer.cancel()
@@ -86,24 +110,15 @@ def run_trainer(
             stop.set()  # releases the watcher; `stopped` was only set if it fired while running
             reader.join(timeout=5)
             watcher.join(timeout=5)
-    return TrainerResult(returncode, timed_out.is_set(), "".join(tail)[-4000:], stopped.is_set())
+    missing = returncode == 0 and model_path is not None and not os.path.isfile(model_path)
+    return TrainerResult(returncode, timed_out.is_set(), "".join(tail)[-4000:], stopped.is_set(), missing,
+                         dict(parser.summary), tuple(history))
 
 
 def _stop_when(stop: threading.Event, proc: subprocess.Popen, grace_s: float, flag: threading.Event) -> None:
     stop.wait()
     if proc.poll() is None:
         _stop(proc, grace_s, flag)
-
-
-def _parse_progress(line: str) -> dict[str, Any] | None:
-    line = line.strip()
-    if not line.startswith("{"):
-        return None
-    try:
-        figures = json.loads(line)
-    except ValueError:
-        return None
-    return figures if isinstance(figures, dict) and "epoch" in figures else None
 
 
 def _stop(proc: subprocess.Popen, grace_s: float, flag: threading.Event | None) -> None:
