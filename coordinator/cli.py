@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from coordinator.config import load_settings, redact_url
+from coordinator.config import data_roots_problem, load_settings, redact_url
 from coordinator.connection import connect
 from coordinator.errors import ConfigError, EventError, JobError
 from coordinator.events import EventConsumer
@@ -50,10 +50,13 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"{exc.source}: {problem}")
         print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
         return 1
+    confinement = data_roots_problem(settings)  # a file was checked as it loaded; the built-in defaults here
+    if confinement:
+        print(f"{settings.source}: {confinement}")
+        print("1 problem(s)", file=sys.stderr)
+        return 1
     print(f"{settings.source}: OK ({len(settings.hosts)} hosts, {sum(settings.hosts.values())} GPUs, "
           f"redis {redact_url(settings.redis.url)}, prefix {settings.redis.prefix})")
-    if not settings.training.data_roots:
-        print("warning: training.data_roots is empty: exports may name any absolute path")
     return 0
 
 
@@ -144,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace, settings) -> int:
     from coordinator.orchestrator import TrainingOrchestrator
 
+    confinement = data_roots_problem(settings)  # a file was checked as it loaded; the built-in defaults here
+    if confinement:
+        print(f"{settings.source}: {confinement}", file=sys.stderr)
+        return 1
     asyncio.run(TrainingOrchestrator(settings).run_until_signal(args.metrics_port))
     return 0
 

@@ -42,7 +42,8 @@ class TrainingSettings:
     # Where each job's output directory is created (shared storage on a real cluster).
     models_root: str = "models"
     # An export's npz_path must resolve (symlinks and .. resolved) inside one of these
-    # directories, or the event is dead-lettered. Empty: any absolute path (not for production).
+    # directories, or the event is dead-lettered. A file must name them: empty is refused
+    # (data_roots_problem); ["/"] allows any absolute path, on purpose.
     data_roots: tuple[str, ...] = ()
     # Workers check the NPZ (zip, arrays, shapes for the board) before starting the trainer.
     # Off only for a trainer that reads another format.
@@ -233,9 +234,24 @@ def parse_settings(raw: Any, source: str = "<dict>") -> Settings:
     """Validate a parsed YAML document; collects every problem before raising ConfigError."""
     problems: list[str] = []
     values = _parse_dataclass(Settings, raw, "", problems, skip={"source"})
+    confinement = data_roots_problem(Settings(**values))
+    if confinement:
+        problems.append(confinement)
     if problems:
         raise ConfigError(source, problems)
     return Settings(**values, source=source)
+
+
+def data_roots_problem(settings: Settings) -> str | None:
+    """Why `settings` may not run a service: `training.data_roots` empty (or missing) would let an
+    export name any absolute path (/etc/shadow included). None when data is confined, or when
+    ["/"] allows any path on purpose. Checked when a file is loaded, and by `check-config` and
+    `run` for the built-in defaults."""
+    if settings.training.data_roots != ():
+        return None
+    return ("training.data_roots: empty or missing, so an export could name any absolute path; list the "
+            "directories exporters write under (e.g. data_roots: [/data/training]), or allow any path on "
+            "purpose with data_roots: [\"/\"]")
 
 
 def _parse_dataclass(cls: type, raw: Any, where: str, problems: list[str], skip: set[str] = frozenset()) -> dict:

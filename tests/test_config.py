@@ -17,6 +17,7 @@ def test_example_file_loads_with_the_seed_defaults():
     assert settings.redis.prefix == "ringrift"
     assert settings.training.command == ("{python}", "-m", "workers.train")
     assert settings.hosts == {"gpu-node-1": 8, "gpu-node-2": 8}
+    assert settings.training.data_roots == ("/data/training",)  # the shipped config confines data
     assert settings.source == str(EXAMPLE)
 
 
@@ -35,7 +36,7 @@ def test_wrong_type_names_file_key_and_expectation(tmp_path):
 def test_every_problem_is_reported_at_once(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(
-        "redis:\n  urll: redis://x\ntraining:\n  learning_rate: -1\n  command: 'python train.py'\n"
+        "redis:\n  urll: redis://x\ntraining:\n  learning_rate: -1\n  command: 'python train.py'\n  data_roots: [/d]\n"
         "hosts:\n  gpu-a: zero\nextra: 1\n"
     )
     with pytest.raises(ConfigError) as info:
@@ -68,7 +69,7 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 def test_environment_overrides_path_and_url(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("redis:\n  url: redis://from-file:6379/0\n  prefix: other\n")
+    path.write_text("redis:\n  url: redis://from-file:6379/0\n  prefix: other\ntraining:\n  data_roots: [/d]\n")
     settings = load_settings(env={"RINGRIFT_CONFIG": str(path), "REDIS_URL": "redis://from-env:1/2"})
     assert settings.redis.url == "redis://from-env:1/2"
     assert settings.redis.prefix == "other"
@@ -116,3 +117,29 @@ def test_worker_settings_read_records_of_the_old_flattened_layout():
     assert (s.leases.ttl_s, s.leases.acquire_attempts, s.leases.default_node_slots) == (2.5, 4, 2)
     assert (s.retries.trainer, s.retries.backoff_max_s, s.retries.infrastructure) == (3, 60.0, 5)
     assert (s.breakers.failures, s.breakers.cooldown_s, s.events.stream_maxlen) == (9, 7.0, 1_000_000)
+
+
+@pytest.mark.parametrize("training", ["training:\n  data_roots: []\n", "training:\n  batch_size: 8\n", ""])
+def test_unconfined_data_is_refused_with_how_to_allow_it(tmp_path, training, capsys):
+    from coordinator import cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(training + "hosts:\n  n: 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    [problem] = info.value.problems
+    assert str(path) in str(info.value) and problem.startswith("training.data_roots: empty or missing")
+    assert 'data_roots: ["/"]' in problem  # how to allow any path on purpose
+    assert cli.main(["check-config", str(path)]) == 1 and "training.data_roots" in capsys.readouterr().out
+    assert cli.main(["--config", str(path), "run"]) == 1
+    path.write_text('training:\n  data_roots: ["/"]\n')
+    assert load_settings(path, env={}).training.data_roots == ("/",)
+
+
+def test_run_refuses_the_built_in_defaults_too(tmp_path, monkeypatch, capsys):
+    from coordinator import cli
+
+    monkeypatch.chdir(tmp_path)  # no config/distributed_hosts.yaml here
+    monkeypatch.delenv("RINGRIFT_CONFIG", raising=False)
+    assert cli.main(["run"]) == 1 and "training.data_roots" in capsys.readouterr().err
+    assert cli.main(["check-config"]) == 1
