@@ -1,4 +1,4 @@
-"""Training slots on Redlock-style leases (replacing the NFS file locks).
+"""Training slots on leases in the one Redis (replacing the NFS file locks).
 
 A worker that trains config C on node N holds two leases, taken together in one script or not
 at all: C's training lease (one trainer per config) and one of N's GPU slots (at most `gpus`
@@ -10,11 +10,8 @@ Renewal and release compare the owner token (scripts), so nobody extends or free
 does not hold. `LeaseKeeper` renews every TTL/3 while the trainer runs, without a cap, and
 reports the lease lost when the owner changed or Redis was unreachable for a whole TTL.
 
-Single instance, not a quorum: leases live on the one Redis (with AOF, or a Sentinel-managed
-primary) that also holds the jobs and the stream, so a lease can only be as available as the
-job state it protects. Redlock's multi-master quorum would add N round trips per renewal and
-still leave the jobs on one primary; fencing tokens cover what failover can lose (a lease
-acquired on the old primary and not replicated): the newer holder's token wins at publish.
+One Redis, not a quorum (why: README, "One Redis, not a quorum"); fencing tokens cover what a
+failover can lose.
 """
 
 from __future__ import annotations
