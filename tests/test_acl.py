@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -17,12 +19,17 @@ ROOT = Path(__file__).parent.parent
 PASSWORDS = {"exporter": "ex-pw", "worker": "wk-pw", "coordinator": "co-pw", "viewer": "vw-pw"}
 
 
+def render_acl(passwords: dict[str, str]) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
+    env.update({f"{role.upper()}_PASSWORD": pw for role, pw in passwords.items()})
+    return subprocess.run([str(ROOT / "deploy/redis/render-acl.sh")], env=env, capture_output=True, text=True,
+                          check=True).stdout
+
+
 @pytest.fixture(scope="module")
 def acl_server(tmp_path_factory):
     acl = tmp_path_factory.mktemp("acl") / "users.acl"
-    env = {**os.environ, **{f"{role.upper()}_PASSWORD": pw for role, pw in PASSWORDS.items()}}
-    acl.write_text(subprocess.run([str(ROOT / "deploy/redis/render-acl.sh")], env=env, capture_output=True,
-                                  text=True, check=True).stdout)
+    acl.write_text(render_acl(PASSWORDS))
     with LocalRedis(extra_args=("--aclfile", str(acl)), username="coordinator",
                     password=PASSWORDS["coordinator"]) as server:
         yield server
@@ -36,8 +43,9 @@ def as_role(server: LocalRedis, role: str) -> redis.Redis:
     return redis.Redis.from_url(url(server, role))
 
 
-# role -> (operation, callable, allowed)
+SUBMISSION = '["type","EVALUATION_COMPLETED","config_key","hex8_2p","elo","1500"]'
 OPERATIONS = {
+    "RPUSH ringrift:intake (submit)": lambda c: c.rpush("ringrift:intake", SUBMISSION),
     "XADD ringrift:events": lambda c: c.xadd("ringrift:events", {"type": "EVALUATION_COMPLETED",
                                                                   "config_key": "hex8_2p", "elo": "1500"}),
     "XRANGE ringrift:events": lambda c: c.xrange("ringrift:events", count=1),
@@ -50,11 +58,14 @@ OPERATIONS = {
     "CONFIG GET *": lambda c: c.config_get("*"),
     "FLUSHALL": lambda c: c.flushall(),
 }
+# The exporter's one write is RPUSH to the intake (it had XADD ringrift:events until issue 14: with it,
+# `MAXLEN 0` emptied the stream and the maximal id blocked every later `XADD *`).
 ALLOWED = {
-    "exporter": {"XADD ringrift:events"},
+    "exporter": {"RPUSH ringrift:intake (submit)"},
     "viewer": {"XRANGE ringrift:events", "HGETALL ringrift:job:x"},
-    "worker": {"XADD ringrift:events", "XRANGE ringrift:events", "HGETALL ringrift:job:x", "HSET ringrift:job:x",
-               "RPUSH rq:queue:training (enqueue)", "SET ringrift:{lease}:train:hex8_2p"},
+    "worker": {"RPUSH ringrift:intake (submit)", "XADD ringrift:events", "XRANGE ringrift:events",
+               "HGETALL ringrift:job:x", "HSET ringrift:job:x", "RPUSH rq:queue:training (enqueue)",
+               "SET ringrift:{lease}:train:hex8_2p"},
 }
 ALLOWED["coordinator"] = ALLOWED["worker"]
 
@@ -71,7 +82,7 @@ def test_each_role_is_refused_outside_its_job(acl_server, role):
             matrix[name] = "NOPERM"
     print(f"\n{role}: " + ", ".join(f"{k} -> {v}" for k, v in matrix.items()))
     assert {k for k, v in matrix.items() if v == "allowed"} == ALLOWED[role]
-    as_role(acl_server, "coordinator").delete("rq:queue:training", "ringrift:{lease}:train:hex8_2p")
+    as_role(acl_server, "coordinator").delete("rq:queue:training", "ringrift:{lease}:train:hex8_2p", "ringrift:intake")
 
 
 def test_the_default_user_is_off(acl_server):
@@ -79,27 +90,152 @@ def test_the_default_user_is_off(acl_server):
         redis.Redis(port=acl_server.port).ping()
 
 
+MAX_ID = "18446744073709551615-18446744073709551615"
+EXPORTER_ATTACKS = {
+    "XADD ringrift:events MAXLEN 0 *": ("XADD", "ringrift:events", "MAXLEN", "0", "*", "type", "X"),
+    f"XADD ringrift:events {MAX_ID}": ("XADD", "ringrift:events", MAX_ID, "type", "X"),
+    "XTRIM ringrift:events MAXLEN 0": ("XTRIM", "ringrift:events", "MAXLEN", "0"),
+    "XDEL ringrift:events <id>": ("XDEL", "ringrift:events", "0-1"),
+    "DEL ringrift:events": ("DEL", "ringrift:events"),
+    "XGROUP DESTROY": ("XGROUP", "DESTROY", "ringrift:events", "orchestrator"),
+    "FCALL ringrift_publish 1 ringrift:events": ("FCALL", "ringrift_publish", "1", "ringrift:events", "type", "X"),
+    "EVAL XADD": ("EVAL", "return redis.call('XADD', KEYS[1], 'MAXLEN', '0', '*', 'a', 'b')", "1", "ringrift:events"),
+    # The intake itself: another exporter's waiting submissions cannot be popped, trimmed or deleted.
+    "LTRIM ringrift:intake 1 0": ("LTRIM", "ringrift:intake", "1", "0"),
+    "LPOP ringrift:intake": ("LPOP", "ringrift:intake"),
+    "DEL ringrift:intake": ("DEL", "ringrift:intake"),
+    "RPUSH ringrift:other": ("RPUSH", "ringrift:other", "x"),
+}
+
+
+def test_an_exporter_cannot_trim_delete_or_block_the_event_stream(acl_server):
+    """Issue 14 point 7: as the exporter, every way to empty or block ringrift:events is refused; the
+    stream keeps its entries, a later `XADD *` works, and the exporter's own way in (RPUSH to the
+    intake, moved by the coordinator with `XADD *`) still appends, with an auto id."""
+    from coordinator import intake
+
+    coordinator, exporter = as_role(acl_server, "coordinator"), as_role(acl_server, "exporter")
+    coordinator.delete("ringrift:events", "ringrift:intake")
+    before = [coordinator.xadd("ringrift:events", {"type": "EARLIER", "n": str(n)}) for n in range(3)]
+    coordinator.rpush("ringrift:intake", SUBMISSION)  # another exporter's submission, not yet moved
+    rows = {}
+    for name, command in EXPORTER_ATTACKS.items():
+        try:
+            exporter.execute_command(*command)
+            rows[name] = "allowed"
+        except redis.exceptions.NoPermissionError:
+            rows[name] = "NOPERM"
+        except redis.exceptions.ResponseError as exc:  # EVAL/FCALL: refused inside the script
+            rows[name] = "NOPERM" if "can't run this command" in str(exc) or "NOPERM" in str(exc) else str(exc)
+    print("\nexporter attacks: " + ", ".join(f"{k} -> {v}" for k, v in rows.items()))
+    assert rows == dict.fromkeys(EXPORTER_ATTACKS, "NOPERM")
+    assert [i for i, _ in coordinator.xrange("ringrift:events")] == before
+    intake.publish_export(exporter, {"config_key": "hex8_2p", "npz_path": "/data/x.npz", "samples": "10"})
+    assert intake.move(coordinator) == intake.Moved(2, 0)  # the other exporter's, then this one
+    after = coordinator.xrange("ringrift:events")
+    assert [i for i, _ in after[:3]] == before and len(after) == 5
+    assert after[-1][1][b"type"] == b"NPZ_EXPORT_COMPLETE" and after[-1][0] > before[-1]
+    assert coordinator.xadd("ringrift:events", {"type": "LATER"}) > after[-1][0]
+
+
+HOSTILE = {
+    "exporter": "pw nopass",  # was: a password "pw" plus the rule `nopass` (any password accepted)
+    "worker": "pw\nuser evil on >x ~* &* +@all",  # was: a second line, a full-rights user
+    "coordinator": "$(touch {marker}) `touch {marker}` \"'; ${{HOME}} \\",  # shell metacharacters
+    "viewer": "correct horse battery staple",  # was: redis-server refused to start
+}
+ADMIN = ("test-admin", "ad-pw")  # this test's own user, to list the users
+
+
+@pytest.fixture(scope="module")
+def hostile_passwords(tmp_path_factory):
+    marker = tmp_path_factory.mktemp("hostile") / "touched"
+    passwords = {role: pw.format(marker=marker) for role, pw in HOSTILE.items()}
+    rendered = render_acl(passwords)
+    acl = marker.parent / "users.acl"
+    acl.write_text(rendered + f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n")
+    with LocalRedis(extra_args=("--aclfile", str(acl)), username=ADMIN[0], password=ADMIN[1]) as server:
+        yield server, passwords, rendered, marker
+
+
+def test_passwords_never_become_acl_syntax(hostile_passwords):
+    """Issue 14 point 8: each hostile password is only a password: the file holds its SHA-256, the
+    user accepts exactly it, no other user appears, and nothing in it ran in a shell."""
+    server, passwords, rendered, marker = hostile_passwords
+    lines = rendered.splitlines()
+    assert [line.split()[1] for line in lines] == ["default", *HOSTILE]
+    for pw in passwords.values():
+        assert f"#{hashlib.sha256(pw.encode()).hexdigest()} " in rendered
+        assert pw not in rendered
+    admin = redis.Redis(port=server.port, username=ADMIN[0], password=ADMIN[1])
+    assert set(admin.acl_users()) == {"default", *HOSTILE, ADMIN[0]}
+    probe = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+
+    def accepts(user: str, password: str) -> bool:
+        """AUTH in plain RESP on one socket (redis-py retries a refused AUTH for seconds)."""
+        words = [b"AUTH", user.encode(), password.encode()]
+        probe.sendall(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words))
+        reply = probe.recv(4096)
+        assert reply.startswith((b"+OK", b"-WRONGPASS")), reply
+        return reply.startswith(b"+OK")
+
+    rows = {}
+    for role, pw in passwords.items():
+        assert accepts(role, pw), role
+        refused = [wrong for wrong in ("anything", "x", "pw", "nopass", pw.split()[0], pw + " ") if wrong != pw]
+        assert not any(accepts(role, wrong) for wrong in refused), role
+        rows[role] = f"exact password only ({len(refused)} others refused)"
+    assert not accepts("evil", "x")
+    probe.close()
+    admin.set("ringrift:keep", "1")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        redis.Redis(port=server.port, username="worker", password=passwords["worker"]).flushall()
+    assert admin.get("ringrift:keep") == b"1"
+    assert not marker.exists()
+    print("\nhostile passwords: " + ", ".join(f"{k} {HOSTILE[k]!r}: {v}" for k, v in rows.items()))
+
+
+def test_render_acl_refuses_a_missing_required_password():
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
+    done = subprocess.run([str(ROOT / "deploy/redis/render-acl.sh")], env={**env, "EXPORTER_PASSWORD": "x"},
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "WORKER_PASSWORD is not set" in done.stderr and not done.stdout
+
+
+# Until `TrainingOrchestrator` moves the intake itself (issue 14: one call of `intake.move` per loop),
+# the end-to-end test moves it as the coordinator role, so the roles' rights are still checked whole.
+ORCHESTRATOR_MOVES_INTAKE = "intake.move(" in (ROOT / "coordinator/orchestrator.py").read_text()
+
+
 def test_roles_run_the_pipeline_end_to_end(acl_server, tmp_path):
-    """Exporter XADDs, `ringrift-train run` as coordinator, `rq worker training` as worker."""
+    """Exporter submits to the intake, `ringrift-train run` as coordinator, `rq worker training` as worker."""
+    from coordinator import intake
     from coordinator.workers_pool import start_worker, stop_workers
     from tests.conftest import console_script
 
-    as_role(acl_server, "coordinator").delete("ringrift:events")
+    as_role(acl_server, "coordinator").delete("ringrift:events", "ringrift:intake")
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")
     config = tmp_path / "c.yaml"
     config.write_text(f"training:\n  command: ['{{python}}', '-m', 'workers.stub_train']\n  check_npz: false\n"
-                      f"  models_root: {tmp_path / 'models'}\n  default_epochs: 2\nevents:\n  block_ms: 100\n")
+                      f"  models_root: {tmp_path / 'models'}\n  data_roots: ['{tmp_path}']\n  default_epochs: 2\n"
+                      f"events:\n  block_ms: 100\n")
     env = {**os.environ, "REDIS_URL": url(acl_server, "coordinator")}
     with open(tmp_path / "service.log", "wb") as log:
         service = subprocess.Popen([console_script("ringrift-train"), "--config", str(config), "run"], env=env,
                                    stdout=log, stderr=subprocess.STDOUT)
     worker = start_worker(url(acl_server, "worker"), "acl-worker", "node-0", log_path=tmp_path / "worker.log")
     try:
-        as_role(acl_server, "exporter").xadd("ringrift:events", {
-            "type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": str(npz), "samples": "10"})
-        viewer = as_role(acl_server, "viewer")
-        [done] = wait_for(lambda: stream_events(viewer, "TRAINING_COMPLETE"), timeout_s=60)
+        intake.publish_export(as_role(acl_server, "exporter"),
+                              {"config_key": "hex8_2p", "npz_path": str(npz), "samples": "10"})
+        viewer, coordinator = as_role(acl_server, "viewer"), as_role(acl_server, "coordinator")
+
+        def completed() -> list:
+            if not ORCHESTRATOR_MOVES_INTAKE:
+                intake.move(coordinator)
+            return stream_events(viewer, "TRAINING_COMPLETE")
+
+        [done] = wait_for(completed, timeout_s=60)
         assert done.fields["config_key"] == "hex8_2p"
     finally:
         stop_workers([worker])
