@@ -16,22 +16,25 @@ simulator (`bench/scheduling_sim.py`) call them with what a coordinator records.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 
-# GPU-hours of one training before a config has history (RingRift's boards; `hex8` is 9x9 planes).
-DEFAULT_BOARD_GPU_HOURS: Mapping[str, float] = MappingProxyType(
-    {"square8": 1.0, "hex8": 0.75, "square19": 20.0, "hexagonal": 24.0})
+
+@dataclass(frozen=True)
+class BoardGpuHours:
+    """GPU-hours of one training before a config has history, per board (`coordinator.boards.BOARDS`)."""
+
+    square8: float = 1.0
+    hex8: float = 0.75
+    square19: float = 20.0
+    hexagonal: float = 24.0
 
 
 @dataclass(frozen=True)
 class CostSettings:
     """The factor's settings (proposed YAML section `scheduler.cost`)."""
 
-    board_default_gpu_hours: Mapping[str, float] = field(default_factory=lambda: DEFAULT_BOARD_GPU_HOURS)
-    # A board missing from `board_default_gpu_hours`.
-    fallback_gpu_hours: float = 4.0
+    board_default_gpu_hours: BoardGpuHours = field(default_factory=BoardGpuHours)
     duration_window: int = 5  # recent trainings whose durations are averaged
     gain_window: int = 8  # recent Elo gains (returns diminish, so old gains say little)
     prior_elo_per_gpu_hour: float = 10.0
@@ -39,10 +42,9 @@ class CostSettings:
     value_scale: float = 10.0  # Elo per GPU-hour at which the factor is 0.5
 
     def __post_init__(self) -> None:
-        numbers = {"fallback_gpu_hours": self.fallback_gpu_hours, "duration_window": self.duration_window,
-                   "gain_window": self.gain_window, "prior_trainings": self.prior_trainings,
-                   "value_scale": self.value_scale,
-                   **{f"board_default_gpu_hours.{k}": v for k, v in self.board_default_gpu_hours.items()}}
+        numbers = {"duration_window": self.duration_window, "gain_window": self.gain_window,
+                   "prior_trainings": self.prior_trainings, "value_scale": self.value_scale,
+                   **{f"board_default_gpu_hours.{k}": v for k, v in asdict(self.board_default_gpu_hours).items()}}
         bad = [name for name, value in numbers.items() if not value > 0]
         if bad or self.prior_elo_per_gpu_hour < 0:
             raise ValueError(f"cost settings must be positive: {', '.join(bad) or 'prior_elo_per_gpu_hour'}")
@@ -67,7 +69,10 @@ def expected_gpu_hours(recent_gpu_hours: Sequence[float], board_type: str, s: Co
     """The mean of the last `duration_window` trainings' GPU-hours, or the board's default."""
     recent = [h for h in recent_gpu_hours if h > 0][-s.duration_window:]
     if not recent:
-        return s.board_default_gpu_hours.get(board_type, s.fallback_gpu_hours)
+        try:
+            return float(getattr(s.board_default_gpu_hours, board_type))
+        except AttributeError:
+            raise ValueError(f"no default GPU-hours for board {board_type!r}") from None
     return sum(recent) / len(recent)
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from coordinator.boards import BOARDS
 from coordinator.cost import (
+    BoardGpuHours,
     CostSettings,
     estimate,
     expected_gpu_hours,
@@ -18,9 +22,14 @@ S = CostSettings()
 
 
 def test_expected_hours_use_the_board_default_before_any_history():
-    assert expected_gpu_hours([], "square19", S) == S.board_default_gpu_hours["square19"]
-    assert expected_gpu_hours([], "hex8", S) == S.board_default_gpu_hours["hex8"]
-    assert expected_gpu_hours([], "octagon", S) == S.fallback_gpu_hours
+    assert expected_gpu_hours([], "square19", S) == S.board_default_gpu_hours.square19 == 20.0
+    assert expected_gpu_hours([], "hex8", S) == S.board_default_gpu_hours.hex8
+    with pytest.raises(ValueError, match="octagon"):
+        expected_gpu_hours([], "octagon", S)
+
+
+def test_every_board_has_a_default():
+    assert set(asdict(S.board_default_gpu_hours)) == set(BOARDS)
 
 
 def test_expected_hours_are_the_mean_of_the_recent_trainings_only():
@@ -74,7 +83,7 @@ def test_the_factor_is_one_half_at_the_scale():
 
 
 @pytest.mark.parametrize("bad", [{"value_scale": 0}, {"duration_window": 0}, {"prior_elo_per_gpu_hour": -1},
-                                 {"board_default_gpu_hours": {"square8": 0.0}}])
+                                 {"board_default_gpu_hours": BoardGpuHours(square8=0.0)}])
 def test_settings_reject_numbers_that_break_the_factor(bad):
     with pytest.raises(ValueError):
         CostSettings(**bad)
