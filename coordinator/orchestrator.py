@@ -13,6 +13,7 @@ seed's asyncio API (`start`, `submit_training`, `stop`) runs them in a worker th
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -36,7 +37,15 @@ from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
 from coordinator.metrics import Metrics
-from coordinator.periodic import PeriodicWork
+from coordinator.periodic import (
+    PRUNE_INTERVAL_S,
+    REQUEUE_DUE_INTERVAL_S,
+    REQUEUE_LOST_INTERVAL_S,
+    TRIM_INTERVAL_S,
+    PeriodicTask,
+    PeriodicWork,
+    prune_before,
+)
 from coordinator.recovery import Recovery
 from coordinator.scheduler import TrainingScheduler
 from coordinator.schemas import validate, validate_entry
@@ -83,7 +92,7 @@ class TrainingOrchestrator:
         self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
         self.recovery = Recovery(self.jobs, self.settings)
         self.metrics = Metrics(self.conn, self.keys, self.settings)
-        self.periodic = PeriodicWork(self)
+        self.periodic = PeriodicWork(self.conn, self.keys.prefix, self.periodic_tasks())
         self._handlers: dict[str, Callable[[Event], list[str]]] = {
             ev.TRAINING_COMPLETE: self._on_training_end,
             ev.TRAINING_FAILED: self._on_training_end,
@@ -101,6 +110,22 @@ class TrainingOrchestrator:
         self._dirty: set[str] = set()  # configs whose score inputs changed, not yet rescored
         self._slots: tuple[int, float] | None = None  # (usable GPU slots, when read)
         self._rescored_at = 0.0
+
+    def periodic_tasks(self) -> dict[str, PeriodicTask]:
+        """The periodic work: what runs, how often."""
+        s = self.settings
+        return {
+            "tick": PeriodicTask(s.scheduler.rescore_interval_s, self.tick),
+            "reap": PeriodicTask(s.leases.reaper_interval_s, self.recovery.reap),
+            "requeue_due": PeriodicTask(REQUEUE_DUE_INTERVAL_S, self.recovery.requeue_due),
+            "requeue_lost": PeriodicTask(REQUEUE_LOST_INTERVAL_S, self.recovery.requeue_lost),
+            "trim": PeriodicTask(TRIM_INTERVAL_S, lambda: self.consumer.trim(s.events.stream_maxlen)),
+            "prune": PeriodicTask(PRUNE_INTERVAL_S, self.prune_job_history),
+        }
+
+    def prune_job_history(self) -> int:
+        """Job records past `training.job_retention_days` (0 keeps them), a batch per run."""
+        return prune_before(self.jobs, self.settings.training.job_retention_days, time.time())
 
     # -- the seed's asyncio API -----------------------------------------------------------------
     async def start(self) -> None:
@@ -520,3 +545,19 @@ def _check_data_root(npz_path: str, roots: tuple[str, ...]) -> None:
                          f"({', '.join(roots)})")
 
 
+
+
+@functools.cache
+def _maintainer() -> TrainingOrchestrator:
+    """One orchestrator per `rq worker ringrift-maintenance` process, built on its first job."""
+    from rq import get_current_job
+
+    return TrainingOrchestrator(load_settings(), get_current_job().connection, consumer_name="maintenance")
+
+
+def maintenance(task: str, *_older: str) -> object:
+    """The RQ job function of the periodic work, for an `rq worker ringrift-maintenance` that runs
+    it instead of the coordinator (settings from RINGRIFT_CONFIG / REDIS_URL, as for `run`). An
+    entry an older version scheduled passes (prefix, task): the task is the last argument."""
+    name = (task, *_older)[-1]
+    return _maintainer().periodic.tasks[name].run()

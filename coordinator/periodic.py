@@ -1,80 +1,95 @@
 """Periodic work as rq-scheduler jobs: the scheduler tick (rescore, fill free slots), the reaper,
 putting deferred/retrying/lost jobs back on the queue, stream trimming and pruning old job records.
 
-`ringrift-train run` registers them with fixed ids, so a restart (or a second coordinator)
-finds them registered and adds nothing; an interval changed in the YAML replaces the old entry.
-Each coordinator loop moves due jobs onto the `ringrift-maintenance` queue under rq-scheduler's
-lock (one mover at a time) and runs what it dequeues; a job is dequeued by one coordinator only,
-so two coordinators never run the same round twice. An `rqscheduler` process and an
-`rq worker ringrift-maintenance` may do the same work instead (`maintenance()` below is an
-ordinary RQ job function); `rq info` and `rqscheduler`'s tools show the entries.
+The orchestrator hands `PeriodicWork` its task table (name -> interval and callable); this module
+knows nothing else of it. `ringrift-train run` registers the tasks with fixed ids, so a restart
+(or a second coordinator) finds them registered and adds nothing; an interval changed in the YAML
+replaces the old entry. Each coordinator loop moves due jobs onto the `ringrift-maintenance` queue
+under rq-scheduler's lock (one mover at a time) and runs what it dequeues (RQ's `dequeue_any`); a
+job is dequeued by one coordinator only, so two coordinators never run the same round twice. An
+`rqscheduler` process and an `rq worker ringrift-maintenance` may do the same work instead
+(`coordinator.orchestrator.maintenance` is the RQ job function); `rq info` and rqscheduler's tools
+show the entries.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+import redis
 from rq import Queue
 from rq_scheduler import Scheduler
 
-if TYPE_CHECKING:
-    from coordinator.orchestrator import TrainingOrchestrator
-
 log = logging.getLogger(__name__)
 MAINTENANCE_QUEUE = "ringrift-maintenance"
-MAINTENANCE_FUNC = "coordinator.periodic.maintenance"
+MAINTENANCE_FUNC = "coordinator.orchestrator.maintenance"
 MAX_RUNS_PER_CALL = 20
+SCHEDULER_POLL_S = 1  # rq-scheduler's own interval (whole seconds)
+# The fixed intervals (the tick's and the reaper's come from the settings).
+REQUEUE_DUE_INTERVAL_S = 1.0
+REQUEUE_LOST_INTERVAL_S = 5.0
+TRIM_INTERVAL_S = 60.0
 PRUNE_INTERVAL_S = 600.0
+SECONDS_PER_DAY = 86_400
 
 
-def task_intervals(orchestrator: TrainingOrchestrator) -> dict[str, float]:
-    s = orchestrator.settings
-    return {"tick": s.scheduler.rescore_interval_s, "reap": s.leases.reaper_interval_s, "requeue_due": 1.0,
-            "requeue_lost": 5.0, "trim": 60.0, "prune": PRUNE_INTERVAL_S}
+@dataclass(frozen=True)
+class PeriodicTask:
+    interval_s: float
+    run: Callable[[], object]
 
 
-def task_methods(orchestrator: TrainingOrchestrator) -> dict[str, Callable[[], object]]:
-    o = orchestrator
-    return {"tick": o.tick, "reap": o.recovery.reap, "requeue_due": o.recovery.requeue_due,
-            "requeue_lost": o.recovery.requeue_lost,
-            "trim": lambda: o.consumer.trim(o.settings.events.stream_maxlen),
-            "prune": lambda: prune_job_history(o)}
+class _PrunesJobs(Protocol):
+    def prune(self, before: float) -> int: ...
 
 
-def prune_job_history(o: TrainingOrchestrator) -> int:
-    """Job records past `training.job_retention_days` (0 keeps them), a batch per run."""
-    days = o.settings.training.job_retention_days
-    return o.jobs.prune(time.time() - days * 86_400) if days > 0 else 0
+class _Pruner(Protocol):
+    def prune_job_history(self) -> int: ...
+
+
+def prune_before(jobs: _PrunesJobs, retention_days: float, now: float) -> int:
+    """Job records past the retention (0 keeps them), a batch per run."""
+    return jobs.prune(now - retention_days * SECONDS_PER_DAY) if retention_days > 0 else 0
+
+
+def prune_job_history(owner: _Pruner) -> int:
+    """`owner.prune_job_history()` (kept for callers of the old API)."""
+    return owner.prune_job_history()
 
 
 class PeriodicWork:
-    def __init__(self, orchestrator: TrainingOrchestrator) -> None:
-        self.orchestrator = orchestrator
-        self.conn = orchestrator.conn
-        self.prefix = orchestrator.keys.prefix
-        self.scheduler = Scheduler(queue_name=MAINTENANCE_QUEUE, connection=self.conn, interval=1)
-        self.queue = Queue(MAINTENANCE_QUEUE, connection=self.conn)
-        self.methods = task_methods(orchestrator)
+    def __init__(self, conn: redis.Redis, id_prefix: str, tasks: Mapping[str, PeriodicTask]) -> None:
+        self.conn = conn
+        self.id_prefix = f"{id_prefix}-periodic-"
+        self.tasks = dict(tasks)
+        self.scheduler = Scheduler(queue_name=MAINTENANCE_QUEUE, connection=conn, interval=SCHEDULER_POLL_S)
+        self.queue = Queue(MAINTENANCE_QUEUE, connection=conn)
 
     def job_id(self, task: str) -> str:
-        return f"{self.prefix}-periodic-{task}"
+        return f"{self.id_prefix}{task}"
+
+    def intervals(self) -> dict[str, float]:
+        return {name: task.interval_s for name, task in self.tasks.items()}
 
     def register(self) -> list[str]:
-        """Schedule each task once (idempotent); returns the ids newly (re)scheduled."""
+        """Schedule each task once (idempotent); returns the ids newly (re)scheduled. An entry with
+        another interval or other arguments (an older version's) is replaced."""
         added = []
-        for task, interval in task_intervals(self.orchestrator).items():
-            job_id = self.job_id(task)
-            existing = next((j for j in self.scheduler.get_jobs() if j.id == job_id), None)
-            if existing is not None and int(existing.meta.get("interval", 0)) == max(1, int(interval)):
+        existing_jobs = {job.id: job for job in self.scheduler.get_jobs()}
+        for task, spec in self.tasks.items():
+            job_id, interval = self.job_id(task), max(1, int(spec.interval_s))
+            existing = existing_jobs.get(job_id)
+            if (existing is not None and int(existing.meta.get("interval", 0)) == interval
+                    and tuple(existing.args) == (task,) and existing.func_name == MAINTENANCE_FUNC):
                 continue
             if existing is not None:
                 self.scheduler.cancel(existing)
-            self.scheduler.schedule(datetime.now(timezone.utc), MAINTENANCE_FUNC, args=(self.prefix, task),
-                                    id=job_id, interval=max(1, int(interval)), queue_name=MAINTENANCE_QUEUE,
+            self.scheduler.schedule(datetime.now(timezone.utc), MAINTENANCE_FUNC, args=(task,), id=job_id,
+                                    interval=interval, queue_name=MAINTENANCE_QUEUE,
                                     description=f"ringrift periodic {task}")
             added.append(job_id)
         return added
@@ -89,29 +104,23 @@ class PeriodicWork:
                 self.scheduler.remove_lock()
         ran = []
         for _ in range(MAX_RUNS_PER_CALL):
-            job_id = self.conn.lpop(self.queue.key)
-            if job_id is None:
+            taken = Queue.dequeue_any([self.queue], None, connection=self.conn)  # no wait: None when empty
+            if taken is None:
                 break
-            job_id = job_id.decode()
-            self.conn.lrem(self.queue.key, 0, job_id)  # queued again while nobody ran it: once is enough
-            task = job_id.removeprefix(f"{self.prefix}-periodic-")
-            method = self.methods.get(task)
-            if method is None:
+            job_id = taken[0].id
+            for _ in range(MAX_RUNS_PER_CALL):  # queued again while nobody ran it: once is enough
+                if not self.queue.remove(job_id):
+                    break
+            task = self.tasks.get(job_id.removeprefix(self.id_prefix))
+            if task is None:
                 log.warning("unknown periodic job %s on %s", job_id, MAINTENANCE_QUEUE)
                 continue
-            method()
-            ran.append(task)
+            task.run()
+            ran.append(job_id.removeprefix(self.id_prefix))
         return ran
 
 
-def maintenance(prefix: str, task: str) -> object:
-    """The RQ job function, for an `rq worker ringrift-maintenance` that runs the periodic work
-    instead of the coordinator (settings from RINGRIFT_CONFIG / REDIS_URL, as for `run`)."""
-    from rq import get_current_job
-
-    from coordinator.config import load_settings
-    from coordinator.orchestrator import TrainingOrchestrator
-
-    settings = load_settings()
-    orchestrator = TrainingOrchestrator(settings, get_current_job().connection, consumer_name="maintenance")
-    return task_methods(orchestrator)[task]()
+def task_intervals(owner: object) -> dict[str, float]:
+    """The intervals of `owner.periodic`'s tasks (kept for callers of the old API)."""
+    periodic: PeriodicWork = owner.periodic  # type: ignore[attr-defined]
+    return periodic.intervals()

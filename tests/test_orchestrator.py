@@ -244,3 +244,62 @@ def test_a_cancelled_config_waits_for_a_newer_export(orchestrator, fake_conn, ke
     export(fake_conn, keys, path="/data/v2.npz")
     orchestrator.process_once(block_ms=None)
     assert orchestrator.jobs.active_job("hex8_2p") not in (None, job_id)
+
+
+def test_periodic_work_knows_nothing_of_the_orchestrator():
+    import ast
+    from pathlib import Path
+
+    import coordinator.periodic as periodic
+
+    tree = ast.parse(Path(periodic.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {name for name in imported if name and name.startswith("coordinator")}
+
+
+def test_periodic_tasks_run_from_the_table_they_are_given(fake_conn):
+    from coordinator.periodic import PeriodicTask, PeriodicWork
+
+    ran = []
+    work = PeriodicWork(fake_conn, "t", {"ping": PeriodicTask(1, lambda: ran.append("ping"))})
+    assert work.register() == ["t-periodic-ping"] and work.register() == []
+    assert work.run_due() == ["ping"] and ran == ["ping"]
+
+
+def test_an_older_versions_periodic_entry_is_replaced(fake_conn, make_settings):
+    from datetime import datetime, timezone
+
+    from coordinator.periodic import MAINTENANCE_QUEUE
+
+    orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
+    orch.periodic.scheduler.schedule(datetime.now(timezone.utc), "coordinator.periodic.maintenance",
+                                     args=("ringrift", "tick"), id="ringrift-periodic-tick",
+                                     interval=int(orch.settings.scheduler.rescore_interval_s),
+                                     queue_name=MAINTENANCE_QUEUE)
+    assert "ringrift-periodic-tick" in orch.periodic.register()
+    [tick] = [j for j in orch.periodic.scheduler.get_jobs() if j.id == "ringrift-periodic-tick"]
+    assert tick.args == ["tick"] or tuple(tick.args) == ("tick",)
+
+
+def test_maintenance_runs_a_task_on_an_rq_worker_without_a_new_orchestrator_each_time(fake_conn, monkeypatch):
+    from rq import SimpleWorker
+
+    from coordinator import orchestrator as module
+    from coordinator.periodic import MAINTENANCE_FUNC, MAINTENANCE_QUEUE
+
+    module._maintainer.cache_clear()
+    built = []
+    real_init = TrainingOrchestrator.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainingOrchestrator, "__init__", counting_init)
+    queue = Queue(MAINTENANCE_QUEUE, connection=fake_conn)
+    for task in ("trim", "prune", "requeue_due"):
+        queue.enqueue(MAINTENANCE_FUNC, task)
+    SimpleWorker([queue], connection=fake_conn).work(burst=True)
+    assert queue.failed_job_registry.count == 0 and len(built) == 1
+    module._maintainer.cache_clear()
