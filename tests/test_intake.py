@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import redis
@@ -110,3 +114,18 @@ def test_encode_refuses_an_empty_submission_and_publish_export_sets_the_type():
     with pytest.raises(ValueError):
         intake.publish_export(None, {"type": "OTHER"})  # type: ignore[arg-type]
     assert json.loads(intake.encode({"a": 1, "b": "ü"})) == ["a", "1", "b", "ü"]
+
+
+def test_the_readmes_shell_command_submits_an_export(real_conn, redis_server):
+    """The exporter step of the README, run with redis-cli as written (its JSON spans two lines)."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("no redis-cli")
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    [payload] = re.findall(r"redis-cli RPUSH ringrift:intake '(.*?)'", readme, re.DOTALL)
+    subprocess.run([cli, "-p", str(redis_server.port), "RPUSH", "ringrift:intake", payload], check=True,
+                   capture_output=True, timeout=10)
+    assert intake.move(real_conn, KEYS) == intake.Moved(1, 0)
+    [event] = stream_events(real_conn, "NPZ_EXPORT_COMPLETE")
+    assert event.fields == {"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex8", "num_players": "2",
+                            "npz_path": "/data/hex8_2p.npz", "samples": "40000"}
