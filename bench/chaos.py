@@ -1,21 +1,27 @@
 """Chaos: N rounds of random faults over a stream of exports, then the damage report.
 
-Runs a redis-server (AOF everysec), `ringrift-train run` and three `rq worker training` processes
-(stub trainer: a few short epochs) and, each round, sends exports and injects one fault:
-SIGKILL a busy worker with its work horse and trainer (a node lost; a fresh worker replaces it),
-SIGKILL the orchestrator (restarted at once), restart Redis (SIGTERM: AOF synced; down 1 s),
-or SIGSTOP a busy worker past its lease TTL (then SIGCONT). Then it waits for the pipeline to
-drain and checks, from the stream and the process table:
+Starts Redis HA (primary, replica, three sentinels), a fault proxy between the processes and Redis,
+`ringrift-train run` and three `rq worker training` processes (stub trainer: four 0.5 s epochs;
+see bench/chaos_cluster.py). Each round sends exports and injects one fault drawn with the seed
+(the kinds and their recovery rules: bench/chaos_faults.py): nodes and the orchestrator killed,
+workers frozen, Redis restarted, Sentinel failover, a worker cut off from Redis while its trainer
+runs (healed before, at or after the lease TTL), the orchestrator cut off, slow links. Then it
+waits for the pipeline to drain and checks, from the stream and the process table:
 
 - lost: configs whose newest export was never trained (must be 0);
 - run twice concurrently: moments (sampled every 50 ms) when two live trainer processes of the
   same config ran at once (must be 0);
 - stale publishes accepted: TRAINING_COMPLETE under a fencing token older than one already
-  issued for that config (must be 0);
-- recovery: from the fault to the next sign of progress it was waiting for (the killed or frozen
-  job's retry starting; the orchestrator or Redis handling a new event).
+  issued for that config (must be 0); fenced and refused: publishes the fencing turned away
+  (above 0 when partition_after_ttl ran: that fault is built to reach it);
+- workers that quit by themselves (a Redis error not ridden out; they are restarted; must be 0);
+- recovery per fault kind.
 
-    python -m bench.chaos [--rounds 20] [--seed 1]
+`--soak 60m` runs rounds for that long and samples Redis every minute (bench/chaos_soak.py): it
+fails if memory, keys, stream length, pending entries or job records grow without bound.
+
+    python -m bench.chaos [--rounds 20] [--seed 1] [--faults kill_node,failover,...]
+    python -m bench.chaos --soak 60m
 """
 
 from __future__ import annotations
@@ -23,149 +29,88 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import signal
+import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import redis
-import yaml
 
-from coordinator.events import decode_entry
-from coordinator.keys import Keys
-from coordinator.local_redis import LocalRedis
-from coordinator.workers_pool import start_worker, stop_workers
+from bench.chaos_cluster import Cluster, RedisHA
+from bench.chaos_faults import CONFIGS, FAULTS, KEYS, Chaos, Outcome, inject, probe, send_export, wait_until
+from bench.chaos_soak import Sampler, growth, print_soak
+from coordinator.connection import connect
+from coordinator.events import Event, decode_entry
 
-CONFIGS = ["hex8_2p", "square8_2p", "square19_2p", "hex8_3p", "square8_4p", "hexagonal_2p"]
-FAULTS = ("kill_node", "kill_orchestrator", "restart_redis", "freeze_worker")
-KEYS = Keys("ringrift")
 LEASE_TTL_S = 10.0
+STREAM_MAXLEN = 5000  # trimmed as in production, so the soak sees a bounded stream
+RETENTION_DAYS = 30.0
+SOAK_RETENTION_DAYS = 5 / 1440  # job records pruned after 5 minutes in the soak (every 10 minutes)
+DRAIN_TIMEOUT_S = 240.0
+READY_TIMEOUT_S = 120.0
+RQ_WORKERS = "rq:workers"  # RQ's set of registered workers
 
 
-class Cluster:
-    def __init__(self, root: Path, server: LocalRedis) -> None:
-        self.root, self.server = root, server
-        self.config = root / "chaos.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "redis": {"url": server.url},
-            "training": {"default_epochs": 4, "command": ["{python}", "-m", "workers.stub_train",
-                                                          "--epoch-seconds", "0.5"],
-                         "models_root": str(root / "models"), "check_npz": False, "kill_grace_s": 2},
-            "leases": {"ttl_s": LEASE_TTL_S, "defer_s": 1.0},
-            "retries": {"infrastructure": 20, "backoff_base_s": 0.5, "backoff_max_s": 5},
-            "breakers": {"failures": 1000},
-            "hosts": {f"node-{i}": 1 for i in range(3)},
-        }))
-        self.orchestrator: subprocess.Popen | None = None
-        self.workers: dict[str, subprocess.Popen] = {}
-        self.generation = 0
-
-    def start_orchestrator(self) -> None:
-        with open(self.root / "orchestrator.log", "ab") as log:
-            self.orchestrator = subprocess.Popen(
-                [sys.executable, "-m", "coordinator.cli", "--config", str(self.config), "run"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RINGRIFT_CONSUMER": "chaos"})
-
-    def start_worker(self, node: str) -> None:
-        self.generation += 1
-        self.workers[node] = start_worker(self.server.url, f"chaos-{node}-{self.generation}", node,
-                                          {"OMP_NUM_THREADS": "1"}, log_path=self.root / f"{node}.log")
-
-    def stop(self) -> None:
-        stop_workers(list(self.workers.values()))
-        if self.orchestrator:
-            self.orchestrator.terminate()
-            self.orchestrator.wait(timeout=15)
+def cluster_settings(root: Path, ttl_s: float, retention_days: float) -> dict:
+    return {
+        "training": {"default_epochs": 4, "command": ["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.5"],
+                     "models_root": str(root / "models"), "data_roots": [str(root)], "check_npz": False,
+                     "kill_grace_s": 2,
+                     "job_retention_days": retention_days},
+        "events": {"stream_maxlen": STREAM_MAXLEN},
+        "leases": {"ttl_s": ttl_s, "defer_s": 1.0},
+        "retries": {"infrastructure": 20, "backoff_base_s": 0.5, "backoff_max_s": 5},
+        "breakers": {"failures": 1000},
+    }
 
 
-def events(conn: redis.Redis) -> list:
-    return [decode_entry(i, f) for i, f in conn.xrange(KEYS.events)]
+class EventLog:
+    """The stream as this run saw it: read incrementally (the stream is trimmed), audited as read."""
 
+    def __init__(self, conn: redis.Redis) -> None:
+        self.conn = conn
+        self.events: list[Event] = []
+        self._last = "0-0"
+        self._lock = threading.Lock()
+        self.issued: dict[str, int] = defaultdict(int)
+        self.stale = self.fenced = self.completed = 0
 
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except redis.RedisError:
-            value = None
-        if value:
-            return value
-        time.sleep(interval_s)
-    return None
+    def poll(self) -> None:
+        with self._lock:
+            while True:
+                entries = self.conn.xrange(KEYS.events, min=f"({self._last}", count=1000)
+                if not entries:
+                    return
+                for entry_id, fields in entries:
+                    self._audit(decode_entry(entry_id, fields))
+                self._last = entries[-1][0].decode()
 
+    def _audit(self, e: Event) -> None:
+        self.events.append(e)
+        key = e.fields.get("config_key", "")
+        if e.type == "TRAINING_STARTED" and e.fields.get("fence"):
+            self.issued[key] = max(self.issued[key], int(e.fields["fence"]))
+        elif e.type == "TRAINING_COMPLETE":
+            self.completed += 1
+            if int(e.fields.get("fence", 0)) < self.issued[key]:
+                self.stale += 1
+        elif e.type == "TRAINING_FAILED" and e.fields.get("reason") == "fenced":
+            self.fenced += 1
 
-def busy_node(conn: redis.Redis) -> tuple[str, str, str] | None:
-    """A node running a training now: (node, job id, attempt)."""
-    for job_id in conn.hvals(KEYS.active):
-        state, node, attempt = conn.hmget(KEYS.job(job_id.decode()), "state", "node", "attempts")
-        if state == b"running" and node:
-            return node.decode(), job_id.decode(), attempt.decode()
-    return None
+    def mark(self) -> int:
+        self.poll()
+        return len(self.events)
 
-
-def probe(conn: redis.Redis, timeout_s: float = 60.0) -> float | None:
-    """Send an event and time how long until the orchestrator has handled it."""
-    began = time.time()
-    try:
-        event_id = conn.xadd(KEYS.events, {"type": "CLUSTER_HEALTH_CHANGED", "alive_peers": "3"}).decode()
-    except redis.RedisError:
-        return None
-    handled = wait_until(lambda: conn.hget(KEYS.cluster_health, "event_id") == event_id.encode(), timeout_s)
-    return time.time() - began if handled else None
-
-
-def retry_started(conn: redis.Redis, job_id: str, attempt: str, since: float, timeout_s: float) -> float | None:
-    def started():
-        for e in events(conn):
-            f = e.fields
-            if e.type == "TRAINING_STARTED" and f["job_id"] == job_id and int(f["attempt"]) > int(attempt):
-                return int(e.id.split("-")[0]) / 1000.0
-        return None
-    at = wait_until(started, timeout_s, 0.2)
-    return at - since if at else None
-
-
-def inject(cluster: Cluster, conn: redis.Redis, fault: str, rng: random.Random) -> tuple[str, float | None]:
-    if fault in ("kill_node", "freeze_worker"):
-        target = wait_until(lambda: busy_node(conn), 20)
-        if target is None:
-            fault = "kill_orchestrator"  # nothing is training right now
-        else:
-            node, job_id, attempt = target
-            proc = cluster.workers[node]
-            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            began = time.time()
-            if fault == "kill_node":
-                for p in tree:
-                    p.send_signal(signal.SIGKILL)
-                proc.wait()
-                cluster.start_worker(node)
-            else:
-                for p in tree:
-                    p.send_signal(signal.SIGSTOP)
-                time.sleep(LEASE_TTL_S + 2)
-                for p in tree:
-                    p.send_signal(signal.SIGCONT)
-            return fault, retry_started(conn, job_id, attempt, began, 60)
-    if fault == "kill_orchestrator":
-        assert cluster.orchestrator is not None
-        began = time.time()
-        cluster.orchestrator.kill()
-        cluster.orchestrator.wait()
-        cluster.start_orchestrator()
-        handled = probe(conn)
-        return fault, (time.time() - began) if handled is not None else None
-    began = time.time()
-    cluster.server.restart(down_s=1.0)
-    handled = probe(conn)
-    return fault, (time.time() - began) if handled is not None else None
+    def find(self, predicate: Callable[[Event], bool], after: int = 0) -> Event | None:
+        self.poll()
+        return next((e for e in self.events[after:] if predicate(e)), None)
 
 
 class ConcurrencyWatch(threading.Thread):
@@ -199,95 +144,169 @@ class ConcurrencyWatch(threading.Thread):
                         self.examples.append(" & ".join(procs))
 
 
-def audit(conn: redis.Redis) -> dict[str, int]:
-    stream = events(conn)
-    issued: dict[str, int] = defaultdict(int)
-    stale = 0
-    for e in stream:
-        if e.type == "TRAINING_STARTED" and e.fields.get("fence"):
-            issued[e.fields["config_key"]] = max(issued[e.fields["config_key"]], int(e.fields["fence"]))
-        if e.type == "TRAINING_COMPLETE" and int(e.fields.get("fence", 0)) < issued[e.fields["config_key"]]:
-            stale += 1
+def lost_configs(conn: redis.Redis) -> int:
     lost = 0
     for config_key in CONFIGS:
         version, trained = conn.hmget(KEYS.config(config_key), "data_version", "trained_data_version")
         if version and int(version) != int(trained or 0):
             lost += 1
-    return {"events": len(stream), "completed": sum(e.type == "TRAINING_COMPLETE" for e in stream),
-            "stale": stale, "lost": lost, "fenced": sum(e.fields.get("reason") == "fenced" for e in stream)}
+    return lost
+
+
+def parse_duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smh]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90s, 60m, 2h)")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+@dataclass
+class Result:
+    rounds: int = 0
+    sent: int = 0
+    report: dict[str, int] = field(default_factory=dict)
+    outcomes: list[Outcome] = field(default_factory=list)
+    overlaps: int = 0
+    samples: int = 0
+    overlap_examples: list[str] = field(default_factory=list)
+    quit_unasked: int = 0
+    drained: bool = False
+    soak: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost, nothing run twice, nothing stale published, no worker gave up."""
+        return (self.report.get("lost", 1) == 0 and self.overlaps == 0 and self.report.get("stale", 1) == 0
+                and self.quit_unasked == 0)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--faults", default=",".join(FAULTS), help="the kinds to draw from, comma-separated")
+    p.add_argument("--every-kind", action="store_true",
+                   help="each kind once, in the order given, before drawing at random")
+    p.add_argument("--lease-ttl", type=float, default=LEASE_TTL_S, help="leases.ttl_s of the cluster")
+    p.add_argument("--soak", type=parse_duration, default=None,
+                   help="run rounds this long (90s, 60m, 1h) and check Redis for growth")
+    p.add_argument("--sample-every", type=parse_duration, default=60.0, help="soak sampling interval")
+    p.add_argument("--workdir", type=Path, default=None, help="keep logs and data here (default: a temp dir)")
+    return p
+
+
+def run(args: argparse.Namespace) -> Result:
+    kinds = args.faults.split(",")
+    unknown = set(kinds) - set(FAULTS)
+    if unknown:
+        raise SystemExit(f"unknown fault kinds: {sorted(unknown)}")
+    rng = random.Random(args.seed)
+    result = Result()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.workdir or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        ha = RedisHA(root).start()
+        cluster = Cluster(root, ha, cluster_settings(root, args.lease_ttl,
+                                                     SOAK_RETENTION_DAYS if args.soak else RETENTION_DAYS))
+        conn = connect(ha.sentinel_url)
+        log = EventLog(conn)
+        chaos = Chaos(cluster, conn, log, rng, args.lease_ttl, str(root / "data.npz"))
+        Path(chaos.npz).write_bytes(b"stub")
+        watch = ConcurrencyWatch(root / "models")
+        sampler = Sampler(conn, args.sample_every) if args.soak else None
+        try:
+            cluster.start_orchestrator()
+            for node in cluster.nodes:
+                cluster.start_worker(node)
+            if probe(chaos, time.time()) is None or wait_until(lambda: conn.scard(RQ_WORKERS) >= len(cluster.nodes),
+                                                                 READY_TIMEOUT_S) is None:
+                tail = (root / "orchestrator.log").read_text()[-2000:]
+                raise SystemExit(f"the cluster did not come up (orchestrator log: {tail})")
+            watch.start()
+            if sampler:
+                sampler.start()
+            deadline = time.monotonic() + args.soak if args.soak else None
+            while time.monotonic() < deadline if deadline is not None else result.rounds < args.rounds:
+                result.rounds += 1
+                for _ in range(3):
+                    send_export(chaos)
+                    result.sent += 1
+                time.sleep(rng.uniform(0.5, 1.5))
+                fault = kinds[result.rounds - 1] if args.every_kind and result.rounds <= len(kinds) \
+                    else rng.choice(kinds)
+                outcome = inject(chaos, fault)
+                result.outcomes.append(outcome)
+                quit_nodes = cluster.replace_quit_workers()
+                recovered = "skipped" if outcome.skipped else (
+                    "-" if outcome.recovery_s is None else f"{outcome.recovery_s:.1f} s")
+                print(f"round {result.rounds:>3}: {fault:<22} recovered in {recovered:<8} {outcome.note}"
+                      + (f"  WORKER QUIT: {quit_nodes}" if quit_nodes else ""), flush=True)
+            result.drained = bool(wait_until(lambda: conn.hlen(KEYS.active) == 0 and lost_configs(conn) == 0,
+                                             DRAIN_TIMEOUT_S, 0.5))
+            cluster.replace_quit_workers()
+        finally:
+            watch.done.set()
+            if sampler:
+                sampler.done.set()
+                sampler.join(timeout=120)
+                result.soak = sampler.samples
+            try:
+                log.poll()
+                result.report = {"lost": lost_configs(conn), "events": len(log.events),
+                                 "completed": log.completed, "stale": log.stale, "fenced": log.fenced}
+            except redis.RedisError:
+                pass
+            cluster.stop()
+            ha.stop()
+    result.overlaps, result.samples, result.overlap_examples = watch.overlaps, watch.samples, watch.examples
+    result.quit_unasked = cluster.quit_unasked
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--faults", default=",".join(FAULTS), help="the kinds to draw from, comma-separated")
-    args = parser.parse_args(argv)
-    rng = random.Random(args.seed)
-    recoveries: dict[str, list[float]] = defaultdict(list)
-    unrecovered = sent = 0
-    with tempfile.TemporaryDirectory() as tmp, LocalRedis(appendonly=True) as server:
-        root = Path(tmp)
-        watch = ConcurrencyWatch(root / "models")
-        npz = root / "data.npz"
-        npz.write_bytes(b"stub")
-        cluster = Cluster(root, server)
-        cluster.start_orchestrator()
-        for i in range(3):
-            cluster.start_worker(f"node-{i}")
-        conn = redis.Redis.from_url(server.url, socket_timeout=5)
-        watch.start()
-        try:
-            for round_no in range(1, args.rounds + 1):
-                for _ in range(3):
-                    config_key = rng.choice(CONFIGS)
-                    wait_until(lambda c=config_key: conn.xadd(KEYS.events, {
-                        "type": "NPZ_EXPORT_COMPLETE", "config_key": c, "npz_path": str(npz),
-                        "samples": str(rng.randint(100, 1000))}), 30)
-                    sent += 1
-                time.sleep(rng.uniform(0.5, 1.5))
-                fault, recovered = inject(cluster, conn, rng.choice(args.faults.split(",")), rng)
-                print(f"round {round_no:>2}: {fault:<17} recovered in "
-                      f"{'-' if recovered is None else f'{recovered:.1f} s'}", flush=True)
-                if recovered is None:
-                    unrecovered += 1
-                else:
-                    recoveries[fault].append(recovered)
-            drained = wait_until(lambda: conn.hlen(KEYS.active) == 0 and audit(conn)["lost"] == 0, 180, 0.5)
-        finally:
-            watch.done.set()
-            watch.join()
-            report = audit(conn) if conn.ping() else {}
-            cluster.stop()
-    print_table(args, sent, report, watch, recoveries, unrecovered, bool(drained))
-    return 0 if report.get("lost", 1) == 0 and watch.overlaps == 0 and report.get("stale", 1) == 0 else 1
+    args = parser().parse_args(argv)
+    result = run(args)
+    print_table(args, result)
+    ok = result.clean
+    if args.soak:
+        verdicts = growth(result.soak)
+        print_soak(result.soak, verdicts)
+        ok = ok and all(g.bounded is not False for g in verdicts)
+    return 0 if ok else 1
 
 
-def print_table(args, sent: int, report: dict, watch: ConcurrencyWatch, recoveries: dict[str, list[float]],
-                unrecovered: int, drained: bool) -> None:
-    every = [r for values in recoveries.values() for r in values]
-    print(f"\nchaos: {args.rounds} rounds (seed {args.seed}), 3 workers, lease TTL {LEASE_TTL_S:g} s, "
-          f"pipeline drained afterwards: {'yes' if drained else 'NO'}\n")
+def print_table(args: argparse.Namespace, r: Result) -> None:
+    done = [o for o in r.outcomes if not o.skipped]
+    unrecovered = sum(o.recovery_s is None for o in done)
+    what = f"soak {args.soak / 60:.0f} min, {r.rounds} rounds" if args.soak else f"{r.rounds} rounds"
+    print(f"\nchaos: {what} (seed {args.seed}), 3 workers (2 through the fault proxy with a plain URL, 1 on "
+          f"the Sentinel URL), Redis primary + replica + 3 sentinels, lease TTL {args.lease_ttl:g} s, "
+          f"pipeline drained afterwards: {'yes' if r.drained else 'NO'}\n")
     print("| measure | value | must be |")
     print("|---|---|---|")
-    print(f"| exports sent | {sent} | |")
-    print(f"| events on the stream | {report.get('events', '?')} | |")
-    print(f"| trainings completed | {report.get('completed', '?')} | |")
-    print(f"| exports lost (newest data never trained) | {report.get('lost', '?')} | 0 |")
-    print(f"| run twice concurrently ({watch.samples} process-table samples) | {watch.overlaps} | 0 |")
-    print(f"| stale publishes accepted | {report.get('stale', '?')} (fenced and refused: "
-          f"{report.get('fenced', '?')}) | 0 |")
+    print(f"| exports sent | {r.sent} | |")
+    print(f"| events seen on the stream | {r.report.get('events', '?')} | |")
+    print(f"| trainings completed | {r.report.get('completed', '?')} | |")
+    print(f"| exports lost (newest data never trained) | {r.report.get('lost', '?')} | 0 |")
+    print(f"| run twice concurrently ({r.samples} process-table samples) | {r.overlaps} | 0 |")
+    print(f"| stale publishes accepted | {r.report.get('stale', '?')} | 0 |")
+    print(f"| fenced and refused (stale publishes turned away) | {r.report.get('fenced', '?')} | > 0 |")
+    print(f"| workers that quit by themselves | {r.quit_unasked} | 0 |")
     print(f"| faults not recovered within 60 s | {unrecovered} | 0 |")
-    for example in watch.examples:
+    print(f"| faults skipped (no busy worker to aim at) | {len(r.outcomes) - len(done)} | |")
+    for example in r.overlap_examples:
         print(f"| overlap seen | {example} | |")
+    every = [o.recovery_s for o in done if o.recovery_s is not None]
     if every:
         print(f"| recovery, all faults: median / max | {statistics.median(every):.1f} s / {max(every):.1f} s | |")
     for fault in FAULTS:
-        values = recoveries.get(fault, [])
-        if values:
-            print(f"| recovery, {fault} ({len(values)}x): median / max | {statistics.median(values):.1f} s / "
-                  f"{max(values):.1f} s | |")
+        values = [o.recovery_s for o in done if o.fault == fault and o.recovery_s is not None]
+        count = sum(o.fault == fault for o in r.outcomes)
+        if count:
+            shown = f"{statistics.median(values):.1f} s / {max(values):.1f} s" if values else "-"
+            print(f"| recovery, {fault} ({count}x): median / max | {shown} | |")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())
