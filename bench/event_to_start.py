@@ -11,38 +11,30 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import timezone
 from pathlib import Path
 
 import redis
-import yaml
 from rq import Queue
 from rq.job import Job, JobStatus
-from rq.utils import utcparse
 
-from bench.floor_jobs import FLOOR_KEY
+from bench import common
+from bench.floor_jobs import FLOOR_KEY, RECORD_START_JOB
 from coordinator.events import NPZ_EXPORT_COMPLETE, publish
 from coordinator.jobs import JobStore
 from coordinator.keys import TRAINING_QUEUE, Keys
-from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
 
 IDLE_PAUSE_S = 0.05
+POLL_S = 0.002
 FLOOR_PARTS: list[float] = []  # the floor's RQ work horse started -> its job's first line
 
 
-def wait_until(predicate, timeout_s: float = 30.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.002)
-    raise TimeoutError("benchmark step did not finish")
+def wait(predicate):
+    """`common.wait_until` at a latency benchmark's pace: every 2 ms, for 30 s at most."""
+    return common.wait_until(predicate, timeout_s=30.0, step_s=POLL_S)
 
 
 def ours_once(conn: redis.Redis, keys: Keys, store: JobStore, npz: Path, i: int) -> tuple[float, ...]:
@@ -50,23 +42,23 @@ def ours_once(conn: redis.Redis, keys: Keys, store: JobStore, npz: Path, i: int)
     sent = time.time()
     publish(conn, keys, NPZ_EXPORT_COMPLETE,
             {"board_type": "hex8", "num_players": 2, "npz_path": str(npz), "samples": 1000 + i})
-    job_id = wait_until(lambda: store.active_job("hex8_2p"))
-    started = float(wait_until(lambda: conn.hget(keys.job(job_id), "started_at")))
-    wait_until(lambda: conn.hget(keys.job(job_id), "state") in (b"complete", b"failed"))
-    wait_until(lambda: store.active_job("hex8_2p") is None)
+    job_id = wait(lambda: store.active_job("hex8_2p"))
+    started = float(wait(lambda: conn.hget(keys.job(job_id), "started_at")))
+    wait(lambda: conn.hget(keys.job(job_id), "state") in (b"complete", b"failed"))
+    wait(lambda: store.active_job("hex8_2p") is None)
     wait_idle(conn, job_id)
     created = float(conn.hget(keys.job(job_id), "created_at"))
-    horse = utcparse(conn.hget(f"rq:job:{job_id}", "started_at").decode()).replace(tzinfo=timezone.utc).timestamp()
+    horse = common.rq_time(conn.hget(Job.key_for(job_id), "started_at"))
     return started - sent, created - sent, horse - created, started - horse
 
 
 def floor_once(conn: redis.Redis, queue: Queue) -> float:
     conn.delete(FLOOR_KEY)
     sent = time.time()
-    job = queue.enqueue("bench.floor_jobs.record_start")
-    started = float(wait_until(lambda: conn.get(FLOOR_KEY)))
+    job = queue.enqueue(RECORD_START_JOB)
+    started = float(wait(lambda: conn.get(FLOOR_KEY)))
     wait_idle(conn, job.id)
-    horse = utcparse(conn.hget(f"rq:job:{job.id}", "started_at").decode()).replace(tzinfo=timezone.utc).timestamp()
+    horse = common.rq_time(conn.hget(Job.key_for(job.id), "started_at"))
     FLOOR_PARTS.append(started - horse)
     return started - sent
 
@@ -74,35 +66,23 @@ def floor_once(conn: redis.Redis, queue: Queue) -> float:
 def wait_idle(conn: redis.Redis, rq_job_id: str) -> None:
     """Until RQ has filed the job as ended and the worker is back waiting on the queue."""
     job = Job.fetch(rq_job_id, connection=conn)
-    wait_until(lambda: job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED))
+    wait(lambda: job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED))
     time.sleep(IDLE_PAUSE_S)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--samples", type=int, default=50)
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, LocalRedis() as server:
+    with tempfile.TemporaryDirectory() as tmp, common.private_redis() as (url, conn):
         root = Path(tmp)
         npz = root / "hex8_2p.npz"
         npz.write_bytes(b"stub")  # the stub trainer does not read it
-        config = root / "bench.yaml"
-        config.write_text(yaml.safe_dump({
-            "redis": {"url": server.url},
-            "training": {"default_epochs": 1, "command": ["{python}", "-m", "workers.stub_train"],
-                         "models_root": str(root / "models"), "check_npz": False},
-            "events": {"block_ms": 1000},
-        }))
-        service = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(config), "run"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        worker = start_worker(server.url, "bench-worker", "bench-node", log_path=root / "worker.log")
-        conn = redis.Redis.from_url(server.url)
-        keys = Keys("ringrift")
+        config = common.write_config(root / "bench.yaml", url, {"default_epochs": 1, "command": common.STUB_TRAINER},
+                                     events={"block_ms": 1000})
+        service = common.start_orchestrator(config)
+        worker = start_worker(url, "bench-worker", "bench-node", log_path=root / "worker.log")
+        keys = Keys()
         store = JobStore(conn, keys)
         queue = Queue(TRAINING_QUEUE, connection=conn)
         try:
@@ -114,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 floor.append(floor_once(conn, queue))
         finally:
             stop_workers([worker])
-            service.terminate()
-            service.wait()
+            common.stop(service)
     print_table([p[0] for p in parts], floor)
     steps = ("XADD -> job created (orchestrator)", "created -> work horse started (RQ)",
              "horse -> leases held (run_training)")
@@ -128,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(ours: list[float], floor: list[float]) -> None:
     ms = 1000.0
     p50o, p50f = statistics.median(ours) * ms, statistics.median(floor) * ms
-    p99o, p99f = percentile(ours, 0.99) * ms, percentile(floor, 0.99) * ms
+    p99o, p99f = common.percentile(ours, 0.99) * ms, common.percentile(floor, 0.99) * ms
     print(f"event-to-start latency, {len(ours)} samples each, one idle `rq worker training`, stub trainer\n")
     print("| measure | ours: XADD export -> job running | floor: raw RQ enqueue -> job start | ratio | target |")
     print("|---|---|---|---|---|")

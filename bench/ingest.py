@@ -18,14 +18,15 @@ from dataclasses import replace
 
 import redis
 
+from bench.common import CONFIGS, private_redis
 from bench.figures import print_figures
 from coordinator.boards import BOARDS, Board
 from coordinator.config import Settings
+from coordinator.events import NPZ_EXPORT_COMPLETE
 from coordinator.keys import Keys
-from coordinator.local_redis import LocalRedis
 from coordinator.orchestrator import TrainingOrchestrator
 
-CONFIGS = [f"{board}_{players}p" for board in ("hex8", "square8", "square19", "hexagonal") for players in (2, 3, 4)]
+RAW_STREAM = Keys("bench").events  # the floor's stream, apart from ours
 
 
 def synthetic_configs(n: int) -> list[str]:
@@ -37,15 +38,15 @@ def synthetic_configs(n: int) -> list[str]:
 
 
 def raw_xadd_rate(conn: redis.Redis, events: int, batch: int = 100) -> float:
-    fields = {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/data/x.npz", "samples": "1000"}
+    fields = {"type": NPZ_EXPORT_COMPLETE, "config_key": "hex8_2p", "npz_path": "/data/x.npz", "samples": "1000"}
     began = time.perf_counter()
     for start in range(0, events, batch):
         with conn.pipeline(transaction=False) as pipe:
             for _ in range(min(batch, events - start)):
-                pipe.xadd("bench:raw", fields)
+                pipe.xadd(RAW_STREAM, fields)
             pipe.execute()
     rate = events / (time.perf_counter() - began)
-    conn.delete("bench:raw")
+    conn.delete(RAW_STREAM)
     return rate
 
 
@@ -64,7 +65,7 @@ def ingest_rate(url: str, events: int, configs: list[str], valid: bool = True) -
             key = configs[i % len(configs)]
             # Invalid: players outside 2..4, dead-lettered.
             target = {"config_key": key} if valid else {"board_type": key.rsplit("_", 1)[0], "num_players": "9"}
-            pipe.xadd(Keys().events, {"type": "NPZ_EXPORT_COMPLETE", **target, "npz_path": f"/data/{key}.npz",
+            pipe.xadd(Keys().events, {"type": NPZ_EXPORT_COMPLETE, **target, "npz_path": f"/data/{key}.npz",
                                       "samples": "1000"})
         pipe.execute()
     began = time.perf_counter()
@@ -82,15 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=5000)
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # the dead-letter row would log every event
-    with LocalRedis() as server:
-        conn = redis.Redis.from_url(server.url)
+    with private_redis() as (url, conn):
         cases = [("valid exports, 12 configs", CONFIGS, True),
                  ("valid exports, 1,000 configs", synthetic_configs(1000), True),
                  ("invalid exports (dead-lettered)", CONFIGS, False)]
         floors, rows = [], []
         for what, configs, valid in cases:  # the floor beside each row: this machine's speed drifts
             floors.append(raw_xadd_rate(conn, args.events))
-            rows.append((what, ingest_rate(server.url, args.events, configs, valid)))
+            rows.append((what, ingest_rate(url, args.events, configs, valid)))
         floor = statistics.median(floors)
     print(f"event ingest, {args.events:,} NPZ_EXPORT_COMPLETE events per row, one orchestrator, one connection; "
           f"floor: median of {len(floors)} raw XADD runs, one before each row\n")

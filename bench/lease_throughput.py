@@ -16,9 +16,9 @@ import time
 
 import redis
 
+from bench.common import private_redis
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
-from coordinator.local_redis import LocalRedis
 
 
 def ours(conn: redis.Redis, pairs: int) -> float:
@@ -30,7 +30,7 @@ def ours(conn: redis.Redis, pairs: int) -> float:
 
 
 def redis_py_lock(conn: redis.Redis, pairs: int) -> float:
-    lock = conn.lock("bench:lock:hex8_2p", timeout=30, blocking=False)
+    lock = conn.lock(Keys("bench").lease("hex8_2p"), timeout=30, blocking=False)
     began = time.perf_counter()
     for _ in range(pairs):
         assert lock.acquire()
@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=5_000)
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args(argv)
-    with LocalRedis() as server:
-        conn = redis.Redis.from_url(server.url)
+    with private_redis() as (_url, conn):
         ours(conn, 500), redis_py_lock(conn, 500)  # warm-up: scripts loaded, connection open
         ours_runs, lock_runs = [], []
         for _ in range(args.runs):  # interleaved, so both see the same machine

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,12 +17,12 @@ from pathlib import Path
 
 import psutil
 import redis
-import yaml
+from rq.job import Job
 
-from bench.coordinator_cost import CONFIGS, commands, wait_for_count
+from bench import common
 from bench.figures import print_figures
+from coordinator.events import TRAINING_STARTED
 from coordinator.keys import Keys
-from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
 
 EPOCH_SECONDS = 15.0
@@ -32,32 +31,19 @@ EPOCH_SECONDS = 15.0
 def rate(conn: redis.Redis, window_s: float) -> tuple[float, dict[str, int]]:
     """Commands per second over the window (minus the two INFO calls that measure it) and the
     per-command counts."""
-    before, stats = commands(conn), conn.info("commandstats")
+    before, stats = common.total_commands(conn), common.command_counts(conn)
     time.sleep(window_s)
-    after, stats_after = commands(conn), conn.info("commandstats")
-    per_command = {name.removeprefix("cmdstat_"): v["calls"] - stats.get(name, {"calls": 0})["calls"]
-                   for name, v in stats_after.items()}
-    return (after - before - 2) / window_s, {k: v for k, v in per_command.items() if v}
+    after, stats_after = common.total_commands(conn), common.command_counts(conn)
+    return (after - before - 2) / window_s, common.counts_since(stats, stats_after)
 
 
 def record_sizes(conn: redis.Redis, keys: Keys) -> dict[str, float]:
     """Bytes per job (our record + RQ's job hash) and per stream entry, from MEMORY USAGE."""
     job_ids = [j.decode() for j in conn.zrange(keys.jobs, 0, -1)]
     ours = sum(conn.memory_usage(keys.job(j)) or 0 for j in job_ids) / len(job_ids)
-    rq = sum(conn.memory_usage(f"rq:job:{j}") or 0 for j in job_ids) / len(job_ids)
+    rq = sum(conn.memory_usage(Job.key_for(j)) or 0 for j in job_ids) / len(job_ids)
     per_entry = (conn.memory_usage(keys.events, samples=0) or 0) / max(1, conn.xlen(keys.events))
     return {"job record": ours, "RQ job hash": rq, "stream entry": per_entry}
-
-
-def write_config(root: Path, url: str, workers: int, epochs: int) -> Path:
-    config = root / "load.yaml"
-    config.write_text(yaml.safe_dump({
-        "redis": {"url": url},
-        "training": {"default_epochs": epochs, "models_root": str(root / "models"), "check_npz": False,
-                     "command": ["{python}", "-m", "workers.stub_train", "--epoch-seconds", str(EPOCH_SECONDS)]},
-        "hosts": {f"node-{i}": 1 for i in range(workers)}, "scheduler": {"prefetch": 0},
-    }))
-    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,32 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     epochs = int((args.window_s + 15) / EPOCH_SECONDS) + 1  # outlasts the measuring window
-    with tempfile.TemporaryDirectory() as tmp, LocalRedis() as server:
+    with tempfile.TemporaryDirectory() as tmp, common.private_redis() as (url, conn):
         root = Path(tmp)
         (root / "x.npz").write_bytes(b"stub")
-        config = write_config(root, server.url, args.workers, epochs)
-        conn, keys = redis.Redis.from_url(server.url), Keys("ringrift")
-        workers = [start_worker(server.url, f"load-{i}", f"node-{i}") for i in range(args.workers)]
+        config = common.write_config(root / "load.yaml", url, {
+            "default_epochs": epochs, "command": [*common.STUB_TRAINER, "--epoch-seconds", str(EPOCH_SECONDS)]},
+            hosts={f"node-{i}": 1 for i in range(args.workers)}, scheduler={"prefetch": 0})
+        keys = Keys()
+        workers = [start_worker(url, f"load-{i}", f"node-{i}") for i in range(args.workers)]
         orch = None
         try:
             time.sleep(3)  # connected, registered, idle
             workers_idle, _ = rate(conn, args.window_s)
-            orch = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(config), "run"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            orch = common.start_orchestrator(config)
             time.sleep(3)
             idle, _ = rate(conn, args.window_s)
-            for key in CONFIGS[:args.workers]:
-                conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": key,
-                                        "npz_path": str(root / "x.npz"), "samples": "100"})
-            wait_for_count(conn, keys.events, b"TRAINING_STARTED", args.workers, timeout_s=60)
+            for key in common.CONFIGS[:args.workers]:
+                common.xadd_export(conn, keys, key, root / "x.npz", 100)
+            common.wait_for_count(conn, keys.events, TRAINING_STARTED, args.workers, timeout_s=60)
             time.sleep(2)
             busy, per_command = rate(conn, args.window_s)
             rss = [psutil.Process(w.pid).memory_info().rss for w in workers]
             sizes = record_sizes(conn, keys)
         finally:
-            if orch:
-                orch.terminate()
-                orch.wait()
+            common.stop(orch)
             stop_workers(workers)
     per_job = (busy - idle) / args.workers
     top = sorted(per_command.items(), key=lambda kv: -kv[1])[:6]

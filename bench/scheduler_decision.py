@@ -16,19 +16,17 @@ import time
 
 import redis
 
+from bench.common import CONFIGS, private_redis
+from coordinator.boards import BOARDS
 from coordinator.config import SchedulerSettings
 from coordinator.keys import Keys
-from coordinator.local_redis import LocalRedis
 from coordinator.scheduler import TrainingScheduler, compute_priority
 
 SIZES = (12, 1_000, 10_000)
-BOARDS = ("hex8", "square8", "square19", "hexagonal")
-
-
 def config_keys(n: int) -> list[str]:
     # Beyond the 12 real configs, variants named like real ones (e.g. per-experiment suffixes).
-    real = [f"{b}_{p}p" for b in BOARDS for p in (2, 3, 4)]
-    return (real + [f"{BOARDS[i % 4]}x{i}_{2 + i % 3}p" for i in range(n)])[:n]
+    boards = list(BOARDS)
+    return (CONFIGS + [f"{boards[i % len(boards)]}x{i}_{2 + i % 3}p" for i in range(n)])[:n]
 
 
 def populate(conn: redis.Redis, scheduler: TrainingScheduler, keys: list[str], now: float) -> None:
@@ -65,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=50)
     args = parser.parse_args(argv)
     rows = []
-    with LocalRedis() as server:
-        conn = redis.Redis.from_url(server.url)
+    with private_redis() as (_url, conn):
         now = time.time()
         scheduler = TrainingScheduler(conn, Keys("bench"), SchedulerSettings(), clock=lambda: now)
         for n in SIZES:

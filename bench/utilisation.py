@@ -15,7 +15,7 @@ XADDs for every config every `--feed-interval` s (first exports staggered over o
 so the configs do not finish in lockstep), and dispatches `workers.tasks.run_training` jobs that
 run the stub trainer (`workers.stub_train`, `--epochs` x `--epoch-seconds`). A job's training
 time is what the system records: `started_at` (leases held, TRAINING_STARTED) to `finished_at`
-(trainer exited, result published) on `ringrift:job:<id>`; its slot is the RQ worker that ran it.
+(trainer exited, result published) on its job record (`Keys.job`); its slot is the RQ worker that ran it.
 The idle gap is one job's `finished_at` to the next job's `started_at` on the same slot (or, for
 the config gap, the same config).
 
@@ -33,39 +33,32 @@ the work horses it forked, sampled once mid-window.
 
 from __future__ import annotations
 
-# Imports stay light at module level: the floor's job function lives here and every raw-RQ work
-# horse imports this module, which must not charge the floor for the coordinator's imports.
 import argparse
+import logging
 import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import redis
-from rq import Queue, get_current_job
+from rq import Queue, Worker
+from rq.job import Job
 
-QUEUE = "training"  # coordinator.keys.TRAINING_QUEUE, not imported (see above)
-FLOOR_FUNC = "bench.utilisation.floor_job"
+from bench import common
+from bench.floor_jobs import CHAIN_JOB
+from coordinator.jobs import decode_hash
+from coordinator.keys import TRAINING_QUEUE, Keys
+from coordinator.workers_pool import start_worker, stop_workers
+
 MB = 2**20
 ENDED_BADLY = ("failed", "retrying", "stale", "cancelled")
-
-
-# -- the floor's job: runs in raw RQ work horses ------------------------------------------------
-def floor_job(chain: str, argv: list[str], log_path: str, deadline: float) -> None:
-    """Run the trainer, note start and end, enqueue the chain's next job (until the deadline)."""
-    job = get_current_job()
-    started = time.time()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-    ended = time.time()
-    with open(log_path, "a") as log:
-        log.write(f"{job.worker_name} {chain} {started:.6f} {ended:.6f} {job.id}\n")
-    if ended < deadline:
-        Queue(job.origin, connection=job.connection).enqueue(FLOOR_FUNC, chain, argv, log_path, deadline)
+GAP_PARTS = ("orchestrator", "rq", "horse")  # ours' config gap, in order (see gap_parts)
 
 
 # -- measurement records ----------------------------------------------------------------------
@@ -134,29 +127,9 @@ class Phase:
         return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
-
-
-def command_counts(conn: redis.Redis) -> dict[str, int]:
-    """Calls per command so far, from INFO commandstats (commands run by scripts included)."""
-    return {name.removeprefix("cmdstat_"): v["calls"] for name, v in conn.info("commandstats").items()}
-
-
-def rq_time(value: bytes | None) -> float | None:
-    if not value:
-        return None
-    text = value.decode().rstrip("Z")
-    fmt = "%Y-%m-%dT%H:%M:%S.%f" if "." in text else "%Y-%m-%dT%H:%M:%S"
-    return datetime.strptime(text, fmt).replace(tzinfo=timezone.utc).timestamp()
-
-
 def sample_memory(workers: list[subprocess.Popen], role: str) -> list[tuple[int, int]]:
     """RSS and USS of each `rq worker` process (role "worker", sampled while idle: a forked horse
     would share its pages and hide them from the worker's USS) or of each work horse running now."""
-    import psutil
-
     pids = {proc.pid for proc in workers}
     chosen = pids if role == "worker" else {p.pid for p in psutil.process_iter(["ppid"]) if p.info["ppid"] in pids}
     out = []
@@ -174,7 +147,7 @@ class Feeder(threading.Thread):
 
     def __init__(self, url: str, configs: list[str], npz: Path, interval: float, stagger: float) -> None:
         super().__init__(daemon=True)
-        self.conn = redis.Redis.from_url(url)
+        self.conn, self.keys = redis.Redis.from_url(url), Keys()
         self.configs, self.npz, self.interval, self.stagger = configs, npz, interval, stagger
         self.sent = 0
         self.stopping = threading.Event()
@@ -189,8 +162,7 @@ class Feeder(threading.Thread):
             if ready:
                 with self.conn.pipeline(transaction=False) as pipe:
                     for i in ready:
-                        pipe.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": self.configs[i],
-                                                      "npz_path": str(self.npz), "samples": samples})
+                        common.xadd_export(pipe, self.keys, self.configs[i], self.npz, samples)
                         due[i] += self.interval
                     pipe.execute()
                 self.sent += len(ready)
@@ -198,26 +170,15 @@ class Feeder(threading.Thread):
             self.stopping.wait(max(0.0, min(due) - time.monotonic()))
 
 
-def wait_until(predicate, timeout_s: float = 60.0, step: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step)
-    raise TimeoutError("benchmark step did not finish")
-
-
 def wait_idle(conn: redis.Redis, worker_count: int) -> None:
     """Until RQ's queue is empty and every worker waits for work."""
-    from rq import Worker
+    queue = Queue(TRAINING_QUEUE, connection=conn)
 
     def idle() -> bool:
         workers = Worker.all(connection=conn)
-        return (conn.llen(f"rq:queue:{QUEUE}") == 0 and len(workers) == worker_count
-                and all(w.get_state() != "busy" for w in workers))
+        return queue.count == 0 and len(workers) == worker_count and all(w.get_state() != "busy" for w in workers)
 
-    wait_until(idle, timeout_s=120, step=0.1)
+    common.wait_until(idle, timeout_s=120, step_s=0.1)
 
 
 # -- the two sides ----------------------------------------------------------------------------
@@ -249,15 +210,15 @@ class Case:
         args = self.args
         t0 = time.time() + args.warmup
         time.sleep(max(0.0, t0 - time.time()))
-        before = command_counts(self.conn)
+        before = common.command_counts(self.conn)
         sent_before = feeder.sent if feeder else 0
         time.sleep(args.window / 2)
         horses = sample_memory(self.workers, "horse")
         time.sleep(max(0.0, t0 + args.window - time.time()))
         t1 = time.time()
-        after = command_counts(self.conn)
+        after = common.command_counts(self.conn)
         sent = (feeder.sent - sent_before) if feeder else 0
-        commands = {name: calls - before.get(name, 0) for name, calls in after.items()}
+        commands = common.counts_since(before, after)
         # Less this script's own commands: its XADDs and its INFO calls.
         commands["xadd"] = commands.get("xadd", 0) - sent
         commands.pop("info", None)
@@ -265,47 +226,35 @@ class Case:
 
 
 def run_ours(case: Case) -> Phase:
-    import yaml
-
-    from coordinator.jobs import decode_hash
-    from coordinator.keys import Keys
-
     args, root = case.args, case.root / "ours"
     root.mkdir()
     npz = root / "export.npz"
     npz.write_bytes(b"stub")  # the stub trainer checks only that it exists
-    config = root / "utilisation.yaml"
-    config.write_text(yaml.safe_dump({
-        "redis": {"url": case.url},
-        "training": {"default_epochs": args.epochs,
-                     "command": ["{python}", "-m", "workers.stub_train", "--epoch-seconds", str(args.epoch_seconds)],
-                     "models_root": str(root / "models"), "check_npz": False},
-        "hosts": {f"node-{n}": case.slots_per_node for n in range(case.nodes)},
-    }))
-    keys = Keys("ringrift")
+    config = common.write_config(root / "utilisation.yaml", case.url, {
+        "default_epochs": args.epochs, "command": [*common.STUB_TRAINER, "--epoch-seconds", str(args.epoch_seconds)]},
+        hosts={f"node-{n}": case.slots_per_node for n in range(case.nodes)})
+    keys = Keys()
     log = open(root / "orchestrator.log", "wb")  # noqa: SIM115 - closed below
-    orch = subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(config), "run"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    orch = common.start_orchestrator(config, log)
     feeder = Feeder(case.url, case.configs, npz, args.feed_interval, case.stagger())
     try:
-        wait_until(lambda: any(g["name"] == b"orchestrator" for g in _groups(case.conn, keys.events)), 30)
+        common.wait_until(lambda: any(g["name"] == b"orchestrator" for g in _groups(case.conn, keys.events)), 30)
         feeder.start()
         t0, t1, commands, extra = case.measure(feeder)
     finally:
         feeder.stopping.set()
         feeder.join()
-        orch.terminate()
-        orch.wait()
+        common.stop(orch)
         log.close()
-    case.conn.delete(f"rq:queue:{QUEUE}")  # jobs queued after the window never run
+    case.conn.delete(Queue(TRAINING_QUEUE, connection=case.conn).key)  # jobs queued after the window never run
     wait_idle(case.conn, len(case.workers))
     ids = [i.decode() for i in case.conn.zrange(keys.jobs, 0, -1)]
     with case.conn.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hgetall(keys.job(job_id))
-            pipe.hget(f"rq:job:{job_id}", "started_at")
+            pipe.hget(Job.key_for(job_id), "started_at")
         replies = pipe.execute()
-    records = [(decode_hash(replies[2 * i]), rq_time(replies[2 * i + 1])) for i in range(len(ids))]
+    records = [(decode_hash(replies[2 * i]), common.rq_time(replies[2 * i + 1])) for i in range(len(ids))]
     runs, failed, meta = [], 0, {}
     for rec, rq_started in records:
         if rec.get("state") == "complete":
@@ -324,7 +273,7 @@ def run_ours(case: Case) -> Phase:
 def gap_parts(phase: Phase, meta: dict[str, tuple[float, float | None]]) -> dict[str, list[float]]:
     """Ours' config gap in three parts: job end -> next job queued (orchestrator), queued -> RQ
     work horse started (RQ dequeue + fork), horse started -> TRAINING_STARTED (imports, leases)."""
-    parts: dict[str, list[float]] = {"orchestrator": [], "rq": [], "horse": []}
+    parts: dict[str, list[float]] = {part: [] for part in GAP_PARTS}
     by_config: dict[str, list[Run]] = {}
     for r in phase.runs:
         by_config.setdefault(r.stream, []).append(r)
@@ -353,7 +302,7 @@ def run_floor(case: Case) -> Phase:
     (root / "export.npz").write_bytes(b"stub")
     log_path = root / "runs.log"
     log_path.touch()
-    queue = Queue(QUEUE, connection=case.conn)
+    queue = Queue(TRAINING_QUEUE, connection=case.conn)
     deadline = time.time() + args.warmup + args.window
     stagger = case.stagger()
 
@@ -365,7 +314,7 @@ def run_floor(case: Case) -> Phase:
                     "--board-type", board, "--num-players", players[:-1], "--data", str(root / "export.npz"),
                     "--epochs", str(args.epochs), "--batch-size", "512", "--learning-rate", "0.001",
                     "--patience", "5", "--output-dir", str(root / "models" / key)]
-            queue.enqueue(FLOOR_FUNC, key, argv, str(log_path), deadline)
+            queue.enqueue(CHAIN_JOB, key, argv, str(log_path), deadline)
             time.sleep(stagger)
 
     starter = threading.Thread(target=start_chains, daemon=True)
@@ -384,21 +333,17 @@ def run_floor(case: Case) -> Phase:
 def run_case(name: str, nodes: int, per_node: int, configs: list[str], args: argparse.Namespace,
              tmp: Path) -> tuple[Phase, Phase, float]:
     """Start a redis-server and nodes x per_node workers; ours, then the floor; (ours, floor, start-up s)."""
-    from coordinator.local_redis import LocalRedis
-    from coordinator.workers_pool import start_worker, stop_workers
-
     root = tmp / name
     root.mkdir()
-    with LocalRedis() as server:
-        conn = redis.Redis.from_url(server.url)
+    with common.private_redis() as (url, conn):
         began = time.monotonic()
-        workers = [start_worker(server.url, f"{name}-n{n}-w{w}", f"node-{n}", extra_env={"RINGRIFT_GPUS":
+        workers = [start_worker(url, f"{name}-n{n}-w{w}", f"node-{n}", extra_env={"RINGRIFT_GPUS":
                                 str(per_node)}, log_path=root / f"worker-n{n}-w{w}.log")
                    for n in range(nodes) for w in range(per_node)]
         try:
             wait_idle(conn, len(workers))
             startup = time.monotonic() - began
-            case = Case(name, nodes, per_node, server.url, conn, root, workers, configs, args)
+            case = Case(name, nodes, per_node, url, conn, root, workers, configs, args)
             ours = run_ours(case)
             floor = run_floor(case)
         finally:
@@ -414,7 +359,7 @@ def pct(x: float) -> str:
 def gap_cell(gaps: list[float]) -> str:
     if not gaps:
         return "-"
-    return f"{percentile(gaps, 0.99) * 1000:.0f} ms (p50 {statistics.median(gaps) * 1000:.0f})"
+    return f"{common.percentile(gaps, 0.99) * 1000:.0f} ms (p50 {statistics.median(gaps) * 1000:.0f})"
 
 
 def mem_cell(samples: list[tuple[int, int]]) -> str:
@@ -481,19 +426,13 @@ def print_report(results: dict[str, tuple[Phase, Phase, float]], args: argparse.
                           f"{statistics.median(p['orchestrator']) * 1000:.0f} ms (orchestrator), queued -> RQ "
                           f"horse started {statistics.median(p['rq']) * 1000:.0f} ms, horse -> TRAINING_STARTED "
                           f"{statistics.median(p['horse']) * 1000:.0f} ms (p99 "
-                          f"{percentile(p['orchestrator'], .99) * 1000:.0f} / {percentile(p['rq'], .99) * 1000:.0f}"
-                          f" / {percentile(p['horse'], .99) * 1000:.0f} ms)")
+                          + " / ".join(f"{common.percentile(p[k], .99) * 1000:.0f}" for k in GAP_PARTS) + " ms)")
     print("Samples: " + ". ".join(parts) + ".")
     print(f"Training time = a job's started_at (leases held) -> finished_at (trainer exited, result published); "
           f"floor: the job function's first line -> after its trainer exited. Wall time {wall:.0f} s.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-    import tempfile
-
-    from coordinator.boards import BOARDS, MAX_PLAYERS, MIN_PLAYERS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=8, help="wide case: nodes")
     parser.add_argument("--slots-per-node", type=int, default=8, help="wide case: workers (GPU slots) per node")
@@ -507,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="wide,matched")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
-    configs = [f"{b}_{p}p" for b in BOARDS for p in range(MIN_PLAYERS, MAX_PLAYERS + 1)]
+    configs = common.CONFIGS
     began = time.monotonic()
     shapes = {"wide": (args.nodes, args.slots_per_node), "matched": (args.matched_nodes, args.matched_slots_per_node)}
     results = {}

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +26,7 @@ import redis
 import yaml
 from hypothesis import settings as hypothesis_settings
 
+from bench.common import wait_until
 from coordinator.config import Settings
 from coordinator.events import decode_entry
 from coordinator.keys import Keys
@@ -129,13 +129,10 @@ def rq_workers(redis_server: LocalRedis, tmp_path: Path) -> Iterator[Callable[[i
 
 def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, interval_s: float = 0.05) -> object:
     """Poll until `predicate()` is truthy; fail the test with a clear message on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+    try:
+        return wait_until(predicate, timeout_s, interval_s)
+    except TimeoutError:
+        raise AssertionError(f"condition not met within {timeout_s} s") from None
 
 
 def console_script(name: str) -> str:
