@@ -243,3 +243,49 @@ def test_roles_run_the_pipeline_end_to_end(acl_server, tmp_path):
         service.wait(timeout=15)
     for log in ("service.log", "worker.log"):
         assert "NOPERM" not in (tmp_path / log).read_text(), (tmp_path / log).read_text()[-2000:]
+
+
+INFO_FRESH_MS = 60_000  # an INFO reply never received reads as the age of the epoch
+
+
+def test_the_sentinel_password_stays_one_config_word(tmp_path):
+    """render-sentinel.sh: a password with a space, a newline and a directive after it is one quoted
+    word; Sentinel starts, logs in to the primary with exactly that password, and no directive was
+    added (no notification script)."""
+    from coordinator.local_redis import free_port, redis_server_binary
+
+    password = 'pw nopass\nsentinel notification-script mymaster /tmp/x "\\'
+    env = {**os.environ, "SENTINEL_PASSWORD": password}
+    rendered = subprocess.run([str(ROOT / "deploy/redis/render-sentinel.sh")], env=env, capture_output=True,
+                              text=True, check=True).stdout
+    template = (ROOT / "deploy/redis/sentinel.conf").read_text()
+    assert rendered.count("\n") == template.count("\n") and rendered.count("notification-script") == 1
+    acl = tmp_path / "users.acl"
+    acl.write_text(render_acl({**PASSWORDS, "sentinel": password}) + f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n")
+    with LocalRedis(extra_args=("--aclfile", str(acl)), username=ADMIN[0], password=ADMIN[1]) as primary:
+        conf = tmp_path / "sentinel.conf"
+        conf.write_text(rendered.replace("sentinel monitor mymaster redis-primary 6379 2",
+                                         f"sentinel monitor mymaster 127.0.0.1 {primary.port} 2"))
+        port = free_port()
+        proc = subprocess.Popen([redis_server_binary(), str(conf), "--sentinel", "--port", str(port), "--bind",
+                                 "127.0.0.1", "--logfile", str(tmp_path / "sentinel.log")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            sentinel = redis.Redis(port=port, decode_responses=True)
+
+            def master() -> dict | None:
+                try:
+                    state = sentinel.sentinel_master("mymaster")
+                except redis.exceptions.ConnectionError:
+                    assert proc.poll() is None, (tmp_path / "sentinel.log").read_text()[-2000:]
+                    return None
+                # An INFO reply came back (info-refresh: its age in ms), so the link and its AUTH exist
+                return state if int(state.get("info-refresh", 0)) < INFO_FRESH_MS else None
+
+            state = wait_for(master, timeout_s=20)
+            assert "notification-script" not in state
+            admin = redis.Redis(port=primary.port, username=ADMIN[0], password=ADMIN[1])
+            assert [e for e in admin.acl_log() if e["username"] == "sentinel"] == []  # its AUTH was accepted
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
