@@ -6,6 +6,7 @@ import hashlib
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -289,3 +290,24 @@ def test_the_sentinel_password_stays_one_config_word(tmp_path):
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+def test_masterauth_written_as_a_config_word_links_a_replica(tmp_path):
+    """deploy/README's masterauth line (config_word.py) with a password holding a space, a newline
+    and a directive: the replica links to its primary as `replica` and nothing else was configured."""
+    password = 'pw nopass\nreplicaof 127.0.0.1 1 "\\'
+    word = subprocess.run([sys.executable, str(ROOT / "deploy/redis/config_word.py"), "REPLICA_PASSWORD"],
+                          env={**os.environ, "REPLICA_PASSWORD": password}, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    acl = tmp_path / "users.acl"
+    acl.write_text(render_acl({**PASSWORDS, "replica": password}) + f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n")
+    conf = tmp_path / "replica.conf"
+    conf.write_text(f"masteruser replica\nmasterauth {word}\n")
+    auth = dict(username=ADMIN[0], password=ADMIN[1])
+    with LocalRedis(extra_args=("--aclfile", str(acl)), **auth) as primary:
+        with LocalRedis(extra_args=("--include", str(conf), "--aclfile", str(acl), "--replicaof", "127.0.0.1", str(primary.port)),
+                        **auth) as replica:
+            admin = redis.Redis(port=replica.port, **auth, decode_responses=True)
+            wait_for(lambda: admin.info("replication")["master_link_status"] == "up", timeout_s=20)
+            assert admin.config_get("masterauth")["masterauth"] == password
+            assert admin.info("replication")["master_port"] == primary.port
