@@ -8,12 +8,15 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from coordinator.breakers import CircuitBreakers
 from coordinator.config import BreakerSettings, load_settings
@@ -36,6 +39,32 @@ def require(binary: str) -> str:
         message = f"{binary} is not installed (apt-get install -y {binary}; .ci/run does it)"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
     return found
+
+
+@pytest.fixture
+def run_service(service, tmp_path):
+    """`ringrift-train --config <the service fixture's YAML> run [args]` (e.g. --metrics-port), its
+    data confined to tmp_path; stopped afterwards. Returns the YAML's path."""
+    procs = []
+
+    def start(command: list[str], epochs: int, *args: str, **sections: dict) -> Path:
+        service(command, epochs=epochs, **sections).terminate()  # it writes the YAML; this one runs it
+        path = tmp_path / "coordinator.yaml"
+        config = yaml.safe_load(path.read_text())
+        config["training"].setdefault("data_roots", [str(tmp_path)])
+        path.write_text(yaml.safe_dump(config))
+        log = open(tmp_path / "run-service.log", "ab")  # noqa: SIM115 - closed at teardown
+        procs.append((subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run", *args],
+                                       stdout=log, stderr=subprocess.STDOUT), log))
+        return path
+
+    yield start
+    for proc, log in procs:
+        proc.terminate()
+        proc.wait(timeout=15)
+        log.close()
+    if (tmp_path / "run-service.log").exists():
+        sys.stdout.write("--- run-service.log\n" + (tmp_path / "run-service.log").read_text()[-3000:])
 
 
 @pytest.fixture
@@ -179,17 +208,17 @@ def config_rows(dom: str) -> list[tuple[str, bool]]:
         r'<tr class="clickable[^"]*" data-config="([^"]+)" data-rank="([^"]*)" data-eligible="([01])"', dom)]
 
 
-def test_chromium_sees_the_curve_grow_and_the_priorities(redis_server, real_conn, service, rq_workers, tmp_path):
+def test_chromium_sees_the_curve_grow_and_the_priorities(redis_server, real_conn, run_service, rq_workers, tmp_path):
     chromium = require("chromium")
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], epochs=8)
+    config = run_service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], 8)
     rq_workers(1)
     for config_key in ("hex8_2p", "square8_2p"):
         real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": config_key,
                                            "npz_path": str(npz), "samples": "10"})
     port = free_port()
-    settings = load_settings(str(tmp_path / "coordinator.yaml"))
+    settings = load_settings(str(config))
     serve_in_thread(settings, port)
     address = f"http://127.0.0.1:{port}/"
 
@@ -203,7 +232,7 @@ def test_chromium_sees_the_curve_grow_and_the_priorities(redis_server, real_conn
     def table_matches_priorities() -> bool:
         rows = config_rows(dump_dom(chromium, address))
         ranked = json.loads(subprocess.run(
-            [console_script("ringrift-train"), "--config", str(tmp_path / "coordinator.yaml"), "priorities",
+            [console_script("ringrift-train"), "--config", str(config), "priorities",
              "--json"], capture_output=True, text=True, timeout=60, check=True).stdout)
         return bool(rows) and rows == [(p["config_key"], p["eligible"]) for p in ranked]
 

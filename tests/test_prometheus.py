@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from coordinator.local_redis import free_port
-from tests.conftest import console_script, stream_events, wait_for
-from tests.test_dashboard import require
+from tests.conftest import stream_events, wait_for
+from tests.test_dashboard import require, run_service  # noqa: F401 - run_service is a fixture used below
 
 pytestmark = pytest.mark.integration
 DASHBOARD = Path(__file__).parent.parent / "deploy/grafana/ringrift-training.json"
@@ -74,16 +74,13 @@ def meets(port: int, expr: str) -> bool:
     return want <= set(got) and all(not math.isnan(got[k]) and (got[k] > 0 or not positive) for k in want)
 
 
-def test_grafana_queries_on_a_real_prometheus(redis_server, real_conn, service, rq_workers, tmp_path):
+def test_grafana_queries_on_a_real_prometheus(redis_server, real_conn, run_service, rq_workers, tmp_path):  # noqa: F811
     prometheus = require("prometheus")
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")
     metrics_port, prom_port = free_port(), free_port()
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.5"], epochs=2,
-            breakers={"failures": 1, "window_s": 3600, "cooldown_s": 3600}).terminate()
-    log = open(tmp_path / "metrics-service.log", "wb")  # noqa: SIM115 - closed below
-    svc = subprocess.Popen([console_script("ringrift-train"), "--config", str(tmp_path / "coordinator.yaml"), "run",
-                            "--metrics-port", str(metrics_port)], stdout=log, stderr=subprocess.STDOUT)
+    run_service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.5"], 2,
+                "--metrics-port", str(metrics_port), breakers={"failures": 1, "window_s": 3600, "cooldown_s": 3600})
     config = tmp_path / "prometheus.yml"
     config.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
                                       "scrape_configs": [{"job_name": "ringrift", "static_configs": [
@@ -113,10 +110,7 @@ def test_grafana_queries_on_a_real_prometheus(redis_server, real_conn, service, 
             ("config", "square8_2p"), ("node", "node-0")]
     finally:
         prom.terminate()
-        svc.terminate()
         prom.wait(timeout=15)
-        svc.wait(timeout=15)
-        log.close()
         prom_log.close()
 
 

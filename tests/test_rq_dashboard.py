@@ -1,0 +1,68 @@
+"""RQ's own web dashboard, run as the README says, against a real run: it lists the `training`
+queue and the worker busy with our job (rq-dashboard 0.9.0 needs `six`, which it does not declare)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from coordinator.keys import TRAINING_QUEUE
+from coordinator.local_redis import free_port
+from tests.conftest import wait_for
+from tests.test_dashboard import run_service  # noqa: F401 - a fixture used below
+
+pytestmark = pytest.mark.integration
+README = Path(__file__).parent.parent / "README.md"
+
+
+def test_readme_installs_what_rq_dashboard_imports():
+    [command] = re.findall(r"`(pip install rq-dashboard[^`]*)`", README.read_text())
+    assert command.split(";")[0].split()[2:] == ["rq-dashboard", "six"]
+
+
+def test_rq_dashboard_shows_the_queue_and_the_busy_worker(redis_server, real_conn, run_service, rq_workers,  # noqa: F811
+                                                          tmp_path):
+    try:
+        import rq_dashboard  # noqa: F401 - in the dev extras
+    except ImportError as exc:
+        message = f"rq-dashboard is not installed (pip install -e '.[dev]'): {exc}"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"stub")
+    run_service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], 6)
+    rq_workers(1)
+    for config_key in ("hex8_2p", "square8_2p"):  # one GPU: one runs, the other waits on the queue
+        real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": config_key,
+                                           "npz_path": str(npz), "samples": "10"})
+    port = free_port()
+    log = open(tmp_path / "rq-dashboard.log", "wb")  # noqa: SIM115 - closed below
+    rqd = subprocess.Popen([str(Path(sys.executable).parent / "rq-dashboard"), "--redis-url", redis_server.url,
+                            "--bind", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def get(path: str) -> dict | None:
+            try:
+                return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/0/data/{path}", timeout=10).read())
+            except OSError:
+                return None
+
+        def busy_worker() -> dict | None:
+            workers = (get("workers.json") or {}).get("workers", [])
+            return next((w for w in workers if w["state"] == "busy" and w.get("current_job")), None)
+
+        worker = wait_for(busy_worker, timeout_s=90, interval_s=0.5)
+        assert worker["name"] == "test-worker-0" and worker["queues"] == [TRAINING_QUEUE]
+        assert re.match(r"train (hex8_2p|square8_2p) from .*x\.npz, attempt 1", worker["current_job"]["description"])
+        queues = {q["name"]: q for q in get("queues.json")["queues"]}
+        assert TRAINING_QUEUE in queues and queues[TRAINING_QUEUE]["count"] >= 0
+    finally:
+        rqd.terminate()
+        rqd.wait(timeout=15)
+        log.close()
+    assert "Traceback" not in (tmp_path / "rq-dashboard.log").read_text()
