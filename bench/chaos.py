@@ -257,6 +257,7 @@ def run(args: argparse.Namespace) -> Result:
             except redis.RedisError:
                 pass
             cluster.stop()
+            conn.close()
             ha.stop()
     result.overlaps, result.samples, result.overlap_examples = watch.overlaps, watch.samples, watch.examples
     result.quit_unasked = cluster.quit_unasked

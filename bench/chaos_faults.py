@@ -21,8 +21,8 @@ from the moment in brackets).
   must be refused (`fenced`). Recovered: the retry starts (the cut).
 - partition_orchestrator: cut the orchestrator off for 3-12 s while the workers are not; an export
   is sent meanwhile. Recovered: a new event is handled (the heal).
-- slow_link: 200-800 ms each way on a busy worker's link (lease renewals included) until its job
-  ends. Recovered: the job's end (the fault).
+- slow_link: 200-800 ms each way on a busy worker's link (lease renewals included) until its job's
+  next event, a lease TTL at most. Recovered: the job's end (the fault).
 """
 
 from __future__ import annotations
@@ -127,13 +127,16 @@ def retry_started(chaos: Chaos, job_id: str, attempt: str, since: float) -> floa
     return max(0.0, event_at(event) - since) if event else None
 
 
+def job_moved(chaos: Chaos, job_id: str, attempt: str, after_index: int) -> Event | None:
+    """The job's first end or retry start among the events logged after `after_index`."""
+    return chaos.log.find(lambda e: e.fields.get("job_id") == job_id and (
+        e.type in ("TRAINING_COMPLETE", "TRAINING_FAILED", "TRAINING_CANCELLED")
+        or (e.type == "TRAINING_STARTED" and int(e.fields["attempt"]) > int(attempt))), after_index)
+
+
 def next_job_event(chaos: Chaos, job_id: str, attempt: str, since: float, after_index: int) -> float | None:
     """Time from `since` to the job's next end or retry start (events logged after `after_index`)."""
-    def seen():
-        return chaos.log.find(lambda e: e.fields.get("job_id") == job_id and (
-            e.type in ("TRAINING_COMPLETE", "TRAINING_FAILED", "TRAINING_CANCELLED")
-            or (e.type == "TRAINING_STARTED" and int(e.fields["attempt"]) > int(attempt))), after_index)
-    event = wait_until(seen, WAIT_S, 0.2)
+    event = wait_until(lambda: job_moved(chaos, job_id, attempt, after_index), WAIT_S, 0.2)
     return max(0.0, event_at(event) - since) if event else None
 
 
@@ -260,11 +263,12 @@ def slow_link(chaos: Chaos, fault: str) -> Outcome:
     delay_s = chaos.rng.uniform(0.2, 0.8)
     began = time.time()
     chaos.cluster.proxy.latency(node, delay_s)
-    try:
-        recovered = next_job_event(chaos, job_id, attempt, began, mark)
+    try:  # slow for a lease TTL at most (three renewals), then the job's end is awaited at full speed
+        wait_until(lambda: job_moved(chaos, job_id, attempt, mark), chaos.ttl_s, 0.2)
     finally:
         chaos.cluster.proxy.heal(node)
-    return Outcome(fault, recovered, f"{node} +{delay_s * 1000:.0f} ms each way")
+    return Outcome(fault, next_job_event(chaos, job_id, attempt, began, mark),
+                   f"{node} +{delay_s * 1000:.0f} ms each way")
 
 
 INJECT = {"kill_node": kill_node, "freeze_worker": kill_node, "kill_orchestrator": kill_orchestrator,

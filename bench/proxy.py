@@ -114,6 +114,8 @@ class FaultProxy:
             self._run(shut)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+        if not self._loop.is_running():
+            self._loop.close()
 
     # -- the loop ----------------------------------------------------------------------------------
     async def _serve(self, route: Route, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
