@@ -1,6 +1,7 @@
 """The reference trainer on real (synthetic) NPZ files."""
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 from workers.npz_data import BadTrainingData, load_training_data, write_synthetic_npz
 from workers.train import load_model, main, parse_args, train
+from workers.trainer_command import STOPPED_EXIT
 
 
 def _args(npz, out, *extra, board="hex8", players="2", epochs="4"):
@@ -105,3 +107,71 @@ def test_corrupt_file_is_bad_input(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     assert main(["--board-type", "hex8", "--num-players", "2", "--data", str(tmp_path / "junk.npz"),
                  "--output-dir", str(tmp_path / "o")]) == 2
+
+
+def test_init_weights_loads_the_tensors_that_fit(hex8_npz, tmp_path):
+    other = write_synthetic_npz(tmp_path / "hex8_64ch.npz", "hex8", 2, samples=64, channels=64)
+    donor = train(_args(other, tmp_path / "donor", epochs="1"))
+    warm = train(_args(hex8_npz, tmp_path / "warm", "--init-weights", donor["model_path"], epochs="1"))
+    assert warm["init_weights"] == donor["model_path"]
+    # Only the stem's first convolution depends on the channels: everything else is taken.
+    assert warm["init_tensors_total"] - warm["init_tensors_loaded"] == 1
+    donor_model, warm_model = load_model(donor["model_path"]), torch.load(
+        tmp_path / "warm" / "checkpoint.pt", weights_only=False)
+    assert donor_model.stem[0].weight.shape != warm_model["model"]["stem.0.weight"].shape
+    fresh = train(_args(hex8_npz, tmp_path / "fresh", epochs="1"))
+    assert fresh["init_weights"] is None
+
+
+def test_a_stop_mid_epoch_saves_a_checkpoint_and_writes_no_metrics(hex8_npz, tmp_path):
+    calls = []
+
+    def stop_in_epoch_2() -> bool:  # about 7 batches an epoch here (345 rows at 64, then validation)
+        calls.append(1)
+        return len(calls) > 10
+
+    stopped = train(_args(hex8_npz, tmp_path, epochs="4"), stop_in_epoch_2)
+    assert stopped["stopped"] and stopped["epoch"] == 1
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] == 1
+    assert not (tmp_path / "metrics.json").exists()
+    resumed = train(_args(hex8_npz, tmp_path, "--resume", epochs="2"))
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+
+
+def _wait_for_first_line_then_sigterm(argv):
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    return proc.returncode, json.loads(first), stderr
+
+
+def test_sigterm_stops_the_reference_trainer_with_a_checkpoint(hex8_npz, tmp_path):
+    returncode, first, stderr = _wait_for_first_line_then_sigterm(
+        [sys.executable, "-m", "workers.train", "--board-type", "hex8", "--num-players", "2", "--data", str(hex8_npz),
+         "--output-dir", str(tmp_path), "--epochs", "1000", "--batch-size", "16"])
+    assert returncode == STOPPED_EXIT, stderr
+    assert first["epoch"] == 1 and "checkpoint saved" in stderr
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["epoch"] >= 1
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_sigterm_stops_the_stub_trainer_with_its_checkpoint(tmp_path):
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"stub")
+    returncode, first, stderr = _wait_for_first_line_then_sigterm(
+        [sys.executable, "-m", "workers.stub_train", "--data", str(npz), "--output-dir", str(tmp_path / "o"),
+         "--epochs", "1000", "--epoch-seconds", "0.2"])
+    assert returncode == STOPPED_EXIT and first["epoch"] == 1 and "stopped during epoch" in stderr
+    assert json.loads((tmp_path / "o" / "checkpoint.json").read_text())["epoch"] >= 1
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_the_stub_trainer_records_its_init_weights(tmp_path):
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"stub")
+    from workers.stub_train import main as stub_main
+
+    assert stub_main(["--data", str(npz), "--output-dir", str(tmp_path), "--init-weights", "/m/parent.pt"]) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["init_weights"] == "/m/parent.pt"
+    assert json.loads((tmp_path / "model.pt").read_text())["init_weights"] == "/m/parent.pt"

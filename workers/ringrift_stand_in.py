@@ -41,6 +41,17 @@ MODEL_VERSIONS = ("v2", "v2_lite", "v3", "v3_lite", "v3-flat", "v3-spatial", "v4
                   "v5-heavy", "v5-heavy-large", "v5-heavy-xl", "v6", "v6-xl")
 SLEEP_SLICE_S = 0.05  # how often a sleeping epoch looks for a stop request
 
+# The `training.command` that runs this stand-in: RingRift's own command line (the README's
+# example) with this module in place of `app.training.train`, checkpointing every epoch.
+COMMAND: tuple[str, ...] = (
+    "{python}", "-m", "workers.ringrift_stand_in", "--board-type", "{board_type}", "--num-players", "{num_players}",
+    "--data-path", "{npz_path}", "--save-path", "{model_path}", "--epochs", "{epochs}",
+    "--batch-size", "{batch_size}", "--learning-rate", "{learning_rate}", "--early-stopping-patience", "{patience}",
+    "--checkpoint-dir", "{checkpoint_dir}", "--checkpoint-interval", "1",
+    "--init-weights", "{init_weights}", "--resume", "{resume}",
+    "--model-version", "v2", "--allow-stale-data", "--max-data-age-hours", "48",
+)
+
 log = logging.getLogger(LOGGER_NAME)
 
 

@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     first = 1
     if args.resume:
         first = json.loads((Path(args.resume).parent / "checkpoint.json").read_text())["epoch"] + 1
-    if args.init_weights:
-        print(f"stub trainer: init weights from {args.init_weights}", file=sys.stderr, flush=True)
     asked: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: asked.append(signum))
+    if args.init_weights:
+        print(f"stub trainer: init weights from {args.init_weights}", file=sys.stderr, flush=True)
     history = []
     for epoch in range(first, args.epochs + 1):
         deadline = time.monotonic() + args.epoch_seconds

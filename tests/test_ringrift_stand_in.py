@@ -1,0 +1,93 @@
+"""RingRift's trainer shape, end to end through the worker's building blocks: the command template,
+run_trainer reading progress from stderr and the summary from stdout, warm start, kill and resume."""
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from workers import ringrift_stand_in
+from workers.checkpoints import RINGRIFT_CHECKPOINT_PATTERN, newest_checkpoint
+from workers.trainer_command import attempt_paths, build_argv, record_values
+from workers.trainer_output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY, OutputParser
+from workers.trainer_process import run_trainer
+
+
+@pytest.fixture
+def record(tmp_path):
+    npz = tmp_path / "data" / "hex8_2p.npz"
+    npz.parent.mkdir()
+    npz.write_bytes(b"x" * 100)
+    return {"job_id": "j1", "config_key": "hex8_2p", "board_type": "hex8", "num_players": "2", "npz_path": str(npz),
+            "epochs": "3", "batch_size": "256", "learning_rate": "0.001", "early_stopping_patience": "5",
+            "samples": "100"}
+
+
+def _attempt(record, job_dir, attempt, command=ringrift_stand_in.COMMAND, resume=None, init_weights=None,
+             stop=None, on_progress=None):
+    paths = attempt_paths(job_dir, attempt)
+    paths.output_dir.mkdir(parents=True, exist_ok=True)
+    argv = build_argv(command, record_values(record, paths, attempt, resume, init_weights))
+    result = run_trainer(argv, timeout_s=60, kill_grace_s=10, on_progress=on_progress or (lambda _f: None),
+                         stop=stop, parser=OutputParser(RINGRIFT_PROGRESS, RINGRIFT_SUMMARY),
+                         model_path=paths.model_path)
+    return result, paths
+
+
+def test_progress_from_stderr_summary_from_stdout_and_a_warm_start(record, tmp_path):
+    first, paths = _attempt(record, tmp_path / "j1", 1)
+    assert first.returncode == 0 and not first.model_missing
+    assert [h["epoch"] for h in first.history] == [1, 2, 3]
+    assert first.history[-1] == {"epoch": 3, "total_epochs": 3, "train_loss": 0.5, "val_loss": 0.525,
+                                 "policy_accuracy_pct": 36.0}
+    assert first.summary == {"final_loss": 0.525, "samples": 100, "games": 1, "epochs_completed": 3}
+    assert "app.training.train - INFO - Epoch [3/3]" in first.stderr_tail  # the tail still holds stderr
+    model = json.loads(paths.model_path.read_text())
+    assert model["init_weights"] is None and model["resumed_from"] is None
+    assert sorted(p.name for p in paths.checkpoint_dir.glob("checkpoint_*")) == [
+        "checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth", "checkpoint_final_epoch_3.pth"]
+
+    second, paths2 = _attempt({**record, "job_id": "j2"}, tmp_path / "j2", 1, init_weights=str(paths.model_path))
+    assert second.returncode == 0
+    assert json.loads(paths2.model_path.read_text())["init_weights"] == str(paths.model_path.resolve())
+    assert f"Loaded initial weights from {paths.model_path}" in second.stderr_tail
+
+
+def test_a_stopped_attempt_leaves_an_emergency_checkpoint_that_the_next_one_resumes(record, tmp_path):
+    record = {**record, "epochs": "30"}
+    slow = [*ringrift_stand_in.COMMAND, "--epoch-seconds", "0.2"]
+    stop = threading.Event()
+
+    def stop_after_epoch_2(figures):
+        if figures["epoch"] >= 2:
+            stop.set()
+
+    job = tmp_path / "j1"
+    first, _ = _attempt(record, job, 1, command=slow, stop=stop, on_progress=stop_after_epoch_2)
+    assert first.stopped and first.returncode == -signal.SIGTERM  # RingRift dies by the signal it got
+    assert "Emergency checkpoint saved successfully" in first.stderr_tail
+    resume, epoch = newest_checkpoint(job, RINGRIFT_CHECKPOINT_PATTERN)
+    assert epoch >= 2 and resume.endswith(f"checkpoint_emergency_epoch_{epoch}.pth")
+
+    second, paths = _attempt({**record, "epochs": str(epoch + 2)}, job, 2, resume=resume)
+    assert second.returncode == 0
+    assert [h["epoch"] for h in second.history] == [epoch + 1, epoch + 2]
+    assert json.loads(paths.model_path.read_text())["resumed_from"] == resume
+
+
+def test_exit_0_without_the_model_where_the_command_said_is_model_missing(record, tmp_path):
+    elsewhere = ["{output_dir}/elsewhere.pth" if part == "{model_path}" else part for part in ringrift_stand_in.COMMAND]
+    result, paths = _attempt(record, tmp_path / "j1", 1, command=elsewhere)
+    assert result.returncode == 0 and result.model_missing
+    assert (paths.output_dir / "elsewhere.pth").exists()
+
+
+def test_missing_data_and_unknown_flags_fail():
+    proc = subprocess.run([sys.executable, "-m", "workers.ringrift_stand_in", "--data-path", "/nonexistent.npz",
+                           "--save-path", "/tmp/x.pth", "--epochs", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Training data not found: /nonexistent.npz" in proc.stderr
+    with pytest.raises(SystemExit):
+        ringrift_stand_in.parse_args(["--output-dir", "x"])  # the reference trainer's flag is not RingRift's
