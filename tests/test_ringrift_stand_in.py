@@ -91,3 +91,11 @@ def test_missing_data_and_unknown_flags_fail():
     assert proc.returncode == 1 and "Training data not found: /nonexistent.npz" in proc.stderr
     with pytest.raises(SystemExit):
         ringrift_stand_in.parse_args(["--output-dir", "x"])  # the reference trainer's flag is not RingRift's
+
+
+def test_the_trainer_runs_in_its_working_directory(tmp_path):
+    """RingRift's trainer reads paths relative to ai-service/: `training.working_dir` sets them."""
+    argv = [sys.executable, "-c", "open('model.pth', 'w').write('m')"]
+    result = run_trainer(argv, timeout_s=60, kill_grace_s=5, on_progress=lambda _f: None, cwd=tmp_path,
+                         model_path=tmp_path / "model.pth")
+    assert result.returncode == 0 and not result.model_missing

@@ -64,11 +64,13 @@ def run_trainer(
     on_start: Callable[[], None] | None = None,
     parser: OutputParser | None = None,
     model_path: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
 ) -> TrainerResult:
     """Run the trainer to its end (or past `timeout_s`, or until `stop` is set, then stop it:
     SIGTERM, SIGKILL after `kill_grace_s`); never raises on the trainer's failure. `parser`:
     how to read its lines (default: JSON progress lines only); `model_path`: where a trainer
-    that exits 0 must have written its model."""
+    that exits 0 must have written its model; `cwd`: the trainer's working directory (default:
+    the worker's)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     parser = parser or OutputParser()
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -89,7 +91,7 @@ def run_trainer(
     stop = stop or threading.Event()
     with subprocess.Popen(
         argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1, env=env,
-        start_new_session=True, preexec_fn=_die_with_parent,
+        start_new_session=True, preexec_fn=_die_with_parent, cwd=cwd,
     ) as proc:
         reader = threading.Thread(target=read, args=(proc.stderr, tail), daemon=True)
         reader.start()
