@@ -3,6 +3,7 @@ token gate and bind rule, and a real headless Chromium loading the page while a 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -20,6 +21,7 @@ import yaml
 
 from coordinator.breakers import CircuitBreakers
 from coordinator.config import BreakerSettings, load_settings
+from coordinator.dashboard.command import add_dashboard_parser
 from coordinator.dashboard.data import DashboardData
 from coordinator.dashboard.server import TOKEN_COOKIE, check_bind, serve_in_thread
 from coordinator.errors import ConfigError
@@ -167,6 +169,11 @@ def test_bind_rule_and_token_gate(redis_server, real_conn, make_settings):
     check_bind("0.0.0.0", "t0k3n")
     for host in ("127.0.0.1", "localhost", "::1"):
         check_bind(host, None)
+    parser = argparse.ArgumentParser()
+    add_dashboard_parser(parser.add_subparsers())
+    args = parser.parse_args(["dashboard", "--host", "0.0.0.0", "--redis-url", redis_server.url])
+    assert (args.host, args.port, args.token) == ("0.0.0.0", 8080, None)
+    assert args.func(args, make_settings(redis_server.url)) == 2  # refused before it binds anything
 
     port = free_port()
     serve_in_thread(make_settings(redis_server.url), port, token="t0k3n")

@@ -32,7 +32,7 @@ from coordinator.scheduler import FACTORS, Priority, TrainingScheduler
 
 TIMELINE_HOURS = 24.0
 TIMELINE_MIN_S = 600.0  # the narrowest time span the timeline draws
-TIMELINE_MAX_JOBS = 5000  # newest job records drawn on the timeline
+TIMELINE_MAX_JOBS = 3000  # newest job records drawn on the timeline (more would not fit its width)
 RECENT_JOBS = 50  # the job list under the running jobs (finished jobs' curves open from it)
 ELO_CONFIGS = 8  # configs drawn on the Elo panel: the best ranked that have evaluations
 DEAD_LETTERS = 20
@@ -174,7 +174,8 @@ class DashboardData:
                    for a in self.tail.attempts if a["end"] >= since]
         bars += retried
         # From the first bar (a demo's minutes fill the width), at least TIMELINE_MIN_S, at most the window.
-        since = max(since, min([now - TIMELINE_MIN_S, *(b[3] - 0.05 * (now - b[3]) for b in bars)]))
+        first = min((b[3] for b in bars), default=now)
+        since = max(since, min(now - TIMELINE_MIN_S, first - 0.05 * (now - first)))
         return {"since": since, "until": now, "fields": ["job_id", "config_key", "node", "start", "end", "state",
                                                          "attempts", "reason"],
                 "nodes": [{"node": n["node"], "gpus": int(n["gpus"]), "status": n["status"]} for n in nodes],

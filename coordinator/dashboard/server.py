@@ -1,7 +1,5 @@
 """The dashboard's web server: one read-only page and its JSON, served by Starlette on uvicorn.
 
-    ringrift-train dashboard [--host 127.0.0.1] [--port 8080] [--token T] [--redis-url URL]
-
 Routes: `/` the page, `/static/*` its files (uPlot vendored: nothing is fetched at run time),
 `/api/page` all five panels, `/api/job/<id>` one job's record and curve, `/api/config/<key>` one
 config's history. It binds 127.0.0.1 unless told otherwise and refuses any other address without
@@ -11,7 +9,6 @@ the page sets after the first request). Redis is only read: a `viewer` ACL URL i
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import ipaddress
 import threading
@@ -27,14 +24,13 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from coordinator.config import Settings, redact_url
+from coordinator.config import Settings
 from coordinator.connection import connect
+from coordinator.dashboard.command import DEFAULT_HOST, DEFAULT_PORT
 from coordinator.dashboard.data import DashboardData
 from coordinator.errors import ConfigError
 
 STATIC = Path(__file__).parent / "static"
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8080
 TOKEN_COOKIE = "ringrift_dashboard_token"
 
 
@@ -122,32 +118,3 @@ def serve_in_thread(settings: Settings, port: int, host: str = DEFAULT_HOST,
     thread = threading.Thread(target=server.run, name="dashboard", daemon=True)
     thread.start()
     return thread
-
-
-# -- the command line (wired into coordinator/cli.py) -----------------------------------------------
-def add_dashboard_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("dashboard", help="a live web page: configs, loss curves, Elo, GPU timeline, trouble")
-    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1; others need --token)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--token", help="required on every request (?token=T once, then a cookie)")
-    p.add_argument("--redis-url", help="read Redis as this URL (e.g. the viewer user's) instead of redis.url")
-    p.set_defaults(func=run_dashboard)
-    return p
-
-
-def run_dashboard(args: argparse.Namespace, settings: Settings) -> int:
-    import dataclasses
-    import sys
-
-    if args.redis_url:
-        settings = dataclasses.replace(settings, redis=dataclasses.replace(settings.redis, url=args.redis_url))
-    try:
-        server = build_server(settings, args.host, args.port, args.token)
-    except ConfigError as exc:
-        print(exc.problems[0], file=sys.stderr)
-        return 2
-    shown = "localhost" if is_loopback(args.host) else args.host
-    print(f"dashboard on http://{shown}:{args.port}/{'?token=…' if args.token else ''} reading "
-          f"{redact_url(settings.redis.url)}", flush=True)
-    server.run()
-    return 0
