@@ -141,6 +141,11 @@ def test_page_data_as_the_viewer_user(acl_server, seeded):  # noqa: F811 - the i
         seeded["running"]: "running", seeded["done"]: "complete", seeded["failed"]: "failed"}
     finished = data.job(seeded["done"])
     assert [tuple(p) for p in finished["curve"]] == [(1, 0.9, 1.0)] and finished["state"] == "complete"
+    # A job whose epochs are no longer on the stream: the history its record carries, if any.
+    assert data.job(seeded["failed"])["curve"] == []
+    as_role(acl_server, "coordinator").hset(orch.keys.job(seeded["failed"]), "history",
+                                            json.dumps([{"epoch": 1, "train_loss": 2.0}]))
+    assert [tuple(p) for p in data.job(seeded["failed"])["curve"]] == [(1, 2.0, None)]
 
     assert page["elo"]["configs"] == ["hex8_2p"]
     assert [tuple(p) for p in page["elo"]["points"]["hex8_2p"]] == [(1000.0, 1200.0), (2000.0, 1260.0)]

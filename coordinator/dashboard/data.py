@@ -13,6 +13,7 @@ closer together than PAGE_CACHE_S share one answer.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -102,7 +103,7 @@ class DashboardData:
         record = decode_hash(self.conn.hgetall(self.keys.job(job_id)))
         if not record:
             return None
-        return {**_job_row(record), "record": record, "curve": self.tail.curve(job_id)}
+        return {**_job_row(record), "record": record, "curve": self.tail.curve(job_id) or _record_history(record)}
 
     def config(self, config_key: str) -> dict[str, Any] | None:
         """One config's history: its Elo points, its jobs in the timeline window, its stored explanation."""
@@ -238,6 +239,17 @@ def _job_row(r: dict[str, str]) -> dict[str, Any]:
             "fence": r.get("fence", ""), "train_loss": r.get("train_loss"), "val_loss": r.get("val_loss"),
             "final_loss": r.get("final_loss"), "reason": r.get("reason", ""), "error": r.get("error", "")[:300],
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at")}
+
+
+def _record_history(record: dict[str, str]) -> list[tuple[int, float | None, float | None]]:
+    """The per-epoch history a finished job's record carries in `history` (JSON), if its worker
+    stored one: the curve outlives the stream's trimming then."""
+    try:
+        rows = json.loads(record.get("history") or "[]")
+    except ValueError:
+        return []
+    return [(int(r["epoch"]), r.get("train_loss"), r.get("val_loss")) for r in rows
+            if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
 
 
 def _trainings(records: list[dict[str, str]]) -> list[dict[str, Any]]:
