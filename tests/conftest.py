@@ -145,7 +145,8 @@ def console_script(name: str) -> str:
 
 @pytest.fixture
 def service(redis_server, tmp_path):
-    """Start `ringrift-train --config <tmp yaml> run`; yields a function that starts it with a trainer."""
+    """Start `ringrift-train --config <tmp yaml> run` with exports confined to tmp_path; yields a
+    function that starts it with a trainer."""
     procs = []
 
     def start(command: list[str], epochs: int = 4, consumer: str = "test-orchestrator",
@@ -154,6 +155,7 @@ def service(redis_server, tmp_path):
             "redis": {"url": redis_server.url, "prefix": "ringrift"},
             "training": {"default_epochs": epochs, "batch_size": 64, "command": command,
                          "models_root": str(tmp_path / "models"), "timeout_s": 300, "kill_grace_s": 2,
+                         "data_roots": [str(tmp_path.resolve())],  # the tests write their exports here
                          # The stub trainer's tests use stand-in data files; the real trainer's, real NPZs.
                          "check_npz": "workers.train" in command},
             "events": {"block_ms": 100, "reclaim_idle_ms": 5000},
