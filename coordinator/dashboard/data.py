@@ -32,7 +32,7 @@ from coordinator.leases import LeaseManager
 from coordinator.scheduler import FACTORS, Priority, TrainingScheduler
 
 TIMELINE_HOURS = 24.0
-TIMELINE_MIN_S = 600.0  # the narrowest time span the timeline draws
+TIMELINE_MIN_S = 120.0  # the narrowest time span the timeline draws
 TIMELINE_MAX_JOBS = 3000  # newest job records drawn on the timeline (more would not fit its width)
 RECENT_JOBS = 50  # the job list under the running jobs (finished jobs' curves open from it)
 ELO_CONFIGS = 8  # configs drawn on the Elo panel: the best ranked that have evaluations

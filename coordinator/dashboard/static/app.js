@@ -33,7 +33,7 @@ function lossChart(target, curve, width, height) {
   const data = [curve.map(p => p[0]), curve.map(p => p[1]), curve.map(p => p[2])];
   return new uPlot({
     width, height, scales: { x: { time: false } }, legend: { show: true },
-    axes: [{ label: "epoch" }, { label: "loss" }],
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, { label: "loss" }],
     series: [{ label: "epoch" }, { label: "train", stroke: "#4e79a7", width: 2, points: { show: true } },
              { label: "val", stroke: "#e15759", width: 2, points: { show: true } }],
   }, data, target);
