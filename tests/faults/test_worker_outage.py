@@ -32,7 +32,8 @@ def test_plain_url_worker_rides_out_a_redis_outage_during_a_job(redis_server, se
         wait_for(lambda: conn.hget("ringrift:config:hex8_2p", "trained_data_version") == b"1", timeout_s=120,
                  interval_s=0.5)
         assert worker.poll() is None, (tmp_path / "worker.log").read_text()[-3000:]
+        completes = stream_events(conn, "TRAINING_COMPLETE")
     finally:
         stop_workers([worker])
-    completes = stream_events(conn, "TRAINING_COMPLETE")
-    assert [(e.fields["attempt"]) for e in completes] == ["1"]  # trained once, by the first attempt
+        conn.close()
+    assert [e.fields["attempt"] for e in completes] == ["1"]  # trained once, by the first attempt
