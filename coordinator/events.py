@@ -14,7 +14,8 @@ Entries are read as Redis sent them (field order and repeated names kept in `Eve
 dead letter holds the event exactly and `replay` puts back the same event. A dead letter keeps at
 most DEAD_VALUE_BYTES of each value and DEAD_ENTRY_BYTES in all; what it cut is listed in its
 `dead_truncated` field (JSON: field index, name, size, sha256), and such a letter cannot be
-replayed. Both streams are capped by count and by an approximate byte budget (`trim`).
+replayed; the oversized original is deleted from the event stream (no consumer can take it). Both
+streams are capped by count, the event stream also by an approximate byte budget (`trim`).
 """
 
 from __future__ import annotations
@@ -314,6 +315,8 @@ class EventConsumer:
                                           "dead_group", self.group, "dead_at", now]
                 if cut:
                     own += ["dead_truncated", json.dumps(cut)]
+                    # Over the limits: no consumer can take it, and its copy says what it held.
+                    pipe.xdel(self.keys.events, event.id)
                 pipe.execute_command("XADD", self.keys.dead_letters, "MAXLEN", "~", DEAD_LETTERS_MAXLEN, "*",
                                      *(part for pair in kept for part in pair), *own)
             pipe.xack(self.keys.events, self.group, *(event.id for event, _ in letters))

@@ -116,6 +116,7 @@ def test_big_values_are_cut_in_the_dead_letter_with_size_and_hash(orch, fake_con
     assert len(dead[b"note"]) == DEAD_VALUE_BYTES
     [cut] = json.loads(dead[b"dead_truncated"])
     assert (cut["field"], cut["bytes"], cut["sha256"]) == ("note", 4000, hashlib.sha256(big.encode()).hexdigest())
+    assert fake_conn.xlen(keys.events) == 0  # the oversized original is gone from the event stream
     dead_id = fake_conn.xrange(keys.dead_letters)[0][0].decode()
     with pytest.raises(EventError, match="cannot be replayed exactly"):
         orch.consumer.replay(dead_id)
