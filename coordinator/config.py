@@ -185,14 +185,19 @@ def worker_settings(record: Mapping[str, str]) -> Settings:
             if name in record:
                 sections.setdefault(section, {})[setting] = record[name]
     base = Settings()
-    return replace(base, **{s: _rebuild(type(getattr(base, s)), sections.get(s, {})) for s in WORKER_SECTIONS})
+    return replace(base, **{s: _rebuild(getattr(base, s), sections.get(s, {})) for s in WORKER_SECTIONS})
 
 
-def _rebuild(cls: type, values: Mapping[str, Any]) -> Any:
-    """A settings dataclass from JSON or record values (nested dataclasses too); unknown keys ignored."""
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _rebuild(hints[k], v) if is_dataclass(hints[k]) else hints[k](v)
-                  for k, v in values.items() if k in hints})
+def _rebuild(default: Any, values: Mapping[str, Any]) -> Any:
+    """`default` (a settings dataclass) with `values` from JSON or a record, each converted to the
+    type of its default (nested dataclasses too); unknown keys ignored. No type-hint resolution:
+    every RQ work horse does this once per job."""
+    changes = {}
+    for name, value in values.items():
+        if name in default.__dataclass_fields__:
+            current = getattr(default, name)
+            changes[name] = _rebuild(current, value) if isinstance(value, dict) else type(current)(value)
+    return replace(default, **changes) if changes else default
 
 
 # Lists that may be empty.
