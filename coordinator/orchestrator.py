@@ -27,7 +27,7 @@ from pathlib import Path
 import redis
 
 from coordinator import events as ev
-from coordinator.boards import make_config_key, parse_config_key
+from coordinator.boards import parse_config_key
 from coordinator.config import Settings, load_settings, redact_url
 from coordinator.connection import connect
 from coordinator.errors import CoordinatorError, EventError
@@ -273,11 +273,15 @@ class TrainingOrchestrator:
     def submit_training_sync(
         self, board_type: str, num_players: int, npz_path: str, samples: int = 0, **overrides: float | int | None
     ) -> str:
-        """An explicit request: recorded like an export and queued at once, whatever the priorities."""
-        export = Export(board_type, num_players, make_config_key(board_type, num_players), npz_path, samples)
-        if not npz_path.startswith("/"):
-            raise EventError(f"npz_path must be an absolute path, got {npz_path!r}")
-        _check_data_root(npz_path, self.settings.training.data_roots)
+        """An explicit request: checked like an export event (the same schema), recorded like one and
+        queued at once, whatever the priorities. Raises EventError with the reason."""
+        request = ev.decode_entry("0-0", {"type": ev.NPZ_EXPORT_COMPLETE, "board_type": board_type,
+                                          "num_players": str(num_players), "npz_path": npz_path,
+                                          "samples": str(samples)})
+        validate_entry(request.pairs)
+        validate(request)
+        export = ev.parse_export(request)
+        _check_data_root(export.npz_path, self.settings.training.data_roots)
         params = TrainingParams.from_settings(self.settings, **overrides)
         self.jobs.record_export(export)
         result = self.jobs.create_job(self.settings, export.config_key, params)

@@ -214,3 +214,13 @@ def test_transient_redis_errors_are_retried_then_poison(fake_conn, keys, make_se
     [reason] = _dead_reasons(fake_conn, keys)
     assert reason.startswith("poison: delivered 4 times")
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
+
+
+@pytest.mark.parametrize(("args", "reason"), [
+    (("hex8\n", 2, "/d/x.npz"), "board_type must be one of"),
+    (("hex8", 2, "relative.npz"), "npz_path must be an absolute path"),
+    (("hex8", 2, "/d/x.npz", -5), "samples must be 0.."),
+])
+def test_the_api_uses_the_event_validator(orch, args, reason):
+    with pytest.raises(EventError, match=reason):
+        orch.submit_training_sync(*args)
