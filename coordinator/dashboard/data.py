@@ -1,7 +1,8 @@
 """What the dashboard page shows, gathered from Redis with read commands only (the `viewer` role).
 
 `DashboardData.page()` is one JSON-ready dict with the five panels: configs ranked with each
-factor's contribution (the scheduler's own `ranked()`, as `ringrift-train priorities`), running
+factor's contribution (as the scheduler stored them at its last rescore: on every input change and
+every `rescore_interval_s`, what dispatch acts on; `ringrift-train priorities` recomputes), running
 jobs with their loss curves, Elo over time with trainings marked, the GPU timeline from job
 records, and trouble (failures, dead letters, open breakers, nodes down, consumer lag).
 
@@ -29,7 +30,7 @@ from coordinator.job_states import ACTIVE_ATTEMPT_STATES, COMPLETE, FINAL_STATES
 from coordinator.jobs import decode_hash
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import LeaseManager
-from coordinator.scheduler import FACTORS, Priority, TrainingScheduler
+from coordinator.scheduler import FACTORS, INELIGIBLE
 
 TIMELINE_HOURS = 24.0
 TIMELINE_MIN_S = 120.0  # the narrowest time span the timeline draws
@@ -61,7 +62,6 @@ class DashboardData:
                  cache_s: float = PAGE_CACHE_S) -> None:
         self.conn, self.settings, self.clock, self.cache_s = conn, settings, clock, cache_s
         self.keys = Keys(settings.redis.prefix)
-        self.scheduler = TrainingScheduler.from_settings(conn, self.keys, settings, clock)
         self.leases = LeaseManager(conn, self.keys, settings.leases.ttl_s, settings.leases.default_node_slots)
         self.tail = StreamTail(conn, self.keys, clock)
         self._ended: dict[str, dict[str, str]] = {}  # records in a final state: they never change
@@ -80,19 +80,19 @@ class DashboardData:
     def _gather(self) -> dict[str, Any]:
         self.tail.catch_up()
         now = self.clock()
-        ranked = self.scheduler.ranked()
+        configs = self._configs()
         records = self._records(now)
         nodes = self.leases.nodes()
         breakers = node_breakers_open(self.conn, self.keys, self.settings.breakers, (n["node"] for n in nodes), now)
         return {
             "at": now,
             "factors": list(FACTORS),
-            "configs": self._configs(ranked),
+            "configs": configs,
             "running": [self._running_row(r, now) for r in records if r.get("state") in ACTIVE_ATTEMPT_STATES],
             "jobs": [_job_row(r) for r in records[:RECENT_JOBS]],
-            "elo": self._elo(ranked, records),
+            "elo": self._elo(configs, records),
             "timeline": self._timeline(records, nodes, now),
-            "trouble": self._trouble(ranked, nodes, breakers),
+            "trouble": self._trouble(configs, nodes, breakers),
             "queue": {"depth": self.conn.llen(f"rq:queue:{TRAINING_QUEUE}"),
                       "delayed": self.conn.zcard(self.keys.delayed_jobs)},
         }
@@ -117,30 +117,38 @@ class DashboardData:
                 "trainings": _trainings(records), "jobs": [_job_row(r) for r in records]}
 
     # -- panels -----------------------------------------------------------------------------------
-    def _configs(self, ranked: list[Priority]) -> list[dict[str, Any]]:
+    def _configs(self) -> list[dict[str, Any]]:
+        """Every config in the priority set's order (score, then key, both descending: the order
+        `ranked()` sorts in), with the explanation the scheduler stored: two round trips."""
+        names = [n.decode() for n in self.conn.zrevrange(self.keys.priority, 0, -1)]
         with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
-            for p in ranked:
-                pipe.hmget(self.keys.config(p.config_key), CONFIG_FIELDS)
+            for name in names:  # HGETALL: cheaper to send and parse than an HMGET of 26 fields
+                pipe.hgetall(self.keys.config(name))
             stored = pipe.execute()
         rows = []
         rank = 0
-        for p, values in zip(ranked, stored):
-            rank += p.eligible
-            extra = {name: v.decode() if v is not None else None for name, v in zip(CONFIG_FIELDS, values)}
-            rows.append({"config_key": p.config_key, "rank": rank if p.eligible else None,
-                         "score": round(p.score, 4), "eligible": p.eligible, "starving": p.starving,
-                         "contributions": {k: round(v, 4) for k, v in p.contributions.items()},
-                         "why": p.why, "flags": p.flags, "new_samples": p.new_samples,
-                         "hours_since_training": round(p.hours_since_training, 2),
-                         "elo_per_hour": round(p.elo_per_hour, 2), **extra})
+        for name, raw in zip(names, stored):
+            f = {k.decode(): v.decode() for k, v in raw.items()}
+            eligible = f.get("eligible") == "1"
+            rank += eligible
+            rows.append({"config_key": name, "rank": rank if eligible else None,
+                         "score": round(float(f.get("score") or INELIGIBLE), 4), "eligible": eligible,
+                         "starving": f.get("starving") == "1",
+                         "contributions": {k: round(float(f.get(f"c_{k}") or 0), 4) for k in FACTORS},
+                         "why": f["why"].split("; ") if f.get("why") else [],
+                         "flags": f["flags"].split(",") if f.get("flags") else [],
+                         "new_samples": int(float(f.get("new_samples") or 0)),
+                         "hours_since_training": round(float(f.get("hours_since_training") or 0), 2),
+                         "elo_per_hour": round(float(f.get("elo_per_hour") or 0), 2), "scored_at": f.get("scored_at"),
+                         **{k: f.get(k) for k in CONFIG_FIELDS}})
         return rows
 
     def _running_row(self, r: dict[str, str], now: float) -> dict[str, Any]:
         return {**_job_row(r), "eta_s": eta_s(r, now), "elapsed_s": round(now - float(r.get("started_at") or now), 1),
                 "curve": self.tail.curve(r["job_id"])}
 
-    def _elo(self, ranked: list[Priority], records: list[dict[str, str]]) -> dict[str, Any]:
-        candidates = [p.config_key for p in ranked]
+    def _elo(self, configs: list[dict[str, Any]], records: list[dict[str, str]]) -> dict[str, Any]:
+        candidates = [c["config_key"] for c in configs]
         points = self._elo_points(candidates[:ELO_CONFIGS * 4])
         shown = [c for c in candidates if points.get(c)][:ELO_CONFIGS]
         return {"configs": shown, "points": {c: points[c] for c in shown},
@@ -182,7 +190,7 @@ class DashboardData:
                 "nodes": [{"node": n["node"], "gpus": int(n["gpus"]), "status": n["status"]} for n in nodes],
                 "bars": bars}
 
-    def _trouble(self, ranked: list[Priority], nodes: list[dict[str, str]],
+    def _trouble(self, configs: list[dict[str, Any]], nodes: list[dict[str, str]],
                  breakers: dict[str, bool]) -> dict[str, Any]:
         dead = [decode_entry(i, raw) for i, raw in self.conn.xrevrange(self.keys.dead_letters, count=DEAD_LETTERS)]
         try:
@@ -193,8 +201,8 @@ class DashboardData:
             "failures": list(self.tail.failures),
             "dead_letters": [{"id": e.id, "type": e.type, "reason": e.fields.get("dead_reason", ""),
                               "original_id": e.fields.get("dead_original_id", "")} for e in dead],
-            "breakers": [{"kind": "config", "name": p.config_key, "why": w}
-                         for p in ranked for w in p.why if w.startswith(BREAKER_WHY)]
+            "breakers": [{"kind": "config", "name": c["config_key"], "why": w}
+                         for c in configs for w in c["why"] if w.startswith(BREAKER_WHY)]
             + [{"kind": "node", "name": name, "why": "open: its workers hand jobs back"}
                for name, is_open in breakers.items() if is_open],
             "nodes_down": [n["node"] for n in nodes if n["status"] == "down"],
