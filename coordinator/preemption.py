@@ -14,7 +14,10 @@ Rules, in order (every number a setting of `PreemptionSettings`, the proposed `p
      then starts within `max_wait_hours` + one checkpoint interval) takes the lowest-value job that
      was not itself started as starving, else the starving-started job that has run longest: the
      wait bound time-slices the GPUs when more configs starve than there are slots. The
-     per-job cap does not apply here (no bound could hold with it);
+     per-job cap does not apply here (no bound could hold with it). The bound holds while
+     min run < `max_wait_hours` x S / N (S GPUs, N configs: each GPU changes hands at most once
+     per min run); a cold start where k configs starve together adds up to
+     (ceil(k / S) - 1) x (min run + checkpoint interval);
    - any other candidate takes the lowest-value job only if its score exceeds that job's value by
      `margin`, the job was not started as starving (a starving job is never preempted for value)
      and the job has been preempted fewer than `max_preemptions_per_job` times.

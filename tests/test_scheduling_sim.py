@@ -19,18 +19,22 @@ def day_long(seed: int) -> list[sim.Spec]:
     return [replace(s, gpu_hours=24.0 * (1 + 0.1 * (k % 3))) for k, s in enumerate(sim.cluster(random.Random(seed)))]
 
 
-@pytest.mark.parametrize(("gpus", "seed"), [(2, 0), (3, 1), (4, 2)])
-def test_the_wait_bound_holds_whatever_the_training_length(gpus, seed):
+# The bound needs min run < max_wait x S / N (each GPU hands over at most once per min run).
+@pytest.mark.parametrize(("gpus", "seed", "min_run_minutes"), [(2, 0, 60), (3, 1, 60), (4, 2, 60), (3, 0, 120),
+                                                               (4, 1, 120)])
+def test_the_wait_bound_holds_whatever_the_training_length(gpus, seed, min_run_minutes):
     specs = day_long(seed)
     checkpoint = max(s.checkpoint_h for s in specs)
-    r = sim.simulate(specs, gpus, sim.Policy("proposed", preemption=W), days=8, seed=seed)
+    w = replace(W, min_run_minutes=min_run_minutes)
+    assert min_run_minutes / 60 < w.max_wait_hours * gpus / len(specs)
+    r = sim.simulate(specs, gpus, sim.Policy("proposed", preemption=w), days=8, seed=seed)
     # Past the cold start (every config's first data arrives within a few hours of the others):
     # max_wait + one checkpoint interval.
-    assert r.worst_wait_from(24.0) <= W.max_wait_hours + checkpoint + 1e-6
+    assert r.worst_wait_from(24.0) <= w.max_wait_hours + checkpoint + 1e-6
     # The cold start: (N - S) configs starve together and the GPUs pass from one to the next
     # every min run + checkpoint interval.
-    burst = (math.ceil((len(specs) - gpus) / gpus) - 1) * (W.min_run_minutes / 60 + checkpoint)
-    assert r.worst_wait_h <= W.max_wait_hours + checkpoint + burst + 1e-6
+    burst = (math.ceil((len(specs) - gpus) / gpus) - 1) * (w.min_run_minutes / 60 + checkpoint)
+    assert r.worst_wait_h <= w.max_wait_hours + checkpoint + burst + 1e-6
     assert r.preemptions > 0 and r.lost_gpu_hours == pytest.approx(r.preemptions * sim.RESUME_OVERHEAD_H)
 
 
