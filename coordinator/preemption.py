@@ -27,6 +27,7 @@ Rules, in order (every number a setting of `PreemptionSettings`, the proposed `p
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -57,6 +58,8 @@ class PreemptionSettings:
             raise ValueError("preemption margin, min_run_minutes and max_preemptions_per_job must be >= 0")
         if self.starve_after_hours <= 0:
             raise ValueError("preemption max_wait_hours must exceed min_run_minutes")
+        if self.signal not in signal.Signals.__members__:
+            raise ValueError(f"preemption signal {self.signal!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
 
     @property
     def starve_after_hours(self) -> float:

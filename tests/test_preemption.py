@@ -107,3 +107,6 @@ def test_the_wait_bound_starts_starving_one_minimum_run_before_it():
         PreemptionSettings(max_wait_hours=1.0, min_run_minutes=60)
     with pytest.raises(ValueError):
         PreemptionSettings(margin=-1)
+    with pytest.raises(ValueError, match="signal"):
+        PreemptionSettings(signal="TERM")
+    assert PreemptionSettings(signal="SIGUSR1").signal == "SIGUSR1"
