@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from coordinator import events as ev
 from coordinator.breakers import OPEN, breaker_state
 from coordinator.config import Settings
+from coordinator.dashboard.data import node_breakers_open
 from coordinator.jobs import decode_hash
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import LeaseManager
@@ -139,16 +140,13 @@ class _ClusterCollector:
         hand every job back, so its GPUs are not usable) and a `kind="node"` breaker series."""
         lease = self.settings.leases
         nodes = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots).nodes()
-        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
-            for n in nodes:
-                pipe.hgetall(self.keys.breaker("node", n["node"]))
-            breakers = pipe.execute()
+        opened = node_breakers_open(self.conn, self.keys, self.settings.breakers, (n["node"] for n in nodes),
+                                    time.time())
         in_use = GaugeMetricFamily("ringrift_node_slots_in_use", "GPU slots leased", labels=["node"])
         total = GaugeMetricFamily("ringrift_node_slots", f"GPU slots by node status (healthy, degraded, down, "
                                   f"{BREAKER_OPEN_STATUS})", labels=["node", "status"])
-        now = time.time()
-        for n, raw in zip(nodes, breakers):
-            is_open = breaker_state(decode_hash(raw), self.settings.breakers, now) == OPEN
+        for n in nodes:
+            is_open = opened[n["node"]]
             breaker.add_metric(["node", n["node"]], 1.0 if is_open else 0.0)
             in_use.add_metric([n["node"]], float(n["in_use"]))
             status = BREAKER_OPEN_STATUS if is_open and n["status"] != "down" else n["status"]
