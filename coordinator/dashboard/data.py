@@ -43,6 +43,11 @@ JOB_FIELDS = ("job_id", "config_key", "state", "node", "attempts", "epoch", "epo
               "created_at", "started_at", "finished_at", "resumed_epoch", "fence", "reason", "error",
               "final_loss", "data_version", "model_path", "duration_s")
 CONFIG_FIELDS = ("latest_model", "latest_job", "data_version", "trained_data_version")
+# What a config's row shows of its hash (the scheduler's stored explanation and the model), by the
+# hash field's name in bytes: only these are decoded.
+ROW_FIELDS = {name: name.encode() for name in (
+    "score", "eligible", "starving", "why", "flags", "new_samples", "hours_since_training", "elo_per_hour",
+    "scored_at", *(f"c_{f}" for f in FACTORS), *CONFIG_FIELDS)}
 BREAKER_WHY = "circuit breaker open"  # how scheduler._blockers words an open config breaker
 
 
@@ -128,18 +133,18 @@ class DashboardData:
         rows = []
         rank = 0
         for name, raw in zip(names, stored):
-            f = {k.decode(): v.decode() for k, v in raw.items()}
+            f = {k: v.decode() for k, b in ROW_FIELDS.items() if (v := raw.get(b)) is not None}
             eligible = f.get("eligible") == "1"
             rank += eligible
             rows.append({"config_key": name, "rank": rank if eligible else None,
-                         "score": round(float(f.get("score") or INELIGIBLE), 4), "eligible": eligible,
+                         "score": float(f.get("score") or INELIGIBLE), "eligible": eligible,
                          "starving": f.get("starving") == "1",
-                         "contributions": {k: round(float(f.get(f"c_{k}") or 0), 4) for k in FACTORS},
+                         "contributions": {k: float(f.get(f"c_{k}") or 0) for k in FACTORS},
                          "why": f["why"].split("; ") if f.get("why") else [],
                          "flags": f["flags"].split(",") if f.get("flags") else [],
                          "new_samples": int(float(f.get("new_samples") or 0)),
-                         "hours_since_training": round(float(f.get("hours_since_training") or 0), 2),
-                         "elo_per_hour": round(float(f.get("elo_per_hour") or 0), 2), "scored_at": f.get("scored_at"),
+                         "hours_since_training": float(f.get("hours_since_training") or 0),
+                         "elo_per_hour": float(f.get("elo_per_hour") or 0), "scored_at": f.get("scored_at"),
                          **{k: f.get(k) for k in CONFIG_FIELDS}})
         return rows
 
