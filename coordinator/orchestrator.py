@@ -347,6 +347,7 @@ class TrainingOrchestrator:
         Consecutive exports are coalesced per config (one transaction per config, the newest file
         wins, every export's samples count); any other event first flushes the exports before it,
         so the stream's order holds between kinds."""
+        self._dead.clear()  # left over from a batch that a Redis error interrupted: it is redelivered
         done: list[str] = []
         touched: set[str] = set()
         pending: dict[str, list[tuple[Event, Export]]] = {}
