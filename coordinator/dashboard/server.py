@@ -107,7 +107,9 @@ def build_server(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAU
                  token: str | None = None) -> uvicorn.Server:
     check_bind(host, token)
     app = create_app(DashboardData(connect(settings.redis.url), settings), token)
-    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
+    # log_config=None: uvicorn logs through the process's own logging set-up (text or JSON), untouched.
+    return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                         log_config=None))
 
 
 def serve_in_thread(settings: Settings, port: int, host: str = DEFAULT_HOST,
