@@ -51,9 +51,15 @@ def line(event: Event) -> str:
     rest = {k: v for k, v in event.fields.items() if k != "type"}
     ordered = [k for k in SHOWN_FIRST if k in rest] + sorted(k for k in rest if k not in SHOWN_FIRST)
     text = " ".join(f"{k}={rest[k][:120]}" for k in ordered)
-    if event.payload is not None:
-        text += f" payload={json.dumps(event.payload, default=str)[:120]}"
+    payload = _msgpack_payload(event)
+    if payload is not None:
+        text += f" payload={json.dumps(payload, default=str)[:120]}"
     return f"{at} {event.id} {event.type:<27} {text}"
+
+
+def _msgpack_payload(event: Event) -> object:
+    """A producer's msgpack `payload` (nested data in JSON fields is shown with the fields)."""
+    return event.payload if event.payload is not None and event.raw.get(b"payload") is not None else None
 
 
 def print_events(conn: redis.Redis, keys: Keys, types: set[str], config: str | None, count: int, follow: bool,
@@ -63,8 +69,9 @@ def print_events(conn: redis.Redis, keys: Keys, types: set[str], config: str | N
         if not matches(event, types, config):
             continue
         if as_json:
+            payload = _msgpack_payload(event)
             print(json.dumps({"id": event.id, "type": event.type, **event.fields,
-                              **({"payload": event.payload} if event.payload is not None else {})},
+                              **({"payload": payload} if payload is not None else {})},
                              default=str), flush=True)
         else:
             console.print(f"[{COLOURS.get(event.type, 'white')}]{escape(line(event))}[/]")

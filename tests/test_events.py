@@ -94,3 +94,12 @@ def test_reclaim_takes_over_entries_of_a_dead_consumer(fake_conn, keys):
     assert event.type == NPZ_EXPORT_COMPLETE
     alive.ack([event.id])
     assert fake_conn.xpending(keys.events, "g")["pending"] == 0
+
+
+def test_events_view_shows_the_json_history_once_and_a_msgpack_payload():
+    from coordinator.event_tail import line
+
+    text = line(decode_entry(b"1700000000000-0", {b"type": b"TRAINING_COMPLETE", b"history": b'[{"epoch":1}]'}))
+    assert text.count("epoch") == 1 and "payload=" not in text
+    text = line(decode_entry(b"1700000000000-0", {b"type": b"X", b"payload": msgpack.packb({"history": [1]})}))
+    assert 'payload={"history": [1]}' in text
