@@ -224,3 +224,20 @@ def test_transient_redis_errors_are_retried_then_poison(fake_conn, keys, make_se
 def test_the_api_uses_the_event_validator(orch, args, reason):
     with pytest.raises(EventError, match=reason):
         orch.submit_training_sync(*args)
+
+
+def test_start_up_replays_a_bad_pending_entry_into_a_dead_letter(fake_conn, keys, make_settings, tmp_path):
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "a").symlink_to(root / "b")
+    (root / "b").symlink_to(root / "a")
+    settings = make_settings(data_roots=(str(root),))
+    first = TrainingOrchestrator(settings, fake_conn, consumer_name="host-a")
+    first.prepare()
+    _export(fake_conn, keys, config_key="hex8_2p", npz_path=str(root / "a" / "x.npz"))
+    _export(fake_conn, keys, config_key="hex8_2p\n")
+    first.consumer.read(10, None)  # delivered, then the process died before handling them
+    again = TrainingOrchestrator(settings, fake_conn, consumer_name="host-a")
+    again.prepare()
+    assert len(_dead_reasons(fake_conn, keys)) == 2
+    assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
