@@ -193,19 +193,18 @@ def _submit(args: argparse.Namespace, settings) -> int:
 def _status(args: argparse.Namespace, settings) -> int:
     import time
 
-    from rich.console import Console
     from rich.live import Live
 
     from coordinator.status import gather
-    from coordinator.status_view import render
+    from coordinator.status_view import print_status, render, wide_console
 
     conn = connect(settings.redis.url)
     if args.json:
         print(json.dumps(gather(conn, settings), indent=1))
         return 0
-    console = Console()
+    console = wide_console()
     if not args.watch:
-        console.print(render(gather(conn, settings), args.configs))
+        print_status(gather(conn, settings), args.configs, console)
         return 0
     with Live(render(gather(conn, settings), args.configs), console=console, screen=False,
               auto_refresh=False) as live:

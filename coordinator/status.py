@@ -36,8 +36,8 @@ WORKER_NODE_FIELD = "ringrift_node"
 def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str, Any]:
     keys = Keys(settings.redis.prefix)
     now = time.time()
-    ranked = TrainingScheduler(conn, keys, settings.scheduler, breakers=settings.breakers).ranked()
-    leases = LeaseManager(conn, keys, settings.leases.ttl_s, settings.leases.default_node_slots)
+    ranked = TrainingScheduler.from_settings(conn, keys, settings).ranked()
+    leases = LeaseManager.from_settings(conn, keys, settings)
     held = leases.held()
     workers = _workers(conn, now, held)
     return {
