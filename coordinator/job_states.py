@@ -4,8 +4,13 @@
        |                 |                      |-----> failed      (no retry left, or poison)
        |                 |                      |-----> retrying --(backoff over)--> queued
        |                 |                      |-----> stale       (fenced: a newer attempt won)
+       |                 |                      |-----> preempted --(its config picked again)--> queued
        +--> cancelled <--+----------------------+
     retrying --> cancelled
+    preempted --> cancelled
+
+A preempted job yielded its GPU at a checkpoint for a more urgent config (`coordinator.preemption`):
+not a failure (no retry or breaker count); it resumes from that checkpoint with a new attempt.
 
 Every script and transaction that changes a job's state takes its allowed "from" states from
 `TRANSITIONS`, so no component can move a job along an edge this table does not have.
@@ -21,12 +26,14 @@ FAILED = "failed"
 RETRYING = "retrying"
 CANCELLED = "cancelled"
 STALE = "stale"
+PREEMPTED = "preempted"
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({LEASED, CANCELLED}),
     LEASED: frozenset({RUNNING, COMPLETE, FAILED, RETRYING, CANCELLED, STALE}),
-    RUNNING: frozenset({COMPLETE, FAILED, RETRYING, CANCELLED, STALE}),
+    RUNNING: frozenset({COMPLETE, FAILED, RETRYING, CANCELLED, STALE, PREEMPTED}),
     RETRYING: frozenset({QUEUED, CANCELLED}),
+    PREEMPTED: frozenset({QUEUED, CANCELLED}),
     COMPLETE: frozenset(),
     FAILED: frozenset(),
     CANCELLED: frozenset(),

@@ -14,6 +14,8 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 |                                      |        | (an ended job's is deleted after job_retention_days)     |
 | `<prefix>:config:<config_key>`       | hash   | a config's data, training, model, score and its factors  |
 | `<prefix>:elo:<config_key>`          | list   | recent evaluations, "unix_time elo", oldest first        |
+| `<prefix>:config:<key>:gpu_hours`    | list   | GPU-hours of its recent trainings (cost factor), oldest first |
+| `<prefix>:config:<key>:elo_gains`    | list   | Elo its recent trainings gained over their parents       |
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |
 | `<prefix>:breaker:<kind>:<name>`     | hash   | a circuit breaker (kind config or node): state, failures |
 | `<prefix>:stats`                     | hash   | counters shared by all processes (e.g. lease_busy)       |
@@ -82,6 +84,14 @@ class Keys:
 
     def elo(self, config_key: str) -> str:
         return f"{self.prefix}:elo:{config_key}"
+
+    def gpu_hours(self, config_key: str) -> str:
+        """GPU-hours of the config's recent trainings (the cost factor's durations)."""
+        return f"{self.prefix}:config:{config_key}:gpu_hours"
+
+    def elo_gains(self, config_key: str) -> str:
+        """Elo its recent trainings gained over their parent models (the cost factor's returns)."""
+        return f"{self.prefix}:config:{config_key}:elo_gains"
 
     @property
     def stats(self) -> str:
