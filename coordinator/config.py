@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import types
 import typing
 from collections.abc import Mapping
@@ -108,11 +109,76 @@ class PriorityWeights:
     staleness: float = 1.0
     freshness: float = 1.0
     elo_velocity: float = 1.0
+    # Elo per GPU-hour of the config's next training (`coordinator.cost`).
+    value_per_gpu_hour: float = 1.0
+
+
+@dataclass(frozen=True)
+class BoardGpuHours:
+    """GPU-hours of one training before a config has history, per board (`coordinator.boards.BOARDS`)."""
+
+    square8: float = 1.0
+    hex8: float = 0.75
+    square19: float = 20.0
+    hexagonal: float = 24.0
+
+
+@dataclass(frozen=True)
+class CostSettings:
+    """The cost-aware factor's settings (`scheduler.cost`; the rule in `coordinator.cost`)."""
+
+    board_default_gpu_hours: BoardGpuHours = field(default_factory=BoardGpuHours)
+    duration_window: int = 5  # recent trainings whose durations are averaged
+    gain_window: int = 8  # recent Elo gains (returns diminish, so old gains say little)
+    prior_elo_per_gpu_hour: float = 10.0
+    prior_trainings: float = 2.0  # how many trainings' worth of evidence the prior weighs
+    value_scale: float = 10.0  # Elo per GPU-hour at which the factor is 0.5
+
+    def __post_init__(self) -> None:
+        numbers = {"duration_window": self.duration_window, "gain_window": self.gain_window,
+                   "prior_trainings": self.prior_trainings, "value_scale": self.value_scale,
+                   **{f"board_default_gpu_hours.{k}": v for k, v in asdict(self.board_default_gpu_hours).items()}}
+        bad = [name for name, value in numbers.items() if not value > 0]
+        if bad or self.prior_elo_per_gpu_hour < 0:
+            raise ValueError(f"cost settings must be positive: {', '.join(bad) or 'prior_elo_per_gpu_hour'}")
+
+
+@dataclass(frozen=True)
+class PreemptionSettings:
+    """The `preemption` section (the rule in `coordinator.preemption`; defaults from the simulator)."""
+
+    enabled: bool = True
+    # Score points by which a waiting config must outrank a running job's value to take its GPU
+    # (simulated: 0.5 -> 1.0 cut value preemptions on 8 GPUs from ~44 to ~4 a fortnight, same Elo).
+    margin: float = 1.0
+    # A job runs at least this long in each attempt before it may be asked to yield.
+    min_run_minutes: float = 60.0
+    # Value preemptions of one job (the wait bound is not capped).
+    max_preemptions_per_job: int = 2
+    # The longest a config with new data and curriculum weight > 0 waits, plus one checkpoint interval
+    # (simulated on 2-4 GPUs: 24 h -> 12 h costs ~2x the preemptions, ~3% of the GPU time on 2 GPUs).
+    max_wait_hours: float = 12.0
+    # What the worker sends the trainer to make it checkpoint and exit.
+    signal: str = "SIGTERM"
+
+    def __post_init__(self) -> None:
+        if self.margin < 0 or self.min_run_minutes < 0 or self.max_preemptions_per_job < 0:
+            raise ValueError("preemption margin, min_run_minutes and max_preemptions_per_job must be >= 0")
+        if self.starve_after_hours <= 0:
+            raise ValueError("preemption max_wait_hours must exceed min_run_minutes")
+        if self.signal not in signal.Signals.__members__:
+            raise ValueError(f"preemption signal {self.signal!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
+
+    @property
+    def starve_after_hours(self) -> float:
+        """A config waiting this long is starving: min run time later some job may yield to it."""
+        return self.max_wait_hours - self.min_run_minutes / 60.0
 
 
 @dataclass(frozen=True)
 class SchedulerSettings:
     weights: PriorityWeights = field(default_factory=PriorityWeights)
+    cost: CostSettings = field(default_factory=CostSettings)
     # Curriculum weight at which the curriculum factor reaches 1.
     curriculum_max_weight: float = 2.0
     # Hours since the last training at which the staleness factor reaches 1 and the config starves.
@@ -146,6 +212,7 @@ class Settings:
     leases: LeaseSettings = field(default_factory=LeaseSettings)
     retries: RetrySettings = field(default_factory=RetrySettings)
     breakers: BreakerSettings = field(default_factory=BreakerSettings)
+    preemption: PreemptionSettings = field(default_factory=PreemptionSettings)
     # Node name -> number of GPUs it offers.
     hosts: Mapping[str, int] = field(default_factory=dict)
     source: str = field(default="<defaults>", compare=False)
@@ -153,7 +220,7 @@ class Settings:
 
 # The sections a worker needs, carried whole as JSON in each job record's `settings` field (so a
 # worker needs nothing but the Redis URL) and rebuilt with these dataclasses.
-WORKER_SECTIONS = ("events", "leases", "retries", "breakers", "scheduler")
+WORKER_SECTIONS = ("events", "leases", "retries", "breakers", "scheduler", "preemption")
 # Job records written before the `settings` field held these flattened fields instead:
 # record field -> (section, setting).
 _LEGACY_WORKER_FIELDS = {
@@ -204,7 +271,9 @@ def _rebuild(default: Any, values: Mapping[str, Any]) -> Any:
 _MAY_BE_EMPTY = {"data_roots"}
 # Fields that may be zero; every other number must be strictly positive.
 _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "freshness", "elo_velocity",
-                "min_new_samples", "prefetch", "infrastructure", "trainer", "job_retention_days"}
+                "min_new_samples", "prefetch", "infrastructure", "trainer", "job_retention_days",
+                "value_per_gpu_hour", "margin", "min_run_minutes", "max_preemptions_per_job",
+                "prior_elo_per_gpu_hour"}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -277,7 +346,15 @@ def _parse_dataclass(cls: type, raw: Any, where: str, problems: list[str], skip:
 
 def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
     if is_dataclass(hint):
-        return hint(**_parse_dataclass(hint, value, f"{key}.", problems))
+        before = len(problems)
+        # A value that failed to parse (None, already reported) leaves its default in place.
+        values = {k: v for k, v in _parse_dataclass(hint, value, f"{key}.", problems).items() if v is not None}
+        try:
+            return hint(**values)
+        except ValueError as exc:  # the section's own rule (__post_init__)
+            if len(problems) == before:
+                problems.append(f"{key}: {exc}")
+            return hint()
     origin = typing.get_origin(hint)
     if origin is tuple:
         may_be_empty = key.rsplit(".", 1)[-1] in _MAY_BE_EMPTY

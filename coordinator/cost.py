@@ -17,37 +17,11 @@ simulator (`bench/scheduling_sim.py`) call them with what a coordinator records.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
+from coordinator.config import BoardGpuHours, CostSettings
 
-@dataclass(frozen=True)
-class BoardGpuHours:
-    """GPU-hours of one training before a config has history, per board (`coordinator.boards.BOARDS`)."""
-
-    square8: float = 1.0
-    hex8: float = 0.75
-    square19: float = 20.0
-    hexagonal: float = 24.0
-
-
-@dataclass(frozen=True)
-class CostSettings:
-    """The factor's settings (proposed YAML section `scheduler.cost`)."""
-
-    board_default_gpu_hours: BoardGpuHours = field(default_factory=BoardGpuHours)
-    duration_window: int = 5  # recent trainings whose durations are averaged
-    gain_window: int = 8  # recent Elo gains (returns diminish, so old gains say little)
-    prior_elo_per_gpu_hour: float = 10.0
-    prior_trainings: float = 2.0  # how many trainings' worth of evidence the prior weighs
-    value_scale: float = 10.0  # Elo per GPU-hour at which the factor is 0.5
-
-    def __post_init__(self) -> None:
-        numbers = {"duration_window": self.duration_window, "gain_window": self.gain_window,
-                   "prior_trainings": self.prior_trainings, "value_scale": self.value_scale,
-                   **{f"board_default_gpu_hours.{k}": v for k, v in asdict(self.board_default_gpu_hours).items()}}
-        bad = [name for name, value in numbers.items() if not value > 0]
-        if bad or self.prior_elo_per_gpu_hour < 0:
-            raise ValueError(f"cost settings must be positive: {', '.join(bad) or 'prior_elo_per_gpu_hour'}")
+__all__ = ["BoardGpuHours", "CostEstimate", "CostSettings", "estimate"]
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A pure function of the running jobs, the ranked eligible configs and the free slots (like
 `compute_priority`), so the orchestrator, tests and `bench/scheduling_sim.py` call the same rule.
 
-Rules, in order (every number a setting of `PreemptionSettings`, the proposed `preemption` section):
+Rules, in order (every number a setting of `PreemptionSettings`, the `preemption` section in config.py):
 
 1. Off switch: `enabled: false` preempts nothing.
 2. The best candidates take the free slots, then the slots that pending preemptions will free (one
@@ -27,44 +27,15 @@ Rules, in order (every number a setting of `PreemptionSettings`, the proposed `p
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from coordinator.config import PreemptionSettings
+
+__all__ = ["PreemptionSettings", "RunningJob", "decide"]
+
 WAIT = "wait"  # the wait bound: a starving config
 VALUE = "value"  # a candidate outranks the job by the margin
-
-
-@dataclass(frozen=True)
-class PreemptionSettings:
-    """The proposed `preemption` settings section (names and defaults from the simulator)."""
-
-    enabled: bool = True
-    # Score points by which a waiting config must outrank a running job's value to take its GPU
-    # (simulated: 0.5 -> 1.0 cut value preemptions on 8 GPUs from ~44 to ~4 a fortnight, same Elo).
-    margin: float = 1.0
-    # A job runs at least this long in each attempt before it may be asked to yield.
-    min_run_minutes: float = 60.0
-    # Value preemptions of one job (the wait bound is not capped).
-    max_preemptions_per_job: int = 2
-    # The longest a config with new data and curriculum weight > 0 waits, plus one checkpoint interval
-    # (simulated on 2-4 GPUs: 24 h -> 12 h costs ~2x the preemptions, ~3% of the GPU time on 2 GPUs).
-    max_wait_hours: float = 12.0
-    # What the worker sends the trainer to make it checkpoint and exit.
-    signal: str = "SIGTERM"
-
-    def __post_init__(self) -> None:
-        if self.margin < 0 or self.min_run_minutes < 0 or self.max_preemptions_per_job < 0:
-            raise ValueError("preemption margin, min_run_minutes and max_preemptions_per_job must be >= 0")
-        if self.starve_after_hours <= 0:
-            raise ValueError("preemption max_wait_hours must exceed min_run_minutes")
-        if self.signal not in signal.Signals.__members__:
-            raise ValueError(f"preemption signal {self.signal!r} is not a signal name (e.g. SIGTERM, SIGUSR1)")
-
-    @property
-    def starve_after_hours(self) -> float:
-        """A config waiting this long is starving: min run time later some job may yield to it."""
-        return self.max_wait_hours - self.min_run_minutes / 60.0
 
 
 @dataclass(frozen=True)

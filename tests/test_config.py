@@ -143,3 +143,20 @@ def test_run_refuses_the_built_in_defaults_too(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("RINGRIFT_CONFIG", raising=False)
     assert cli.main(["run"]) == 1 and "training.data_roots" in capsys.readouterr().err
     assert cli.main(["check-config"]) == 1
+
+
+def test_shipped_file_carries_the_cost_and_preemption_sections_at_their_defaults():
+    settings = load_settings(EXAMPLE, env={})
+    assert settings.preemption == Settings().preemption
+    assert settings.scheduler.cost == Settings().scheduler.cost
+    assert settings.scheduler.weights.value_per_gpu_hour == 1.0
+
+
+def test_a_section_rule_is_reported_with_its_key():
+    raw = {"training": {"data_roots": ["/"]}, "preemption": {"signal": "SIGFOO", "min_run_minutes": 0},
+           "scheduler": {"cost": {"board_default_gpu_hours": {"hex8": 0}}}}
+    with pytest.raises(ConfigError) as info:
+        parse_settings(raw, "x.yaml")
+    problems = "\n".join(info.value.problems)
+    assert "preemption: preemption signal 'SIGFOO'" in problems
+    assert "scheduler.cost.board_default_gpu_hours.hex8: expected a number > 0" in problems
