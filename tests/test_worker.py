@@ -179,3 +179,13 @@ def test_a_lost_release_and_a_lost_move_to_running_are_counted(fake_conn, make_s
     record, _events = run_one_job(fake_conn, make_settings, tmp_path)
     stats = {k.decode(): int(v) for k, v in fake_conn.hgetall("ringrift:stats").items()}
     assert (stats[STAT_RELEASE_LOST], stats[STAT_MARK_RUNNING_LOST]) == (1, 1)
+
+
+def test_training_worker_registers_its_node(fake_conn, monkeypatch):
+    from coordinator.status import WORKER_NODE_FIELD
+    from workers.worker import TrainingWorker
+
+    monkeypatch.setenv("RINGRIFT_NODE", "gpu-node-3")
+    worker = TrainingWorker([Queue(TRAINING_QUEUE, connection=fake_conn)], connection=fake_conn, name="w1")
+    worker.register_birth()
+    assert fake_conn.hget(worker.key, WORKER_NODE_FIELD) == b"gpu-node-3"

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 from rq import Worker
 
-import workers.tasks  # noqa: F401 - the preload is the point of this module
+import workers.tasks  # the preload is the point of this module
+from coordinator.status import WORKER_NODE_FIELD
 
 
 class TrainingWorker(Worker):
-    """`rq.Worker`; see the module docstring."""
+    """`rq.Worker`; see the module docstring. Its hash also names its node (`WORKER_NODE_FIELD`),
+    so `status` shows an idle worker under the node it runs on."""
+
+    def serialize(self) -> dict:
+        return {**super().serialize(), WORKER_NODE_FIELD: workers.tasks.node_name()}
