@@ -1,27 +1,32 @@
 """TrainingScheduler: which config the next free GPU trains, and why (like Slurm's `sprio`).
 
-Score = sum over the four factors of weight x factor, each factor normalised to 0..1:
+Score = sum over the five factors of weight x factor, each factor normalised to 0..1:
 
-| factor        | value                                                                         |
-|---------------|-------------------------------------------------------------------------------|
-| curriculum    | min(curriculum weight, curriculum_max_weight) / curriculum_max_weight          |
-| staleness     | min(1, hours since the last successful training / staleness_saturation_hours)  |
-| freshness     | 0.5 min(1, new samples / fresh_samples_saturation) + 0.5 * 0.5^(hours since   |
-|               | the newest export / export_half_life_hours)                                    |
-| elo_velocity  | clamp(0.5 + Elo-per-hour / (2 elo_velocity_scale), 0, 1); Elo/h is the least-  |
-|               | squares slope of the window's EVALUATION_COMPLETED points, 0 with fewer than 2 |
+| factor             | value                                                                    |
+|--------------------|--------------------------------------------------------------------------|
+| curriculum         | min(curriculum weight, curriculum_max_weight) / curriculum_max_weight    |
+| staleness          | min(1, hours since the last successful training / staleness_saturation_hours) |
+| freshness          | 0.5 min(1, new samples / fresh_samples_saturation) + 0.5 * 0.5^(hours since |
+|                    | the newest export / export_half_life_hours)                              |
+| elo_velocity       | clamp(0.5 + Elo-per-hour / (2 elo_velocity_scale), 0, 1); Elo/h is the least- |
+|                    | squares slope of the window's EVALUATION_COMPLETED points, 0 with fewer than 2 |
+| value_per_gpu_hour | v / (v + value_scale), v = smoothed Elo per training / expected GPU-hours |
+|                    | of the next training (`coordinator.cost`, settings `scheduler.cost`)      |
 
-Starvation guard: an eligible config whose staleness has saturated is *starving* and scores
-STARVING_BASE + hours waited, above every non-starving config, oldest first. Hence the bound:
-a config with data and curriculum weight > 0 starts training within
-`staleness_saturation_hours + ceil(N / S) * D` hours (N configs, S GPU slots, D the longest
-training), because once starving only configs that started starving earlier go before it.
+Starvation guard: an eligible config that has waited for a GPU (since `waiting_since`: new data with
+no job, or its job preempted) `preemption.max_wait_hours` - `min_run_minutes` is *starving* and
+scores STARVING_BASE + hours waited, above every non-starving config, longest wait first; the
+preemption decision (`coordinator.preemption.decide`) then frees a GPU for it within one minimum
+run time. Hence the bound: such a config starts within `max_wait_hours` + one checkpoint interval,
+whatever the length of the trainings (while min run < max_wait x S / N; see preemption.py).
 
 Ineligible configs (queued or running, quality-blocked, circuit breaker open, failed recently,
 too few new samples, curriculum weight 0)
-score INELIGIBLE in the sorted set; their hash says why. Ties: the greater config key first
-(Redis's ZREVRANGE order). Scores are recomputed when an input changes and on a periodic tick;
-`get_next_training_config` reads one pipelined round trip, whatever the number of configs.
+score INELIGIBLE in the sorted set; their hash says why. A config whose job was preempted is
+eligible again (its job waits in state preempted and resumes when the config is picked).
+Ties: the greater config key first (Redis's ZREVRANGE order). Scores are recomputed when an input
+changes and on a periodic tick; `get_next_training_config` reads one pipelined round trip,
+whatever the number of configs.
 """
 
 from __future__ import annotations
@@ -32,20 +37,25 @@ from dataclasses import asdict, dataclass, field
 
 import redis
 
+from coordinator import cost
 from coordinator.breakers import open_until
-from coordinator.config import BreakerSettings, SchedulerSettings, Settings
+from coordinator.config import BreakerSettings, PreemptionSettings, SchedulerSettings, Settings
+from coordinator.errors import EventError
+from coordinator.inputs import split_config_key
 from coordinator.keys import Keys
 
 STARVING_BASE = 1000.0
 INELIGIBLE = -1.0
-FACTORS = ("curriculum", "staleness", "freshness", "elo_velocity")
+FACTORS = ("curriculum", "staleness", "freshness", "elo_velocity", "value_per_gpu_hour")
 SCORE_FIELDS = ("score", "eligible", "base_eligible", "rest", "starving", "why", "flags", "scored_at",
                 *(f"f_{name}" for name in FACTORS), *(f"c_{name}" for name in FACTORS),
-                "hours_since_training", "hours_since_export", "elo_per_hour")
+                "hours_since_training", "hours_since_export", "elo_per_hour", "hours_waiting",
+                "expected_gpu_hours", "elo_per_training", "cost_why")
 
 
 INPUT_FIELDS = ("curriculum_weight", "new_samples", "exported_at", "first_seen_at", "last_trained_at",
-                "quality_blocked_at", "quality_blocked_until", "last_failed_at", "cancelled_at")  # from_hash reads
+                "quality_blocked_at", "quality_blocked_until", "last_failed_at", "cancelled_at",
+                "waiting_since", "preempted_job")  # from_hash reads
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,24 @@ class ConfigInputs:
     breaker_open_until: float | None = None  # the config's circuit breaker: open until then
     active_job: str | None = None
     elo_points: tuple[tuple[float, float], ...] = ()  # (unix time, elo)
+    # Since when it waits for a GPU (new data and no job, or its job preempted); None: not recorded,
+    # the time since its last training stands in (records written before waiting_since existed).
+    waiting_since: float | None = None
+    preempted_job: str | None = None  # its active job, preempted, waits to resume (not a blocker)
+    recent_gpu_hours: tuple[float, ...] = ()  # GPU-hours of its recent trainings, oldest first
+    elo_gains: tuple[float, ...] = ()  # Elo gained by its recent trainings (evaluation - parent's)
+
+    @property
+    def board_type(self) -> str | None:
+        try:
+            return split_config_key(self.config_key)[0]
+        except EventError:
+            return None
 
     @classmethod
     def from_hash(cls, config_key: str, raw: Mapping[str, str], active_job: str | None,
-                  elo_points: Iterable[tuple[float, float]], breaker_open_until: float | None = None) -> ConfigInputs:
+                  elo_points: Iterable[tuple[float, float]], breaker_open_until: float | None = None,
+                  recent_gpu_hours: Iterable[float] = (), elo_gains: Iterable[float] = ()) -> ConfigInputs:
         def number(name: str) -> float | None:
             return float(raw[name]) if raw.get(name) else None
 
@@ -86,6 +110,10 @@ class ConfigInputs:
             breaker_open_until=breaker_open_until,
             active_job=active_job,
             elo_points=tuple(elo_points),
+            waiting_since=number("waiting_since"),
+            preempted_job=raw.get("preempted_job") or None,
+            recent_gpu_hours=tuple(recent_gpu_hours),
+            elo_gains=tuple(elo_gains),
         )
 
 
@@ -105,6 +133,10 @@ class Priority:
     hours_since_export: float | None = None
     elo_per_hour: float = 0.0
     new_samples: int = 0
+    hours_waiting: float = 0.0
+    expected_gpu_hours: float = 0.0
+    elo_per_training: float = 0.0
+    cost_why: str = ""
 
     def as_fields(self, now: float) -> dict[str, str]:
         fields = {
@@ -113,7 +145,9 @@ class Priority:
             "starving": str(int(self.starving)), "why": "; ".join(self.why), "flags": ",".join(self.flags),
             "scored_at": f"{now:.3f}", "hours_since_training": f"{self.hours_since_training:.3f}",
             "hours_since_export": "" if self.hours_since_export is None else f"{self.hours_since_export:.3f}",
-            "elo_per_hour": f"{self.elo_per_hour:.3f}",
+            "elo_per_hour": f"{self.elo_per_hour:.3f}", "hours_waiting": f"{self.hours_waiting:.3f}",
+            "expected_gpu_hours": f"{self.expected_gpu_hours:.3f}", "elo_per_training": f"{self.elo_per_training:.3f}",
+            "cost_why": self.cost_why,
         }
         fields.update({f"f_{k}": f"{v:.6f}" for k, v in self.factors.items()})
         fields.update({f"c_{k}": f"{v:.6f}" for k, v in self.contributions.items()})
@@ -138,21 +172,29 @@ def elo_velocity(points: Iterable[tuple[float, float]]) -> float:
 
 
 def compute_priority(inputs: ConfigInputs, s: SchedulerSettings, now: float,
-                     curriculum_weight: float | None = None) -> Priority:
-    """The pure scoring function: every stored score comes from here."""
+                     curriculum_weight: float | None = None, starve_after_hours: float | None = None) -> Priority:
+    """The pure scoring function: every stored score comes from here.
+
+    `starve_after_hours`: the waiting time at which an eligible config starves (the scheduler passes
+    its `preemption` settings' `starve_after_hours`; None: that of the default settings)."""
+    if starve_after_hours is None:
+        starve_after_hours = PreemptionSettings().starve_after_hours
     weight = inputs.curriculum_weight if curriculum_weight is None else curriculum_weight
     since = inputs.last_trained_at or inputs.first_seen_at or inputs.exported_at or now
     hours_training = max(0.0, (now - since) / 3600.0)
+    hours_waiting = hours_training if inputs.waiting_since is None else max(0.0, (now - inputs.waiting_since) / 3600.0)
     hours_export = None if inputs.exported_at is None else max(0.0, (now - inputs.exported_at) / 3600.0)
     window_start = now - s.elo_window_hours * 3600.0
     window = sorted(p for p in inputs.elo_points if p[0] >= window_start)[-s.elo_window_points:]
     velocity = elo_velocity(window)
+    value = _cost_estimate(inputs, s)
     factors = {
         "curriculum": min(max(weight, 0.0), s.curriculum_max_weight) / s.curriculum_max_weight,
         "staleness": min(1.0, hours_training / s.staleness_saturation_hours),
         "freshness": 0.5 * min(1.0, inputs.new_samples / s.fresh_samples_saturation)
         + (0.0 if hours_export is None else 0.5 * 0.5 ** (hours_export / s.export_half_life_hours)),
         "elo_velocity": min(1.0, max(0.0, 0.5 + velocity / (2.0 * s.elo_velocity_scale))),
+        "value_per_gpu_hour": value.factor if isinstance(value, cost.CostEstimate) else 0.0,
     }
     w = s.weights
     contributions = {name: getattr(w, name) * value for name, value in factors.items()}
@@ -161,17 +203,31 @@ def compute_priority(inputs: ConfigInputs, s: SchedulerSettings, now: float,
     if weight <= 0:
         why.append("curriculum weight 0")
     eligible = not why
-    starving = eligible and factors["staleness"] >= 1.0
+    starving = eligible and hours_waiting >= starve_after_hours
     rest = sum(v for k, v in contributions.items() if k != "curriculum")
     if starving:
-        score = STARVING_BASE + hours_training
+        score = STARVING_BASE + hours_waiting
     elif eligible:
         score = rest + contributions["curriculum"]
     else:
         score = INELIGIBLE
     flags = (["regressing"] if velocity < 0 else []) + (["starving"] if starving else [])
+    if isinstance(value, cost.CostEstimate):
+        cost_fields = {"expected_gpu_hours": value.expected_gpu_hours, "elo_per_training": value.elo_per_training,
+                       "cost_why": value.why()}
+    else:
+        cost_fields = {"cost_why": value}
     return Priority(inputs.config_key, score, eligible, base_eligible, starving, rest, factors, contributions,
-                    why, flags, hours_training, hours_export, velocity, inputs.new_samples)
+                    why, flags, hours_training, hours_export, velocity, inputs.new_samples, hours_waiting,
+                    **cost_fields)
+
+
+def _cost_estimate(inputs: ConfigInputs, s: SchedulerSettings) -> cost.CostEstimate | str:
+    """The config's cost estimate, or why there is none (a key that names no known board, no history)."""
+    try:
+        return cost.estimate(inputs.recent_gpu_hours, inputs.elo_gains, inputs.board_type or "", s.cost)
+    except ValueError as exc:
+        return f"no cost estimate: {exc}"
 
 
 def quality_block_until(blocked_at: float | None, until: float | None, exported_at: float | None,
@@ -186,7 +242,7 @@ def quality_block_until(blocked_at: float | None, until: float | None, exported_
 
 def _blockers(inputs: ConfigInputs, s: SchedulerSettings, now: float) -> list[str]:
     why = []
-    if inputs.active_job:
+    if inputs.active_job and inputs.active_job != inputs.preempted_job:
         why.append(f"queued or running ({inputs.active_job})")
     until = quality_block_until(inputs.quality_blocked_at, inputs.quality_blocked_until, inputs.exported_at, s)
     if until is not None and now < until:
@@ -207,17 +263,23 @@ class TrainingScheduler:
     """Scores configs into `<prefix>:training:priority` and picks the next one to train."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, settings: SchedulerSettings | None = None,
-                 clock: Callable[[], float] = time.time, breakers: BreakerSettings | None = None) -> None:
+                 clock: Callable[[], float] = time.time, breakers: BreakerSettings | None = None,
+                 preemption: PreemptionSettings | None = None) -> None:
         self.conn = conn
         self.keys = keys
         self.settings = settings or SchedulerSettings()
         self.clock = clock
         self.breakers = breakers or BreakerSettings()
+        self.preemption = preemption or PreemptionSettings()
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings,
                       clock: Callable[[], float] = time.time) -> TrainingScheduler:
-        return cls(conn, keys, settings.scheduler, clock, settings.breakers)
+        return cls(conn, keys, settings.scheduler, clock, settings.breakers, settings.preemption)
+
+    def score(self, inputs: ConfigInputs, now: float, curriculum_weight: float | None = None) -> Priority:
+        """`compute_priority` with this scheduler's settings (the starvation point included)."""
+        return compute_priority(inputs, self.settings, now, curriculum_weight, self.preemption.starve_after_hours)
 
     # -- reading ---------------------------------------------------------------------------------
     def get_next_training_config(self, curriculum_weights: Mapping[str, float] | None = None) -> str | None:
@@ -247,7 +309,7 @@ class TrainingScheduler:
         now = self.clock()
         config_keys = [k.decode() for k in self.conn.zrange(self.keys.priority, 0, -1)]
         overrides = curriculum_weights or {}
-        priorities = [compute_priority(inputs, self.settings, now, overrides.get(inputs.config_key))
+        priorities = [self.score(inputs, now, overrides.get(inputs.config_key))
                       for inputs in self.load_inputs(config_keys)]
         return sorted(priorities, key=lambda p: (p.score, p.config_key), reverse=True)
 
@@ -259,15 +321,18 @@ class TrainingScheduler:
                 pipe.hmget(self.keys.config(config_key), INPUT_FIELDS)  # not the stored explanation
                 pipe.lrange(self.keys.elo(config_key), 0, -1)
                 pipe.hmget(self.keys.breaker("config", config_key), "state", "opened_at")
+                pipe.lrange(self.keys.gpu_hours(config_key), 0, -1)
+                pipe.lrange(self.keys.elo_gains(config_key), 0, -1)
             active, *rest = pipe.execute()
         active = active if config_keys else []
         inputs = []
         for i, config_key in enumerate(config_keys):
-            raw = {name: v.decode() for name, v in zip(INPUT_FIELDS, rest[3 * i]) if v is not None}
-            elo, breaker = rest[3 * i + 1], rest[3 * i + 2]
+            fields, elo, breaker, gpu_hours, gains = rest[5 * i:5 * i + 5]
+            raw = {name: v.decode() for name, v in zip(INPUT_FIELDS, fields) if v is not None}
             job = active[i].decode() if active[i] else None
             until = open_until({k: v.decode() for k, v in zip(("state", "opened_at"), breaker) if v}, self.breakers)
-            inputs.append(ConfigInputs.from_hash(config_key, raw, job, (_elo_point(p) for p in elo), until))
+            inputs.append(ConfigInputs.from_hash(config_key, raw, job, (_elo_point(p) for p in elo), until,
+                                                 map(float, gpu_hours), map(float, gains)))
         return inputs
 
     # -- writing ---------------------------------------------------------------------------------
@@ -278,7 +343,7 @@ class TrainingScheduler:
         for start in range(0, len(keys), batch):
             chunk = keys[start:start + batch]
             now = self.clock()
-            scored = [compute_priority(i, self.settings, now) for i in self.load_inputs(chunk)]
+            scored = [self.score(i, now) for i in self.load_inputs(chunk)]
             with self.conn.pipeline(transaction=False) as pipe:  # independent per-config writes
                 for p in scored:
                     pipe.hset(self.keys.config(p.config_key), mapping=p.as_fields(now))
@@ -293,6 +358,25 @@ class TrainingScheduler:
             pipe.rpush(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}")
             pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
             pipe.execute()
+
+    def record_training_cost(self, config_key: str, gpu_hours: float,
+                             pipe: redis.client.Pipeline | None = None) -> None:
+        """Append a finished training's GPU-hours (kept to `cost.duration_window`); adds to `pipe`
+        when given (never executes it), else writes at once."""
+        self._append(self.keys.gpu_hours(config_key), gpu_hours, self.settings.cost.duration_window, pipe)
+
+    def record_elo_gain(self, config_key: str, gain: float, pipe: redis.client.Pipeline | None = None) -> None:
+        """Append the Elo a training gained over its parent model (kept to `cost.gain_window`)."""
+        self._append(self.keys.elo_gains(config_key), gain, self.settings.cost.gain_window, pipe)
+
+    def _append(self, key: str, value: float, keep: int, pipe: redis.client.Pipeline | None) -> None:
+        if pipe is None:
+            with self.conn.pipeline(transaction=True) as own:
+                self._append(key, value, keep, own)
+                own.execute()
+            return
+        pipe.rpush(key, repr(float(value)))
+        pipe.ltrim(key, -keep, -1)
 
     def set_curriculum_weights(self, weights: Mapping[str, float]) -> None:
         with self.conn.pipeline(transaction=True) as pipe:

@@ -1,4 +1,5 @@
-"""TrainingScheduler: properties of the score, the starvation bound, event-driven inputs, dispatch order."""
+"""TrainingScheduler: properties of the score, starvation by waiting time, the cost factor, event-driven
+inputs, dispatch order."""
 
 from __future__ import annotations
 
@@ -10,24 +11,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator import TrainingOrchestrator, TrainingScheduler
-from coordinator.config import PriorityWeights, SchedulerSettings
+from coordinator.config import PreemptionSettings, PriorityWeights, SchedulerSettings
 from coordinator.scheduler import STARVING_BASE, ConfigInputs, compute_priority, elo_velocity
 from tests.conftest import end_job, take_job
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
 S = SchedulerSettings()
+STARVE_H = PreemptionSettings().starve_after_hours  # 11 h: max_wait_hours 12 - min run 1 h
 
 weights = st.floats(0.01, 5.0)
-hours = st.floats(0.0, 23.0)  # below saturation: the weighted sum, not the starvation tier
+hours = st.floats(0.0, 23.0)  # the staleness factor below saturation
 samples = st.integers(1, 300_000)
 slopes = st.floats(-200.0, 200.0)
 
 
-def inputs(weight=1.0, trained_h=1.0, new=10_000, export_h=0.5, slope=0.0, **extra) -> ConfigInputs:
+def inputs(weight=1.0, trained_h=1.0, new=10_000, export_h=0.5, slope=0.0, waiting_h=0.5, **extra) -> ConfigInputs:
+    """Waiting (new data, no job) for `waiting_h` hours: below STARVE_H, the weighted sum."""
     points = ((NOW - 2 * HOUR, 1000.0), (NOW - HOUR, 1000.0 + slope)) if slope else ()
     return ConfigInputs("hex8_2p", curriculum_weight=weight, new_samples=new, exported_at=NOW - export_h * HOUR,
-                        last_trained_at=NOW - trained_h * HOUR, elo_points=points, **extra)
+                        last_trained_at=NOW - trained_h * HOUR, elo_points=points,
+                        waiting_since=NOW - waiting_h * HOUR, **extra)
 
 
 def score(i: ConfigInputs, s: SchedulerSettings = S) -> float:
@@ -64,7 +68,22 @@ def test_score_is_monotonic_in_elo_velocity(a, b):
     assert score(inputs(slope=lo)) <= score(inputs(slope=hi))
 
 
-@pytest.mark.parametrize("factor", ["curriculum", "staleness", "freshness", "elo_velocity"])
+@given(st.lists(st.floats(-50.0, 300.0), max_size=8), st.floats(-50.0, 300.0), st.floats(0.1, 30.0))
+def test_score_is_monotonic_in_elo_gained_per_training(gains, extra, gpu_hours):
+    recent = (gpu_hours,)
+    lower = score(inputs(elo_gains=(*gains, extra), recent_gpu_hours=recent))
+    assert lower <= score(inputs(elo_gains=(*gains, extra + 25.0), recent_gpu_hours=recent)) + 1e-12
+
+
+@given(st.floats(0.1, 30.0), st.floats(0.1, 30.0))
+def test_the_same_gains_from_longer_trainings_score_lower(a, b):
+    short, long = sorted((a, b))
+    gains = (40.0, 60.0)
+    assert score(inputs(elo_gains=gains, recent_gpu_hours=(long,))) <= score(
+        inputs(elo_gains=gains, recent_gpu_hours=(short,)))
+
+
+@pytest.mark.parametrize("factor", ["curriculum", "staleness", "freshness", "elo_velocity", "value_per_gpu_hour"])
 @given(data=st.data())
 @settings(max_examples=40)
 def test_a_weight_of_zero_removes_its_factor(factor, data):
@@ -74,6 +93,8 @@ def test_a_weight_of_zero_removes_its_factor(factor, data):
         "staleness": {"trained_h": data.draw(hours)},
         "freshness": {"new": data.draw(samples), "export_h": data.draw(st.floats(0, 50))},
         "elo_velocity": {"slope": data.draw(slopes)},
+        "value_per_gpu_hour": {"elo_gains": tuple(data.draw(st.lists(st.floats(-50, 300), max_size=5))),
+                               "recent_gpu_hours": (data.draw(st.floats(0.1, 30.0)),)},
     }[factor]
     assert math.isclose(score(inputs(), s), score(inputs(**changes), s), abs_tol=1e-9)
 
@@ -85,7 +106,37 @@ def test_factors_are_normalised_and_explained():
     assert p.factors["freshness"] == pytest.approx(0.25 + 0.25)  # half the samples, one half-life
     assert p.factors["elo_velocity"] == pytest.approx(0.5 - 30 / 100)
     assert p.elo_per_hour == pytest.approx(-30) and "regressing" in p.flags
+    assert p.factors["value_per_gpu_hour"] == pytest.approx(0.5)  # no history: the prior, 10 Elo/GPU-h
     assert p.score == pytest.approx(sum(p.contributions.values()))
+
+
+def test_the_cost_factor_is_explained_and_stored(fake_conn, keys):
+    """Each finished training's GPU-hours and Elo gain feed the factor; the config hash says why."""
+    scheduler = TrainingScheduler(fake_conn, keys, S, clock=lambda: NOW)
+    fake_conn.hset(keys.config("square19_2p"), mapping={"new_samples": 100, "exported_at": NOW,
+                                                        "last_trained_at": NOW, "waiting_since": NOW})
+    scheduler.set_curriculum_weights({"square19_2p": 1.0})
+    scheduler.rescore()
+    prior = fake_conn.hgetall(keys.config("square19_2p"))
+    assert float(prior[b"expected_gpu_hours"]) == 20.0  # the board's default before any history
+    assert float(prior[b"f_value_per_gpu_hour"]) == pytest.approx(0.5)
+    for _ in range(S.cost.gain_window + 2):
+        scheduler.record_training_cost("square19_2p", 4.0)
+        scheduler.record_elo_gain("square19_2p", 120.0)  # 30 Elo per GPU-hour, well above the prior's 10
+    assert fake_conn.llen(keys.gpu_hours("square19_2p")) == S.cost.duration_window  # trimmed to the windows
+    assert fake_conn.llen(keys.elo_gains("square19_2p")) == S.cost.gain_window
+    scheduler.rescore()
+    stored = fake_conn.hgetall(keys.config("square19_2p"))
+    assert float(stored[b"expected_gpu_hours"]) == 4.0
+    [p] = scheduler.ranked()
+    assert p.factors["value_per_gpu_hour"] > 0.6 and p.score > float(prior[b"score"])
+    assert stored[b"cost_why"].decode() == p.cost_why and "Elo per GPU-h" in p.cost_why
+    assert float(stored[b"c_value_per_gpu_hour"]) == pytest.approx(p.contributions["value_per_gpu_hour"])
+
+
+def test_a_key_that_names_no_board_scores_without_a_cost_estimate():
+    p = compute_priority(ConfigInputs("cfg_a", new_samples=5, waiting_since=NOW), S, NOW)
+    assert p.eligible and p.factors["value_per_gpu_hour"] == 0.0 and p.cost_why.startswith("no cost estimate")
 
 
 def test_elo_velocity_needs_two_points_and_is_a_least_squares_slope():
@@ -106,17 +157,37 @@ def test_eligibility_reasons():
     assert unblocked_by_export.eligible
 
 
-def test_starving_configs_go_first_oldest_first():
-    starving_old = compute_priority(inputs(weight=0.01, trained_h=40, new=1), S, NOW)
-    starving_new = compute_priority(inputs(weight=0.01, trained_h=30, new=1), S, NOW)
-    best_fed = compute_priority(inputs(weight=9, trained_h=23.9, new=10**6, export_h=0, slope=500), S, NOW)
+def test_starving_configs_go_first_longest_wait_first():
+    starving_old = compute_priority(inputs(weight=0.01, trained_h=60, new=1, waiting_h=40), S, NOW)
+    starving_new = compute_priority(inputs(weight=0.01, trained_h=60, new=1, waiting_h=STARVE_H), S, NOW)
+    best_fed = compute_priority(inputs(weight=9, trained_h=23.9, new=10**6, export_h=0, slope=500,
+                                       waiting_h=STARVE_H - 0.01), S, NOW)
     assert starving_old.starving and "starving" in starving_old.flags
-    assert starving_old.score == pytest.approx(STARVING_BASE + 40)
+    assert starving_old.score == pytest.approx(STARVING_BASE + 40) and starving_old.hours_waiting == pytest.approx(40)
+    assert starving_new.starving and not best_fed.starving
     assert starving_old.score > starving_new.score > best_fed.score
 
 
+def test_starvation_counts_the_wait_for_a_gpu_not_the_time_since_training():
+    # Trained 100 h ago but its data came 2 h ago: not starving (staleness saturates, the wait does not).
+    assert not compute_priority(inputs(trained_h=100, waiting_h=2), S, NOW).starving
+    # Its job was preempted 30 h ago and still waits (the active job is that preempted one): starving.
+    preempted = compute_priority(inputs(trained_h=1, waiting_h=30, active_job="j1", preempted_job="j1"), S, NOW)
+    assert preempted.eligible and preempted.starving
+    # A config's own queued job (not a preempted one) keeps it out, however long it waited.
+    assert compute_priority(inputs(waiting_h=30, active_job="j2", preempted_job="j1"), S, NOW).why == [
+        "queued or running (j2)"]
+    # Records written before waiting_since: the hours since the last training stand in.
+    legacy = replace(inputs(trained_h=STARVE_H + 1), waiting_since=None)
+    assert compute_priority(legacy, S, NOW).starving
+    # The starvation point is the preemption settings' (max_wait_hours - min_run_minutes).
+    late = PreemptionSettings(max_wait_hours=48.0).starve_after_hours
+    assert not compute_priority(inputs(waiting_h=30), S, NOW, starve_after_hours=late).starving
+
+
 def simulate(configs: dict[str, float], slots: int, duration_h: float, horizon_h: float, conn, keys):
-    """Every config exports every hour; a training takes `duration_h`; returns the longest wait seen."""
+    """Every config exports every hour; a training takes `duration_h`; returns the longest wait seen.
+    No preemption here (see test_scheduling_sim for the bound preemption enforces)."""
     clock = [NOW]
     scheduler = TrainingScheduler(conn, keys, S, clock=lambda: clock[0])
     scheduler.set_curriculum_weights(configs)
@@ -132,25 +203,27 @@ def simulate(configs: dict[str, float], slots: int, duration_h: float, horizon_h
             if end <= clock[0]:
                 del running[key]
                 conn.hdel(keys.active, key)
-                conn.hset(keys.config(key), "last_trained_at", end)
+                conn.hset(keys.config(key), mapping={"last_trained_at": end, "waiting_since": end})
                 waiting_since[key] = end
         scheduler.rescore()
         while len(running) < slots and (key := scheduler.get_next_training_config()):
             longest = max(longest, (clock[0] - waiting_since[key]) / HOUR)
             running[key] = clock[0] + duration_h * HOUR
             conn.hset(keys.active, key, f"job-{step}")
+            conn.hdel(keys.config(key), "waiting_since")  # as job_start.lua does
             scheduler.rescore([key])
     return longest
 
 
 def test_no_config_starves_and_the_wait_is_bounded(fake_conn, keys):
     # Eleven heavily weighted configs with endless fresh data and one with a tiny weight, 2 slots,
-    # 3-hour trainings: without the guard the light one would never train.
+    # 3-hour trainings: without the guard the light one would never train. Without preemption the
+    # bound is the starvation point + ceil(N / S) x D (with it: max_wait_hours + one checkpoint interval).
     configs = {f"square19_{p}p": 2.0 for p in (2, 3, 4)} | {f"hex8_{p}p": 2.0 for p in (2, 3, 4)}
     configs |= {f"square8_{p}p": 2.0 for p in (2, 3, 4)} | {"hexagonal_2p": 2.0, "hexagonal_3p": 2.0}
     configs["hexagonal_4p"] = 0.01
     slots, duration = 2, 3.0
-    bound = S.staleness_saturation_hours + math.ceil(len(configs) / slots) * duration
+    bound = STARVE_H + math.ceil(len(configs) / slots) * duration
     longest = simulate(configs, slots, duration, horizon_h=24 * 6, conn=fake_conn, keys=keys)
     assert longest <= bound, f"a config waited {longest:.1f} h, bound {bound:.1f} h"
     assert fake_conn.hget(keys.config("hexagonal_4p"), "last_trained_at") is not None
