@@ -27,10 +27,15 @@ BOARDS: dict[str, Board] = {
 MIN_PLAYERS, MAX_PLAYERS = 2, 4
 
 
+def check_board_type(board_type: str) -> None:
+    """One of BOARDS, exactly."""
+    if board_type not in BOARDS:
+        raise EventError(f"unknown board_type {board_type[:40]!r} (expected one of: {', '.join(BOARDS)})")
+
+
 def make_config_key(board_type: str, num_players: int) -> str:
     """Validate a board type and player count and return their config key, e.g. `hex8_2p`."""
-    if board_type not in BOARDS:
-        raise EventError(f"unknown board_type {board_type!r} (expected one of: {', '.join(BOARDS)})")
+    check_board_type(board_type)
     if not MIN_PLAYERS <= num_players <= MAX_PLAYERS:
         raise EventError(f"num_players must be {MIN_PLAYERS}..{MAX_PLAYERS}, got {num_players}")
     return f"{board_type}_{num_players}p"

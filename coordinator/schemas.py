@@ -22,7 +22,7 @@ from typing import Any
 import msgpack
 
 from coordinator import events as ev
-from coordinator.boards import BOARDS, MAX_PLAYERS, MIN_PLAYERS, parse_config_key
+from coordinator.boards import MAX_PLAYERS, MIN_PLAYERS, check_board_type, parse_config_key
 from coordinator.errors import EventError
 from coordinator.inputs import check_identifier, is_config_key_field, parse_int, parse_name_list, parse_number
 
@@ -148,7 +148,8 @@ def _cluster_health(event: ev.Event) -> None:
 
 
 BOOLEAN = _one_of("true", "false", "True", "False", "1", "0")
-BOARD = _one_of(*BOARDS)
+def BOARD(name: str, text: str) -> None:  # noqa: N802 - a check like the constants beside it
+    check_board_type(text)
 PLAYERS = _integer(MIN_PLAYERS, MAX_PLAYERS)
 SAMPLES = _integer(0, 10**12)
 JOB_ID = _identifier("job_id")

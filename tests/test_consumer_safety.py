@@ -217,7 +217,7 @@ def test_transient_redis_errors_are_retried_then_poison(fake_conn, keys, make_se
 
 
 @pytest.mark.parametrize(("args", "reason"), [
-    (("hex8\n", 2, "/d/x.npz"), "board_type must be one of"),
+    (("hex8\n", 2, "/d/x.npz"), "unknown board_type 'hex8"),
     (("hex8", 2, "relative.npz"), "npz_path must be an absolute path"),
     (("hex8", 2, "/d/x.npz", -5), "samples must be 0.."),
 ])
