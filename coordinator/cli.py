@@ -14,6 +14,7 @@ import redis
 
 from coordinator.config import data_roots_problem, load_settings, redact_url
 from coordinator.connection import connect
+from coordinator.dashboard.command import DEFAULT_PORT, add_dashboard_parser
 from coordinator.errors import ConfigError, EventError, JobError
 from coordinator.events import EventConsumer
 from coordinator.jobs import JobStore
@@ -81,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the orchestrator service (consume events, enqueue training)")
     run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (e.g. 9108)")
+    run.add_argument("--dashboard-port", type=int,
+                     help="also serve the web dashboard on 127.0.0.1:PORT (`dashboard` for other addresses)")
     run.set_defaults(func=_run, verbose=True)
 
     demo = sub.add_parser("demo", help="exports -> trained checkpoints on one machine, with an embedded Redis")
@@ -88,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="demo-output", help="where data, models and worker logs go")
     demo.add_argument("--epochs", type=int, default=6)
     demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    demo.add_argument("--dashboard", type=int, nargs="?", const=DEFAULT_PORT, metavar="PORT",
+                      help=f"serve the web dashboard on 127.0.0.1:PORT (default {DEFAULT_PORT}) during the demo "
+                           "and after it, until Ctrl-C")
     demo.set_defaults(func=_demo)
 
     prio = sub.add_parser("priorities", help="the configs ranked, with each factor's contribution (like sprio)")
@@ -137,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
                             "+ 60; an idle worker heartbeats every --worker-ttl - 15 s, a busy one every 30 s)")
     alive.set_defaults(func=_worker_alive)
 
+    add_dashboard_parser(sub)
+
     jobs = sub.add_parser("jobs", help="list the newest job records")
     jobs.add_argument("--limit", type=int, default=20)
     jobs.add_argument("--json", action="store_true", help="print the records as JSON")
@@ -151,6 +159,10 @@ def _run(args: argparse.Namespace, settings) -> int:
     if confinement:
         print(f"{settings.source}: {confinement}", file=sys.stderr)
         return 1
+    if args.dashboard_port:
+        from coordinator.dashboard.server import serve_in_thread
+
+        serve_in_thread(settings, args.dashboard_port)
     asyncio.run(TrainingOrchestrator(settings).run_until_signal(args.metrics_port))
     return 0
 
@@ -158,7 +170,11 @@ def _run(args: argparse.Namespace, settings) -> int:
 def _demo(args: argparse.Namespace, settings) -> int:
     from coordinator.demo import run_demo
 
-    return asyncio.run(run_demo(settings, Path(args.output), args.redis_url, args.epochs, args.timeout))
+    try:
+        return asyncio.run(run_demo(settings, Path(args.output), args.redis_url, args.epochs, args.timeout,
+                                    args.dashboard))
+    except KeyboardInterrupt:  # the way out of `demo --dashboard`
+        return 130
 
 
 def _events(args: argparse.Namespace, settings) -> int:

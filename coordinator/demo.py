@@ -32,7 +32,10 @@ DEMO_CONFIGS = (("hex8", 2, 1536), ("square8", 2, 1536), ("hex8", 4, 1024))
 REFRESH_S = 0.25
 
 
-async def run_demo(settings: Settings, output: Path, redis_url: str | None, epochs: int, timeout_s: float) -> int:
+async def run_demo(settings: Settings, output: Path, redis_url: str | None, epochs: int, timeout_s: float,
+                   dashboard_port: int | None = None) -> int:
+    """The demo; with `dashboard_port`, the web dashboard serves on 127.0.0.1 during it and after
+    it (Redis kept up) until Ctrl-C."""
     console = Console()
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
@@ -45,6 +48,11 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
             redis_url = server.url
             console.print(f"[dim]embedded redis-server on {redact_url(redis_url)}[/dim]")
         settings = replace(settings, redis=replace(settings.redis, url=redis_url))
+        if dashboard_port:
+            from coordinator.dashboard.server import serve_in_thread
+
+            serve_in_thread(settings, dashboard_port)
+            console.print(f"[dim]dashboard on http://localhost:{dashboard_port}/[/dim]")
         conn = redis.Redis.from_url(redis_url)
         orchestrator = TrainingOrchestrator(settings, conn, consumer_name="demo")
         await orchestrator.start()
@@ -60,6 +68,16 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
         finally:
             await orchestrator.stop()
             await asyncio.to_thread(stop_workers, workers)
+        failed = _report(console, jobs, ranked, settings)
+        if dashboard_port:
+            console.print(f"dashboard still on http://localhost:{dashboard_port}/ - Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+                await asyncio.Event().wait()
+    return 1 if failed else 0
+
+
+def _report(console: Console, jobs: list[dict[str, str]], ranked: list, settings: Settings) -> bool:
+    """The summary and the ranking; True when a job did not complete (each shown with its error)."""
     console.print()
     console.print(_summary(jobs))
     console.print(priorities_table(ranked, settings.scheduler))
@@ -67,7 +85,7 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
     for job in failed:
         console.print(f"[red]{job.get('config_key')}: {job.get('state')} {job.get('error', '')}[/red]")
         console.print(job.get("stderr_tail", ""))
-    return 1 if failed else 0
+    return bool(failed)
 
 
 def _export_all(conn: redis.Redis, keys: Keys, data_dir: Path) -> list[str]:
