@@ -132,7 +132,10 @@ def test_grafana_queries_on_a_real_prometheus(redis_server, real_conn, run_servi
                                            "npz_path": str(tmp_path / "gone.npz"), "samples": "10"})
         wait_for(lambda: len(stream_events(real_conn, "CIRCUIT_OPENED")) == 2, timeout_s=60)
         for expr in EXPECTED:
-            wait_for(lambda expr=expr: _try(lambda: meets(prom_port, expr)), timeout_s=60, interval_s=0.5)
+            try:
+                wait_for(lambda expr=expr: _try(lambda: meets(prom_port, expr)), timeout_s=60, interval_s=0.5)
+            except AssertionError:
+                raise AssertionError(f"{expr} returned {answers(prom_port, expr)}, expected {EXPECTED[expr]}") from None
         assert answers(prom_port, 'sum(ringrift_node_slots{status!~"down|breaker_open"})') == {"": 1.0}
         opened = query(prom_port, "ringrift_breaker_open == 1")
         assert sorted((r["metric"]["kind"], r["metric"]["name"]) for r in opened) == [
