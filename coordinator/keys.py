@@ -16,6 +16,7 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 | `<prefix>:elo:<config_key>`          | list   | recent evaluations, "unix_time elo", oldest first        |
 | `<prefix>:config:<key>:gpu_hours`    | list   | GPU-hours of its recent trainings (cost factor), oldest first |
 | `<prefix>:config:<key>:elo_gains`    | list   | Elo its recent trainings gained over their parents       |
+| `<prefix>:config:<key>:models`       | list   | its published model paths, newest first (warm start), capped |
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |
 | `<prefix>:breaker:<kind>:<name>`     | hash   | a circuit breaker (kind config or node): state, failures |
 | `<prefix>:stats`                     | hash   | counters shared by all processes (e.g. lease_busy)       |
@@ -92,6 +93,10 @@ class Keys:
     def elo_gains(self, config_key: str) -> str:
         """Elo its recent trainings gained over their parent models (the cost factor's returns)."""
         return f"{self.prefix}:config:{config_key}:elo_gains"
+
+    def models(self, config_key: str) -> str:
+        """The config's published models, newest first, capped (warm start: the newest that exists)."""
+        return f"{self.prefix}:config:{config_key}:models"
 
     @property
     def stats(self) -> str:
