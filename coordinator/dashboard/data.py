@@ -104,21 +104,24 @@ class DashboardData:
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         """One job's record and loss curve (finished jobs too, while the stream still has them)."""
-        self.tail.catch_up()
         record = decode_hash(self.conn.hgetall(self.keys.job(job_id)))
         if not record:
             return None
-        return {**_job_row(record), "record": record, "curve": self.tail.curve(job_id) or _record_history(record)}
+        with self._lock:  # the server's threads share the tail and the kept records
+            self.tail.catch_up()
+            curve = self.tail.curve(job_id)
+        return {**_job_row(record), "record": record, "curve": curve or _record_history(record)}
 
     def config(self, config_key: str) -> dict[str, Any] | None:
         """One config's history: its Elo points, its jobs in the timeline window, its stored explanation."""
-        self.tail.catch_up()
         stored = decode_hash(self.conn.hgetall(self.keys.config(config_key)))
         if not stored:
             return None
-        records = [r for r in self._records(self.clock()) if r.get("config_key") == config_key]
-        return {"config_key": config_key, "stored": stored,
-                "elo": self._elo_points([config_key])[config_key],
+        with self._lock:  # the server's threads share the tail and the kept records
+            self.tail.catch_up()
+            records = [r for r in self._records(self.clock()) if r.get("config_key") == config_key]
+            elo = self._elo_points([config_key])[config_key]
+        return {"config_key": config_key, "stored": stored, "elo": elo,
                 "trainings": _trainings(records), "jobs": [_job_row(r) for r in records]}
 
     # -- panels -----------------------------------------------------------------------------------
