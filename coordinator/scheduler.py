@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import redis
 
@@ -43,6 +43,7 @@ from coordinator.config import BreakerSettings, PreemptionSettings, SchedulerSet
 from coordinator.errors import EventError
 from coordinator.inputs import split_config_key
 from coordinator.keys import Keys
+from coordinator.preempting import describe, pending
 
 STARVING_BASE = 1000.0
 INELIGIBLE = -1.0
@@ -137,6 +138,7 @@ class Priority:
     expected_gpu_hours: float = 0.0
     elo_per_training: float = 0.0
     cost_why: str = ""
+    preemption: str = ""  # a pending preemption of its job, or for it (`ranked` only)
 
     def as_fields(self, now: float) -> dict[str, str]:
         fields = {
@@ -305,11 +307,14 @@ class TrainingScheduler:
         return max(candidates)[1] if candidates else None
 
     def ranked(self, curriculum_weights: Mapping[str, float] | None = None) -> list[Priority]:
-        """Every config with each factor's contribution, best first (the `priorities` view)."""
+        """Every config with each factor's contribution and any pending preemption, best first (the
+        `priorities` view)."""
         now = self.clock()
         config_keys = [k.decode() for k in self.conn.zrange(self.keys.priority, 0, -1)]
         overrides = curriculum_weights or {}
-        priorities = [self.score(inputs, now, overrides.get(inputs.config_key))
+        notes = describe(pending(self.conn, self.keys))
+        priorities = [replace(self.score(inputs, now, overrides.get(inputs.config_key)),
+                              preemption=notes.get(inputs.config_key, ""))
                       for inputs in self.load_inputs(config_keys)]
         return sorted(priorities, key=lambda p: (p.score, p.config_key), reverse=True)
 

@@ -1,0 +1,130 @@
+"""Preemption at run time on fakeredis: requests on job records (one at a time, fenced), the
+decision from what Redis holds, pending requests in `priorities`, and a preempted job's resume."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from rq import Queue
+
+from coordinator.job_states import PREEMPTED, QUEUED
+from coordinator.keys import TRAINING_QUEUE
+from coordinator.preempting import Preempter, dispatch_fields, pending
+from coordinator.preemption import VALUE, WAIT
+from coordinator.priorities_view import priorities_table
+from tests.conftest import take_job
+
+HOUR = 3600.0
+
+
+def running_job(orch, config_key: str, ran_h: float, **fields: str):
+    """A job of `config_key` running for `ran_h` hours (leases held, record as a worker leaves it)."""
+    board, players = config_key.rsplit("_", 1)
+    job_id = orch.submit_training_sync(board, int(players[0]), f"/d/{config_key}.npz", samples=100)
+    lease = take_job(orch, job_id, config_key)
+    orch.conn.hset(orch.keys.job(job_id), mapping={"started_at": f"{time.time() - ran_h * HOUR:.3f}", **fields})
+    return job_id, lease
+
+
+def waiting_config(orch, config_key: str, waited_h: float, weight: float = 1.0) -> None:
+    """A config with new data, no job, waiting for a GPU since `waited_h` hours ago."""
+    now = time.time()
+    orch.conn.hset(orch.keys.config(config_key), mapping={
+        "new_samples": 5000, "exported_at": now, "first_seen_at": now - 48 * HOUR, "last_trained_at": now - 48 * HOUR,
+        "waiting_since": now - waited_h * HOUR, "curriculum_weight": weight})
+    orch.conn.zadd(orch.keys.priority, {config_key: -1}, nx=True)
+    orch.scheduler.rescore()
+
+
+@pytest.fixture
+def preempter(orch):
+    return Preempter(orch.jobs, orch.scheduler, orch.settings)
+
+
+def test_a_starving_config_asks_the_running_job_to_yield_once(orch, preempter, fake_conn, keys):
+    job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
+    waiting_config(orch, "square8_2p", waited_h=20, weight=0.05)  # starving, however low its value
+    assert preempter.tick(free_slots=0) == [job_id]
+    record = {k.decode(): v.decode() for k, v in fake_conn.hgetall(keys.job(job_id)).items()}
+    assert record["preempt_for"] == "square8_2p" and record["preempt_kind"] == WAIT
+    assert record["preempt_fence"] == str(lease.fence) and "starving" in record["preempt_why"]
+    assert preempter.tick(free_slots=0) == []  # one preemption in flight per slot
+    [p] = pending(fake_conn, keys)
+    assert (p.job_id, p.config_key, p.for_config) == (job_id, "hexagonal_2p", "square8_2p")
+    notes = {q.config_key: q.preemption for q in orch.scheduler.ranked()}
+    assert notes["hexagonal_2p"].startswith("yielding its GPU to square8_2p")
+    assert notes["square8_2p"].startswith(f"a GPU is being freed for it (job {job_id}")
+
+
+def test_guards_min_run_free_slot_off_switch_and_value_margin(orch, preempter, fake_conn, keys):
+    from dataclasses import replace
+
+    young, _ = running_job(orch, "hexagonal_2p", ran_h=0.5)  # under min_run_minutes 60
+    waiting_config(orch, "square8_2p", waited_h=20)
+    assert preempter.tick(free_slots=0) == []
+    assert "min_run_minutes" in preempter.decide(0).protected[young]
+    fake_conn.hset(keys.job(young), "started_at", f"{time.time() - 2 * HOUR:.3f}")
+    assert preempter.tick(free_slots=1) == []  # a free slot takes the starving config instead
+    off = Preempter(orch.jobs, orch.scheduler, replace(orch.settings, preemption=replace(
+        orch.settings.preemption, enabled=False)))
+    assert off.tick(free_slots=0) == []
+    # Not starving (waited 1 h): only a margin over the running job's value preempts it.
+    waiting_config(orch, "square8_2p", waited_h=1)
+    fake_conn.hset(keys.job(young), mapping={"score_at_start": "9.0", "picked_starving": "0"})
+    assert preempter.tick(free_slots=0) == []
+    fake_conn.hset(keys.job(young), "score_at_start", "0.5")
+    assert preempter.tick(free_slots=0) == [young]
+    assert fake_conn.hget(keys.job(young), "preempt_kind").decode() == VALUE
+
+
+def test_a_job_picked_as_starving_is_not_preempted_for_value(orch, preempter, fake_conn, keys):
+    job_id, _ = running_job(orch, "hexagonal_2p", ran_h=3, score_at_start="0.1", picked_starving="1")
+    waiting_config(orch, "square8_2p", waited_h=1, weight=2.0)
+    assert preempter.tick(free_slots=0) == []
+
+
+def test_the_request_is_fenced_and_needs_a_running_attempt(orch, preempter, fake_conn, keys):
+    job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
+    request = preempter._request
+    args = [f"{time.time():.3f}", str(lease.fence + 1), "running", "square8_2p", WAIT, "test"]
+    assert request(keys=[keys.job(job_id)], args=args) == 0  # another attempt's token
+    args[1] = str(lease.fence)
+    args[2] = "leased"
+    assert request(keys=[keys.job(job_id)], args=args) == 0  # not in that state
+    args[2] = "running"
+    assert request(keys=[keys.job(job_id)], args=args) == 1
+    assert request(keys=[keys.job(job_id)], args=args) == 0  # already pending
+
+
+def test_a_preempted_job_resumes_under_its_id_and_frees_its_slot_meanwhile(orch, preempter, fake_conn, keys):
+    job_id, _ = running_job(orch, "hexagonal_2p", ran_h=3, preemptions="1")
+    assert preempter.busy_slots() == 1
+    # What the worker's job_finish leaves: the job preempted, the config waiting, its active entry kept.
+    fake_conn.hset(keys.job(job_id), mapping={"state": PREEMPTED, "preempt_requested_at": "1"})
+    fake_conn.hset(keys.config("hexagonal_2p"), mapping={"preempted_job": job_id, "waiting_since": time.time()})
+    assert preempter.busy_slots() == 0
+    orch.scheduler.rescore()
+    [p] = [p for p in orch.scheduler.ranked() if p.config_key == "hexagonal_2p"]
+    assert p.eligible, p.why
+    assert preempter.resume("hexagonal_2p", job_id)
+    record = {k.decode(): v.decode() for k, v in fake_conn.hgetall(keys.job(job_id)).items()}
+    assert record["state"] == QUEUED and "preempt_requested_at" not in record
+    assert record["rq_job_id"] == f"{job_id}-p1"
+    assert f"{job_id}-p1" in Queue(TRAINING_QUEUE, connection=fake_conn).job_ids
+    assert fake_conn.hget(keys.config("hexagonal_2p"), "preempted_job") is None
+    assert fake_conn.hget(keys.active, "hexagonal_2p").decode() == job_id
+    assert not preempter.resume("hexagonal_2p", job_id)  # once
+
+
+def test_dispatch_fields_and_the_priorities_view(orch, fake_conn, keys):
+    waiting_config(orch, "square8_2p", waited_h=20)
+    [p] = orch.scheduler.ranked()
+    assert dispatch_fields(p) == {"score_at_start": f"{p.rest + p.contributions['curriculum']:.6f}",
+                                  "picked_starving": "1"}
+    from rich.console import Console
+
+    console = Console(width=400, record=True)
+    console.print(priorities_table([p], orch.settings.scheduler))
+    text = console.export_text()
+    assert "value_per_gpu_hour" in text and "h waiting" in text and "starving" in text
