@@ -27,6 +27,7 @@ from pathlib import Path
 import redis
 
 from coordinator import events as ev
+from coordinator import intake
 from coordinator.boards import parse_config_key
 from coordinator.config import Settings, load_settings, redact_url
 from coordinator.connection import connect
@@ -332,7 +333,9 @@ class TrainingOrchestrator:
             log.warning("could not recreate the consumer group: %s", exc)
 
     def _maintain(self) -> None:
-        """This consumer's reclaim of stale entries, then the periodic work that is due (rq-scheduler)."""
+        """Exporters' submissions onto the stream (`intake.py`), this consumer's reclaim of stale
+        entries, then the periodic work that is due (rq-scheduler)."""
+        intake.move(self.conn, self.keys)  # one script call, an empty LPOP when none wait
         now, e = time.monotonic(), self.settings.events
         if now >= self._next_reclaim:
             self._next_reclaim = now + e.reclaim_idle_ms / 2000.0

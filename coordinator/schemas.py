@@ -147,6 +147,10 @@ def _cluster_health(event: ev.Event) -> None:
         parse_name_list(f["open_nodes"], "open_nodes")
 
 
+def _intake_rejected(event: ev.Event) -> None:
+    raise EventError(f"intake rejected the submission: {event.fields.get('intake_error', '')[:300]}")
+
+
 BOOLEAN = _one_of("true", "false", "True", "False", "1", "0")
 def BOARD(name: str, text: str) -> None:  # noqa: N802 - a check like the constants beside it
     check_board_type(text)
@@ -199,6 +203,7 @@ SCHEMAS: dict[str, Schema] = {
         optional={**TRAINING_COMMON, "retry_in_s": SECONDS, "will_retry": _one_of("true", "false")}),
     ev.TRAINING_CANCELLED: Schema(required={"job_id": JOB_ID, "config_key": _config_key},
                                   optional=TRAINING_COMMON),
+    ev.INTAKE_REJECTED: Schema(whole=_intake_rejected),
     ev.CIRCUIT_OPENED: Schema(required={"kind": _one_of("config", "node"), "name": _text}),
     ev.CIRCUIT_CLOSED: Schema(required={"kind": _one_of("config", "node"), "name": _text}),
 }

@@ -241,3 +241,17 @@ def test_start_up_replays_a_bad_pending_entry_into_a_dead_letter(fake_conn, keys
     again.prepare()
     assert len(_dead_reasons(fake_conn, keys)) == 2
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
+
+
+def test_exporters_submissions_are_moved_and_consumed_by_the_loop(redis_server, real_conn, make_settings):
+    from coordinator import intake
+
+    o = TrainingOrchestrator(make_settings(redis_server.url), real_conn, consumer_name="t")
+    o.prepare()
+    intake.publish_export(real_conn, [("config_key", "hex8_2p"), ("npz_path", "/d/x.npz"), ("samples", "40000")],
+                          o.keys)
+    real_conn.rpush(o.keys.intake, b'["type"]')
+    o.process_once(block_ms=None)  # moves them onto the stream and handles them
+    assert o.jobs.active_job("hex8_2p") is not None
+    [reason] = _dead_reasons(real_conn, o.keys)
+    assert reason.startswith("intake rejected the submission: an odd number of items")
