@@ -141,7 +141,7 @@ class ConcurrencyWatch(threading.Thread):
                 if len(procs) > 1:
                     self.overlaps += 1
                     if len(self.examples) < 5:
-                        self.examples.append(" & ".join(procs))
+                        self.examples.append(f"{time.strftime('%H:%M:%S')} {' & '.join(procs)}")
 
 
 def lost_configs(conn: redis.Redis) -> int:
@@ -239,8 +239,9 @@ def run(args: argparse.Namespace) -> Result:
                 quit_nodes = cluster.replace_quit_workers()
                 recovered = "skipped" if outcome.skipped else (
                     "-" if outcome.recovery_s is None else f"{outcome.recovery_s:.1f} s")
-                print(f"round {result.rounds:>3}: {fault:<22} recovered in {recovered:<8} {outcome.note}"
-                      + (f"  WORKER QUIT: {quit_nodes}" if quit_nodes else ""), flush=True)
+                print(f"{time.strftime('%H:%M:%S')} round {result.rounds:>3}: {fault:<22} recovered in "
+                      f"{recovered:<8} {outcome.note}" + (f"  WORKER QUIT: {quit_nodes}" if quit_nodes else ""),
+                      flush=True)
             result.drained = bool(wait_until(lambda: conn.hlen(KEYS.active) == 0 and lost_configs(conn) == 0,
                                              DRAIN_TIMEOUT_S, 0.5))
             cluster.replace_quit_workers()
