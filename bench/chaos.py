@@ -119,9 +119,11 @@ class ConcurrencyWatch(threading.Thread):
     def __init__(self, models_root: Path) -> None:
         super().__init__(daemon=True)
         self.models_root = str(models_root)  # this run's trainers only, not other processes'
-        self.overlaps = 0
+        self.overlaps = 0  # samples with two live trainers of one config
         self.samples = 0
-        self.examples: list[str] = []
+        self.examples: list[str] = []  # the first sample of the first few incidents
+        self.incidents: list[float] = []  # each run of consecutive overlapping samples: its length (s)
+        self._open: dict[str, float] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -137,11 +139,15 @@ class ConcurrencyWatch(threading.Thread):
                     live[out.parent.parent.name].append(f"{proc.info['pid']}:{out.parent.name}/{out.name}"
                                                         f":{proc.info['status']}")
             self.samples += 1
-            for procs in live.values():
-                if len(procs) > 1:
-                    self.overlaps += 1
-                    if len(self.examples) < 5:
-                        self.examples.append(f"{time.strftime('%H:%M:%S')} {' & '.join(procs)}")
+            now = time.monotonic()
+            twice = {config for config, procs in live.items() if len(procs) > 1}
+            self.overlaps += len(twice)
+            for config in twice - set(self._open):
+                self._open[config] = now
+                if len(self.examples) < 5:
+                    self.examples.append(f"{time.strftime('%H:%M:%S')} {' & '.join(live[config])}")
+            for config in set(self._open) - twice:
+                self.incidents.append(now - self._open.pop(config))
 
 
 def lost_configs(conn: redis.Redis) -> int:
@@ -169,6 +175,7 @@ class Result:
     overlaps: int = 0
     samples: int = 0
     overlap_examples: list[str] = field(default_factory=list)
+    overlap_incidents: list[float] = field(default_factory=list)
     quit_unasked: int = 0
     drained: bool = False
     soak: list[tuple[float, dict[str, int]]] = field(default_factory=list)
@@ -261,6 +268,7 @@ def run(args: argparse.Namespace) -> Result:
             conn.close()
             ha.stop()
     result.overlaps, result.samples, result.overlap_examples = watch.overlaps, watch.samples, watch.examples
+    result.overlap_incidents = watch.incidents
     result.quit_unasked = cluster.quit_unasked
     return result
 
@@ -296,6 +304,9 @@ def print_table(args: argparse.Namespace, r: Result) -> None:
     print(f"| workers that quit by themselves | {r.quit_unasked} | 0 |")
     print(f"| faults not recovered within 60 s | {unrecovered} | 0 |")
     print(f"| faults skipped (no busy worker to aim at) | {len(r.outcomes) - len(done)} | |")
+    if r.overlap_incidents:
+        print(f"| overlap incidents: count / longest | {len(r.overlap_incidents)} / "
+              f"{max(r.overlap_incidents):.2f} s | 0 |")
     for example in r.overlap_examples:
         print(f"| overlap seen | {example} | |")
     every = [o.recovery_s for o in done if o.recovery_s is not None]
