@@ -9,9 +9,11 @@ seed (one config at 0.05, the one nobody favours).
 
 Policies (all dispatch when a GPU is free; only `proposed` preempts):
 - `round_robin`, `oldest_first` (longest since its last training), `most_new_data`;
-- `current`: the real `compute_priority` as it is today (starving after staleness saturation);
-- `proposed`: `compute_priority` plus `cost_weight` x the cost factor (`coordinator.cost`), a config
-  starving once it has waited `max_wait - min_run`, and the real preemption decision
+- `current`: the scheduler before issue 16 (the real `compute_priority` without the cost factor,
+  starving after staleness saturation, oldest first);
+- `proposed`: the real `compute_priority` as the coordinator runs it (the value_per_gpu_hour factor,
+  weighted `cost_weight`, from the config's training GPU-hours and Elo gains; starving once it has
+  waited `max_wait - min_run` since `waiting_since`) and the real preemption decision
   (`coordinator.preemption.decide`) every `tick_h` and whenever a config starts starving or a job
   passes its minimum run time. A preempted job yields at its next epoch boundary
   (the worst case: a trainer that cannot save mid-epoch) and pays `RESUME_OVERHEAD_H` when it resumes.
@@ -49,6 +51,9 @@ T0 = 1_800_000_000.0
 EPOCHS = 20
 RESUME_OVERHEAD_H = 0.1  # reload the checkpoint and the data, warm up
 EVAL_NOISE_ELO = 12.0
+# Wake-ups land this much after the instant they wait for: the score reads unix seconds (~1.8e9),
+# whose rounding could put "waited 11 h" a hair under 11 h at the very event meant to see it.
+CLOCK_EPSILON_H = 1e-6
 BASELINES = ("round_robin", "oldest_first", "most_new_data", "current")
 POLICIES = (*BASELINES, "proposed")
 # Chosen with --sweep (8 seeds, 2/4/8 GPUs): 0..4 moved Elo/GPU-h by ~1-2% (seed noise); above 1 it also
@@ -144,7 +149,6 @@ class ConfigState:
     job: Job | None = None
     durations: list[float] = field(default_factory=list)
     gains: list[float] = field(default_factory=list)
-    cost_factor: float = 0.0
 
 
 @dataclass
@@ -194,7 +198,6 @@ class Simulation:
         self.preempting = policy.name == "proposed" and policy.preemption.enabled
         for i, st in enumerate(self.state):
             st.points.append((T0, 0.0))  # the first model's evaluation
-            st.cost_factor = self._cost(i)
             self._push(self.rng.uniform(0, self.specs[i].export_every_h), "export", i)
         if self.preempting:
             self._push(tick_h, "tick", 0)
@@ -283,7 +286,6 @@ class Simulation:
         st.gains.append(measured - st.last_measured)
         st.last_measured = measured
         st.durations.append(job.spent_h)
-        st.cost_factor = self._cost(job.config)
         st.new_samples = max(0, st.new_samples - job.covered)
         st.last_trained_at = now
         st.job = None
@@ -297,11 +299,7 @@ class Simulation:
         st = self.state[i]
         st.waiting_since, st.wait_seq = now, st.wait_seq + 1
         if self.preempting:
-            self._push(now + self.policy.preemption.starve_after_hours, "starving", i, st.wait_seq)
-
-    def _cost(self, i: int) -> float:
-        st = self.state[i]
-        return cost.estimate(st.durations, st.gains, self.specs[i].board, self.policy.costs).factor
+            self._push(now + self.policy.preemption.starve_after_hours + CLOCK_EPSILON_H, "starving", i, st.wait_seq)
 
     # -- the policies ---------------------------------------------------------------------------------
     def _eligible(self, i: int) -> bool:
@@ -327,24 +325,25 @@ class Simulation:
         return self._scored(now, eligible)
 
     def _scored(self, now: float, eligible: list[int]) -> list[Candidate]:
-        p_settings = self.policy.preemption
+        """The real score, from what the config hash and lists hold (`TrainingScheduler.load_inputs`)."""
+        current = self.policy.name == "current"
+        weights = replace(self.policy.scheduler.weights, value_per_gpu_hour=0.0 if current else self.policy.cost_weight)
+        settings = replace(self.policy.scheduler, weights=weights, cost=self.policy.costs)
+        starve_after = math.inf if current else self.policy.preemption.starve_after_hours
         out = []
         for i in eligible:
             spec, st = self.specs[i], self.state[i]
             inputs = ConfigInputs(spec.key, spec.weight, st.new_samples, _unix(st.exported_at),
-                                  _unix(st.first_seen_at), _unix(st.last_trained_at), elo_points=tuple(st.points))
-            p = compute_priority(inputs, self.policy.scheduler, T0 + now * HOUR)
+                                  _unix(st.first_seen_at), _unix(st.last_trained_at), elo_points=tuple(st.points),
+                                  waiting_since=_unix(st.waiting_since), recent_gpu_hours=tuple(st.durations),
+                                  elo_gains=tuple(st.gains))
+            p = compute_priority(inputs, settings, T0 + now * HOUR, starve_after_hours=starve_after)
             if not p.eligible:
                 continue
-            if self.policy.name == "current":
-                out.append(Candidate(spec.key, p.score, p.starving, p.hours_since_training))
-                continue
-            waited = now - st.waiting_since if st.waiting_since is not None else 0.0
-            if waited >= p_settings.starve_after_hours:
-                out.append(Candidate(spec.key, STARVING_BASE + waited, True, waited))
+            if current and p.factors["staleness"] >= 1.0:  # the old rule: starving once staleness saturates
+                out.append(Candidate(spec.key, STARVING_BASE + p.hours_since_training, True, p.hours_since_training))
             else:
-                score = p.rest + p.contributions["curriculum"] + self.policy.cost_weight * st.cost_factor
-                out.append(Candidate(spec.key, score, False, waited))
+                out.append(Candidate(spec.key, p.score, p.starving, p.hours_waiting))
         return sorted(out, key=lambda c: (c.score, c.config_key), reverse=True)
 
     def _dispatch(self, now: float) -> None:

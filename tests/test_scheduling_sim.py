@@ -75,3 +75,36 @@ def test_the_cli_prints_one_markdown_row_per_policy_and_gpu_count(capsys):
             assert f"| {gpus} | {policy} |" in out
     assert sim.main(["--seeds", "1", "--days", "1", "--gpus", "2", "--sweep", "max_wait_hours=6,12"]) == 0
     assert "| 2 | proposed max_wait_hours=6 |" in capsys.readouterr().out
+
+
+def test_the_proposed_policy_scores_like_the_scheduler_on_redis(fake_conn, keys):
+    """What the simulator ranks equals what TrainingScheduler.ranked() gives for the same config
+    hashes and lists (starvation by waiting time and the cost factor included)."""
+    from coordinator.scheduler import TrainingScheduler
+
+    specs = sim.cluster(random.Random(3))
+    s = sim.Simulation(specs, 2, sim.Policy("proposed"), days=4, seed=3)
+    s.run()
+    now_h = s.horizon
+    first = next(i for i in range(len(specs)) if s._eligible(i))
+    s.state[first].waiting_since = now_h - 20.0  # one config starving, the others as the run left them
+    scheduler = TrainingScheduler(fake_conn, keys, sim.Policy("proposed").scheduler, clock=lambda: sim._unix(now_h),
+                                  preemption=sim.Policy("proposed").preemption)
+    for i, (spec, st) in enumerate(zip(specs, s.state)):
+        fields = {"curriculum_weight": spec.weight, "new_samples": st.new_samples,
+                  "exported_at": sim._unix(st.exported_at),
+                  "first_seen_at": sim._unix(st.first_seen_at), "last_trained_at": sim._unix(st.last_trained_at),
+                  "waiting_since": sim._unix(st.waiting_since)}
+        fake_conn.hset(keys.config(spec.key), mapping={k: repr(v) for k, v in fields.items() if v is not None})
+        for at, elo in st.points:
+            scheduler.record_elo(spec.key, elo, at)
+        for hours in st.durations:
+            scheduler.record_training_cost(spec.key, hours)
+        for gain in st.gains:
+            scheduler.record_elo_gain(spec.key, gain)
+        if not s._eligible(i):
+            fake_conn.hset(keys.active, spec.key, f"job-{i}")
+        fake_conn.zadd(keys.priority, {spec.key: -1})
+    simulated = [(c.config_key, round(c.score, 6), c.starving) for c in s._ranked(now_h)]
+    real = [(p.config_key, round(p.score, 6), p.starving) for p in scheduler.ranked() if p.eligible]
+    assert simulated == real and any(starving for *_, starving in real)
