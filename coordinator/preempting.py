@@ -16,6 +16,10 @@ carries out what it decides:
   goes back to RQ's queue (preempted -> queued) and resumes from its checkpoint with a new
   attempt and the next fencing token.
 - `pending`: requests not yet acted on, for `priorities` and `status`.
+- Worker side: `stop_reason` (what the job record asks of a running attempt: cancel wins),
+  `record_preempted` (`job_preempted.lua`: running -> preempted, preemptions + 1, the config waits
+  again from now with `preempted_job` set, TRAINING_PREEMPTED with the epoch reached and the config
+  it yielded to) and `lost_gpu_hours` (the work since the newest checkpoint).
 
 Job record fields of a request: `preempt_requested_at`, `preempt_for`, `preempt_kind` ('wait' |
 'value'), `preempt_why`, `preempt_fence`; cleared when the job resumes.
@@ -32,7 +36,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from coordinator.config import PreemptionSettings, Settings
-from coordinator.job_states import PREEMPTED, QUEUED, RUNNING
+from coordinator.job_states import PREEMPTED, QUEUED, RUNNING, csv_from
 from coordinator.keys import Keys
 from coordinator.lua import script
 from coordinator.preemption import Candidate, Decision, RunningJob, decide
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
     from coordinator.scheduler import Priority, TrainingScheduler
 
 log = logging.getLogger(__name__)
+
+TRAINING_PREEMPTED = "TRAINING_PREEMPTED"  # written by job_preempted.lua
+CANCELLED_STOP, PREEMPTED_STOP = "cancelled", "preempted"  # why a running attempt is asked to stop
 
 RECORD_FIELDS = ("state", "config_key", "node", "started_at", "fence", "score_at_start", "picked_starving",
                  "preemptions", "preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why",
@@ -188,3 +195,31 @@ class Preempter:
         log.info("%s: preempted job %s queued to resume from its checkpoint", config_key, job_id)
         return True
 
+
+
+# -- worker side ----------------------------------------------------------------------------------
+def stop_reason(cancel_requested: object, preempt_requested_at: object) -> str | None:
+    """What the job record asks of its running attempt: 'cancelled' (wins), 'preempted' or nothing."""
+    if cancel_requested:
+        return CANCELLED_STOP
+    return PREEMPTED_STOP if preempt_requested_at else None
+
+
+def lost_gpu_hours(checkpoint_mtime: float | None, attempt_started_at: float, stopped_at: float,
+                   gpus: int = 1) -> float:
+    """GPU-hours the preemption cost: this attempt's work after its newest checkpoint (all of it
+    without one). A trainer that saves on the signal (the reference trainer) loses ~nothing."""
+    since = max(checkpoint_mtime or attempt_started_at, attempt_started_at)
+    return max(0.0, stopped_at - since) / 3600.0 * gpus
+
+
+def record_preempted(conn: redis.Redis, keys: Keys, stream_maxlen: int, job_id: str, config_key: str,
+                     fence: int | None, node: str, attempt: int, epoch: int, lost_hours: float,
+                     board_type: str = "", num_players: str = "") -> str:
+    """End an attempt that yielded on request: "recorded", "fenced" (another attempt holds the job:
+    nothing changed) or "not_running" (ended elsewhere)."""
+    args = [stream_maxlen, job_id, config_key, "" if fence is None else fence, node, attempt, epoch,
+            f"{lost_hours:.6f}", csv_from(PREEMPTED), board_type, num_players]
+    result = script(conn, "job_preempted.lua")(
+        keys=[keys.job(job_id), keys.events, keys.config(config_key)], args=args)
+    return {0: "not_running", 1: "recorded", 2: "fenced"}[int(result)]

@@ -128,3 +128,35 @@ def test_dispatch_fields_and_the_priorities_view(orch, fake_conn, keys):
     console.print(priorities_table([p], orch.settings.scheduler))
     text = console.export_text()
     assert "value_per_gpu_hour" in text and "h waiting" in text and "starving" in text
+
+
+def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempter, fake_conn, keys):
+    from coordinator.preempting import lost_gpu_hours, record_preempted, stop_reason
+
+    job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
+    waiting_config(orch, "square8_2p", waited_h=20)
+    assert stop_reason(None, None) is None
+    assert preempter.tick(free_slots=0) == [job_id]
+    record = fake_conn.hmget(keys.job(job_id), "cancel_requested", "preempt_requested_at")
+    assert stop_reason(*record) == "preempted" and stop_reason(b"1", record[1]) == "cancelled"  # cancel wins
+    assert lost_gpu_hours(None, 100.0, 100.0 + 1800) == pytest.approx(0.5)  # no checkpoint: the whole attempt
+    assert lost_gpu_hours(100.0 + 1700, 100.0, 100.0 + 1800) == pytest.approx(100 / 3600)
+    args = (fake_conn, keys, 1000, job_id, "hexagonal_2p")
+    assert record_preempted(*args, lease.fence + 1, "node-a", 1, 7, 0.0) == "fenced"  # another attempt's
+    assert fake_conn.hget(keys.job(job_id), "state") == b"running"
+    assert record_preempted(*args, lease.fence, "node-a", 1, 7, 0.25, "hexagonal", "2") == "recorded"
+    assert record_preempted(*args, lease.fence, "node-a", 1, 7, 0.25) == "not_running"  # once
+    job = {k.decode(): v.decode() for k, v in fake_conn.hgetall(keys.job(job_id)).items()}
+    assert job["state"] == PREEMPTED and job["preemptions"] == "1" and job["epoch_reached"] == "7"
+    assert "preempt_requested_at" not in job and pending(fake_conn, keys) == []
+    cfg = fake_conn.hgetall(keys.config("hexagonal_2p"))
+    assert cfg[b"preempted_job"].decode() == job_id and float(cfg[b"waiting_since"]) > time.time() - 60
+    assert fake_conn.hget(keys.active, "hexagonal_2p").decode() == job_id  # kept while it waits
+    [(_, event)] = [e for e in fake_conn.xrange(keys.events) if e[1][b"type"] == b"TRAINING_PREEMPTED"]
+    assert (event[b"job_id"].decode(), event[b"preempted_for"], event[b"epoch"], event[b"kind"]) == (
+        job_id, b"square8_2p", b"7", WAIT.encode())
+    assert float(event[b"lost_gpu_hours"]) == 0.25
+    orch.scheduler.rescore()
+    [p] = [p for p in orch.scheduler.ranked() if p.config_key == "hexagonal_2p"]
+    assert p.eligible and not p.starving  # competes again, waiting from now
+    assert preempter.busy_slots() == 0 and preempter.resume("hexagonal_2p", job_id)
