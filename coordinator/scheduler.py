@@ -364,6 +364,26 @@ class TrainingScheduler:
             pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
             pipe.execute()
 
+    def record_evaluation(self, config_key: str, elo: float, at: float, model_path: str | None = None) -> float | None:
+        """An EVALUATION_COMPLETED: its point joins the Elo window; when it evaluates a model other than
+        the config's previous evaluation (`model_path`), the Elo it gained over that one joins the
+        gains (the cost factor's returns). The previously evaluated model stands for the parent: with
+        warm start each training starts from the newest published model. Returns the gain, if any."""
+        previous_model, previous_elo = (v.decode() if v else None for v in self.conn.hmget(
+            self.keys.config(config_key), "eval_model", "eval_elo"))
+        gain = None
+        if model_path and previous_model and previous_elo and model_path != previous_model:
+            gain = elo - float(previous_elo)
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}")
+            pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
+            if model_path:
+                pipe.hset(self.keys.config(config_key), mapping={"eval_model": model_path, "eval_elo": repr(elo)})
+            if gain is not None:
+                self.record_elo_gain(config_key, gain, pipe)
+            pipe.execute()
+        return gain
+
     def record_training_cost(self, config_key: str, gpu_hours: float,
                              pipe: redis.client.Pipeline | None = None) -> None:
         """Append a finished training's GPU-hours (kept to `cost.duration_window`); adds to `pipe`

@@ -353,3 +353,13 @@ def test_rescore_reads_every_field_the_inputs_use():
     raw = Recorder()
     ConfigInputs.from_hash("hex8_2p", raw, None, [])
     assert raw.asked and raw.asked <= set(INPUT_FIELDS)
+
+
+def test_an_evaluation_of_a_new_model_adds_its_gain_over_the_previous_one(fake_conn, keys):
+    scheduler = TrainingScheduler(fake_conn, keys, S, clock=lambda: NOW)
+    assert scheduler.record_evaluation("hex8_2p", 1000.0, NOW - 3 * HOUR, "/m/a.pt") is None  # first: no parent
+    assert scheduler.record_evaluation("hex8_2p", 1010.0, NOW - 2 * HOUR, "/m/a.pt") is None  # same model again
+    assert scheduler.record_evaluation("hex8_2p", 1060.0, NOW - HOUR, "/m/b.pt") == pytest.approx(50.0)
+    assert scheduler.record_evaluation("hex8_2p", 1050.0, NOW, None) is None  # no model named: window only
+    assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [50.0]
+    assert fake_conn.llen(keys.elo("hex8_2p")) == 4
