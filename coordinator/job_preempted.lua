@@ -1,5 +1,6 @@
 -- An attempt that yielded its GPU on request ends: running -> preempted, not a failure (no retry or
--- breaker count). The config waits again from now (`waiting_since`) with this job as its
+-- breaker count). The attempt's hours are added to the job's `yielded_gpu_hours` (what its completion
+-- adds to the config's training GPU-hours). The config waits again from now (`waiting_since`) with this job as its
 -- `preempted_job` (its active-job entry stays: the job resumes when the config is picked again).
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] the job's config hash
 -- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] this attempt's fencing
@@ -24,6 +25,8 @@ end
 local req = redis.call('HMGET', KEYS[1], 'preempt_for', 'preempt_kind', 'preempt_requested_at')
 local count = redis.call('HINCRBY', KEYS[1], 'preemptions', 1)
 local lost = redis.call('HINCRBYFLOAT', KEYS[1], 'preempted_gpu_hours', ARGV[8])
+local started = tonumber(redis.call('HGET', KEYS[1], 'started_at') or '') or tonumber(now_s)
+redis.call('HINCRBYFLOAT', KEYS[1], 'yielded_gpu_hours', math.max(0, tonumber(now_s) - started) / 3600)
 redis.call('HSET', KEYS[1], 'state', 'preempted', 'preempted_at', now_s, 'updated_at', now_s,
   'epoch_reached', ARGV[7])
 redis.call('HDEL', KEYS[1], 'preempt_requested_at', 'preempt_fence')

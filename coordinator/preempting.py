@@ -5,7 +5,7 @@ carries out what it decides:
 
 - `running_jobs`: the attempts holding GPU slots, as `RunningJob`s, from their job records
   (`started_at`, `fence`, `preemptions`, a pending request, the newest epoch as its checkpoint,
-  and `score_at_start` / `picked_starving` that dispatch writes with `dispatch_fields`).
+  and `score_at_start` / `picked_starving` that dispatch writes with `Preempter.mark_dispatch`).
 - `candidates`: the eligible configs of the scheduler's ranking, best first.
 - `Preempter.tick(free_slots)`: reads both, decides, and asks each chosen job to yield with
   `job_preempt_request.lua` (only a running attempt with the same fencing token and no pending
@@ -56,10 +56,16 @@ RECORD_FIELDS = ("state", "config_key", "node", "started_at", "fence", "score_at
 SLOT_STATES = frozenset({"leased", RUNNING})  # attempts that hold a GPU slot
 
 
-def dispatch_fields(p: Priority) -> dict[str, str]:
-    """What dispatch writes on a job record when its config is picked: the value a later preemption
-    compares against, and whether it was picked as starving (never preempted for value then)."""
-    return {"score_at_start": f"{p.rest + p.contributions['curriculum']:.6f}", "picked_starving": str(int(p.starving))}
+def dispatch_fields(rest: object, curriculum: object, starving: object) -> dict[str, str]:
+    """What dispatch writes on a job record when its config is picked, from the config's stored
+    explanation (`rest`, `c_curriculum`, `starving`): the value a later preemption compares against,
+    and whether it was picked as starving (never preempted for value then)."""
+    value = float(_text(rest) or 0) + float(_text(curriculum) or 0)
+    return {"score_at_start": f"{value:.6f}", "picked_starving": "1" if _text(starving) == "1" else "0"}
+
+
+def _text(value: object) -> str | None:
+    return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
 
 
 @dataclass(frozen=True)
@@ -166,6 +172,19 @@ class Preempter:
                 asked.append(p.job_id)
                 log.info("%s: job %s asked to yield its GPU to %s (%s)", p.config_key, p.job_id, p.for_config, p.why)
         return asked
+
+    def mark_dispatch(self, config_key: str, job_id: str) -> None:
+        """Dispatch picked `config_key` for `job_id` (new or resumed): its value and starving flag on
+        the record (call before the config is rescored as taken), and its wait is over."""
+        stored = self.conn.hmget(self.keys.config(config_key), "rest", "c_curriculum", "starving")
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(job_id), mapping=dispatch_fields(*stored))
+            pipe.hdel(self.keys.config(config_key), "waiting_since")
+            pipe.execute()
+
+    def preempted_job(self, config_key: str) -> str | None:
+        """The config's job waiting in state preempted, if any (dispatch resumes it)."""
+        return _text(self.conn.hget(self.keys.config(config_key), "preempted_job"))
 
     def busy_slots(self) -> int:
         """Active jobs that hold or wait for a slot: a preempted job keeps its config's active entry

@@ -117,11 +117,14 @@ def test_a_preempted_job_resumes_under_its_id_and_frees_its_slot_meanwhile(orch,
     assert not preempter.resume("hexagonal_2p", job_id)  # once
 
 
-def test_dispatch_fields_and_the_priorities_view(orch, fake_conn, keys):
+def test_dispatch_marks_the_job_and_ends_the_wait_and_the_priorities_view(orch, preempter, fake_conn, keys):
     waiting_config(orch, "square8_2p", waited_h=20)
     [p] = orch.scheduler.ranked()
-    assert dispatch_fields(p) == {"score_at_start": f"{p.rest + p.contributions['curriculum']:.6f}",
-                                  "picked_starving": "1"}
+    assert dispatch_fields(b"1.5", b"0.25", b"1") == {"score_at_start": "1.750000", "picked_starving": "1"}
+    preempter.mark_dispatch("square8_2p", "job-x")
+    assert fake_conn.hmget(keys.job("job-x"), "score_at_start", "picked_starving") == [
+        f"{p.rest + p.contributions['curriculum']:.6f}".encode(), b"1"]
+    assert fake_conn.hget(keys.config("square8_2p"), "waiting_since") is None
     from rich.console import Console
 
     console = Console(width=400, record=True)
@@ -148,6 +151,7 @@ def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempt
     assert record_preempted(*args, lease.fence, "node-a", 1, 7, 0.25) == "not_running"  # once
     job = {k.decode(): v.decode() for k, v in fake_conn.hgetall(keys.job(job_id)).items()}
     assert job["state"] == PREEMPTED and job["preemptions"] == "1" and job["epoch_reached"] == "7"
+    assert float(job["yielded_gpu_hours"]) == pytest.approx(3.0, abs=0.01)  # the attempt ran 3 h
     assert "preempt_requested_at" not in job and pending(fake_conn, keys) == []
     cfg = fake_conn.hgetall(keys.config("hexagonal_2p"))
     assert cfg[b"preempted_job"].decode() == job_id and float(cfg[b"waiting_since"]) > time.time() - 60
