@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import types
 import typing
@@ -19,6 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from coordinator.errors import ConfigError
+from workers.checkpoints import checkpoint_pattern_problems
+from workers.trainer_command import DEFAULT_COMMAND, template_problems
+from workers.trainer_output import pattern_problems
 
 DEFAULT_CONFIG_PATH = Path("config/distributed_hosts.yaml")
 CONFIG_ENV = "RINGRIFT_CONFIG"
@@ -32,13 +36,33 @@ class RedisSettings:
 
 
 @dataclass(frozen=True)
+class TrainerOverride:
+    """`training.per_config.<config_key>`: what differs for one config (unset: the section's value)."""
+
+    command: tuple[str, ...] | None = None
+    warm_start: bool | None = None
+
+
+@dataclass(frozen=True)
 class TrainingSettings:
     default_epochs: int = 50
     batch_size: int = 512
     learning_rate: float = 0.001
     early_stopping_patience: int = 5
-    # Argument list (never a shell string); "{python}" becomes the worker's own interpreter.
-    command: tuple[str, ...] = ("{python}", "-m", "workers.train")
+    # Argument template (never a shell string) with placeholders (workers/trainer_command.py);
+    # "{python}" alone: the reference trainer's arguments are appended (the built-in default).
+    command: tuple[str, ...] = DEFAULT_COMMAND
+    # Regular expressions for progress lines on stdout or stderr (JSON lines are always read),
+    # and for the summary line (workers/trainer_output.py).
+    progress_patterns: tuple[str, ...] = ()
+    summary_pattern: str | None = None
+    # Checkpoint file name with one {epoch} (workers/checkpoints.py); unset: the reference trainer's.
+    checkpoint_pattern: str | None = None
+    # The trainer's working directory (unset: the worker's).
+    working_dir: str | None = None
+    # Each job starts from its config's newest published model ({init_weights}).
+    warm_start: bool = True
+    per_config: Mapping[str, TrainerOverride] = field(default_factory=dict)
     timeout_s: int = 6 * 3600
     # Where each job's output directory is created (shared storage on a real cluster).
     models_root: str = "models"
@@ -53,6 +77,14 @@ class TrainingSettings:
     kill_grace_s: int = 30
     # Records of jobs that ended are deleted this many days after they were created (0: kept).
     job_retention_days: float = 30.0
+
+    def command_for(self, config_key: str) -> tuple[str, ...]:
+        override = self.per_config.get(config_key)
+        return override.command if override and override.command is not None else self.command
+
+    def warm_start_for(self, config_key: str) -> bool:
+        override = self.per_config.get(config_key)
+        return override.warm_start if override and override.warm_start is not None else self.warm_start
 
 
 @dataclass(frozen=True)
@@ -268,7 +300,7 @@ def _rebuild(default: Any, values: Mapping[str, Any]) -> Any:
 
 
 # Lists that may be empty.
-_MAY_BE_EMPTY = {"data_roots"}
+_MAY_BE_EMPTY = {"data_roots", "progress_patterns"}
 # Fields that may be zero; every other number must be strictly positive.
 _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "freshness", "elo_velocity",
                 "min_new_samples", "prefetch", "infrastructure", "trainer", "job_retention_days",
@@ -311,6 +343,8 @@ def parse_settings(raw: Any, source: str = "<dict>") -> Settings:
     confinement = data_roots_problem(Settings(**values))
     if confinement:
         problems.append(confinement)
+    if isinstance(values.get("training"), TrainingSettings):
+        problems += trainer_problems(values["training"])
     if problems:
         raise ConfigError(source, problems)
     return Settings(**values, source=source)
@@ -326,6 +360,19 @@ def data_roots_problem(settings: Settings) -> str | None:
     return ("training.data_roots: empty or missing, so an export could name any absolute path; list the "
             "directories exporters write under (e.g. data_roots: [/data/training]), or allow any path on "
             "purpose with data_roots: [\"/\"]")
+
+
+def trainer_problems(t: TrainingSettings) -> list[str]:
+    """What is wrong with the trainer settings (templates, patterns), each naming its key."""
+    problems = [f"training.command: {p}" for p in template_problems(t.command)]
+    for key, override in t.per_config.items():
+        if override.command is not None:
+            problems += [f"training.per_config.{key}.command: {p}" for p in template_problems(override.command)]
+    problems += [f"training.progress_patterns/summary_pattern: {p}"
+                 for p in pattern_problems(t.progress_patterns, t.summary_pattern)]
+    if t.checkpoint_pattern is not None:
+        problems += [f"training.checkpoint_pattern: {p}" for p in checkpoint_pattern_problems(t.checkpoint_pattern)]
+    return problems
 
 
 def _parse_dataclass(cls: type, raw: Any, where: str, problems: list[str], skip: set[str] = frozenset()) -> dict:
@@ -364,9 +411,12 @@ def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
         problems.append(f"{key}: expected {what}, got {_describe(value)}")
         return None
     if origin in (Mapping, dict, typing.Mapping) or hint is Mapping:
+        item = typing.get_args(hint)[1] if typing.get_args(hint) else None
+        if is_dataclass(item):
+            return _parse_per_config(item, value, key, problems)
         return _parse_hosts(value, key, problems)
-    if origin in (typing.Union, types.UnionType):
-        hint = typing.get_args(hint)[0]
+    if origin in (typing.Union, types.UnionType):  # `X | None`: None is the default, never written
+        return _parse_value(typing.get_args(hint)[0], value, key, problems)
     return _parse_scalar(hint, value, key, problems)
 
 
@@ -409,6 +459,25 @@ def _parse_hosts(value: Any, key: str, problems: list[str]) -> dict[str, int]:
         else:
             problems.append(f"{key}.{node}: expected a number of GPUs (integer > 0), got {_describe(gpus)}")
     return hosts
+
+
+def _parse_per_config(item: type, value: Any, key: str, problems: list[str]) -> dict[str, Any]:
+    """config key (`<board>_<players>p`) -> `item` (a settings dataclass)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a mapping of config key (e.g. hex8_2p) to settings, got {_describe(value)}")
+        return {}
+    parsed = {}
+    for name, raw in value.items():
+        if not (isinstance(name, str) and _CONFIG_KEY.fullmatch(name)):
+            problems.append(f"{key}.{name}: not a config key of the form <board_type>_<players>p")
+            continue
+        parsed[name] = _parse_value(item, raw, f"{key}.{name}", problems)
+    return parsed
+
+
+_CONFIG_KEY = re.compile(r"[a-z0-9]+_[2-9]p")
 
 
 def redact_url(url: str) -> str:

@@ -6,12 +6,14 @@
 -- On success the new samples the job covered are taken off the config's count.
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] config hash
 -- KEYS[5] the config's fencing counter   KEYS[6] delayed-job zset (retries wait there)
+-- KEYS[7] the config's published models (list, newest first)
 -- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] final state
 -- ARGV[5] this attempt's fencing token ('' when run without a lease)   ARGV[6] node   ARGV[7] attempt
--- ARGV[8] n_job: field/value pairs for the job hash      (from ARGV[13])
+-- ARGV[8] n_job: field/value pairs for the job hash      (from ARGV[15])
 -- ARGV[9] n_cfg: field/value pairs for the config hash   (after the job's)
 -- ARGV[10] n_evt: field/value pairs of the event, `type` included (after the config's)
 -- ARGV[11] allowed "from" states, comma-separated   ARGV[12] unix time of the retry ('' : none)
+-- ARGV[13] the model a completed attempt publishes ('' : none)   ARGV[14] models kept on KEYS[7]
 -- Returns 1 when recorded, 2 when fenced or stale, 0 when the job was not running (ended elsewhere).
 local function release_active()
   if redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
@@ -27,7 +29,7 @@ end
 
 local now = redis.call('TIME')
 local now_s = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-local job, next_i = pairs_from(13, tonumber(ARGV[8]))
+local job, next_i = pairs_from(15, tonumber(ARGV[8]))
 local cfg, evt_i = pairs_from(next_i, tonumber(ARGV[9]))
 local evt = pairs_from(evt_i, tonumber(ARGV[10]))
 local mine = ARGV[5]
@@ -69,6 +71,10 @@ if ARGV[4] == 'complete' then
   local covered = tonumber(redis.call('HGET', KEYS[1], 'covered_samples') or '0')
   local left = tonumber(redis.call('HGET', KEYS[4], 'new_samples') or '0') - covered
   redis.call('HSET', KEYS[4], 'new_samples', math.max(left, 0))
+  if ARGV[13] ~= '' then
+    redis.call('LPUSH', KEYS[7], ARGV[13])
+    redis.call('LTRIM', KEYS[7], 0, tonumber(ARGV[14]) - 1)
+  end
 end
 if #cfg > 0 then
   redis.call('HSET', KEYS[4], unpack(cfg))

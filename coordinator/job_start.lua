@@ -3,6 +3,7 @@
 -- ARGV[1] stream max length   ARGV[2] now (unix s)     ARGV[3] job id
 -- ARGV[4] node                ARGV[5] worker name      ARGV[6] fencing token ('' without a lease)
 -- ARGV[7] allowed "from" states, comma-separated       ARGV[8] epoch it resumes from (0: fresh)
+-- ARGV[9] the model it starts from (warm start; '' : none), the job's `parent_model`
 -- Returns {1, attempt} when taken, {0, current state} when the job may not start.
 local state = redis.call('HGET', KEYS[1], 'state') or ''
 local ok = false
@@ -17,12 +18,12 @@ local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 local covered = redis.call('HGET', KEYS[3], 'new_samples') or '0'
 redis.call('HSET', KEYS[1], 'state', 'leased', 'node', ARGV[4], 'worker', ARGV[5],
   'started_at', ARGV[2], 'updated_at', ARGV[2], 'covered_samples', covered, 'fence', ARGV[6],
-  'resumed_epoch', ARGV[8])
+  'resumed_epoch', ARGV[8], 'parent_model', ARGV[9])
 local config_key = redis.call('HGET', KEYS[1], 'config_key')
-local epochs = redis.call('HGET', KEYS[1], 'epochs')
+local job = redis.call('HMGET', KEYS[1], 'epochs', 'board_type', 'num_players')
 local source = redis.call('HGET', KEYS[1], 'source_event') or ''  -- the export behind it (latency)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_STARTED',
-  'job_id', ARGV[3], 'config_key', config_key, 'node', ARGV[4], 'worker', ARGV[5],
-  'attempt', attempt, 'total_epochs', epochs, 'fence', ARGV[6], 'resumed_epoch', ARGV[8],
-  'source_event', source)
+  'job_id', ARGV[3], 'config_key', config_key, 'board_type', job[2] or '', 'num_players', job[3] or '',
+  'node', ARGV[4], 'worker', ARGV[5], 'attempt', attempt, 'total_epochs', job[1] or '', 'fence', ARGV[6],
+  'resumed_epoch', ARGV[8], 'init_weights', ARGV[9], 'source_event', source)
 return {1, attempt}

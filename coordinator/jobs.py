@@ -56,6 +56,9 @@ RQ_RESULT_TTL_S = 7 * 24 * 3600
 # RQ's own timeout is a backstop behind the worker's: trainer timeout + grace + this.
 RQ_TIMEOUT_MARGIN_S = 300
 RUN_TRAINING = "workers.tasks.run_training"
+# Published models kept per config (`Keys.models`): warm start falls back to an earlier one whose
+# file still exists.
+MODELS_KEPT = 5
 T = TypeVar("T")
 
 
@@ -227,7 +230,8 @@ class JobStore:
             with self.conn.pipeline(transaction=False) as reads:
                 reads.hget(self.keys.active, ck)
                 reads.hmget(config_key, CREATE_FIELDS)
-                active, values = reads.execute()
+                reads.lrange(self.keys.models(ck), 0, -1)
+                active, values, models = reads.execute()
             current = _text(active)
             if current:
                 return SubmitResult(current, "exists")
@@ -236,7 +240,8 @@ class JobStore:
                 raise JobError(ck, "no export recorded for this config")
             job_id, now = new_job_id(ck), time.time()
             pipe.multi()
-            self._create(pipe, settings, cfg, ck, params, job_id, now)
+            parents = [m.decode() for m in models] if settings.training.warm_start_for(ck) else []
+            self._create(pipe, settings, cfg, ck, params, job_id, now, parents)
             pipe.execute()
             return SubmitResult(job_id, "created")
 
@@ -250,8 +255,10 @@ class JobStore:
 
     def _create(
         self, pipe: redis.client.Pipeline, settings: Settings, cfg: dict[str, str], ck: str,
-        params: TrainingParams, job_id: str, now: float,
+        params: TrainingParams, job_id: str, now: float, parents: list[str],
     ) -> None:
+        """`parents`: the config's published models, newest first; the worker starts from the newest
+        whose file exists (warm start; empty: from scratch)."""
         t = settings.training
         output_dir = Path(t.models_root).expanduser().resolve() / ck / job_id
         record = {
@@ -260,7 +267,10 @@ class JobStore:
             "npz_path": cfg["npz_path"], "samples": cfg.get("samples", 0), "data_version": cfg.get("data_version", 0),
             "epochs": params.epochs, "batch_size": params.batch_size,
             "learning_rate": params.learning_rate, "early_stopping_patience": params.early_stopping_patience,
-            "output_dir": str(output_dir), "command": json.dumps(list(t.command)),
+            "output_dir": str(output_dir), "command": json.dumps(list(t.command_for(ck))),
+            "progress_patterns": json.dumps(list(t.progress_patterns)), "summary_pattern": t.summary_pattern or "",
+            "checkpoint_pattern": t.checkpoint_pattern or "", "working_dir": t.working_dir or "",
+            "warm_start_from": json.dumps(parents),
             "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
             "check_npz": int(t.check_npz),
             "attempts": 0, "created_at": now, "updated_at": now,
@@ -293,12 +303,13 @@ class JobStore:
 
     # -- worker side ----------------------------------------------------------------------------
     def start(self, job_id: str, config_key: str, node: str, worker: str, fence: int | None = None,
-              resumed_epoch: int = 0) -> int | None:
-        """queued -> leased; returns the attempt number, or None when the job may not start."""
+              resumed_epoch: int = 0, init_weights: str | None = None) -> int | None:
+        """queued -> leased; returns the attempt number, or None when the job may not start.
+        `init_weights`: the model it starts from (its `parent_model`), None from scratch."""
         started, value = self._start(
             keys=[self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
             args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker, "" if fence is None else fence,
-                  csv_from(LEASED), resumed_epoch],
+                  csv_from(LEASED), resumed_epoch, init_weights or ""],
         )
         return int(value) if started else None
 
@@ -326,10 +337,13 @@ class JobStore:
         ("requested": the worker stops the trainer within seconds); "ended" when already final.
         Its config then waits for a newer export before it is scheduled again. One script
         (`job_cancel.lua`): a crash leaves either nothing done or all of it."""
-        config_key = _text(self.conn.hget(self.keys.job(job_id), "config_key"))  # never changes
+        # These never change.
+        config_key, board_type, num_players = (_text(v) for v in self.conn.hmget(
+            self.keys.job(job_id), "config_key", "board_type", "num_players"))
         if config_key is None:
             raise JobError(job_id, "no such job")
-        evt = encode_fields(TRAINING_CANCELLED, {"job_id": job_id, "config_key": config_key})
+        evt = encode_fields(TRAINING_CANCELLED, {"job_id": job_id, "config_key": config_key,
+                                                 "board_type": board_type or "", "num_players": num_players or ""})
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs,
                 self.keys.config(config_key), Queue(TRAINING_QUEUE, connection=self.conn).key]
         args: list[Any] = [self.stream_maxlen, job_id, config_key, repr(time.time()), CANCELLED,
@@ -351,9 +365,10 @@ class JobStore:
             pipe.execute()
 
     def finish(self, job_id: str, config_key: str, state: str, outcome: Outcome,
-               retry_at: float | None = None) -> str:
+               retry_at: float | None = None, model: str | None = None) -> str:
         """End an attempt: "recorded", "fenced" (a newer lease or attempt exists: nothing published,
-        only the event) or "not_running" (the job was ended elsewhere)."""
+        only the event) or "not_running" (the job was ended elsewhere). `model`: the model a
+        completed attempt publishes (first on the config's `Keys.models`, if recorded)."""
         if state not in FINAL_STATES | {RETRYING}:
             raise JobError(job_id, f"cannot finish in state {state!r}")
         job = _strings(outcome.job_fields)
@@ -363,12 +378,12 @@ class JobStore:
         fence = "" if outcome.fence is None else outcome.fence
         args: list[Any] = [self.stream_maxlen, job_id, config_key, state, fence, outcome.node, outcome.attempt,
                            len(job), len(cfg), len(evt), csv_from(state),
-                           "" if retry_at is None else f"{retry_at:.3f}"]
+                           "" if retry_at is None else f"{retry_at:.3f}", model or "", MODELS_KEPT]
         for mapping in (job, cfg, evt):
             for key, value in mapping.items():
                 args.extend((key, value))
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key),
-                self.keys.fence(config_key), self.keys.delayed_jobs]
+                self.keys.fence(config_key), self.keys.delayed_jobs, self.keys.models(config_key)]
         return {0: "not_running", 1: "recorded", 2: "fenced"}[int(self._finish(keys=keys, args=args))]
 
 def _text(value: bytes | None) -> str | None:

@@ -3,7 +3,8 @@
 | class          | reasons                                             | retried                 |
 |----------------|-----------------------------------------------------|-------------------------|
 | infrastructure | lease_lost, worker_lost, redis_error, worker_error  | up to `infrastructure`  |
-| trainer        | trainer_error (non-zero exit), timeout              | up to `trainer` (fewer) |
+| trainer        | trainer_error (non-zero exit), timeout, no_model    | up to `trainer` (fewer) |
+|                | (exit 0 without a model file at `{model_path}`)     |                         |
 | poison         | missing_input, bad_input (trainer exit 2), invalid  | never                   |
 
 The wait before retry n of a class is min(backoff_max_s, backoff_base_s * 2^(n-1)), times a
@@ -21,7 +22,7 @@ INFRASTRUCTURE, TRAINER, POISON = "infrastructure", "trainer", "poison"
 REASON_CLASS = {
     "lease_lost": INFRASTRUCTURE, "worker_lost": INFRASTRUCTURE, "redis_error": INFRASTRUCTURE,
     "worker_error": INFRASTRUCTURE,
-    "trainer_error": TRAINER, "timeout": TRAINER,
+    "trainer_error": TRAINER, "timeout": TRAINER, "no_model": TRAINER,
     "missing_input": POISON, "bad_input": POISON, "invalid_config": POISON,
 }
 # The trainer's exit status for bad input or bad arguments (argparse uses 2 as well).

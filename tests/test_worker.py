@@ -2,6 +2,7 @@
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from rq import Queue, SimpleWorker
@@ -10,7 +11,7 @@ from rq.job import Job
 from coordinator import TrainingOrchestrator
 from coordinator.events import decode_entry
 from coordinator.keys import TRAINING_QUEUE
-from workers.trainer_process import build_argv
+from workers.trainer_command import attempt_paths, build_argv, record_values
 
 STUB = ("{python}", "-m", "workers.stub_train")
 
@@ -91,13 +92,14 @@ def test_trainer_past_its_timeout_is_stopped(fake_conn, make_settings, tmp_path)
 def test_argv_is_a_list_with_the_workers_python(fake_conn, make_settings, tmp_path):
     orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
     job_id = orch.submit_training_sync("square19", 3, "/data/x y.npz", learning_rate=0.01)
-    argv = build_argv(orch.jobs.get(job_id), "/models/out")
+    record = orch.jobs.get(job_id)
+    argv = build_argv(json.loads(record["command"]), record_values(record, attempt_paths("/models/out", 1), 1))
     assert argv[:3] == [sys.executable, "-m", "workers.train"]
     pairs = dict(zip(argv[3::2], argv[4::2]))
     assert pairs["--data"] == "/data/x y.npz"  # one argument, no shell splitting
     assert pairs["--board-type"] == "square19" and pairs["--num-players"] == "3"
     assert pairs["--learning-rate"] == "0.01" and pairs["--epochs"] == "3"
-    assert pairs["--output-dir"] == "/models/out"
+    assert pairs["--output-dir"] == "/models/out/attempt-1"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux-only")
@@ -189,3 +191,50 @@ def test_training_worker_registers_its_node(fake_conn, monkeypatch):
     worker = TrainingWorker([Queue(TRAINING_QUEUE, connection=fake_conn)], connection=fake_conn, name="w1")
     worker.register_birth()
     assert fake_conn.hget(worker.key, WORKER_NODE_FIELD) == b"gpu-node-3"
+
+
+def _two_rounds(conn, make_settings, tmp_path, between=lambda first: None, **training):
+    first, _ = run_one_job(conn, make_settings, tmp_path, command=STUB, **training)
+    between(first)
+    second, events = run_one_job(conn, make_settings, tmp_path, command=STUB, **training)
+    return first, second, [e for e in events if e.fields.get("job_id") == second["job_id"]]
+
+
+def test_second_training_of_a_config_starts_from_the_firsts_model(fake_conn, make_settings, tmp_path):
+    first, second, events = _two_rounds(fake_conn, make_settings, tmp_path)
+    assert first["state"] == second["state"] == "complete"
+    assert first["parent_model"] == ""  # a config's first training starts from scratch
+    assert second["parent_model"] == first["model_path"]
+    started, complete = events[0], events[-1]
+    assert started.type == "TRAINING_STARTED" and started.fields["init_weights"] == first["model_path"]
+    assert json.loads(Path(second["model_path"]).read_text())["init_weights"] == first["model_path"]
+    assert complete.type == "TRAINING_COMPLETE"
+    assert complete.fields["parent_model"] == first["model_path"]
+    assert (complete.fields["data_version"], complete.fields["samples"]) == (second["data_version"], "10")
+    for event in events:  # every lifecycle event names the board and players beside the config
+        assert (event.fields["board_type"], event.fields["num_players"]) == ("hex8", "2"), event.type
+
+
+def test_warm_start_falls_back_to_an_earlier_model_whose_file_exists(fake_conn, make_settings, tmp_path):
+    first, second, _ = _two_rounds(fake_conn, make_settings, tmp_path)
+    Path(second["model_path"]).unlink()  # the newest model is gone
+    third, events = run_one_job(fake_conn, make_settings, tmp_path)
+    assert third["parent_model"] == first["model_path"]
+    for record in (first, third):
+        Path(record["model_path"]).unlink()
+    fourth, _ = run_one_job(fake_conn, make_settings, tmp_path)  # none left: from scratch
+    assert fourth["state"] == "complete" and fourth["parent_model"] == ""
+
+
+def test_warm_start_off_for_one_config(fake_conn, make_settings, tmp_path):
+    from coordinator.config import TrainerOverride
+
+    _, second, events = _two_rounds(fake_conn, make_settings, tmp_path,
+                                    per_config={"hex8_2p": TrainerOverride(warm_start=False)})
+    assert second["parent_model"] == "" and events[0].fields["init_weights"] == ""
+
+
+def test_exit_0_without_a_model_is_no_model(fake_conn, make_settings, tmp_path):
+    record, events = run_one_job(fake_conn, make_settings, tmp_path, command=("{python}", "-c", "pass"))
+    assert (record["reason"], record["failure_class"]) == ("no_model", "trainer")
+    assert events[-1].fields["error"].endswith("attempt-1/model.pt")

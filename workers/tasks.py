@@ -24,6 +24,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,13 +43,14 @@ from coordinator.logs import for_job
 from coordinator.recovery import Recovery
 from coordinator.retry import BAD_INPUT_EXIT, decide
 from coordinator.scheduler import quality_block_until
-from workers.trainer_process import build_argv, run_trainer
+from workers.checkpoints import newest_checkpoint
+from workers.trainer_command import attempt_paths, build_argv, record_values
+from workers.trainer_output import OutputParser, result_figures
+from workers.trainer_process import TrainerResult, run_trainer
 
 log = logging.getLogger(__name__)
 NODE_ENV = "RINGRIFT_NODE"
 GPUS_ENV = "RINGRIFT_GPUS"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_INFO = "checkpoint.json"
 # How long the worker keeps trying to record an attempt's end while Redis is unreachable.
 FINISH_RETRY_S = 60.0
 
@@ -87,8 +89,9 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
         log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
     try:
-        resume, resumed_epoch = newest_checkpoint(Path(record["output_dir"]))
-        attempt = store.start(job_id, config_key, node, worker, fence=lease.fence, resumed_epoch=resumed_epoch)
+        resume, resumed_epoch = newest_checkpoint(record["output_dir"], record.get("checkpoint_pattern") or None)
+        attempt = store.start(job_id, config_key, node, worker, fence=lease.fence, resumed_epoch=resumed_epoch,
+                              init_weights=warm_start_model(record))
         if attempt is None:
             state = store.get(job_id).get("state")
             log.warning("job %s is %s, not queued: not running it", job_id, state)
@@ -126,21 +129,13 @@ def _hold_reason(conn: redis.Redis, keys: Keys, settings: Settings, breakers: Ci
     return ""
 
 
-def newest_checkpoint(output_dir: Path) -> tuple[str | None, int]:
-    """The newest epoch checkpoint any earlier attempt of the job left: (checkpoint path, epoch)."""
-    best: tuple[str | None, int] = (None, 0)
-    try:  # listdir, not glob: a glob compiles its pattern in every work horse (~0.5 ms a job)
-        attempts = [name for name in os.listdir(output_dir) if name.startswith("attempt-")]
-    except OSError:  # a first attempt: no directory yet
-        return best
-    for info in (output_dir / name / CHECKPOINT_INFO for name in attempts):
-        try:
-            epoch = int(json.loads(info.read_text())["epoch"])
-        except (OSError, ValueError, KeyError):
-            continue
-        if epoch > best[1] and (info.parent / "checkpoint.pt").exists():
-            best = (str(info.parent / "checkpoint.pt"), epoch)
-    return best
+def warm_start_model(record: Mapping[str, str]) -> str | None:
+    """The model a job starts from: the newest of its config's published models (as the job was
+    created) whose file still exists; None for none (first training, warm start off, all gone)."""
+    for path in json.loads(record.get("warm_start_from") or "[]"):
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 class TrainingRun:
@@ -165,7 +160,11 @@ class TrainingRun:
         self.started = time.monotonic()
         self.stop = threading.Event()
         # Each attempt writes its own directory: a stale attempt never overwrites a published model.
-        self.output_dir = Path(record["output_dir"]) / f"attempt-{attempt}"
+        self.paths = attempt_paths(record["output_dir"], attempt)
+        self.output_dir = self.paths.output_dir
+        self.parent_model = record.get("parent_model") or None  # set by store.start (warm start)
+        # Beside config_key on every event of the job (issue 15 point 5).
+        self.config_fields = {"board_type": record["board_type"], "num_players": record["num_players"]}
 
     def execute(self) -> dict[str, Any]:
         try:
@@ -195,13 +194,18 @@ class TrainingRun:
             except BadTrainingData as exc:  # before any GPU time: poison, never retried
                 self._fail("bad_input", str(exc), "")
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        values = record_values(self.record, self.paths, self.attempt, self.resume, self.parent_model)
         result = run_trainer(
-            build_argv(self.record, str(self.output_dir), self.resume),
+            build_argv(json.loads(self.record["command"]), values),
             timeout_s=float(self.record["timeout_s"]),
             kill_grace_s=float(self.record["kill_grace_s"]),
             on_progress=self._progress,
             stop=self.stop,
             on_start=self._mark_running,
+            parser=OutputParser(json.loads(self.record.get("progress_patterns") or "[]"),
+                                self.record.get("summary_pattern") or None),
+            model_path=self.paths.model_path,
+            cwd=self.record.get("working_dir") or None,
         )
         if keeper.lost_reason == "cancelled" and result.stopped:
             return self._cancelled()
@@ -213,7 +217,9 @@ class TrainingRun:
             self._fail("bad_input", "trainer rejected its input (exit status 2)", result.stderr_tail)
         if result.returncode != 0:
             self._fail("trainer_error", f"trainer exited with status {result.returncode}", result.stderr_tail)
-        return self._complete()
+        if result.model_missing:
+            self._fail("no_model", f"trainer exited 0 without writing {self.paths.model_path}", result.stderr_tail)
+        return self._complete(result)
 
     def _mark_running(self) -> None:
         """leased -> running once the trainer is up; a job moved on meanwhile (reaped, cancelled)
@@ -223,38 +229,39 @@ class TrainingRun:
             self.log.warning("job %s was no longer leased when its trainer started", self.job_id)
 
     def _progress(self, figures: dict[str, Any]) -> None:
-        keep = ("epoch", "total_epochs", "train_loss", "val_loss", "epoch_time_s")
-        shown = {k: figures[k] for k in keep if k in figures}
+        """One progress line's figures (every number it carries) on the record and the stream."""
+        shown = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         try:
-            self.store.progress(self.job_id, self.config_key, shown)
+            self.store.progress(self.job_id, self.config_key, {**self.config_fields, **shown})
             if self.rq_job is not None:  # what `rq info` and rq-dashboard show
                 self.rq_job.meta.update({"config_key": self.config_key, "attempt": self.attempt, **shown})
                 self.rq_job.save_meta()
         except redis.RedisError as exc:  # progress is best-effort; the lease keeper judges Redis loss
             self.log.warning("progress not recorded: %s", exc)
 
-    def _complete(self) -> dict[str, Any]:
-        metrics_path = self.output_dir / METRICS_FILE
-        try:
-            metrics = json.loads(metrics_path.read_text())
-        except (OSError, ValueError) as exc:
-            self._fail("trainer_error", f"trainer exited 0 but {metrics_path} is unreadable: {exc}", "")
-        history = metrics.get("history") or [{}]
+    def _complete(self, trainer: TrainerResult) -> dict[str, Any]:
+        figures = result_figures(self.output_dir, trainer.summary, trainer.history, self.paths.model_path)
+        history = figures["history"] or [{}]
+        model = str(figures["model_path"])
         result = {
-            "model_path": metrics["model_path"],
-            "epochs_completed": metrics["epochs_completed"],
-            "first_loss": history[0].get("train_loss"),
-            "final_loss": metrics["final_loss"],
+            "model_path": model,
+            "epochs_completed": figures.get("epochs_completed"),
+            "first_loss": figures.get("first_loss", history[0].get("train_loss")),
+            "final_loss": figures.get("final_loss"),
             "duration_s": round(time.monotonic() - self.started, 3),
+            # Lineage: what it started from and what it trained on.
+            "parent_model": self.parent_model or "",
+            "data_version": self.record.get("data_version", ""),
+            "samples": figures.get("samples", self.record.get("samples", "")),
         }
         outcome = self._outcome(
-            TRAINING_COMPLETE, {**result, "fence": self.lease.fence}, result,
-            config_fields={"latest_model": metrics["model_path"], "latest_job": self.job_id,
+            TRAINING_COMPLETE, {**result, "fence": self.lease.fence}, {**result, "history": json.dumps(history)},
+            config_fields={"latest_model": model, "latest_job": self.job_id,
                            "latest_fence": self.lease.fence, "last_trained_at": time.time(),
                            "trained_data_version": self.record.get("data_version")},
             payload={"history": history},
         )
-        if self._finish(COMPLETE, outcome) == "fenced":
+        if self._finish(COMPLETE, outcome, model=model) == "fenced":
             raise TrainingFailed(self.job_id, "fenced: a newer lease exists; result recorded as stale")
         self._breakers(success=True)
         return {"job_id": self.job_id, **result}
@@ -287,15 +294,16 @@ class TrainingRun:
 
     def _outcome(self, event_type: str, event_fields: dict[str, Any], job_fields: dict[str, Any],
                  **extra: Any) -> Outcome:
-        return Outcome(event_type, {**event_fields, "node": self.node, "attempt": self.attempt}, job_fields,
+        return Outcome(event_type, {**event_fields, **self.config_fields, "node": self.node, "attempt": self.attempt},
+                       job_fields,
                        node=self.node, attempt=self.attempt, fence=self.lease.fence, **extra)
 
-    def _finish(self, state: str, outcome: Outcome, retry_at: float | None = None) -> str:
+    def _finish(self, state: str, outcome: Outcome, retry_at: float | None = None, model: str | None = None) -> str:
         """Record the end, retrying while Redis is briefly away (past that, the reaper retries the job)."""
         deadline, delay = time.monotonic() + FINISH_RETRY_S, 0.2
         while True:
             try:
-                return self.store.finish(self.job_id, self.config_key, state, outcome, retry_at)
+                return self.store.finish(self.job_id, self.config_key, state, outcome, retry_at, model)
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     raise

@@ -14,19 +14,15 @@ workers/trainer_command.py).
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO, Any
 
-from workers.trainer_command import MODEL_FILE, AttemptPaths, record_values
-from workers.trainer_command import build_argv as fill_template
 from workers.trainer_output import OutputParser
 
 STDERR_TAIL_LINES = 40
@@ -43,16 +39,6 @@ class TrainerResult:
     model_missing: bool = False
     summary: dict[str, Any] = field(default_factory=dict)  # the summary line's figures
     history: tuple[dict[str, Any], ...] = ()  # every progress line's figures, in order
-
-
-def build_argv(record: Mapping[str, str], output_dir: str, resume: str | None = None,
-               init_weights: str | None = None) -> list[str]:
-    """The trainer's argument list for the attempt writing into `output_dir` (an `attempt-<n>`
-    directory of the job's), from the job record's command template; nothing passes through a shell."""
-    out = Path(output_dir)
-    paths = AttemptPaths(out, out, out / MODEL_FILE)
-    values = record_values(record, paths, int(record.get("attempts") or 0), resume, init_weights)
-    return fill_template(json.loads(record["command"]), values)
 
 
 def run_trainer(
