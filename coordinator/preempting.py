@@ -202,7 +202,10 @@ class Preempter:
             pipe.watch(job_key)
             state, npz_path, attempts, preemptions = (
                 v.decode() if v else None for v in pipe.hmget(job_key, "state", "npz_path", "attempts", "preemptions"))
-            if state != PREEMPTED:
+            if state != PREEMPTED:  # resumed or cancelled meanwhile: the config no longer waits on it
+                pipe.unwatch()
+                if _text(self.conn.hget(cfg_key, "preempted_job")) == job_id:
+                    self.conn.hdel(cfg_key, "preempted_job")
                 return False
             pipe.multi()
             pipe.hset(job_key, mapping={"state": QUEUED, "updated_at": f"{time.time():.3f}"})

@@ -115,6 +115,8 @@ def test_a_preempted_job_resumes_under_its_id_and_frees_its_slot_meanwhile(orch,
     assert fake_conn.hget(keys.config("hexagonal_2p"), "preempted_job") is None
     assert fake_conn.hget(keys.active, "hexagonal_2p").decode() == job_id
     assert not preempter.resume("hexagonal_2p", job_id)  # once
+    fake_conn.hset(keys.config("hexagonal_2p"), "preempted_job", job_id)  # left by a cancel meanwhile
+    assert not preempter.resume("hexagonal_2p", job_id) and preempter.preempted_job("hexagonal_2p") is None
 
 
 def test_dispatch_marks_the_job_and_ends_the_wait_and_the_priorities_view(orch, preempter, fake_conn, keys):
