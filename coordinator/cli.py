@@ -346,13 +346,21 @@ def _jobs(args: argparse.Namespace, settings) -> int:
     if args.json:
         print(json.dumps(records, indent=1))
         return 0
-    print(f"{'job':44} {'state':9} {'node':14} {'try':>3} {'epoch':>7} {'final loss':>10}  reason / error")
+    print(f"{'job':44} {'state':9} {'node':14} {'try':>3} {'epoch':>7} {'final loss':>10} {'parent':44}  "
+          "reason / error")
     for r in records:
         epoch = f"{r.get('epoch', 0)}/{r.get('epochs', '?')}"
         why = f"{r.get('reason', '')} {r.get('error', '')}".strip()
         print(f"{r['job_id']:44} {r['state']:9} {r.get('node', '-'):14} {r.get('attempts', '0'):>3} {epoch:>7} "
-              f"{r.get('final_loss', '-'):>10}  {why}")
+              f"{r.get('final_loss', '-'):>10} {_parent(r):44}  {why}")
     return 0
+
+
+def _parent(record: dict[str, str]) -> str:
+    """The model a job started from, as `<its job>/<attempt>/<file>` (the path under models_root
+    names the job that wrote it); "-" from scratch."""
+    parent = record.get("parent_model")
+    return "/".join(Path(parent).parts[-3:]) if parent else "-"
 
 
 if __name__ == "__main__":

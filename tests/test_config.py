@@ -160,3 +160,31 @@ def test_a_section_rule_is_reported_with_its_key():
     problems = "\n".join(info.value.problems)
     assert "preemption: preemption signal 'SIGFOO'" in problems
     assert "scheduler.cost.board_default_gpu_hours.hex8: expected a number > 0" in problems
+
+
+def test_check_config_names_file_and_key_of_a_bad_trainer_setting(tmp_path, capsys):
+    from coordinator.cli import main
+
+    path = tmp_path / "trainer.yaml"
+    path.write_text("training:\n  data_roots: [/d]\n  command: ['{python}', '--x={nope}']\n"
+                    "  checkpoint_pattern: 'ckpt.pth'\n  progress_patterns: ['Epoch (\\\\d+)']\n"
+                    "  per_config:\n    hex8_2p:\n      command: ['{python}', '{resume']\n")
+    assert main(["check-config", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}: training.command: argument 1 '--x={{nope}}': unknown placeholder {{nope}}" in out
+    assert f"{path}: training.checkpoint_pattern: checkpoint pattern 'ckpt.pth': needs exactly one {{epoch}}" in out
+    assert "training.progress_patterns/summary_pattern: progress pattern 0" in out
+    assert f"{path}: training.per_config.hex8_2p.command: argument 1" in out
+
+
+def test_ringrift_trainer_settings_load():
+    from workers.checkpoints import RINGRIFT_CHECKPOINT_PATTERN
+    from workers.ringrift_stand_in import COMMAND
+    from workers.trainer_output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY
+
+    t = parse_settings({"training": {
+        "data_roots": ["/d"], "command": list(COMMAND), "progress_patterns": list(RINGRIFT_PROGRESS),
+        "summary_pattern": RINGRIFT_SUMMARY, "checkpoint_pattern": RINGRIFT_CHECKPOINT_PATTERN,
+        "working_dir": "/srv/ai-service", "per_config": {"square19_4p": {"warm_start": False}}}}).training
+    assert t.command_for("hex8_2p") == COMMAND and t.warm_start_for("hex8_2p")
+    assert not t.warm_start_for("square19_4p")
