@@ -99,12 +99,17 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free_slot
             break
         pool.remove(victim)
         if c.starving:
-            why = f"{c.config_key} starving: waited {c.waited_hours:.1f} h (bound {s.max_wait_hours:g} h)"
+            why = f"{c.config_key} starving: waited {_hours(c.waited_hours)} (bound {_hours(s.max_wait_hours)})"
         else:
             why = f"{c.config_key} scores {c.score:.2f} >= {victim.value:.2f} + margin {s.margin:g}"
         chosen.append(Preemption(victim.job_id, victim.config_key, victim.slot, c.config_key,
                                  WAIT if c.starving else VALUE, why))
     return Decision(tuple(chosen), protected)
+
+
+def _hours(h: float) -> str:
+    """Hours as people read them: 13.4 h, or 7.5 min under a tenth of an hour."""
+    return f"{h:.1f} h" if h >= 0.1 else f"{h * 60:.1f} min"
 
 
 def _protected(j: RunningJob, s: PreemptionSettings, now: float) -> str | None:
