@@ -356,10 +356,14 @@ class JobStore:
             raise JobError(job_id, "no such job")
         return outcome
 
-    def progress(self, job_id: str, config_key: str, figures: Mapping[str, Any]) -> None:
-        """Store an epoch's figures on the record and publish TRAINING_PROGRESS, in one MULTI."""
+    def progress(self, job_id: str, config_key: str, figures: Mapping[str, Any],
+                 also: tuple[str, Mapping[str, Any]] | None = None) -> None:
+        """Store an epoch's figures on the record and publish TRAINING_PROGRESS, in one MULTI (one
+        round trip an epoch); `also`: (hash key, fields) written in the same MULTI (RQ's job meta)."""
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.hset(self.keys.job(job_id), mapping=_strings({**figures, "updated_at": time.time()}))
+            if also is not None:
+                pipe.hset(also[0], mapping=also[1])
             publish(pipe, self.keys, TRAINING_PROGRESS, {"job_id": job_id, "config_key": config_key, **figures},
                     maxlen=self.stream_maxlen)
             pipe.execute()

@@ -33,8 +33,21 @@ from coordinator.errors import LeaseUnavailable
 from coordinator.jobs import decode_hash
 from coordinator.keys import Keys
 from coordinator.lua import script
+from coordinator.preempting import stop_reason
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A renewal's reply: still `held`, and the `stop` its job was asked for ('cancelled' or
+    'preempted'), if any. Truthy when held."""
+
+    held: bool
+    stop: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.held
 
 
 @dataclass(frozen=True)
@@ -89,10 +102,14 @@ class LeaseManager:
             time.sleep(random.uniform(0, max_delay_s))
         raise AssertionError("unreachable")
 
-    def renew(self, lease: Lease) -> bool:
-        """Extend both leases by the TTL; False when the caller no longer holds them."""
+    def renew(self, lease: Lease, job_id: str | None = None) -> Renewal:
+        """Extend both leases by the TTL (falsy when the caller no longer holds them); with `job_id`,
+        the same reply says whether the job was asked to stop (cancel, preemption)."""
         keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node)]
-        return bool(self._renew(keys=keys, args=[lease.token, lease.ttl_ms]))
+        if job_id is not None:
+            keys.append(self.keys.job(job_id))
+        held, *asked = self._renew(keys=keys, args=[lease.token, lease.ttl_ms])
+        return Renewal(bool(held), stop_reason(*asked) if held else None)
 
     def release(self, lease: Lease) -> bool:
         keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node)]
@@ -159,20 +176,20 @@ class LeaseManager:
 
 class LeaseKeeper:
     """Renews a lease every TTL/3 in a thread; calls `on_lost(reason)` once when it is lost, or when
-    `poll()` (asked every `poll_s`, e.g. "was this job cancelled?") returns a reason to stop.
+    the renewal's reply says the job (`job_id`) was asked to stop (reason 'cancelled' or
+    'preempted'): a request reaches the worker within TTL/3, with no polling of its own; the
+    renewals go on until the attempt ends.
 
     Every Redis call runs with a deadline (the TTL left since the last renewal): a client that
     retries across a failover (up to 30 s with Sentinel) must not keep the trainer going past the
     lease's TTL, when another worker may already hold it."""
 
     def __init__(self, manager: LeaseManager, lease: Lease, on_lost: Callable[[str], None],
-                 poll: Callable[[], str | None] | None = None, poll_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 job_id: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.manager = manager
         self.lease = lease
         self.on_lost = on_lost
-        self.poll = poll
-        self.poll_s = poll_s
+        self.job_id = job_id
         self.clock = clock
         self.lost_reason: str | None = None
         self._stop = threading.Event()
@@ -195,26 +212,15 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         renew_every = self.lease.ttl_ms / 3000.0
-        last_ok = last_try = self.clock()
-        while not self._stop.wait(min(renew_every, self.poll_s)):
+        last_ok = self.clock()
+        while not self._stop.wait(renew_every):
             if self.clock() - last_ok >= self.lease.ttl_ms / 1000.0:
                 # This process was paused (SIGSTOP, VM freeze) past the TTL: the lease is gone
                 # whatever Redis says now; stop the trainer before asking anyone.
                 self._lost("lease_lost: this worker was paused past the lease TTL")
                 return
             try:
-                reason = self._call(self.poll, last_ok) if self.poll else None
-                if reason:
-                    self._lost(reason)
-                    return
-                if self.clock() - last_try < renew_every:
-                    continue
-                last_try = self.clock()
-                if self._call(lambda: self.manager.renew(self.lease), last_ok):
-                    last_ok = self.clock()
-                    continue
-                self._lost("lease_lost: another holder took it over")
-                return
+                renewal = self._call(lambda: self.manager.renew(self.lease, self.job_id), last_ok)
             except CallTimeout:
                 self._lost("lease_lost: Redis did not answer within the lease's TTL")
                 return
@@ -222,10 +228,21 @@ class LeaseKeeper:
                 if self.clock() - last_ok >= self.lease.ttl_ms / 1000.0:
                     self._lost(f"lease_lost: Redis unreachable for a whole TTL ({exc})")
                     return
+                continue
+            if not renewal:
+                self._lost("lease_lost: another holder took it over")
+                return
+            last_ok = self.clock()
+            if renewal.stop and self.lost_reason is None:
+                # Keep renewing: the lease stays this attempt's while its trainer checkpoints and exits.
+                self._lost(renewal.stop)
 
     def _lost(self, reason: str) -> None:
-        self.lost_reason = reason
-        self.on_lost(reason)
+        """The first reason to stop is kept and reported; later ones (a lease lost while the
+        trainer stops on request) only end the renewals."""
+        if self.lost_reason is None:
+            self.lost_reason = reason
+            self.on_lost(reason)
 
 
 HOLDER_FIELDS = ("token", "fence", "node", "worker", "job_id")

@@ -94,13 +94,42 @@ def test_keeper_renews_and_reports_a_lost_lease(fake_conn, keys):
     assert keeper.lost_reason.startswith("lease_lost")
 
 
+@pytest.mark.parametrize(("fields", "stop"), [
+    ({}, None), ({"cancel_requested": "1"}, "cancelled"), ({"preempt_requested_at": "1.5"}, "preempted"),
+    ({"preempt_requested_at": "1.5", "cancel_requested": "1"}, "cancelled"),  # cancel wins
+])
+def test_a_renewal_reply_says_whether_the_job_was_asked_to_stop(fake_conn, keys, fields, stop):
+    manager = LeaseManager(fake_conn, keys, ttl_s=30)
+    lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
+    if fields:
+        fake_conn.hset(keys.job("j1"), mapping=fields)
+    renewal = manager.renew(lease, "j1")
+    assert renewal.held and renewal.stop == stop
+    assert manager.renew(lease).stop is None  # no job named: nothing read
+    fake_conn.delete(keys.lease("hex8_2p"))
+    assert not manager.renew(lease, "j1") and manager.renew(lease, "j1").stop is None
+
+
+def test_keeper_stops_on_a_cancel_request_without_polling_and_keeps_renewing(fake_conn, keys):
+    """The request arrives on a renewal's reply (nothing else is read), and the lease stays held
+    while the trainer stops."""
+    manager = LeaseManager(fake_conn, keys, ttl_s=0.3)
+    lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
+    reasons: list[str] = []
+    with LeaseKeeper(manager, lease, on_lost=reasons.append, job_id="j1") as keeper:
+        fake_conn.hset(keys.job("j1"), "cancel_requested", "1")
+        time.sleep(0.8)  # past two TTLs after the request: renewals go on
+        assert fake_conn.get(keys.lease("hex8_2p")).startswith(lease.token.encode() + b"|")
+    assert reasons == ["cancelled"] and keeper.lost_reason == "cancelled"
+
+
 def test_keeper_gives_up_when_a_renewal_hangs_past_the_ttl(fake_conn, keys):
     """A client retrying across a failover can block a renewal for 30 s: the trainer must still be
     stopped once the TTL has run out, since another worker may hold the lease by then."""
     manager = LeaseManager(fake_conn, keys, ttl_s=0.6)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
     release = threading.Event()
-    manager.renew = lambda _lease: release.wait(10) or True  # Redis does not answer
+    manager.renew = lambda _lease, _job_id=None: release.wait(10) or True  # Redis does not answer
     lost, began = threading.Event(), time.monotonic()
     with LeaseKeeper(manager, lease, on_lost=lambda reason: lost.set()) as keeper:
         assert lost.wait(3)

@@ -6,7 +6,8 @@
    GPU slots (one script, with a fencing token); if they are busy the job is deferred too;
 2. moves the job to leased (TRAINING_STARTED, with the epoch it resumes from: the newest
    checkpoint of an earlier attempt) and runs the trainer as a subprocess, renewing the leases
-   every TTL/3 and stopping the trainer when a lease is lost or the job is cancelled;
+   every TTL/3 and stopping the trainer when a lease is lost or the job is cancelled (the
+   renewal's reply says so: no polling);
 3. turns the trainer's per-epoch lines into TRAINING_PROGRESS;
 4. ends with TRAINING_COMPLETE (published only under the newest fencing token), or
    TRAINING_FAILED with its reason, failure class and whether it will retry (after backoff), or
@@ -169,7 +170,7 @@ class TrainingRun:
     def execute(self) -> dict[str, Any]:
         try:
             with LeaseKeeper(self.leases, self.lease, on_lost=lambda _reason: self.stop.set(),
-                             poll=self._cancel_requested) as keeper:
+                             job_id=self.job_id) as keeper:
                 return self._train(keeper)
         except TrainingFailed:
             raise
@@ -177,10 +178,6 @@ class TrainingRun:
             self._fail("redis_error", f"Redis error: {exc}", "")
         except Exception as exc:  # our own failure: the job must still end, with the reason
             self._fail("worker_error", f"worker error: {exc!r}", "")
-
-    def _cancel_requested(self) -> str | None:
-        flag = self.store.conn.hget(self.store.keys.job(self.job_id), "cancel_requested")
-        return "cancelled" if flag else None
 
     def _train(self, keeper: LeaseKeeper) -> dict[str, Any]:
         npz_path = Path(self.record["npz_path"])
@@ -231,11 +228,12 @@ class TrainingRun:
     def _progress(self, figures: dict[str, Any]) -> None:
         """One progress line's figures (every number it carries) on the record and the stream."""
         shown = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        rq_meta = None
+        if self.rq_job is not None:  # what `rq info` and rq-dashboard show, in the same round trip
+            self.rq_job.meta.update({"config_key": self.config_key, "attempt": self.attempt, **shown})
+            rq_meta = (self.rq_job.key, {"meta": self.rq_job.serializer.dumps(self.rq_job.meta)})
         try:
-            self.store.progress(self.job_id, self.config_key, {**self.config_fields, **shown})
-            if self.rq_job is not None:  # what `rq info` and rq-dashboard show
-                self.rq_job.meta.update({"config_key": self.config_key, "attempt": self.attempt, **shown})
-                self.rq_job.save_meta()
+            self.store.progress(self.job_id, self.config_key, {**self.config_fields, **shown}, also=rq_meta)
         except redis.RedisError as exc:  # progress is best-effort; the lease keeper judges Redis loss
             self.log.warning("progress not recorded: %s", exc)
 
