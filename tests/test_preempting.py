@@ -55,6 +55,11 @@ def test_a_starving_config_asks_the_running_job_to_yield_once(orch, preempter, f
     notes = {q.config_key: q.preemption for q in orch.scheduler.ranked()}
     assert notes["hexagonal_2p"].startswith("yielding its GPU to square8_2p")
     assert notes["square8_2p"].startswith(f"a GPU is being freed for it (job {job_id}")
+    from rich.console import Console
+
+    console = Console(width=600, record=True)
+    console.print(priorities_table(orch.scheduler.ranked(), orch.settings.scheduler))
+    assert "yielding its GPU to square8_2p" in console.export_text()
 
 
 def test_guards_min_run_free_slot_off_switch_and_value_margin(orch, preempter, fake_conn, keys):
