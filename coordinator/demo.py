@@ -2,7 +2,9 @@
 
 Starts a private Redis (unless given one), the orchestrator and two real `rq worker training`
 processes; writes synthetic NPZ exports for three configs and XADDs their events with plain
-fields, as an exporter would; shows live progress, then a summary table; stops all it started.
+fields, as an exporter would; then a second export of one config, whose training warm-starts
+from the first round's model (the tables' "starts from" column); shows live progress, then a
+summary table; stops all it started.
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from coordinator.keys import Keys
 from coordinator.local_redis import LocalRedis
 from coordinator.orchestrator import TrainingOrchestrator
 from coordinator.priorities_view import priorities_table
+from coordinator.status_view import wide_console
 from coordinator.workers_pool import start_worker, stop_workers
 
 # (board type, players, samples): three configs, two boards, small enough for two CPU cores.
 DEMO_CONFIGS = (("hex8", 2, 1536), ("square8", 2, 1536), ("hex8", 4, 1024))
+# A second export of this config after the first round: its job starts from the first's model.
+SECOND_ROUND = DEMO_CONFIGS[:1]
 REFRESH_S = 0.25
 
 
@@ -36,7 +41,7 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
                    dashboard_port: int | None = None) -> int:
     """The demo; with `dashboard_port`, the web dashboard serves on 127.0.0.1 during it and after
     it (Redis kept up) until Ctrl-C."""
-    console = Console()
+    console = wide_console()
     output = output.resolve()
     output.mkdir(parents=True, exist_ok=True)
     settings = replace(settings, hosts={f"demo-node-{i}": 1 for i in (1, 2)}, training=replace(
@@ -62,8 +67,11 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
                 workers.append(start_worker(redis_url, f"demo-worker-{i}", f"demo-node-{i}",
                                             {"OMP_NUM_THREADS": "1"}, log_path=output / f"worker-{i}.log"))
             console.print(f"[dim]2 x `rq worker training` started (logs in {output})[/dim]")
-            job_ids = await asyncio.to_thread(_export_all, conn, orchestrator.keys, output / "data")
-            jobs = await _follow(orchestrator.jobs, job_ids, console, timeout_s)
+            jobs: list[dict[str, str]] = []
+            for round_no, configs in enumerate((DEMO_CONFIGS, SECOND_ROUND)):
+                job_ids = await asyncio.to_thread(_export_all, conn, orchestrator.keys, output / "data", configs,
+                                                  round_no)
+                jobs += await _follow(orchestrator.jobs, job_ids, console, timeout_s)
             ranked = await asyncio.to_thread(orchestrator.scheduler.ranked)
         finally:
             await orchestrator.stop()
@@ -88,13 +96,15 @@ def _report(console: Console, jobs: list[dict[str, str]], ranked: list, settings
     return bool(failed)
 
 
-def _export_all(conn: redis.Redis, keys: Keys, data_dir: Path) -> list[str]:
+def _export_all(conn: redis.Redis, keys: Keys, data_dir: Path, configs: tuple[tuple[str, int, int], ...],
+                round_no: int) -> list[str]:
     """Write each config's NPZ, XADD its export event, and wait for the orchestrator's job."""
     from workers.npz_data import write_synthetic_npz  # numpy-only; imported late to keep the CLI light
 
     config_keys = []
-    for seed, (board, players, samples) in enumerate(DEMO_CONFIGS):
-        path = write_synthetic_npz(data_dir / f"{board}_{players}p.npz", board, players, samples, seed=seed)
+    for seed, (board, players, samples) in enumerate(configs, start=10 * round_no):
+        path = write_synthetic_npz(data_dir / f"{board}_{players}p-{round_no + 1}.npz", board, players, samples,
+                                   seed=seed)
         publish(conn, keys, NPZ_EXPORT_COMPLETE,
                 {"board_type": board, "num_players": players, "npz_path": str(path), "samples": samples})
         config_keys.append(f"{board}_{players}p")
@@ -119,12 +129,12 @@ async def _follow(store: JobStore, job_ids: list[str], console: Console, timeout
 
 def _progress_table(jobs: list[dict[str, str]]) -> Table:
     table = Table(title="training", expand=False)
-    for column in ("config", "state", "node", "epoch", "train loss", "val loss"):
+    for column in ("config", "state", "node", "epoch", "train loss", "val loss", "starts from"):
         table.add_column(column)
     for job in jobs:
         bar = _bar(int(job.get("epoch", 0)), int(job["epochs"]))
         table.add_row(job["config_key"], job["state"], job.get("node", "-"), bar,
-                      job.get("train_loss", "-"), job.get("val_loss", "-"))
+                      job.get("train_loss", "-"), job.get("val_loss", "-"), _parent(job))
     return table
 
 
@@ -135,13 +145,22 @@ def _bar(done: int, total: int, width: int = 10) -> str:
 
 def _summary(jobs: list[dict[str, str]]) -> Table:
     table = Table(title="summary", caption="checkpoints: " + ", ".join(_short(j.get("model_path")) for j in jobs))
-    for column in ("config", "job", "node", "state", "epochs", "first loss", "final loss", "duration s"):
+    for column in ("config", "job", "node", "state", "epochs", "first loss", "final loss", "duration s",
+                   "starts from"):
         table.add_column(column)
     for job in jobs:
         table.add_row(job["config_key"], job["job_id"].split("-", 1)[1], job.get("node", "-"), job["state"],
                       job.get("epochs_completed", "-"), job.get("first_loss", "-"), job.get("final_loss", "-"),
-                      job.get("duration_s", "-"))
+                      job.get("duration_s", "-"), _parent(job))
     return table
+
+
+def _parent(job: dict[str, str]) -> str:
+    """The model a job warm-starts from, by the job that wrote it; "scratch" without one."""
+    parent = job.get("parent_model")
+    if not parent:
+        return "scratch" if job.get("state") not in ("queued", None) else "-"
+    return "model of " + Path(parent).parent.parent.name.split("-", 1)[1]
 
 
 def _short(path: str | None) -> str:
