@@ -174,7 +174,8 @@ def test_priorities_command_explains_the_ranking(redis_server, real_conn, make_s
 
 
 def test_demo_command_runs_end_to_end(tmp_path):
-    """The README's first command (after the install): embedded Redis, two real workers, three configs."""
+    """The README's first command (after the install): embedded Redis, two real workers, three configs,
+    then a second export of one config, warm-started from its first model."""
     import subprocess
 
     from tests.conftest import console_script
@@ -183,4 +184,9 @@ def test_demo_command_runs_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("complete") >= 3 and "training priorities" in proc.stdout
-    assert len(list((tmp_path / "models").glob("*/*/attempt-1/model.pt"))) == 3
+    assert proc.stdout.count("complete") >= 4
+    models = sorted((tmp_path / "models" / "hex8_2p").glob("*/attempt-1/model.pt"), key=lambda p: p.stat().st_mtime)
+    assert len(list((tmp_path / "models").glob("*/*/attempt-1/model.pt"))) == 4 and len(models) == 2
+    # The second round of hex8_2p starts from the first's model, and the summary says so.
+    first_job = models[0].parent.parent.name
+    assert f"model of {first_job.split('-', 1)[1]}" in proc.stdout
