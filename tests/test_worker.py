@@ -238,3 +238,25 @@ def test_exit_0_without_a_model_is_no_model(fake_conn, make_settings, tmp_path):
     record, events = run_one_job(fake_conn, make_settings, tmp_path, command=("{python}", "-c", "pass"))
     assert (record["reason"], record["failure_class"]) == ("no_model", "trainer")
     assert events[-1].fields["error"].endswith("attempt-1/model.pt")
+
+
+def test_a_preempt_request_on_the_renewal_reply_ends_the_attempt_preempted(fake_conn, make_settings, tmp_path):
+    """The request is read from the lease renewal's reply (TTL/3), the trainer is signalled and the
+    attempt ends preempted: no retry, no failure, no breaker count."""
+    import threading
+
+    npz = tmp_path / "hex8_2p.npz"
+    npz.write_bytes(b"stub data")
+    orch = TrainingOrchestrator(make_settings(command=(*STUB, "--epoch-seconds", "0.5")), fake_conn, consumer_name="t")
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10, epochs=60)
+    asked = threading.Timer(2.0, lambda: fake_conn.hset(orch.keys.job(job_id), "preempt_requested_at", "1"))
+    asked.start()
+    SimpleWorker([Queue(TRAINING_QUEUE, connection=fake_conn)], connection=fake_conn).work(burst=True)
+    asked.join()
+    record = orch.jobs.get(job_id)
+    events = [decode_entry(i, f) for i, f in fake_conn.xrange(orch.keys.events)]
+    assert record["state"] == "preempted" and record.get("preemptions") == "1"
+    assert events[-1].type == "TRAINING_PREEMPTED" and events[-1].fields["board_type"] == "hex8"
+    assert 1 <= int(events[-1].fields["epoch"]) < 60
+    assert not any(e.type == "TRAINING_FAILED" for e in events)
+    assert not fake_conn.exists(orch.keys.breaker("config", "hex8_2p"))

@@ -11,8 +11,9 @@
 3. turns the trainer's per-epoch lines into TRAINING_PROGRESS;
 4. ends with TRAINING_COMPLETE (published only under the newest fencing token), or
    TRAINING_FAILED with its reason, failure class and whether it will retry (after backoff), or
-   TRAINING_CANCELLED; records the result on the config's and node's circuit breakers; frees the
-   leases.
+   TRAINING_CANCELLED, or TRAINING_PREEMPTED (asked to yield: `preemption.signal` to the trainer,
+   which checkpoints and exits; `coordinator.preempting.record_preempted`); records the result on
+   the config's and node's circuit breakers (not for a preemption); frees the leases.
 Everything it needs is in the job record the orchestrator wrote: a worker needs only Redis.
 """
 
@@ -22,6 +23,7 @@ import json
 import logging
 import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -41,6 +43,7 @@ from coordinator.jobs import JobStore, Outcome, decode_hash
 from coordinator.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
 from coordinator.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.logs import for_job
+from coordinator.preempting import CANCELLED_STOP, PREEMPTED_STOP, lost_gpu_hours, record_preempted
 from coordinator.recovery import Recovery
 from coordinator.retry import BAD_INPUT_EXIT, decide
 from coordinator.scheduler import quality_block_until
@@ -98,7 +101,7 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
             log.warning("job %s is %s, not queued: not running it", job_id, state)
             return {"job_id": job_id, "skipped": state}
         run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, settings.retries,
-                          resume, rq_job)
+                          resume, rq_job, preempt_signal=signal.Signals[settings.preemption.signal])
         return run.execute()
     finally:
         try:
@@ -144,7 +147,7 @@ class TrainingRun:
 
     def __init__(self, store: JobStore, record: dict[str, str], node: str, attempt: int, leases: LeaseManager,
                  lease: Lease, breakers: CircuitBreakers, retries: RetrySettings, resume: str | None,
-                 rq_job: Any = None) -> None:
+                 rq_job: Any = None, preempt_signal: int = signal.SIGTERM) -> None:
         self.store = store
         self.record = record
         self.job_id = record["job_id"]
@@ -159,7 +162,10 @@ class TrainingRun:
         self.rq_job = rq_job
         self.log = for_job(log, job_id=self.job_id, config_key=self.config_key, attempt=attempt, node=node)
         self.started = time.monotonic()
+        self.started_at = time.time()
         self.stop = threading.Event()
+        self.preempt_signal = preempt_signal
+        self.stop_why: str | None = None  # why the trainer is being stopped (the keeper's reason)
         # Each attempt writes its own directory: a stale attempt never overwrites a published model.
         self.paths = attempt_paths(record["output_dir"], attempt)
         self.output_dir = self.paths.output_dir
@@ -169,8 +175,7 @@ class TrainingRun:
 
     def execute(self) -> dict[str, Any]:
         try:
-            with LeaseKeeper(self.leases, self.lease, on_lost=lambda _reason: self.stop.set(),
-                             job_id=self.job_id) as keeper:
+            with LeaseKeeper(self.leases, self.lease, on_lost=self._stop_trainer, job_id=self.job_id) as keeper:
                 return self._train(keeper)
         except TrainingFailed:
             raise
@@ -178,6 +183,14 @@ class TrainingRun:
             self._fail("redis_error", f"Redis error: {exc}", "")
         except Exception as exc:  # our own failure: the job must still end, with the reason
             self._fail("worker_error", f"worker error: {exc!r}", "")
+
+    def _stop_trainer(self, reason: str) -> None:
+        self.stop_why = reason
+        self.stop.set()
+
+    def _stop_signal(self) -> int:
+        """Preemption asks with `preemption.signal` (checkpoint and exit); anything else with SIGTERM."""
+        return self.preempt_signal if self.stop_why == PREEMPTED_STOP else signal.SIGTERM
 
     def _train(self, keeper: LeaseKeeper) -> dict[str, Any]:
         npz_path = Path(self.record["npz_path"])
@@ -203,9 +216,12 @@ class TrainingRun:
                                 self.record.get("summary_pattern") or None),
             model_path=self.paths.model_path,
             cwd=self.record.get("working_dir") or None,
+            stop_signal=self._stop_signal,
         )
-        if keeper.lost_reason == "cancelled" and result.stopped:
+        if keeper.lost_reason == CANCELLED_STOP and result.stopped:
             return self._cancelled()
+        if keeper.lost_reason == PREEMPTED_STOP and result.stopped:  # whatever its exit status
+            return self._preempted(result)
         if keeper.lost_reason and result.stopped:
             self._fail("lease_lost", keeper.lost_reason, result.stderr_tail)
         if result.timed_out:
@@ -263,6 +279,20 @@ class TrainingRun:
             raise TrainingFailed(self.job_id, "fenced: a newer lease exists; result recorded as stale")
         self._breakers(success=True)
         return {"job_id": self.job_id, **result}
+
+    def _preempted(self, result: TrainerResult) -> dict[str, Any]:
+        """The trainer yielded its GPU on request: the attempt ends preempted (no retry, no breaker
+        count; the job resumes from its checkpoint when its config is picked again)."""
+        checkpoint, _ = newest_checkpoint(self.record["output_dir"], self.record.get("checkpoint_pattern") or None)
+        mtime = os.path.getmtime(checkpoint) if checkpoint else None
+        epoch = int(result.history[-1].get("epoch", 0)) if result.history else int(
+            self.record.get("resumed_epoch") or 0)
+        outcome = record_preempted(
+            self.store.conn, self.store.keys, self.store.stream_maxlen, self.job_id, self.config_key,
+            self.lease.fence, self.node, self.attempt, epoch, lost_gpu_hours(mtime, self.started_at, time.time()),
+            **self.config_fields)
+        self.log.info("job %s preempted at epoch %s (%s)", self.job_id, epoch, outcome)
+        return {"job_id": self.job_id, "preempted": outcome}
 
     def _cancelled(self) -> dict[str, Any]:
         fields = {"reason": "cancelled", "attempt": self.attempt, "node": self.node}

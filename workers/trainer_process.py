@@ -51,12 +51,14 @@ def run_trainer(
     parser: OutputParser | None = None,
     model_path: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    stop_signal: Callable[[], int] | None = None,
 ) -> TrainerResult:
     """Run the trainer to its end (or past `timeout_s`, or until `stop` is set, then stop it:
     SIGTERM, SIGKILL after `kill_grace_s`); never raises on the trainer's failure. `parser`:
     how to read its lines (default: JSON progress lines only); `model_path`: where a trainer
     that exits 0 must have written its model; `cwd`: the trainer's working directory (default:
-    the worker's)."""
+    the worker's); `stop_signal`: asked when `stop` is set, the signal that asks the trainer to
+    checkpoint and exit (default SIGTERM; preemption's setting)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     parser = parser or OutputParser()
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -84,7 +86,8 @@ def run_trainer(
         timer = threading.Timer(timeout_s, _stop, args=(proc, kill_grace_s, timed_out))
         timer.daemon = True
         timer.start()
-        watcher = threading.Thread(target=_stop_when, args=(stop, proc, kill_grace_s, stopped), daemon=True)
+        watcher = threading.Thread(target=_stop_when, args=(stop, proc, kill_grace_s, stopped, stop_signal),
+                                   daemon=True)
         watcher.start()
         try:
             if on_start is not None:
@@ -103,17 +106,19 @@ def run_trainer(
                          dict(parser.summary), tuple(history))
 
 
-def _stop_when(stop: threading.Event, proc: subprocess.Popen, grace_s: float, flag: threading.Event) -> None:
+def _stop_when(stop: threading.Event, proc: subprocess.Popen, grace_s: float, flag: threading.Event,
+               stop_signal: Callable[[], int] | None) -> None:
     stop.wait()
     if proc.poll() is None:
-        _stop(proc, grace_s, flag)
+        _stop(proc, grace_s, flag, stop_signal() if stop_signal else signal.SIGTERM)
 
 
-def _stop(proc: subprocess.Popen, grace_s: float, flag: threading.Event | None) -> None:
-    """SIGTERM the trainer's process group, then SIGKILL it after `grace_s`."""
+def _stop(proc: subprocess.Popen, grace_s: float, flag: threading.Event | None,
+          first: int = signal.SIGTERM) -> None:
+    """Signal the trainer's process group (`first`, SIGTERM by default), then SIGKILL it after `grace_s`."""
     if flag is not None:
         flag.set()
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+    for sig, wait_s in ((first, grace_s), (signal.SIGKILL, 10.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
