@@ -260,3 +260,14 @@ def test_a_preempt_request_on_the_renewal_reply_ends_the_attempt_preempted(fake_
     assert 1 <= int(events[-1].fields["epoch"]) < 60
     assert not any(e.type == "TRAINING_FAILED" for e in events)
     assert not fake_conn.exists(orch.keys.breaker("config", "hex8_2p"))
+
+
+def test_jobs_command_shows_each_jobs_parent(fake_conn, make_settings, tmp_path, monkeypatch, capsys):
+    from coordinator import cli
+
+    first, second, _ = _two_rounds(fake_conn, make_settings, tmp_path)
+    monkeypatch.setattr(cli, "connect", lambda _url: fake_conn)
+    assert cli.main(["jobs"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert f" {first['job_id']}/attempt-1/model.pt " in rows[second["job_id"]]
+    assert rows[first["job_id"]].split()[6] == "-"  # from scratch
