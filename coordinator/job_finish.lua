@@ -46,9 +46,10 @@ if mine ~= '' then
       release_active()
     end
     redis.call('HSET', KEYS[1], 'last_stale_attempt', ARGV[7], 'last_stale_at', now_s)
+    local config = redis.call('HMGET', KEYS[1], 'board_type', 'num_players')
     redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_FAILED',
-      'job_id', ARGV[2], 'config_key', ARGV[3], 'reason', 'fenced', 'error', error,
-      'attempt', ARGV[7], 'node', ARGV[6], 'fence', mine)
+      'job_id', ARGV[2], 'config_key', ARGV[3], 'board_type', config[1] or '', 'num_players', config[2] or '',
+      'reason', 'fenced', 'error', error, 'attempt', ARGV[7], 'node', ARGV[6], 'fence', mine)
     return 2
   end
   if current ~= mine then

@@ -167,6 +167,7 @@ def test_a_result_under_an_old_fence_is_not_published(running_job, fake_conn, ke
     assert fake_conn.hget(keys.config("hex8_2p"), "latest_model") is None
     last = fake_conn.xrevrange(keys.events, count=1)[0][1]
     assert last[b"type"] == b"TRAINING_FAILED" and last[b"reason"] == b"fenced"
+    assert (last[b"board_type"], last[b"num_players"]) == (b"hex8", b"2")
 
 
 def test_an_older_attempts_failure_leaves_the_newer_attempt_alone(running_job, fake_conn, keys, leases):
