@@ -10,7 +10,8 @@ also publishes its event, so the record and the stream never disagree:
   and enqueues it on RQ's `training` queue in the same transaction. The scheduler decides when.
 - start (`job_start.lua`): queued -> leased by an attempt holding the leases, attempt + 1, its
   fencing token and resumed epoch, TRAINING_STARTED; `mark_running` once the trainer is up.
-- progress (MULTI): epoch figures on the record + TRAINING_PROGRESS.
+- progress (`job_progress.lua`): epoch figures on the record + TRAINING_PROGRESS (+ RQ's job meta),
+  one command an epoch.
 - finish (`job_finish.lua`): -> complete / failed / retrying / cancelled, fenced (a stale attempt
   publishes nothing), frees the config unless it retries, TRAINING_COMPLETE/FAILED/CANCELLED.
 - transition (`job_transition.lua`): the simple moves (reap, retry) for `recovery.py`.
@@ -33,7 +34,7 @@ from rq import Queue
 
 from coordinator.config import EventSettings, Settings, worker_settings_json
 from coordinator.errors import CoordinatorError, JobError
-from coordinator.events import TRAINING_CANCELLED, TRAINING_PROGRESS, Export, encode_fields, publish
+from coordinator.events import TRAINING_CANCELLED, TRAINING_PROGRESS, Export, encode_fields
 from coordinator.job_states import (
     ACTIVE_ATTEMPT_STATES,
     CANCELLED,
@@ -128,6 +129,7 @@ class JobStore:
         self._transition = script(conn, "job_transition.lua")
         self._record = script(conn, "record_exports.lua")
         self._cancel = script(conn, "job_cancel.lua")
+        self._progress = script(conn, "job_progress.lua")
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> JobStore:
@@ -357,16 +359,20 @@ class JobStore:
         return outcome
 
     def progress(self, job_id: str, config_key: str, figures: Mapping[str, Any],
-                 also: tuple[str, Mapping[str, Any]] | None = None) -> None:
-        """Store an epoch's figures on the record and publish TRAINING_PROGRESS, in one MULTI (one
-        round trip an epoch); `also`: (hash key, fields) written in the same MULTI (RQ's job meta)."""
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.job(job_id), mapping=_strings({**figures, "updated_at": time.time()}))
-            if also is not None:
-                pipe.hset(also[0], mapping=also[1])
-            publish(pipe, self.keys, TRAINING_PROGRESS, {"job_id": job_id, "config_key": config_key, **figures},
-                    maxlen=self.stream_maxlen)
-            pipe.execute()
+                 rq_meta: tuple[str, bytes] | None = None) -> None:
+        """Store an epoch's figures on the record and publish TRAINING_PROGRESS in one command
+        (`job_progress.lua`); `rq_meta`: (RQ's job key, its serialized meta) written with them."""
+        job = _strings({**figures, "updated_at": time.time()})
+        evt = encode_fields(TRAINING_PROGRESS, {"job_id": job_id, "config_key": config_key, **figures})
+        args: list[Any] = [self.stream_maxlen, len(job), len(evt)]
+        for mapping in (job, evt):
+            for key, value in mapping.items():
+                args.extend((key, value))
+        keys = [self.keys.job(job_id), self.keys.events]
+        if rq_meta is not None:
+            keys.append(rq_meta[0])
+            args.append(rq_meta[1])
+        self._progress(keys=keys, args=args)
 
     def finish(self, job_id: str, config_key: str, state: str, outcome: Outcome,
                retry_at: float | None = None, model: str | None = None) -> str:

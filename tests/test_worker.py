@@ -271,3 +271,14 @@ def test_jobs_command_shows_each_jobs_parent(fake_conn, make_settings, tmp_path,
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert f" {first['job_id']}/attempt-1/model.pt " in rows[second["job_id"]]
     assert rows[first["job_id"]].split()[6] == "-"  # from scratch
+
+
+def test_progress_is_one_command_and_stream_maxlen_0_trims_nothing(fake_conn, keys):
+    from coordinator.jobs import JobStore
+
+    store = JobStore(fake_conn, keys, stream_maxlen=0)
+    fake_conn.xadd(keys.events, {"type": "OTHER"})
+    for epoch in (1, 2, 3):
+        store.progress("j1", "hex8_2p", {"epoch": epoch, "train_loss": 1.0 / epoch}, ("rq:job:j1", b"meta"))
+    assert fake_conn.xlen(keys.events) == 4
+    assert fake_conn.hget(keys.job("j1"), "epoch") == b"3" and fake_conn.hget("rq:job:j1", "meta") == b"meta"

@@ -247,9 +247,9 @@ class TrainingRun:
         rq_meta = None
         if self.rq_job is not None:  # what `rq info` and rq-dashboard show, in the same round trip
             self.rq_job.meta.update({"config_key": self.config_key, "attempt": self.attempt, **shown})
-            rq_meta = (self.rq_job.key, {"meta": self.rq_job.serializer.dumps(self.rq_job.meta)})
+            rq_meta = (self.rq_job.key, self.rq_job.serializer.dumps(self.rq_job.meta))
         try:
-            self.store.progress(self.job_id, self.config_key, {**self.config_fields, **shown}, also=rq_meta)
+            self.store.progress(self.job_id, self.config_key, {**self.config_fields, **shown}, rq_meta)
         except redis.RedisError as exc:  # progress is best-effort; the lease keeper judges Redis loss
             self.log.warning("progress not recorded: %s", exc)
 
