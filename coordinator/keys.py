@@ -29,6 +29,7 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 | `<prefix>:{lease}:slots:<node>`      | zset   | a node's GPU slots in use: owner token -> expiry (ms)           |
 | `<prefix>:{lease}:node:<node>`       | hash   | a node's `gpus` and health `status` (healthy, degraded, down)   |
 | `<prefix>:{lease}:nodes`             | set    | every node name known                                           |
+| `<prefix>:{lease}:expiry`            | zset   | job id -> lease expiry (ms): the reaper reads the expired |
 | `<prefix>:jobs:delayed`              | zset   | job id -> unix time it goes back to RQ (leases were busy)       |
 
 RQ keeps its own keys (`rq:queue:training`, `rq:job:<job_id>`, ...); an RQ job's id is our job id.
@@ -125,6 +126,12 @@ class Keys:
     @property
     def nodes(self) -> str:
         return f"{self.prefix}:{{lease}}:nodes"
+
+    @property
+    def lease_expiry(self) -> str:
+        """Job id -> its config lease's expiry (ms, Redis time): set by acquire and renew, removed by
+        release; the reaper reads only the entries past their time."""
+        return f"{self.prefix}:{{lease}}:expiry"
 
     @property
     def lease_pattern(self) -> str:

@@ -2,6 +2,7 @@
 -- KEYS[1] config lease (string "token|fence|node|worker|job_id", PX = TTL)
 -- KEYS[2] config fencing counter
 -- KEYS[3] node slot zset (member: owner token, score: expiry in ms)   KEYS[4] node hash (status, gpus)
+-- KEYS[5] lease expiry zset (member: job id, score: the lease's expiry in ms; what the reaper reads)
 -- ARGV[1] owner token   ARGV[2] ttl ms   ARGV[3] default slot count (node hash has no gpus)
 -- ARGV[4] node   ARGV[5] worker   ARGV[6] job id
 -- Returns {1, fencing token} | {0, 'config', holder} | {0, 'slots', used .. '/' .. total}
@@ -30,4 +31,5 @@ local fence = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6],
   'PX', ARGV[2])
 redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[5], now_ms + tonumber(ARGV[2]), ARGV[6])
 return {1, fence}

@@ -7,7 +7,9 @@ grows; a result is published only if its token is still C's newest (see `job_fin
 paused or partitioned worker that lost its lease cannot overwrite a newer model.
 
 Renewal and release compare the owner token (scripts), so nobody extends or frees a lease it
-does not hold. `LeaseKeeper` renews every TTL/3 while the trainer runs, without a cap, and
+does not hold. The same scripts keep `Keys.lease_expiry` (job id -> the lease's expiry), so the
+reaper reads only the leases past their time instead of every running job's each tick.
+`LeaseKeeper` renews every TTL/3 while the trainer runs, without a cap, and
 reports the lease lost when the owner changed or Redis was unreachable for a whole TTL.
 
 One Redis, not a quorum (why: README, "One Redis, not a quorum"); fencing tokens cover what a
@@ -81,7 +83,7 @@ class LeaseManager:
         """One attempt; raises LeaseUnavailable with the reason (config, slots, node_down)."""
         token = uuid.uuid4().hex
         keys = [self.keys.lease(config_key), self.keys.fence(config_key), self.keys.node_slots(node),
-                self.keys.node(node)]
+                self.keys.node(node), self.keys.lease_expiry]
         reply = self._acquire(keys=keys, args=[token, self.ttl_ms, self.default_slots, node, worker, job_id])
         if reply[0] == 1:
             return Lease(config_key, node, token, int(reply[1]), self.ttl_ms)
@@ -105,14 +107,14 @@ class LeaseManager:
     def renew(self, lease: Lease, job_id: str | None = None) -> Renewal:
         """Extend both leases by the TTL (falsy when the caller no longer holds them); with `job_id`,
         the same reply says whether the job was asked to stop (cancel, preemption)."""
-        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node)]
+        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node), self.keys.lease_expiry]
         if job_id is not None:
             keys.append(self.keys.job(job_id))
         held, *asked = self._renew(keys=keys, args=[lease.token, lease.ttl_ms])
         return Renewal(bool(held), stop_reason(*asked) if held else None)
 
     def release(self, lease: Lease) -> bool:
-        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node)]
+        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node), self.keys.lease_expiry]
         return bool(self._release(keys=keys, args=[lease.token]))
 
     def newest_fence(self, config_key: str) -> int:

@@ -5,7 +5,9 @@
   go back on RQ's queue, each in one transaction with its state change.
 - `reap` (orchestrator, every `leases.reaper_interval_s`): an attempt whose config lease is gone
   (or held under another fencing token) was abandoned: its worker died, froze or lost Redis past
-  the TTL. The job moves to retrying (an infrastructure failure: backoff, a retry limit) and
+  the TTL. A tick reads only the jobs whose lease expiry has passed (one ZRANGEBYSCORE of the
+  zset the lease scripts keep), so a running training costs the reaper nothing.
+  The job moves to retrying (an infrastructure failure: backoff, a retry limit) and
   TRAINING_FAILED says so. Whatever is left of the old attempt is fenced at publish.
 - `requeue_lost`: a queued job that nothing will run is put back: its RQ job ended or vanished
   without starting it (e.g. Redis went away), or a worker took it from RQ and died before taking
@@ -30,6 +32,7 @@ from coordinator.job_states import ACTIVE_ATTEMPT_STATES, FAILED, QUEUED, RETRYI
 from coordinator.jobs import JobStore, _strings, _text, decode_hash
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import parse_holder
+from coordinator.lua import script
 from coordinator.retry import decide
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,10 @@ log = logging.getLogger(__name__)
 REAPED_RETRY_DELAY_S = 0.0
 # A worker takes its leases within seconds of taking a job from RQ; past this it died doing so.
 LOST_AFTER_S = 20.0
+# The reaper reads at most this many expired lease entries a tick (the rest the next tick).
+REAP_BATCH = 500
+# How often the reaper checks every active job rather than only the expired lease entries.
+FULL_SWEEP_S = 300.0
 
 
 class Recovery:
@@ -45,6 +52,8 @@ class Recovery:
         self.conn = store.conn
         self.keys = store.keys
         self.settings = settings or Settings()
+        self._forget_expired = script(self.conn, "lease_expiry_forget.lua")
+        self._next_sweep = 0.0  # the first reap checks every active job
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> Recovery:
@@ -111,28 +120,44 @@ class Recovery:
 
     # -- abandoned attempts -----------------------------------------------------------------------
     def reap(self) -> list[str]:
-        """Attempts whose lease is gone or taken over: retry them (or fail them past the limit)."""
-        active = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.active).items()}
-        if not active:
+        """Attempts whose lease is gone or taken over: retry them (or fail them past the limit).
+
+        One ZRANGEBYSCORE a tick: only the jobs whose lease expiry (`Keys.lease_expiry`, kept by
+        the lease scripts) has passed are read, not every running job. Every `FULL_SWEEP_S` (and
+        on the first tick) every active job is checked too, for an entry nothing set (a record
+        older than the expiry zset)."""
+        candidates = [j.decode() for j in self.conn.zrangebyscore(
+            self.keys.lease_expiry, "-inf", int(time.time() * 1000), start=0, num=REAP_BATCH)]
+        if time.monotonic() >= self._next_sweep:
+            self._next_sweep = time.monotonic() + FULL_SWEEP_S
+            expired = set(candidates)
+            candidates += [job_id for job_id in (v.decode() for v in self.conn.hvals(self.keys.active))
+                           if job_id not in expired]
+        if not candidates:
             return []
-        pairs = list(active.items())
-        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only, two fields per job
-            for config_key, job_id in pairs:
-                pipe.hmget(self.keys.job(job_id), "state", "fence")
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for job_id in candidates:
+                pipe.hmget(self.keys.job(job_id), "state", "fence", "config_key")
+            records = [tuple(_text(v) for v in reply) for reply in pipe.execute()]
+        suspects = [(job_id, fence, config_key) for job_id, (state, fence, config_key) in zip(candidates, records)
+                    if state in ACTIVE_ATTEMPT_STATES and config_key]
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for _job_id, _fence, config_key in suspects:
                 pipe.get(self.keys.lease(config_key))
-            replies = pipe.execute()
-        reaped = []
-        for i, (_config_key, job_id) in enumerate(pairs):
-            (state, fence), lease = replies[2 * i], replies[2 * i + 1]
-            if state is None or state.decode() not in ACTIVE_ATTEMPT_STATES:
-                continue
+            leases = pipe.execute() if suspects else []
+        reaped, alive = [], set()
+        for (job_id, fence, _config_key), lease in zip(suspects, leases):
             holder = parse_holder(lease.decode()) if lease else {}
-            if holder.get("fence") == (fence.decode() if fence else None):
-                continue  # alive: its worker keeps renewing
+            if holder.get("fence") == fence:
+                alive.add(job_id)  # its worker renews (or it is renewed by a version that sets no entry)
+                continue
             # The whole record only for a suspect; abandon() re-checks state and fence atomically.
             record = decode_hash(self.conn.hgetall(self.keys.job(job_id)))
             if self.abandon(record, "worker_lost", "lease expired: the worker died, froze or lost Redis"):
                 reaped.append(job_id)
+        handled = [job_id for job_id in candidates if job_id not in alive]
+        if handled:  # ended, reaped or no longer leased: only entries still past their time go
+            self._forget_expired(keys=[self.keys.lease_expiry], args=handled)
         return reaped
 
     def abandon(self, record: dict[str, str], reason: str, error: str) -> bool:
@@ -147,7 +172,9 @@ class Recovery:
         moved = self.store.transition(
             job_id, config_key, target,
             {**fields, f"failures_{decision.failure_class}": decision.failures_of_class},
-            (TRAINING_FAILED, {**fields, "retry_in_s": round(wake - time.time(), 3)}),
+            (TRAINING_FAILED, {**fields, "retry_in_s": round(wake - time.time(), 3),
+                               "board_type": record.get("board_type", ""),
+                               "num_players": record.get("num_players", "")}),
             release_active=target == FAILED, wake_at=wake if decision.will_retry else None,
             expected_fence=record.get("fence", ""),
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -179,3 +180,18 @@ def test_an_older_attempts_failure_leaves_the_newer_attempt_alone(running_job, f
     assert orch.jobs.get(job_id)["state"] == "leased"  # untouched
     assert end_job(orch.jobs, job_id, "hex8_2p", fence=2, latest_model="/new/model.pt") == "recorded"
     assert fake_conn.hget(keys.config("hex8_2p"), "latest_model") == b"/new/model.pt"
+
+
+def test_the_lease_scripts_keep_the_expiry_zset(fake_conn, keys):
+    """Acquire and renew set the job's entry to the lease's expiry (ms); release by its holder
+    removes it, a release by a former holder does not."""
+    leases = LeaseManager(fake_conn, keys, ttl_s=30)
+    lease = leases.try_acquire("hex8_2p", "n1", "w1", "job-1")
+    first = fake_conn.zscore(keys.lease_expiry, "job-1")
+    assert abs(first - (time.time() * 1000 + 30_000)) < 5_000
+    fake_conn.zadd(keys.lease_expiry, {"job-1": 1})
+    assert leases.renew(lease)
+    assert fake_conn.zscore(keys.lease_expiry, "job-1") >= first
+    stranger = replace(lease, token="someone-else")
+    assert not leases.release(stranger) and fake_conn.zscore(keys.lease_expiry, "job-1") is not None
+    assert leases.release(lease) and fake_conn.zscore(keys.lease_expiry, "job-1") is None

@@ -17,7 +17,7 @@ from tests.conftest import take_job
 
 def test_the_state_table():
     assert FINAL_STATES == {"complete", "failed", "cancelled", "stale"}
-    assert allowed_from("queued") == {"retrying"}
+    assert allowed_from("queued") == {"retrying", "preempted"}  # a preempted job resumes from the queue
     assert allowed_from("leased") == {"queued"}
     assert all(moves for state, moves in TRANSITIONS.items() if state not in FINAL_STATES)
 
@@ -59,17 +59,69 @@ def test_failures_outside_the_window_do_not_add_up(fake_conn, keys):
     assert breakers.record("node", "gpu-1", False) == CLOSED
 
 
+def expire_lease(conn, keys, config_key: str, job_id: str) -> None:
+    """What a lease not renewed past its TTL leaves: no lease, its expiry entry in the past."""
+    conn.delete(keys.lease(config_key))
+    conn.zadd(keys.lease_expiry, {job_id: 0})
+
+
 def test_reaper_retries_an_attempt_whose_lease_is_gone(orch, fake_conn, keys):
     job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
     lease = take_job(orch, job_id, "hex8_2p")
     assert orch.recovery.reap() == []  # its holder renews: alive
-    fake_conn.delete(keys.lease("hex8_2p"))  # not renewed past the TTL
+    expire_lease(fake_conn, keys, "hex8_2p", job_id)
     assert orch.recovery.reap() == [job_id]
+    assert fake_conn.zscore(keys.lease_expiry, job_id) is None  # handled: the entry is gone
+    failed = [f for _, f in fake_conn.xrange(keys.events) if f[b"type"] == b"TRAINING_FAILED"][-1]
+    assert (failed[b"reason"], failed[b"board_type"], failed[b"num_players"]) == (b"worker_lost", b"hex8", b"2")
     record = orch.jobs.get(job_id)
     assert (record["state"], record["reason"], record["failures_infrastructure"]) == ("retrying", "worker_lost", "1")
     assert orch.recovery.requeue_due() == [job_id]
     assert orch.jobs.get(job_id)["state"] == "queued" and orch.jobs.get(job_id)["rq_job_id"] == f"{job_id}-a2"
     assert lease.fence == 1
+
+
+def test_a_reaper_tick_reads_only_the_expired_leases(orch, fake_conn, keys, monkeypatch):
+    """Running trainings whose leases are renewed cost a tick one command in all (ZRANGEBYSCORE),
+    however many run; only an expired entry's job is read."""
+    jobs = [orch.submit_training_sync("hex8", players, "/d/x.npz", samples=10) for players in (2, 3, 4)]
+    for job_id, players in zip(jobs, (2, 3, 4)):
+        take_job(orch, job_id, f"hex8_{players}p", node=f"node-{players}")
+    assert orch.recovery.reap() == []  # the first tick checks every active job
+    real, sent = fake_conn.execute_command, []
+    monkeypatch.setattr(fake_conn, "execute_command", lambda *a, **o: sent.append(a[0]) or real(*a, **o))
+    assert orch.recovery.reap() == []
+    assert sent == ["ZRANGEBYSCORE"]
+    monkeypatch.setattr(fake_conn, "execute_command", real)
+    expire_lease(fake_conn, keys, "hex8_3p", jobs[1])
+    assert orch.recovery.reap() == [jobs[1]]
+    assert orch.jobs.get(jobs[0])["state"] == "running" and orch.jobs.get(jobs[2])["state"] == "running"
+
+
+def test_the_reaper_forgets_ended_jobs_and_keeps_a_new_attempts_entry(orch, fake_conn, keys):
+    from tests.conftest import end_job
+
+    done = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    lease = take_job(orch, done, "hex8_2p")
+    end_job(orch.jobs, done, "hex8_2p", fence=lease.fence)
+    fake_conn.zadd(keys.lease_expiry, {done: 0})  # ended, its lease expired before the release
+    assert orch.recovery.reap() == [] and fake_conn.zscore(keys.lease_expiry, done) is None
+    # An entry renewed between the reaper's read and its clean-up stays (the script compares times).
+    fake_conn.zadd(keys.lease_expiry, {"renewed-meanwhile": 2**50})
+    orch.recovery._forget_expired(keys=[keys.lease_expiry], args=["renewed-meanwhile"])
+    assert fake_conn.zscore(keys.lease_expiry, "renewed-meanwhile") == 2**50
+
+
+def test_the_first_tick_checks_every_active_job_even_without_an_entry(make_settings, fake_conn, keys):
+    """A running job the expiry zset does not know (a record older than it) is still reaped."""
+    from coordinator import TrainingOrchestrator
+
+    first = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="a")
+    job_id = first.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    take_job(first, job_id, "hex8_2p")
+    fake_conn.delete(keys.lease("hex8_2p"), keys.lease_expiry)
+    restarted = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="b")
+    assert restarted.recovery.reap() == [job_id]
 
 
 def test_cancel_a_queued_job_frees_its_config(orch, fake_conn, keys):
