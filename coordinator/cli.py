@@ -15,8 +15,9 @@ import redis
 from coordinator.config import data_roots_problem, load_settings, redact_url
 from coordinator.connection import connect
 from coordinator.dashboard.command import DEFAULT_PORT, add_dashboard_parser
-from coordinator.errors import ConfigError, EventError, JobError
+from coordinator.errors import ConfigError, CoordinatorError, EventError, JobError
 from coordinator.events import EventConsumer
+from coordinator.inputs import check_identifier
 from coordinator.jobs import JobStore
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
@@ -163,7 +164,11 @@ def _run(args: argparse.Namespace, settings) -> int:
         from coordinator.dashboard.server import serve_in_thread
 
         serve_in_thread(settings, args.dashboard_port)
-    asyncio.run(TrainingOrchestrator(settings).run_until_signal(args.metrics_port))
+    try:
+        asyncio.run(TrainingOrchestrator(settings).run_until_signal(args.metrics_port))
+    except CoordinatorError as exc:  # e.g. ConsumerDied: the event consumer thread ended
+        logging.getLogger(__name__).error("ringrift-train run stopped: %s", exc)
+        return 1
     return 0
 
 
@@ -299,6 +304,11 @@ def _dead_letters(args: argparse.Namespace, settings) -> int:
 
 
 def _cancel(args: argparse.Namespace, settings) -> int:
+    try:
+        check_identifier("job_id", args.job_id)
+    except EventError as exc:
+        print(f"cancel: {exc}", file=sys.stderr)
+        return 1
     conn = connect(settings.redis.url)
     try:
         outcome = JobStore.from_settings(conn, Keys(settings.redis.prefix), settings).cancel(args.job_id)
@@ -314,6 +324,11 @@ def _cancel(args: argparse.Namespace, settings) -> int:
 def _worker_alive(args: argparse.Namespace, settings) -> int:
     """Liveness of one rq worker from its own heartbeat: 0 alive; 1 missing, stopped, stale, or
     Redis unreachable."""
+    try:
+        check_identifier("worker", args.name)
+    except EventError as exc:
+        print(f"worker-alive: {exc}", file=sys.stderr)
+        return 1
     try:
         alive, why = worker_liveness(connect(settings.redis.url), args.name, args.max_age)
     except redis.RedisError as exc:
