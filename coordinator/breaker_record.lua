@@ -1,6 +1,6 @@
 -- Record one result on a circuit breaker; open or close it, with its event, atomically.
 -- KEYS[1] breaker hash (state, failures, first_failure_at, opened_at)   KEYS[2] event stream
--- ARGV[1] stream max length   ARGV[2] '1' success / '0' failure   ARGV[3] now (unix s)
+-- ARGV[1] stream max length (0: not trimmed)   ARGV[2] '1' success / '0' failure   ARGV[3] now (unix s)
 -- ARGV[4] failures that open it   ARGV[5] window s   ARGV[6] kind (config|node)   ARGV[7] name
 -- ARGV[8] cooldown s
 -- Returns the state after: 'closed' | 'open'.
@@ -9,7 +9,7 @@ local now = tonumber(ARGV[3])
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0, 'last_success_at', ARGV[3])
   if state ~= 'closed' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'CIRCUIT_CLOSED',
+    xadd_trimmed(KEYS[2], ARGV[1], 'type', 'CIRCUIT_CLOSED',
       'kind', ARGV[6], 'name', ARGV[7])
   end
   return 'closed'
@@ -30,7 +30,7 @@ failures = failures + 1
 redis.call('HSET', KEYS[1], 'failures', failures, 'last_failure_at', ARGV[3])
 if failures >= tonumber(ARGV[4]) then
   redis.call('HSET', KEYS[1], 'state', 'open', 'opened_at', ARGV[3])
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'CIRCUIT_OPENED',
+  xadd_trimmed(KEYS[2], ARGV[1], 'type', 'CIRCUIT_OPENED',
     'kind', ARGV[6], 'name', ARGV[7], 'failures', failures, 'cooldown_s', ARGV[8])
   return 'open'
 end

@@ -2,7 +2,7 @@
 -- asked to stop (its worker stops the trainer); either way its config first waits for a newer export.
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] delayed-job zset
 -- KEYS[5] the config's hash   KEYS[6] RQ's training queue (list of RQ job ids)
--- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] unix time now
+-- ARGV[1] stream max length (0: not trimmed)   ARGV[2] job id   ARGV[3] config key   ARGV[4] unix time now
 -- ARGV[5] the cancelled state   ARGV[6] states cancelled at once, comma-separated (waiting)
 -- ARGV[7] states asked to stop, comma-separated (an attempt runs)
 -- ARGV[8] n event field/value pairs (from ARGV[9]; 'state_was' is appended)
@@ -39,5 +39,5 @@ local evt = {}
 for i = 9, 8 + 2 * tonumber(ARGV[8]) do evt[#evt + 1] = ARGV[i] end
 evt[#evt + 1] = 'state_was'
 evt[#evt + 1] = state
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
+xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))
 return 'cancelled'

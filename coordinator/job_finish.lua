@@ -7,7 +7,7 @@
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] config hash
 -- KEYS[5] the config's fencing counter   KEYS[6] delayed-job zset (retries wait there)
 -- KEYS[7] the config's published models (list, newest first)
--- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] final state
+-- ARGV[1] stream max length (0: not trimmed)   ARGV[2] job id   ARGV[3] config key   ARGV[4] final state
 -- ARGV[5] this attempt's fencing token ('' when run without a lease)   ARGV[6] node   ARGV[7] attempt
 -- ARGV[8] n_job: field/value pairs for the job hash      (from ARGV[15])
 -- ARGV[9] n_cfg: field/value pairs for the config hash   (after the job's)
@@ -47,7 +47,7 @@ if mine ~= '' then
     end
     redis.call('HSET', KEYS[1], 'last_stale_attempt', ARGV[7], 'last_stale_at', now_s)
     local config = redis.call('HMGET', KEYS[1], 'board_type', 'num_players')
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_FAILED',
+    xadd_trimmed(KEYS[2], ARGV[1], 'type', 'TRAINING_FAILED',
       'job_id', ARGV[2], 'config_key', ARGV[3], 'board_type', config[1] or '', 'num_players', config[2] or '',
       'reason', 'fenced', 'error', error, 'attempt', ARGV[7], 'node', ARGV[6], 'fence', mine)
     return 2
@@ -55,7 +55,7 @@ if mine ~= '' then
   if current ~= mine then
     -- A failure of an older attempt: reported, but the job belongs to a newer attempt now.
     redis.call('HSET', KEYS[1], 'last_stale_attempt', ARGV[7], 'last_stale_at', now_s)
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
+    xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))
     return 2
   end
 end
@@ -80,7 +80,7 @@ end
 if #cfg > 0 then
   redis.call('HSET', KEYS[4], unpack(cfg))
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
+xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))
 if ARGV[12] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[12], ARGV[2])  -- retrying: the config stays taken by this job
 else

@@ -19,7 +19,4 @@ end
 if KEYS[3] then
   redis.call('HSET', KEYS[3], 'meta', ARGV[meta_i])
 end
-if ARGV[1] == '0' then
-  return redis.call('XADD', KEYS[2], '*', unpack(evt))
-end
-return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
+return xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))

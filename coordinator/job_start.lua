@@ -1,6 +1,6 @@
 -- An attempt holding the leases takes a job: queued -> leased, announced, atomically.
 -- KEYS[1] job hash            KEYS[2] event stream     KEYS[3] the job's config hash
--- ARGV[1] stream max length   ARGV[2] now (unix s)     ARGV[3] job id
+-- ARGV[1] stream max length (0: not trimmed)   ARGV[2] now (unix s)     ARGV[3] job id
 -- ARGV[4] node                ARGV[5] worker name      ARGV[6] fencing token ('' without a lease)
 -- ARGV[7] allowed "from" states, comma-separated       ARGV[8] epoch it resumes from (0: fresh)
 -- ARGV[9] the model it starts from (warm start; '' : none), the job's `parent_model`
@@ -22,7 +22,7 @@ redis.call('HSET', KEYS[1], 'state', 'leased', 'node', ARGV[4], 'worker', ARGV[5
 local config_key = redis.call('HGET', KEYS[1], 'config_key')
 local job = redis.call('HMGET', KEYS[1], 'epochs', 'board_type', 'num_players')
 local source = redis.call('HGET', KEYS[1], 'source_event') or ''  -- the export behind it (latency)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'type', 'TRAINING_STARTED',
+xadd_trimmed(KEYS[2], ARGV[1], 'type', 'TRAINING_STARTED',
   'job_id', ARGV[3], 'config_key', config_key, 'board_type', job[2] or '', 'num_players', job[3] or '',
   'node', ARGV[4], 'worker', ARGV[5], 'attempt', attempt, 'total_epochs', job[1] or '', 'fence', ARGV[6],
   'resumed_epoch', ARGV[8], 'init_weights', ARGV[9], 'source_event', source)

@@ -1,6 +1,6 @@
 -- Move a job to another state if it is in one of the allowed states, atomically with its event.
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] delayed-job zset
--- ARGV[1] stream max length   ARGV[2] job id   ARGV[3] config key   ARGV[4] target state
+-- ARGV[1] stream max length (0: not trimmed)   ARGV[2] job id   ARGV[3] config key   ARGV[4] target state
 -- ARGV[5] allowed "from" states, comma-separated (job_states.TRANSITIONS)
 -- ARGV[6] '1': free the config's active slot   ARGV[7] unix time to wake it ('' : none)
 -- ARGV[8] '1': take it off the delayed set    ARGV[9] expected fencing token ('' : any)
@@ -32,6 +32,6 @@ end
 if tonumber(ARGV[11]) > 0 then
   local evt = {}
   for _ = 1, 2 * tonumber(ARGV[11]) do evt[#evt + 1] = ARGV[i]; i = i + 1 end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(evt))
+  xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))
 end
 return {1, state}

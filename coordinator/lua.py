@@ -10,7 +10,10 @@ import redis
 from redis.commands.core import Script
 
 HERE = Path(__file__).parent
-SOURCES = {path.name: path.read_text() for path in HERE.glob("*.lua")}
+# Helpers every script may call (`_stream.lua`: xadd_trimmed, the stream-trimming rule), prepended
+# to each script; files named `_*.lua` are such helpers, not scripts.
+PRELUDE = "".join(path.read_text() for path in sorted(HERE.glob("_*.lua")))
+SOURCES = {path.name: PRELUDE + path.read_text() for path in HERE.glob("*.lua") if not path.name.startswith("_")}
 
 
 def script(conn: redis.Redis, name: str) -> Script:
