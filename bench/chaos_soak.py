@@ -6,10 +6,11 @@ the last third is at most GROWTH_ALLOWED above the largest of the first third, o
 metric's absolute slack (a few keys or entries come and go with the jobs in flight). A least-squares
 slope per hour over the same samples is printed beside it.
 
-Keys are judged by those without a TTL: RQ keeps each job's own key for its result TTL (7 days,
-`coordinator.jobs.RQ_RESULT_TTL_S`), so the total grows through any run shorter than that and is
-bounded by the TTL, not by anything an hour can show; a key without a TTL that keeps coming is a leak.
-The total is printed (not judged).
+Keys and memory are judged by the keys without a TTL (their count, and their bytes by MEMORY
+USAGE): RQ keeps each job's own key for its result TTL (7 days, `coordinator.jobs.RQ_RESULT_TTL_S`),
+so the total count and Redis' used memory grow through any run shorter than that and are bounded by
+the TTL, not by anything an hour can show; a key without a TTL that keeps coming, or keeps growing,
+is a leak. The totals are printed (not judged).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ KEYS = Keys("ringrift")
 WARMUP_FRACTION = 0.1
 GROWTH_ALLOWED = 0.25
 # name -> absolute slack below which a difference is noise (None: printed, not judged)
-METRICS: dict[str, int | None] = {"used_memory_bytes": 2_000_000, "keys": None, "keys_without_ttl": 50,
-                                  "stream_length": 200, "pending_entries": 20, "job_records": 50}
+METRICS: dict[str, int | None] = {"used_memory_bytes": None, "memory_without_ttl_bytes": 1_000_000, "keys": None,
+                                  "keys_without_ttl": 50, "stream_length": 200, "pending_entries": 20,
+                                  "job_records": 50}
 
 
 def sample(conn: redis.Redis) -> dict[str, int]:
@@ -37,8 +39,14 @@ def sample(conn: redis.Redis) -> dict[str, int]:
         for name in names:
             pipe.pttl(name)
         ttls = pipe.execute()
-    return {"used_memory_bytes": int(conn.info("memory")["used_memory"]), "keys": len(names),
-            "keys_without_ttl": sum(ttl == -1 for ttl in ttls), "stream_length": int(conn.xlen(KEYS.events)),
+    lasting = [name for name, ttl in zip(names, ttls) if ttl == -1]
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for name in lasting:
+            pipe.memory_usage(name)
+        sizes = pipe.execute()
+    return {"used_memory_bytes": int(conn.info("memory")["used_memory"]),
+            "memory_without_ttl_bytes": sum(size or 0 for size in sizes), "keys": len(names),
+            "keys_without_ttl": len(lasting), "stream_length": int(conn.xlen(KEYS.events)),
             "pending_entries": sum(int(g["pending"]) for g in groups),
             "job_records": int(conn.zcard(KEYS.jobs))}
 
