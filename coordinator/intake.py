@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import redis
 
+from coordinator.events import INTAKE_REJECTED
 from coordinator.keys import Keys
 from coordinator.lua import script
 from coordinator.schemas import MAX_FIELD_BYTES, MAX_FIELDS, MAX_PAYLOAD_BYTES
@@ -42,7 +43,6 @@ MAX_FIELD_NAME_BYTES = 256  # schemas.validate_entry's limit on a field name
 # reach the stream, and their INTAKE_REJECTED event keeps REJECTED_HEAD_BYTES of them.
 SUBMISSION_MAX_BYTES = 2 * (MAX_PAYLOAD_BYTES + MAX_FIELDS * (MAX_FIELD_NAME_BYTES + MAX_FIELD_BYTES))
 REJECTED_HEAD_BYTES = 256  # bytes of a rejected submission kept in its INTAKE_REJECTED event
-REJECTED_TYPE = "INTAKE_REJECTED"
 DEFAULT_KEYS = Keys()  # prefix "ringrift"; pass the settings' Keys when the prefix differs
 
 Fields = Mapping[str, str | int] | Iterable[tuple[str, str | int]]
@@ -91,5 +91,5 @@ def move(conn: redis.Redis, keys: Keys = DEFAULT_KEYS, batch: int = MOVE_BATCH) 
         if done + bad < batch:
             break
     if rejected:
-        log.warning("intake: %d submission(s) rejected (see %s events in the dead letters)", rejected, REJECTED_TYPE)
+        log.warning("intake: %d submission(s) rejected (see %s events in the dead letters)", rejected, INTAKE_REJECTED)
     return Moved(moved, rejected)

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from coordinator import intake
+from coordinator.events import INTAKE_REJECTED
 from coordinator.keys import Keys
 from tests.conftest import stream_events
 
@@ -80,7 +81,7 @@ def test_junk_becomes_one_rejected_event_with_its_reason_size_and_hash(real_conn
     real_conn.rpush(KEYS.intake, *JUNK)
     intake.publish_export(real_conn, {"config_key": "hex8_2p"})  # a good one after the junk still moves
     assert intake.move(real_conn, KEYS) == intake.Moved(1, len(JUNK))
-    rejected = stream_events(real_conn, intake.REJECTED_TYPE)
+    rejected = stream_events(real_conn, INTAKE_REJECTED)
     assert [e.fields["intake_error"] for e in rejected] == list(JUNK.values())
     for event, payload in zip(rejected, JUNK):
         assert event.fields["intake_bytes"] == str(len(payload))
@@ -104,7 +105,7 @@ def test_the_consumer_dead_letters_a_rejected_submission_with_its_reason(real_co
     intake.move(real_conn, KEYS)
     orch.process_once(block_ms=10)
     [letter] = [(i, f) for i, f in real_conn.xrange(KEYS.dead_letters)]
-    assert letter[1][b"type"] == intake.REJECTED_TYPE.encode()
+    assert letter[1][b"type"] == INTAKE_REJECTED.encode()
     assert letter[1][b"intake_error"].startswith(b"an odd number of items")
 
 
