@@ -47,18 +47,9 @@ class _PrunesJobs(Protocol):
     def prune(self, before: float) -> int: ...
 
 
-class _Pruner(Protocol):
-    def prune_job_history(self) -> int: ...
-
-
 def prune_before(jobs: _PrunesJobs, retention_days: float, now: float) -> int:
     """Job records past the retention (0 keeps them), a batch per run."""
     return jobs.prune(now - retention_days * SECONDS_PER_DAY) if retention_days > 0 else 0
-
-
-def prune_job_history(owner: _Pruner) -> int:
-    """`owner.prune_job_history()` (kept for callers of the old API)."""
-    return owner.prune_job_history()
 
 
 class PeriodicWork:
@@ -119,8 +110,3 @@ class PeriodicWork:
             ran.append(job_id.removeprefix(self.id_prefix))
         return ran
 
-
-def task_intervals(owner: object) -> dict[str, float]:
-    """The intervals of `owner.periodic`'s tasks (kept for callers of the old API)."""
-    periodic: PeriodicWork = owner.periodic  # type: ignore[attr-defined]
-    return periodic.intervals()

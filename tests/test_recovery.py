@@ -10,7 +10,6 @@ from coordinator import TrainingOrchestrator
 from coordinator.breakers import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
 from coordinator.config import BreakerSettings, RetrySettings
 from coordinator.job_states import FINAL_STATES, TRANSITIONS, allowed_from
-from coordinator.periodic import prune_job_history, task_intervals
 from coordinator.retry import decide
 from tests.conftest import take_job
 
@@ -218,7 +217,7 @@ def test_periodic_work_is_registered_once_and_run_once(fake_conn, make_settings)
     assert sorted(ran) == ["prune", "reap", "requeue_due", "requeue_lost", "tick", "trim"]  # each once, by one
     again = first.periodic.run_due() + second.periodic.run_due()
     # Only what was due again: on a loaded machine the 1-s tasks may be (whole seconds, rounded up).
-    assert all(task_intervals(first)[task] <= time.monotonic() - began + 1 for task in again), again
+    assert all(first.periodic.intervals()[task] <= time.monotonic() - began + 1 for task in again), again
     slower = replace(make_settings(), leases=replace(make_settings().leases, reaper_interval_s=7))
     assert TrainingOrchestrator(slower, fake_conn, consumer_name="c").periodic.register() == [
         "ringrift-periodic-reap"]  # a changed interval replaces its entry
@@ -231,10 +230,10 @@ def test_old_job_records_are_pruned_once_ended_and_running_ones_kept(orch, fake_
         fake_conn.hset(keys.job(job_id), mapping={"state": state, "job_id": job_id})
         fake_conn.zadd(keys.jobs, {job_id: created})
     assert orch.settings.training.job_retention_days == 30
-    assert prune_job_history(orch) == 2
+    assert orch.prune_job_history() == 2
     assert sorted(j.decode() for j in fake_conn.zrange(keys.jobs, 0, -1)) == ["c-old-running", "d-recent-done"]
     assert not fake_conn.exists(keys.job("a-old-done")) and fake_conn.exists(keys.job("c-old-running"))
-    assert prune_job_history(orch) == 0
+    assert orch.prune_job_history() == 0
 
 
 def test_a_redis_error_is_not_taken_for_a_missing_rq_job(orch, monkeypatch):
