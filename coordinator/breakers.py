@@ -9,7 +9,7 @@ cooldown. Fenced and cancelled attempts are not failures of the config or the no
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import redis
 
@@ -35,6 +35,21 @@ def breaker_state(raw: Mapping[str, str], settings: BreakerSettings, now: float)
     return HALF_OPEN if now >= until else OPEN
 
 
+def node_breakers_open(conn: redis.Redis, keys: Keys, settings: BreakerSettings, nodes: Iterable[str],
+                       now: float) -> dict[str, bool]:
+    """Whether each node's circuit breaker is open (its workers hand every job back): one round trip."""
+    names = list(nodes)
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for name in names:
+            pipe.hgetall(keys.breaker("node", name))
+        raws = pipe.execute()
+    return {name: breaker_state(_decode(raw), settings, now) == OPEN for name, raw in zip(names, raws)}
+
+
+def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
 class CircuitBreakers:
     def __init__(self, conn: redis.Redis, keys: Keys, settings: BreakerSettings | None = None,
                  stream_maxlen: int = EventSettings.stream_maxlen, clock: Callable[[], float] = time.time) -> None:
@@ -58,8 +73,7 @@ class CircuitBreakers:
         return reply.decode() if isinstance(reply, bytes) else reply
 
     def state(self, kind: str, name: str) -> str:
-        raw = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.breaker(kind, name)).items()}
-        return breaker_state(raw, self.settings, self.clock())
+        return breaker_state(_decode(self.conn.hgetall(self.keys.breaker(kind, name))), self.settings, self.clock())
 
     def allows(self, kind: str, name: str) -> bool:
         return self.state(kind, name) != OPEN

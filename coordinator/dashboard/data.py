@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from coordinator.breakers import OPEN, breaker_state
-from coordinator.config import BreakerSettings, Settings
+from coordinator.breakers import node_breakers_open  # metrics.py imports it from here too
+from coordinator.config import Settings
 from coordinator.dashboard.stream_tail import StreamTail
 from coordinator.events import decode_entry
 from coordinator.job_states import ACTIVE_ATTEMPT_STATES, COMPLETE, FINAL_STATES
@@ -49,17 +49,6 @@ ROW_FIELDS = {name: name.encode() for name in (
     "score", "eligible", "starving", "why", "flags", "new_samples", "hours_since_training", "elo_per_hour",
     "scored_at", *(f"c_{f}" for f in FACTORS), *CONFIG_FIELDS)}
 BREAKER_WHY = "circuit breaker open"  # how scheduler._blockers words an open config breaker
-
-
-def node_breakers_open(conn: redis.Redis, keys: Keys, settings: BreakerSettings, nodes: Iterable[str],
-                       now: float) -> dict[str, bool]:
-    """Whether each node's circuit breaker is open (its workers hand every job back): one round trip."""
-    names = list(nodes)
-    with conn.pipeline(transaction=False) as pipe:  # batched reads only
-        for name in names:
-            pipe.hgetall(keys.breaker("node", name))
-        raws = pipe.execute()
-    return {name: breaker_state(decode_hash(raw), settings, now) == OPEN for name, raw in zip(names, raws)}
 
 
 class DashboardData:
