@@ -47,6 +47,7 @@ from coordinator.preempting import CANCELLED_STOP, PREEMPTED_STOP, lost_gpu_hour
 from coordinator.recovery import Recovery
 from coordinator.retry import BAD_INPUT_EXIT, decide
 from coordinator.scheduler import quality_block_until
+from coordinator.schemas import FIELD_LIMITS
 from workers.checkpoints import newest_checkpoint
 from workers.trainer_command import attempt_paths, build_argv, record_values
 from workers.trainer_output import OutputParser, result_figures
@@ -57,6 +58,8 @@ NODE_ENV = "RINGRIFT_NODE"
 GPUS_ENV = "RINGRIFT_GPUS"
 # How long the worker keeps trying to record an attempt's end while Redis is unreachable.
 FINISH_RETRY_S = 60.0
+# TRAINING_FAILED's stderr_tail: at most the schema's limit for the field, in bytes of UTF-8.
+STDERR_TAIL_BYTES = FIELD_LIMITS["stderr_tail"]
 
 
 def node_name() -> str:
@@ -302,7 +305,7 @@ class TrainingRun:
     def _fail(self, reason: str, error: str, stderr_tail: str) -> NoReturn:
         previous = int(self.record.get(f"failures_{decide(reason, 0, self.retries).failure_class}", 0))
         decision = decide(reason, previous, self.retries)
-        fields = {"reason": reason, "error": error, "stderr_tail": stderr_tail, "attempt": self.attempt,
+        fields = {"reason": reason, "error": error, "stderr_tail": utf8_tail(stderr_tail), "attempt": self.attempt,
                   "node": self.node, "failure_class": decision.failure_class,
                   "will_retry": str(decision.will_retry).lower(), "retry_in_s": round(decision.delay_s, 3)}
         outcome = self._outcome(
@@ -344,3 +347,10 @@ class TrainingRun:
             self.breakers.record("node", self.node, success)
         except redis.RedisError as exc:
             self.log.warning("circuit breakers not updated: %s", exc)
+
+
+def utf8_tail(text: str, limit_bytes: int = STDERR_TAIL_BYTES) -> str:
+    """The end of `text` that fits in `limit_bytes` bytes of UTF-8 (a character cut in half at the
+    start is dropped), so a tail of multi-byte characters still passes the schema's byte limit."""
+    data = text.encode("utf-8", "replace")
+    return text if len(data) <= limit_bytes else data[-limit_bytes:].decode("utf-8", "ignore")
