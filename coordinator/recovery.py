@@ -101,9 +101,15 @@ class Recovery:
     def requeue_lost(self) -> list[str]:
         """Queued jobs that nothing will run (their RQ job ended without starting them)."""
         active = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.active).items()}
+        # A job whose lease is live was taken by a worker: not lost, and not read (one command for
+        # all the running trainings instead of one each).
+        leased = {j.decode() for j in self.conn.zrangebyscore(self.keys.lease_expiry, int(time.time() * 1000),
+                                                               "+inf")} if active else set()
         lost = []
         queue = Queue(TRAINING_QUEUE, connection=self.conn)
         for config_key, job_id in active.items():
+            if job_id in leased:
+                continue
             state, rq_id, not_before = (_text(v) for v in self.conn.hmget(
                 self.keys.job(job_id), "state", "rq_job_id", "not_before"))
             if state != QUEUED or self.conn.zscore(self.keys.delayed_jobs, job_id) is not None:

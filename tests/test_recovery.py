@@ -97,6 +97,17 @@ def test_a_reaper_tick_reads_only_the_expired_leases(orch, fake_conn, keys, monk
     assert orch.jobs.get(jobs[0])["state"] == "running" and orch.jobs.get(jobs[2])["state"] == "running"
 
 
+def test_looking_for_lost_jobs_reads_no_running_job(orch, fake_conn, monkeypatch):
+    """requeue_lost (every 5 s) skips jobs whose lease is live: two commands however many run."""
+    jobs = [orch.submit_training_sync("hex8", players, "/d/x.npz", samples=10) for players in (2, 3)]
+    for job_id, players in zip(jobs, (2, 3)):
+        take_job(orch, job_id, f"hex8_{players}p", node=f"node-{players}")
+    real, sent = fake_conn.execute_command, []
+    monkeypatch.setattr(fake_conn, "execute_command", lambda *a, **o: sent.append(a[0]) or real(*a, **o))
+    assert orch.recovery.requeue_lost() == []
+    assert sent == ["HGETALL", "ZRANGEBYSCORE"]
+
+
 def test_the_reaper_forgets_ended_jobs_and_keeps_a_new_attempts_entry(orch, fake_conn, keys):
     from tests.conftest import end_job
 
