@@ -74,13 +74,14 @@ rest are stated assumptions. "Today" is RingRift's 12 configs; "all slots busy" 
 
 Where one Redis stops: planning for {REDIS_HEADROOM:.0%} of the single-connection pipelined rate
 measured here ({f['raw_xadd']:,.0f} commands/s), one Redis carries about {ceiling:,.0f} running
-trainings at {f['per_running']:.2f} commands/s each (lease renewal every TTL/3, the cancel poll every
-second, the reaper's two reads per running job every `reaper_interval_s`, RQ heartbeats, progress).
+trainings at {f['per_running']:.2f} commands/s each (lease renewal every TTL/3, which also carries
+cancel and preemption requests; progress once an epoch; RQ heartbeats; the reaper reads only
+expired leases, so it costs a running training nothing).
 Before that, the connection count needs `maxclients` (and the file-descriptor limit) raised, and at
 full scale the job history wants a shorter `training.job_retention_days` (Redis holds it in RAM).
 Events are never the bottleneck: even with
 every slot busy the stream carries {full['events_s']:.0f} events/s against an ingest of
-{f['ingest_1000']:,.0f}/s. Beyond one Redis: raise `reaper_interval_s` (the largest per-job term
-after renewals), then shard configs across coordinators, each with its own Redis or key prefix and
+{f['ingest_1000']:,.0f}/s. Beyond one Redis: raise `leases.ttl_s` (renewals are the largest
+per-job term), then shard configs across coordinators, each with its own Redis or key prefix and
 its own `training` queue, or move to Redis Cluster with hash-tagged keys per config.
 """
