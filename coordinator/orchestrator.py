@@ -47,6 +47,7 @@ from coordinator.periodic import (
     PeriodicWork,
     prune_before,
 )
+from coordinator.preempting import Preempter
 from coordinator.recovery import Recovery
 from coordinator.scheduler import TrainingScheduler
 from coordinator.schemas import validate, validate_entry
@@ -87,17 +88,18 @@ class TrainingOrchestrator:
         # Two orchestrators on one host need their own names (RINGRIFT_CONSUMER).
         name = consumer_name or os.environ.get(CONSUMER_ENV) or socket.gethostname()
         self.consumer = EventConsumer(self.conn, self.keys, e.group, name)
-        self.scheduler = TrainingScheduler(self.conn, self.keys, self.settings.scheduler,
-                                           breakers=self.settings.breakers)
+        self.scheduler = TrainingScheduler.from_settings(self.conn, self.keys, self.settings)
+        self.preempter = Preempter(self.jobs, self.scheduler, self.settings)
         lease = self.settings.leases
         self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
         self.recovery = Recovery(self.jobs, self.settings)
         self.metrics = Metrics(self.conn, self.keys, self.settings)
         self.periodic = PeriodicWork(self.conn, self.keys.prefix, self.periodic_tasks())
         self._handlers: dict[str, Callable[[Event], list[str]]] = {
-            ev.TRAINING_COMPLETE: self._on_training_end,
+            ev.TRAINING_COMPLETE: self._on_training_complete,
             ev.TRAINING_FAILED: self._on_training_end,
             ev.TRAINING_CANCELLED: self._on_training_end,
+            ev.TRAINING_PREEMPTED: self._on_training_end,
             ev.TRAINING_BLOCKED_BY_QUALITY: self._on_quality_block,
             ev.CLUSTER_HEALTH_CHANGED: self._on_cluster_health,
             ev.EVALUATION_COMPLETED: self._on_evaluation,
@@ -202,7 +204,10 @@ class TrainingOrchestrator:
         """Rescore every config (the time factors move) and fill free slots: the periodic work."""
         self._slots = None
         self._rescore(None)
-        return self.dispatch()
+        created = self.dispatch()
+        if self.settings.preemption.enabled:  # no slot for a more urgent config: a running job yields
+            self.preempter.tick(max(0, self.total_slots() - self.preempter.busy_slots()))
+        return created
 
     def _rescore(self, config_keys: list[str] | None) -> None:
         """Rescore; when a stored config cannot be scored, the others are scored one by one and
@@ -251,10 +256,18 @@ class TrainingOrchestrator:
             return created  # the common case after an export batch: no need to read every node's slots
         params = TrainingParams.from_settings(self.settings)
         capacity = self.total_slots() + self.settings.scheduler.prefetch  # read once per call
-        busy = self.conn.hlen(self.keys.active)
+        busy = self.preempter.busy_slots()  # a preempted job keeps its config's entry, not a slot
         for _ in range(MAX_DISPATCH_PER_CALL):
             if busy >= capacity or config_key is None:
                 break
+            preempted = self.preempter.preempted_job(config_key)
+            if preempted is not None:  # picked again: the same job resumes from its checkpoint
+                self.preempter.mark_dispatch(config_key, preempted)
+                if self.preempter.resume(config_key, preempted):
+                    busy += 1
+                self._rescore([config_key])
+                config_key = self.scheduler.get_next_training_config()
+                continue
             try:
                 result = self.jobs.create_job(self.settings, config_key, params)
             except TRANSIENT_REDIS_ERRORS:
@@ -263,6 +276,8 @@ class TrainingOrchestrator:
                 self._skip_config(config_key, f"cannot be dispatched: {_reason(exc)}")
                 config_key = self.scheduler.get_next_training_config()
                 continue
+            if result.action == "created":
+                self.preempter.mark_dispatch(config_key, result.job_id)
             self._rescore([config_key])
             if result.action == "created":
                 busy += 1
@@ -471,6 +486,15 @@ class TrainingOrchestrator:
     def _on_training_end(self, event: Event) -> list[str]:
         return [event.fields["config_key"]]  # its slot is free and its inputs changed
 
+    def _on_training_complete(self, event: Event) -> list[str]:
+        """Also the GPU-hours the training took (its attempts preempted before included): the cost
+        factor's durations. One GPU per training."""
+        f = event.fields
+        if f.get("duration_s"):
+            earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
+            self.scheduler.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)
+        return self._on_training_end(event)
+
     def _on_quality_block(self, event: Event) -> list[str]:
         """Block the config until its next export or `until` (default: quality_block_hours from now);
         a queued job for it is held by the worker that takes it (deferred), not lost."""
@@ -520,7 +544,7 @@ class TrainingOrchestrator:
     def _on_evaluation(self, event: Event) -> list[str]:
         config_key, f = ev.config_of(event.fields)[2], event.fields
         at = float(f["timestamp"]) if f.get("timestamp") else time.time()
-        self.scheduler.record_elo(config_key, float(f["elo"]), at)
+        self.scheduler.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None)
         return [config_key]
 
     def _on_curriculum(self, event: Event) -> list[str]:

@@ -42,6 +42,8 @@ local function record(config, job, config_key, expected, first, count)
                'num_players', ARGV[newest + 4])
     if ARGV[newest] ~= '' then redis.call('HSET', config, 'last_event_id', ARGV[newest]) end
     redis.call('HSETNX', config, 'first_seen_at', now)
+    -- New data and no job: the config waits for a GPU from now (the wait bound counts from here).
+    if current == '' then redis.call('HSETNX', config, 'waiting_since', now) end
     redis.call('HINCRBY', config, 'new_samples', samples)
     redis.call('ZADD', KEYS[2], 'NX', ARGV[2], config_key)
     if job and redis.call('HGET', job, 'state') == queued then

@@ -183,7 +183,7 @@ SCHEMAS: dict[str, Schema] = {
         whole=_cluster_health),
     ev.EVALUATION_COMPLETED: Schema(
         required={"elo": _number(-10_000, 100_000)},
-        optional={**COMMON_CONFIG, "timestamp": _number(0, 1e11)},
+        optional={**COMMON_CONFIG, "timestamp": _number(0, 1e11), "model_path": _path},
         one_of=(("config_key", "config", "board_type"),)),
     ev.CURRICULUM_WEIGHTS_UPDATED: Schema(config_key_fields=True, whole=_curriculum),
     ev.TRAINING_STARTED: Schema(
@@ -203,6 +203,11 @@ SCHEMAS: dict[str, Schema] = {
         optional={**TRAINING_COMMON, "retry_in_s": SECONDS, "will_retry": _one_of("true", "false")}),
     ev.TRAINING_CANCELLED: Schema(required={"job_id": JOB_ID, "config_key": _config_key},
                                   optional=TRAINING_COMMON),
+    ev.TRAINING_PREEMPTED: Schema(
+        required={"job_id": JOB_ID, "config_key": _config_key},
+        optional={**TRAINING_COMMON, "epoch": EPOCH, "preempted_for": _config_key, "kind": _one_of("wait", "value"),
+                  "requested_at": _number(0, 1e11), "lost_gpu_hours": _number(0, 1e6), "preemptions": EPOCH,
+                  "preempted_gpu_hours": _number(0, 1e6)}),
     ev.INTAKE_REJECTED: Schema(whole=_intake_rejected),
     ev.CIRCUIT_OPENED: Schema(required={"kind": _one_of("config", "node"), "name": _text}),
     ev.CIRCUIT_CLOSED: Schema(required={"kind": _one_of("config", "node"), "name": _text}),

@@ -171,3 +171,76 @@ def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempt
     [p] = [p for p in orch.scheduler.ranked() if p.config_key == "hexagonal_2p"]
     assert p.eligible and not p.starving  # competes again, waiting from now
     assert preempter.busy_slots() == 0 and preempter.resume("hexagonal_2p", job_id)
+
+
+# -- the orchestrator's wiring (fakeredis) ----------------------------------------------------------
+
+def test_an_export_with_no_job_starts_the_wait_and_a_dispatch_ends_it(orch, fake_conn, keys):
+    record = orch.jobs._record
+    seen = []
+
+    def spy(*args, **kwargs):  # what record_exports.lua left, before dispatch
+        result = record(*args, **kwargs)
+        seen.append(fake_conn.hget(keys.config("hex8_2p"), "waiting_since"))
+        return result
+
+    orch.jobs._record = spy
+    fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/d/a.npz",
+                                 "samples": "100"})
+    orch.process_once(block_ms=None)  # recorded, then dispatched at once (free slots)
+    assert seen and seen[0] is not None  # no job: the config waits for a GPU from now
+    job_id = orch.jobs.active_job("hex8_2p")
+    assert job_id and fake_conn.hget(keys.config("hex8_2p"), "waiting_since") is None  # ended by the dispatch
+    assert fake_conn.hget(keys.job(job_id), "picked_starving") == b"0"
+    fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/d/b.npz",
+                                 "samples": "100"})
+    orch.process_once(block_ms=None)  # its job is queued: the config does not wait for a GPU
+    assert fake_conn.hget(keys.config("hex8_2p"), "waiting_since") is None
+
+
+def test_the_tick_preempts_and_dispatch_resumes_the_preempted_job(fake_conn, make_settings, keys):
+    from dataclasses import replace
+
+    from coordinator import TrainingOrchestrator
+    from coordinator.preempting import record_preempted
+
+    settings = make_settings()
+    settings = replace(settings, hosts={"node-a": 1}, scheduler=replace(settings.scheduler, prefetch=0))
+    orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
+    orch.prepare()
+    job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
+    waiting_config(orch, "square8_2p", waited_h=20)
+    fake_conn.hset(keys.config("square8_2p"), mapping={"npz_path": "/d/s.npz", "board_type": "square8",
+                                                       "num_players": "2"})
+    orch.tick()
+    assert fake_conn.hget(keys.job(job_id), "preempt_for") == b"square8_2p"
+    assert orch.jobs.active_job("square8_2p") is None  # the slot is still busy
+    assert record_preempted(fake_conn, keys, 1000, job_id, "hexagonal_2p", lease.fence, "node-a", 1, 4, 0.0) == \
+        "recorded"
+    orch.leases.release(lease)
+    fake_conn.xadd(keys.events, {"type": "TRAINING_PREEMPTED", "job_id": job_id, "config_key": "hexagonal_2p",
+                                 "epoch": "4", "preempted_for": "square8_2p", "kind": "wait"})
+    orch.process_once(block_ms=None)  # a slot is free: the starving config goes first
+    short = orch.jobs.active_job("square8_2p")
+    assert short and fake_conn.hget(keys.job(short), "picked_starving") == b"1"
+    assert fake_conn.hget(keys.job(job_id), "state").decode() == PREEMPTED  # waits, not queued twice
+    end = take_job(orch, short, "square8_2p")
+    from tests.conftest import end_job
+
+    end_job(orch.jobs, short, "square8_2p", fence=end.fence)
+    orch.leases.release(end)
+    orch.process_once(block_ms=None)
+    assert fake_conn.hget(keys.job(job_id), "state").decode() == QUEUED  # resumed under its id
+    assert orch.jobs.active_job("hexagonal_2p") == job_id
+
+
+def test_completions_and_evaluations_feed_the_cost_factor(orch, fake_conn, keys):
+    fake_conn.hset(keys.job("j1"), "yielded_gpu_hours", "1.5")  # an earlier attempt, preempted
+    fake_conn.xadd(keys.events, {"type": "TRAINING_COMPLETE", "job_id": "j1", "config_key": "hex8_2p",
+                                 "duration_s": "1800"})
+    for elo, model in (("1000", "/m/a.pt"), ("1040", "/m/b.pt")):
+        fake_conn.xadd(keys.events, {"type": "EVALUATION_COMPLETED", "config_key": "hex8_2p", "elo": elo,
+                                     "model_path": model})
+    orch.process_once(block_ms=None)
+    assert [float(h) for h in fake_conn.lrange(keys.gpu_hours("hex8_2p"), 0, -1)] == [2.0]
+    assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [40.0]

@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from coordinator.config import load_settings
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
 
-pytestmark = pytest.mark.skip(reason="needs the orchestrator and worker wiring (preempting.py)")
 EPOCHS_LONG = 30  # the running training: ~15 s of epochs
 EPOCH_S = 0.5
 
