@@ -89,7 +89,10 @@ class TrainingSettings:
 
 @dataclass(frozen=True)
 class EventSettings:
+    # 0: no count cap (the byte budget still applies).
     stream_maxlen: int = 100_000
+    # The event stream's approximate byte budget, applied with the count at each trim.
+    stream_max_bytes: int = 512 * 1024 * 1024
     read_count: int = 100
     # An entry delivered more often than this without being handled is dead-lettered (poison).
     max_deliveries: int = 5

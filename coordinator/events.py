@@ -70,7 +70,6 @@ DEAD_PREFIX = b"dead_"
 DEAD_VALUE_BYTES = 512  # of each value kept in a dead letter
 DEAD_ENTRY_BYTES = 4096  # of names and values kept in a dead letter, its own fields aside
 DEAD_LETTERS_MAXLEN = 10_000  # entries; with DEAD_ENTRY_BYTES, at most ~45 MiB of dead letters
-STREAM_MAX_BYTES = 512 * 1024 * 1024  # the event stream's approximate byte budget (`trim`)
 TRIM_SAMPLE = 200  # newest entries whose size estimates the average entry
 Pairs = tuple[tuple[bytes, bytes], ...]
 
@@ -328,13 +327,16 @@ class EventConsumer:
             pipe.xack(self.keys.events, self.group, *(event.id for event, _ in letters))
             pipe.execute()
 
-    def trim(self, maxlen: int, max_bytes: int = STREAM_MAX_BYTES) -> int:
-        """Cap the event stream at `maxlen` entries and about `max_bytes` (the newest TRIM_SAMPLE
-        entries' average size times the count); returns the entries removed."""
+    def trim(self, maxlen: int, max_bytes: int) -> int:
+        """Cap the event stream at `maxlen` entries (0: no count cap) and about `max_bytes` (the
+        newest TRIM_SAMPLE entries' average size times the count); returns the entries removed."""
         sample = self.raw.xrevrange(self.keys.events, count=TRIM_SAMPLE)
         if sample:
             size = sum(len(k) + len(v) + 16 for _i, raw in sample for k, v in as_pairs(raw)) / len(sample)
-            maxlen = min(maxlen, max(1, int(max_bytes / size)))
+            cap = max(1, int(max_bytes / size))
+            maxlen = cap if maxlen == 0 else min(maxlen, cap)
+        if maxlen == 0:  # no count cap and nothing to measure: nothing to trim
+            return 0
         return self.conn.xtrim(self.keys.events, maxlen=maxlen, approximate=True)
 
     @staticmethod

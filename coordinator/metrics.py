@@ -19,9 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from coordinator import events as ev
-from coordinator.breakers import OPEN, breaker_state
+from coordinator.breakers import OPEN, breaker_state, node_breakers_open
 from coordinator.config import Settings
-from coordinator.dashboard.data import node_breakers_open
 from coordinator.jobs import decode_hash
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import LeaseManager

@@ -122,7 +122,8 @@ class TrainingOrchestrator:
             "reap": PeriodicTask(s.leases.reaper_interval_s, self.recovery.reap),
             "requeue_due": PeriodicTask(REQUEUE_DUE_INTERVAL_S, self.recovery.requeue_due),
             "requeue_lost": PeriodicTask(REQUEUE_LOST_INTERVAL_S, self.recovery.requeue_lost),
-            "trim": PeriodicTask(TRIM_INTERVAL_S, lambda: self.consumer.trim(s.events.stream_maxlen)),
+            "trim": PeriodicTask(TRIM_INTERVAL_S, lambda: self.consumer.trim(s.events.stream_maxlen,
+                                                                              s.events.stream_max_bytes)),
             "prune": PeriodicTask(PRUNE_INTERVAL_S, self.prune_job_history),
         }
 

@@ -33,3 +33,12 @@ def test_a_positive_stream_maxlen_still_trims(orch, fake_conn, keys):
     job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
     take_job(orch, job_id, "hex8_2p")
     assert fake_conn.xlen(keys.events) <= 10 + 100  # about maxlen (Redis trims whole nodes)
+
+
+def test_the_periodic_trim_with_maxlen_0_keeps_every_entry_under_the_byte_budget(orch, fake_conn, keys):
+    for i in range(300):
+        fake_conn.xadd(keys.events, {"type": "FILLER", "i": i})
+    assert orch.consumer.trim(0, orch.settings.events.stream_max_bytes) == 0
+    assert fake_conn.xlen(keys.events) == 300
+    orch.consumer.trim(0, 2_000)  # the byte budget still applies with no count cap
+    assert fake_conn.xlen(keys.events) < 300

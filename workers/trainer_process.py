@@ -102,7 +102,7 @@ def run_trainer(
             reader.join(timeout=5)
             watcher.join(timeout=5)
     missing = returncode == 0 and model_path is not None and not os.path.isfile(model_path)
-    return TrainerResult(returncode, timed_out.is_set(), "".join(tail)[-4000:], stopped.is_set(), missing,
+    return TrainerResult(returncode, timed_out.is_set(), "".join(tail), stopped.is_set(), missing,
                          dict(parser.summary), tuple(history))
 
 
