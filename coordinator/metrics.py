@@ -24,6 +24,8 @@ from coordinator.config import Settings
 from coordinator.jobs import decode_hash
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import LeaseManager
+from coordinator.preempting import pending
+from coordinator.preemption import VALUE, WAIT
 
 JOBS_SCANNED = 2000
 CONFIGS_EXPORTED = 2000
@@ -55,6 +57,12 @@ class Metrics:
                                 registry=r)
         self.fenced = Counter("ringrift_fenced_publishes", "Results refused because a newer lease existed",
                               registry=r)
+        self.preemptions = Counter("ringrift_preemptions", "Trainings that yielded their GPU at a checkpoint, by "
+                                   "kind (wait: the wait bound; value: outranked by the margin)", ["kind"], registry=r)
+        for kind in (WAIT, VALUE):
+            self.preemptions.labels(kind)
+        self.preempted_hours = Counter("ringrift_preemption_lost_gpu_hours", "GPU-hours of work preempted "
+                                       "trainings had done since their newest checkpoint", registry=r)
         r.register(_ClusterCollector(conn, keys, settings))
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
@@ -80,6 +88,9 @@ class Metrics:
             self.duration.observe(float(f["duration_s"]))
         elif event.type == ev.TRAINING_FAILED and f.get("reason") == "fenced":
             self.fenced.inc()
+        elif event.type == ev.TRAINING_PREEMPTED:
+            self.preemptions.labels(f.get("kind") or WAIT).inc()
+            self.preempted_hours.inc(float(f.get("lost_gpu_hours") or 0))
 
 
 class _ClusterCollector:
@@ -100,6 +111,8 @@ class _ClusterCollector:
         yield from self._configs(breaker)
         yield from self._nodes(breaker)
         yield breaker
+        yield GaugeMetricFamily("ringrift_preemptions_pending", "Running trainings asked to yield their GPU",
+                                value=len(pending(conn, keys)))
         stats = decode_hash(conn.hgetall(keys.stats))
         yield CounterMetricFamily("ringrift_lease_busy", "Jobs handed back because their leases were busy",
                                   value=float(stats.get("lease_busy", 0)))

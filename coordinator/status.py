@@ -1,6 +1,7 @@
 """What `ringrift-train status` shows, gathered from Redis as one plain dict (also its `--json`).
 
-Configs with priority, rank and why; running jobs with epoch, loss, node, elapsed and ETA; the
+Configs with priority, rank and why (a pending preemption among the flags); running jobs with
+epoch, loss, node, elapsed, ETA and a pending request to yield; the pending preemptions; the
 queue; nodes with slots and health, each with the RQ workers that run on it; RQ workers with their
 node and last heartbeat; recent failures.
 
@@ -25,6 +26,7 @@ from coordinator.job_states import ACTIVE_ATTEMPT_STATES
 from coordinator.jobs import decode_hash
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import LeaseManager
+from coordinator.preempting import pending
 from coordinator.scheduler import TrainingScheduler
 
 RECENT_EVENTS_SCANNED = 2000
@@ -44,6 +46,7 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
         "at": now,
         "configs": [_config_row(conn, keys, settings, p, rank, now) for rank, p in enumerate(ranked, 1)],
         "running": _running(conn, keys, now),
+        "preemptions": [vars(p) for p in pending(conn, keys)],
         "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
                   "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
         "nodes": _nodes(conn, keys, leases, held, workers),
@@ -56,7 +59,8 @@ def _config_row(conn: redis.Redis, keys: Keys, settings: Settings, p: Any, rank:
     breaker = decode_hash(conn.hgetall(keys.breaker("config", p.config_key)))
     return {
         "config_key": p.config_key, "rank": rank if p.eligible else None, "score": round(p.score, 3),
-        "eligible": p.eligible, "why": p.why, "flags": p.flags,
+        "eligible": p.eligible, "why": p.why, "flags": p.flags + ([p.preemption] if p.preemption else []),
+        "hours_waiting": round(p.hours_waiting, 2), "preemption": p.preemption,
         "hours_since_training": round(p.hours_since_training, 2), "new_samples": p.new_samples,
         "elo_per_hour": round(p.elo_per_hour, 2), "breaker": breaker_state(breaker, settings.breakers, now),
     }
@@ -79,7 +83,9 @@ def _running(conn: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
         rows.append({"job_id": r["job_id"], "config_key": r["config_key"], "state": r["state"],
                      "node": r.get("node", ""), "attempt": int(r.get("attempts", 0)), "epoch": epoch,
                      "total_epochs": total, "train_loss": r.get("train_loss"), "val_loss": r.get("val_loss"),
-                     "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1)})
+                     "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1),
+                     "preempt_for": r.get("preempt_for") if r.get("preempt_requested_at") else None,
+                     "preempt_why": r.get("preempt_why") if r.get("preempt_requested_at") else None})
     return sorted(rows, key=lambda row: row["config_key"])
 
 

@@ -244,3 +244,29 @@ def test_completions_and_evaluations_feed_the_cost_factor(orch, fake_conn, keys)
     orch.process_once(block_ms=None)
     assert [float(h) for h in fake_conn.lrange(keys.gpu_hours("hex8_2p"), 0, -1)] == [2.0]
     assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [40.0]
+
+
+def test_status_and_metrics_show_pending_preemptions_and_count_them(orch, preempter, fake_conn, keys):
+    from coordinator.events import decode_entry
+    from coordinator.metrics import Metrics
+    from coordinator.status import gather
+
+    job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
+    waiting_config(orch, "square8_2p", waited_h=20)
+    metrics = Metrics(fake_conn, keys, orch.settings)
+    assert metrics.registry.get_sample_value("ringrift_preemptions_pending") == 0
+    assert preempter.tick(free_slots=0) == [job_id]
+    status = gather(fake_conn, orch.settings)
+    [p] = status["preemptions"]
+    assert (p["job_id"], p["config_key"], p["for_config"], p["kind"]) == (job_id, "hexagonal_2p", "square8_2p", WAIT)
+    [row] = [r for r in status["running"] if r["job_id"] == job_id]
+    assert row["preempt_for"] == "square8_2p" and "starving" in row["preempt_why"]
+    flags = {c["config_key"]: c["flags"] for c in status["configs"]}
+    assert any(f.startswith("a GPU is being freed for it") for f in flags["square8_2p"])
+    assert metrics.registry.get_sample_value("ringrift_preemptions_pending") == 1
+    assert metrics.registry.get_sample_value("ringrift_preemptions_total", {"kind": WAIT}) == 0
+    event = decode_entry("1-0", {b"type": b"TRAINING_PREEMPTED", b"job_id": job_id.encode(),
+                                 b"config_key": b"hexagonal_2p", b"kind": b"wait", b"lost_gpu_hours": b"0.25"})
+    metrics.observe(event, dead=False)
+    assert metrics.registry.get_sample_value("ringrift_preemptions_total", {"kind": WAIT}) == 1
+    assert metrics.registry.get_sample_value("ringrift_preemption_lost_gpu_hours_total") == 0.25
