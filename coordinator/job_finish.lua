@@ -14,6 +14,8 @@
 -- ARGV[10] n_evt: field/value pairs of the event, `type` included (after the config's)
 -- ARGV[11] allowed "from" states, comma-separated   ARGV[12] unix time of the retry ('' : none)
 -- ARGV[13] the model a completed attempt publishes ('' : none)   ARGV[14] models kept on KEYS[7]
+-- An end that leaves the config without a job starts its wait (`waiting_since`) when new samples
+-- are left, else clears it.
 -- Returns 1 when recorded, 2 when fenced or stale, 0 when the job was not running (ended elsewhere).
 local function release_active()
   if redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
@@ -85,5 +87,13 @@ if ARGV[12] ~= '' then
   redis.call('ZADD', KEYS[6], ARGV[12], ARGV[2])  -- retrying: the config stays taken by this job
 else
   release_active()
+  -- The config has no job now: with new samples left it waits for a GPU from now (the wait bound).
+  if redis.call('HEXISTS', KEYS[3], ARGV[3]) == 0 then
+    if tonumber(redis.call('HGET', KEYS[4], 'new_samples') or '0') > 0 then
+      redis.call('HSET', KEYS[4], 'waiting_since', now_s)
+    else
+      redis.call('HDEL', KEYS[4], 'waiting_since')  -- nothing to wait for until the next export
+    end
+  end
 end
 return 1

@@ -16,6 +16,7 @@ end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 -- The new samples this run trains on: taken off the config's count when it succeeds.
 local covered = redis.call('HGET', KEYS[3], 'new_samples') or '0'
+redis.call('HDEL', KEYS[3], 'waiting_since')  -- it has a GPU: its wait is over
 redis.call('HSET', KEYS[1], 'state', 'leased', 'node', ARGV[4], 'worker', ARGV[5],
   'started_at', ARGV[2], 'updated_at', ARGV[2], 'covered_samples', covered, 'fence', ARGV[6],
   'resumed_epoch', ARGV[8], 'parent_model', ARGV[9])

@@ -270,3 +270,17 @@ def test_status_and_metrics_show_pending_preemptions_and_count_them(orch, preemp
     metrics.observe(event, dead=False)
     assert metrics.registry.get_sample_value("ringrift_preemptions_total", {"kind": WAIT}) == 1
     assert metrics.registry.get_sample_value("ringrift_preemption_lost_gpu_hours_total") == 0.25
+
+
+def test_an_end_with_new_samples_left_starts_the_configs_wait(orch, fake_conn, keys):
+    from tests.conftest import end_job
+
+    job_id, lease = running_job(orch, "hexagonal_2p", ran_h=1)
+    fake_conn.hincrby(keys.config("hexagonal_2p"), "new_samples", 500)  # exported while it trained
+    assert end_job(orch.jobs, job_id, "hexagonal_2p", fence=lease.fence) == "recorded"
+    since = fake_conn.hget(keys.config("hexagonal_2p"), "waiting_since")
+    assert since is not None and float(since) > time.time() - 60
+    orch.leases.release(lease)
+    other, lease = running_job(orch, "square8_2p", ran_h=1)
+    assert end_job(orch.jobs, other, "square8_2p", fence=lease.fence) == "recorded"  # covered everything
+    assert fake_conn.hget(keys.config("square8_2p"), "waiting_since") is None
