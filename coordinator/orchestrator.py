@@ -488,9 +488,11 @@ class TrainingOrchestrator:
         return [event.fields["config_key"]]  # its slot is free and its inputs changed
 
     def _on_training_complete(self, event: Event) -> list[str]:
-        """Also the GPU-hours the training took (its attempts preempted before included): the cost
-        factor's durations. One GPU per training."""
+        """Also the model's lineage and the GPU-hours the training took (its attempts preempted before
+        included): the cost factor's inputs. One GPU per training."""
         f = event.fields
+        if f.get("model_path"):  # lineage: an evaluation of this model is compared with its parent's
+            self.scheduler.record_lineage(f["config_key"], f["model_path"], f.get("parent_model") or None)
         if f.get("duration_s"):
             earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
             self.scheduler.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)

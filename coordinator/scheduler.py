@@ -31,6 +31,7 @@ whatever the number of configs.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -364,25 +365,44 @@ class TrainingScheduler:
             pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
             pipe.execute()
 
+    def record_lineage(self, config_key: str, model_path: str, parent_model: str | None) -> None:
+        """A completed training's model and the model it started from (TRAINING_COMPLETE's
+        `model_path`, `parent_model`): what an evaluation of the model is compared with."""
+        lineage = self._json_field(config_key, "lineage")
+        lineage[model_path] = parent_model or ""
+        self.conn.hset(self.keys.config(config_key), "lineage", json.dumps(_newest(lineage)))
+
     def record_evaluation(self, config_key: str, elo: float, at: float, model_path: str | None = None) -> float | None:
-        """An EVALUATION_COMPLETED: its point joins the Elo window; when it evaluates a model other than
-        the config's previous evaluation (`model_path`), the Elo it gained over that one joins the
-        gains (the cost factor's returns). The previously evaluated model stands for the parent: with
-        warm start each training starts from the newest published model. Returns the gain, if any."""
-        previous_model, previous_elo = (v.decode() if v else None for v in self.conn.hmget(
-            self.keys.config(config_key), "eval_model", "eval_elo"))
+        """An EVALUATION_COMPLETED: its point joins the Elo window; the first evaluation of a model
+        (`model_path`) attributes its Elo gain to the training that produced it: its Elo minus its
+        parent model's (model lineage, `record_lineage`), or minus the config's previous evaluation
+        of another model when the parent was never evaluated (a first training, or no lineage). The
+        gain joins the cost factor's returns. Returns the gain, if any."""
+        raw = self.conn.hmget(self.keys.config(config_key), "eval_model", "eval_elo", "model_elo", "lineage")
+        previous_model, previous_elo = (v.decode() if v else None for v in raw[:2])
+        model_elo, lineage = (json.loads(v) if v else {} for v in raw[2:])
         gain = None
-        if model_path and previous_model and previous_elo and model_path != previous_model:
-            gain = elo - float(previous_elo)
+        if model_path and model_path not in model_elo:
+            parent = lineage.get(model_path)
+            if parent and parent in model_elo:
+                gain = elo - float(model_elo[parent])
+            elif previous_model and previous_elo and model_path != previous_model:
+                gain = elo - float(previous_elo)
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.rpush(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}")
             pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
             if model_path:
-                pipe.hset(self.keys.config(config_key), mapping={"eval_model": model_path, "eval_elo": repr(elo)})
+                model_elo[model_path] = elo
+                pipe.hset(self.keys.config(config_key), mapping={
+                    "eval_model": model_path, "eval_elo": repr(elo), "model_elo": json.dumps(_newest(model_elo))})
             if gain is not None:
                 self.record_elo_gain(config_key, gain, pipe)
             pipe.execute()
         return gain
+
+    def _json_field(self, config_key: str, name: str) -> dict:
+        raw = self.conn.hget(self.keys.config(config_key), name)
+        return json.loads(raw) if raw else {}
 
     def record_training_cost(self, config_key: str, gpu_hours: float,
                              pipe: redis.client.Pipeline | None = None) -> None:
@@ -409,6 +429,14 @@ class TrainingScheduler:
                 pipe.hset(self.keys.config(config_key), "curriculum_weight", repr(float(weight)))
                 pipe.zadd(self.keys.priority, {config_key: INELIGIBLE}, nx=True)  # known from now on
             pipe.execute()
+
+
+MODELS_REMEMBERED = 32  # per config, in `lineage` and `model_elo` (newest kept)
+
+
+def _newest(mapping: dict) -> dict:
+    """The last MODELS_REMEMBERED entries (insertion order: newest last)."""
+    return dict(list(mapping.items())[-MODELS_REMEMBERED:])
 
 
 def _elo_point(raw: bytes) -> tuple[float, float]:

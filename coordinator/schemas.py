@@ -197,7 +197,8 @@ SCHEMAS: dict[str, Schema] = {
     ev.TRAINING_COMPLETE: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "duration_s": SECONDS, "final_loss": LOSS, "first_loss": LOSS,
-                  "epochs_completed": EPOCH, "model_path": _path, "samples": SAMPLES, "history": _json_history}),
+                  "epochs_completed": EPOCH, "model_path": _path, "samples": SAMPLES, "history": _json_history,
+                  "parent_model": _path}),
     ev.TRAINING_FAILED: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "retry_in_s": SECONDS, "will_retry": _one_of("true", "false")}),

@@ -237,13 +237,14 @@ def test_the_tick_preempts_and_dispatch_resumes_the_preempted_job(fake_conn, mak
 def test_completions_and_evaluations_feed_the_cost_factor(orch, fake_conn, keys):
     fake_conn.hset(keys.job("j1"), "yielded_gpu_hours", "1.5")  # an earlier attempt, preempted
     fake_conn.xadd(keys.events, {"type": "TRAINING_COMPLETE", "job_id": "j1", "config_key": "hex8_2p",
-                                 "duration_s": "1800"})
-    for elo, model in (("1000", "/m/a.pt"), ("1040", "/m/b.pt")):
+                                 "duration_s": "1800", "model_path": "/m/b.pt", "parent_model": "/m/a.pt"})
+    for elo, model in (("1000", "/m/a.pt"), ("1070", "/m/x.pt"), ("1040", "/m/b.pt")):
         fake_conn.xadd(keys.events, {"type": "EVALUATION_COMPLETED", "config_key": "hex8_2p", "elo": elo,
                                      "model_path": model})
     orch.process_once(block_ms=None)
     assert [float(h) for h in fake_conn.lrange(keys.gpu_hours("hex8_2p"), 0, -1)] == [2.0]
-    assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [40.0]
+    # x (no lineage): over the previous evaluation; b: over its parent a, by lineage.
+    assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [70.0, 40.0]
 
 
 def test_status_and_metrics_show_pending_preemptions_and_count_them(orch, preempter, fake_conn, keys):

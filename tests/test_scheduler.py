@@ -363,3 +363,16 @@ def test_an_evaluation_of_a_new_model_adds_its_gain_over_the_previous_one(fake_c
     assert scheduler.record_evaluation("hex8_2p", 1050.0, NOW, None) is None  # no model named: window only
     assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [50.0]
     assert fake_conn.llen(keys.elo("hex8_2p")) == 4
+
+
+def test_the_gain_is_over_the_parent_model_by_lineage(fake_conn, keys):
+    scheduler = TrainingScheduler(fake_conn, keys, S, clock=lambda: NOW)
+    scheduler.record_lineage("hex8_2p", "/m/a.pt", None)
+    scheduler.record_lineage("hex8_2p", "/m/b.pt", "/m/a.pt")
+    scheduler.record_lineage("hex8_2p", "/m/c.pt", "/m/a.pt")  # also warm-started from a (b not published yet)
+    assert scheduler.record_evaluation("hex8_2p", 1000.0, NOW - 3 * HOUR, "/m/a.pt") is None  # no parent
+    assert scheduler.record_evaluation("hex8_2p", 1100.0, NOW - 2 * HOUR, "/m/b.pt") == pytest.approx(100.0)
+    # c's parent is a (1000), not the previous evaluation b (1100).
+    assert scheduler.record_evaluation("hex8_2p", 1030.0, NOW - HOUR, "/m/c.pt") == pytest.approx(30.0)
+    assert scheduler.record_evaluation("hex8_2p", 1035.0, NOW, "/m/c.pt") is None  # each model's gain once
+    assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [100.0, 30.0]
