@@ -214,11 +214,11 @@ def failover(chaos: Chaos, fault: str) -> Outcome:
 
 
 def partition_worker(chaos: Chaos, fault: str) -> Outcome:
+    mark = chaos.log.mark()  # before the job is seen running: its end may come before the cut
     target = find_busy(chaos, PROXIED_NODES)
     if target is None:
         return Outcome(fault, None, "no busy proxied worker", skipped=True)
     node, job_id, attempt, config = target
-    mark = chaos.log.mark()
     ttl_left_s = max(0.0, (chaos.conn.pttl(KEYS.lease(config)) or 0) / 1000.0)
     cut_at = time.time()
     chaos.cluster.proxy.cut(node)
@@ -255,11 +255,11 @@ def partition_orchestrator(chaos: Chaos, fault: str) -> Outcome:
 
 
 def slow_link(chaos: Chaos, fault: str) -> Outcome:
+    mark = chaos.log.mark()  # before the job is seen running: it may end before the latency is on
     target = find_busy(chaos, PROXIED_NODES)
     if target is None:
         return Outcome(fault, None, "no busy proxied worker", skipped=True)
     node, job_id, attempt, _ = target
-    mark = chaos.log.mark()
     delay_s = chaos.rng.uniform(0.2, 0.8)
     began = time.time()
     chaos.cluster.proxy.latency(node, delay_s)
