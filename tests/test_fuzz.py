@@ -12,7 +12,7 @@ from coordinator.config import parse_settings
 from coordinator.errors import ConfigError
 from coordinator.events import KNOWN_TYPES
 
-BATCH = 50  # x the Hypothesis profile's examples (conftest: dev 20, ci 200 = 10,000 events)
+BATCH = 50  # x the Hypothesis profile's examples (conftest: dev 20, ci 100 = 5,000 events)
 FIELD_NAMES = ["type", "board_type", "num_players", "config_key", "config", "npz_path", "output_path", "samples",
                "samples_exported", "elo", "timestamp", "node", "status", "gpus", "alive_peers", "until",
                "quality_score", "job_id", "hex8_2p", "payload", "reason"]
