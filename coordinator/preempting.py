@@ -154,9 +154,12 @@ class Preempter:
     def decide(self, free_slots: int) -> Decision:
         """The decision for the cluster as Redis holds it now (reads only)."""
         now = self.clock()
+        records = _read_records(self.conn, self.keys)
+        if not any(r.get("state") in SLOT_STATES for _, r in records):
+            return Decision()  # nothing to preempt: no need to rank every config
         ranked = self.scheduler.ranked()
         values = {p.config_key: p.rest + p.contributions["curriculum"] for p in ranked}
-        running = running_jobs(_read_records(self.conn, self.keys), lambda c: values.get(c, 0.0))
+        running = running_jobs(records, lambda c: values.get(c, 0.0))
         return decide(running, candidates(ranked), free_slots, self.preemption, now)
 
     def tick(self, free_slots: int) -> list[str]:
