@@ -38,6 +38,9 @@ from coordinator.lua import script
 from coordinator.preempting import stop_reason
 
 T = TypeVar("T")
+# A keeper that could not renew stops its trainer this fraction of the TTL before the lease
+# expires (1 s of 10 s): slow replies and the kill itself must fit in it.
+GIVE_UP_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -207,19 +210,28 @@ class LeaseKeeper:
         self._thread.join(timeout=5)
         self._calls.shutdown(wait=False)  # a call still retrying ends by itself
 
+    @property
+    def give_up_s(self) -> float:
+        """How long after the last renewal the trainer is stopped: GIVE_UP_FRACTION of the TTL
+        before the lease can expire, so it is dead (killed at once) before anyone can take over."""
+        return self.lease.ttl_ms / 1000.0 * (1.0 - GIVE_UP_FRACTION)
+
+    def _left(self, last_ok: float) -> float:
+        return self.give_up_s - (self.clock() - last_ok)
+
     def _call(self, fn: Callable[[], T], last_ok: float) -> T:
-        """`fn()`, or CallTimeout once the lease's TTL since `last_ok` has run out."""
-        left = self.lease.ttl_ms / 1000.0 - (self.clock() - last_ok)
-        return self._calls.submit(fn).result(timeout=max(0.0, left))
+        """`fn()`, or CallTimeout once the time to give up since `last_ok` has run out."""
+        return self._calls.submit(fn).result(timeout=max(0.0, self._left(last_ok)))
 
     def _run(self) -> None:
         renew_every = self.lease.ttl_ms / 3000.0
         last_ok = self.clock()
-        while not self._stop.wait(renew_every):
-            if self.clock() - last_ok >= self.lease.ttl_ms / 1000.0:
-                # This process was paused (SIGSTOP, VM freeze) past the TTL: the lease is gone
-                # whatever Redis says now; stop the trainer before asking anyone.
-                self._lost("lease_lost: this worker was paused past the lease TTL")
+        # After failed renewals the next check falls exactly at the time to give up.
+        while not self._stop.wait(max(0.0, min(renew_every, self._left(last_ok)))):
+            if self._left(last_ok) <= 0:
+                # Paused (SIGSTOP, VM freeze) or cut off until the lease is about to expire:
+                # stop the trainer before asking anyone.
+                self._lost("lease_lost: no renewal for nearly the lease TTL (paused or cut off)")
                 return
             try:
                 renewal = self._call(lambda: self.manager.renew(self.lease, self.job_id), last_ok)
@@ -227,7 +239,7 @@ class LeaseKeeper:
                 self._lost("lease_lost: Redis did not answer within the lease's TTL")
                 return
             except redis.RedisError as exc:
-                if self.clock() - last_ok >= self.lease.ttl_ms / 1000.0:
+                if self._left(last_ok) <= 0:
                     self._lost(f"lease_lost: Redis unreachable for a whole TTL ({exc})")
                     return
                 continue

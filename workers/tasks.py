@@ -192,8 +192,14 @@ class TrainingRun:
         self.stop.set()
 
     def _stop_signal(self) -> int:
-        """Preemption asks with `preemption.signal` (checkpoint and exit); anything else with SIGTERM."""
-        return self.preempt_signal if self.stop_why == PREEMPTED_STOP else signal.SIGTERM
+        """Preemption asks with `preemption.signal` (checkpoint and exit); a lost lease kills at once
+        (another attempt may start as soon as it expires: no time for a checkpoint); anything else
+        asks with SIGTERM."""
+        if self.stop_why == PREEMPTED_STOP:
+            return self.preempt_signal
+        if (self.stop_why or "").startswith("lease_lost"):
+            return signal.SIGKILL
+        return signal.SIGTERM
 
     def _train(self, keeper: LeaseKeeper) -> dict[str, Any]:
         npz_path = Path(self.record["npz_path"])
