@@ -4,6 +4,7 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,15 @@ def test_resume_continues_from_the_last_epoch(hex8_npz, tmp_path):
     metrics = train(_args(hex8_npz, tmp_path, "--resume", epochs="3"))
     assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]  # one new epoch, history kept
     assert metrics["epochs_completed"] == 3
+
+
+def test_a_resume_into_a_new_directory_brings_the_best_model(hex8_npz, tmp_path):
+    first = train(_args(hex8_npz, tmp_path / "attempt-1", epochs="2"))
+    # Stopped after its last epoch's checkpoint: the next attempt trains no epoch that could write
+    # a model of its own, and must still end with the best one.
+    metrics = train(_args(hex8_npz, tmp_path / "attempt-2", "--resume", first["checkpoint_path"], epochs="2"))
+    assert metrics["epochs_completed"] == 2 and Path(metrics["model_path"]).is_file()
+    assert load_model(metrics["model_path"]).config == load_model(first["model_path"]).config
 
 
 def test_init_weights_starts_from_a_previous_model(hex8_npz, tmp_path):

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -193,6 +194,7 @@ def train(args: argparse.Namespace, should_stop: Callable[[], bool] = _never) ->
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
+        _carry_best_model(resume, out)
     tensors = to_tensors(data, device)
     n_val = max(1, int(len(data) * args.val_fraction)) if len(data) > 1 else 0
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(args.seed)).to(device)
@@ -235,6 +237,14 @@ def train(args: argparse.Namespace, should_stop: Callable[[], bool] = _never) ->
     }
     _write_json(out / METRICS, metrics)
     return metrics
+
+
+def _carry_best_model(resume: Path, out: Path) -> None:
+    """A resume into a new directory (a retry's or a preempted job's next attempt) brings the best
+    model so far: without it, a run whose remaining epochs never beat it would end with no model."""
+    best, target = resume.parent / MODEL, out / MODEL
+    if best.is_file() and not target.is_file():
+        shutil.copyfile(best, target)
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
