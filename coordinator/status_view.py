@@ -43,15 +43,17 @@ def _header(status: dict[str, Any]) -> Text:
 
 def _running(status: dict[str, Any], fill: bool) -> Table:
     table = Table(title="running", title_justify="left", expand=fill)
-    for column in ("config", "job", "node", "try", "progress", "loss", "elapsed", "ETA"):
-        table.add_column(column, no_wrap=True)
+    for column in ("config", "job", "node", "try", "progress", "loss", "elapsed", "ETA", "yielding"):
+        table.add_column(column, no_wrap=column != "yielding")
     for r in status["running"]:
         done = int(BAR_WIDTH * r["epoch"] / max(r["total_epochs"], 1))
         bar = f"[green]{'█' * done}[/green]{'░' * (BAR_WIDTH - done)} {r['epoch']}/{r['total_epochs']}"
+        yielding = f"[yellow]to {r['preempt_for']}[/yellow]: {r.get('preempt_why') or ''}" if r.get("preempt_for") \
+            else ""
         table.add_row(r["config_key"], r["job_id"].split("-", 1)[-1], r["node"], str(r["attempt"]), bar,
-                      r["train_loss"] or "-", _duration(r["elapsed_s"]), _duration(r["eta_s"]))
+                      r["train_loss"] or "-", _duration(r["elapsed_s"]), _duration(r["eta_s"]), yielding)
     if not status["running"]:
-        table.add_row("-", "nothing is training", "", "", "", "", "", "")
+        table.add_row("-", "nothing is training", "", "", "", "", "", "", "")
     return table
 
 

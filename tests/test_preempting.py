@@ -3,6 +3,7 @@ decision from what Redis holds, pending requests in `priorities`, and a preempte
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
@@ -251,6 +252,7 @@ def test_status_and_metrics_show_pending_preemptions_and_count_them(orch, preemp
     from coordinator.events import decode_entry
     from coordinator.metrics import Metrics
     from coordinator.status import gather
+    from coordinator.status_view import print_status, wide_console
 
     job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
     waiting_config(orch, "square8_2p", waited_h=20)
@@ -262,6 +264,10 @@ def test_status_and_metrics_show_pending_preemptions_and_count_them(orch, preemp
     assert (p["job_id"], p["config_key"], p["for_config"], p["kind"]) == (job_id, "hexagonal_2p", "square8_2p", WAIT)
     [row] = [r for r in status["running"] if r["job_id"] == job_id]
     assert row["preempt_for"] == "square8_2p" and "starving" in row["preempt_why"]
+    out = io.StringIO()
+    print_status(status, console=wide_console(out))
+    [line] = [ln for ln in out.getvalue().splitlines() if "░" in ln]  # the running table's one row
+    assert "hexagonal_2p" in line and "to square8_2p" in line and "starving" in line
     flags = {c["config_key"]: c["flags"] for c in status["configs"]}
     assert any(f.startswith("a GPU is being freed for it") for f in flags["square8_2p"])
     assert metrics.registry.get_sample_value("ringrift_preemptions_pending") == 1
