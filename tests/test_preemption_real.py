@@ -1,12 +1,8 @@
 """Preemption end to end on a real redis-server with real `rq worker`s and the stub trainer: a
 starving config preempts a running training at a checkpoint; that training resumes from its
 checkpoint on the next free slot. Nothing is lost, never two attempts at once, the preempted job's
-model is published once.
-
-Not the reference trainer (workers.train): on this machine each attempt spends ~8 s importing torch,
-so the thresholds (and the test) would have to be several times longer; and a resume into a new
-attempt directory there can end without a model.pt when no epoch after the resume improves on the
-best validation loss (the best model stays in the first attempt's directory)."""
+model is published once. tests/test_preemption_reference.py runs the same with the reference
+trainer (torch), slower."""
 
 from __future__ import annotations
 
