@@ -233,6 +233,7 @@ class LeaseKeeper:
                 # stop the trainer before asking anyone.
                 self._lost("lease_lost: no renewal for nearly the lease TTL (paused or cut off)")
                 return
+            sent = self.clock()  # Redis sets the new expiry at most this late: count from here
             try:
                 renewal = self._call(lambda: self.manager.renew(self.lease, self.job_id), last_ok)
             except CallTimeout:
@@ -246,7 +247,7 @@ class LeaseKeeper:
             if not renewal:
                 self._lost("lease_lost: another holder took it over")
                 return
-            last_ok = self.clock()
+            last_ok = sent
             if renewal.stop and self.lost_reason is None:
                 # Keep renewing: the lease stays this attempt's while its trainer checkpoints and exits.
                 self._lost(renewal.stop)

@@ -15,6 +15,7 @@ show the entries.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -29,6 +30,9 @@ MAINTENANCE_QUEUE = "ringrift-maintenance"
 MAINTENANCE_FUNC = "coordinator.orchestrator.maintenance"
 MAX_RUNS_PER_CALL = 20
 SCHEDULER_POLL_S = 1  # rq-scheduler's own interval (whole seconds)
+# rq-scheduler moves a repeating entry with a ZREM and a separate ZADD: a Redis error between them
+# drops the task for good. Checking the entries this often puts a dropped one back.
+REREGISTER_INTERVAL_S = 10.0
 # The fixed intervals (the tick's and the reaper's come from the settings).
 REQUEUE_DUE_INTERVAL_S = 1.0
 REQUEUE_LOST_INTERVAL_S = 5.0
@@ -59,6 +63,7 @@ class PeriodicWork:
         self.tasks = dict(tasks)
         self.scheduler = Scheduler(queue_name=MAINTENANCE_QUEUE, connection=conn, interval=SCHEDULER_POLL_S)
         self.queue = Queue(MAINTENANCE_QUEUE, connection=conn)
+        self._registered_at = float("-inf")  # monotonic time of the last register()
 
     def job_id(self, task: str) -> str:
         return f"{self.id_prefix}{task}"
@@ -70,6 +75,7 @@ class PeriodicWork:
         """Schedule each task once (idempotent); returns the ids newly (re)scheduled. An entry with
         another interval or other arguments (an older version's) is replaced."""
         added = []
+        self._registered_at = time.monotonic()
         existing_jobs = {job.id: job for job in self.scheduler.get_jobs()}
         for task, spec in self.tasks.items():
             job_id, interval = self.job_id(task), max(1, int(spec.interval_s))
@@ -88,6 +94,9 @@ class PeriodicWork:
     def run_due(self) -> list[str]:
         """Move due entries to the maintenance queue (under rq-scheduler's lock) and run what this
         coordinator dequeues; returns the tasks run."""
+        if time.monotonic() - self._registered_at >= REREGISTER_INTERVAL_S:
+            for job_id in self.register():
+                log.warning("periodic job %s was missing and is scheduled again", job_id)
         if self.scheduler.acquire_lock():
             try:
                 self.scheduler.enqueue_jobs()

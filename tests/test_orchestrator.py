@@ -267,6 +267,21 @@ def test_periodic_tasks_run_from_the_table_they_are_given(fake_conn):
     assert work.run_due() == ["ping"] and ran == ["ping"]
 
 
+def test_a_periodic_entry_dropped_between_rq_schedulers_two_writes_comes_back(fake_conn, monkeypatch):
+    """rq-scheduler moves a repeating entry with ZREM then ZADD; a Redis error between them drops it."""
+    from coordinator import periodic
+    from coordinator.periodic import PeriodicTask, PeriodicWork
+
+    ran = []
+    work = PeriodicWork(fake_conn, "t", {"ping": PeriodicTask(1, lambda: ran.append("ping"))})
+    now = [1000.0]
+    monkeypatch.setattr(periodic.time, "monotonic", lambda: now[0])
+    work.register()
+    fake_conn.zrem(work.scheduler.scheduled_jobs_key, "t-periodic-ping")  # the ZADD never happened
+    now[0] += periodic.REREGISTER_INTERVAL_S
+    assert work.run_due() == ["ping"] and ran == ["ping"]  # scheduled again, and run
+
+
 def test_an_older_versions_periodic_entry_is_replaced(fake_conn, make_settings):
     from datetime import datetime, timezone
 
