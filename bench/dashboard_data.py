@@ -13,7 +13,6 @@ browser's polls see (ended records kept in memory, only new stream entries read)
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -23,6 +22,7 @@ from bench.common import private_redis
 from bench.scheduler_decision import config_keys
 from coordinator.config import Settings
 from coordinator.dashboard.data import DashboardData
+from coordinator.dashboard.server import PageResponse
 from coordinator.events import EVALUATION_COMPLETED, TRAINING_COMPLETE, TRAINING_PROGRESS, encode_fields
 from coordinator.keys import Keys
 from coordinator.scheduler import TrainingScheduler
@@ -83,9 +83,9 @@ def floor(conn: redis.Redis, keys: Keys) -> None:
         pipe.execute()
 
 
-def page_json(data: DashboardData) -> str:
+def page_json(data: DashboardData) -> bytes:
     """What `/api/page` does: gather and encode."""
-    return json.dumps(data.page())
+    return PageResponse(data.page()).body
 
 
 def timed(action) -> float:

@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
 import uvicorn
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -32,6 +33,14 @@ from coordinator.errors import ConfigError
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "ringrift_dashboard_token"
+
+
+class PageResponse(JSONResponse):
+    """The page (~0.8 MB at 1,000 configs) encoded by orjson: about 5x faster than the json module,
+    the largest part of the page's server time after the Redis reads."""
+
+    def render(self, content: object) -> bytes:
+        return orjson.dumps(content)  # NaN and inf become null: valid JSON
 
 
 def is_loopback(host: str) -> bool:
@@ -85,7 +94,7 @@ def create_app(data: DashboardData, token: str | None = None) -> Starlette:
     """The dashboard as an ASGI app (mountable in another server); `data` reads Redis."""
 
     def page(_request: Request) -> Response:  # sync handlers: Starlette runs them in its thread pool
-        return JSONResponse(data.page())
+        return PageResponse(data.page())
 
     def job(request: Request) -> Response:
         found = data.job(request.path_params["job_id"])
