@@ -34,28 +34,37 @@ def test_a_starving_config_preempts_a_running_training_that_resumes_from_its_che
                           "npz_path", str(npz), "samples", "1000")
     wait_for(lambda: len(stream_events(real_conn, "TRAINING_COMPLETE")) == 2, timeout_s=90)
 
-    [preempted] = stream_events(real_conn, "TRAINING_PREEMPTED")
-    assert preempted.fields["job_id"] == long_job and preempted.fields["preempted_for"] == "square8_2p"
+    order = assert_preempted_once_then_resumed(real_conn, long_job, "hexagonal_2p", "square8_2p", EPOCHS_LONG)
+    # The starving config ran in between, on the freed GPU.
+    assert order.index(("TRAINING_STARTED", "square8_2p")) > order.index(("TRAINING_PREEMPTED", "hexagonal_2p"))
+
+
+def assert_preempted_once_then_resumed(conn, long_job: str, config: str, for_config: str,
+                                       epochs: int) -> list[tuple[str, str]]:
+    """The preempted job's whole story on the stream and its record: preempted once for
+    `for_config`, never two attempts at once, resumed from its checkpoint with the next fencing
+    token, every epoch trained once, one completion, its model published. Returns the order of the
+    STARTED/PREEMPTED/COMPLETE events (type, config) for the caller's own checks."""
+    [preempted] = stream_events(conn, "TRAINING_PREEMPTED")
+    assert preempted.fields["job_id"] == long_job and preempted.fields["preempted_for"] == for_config
     assert preempted.fields["kind"] == "wait"
-    reached = int(preempted.fields["epoch"])
-    assert 1 <= reached < EPOCHS_LONG
-    events = [e for e in stream_events(real_conn) if e.fields.get("job_id") == long_job]
+    reached = int(preempted.fields["epoch"])  # the last completed epoch: the checkpoint's
+    assert 1 <= reached < epochs
+    events = [e for e in stream_events(conn) if e.fields.get("job_id") == long_job]
     kinds = [e.type for e in events if e.type != "TRAINING_PROGRESS"]
     # Never two attempts at once: the second starts only after the first yielded.
     assert kinds == ["TRAINING_STARTED", "TRAINING_PREEMPTED", "TRAINING_STARTED", "TRAINING_COMPLETE"], kinds
     first, second = [e for e in events if e.type == "TRAINING_STARTED"]
     assert int(second.fields["fence"]) > int(first.fields["fence"])  # a new attempt, the next token
     assert int(second.fields["resumed_epoch"]) == reached  # from its checkpoint
-    # The starving config ran in between, on the freed GPU.
-    order = [(e.type, e.fields["config_key"]) for e in stream_events(real_conn)
-             if e.type in ("TRAINING_STARTED", "TRAINING_PREEMPTED", "TRAINING_COMPLETE")]
-    assert order.index(("TRAINING_STARTED", "square8_2p")) > order.index(("TRAINING_PREEMPTED", "hexagonal_2p"))
-    # Nothing lost: every epoch trained exactly once across the two attempts.
-    epochs = [int(e.fields["epoch"]) for e in events if e.type == "TRAINING_PROGRESS"]
-    assert sorted(epochs) == list(range(1, EPOCHS_LONG + 1)), epochs
+    # Nothing lost: every epoch trained to completion exactly once across the two attempts.
+    trained = [int(e.fields["epoch"]) for e in events if e.type == "TRAINING_PROGRESS"]
+    assert sorted(trained) == list(range(1, epochs + 1)), trained
     # Published once: one completion, its model on the config.
-    [done] = [e for e in stream_events(real_conn, "TRAINING_COMPLETE") if e.fields["job_id"] == long_job]
+    [done] = [e for e in stream_events(conn, "TRAINING_COMPLETE") if e.fields["job_id"] == long_job]
     assert Path(done.fields["model_path"]).is_file()
-    assert real_conn.hget("ringrift:config:hexagonal_2p", "latest_model").decode() == done.fields["model_path"]
-    record = {k.decode(): v.decode() for k, v in real_conn.hgetall(f"ringrift:job:{long_job}").items()}
+    assert conn.hget(f"ringrift:config:{config}", "latest_model").decode() == done.fields["model_path"]
+    record = {k.decode(): v.decode() for k, v in conn.hgetall(f"ringrift:job:{long_job}").items()}
     assert record["state"] == "complete" and record["preemptions"] == "1" and record["attempts"] == "2"
+    return [(e.type, e.fields["config_key"]) for e in stream_events(conn)
+            if e.type in ("TRAINING_STARTED", "TRAINING_PREEMPTED", "TRAINING_COMPLETE")]

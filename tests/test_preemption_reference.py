@@ -11,10 +11,9 @@ one small epoch, well within the 14 s the preempted job may wait before it would
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from coordinator.config import load_settings
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
+from tests.test_preemption_real import assert_preempted_once_then_resumed
 from workers.npz_data import write_synthetic_npz
 
 EPOCHS_LONG = 60
@@ -44,31 +43,8 @@ def test_a_starving_config_preempts_a_reference_training_that_resumes_from_its_c
                           "npz_path", str(short_npz), "samples", "64")
     wait_for(lambda: len(stream_events(real_conn, "TRAINING_COMPLETE")) == 2, timeout_s=240)
 
-    [preempted] = stream_events(real_conn, "TRAINING_PREEMPTED")
-    assert preempted.fields["job_id"] == long_job and preempted.fields["preempted_for"] == "square8_2p"
-    assert preempted.fields["kind"] == "wait"
-    reached = int(preempted.fields["epoch"])  # the last completed epoch: checkpoint.json's
-    assert 1 <= reached < EPOCHS_LONG
-    events = [e for e in stream_events(real_conn) if e.fields.get("job_id") == long_job]
-    kinds = [e.type for e in events if e.type != "TRAINING_PROGRESS"]
-    # Never two attempts at once: the second starts only after the first yielded.
-    assert kinds == ["TRAINING_STARTED", "TRAINING_PREEMPTED", "TRAINING_STARTED", "TRAINING_COMPLETE"], kinds
-    first, second = [e for e in events if e.type == "TRAINING_STARTED"]
-    assert int(second.fields["fence"]) > int(first.fields["fence"])  # a new attempt, the next token
-    assert int(second.fields["resumed_epoch"]) == reached  # from its checkpoint
+    order = assert_preempted_once_then_resumed(real_conn, long_job, "hex8_2p", "square8_2p", EPOCHS_LONG)
     # The starving config ran in between, on the freed GPU, and was not preempted in turn.
-    order = [(e.type, e.fields["config_key"]) for e in stream_events(real_conn)
-             if e.type in ("TRAINING_STARTED", "TRAINING_PREEMPTED", "TRAINING_COMPLETE")]
     assert order == [("TRAINING_STARTED", "hex8_2p"), ("TRAINING_PREEMPTED", "hex8_2p"),
                      ("TRAINING_STARTED", "square8_2p"), ("TRAINING_COMPLETE", "square8_2p"),
                      ("TRAINING_STARTED", "hex8_2p"), ("TRAINING_COMPLETE", "hex8_2p")], order
-    # Nothing lost: every epoch trained to completion exactly once across the two attempts (the
-    # epoch SIGTERM interrupted is redone by the resume).
-    epochs = [int(e.fields["epoch"]) for e in events if e.type == "TRAINING_PROGRESS"]
-    assert sorted(epochs) == list(range(1, EPOCHS_LONG + 1)), epochs
-    # Published once: one completion, its model (in the second attempt's directory) on the config.
-    [done] = [e for e in stream_events(real_conn, "TRAINING_COMPLETE") if e.fields["job_id"] == long_job]
-    assert Path(done.fields["model_path"]).is_file()
-    assert real_conn.hget("ringrift:config:hex8_2p", "latest_model").decode() == done.fields["model_path"]
-    record = {k.decode(): v.decode() for k, v in real_conn.hgetall(f"ringrift:job:{long_job}").items()}
-    assert record["state"] == "complete" and record["preemptions"] == "1" and record["attempts"] == "2"
