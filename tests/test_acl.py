@@ -305,8 +305,8 @@ def test_masterauth_written_as_a_config_word_links_a_replica(tmp_path):
     conf.write_text(f"masteruser replica\nmasterauth {word}\n")
     auth = dict(username=ADMIN[0], password=ADMIN[1])
     with LocalRedis(extra_args=("--aclfile", str(acl)), **auth) as primary:
-        with LocalRedis(extra_args=("--include", str(conf), "--aclfile", str(acl), "--replicaof", "127.0.0.1", str(primary.port)),
-                        **auth) as replica:
+        with LocalRedis(extra_args=("--include", str(conf), "--aclfile", str(acl),
+                                    "--replicaof", "127.0.0.1", str(primary.port)), **auth) as replica:
             admin = redis.Redis(port=replica.port, **auth, decode_responses=True)
             wait_for(lambda: admin.info("replication")["master_link_status"] == "up", timeout_s=20)
             assert admin.config_get("masterauth")["masterauth"] == password
