@@ -9,9 +9,7 @@ dropped connection. node-2 uses the Sentinel URL (`-c workers.rq_settings`), not
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import redis
 import yaml
 
+from bench.common import start_orchestrator
 from bench.proxy import FaultProxy
 from coordinator.local_redis import LocalRedis, free_port, redis_server_binary
 from coordinator.workers_pool import start_worker, stop_workers
@@ -161,9 +160,7 @@ class Cluster:
 
     def start_orchestrator(self) -> None:
         with open(self.root / "orchestrator.log", "ab") as log:
-            self.orchestrator = subprocess.Popen(
-                [sys.executable, "-m", "coordinator.cli", "--config", str(self.config), "run"],
-                stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RINGRIFT_CONSUMER": "chaos"})
+            self.orchestrator = start_orchestrator(self.config, log, {"RINGRIFT_CONSUMER": "chaos"})
 
     def start_worker(self, node: str) -> None:
         self.generation += 1
@@ -181,12 +178,7 @@ class Cluster:
     def stop(self) -> None:
         stop_workers(list(self.workers.values()))
         if self.orchestrator:
-            self.orchestrator.terminate()
-            try:
-                self.orchestrator.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.orchestrator.kill()
-                self.orchestrator.wait()
+            stop_workers([self.orchestrator])  # SIGTERM, then SIGKILL after the same grace
         self.follower.done.set()
         self.follower.join(timeout=5)
         self.proxy.close()

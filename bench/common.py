@@ -4,6 +4,7 @@ subprocess, and RQ's timestamps. Keys come from `coordinator.keys.Keys` (and RQ'
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -103,11 +104,14 @@ def write_config(path: Path, url: str, training: dict[str, Any], **sections: Any
     return path
 
 
-def start_orchestrator(config: Path, log: IO[bytes] | None = None) -> subprocess.Popen[bytes]:
-    """`ringrift-train --config CONFIG run` as a subprocess; output to `log` or nowhere."""
+def start_orchestrator(config: Path, log: IO[bytes] | None = None,
+                       env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """`ringrift-train --config CONFIG run` as a subprocess; output to `log` or nowhere; `env` added
+    to this process's environment."""
     out = log or subprocess.DEVNULL
     return subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(config), "run"],
-                            stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL)
+                            stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None)
 
 
 def stop(proc: subprocess.Popen[bytes] | None) -> None:
