@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import fakeredis
 import pytest
@@ -177,6 +178,21 @@ def service(redis_server, tmp_path):
         log.close()
     if (tmp_path / "service.log").exists():
         sys.stdout.write("--- service.log\n" + (tmp_path / "service.log").read_text()[-3000:])
+
+
+def unavailable(message: str) -> NoReturn:
+    """A tool a test needs is missing: a failure in CI (.ci/run installs every one, CI=1), a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require(binary: str) -> str:
+    """The binary's path, or `unavailable`."""
+    found = shutil.which(binary)
+    if not found:
+        unavailable(f"{binary} is not installed (apt-get install -y {binary}; .ci/run does it)")
+    return found
 
 
 def xadd_like_an_exporter(redis_server, *fields: str) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.error
@@ -28,19 +26,10 @@ from coordinator.errors import ConfigError
 from coordinator.local_redis import free_port
 from coordinator.orchestrator import TrainingOrchestrator
 from coordinator.scheduler import TrainingScheduler
-from tests.conftest import console_script, end_job, take_job, wait_for
+from tests.conftest import console_script, end_job, require, take_job, wait_for
 from tests.test_acl import acl_server, as_role, url  # noqa: F401 - acl_server is a fixture used below
 
 pytestmark = pytest.mark.integration
-
-
-def require(binary: str) -> str:
-    """The binary's path; missing: a failure in CI (.ci/run installs it), a skip elsewhere."""
-    found = shutil.which(binary)
-    if not found:
-        message = f"{binary} is not installed (apt-get install -y {binary}; .ci/run does it)"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    return found
 
 
 @pytest.fixture

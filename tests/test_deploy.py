@@ -29,7 +29,7 @@ from coordinator import cli
 from coordinator.config import load_settings, parse_settings
 from coordinator.connection import parse_sentinel_url
 from coordinator.local_redis import free_port, redis_server_binary
-from tests.conftest import console_script, wait_for
+from tests.conftest import console_script, require, wait_for
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
@@ -373,9 +373,7 @@ def test_systemd_units_stop_gently_and_run_real_commands():
 
 
 def test_systemd_analyze_verifies_the_units(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    analyze = require("systemd-analyze")
     bin_dir = Path(console_script("rq")).parent
     assert (bin_dir / "ringrift-train").exists(), bin_dir
     copies = {"ringrift-coordinator.service": "ringrift-coordinator.service",

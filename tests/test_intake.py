@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import redis
 from coordinator import intake
 from coordinator.events import INTAKE_REJECTED
 from coordinator.keys import Keys
-from tests.conftest import stream_events
+from tests.conftest import require, stream_events
 
 KEYS = Keys("ringrift")
 MAX_ID = "18446744073709551615-18446744073709551615"
@@ -119,9 +118,7 @@ def test_encode_refuses_an_empty_submission_and_publish_export_sets_the_type():
 
 def test_the_readmes_shell_command_submits_an_export(real_conn, redis_server):
     """The exporter step of the README, run with redis-cli as written (its JSON spans two lines)."""
-    cli = shutil.which("redis-cli")
-    if cli is None:
-        pytest.skip("no redis-cli")
+    cli = require("redis-cli")
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     [payload] = re.findall(r"redis-cli RPUSH ringrift:intake '(.*?)'", readme, re.DOTALL)
     subprocess.run([cli, "-p", str(redis_server.port), "RPUSH", "ringrift:intake", payload], check=True,

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from coordinator.local_redis import free_port
-from tests.conftest import stream_events, wait_for
-from tests.test_dashboard import require, run_service  # noqa: F401 - run_service is a fixture used below
+from tests.conftest import require, stream_events, wait_for
+from tests.test_dashboard import run_service  # noqa: F401 - a fixture used below
 
 pytestmark = pytest.mark.integration
 DASHBOARD = Path(__file__).parent.parent / "deploy/grafana/ringrift-training.json"

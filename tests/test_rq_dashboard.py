@@ -4,7 +4,6 @@ queue and the worker busy with our job (rq-dashboard 0.9.0 needs `six`, which it
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from coordinator.keys import TRAINING_QUEUE
 from coordinator.local_redis import free_port
-from tests.conftest import wait_for
+from tests.conftest import unavailable, wait_for
 from tests.test_dashboard import run_service  # noqa: F401 - a fixture used below
 
 pytestmark = pytest.mark.integration
@@ -32,8 +31,7 @@ def test_rq_dashboard_shows_the_queue_and_the_busy_worker(redis_server, real_con
     try:
         import rq_dashboard  # noqa: F401 - in the dev extras
     except ImportError as exc:
-        message = f"rq-dashboard is not installed (pip install -e '.[dev]'): {exc}"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+        unavailable(f"rq-dashboard is not installed (pip install -e '.[dev]'): {exc}")
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")
     run_service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], 6)
