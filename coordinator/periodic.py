@@ -108,14 +108,13 @@ class PeriodicWork:
             if taken is None:
                 break
             job_id = taken[0].id
-            for _ in range(MAX_RUNS_PER_CALL):  # queued again while nobody ran it: once is enough
-                if not self.queue.remove(job_id):
-                    break
-            task = self.tasks.get(job_id.removeprefix(self.id_prefix))
+            self.conn.lrem(self.queue.key, 0, job_id)  # queued again while nobody ran it: once is enough
+            name = job_id.removeprefix(self.id_prefix)
+            task = self.tasks.get(name)
             if task is None:
                 log.warning("unknown periodic job %s on %s", job_id, MAINTENANCE_QUEUE)
                 continue
             task.run()
-            ran.append(job_id.removeprefix(self.id_prefix))
+            ran.append(name)
         return ran
 
