@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import redis
 import yaml
 
+from bench import common
 from bench.common import start_orchestrator
 from bench.proxy import FaultProxy
 from coordinator.local_redis import LocalRedis, free_port, redis_server_binary
@@ -39,6 +39,15 @@ def _quiet(call, default=None):
         return call()
     except (redis.RedisError, OSError):
         return default
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
+    """bench.common.wait_until through faults: a Redis or socket error counts as "not yet", and a
+    timeout returns None instead of raising."""
+    try:
+        return common.wait_until(lambda: _quiet(predicate), timeout_s, interval_s)
+    except TimeoutError:
+        return None
 
 
 class RedisHA:
@@ -105,12 +114,7 @@ class RedisHA:
         return True
 
     def wait_replica_ready(self, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.replica_ready():
-                return True
-            time.sleep(0.2)
-        return False
+        return bool(wait_until(self.replica_ready, timeout_s, 0.2))
 
     def stop(self) -> None:
         for proc in self.sentinels:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 import psutil
 import redis
 
-from bench.chaos_cluster import ORCHESTRATOR, PROXIED_NODES
+from bench.chaos_cluster import ORCHESTRATOR, PROXIED_NODES, wait_until
 from coordinator.events import Event
 from coordinator.keys import Keys
 
@@ -69,19 +69,6 @@ class Chaos:
     rng: random.Random
     ttl_s: float
     npz: str
-
-
-def wait_until(predicate, timeout_s: float, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except redis.RedisError:
-            value = None
-        if value:
-            return value
-        time.sleep(interval_s)
-    return None
 
 
 def busy_node(conn: redis.Redis, nodes: tuple[str, ...]) -> tuple[str, str, str, str] | None:
