@@ -32,13 +32,12 @@ import redis
 from coordinator.events import INTAKE_REJECTED
 from coordinator.keys import Keys
 from coordinator.lua import script
-from coordinator.schemas import MAX_FIELD_BYTES, MAX_FIELDS, MAX_PAYLOAD_BYTES
+from coordinator.schemas import MAX_FIELD_BYTES, MAX_FIELD_NAME_BYTES, MAX_FIELDS, MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
 MOVE_BATCH = 500  # submissions moved per script call (one call holds Redis for well under 1 ms per 100)
 MOVE_ROUNDS_MAX = 20  # script calls per `move`, so one call returns even while exporters flood the list
-MAX_FIELD_NAME_BYTES = 256  # schemas.validate_entry's limit on a field name
 # Twice the largest entry the consumer accepts (JSON escapes can double it): bigger submissions never
 # reach the stream, and their INTAKE_REJECTED event keeps REJECTED_HEAD_BYTES of them.
 SUBMISSION_MAX_BYTES = 2 * (MAX_PAYLOAD_BYTES + MAX_FIELDS * (MAX_FIELD_NAME_BYTES + MAX_FIELD_BYTES))
