@@ -230,8 +230,6 @@ def parse_export(event: Event) -> Export:
     return Export(board_type, num_players, key, npz_path, samples)
 
 
-
-
 class EventConsumer:
     """One member of a consumer group on the event stream."""
 
