@@ -235,8 +235,7 @@ class TrainingOrchestrator:
         name = config_key.decode("utf-8", "replace") if isinstance(config_key, bytes) else config_key
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.priority, config_key)
-            pipe.hset(self.keys.config(name), mapping={"skipped_reason": reason,
-                                                               "skipped_at": f"{time.time():.3f}"})
+            pipe.hset(self.keys.config(name), mapping={"skipped_reason": reason, "skipped_at": f"{time.time():.3f}"})
             pipe.hincrby(self.keys.stats, "configs_skipped", 1)
             pipe.execute()
 
