@@ -96,7 +96,7 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
         log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
     try:
-        resume, resumed_epoch = newest_checkpoint(record["output_dir"], record.get("checkpoint_pattern") or None)
+        resume, resumed_epoch = job_checkpoint(record)
         attempt = store.start(job_id, config_key, node, worker, fence=lease.fence, resumed_epoch=resumed_epoch,
                               init_weights=warm_start_model(record))
         if attempt is None:
@@ -134,6 +134,11 @@ def _hold_reason(conn: redis.Redis, keys: Keys, settings: Settings, breakers: Ci
     if blocked_until is not None and blocked_until > time.time():
         return f"{config_key} blocked by quality until {blocked_until:.0f}"
     return ""
+
+
+def job_checkpoint(record: Mapping[str, str]) -> tuple[str | None, int]:
+    """The newest checkpoint any attempt of the job left, as its command names them: (path, epoch)."""
+    return newest_checkpoint(record["output_dir"], record.get("checkpoint_pattern") or None)
 
 
 def warm_start_model(record: Mapping[str, str]) -> str | None:
@@ -292,7 +297,7 @@ class TrainingRun:
     def _preempted(self, result: TrainerResult) -> dict[str, Any]:
         """The trainer yielded its GPU on request: the attempt ends preempted (no retry, no breaker
         count; the job resumes from its checkpoint when its config is picked again)."""
-        checkpoint, _ = newest_checkpoint(self.record["output_dir"], self.record.get("checkpoint_pattern") or None)
+        checkpoint, _ = job_checkpoint(self.record)
         mtime = os.path.getmtime(checkpoint) if checkpoint else None
         epoch = int(result.history[-1].get("epoch", 0)) if result.history else int(
             self.record.get("resumed_epoch") or 0)
