@@ -17,12 +17,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
 
-from coordinator.breakers import node_breakers_open  # metrics.py imports it from here too
+from coordinator.breakers import node_breakers_open
 from coordinator.config import Settings
 from coordinator.dashboard.stream_tail import StreamTail
 from coordinator.events import decode_entry
@@ -91,13 +92,19 @@ class DashboardData:
                       "delayed": self.conn.zcard(self.keys.delayed_jobs)},
         }
 
+    @contextmanager
+    def _caught_up(self) -> Iterator[None]:
+        """Under the lock (the server's threads share the tail and the kept records), the tail read to now."""
+        with self._lock:
+            self.tail.catch_up()
+            yield
+
     def job(self, job_id: str) -> dict[str, Any] | None:
         """One job's record and loss curve (finished jobs too, while the stream still has them)."""
         record = decode_hash(self.conn.hgetall(self.keys.job(job_id)))
         if not record:
             return None
-        with self._lock:  # the server's threads share the tail and the kept records
-            self.tail.catch_up()
+        with self._caught_up():
             curve = self.tail.curve(job_id)
         return {**_job_row(record), "record": record, "curve": curve or _record_history(record)}
 
@@ -106,8 +113,7 @@ class DashboardData:
         stored = decode_hash(self.conn.hgetall(self.keys.config(config_key)))
         if not stored:
             return None
-        with self._lock:  # the server's threads share the tail and the kept records
-            self.tail.catch_up()
+        with self._caught_up():
             records = [r for r in self._records(self.clock()) if r.get("config_key") == config_key]
             elo = self._elo_points([config_key])[config_key]
         return {"config_key": config_key, "stored": stored, "elo": elo,
