@@ -11,13 +11,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   return 'missing'
 end
-local function member(csv)
-  for s in string.gmatch(csv, '[^,]+') do
-    if s == state then return true end
-  end
-  return false
-end
-local waiting, running = member(ARGV[6]), member(ARGV[7])
+local waiting, running = listed(ARGV[6], state), listed(ARGV[7], state)
 if not (waiting or running) then
   return 'ended'
 end
@@ -27,8 +21,7 @@ if running then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
   return 'requested'
 end
-local now = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'state', ARGV[5], 'updated_at', now[1] .. '.' .. string.format('%06d', tonumber(now[2])),
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'updated_at', time_s(),
            'reason', 'cancelled')
 if redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
   redis.call('HDEL', KEYS[3], ARGV[3])

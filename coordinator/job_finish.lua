@@ -29,8 +29,7 @@ local function pairs_from(first, count)
   return out, first + 2 * count
 end
 
-local now = redis.call('TIME')
-local now_s = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+local now_s = time_s()
 local job, next_i = pairs_from(15, tonumber(ARGV[8]))
 local cfg, evt_i = pairs_from(next_i, tonumber(ARGV[9]))
 local evt = pairs_from(evt_i, tonumber(ARGV[10]))
@@ -62,11 +61,7 @@ if mine ~= '' then
   end
 end
 local state = redis.call('HGET', KEYS[1], 'state') or ''
-local ok = false
-for s in string.gmatch(ARGV[11], '[^,]+') do
-  if s == state then ok = true end
-end
-if not ok then
+if not listed(ARGV[11], state) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'finished_at', now_s, 'updated_at', now_s, unpack(job))

@@ -9,17 +9,12 @@
 -- ARGV[9] allowed "from" states, comma-separated   ARGV[10] board type   ARGV[11] players
 -- Returns 1 when recorded; 2 when another attempt holds the job (fence differs): nothing changed;
 -- 0 when the job is not in an allowed state (ended elsewhere).
-local now = redis.call('TIME')
-local now_s = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+local now_s = time_s()
 if ARGV[4] ~= '' and (redis.call('HGET', KEYS[1], 'fence') or '') ~= ARGV[4] then
   return 2
 end
 local state = redis.call('HGET', KEYS[1], 'state') or ''
-local ok = false
-for s in string.gmatch(ARGV[9], '[^,]+') do
-  if s == state then ok = true end
-end
-if not ok then
+if not listed(ARGV[9], state) then
   return 0
 end
 local req = redis.call('HMGET', KEYS[1], 'preempt_for', 'preempt_kind', 'preempt_requested_at')

@@ -6,11 +6,7 @@
 -- ARGV[9] the model it starts from (warm start; '' : none), the job's `parent_model`
 -- Returns {1, attempt} when taken, {0, current state} when the job may not start.
 local state = redis.call('HGET', KEYS[1], 'state') or ''
-local ok = false
-for s in string.gmatch(ARGV[7], '[^,]+') do
-  if s == state then ok = true end
-end
-if not ok then
+if not listed(ARGV[7], state) then
   return {0, state}
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)

@@ -7,15 +7,11 @@
 -- ARGV[10] n_job field/value pairs (from ARGV[12])   ARGV[11] n_evt pairs (after; 0: no event)
 -- Returns {1, previous state} when moved, {0, current state} when not allowed.
 local state = redis.call('HGET', KEYS[1], 'state') or ''
-local ok = false
-for s in string.gmatch(ARGV[5], '[^,]+') do
-  if s == state then ok = true end
-end
+local ok = listed(ARGV[5], state)
 if not ok or (ARGV[9] ~= '' and (redis.call('HGET', KEYS[1], 'fence') or '') ~= ARGV[9]) then
   return {0, state}
 end
-local now = redis.call('TIME')
-local now_s = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+local now_s = time_s()
 local fields = {'state', ARGV[4], 'updated_at', now_s}
 local i = 12
 for _ = 1, 2 * tonumber(ARGV[10]) do fields[#fields + 1] = ARGV[i]; i = i + 1 end

@@ -10,8 +10,8 @@ import redis
 from redis.commands.core import Script
 
 HERE = Path(__file__).parent
-# Helpers every script may call (`_stream.lua`: xadd_trimmed, the stream-trimming rule), prepended
-# to each script; files named `_*.lua` are such helpers, not scripts.
+# Helpers every script may call (`_stream.lua`: xadd_trimmed, the stream-trimming rule; `_job.lua`:
+# listed, time_s), prepended to each script; files named `_*.lua` are such helpers, not scripts.
 PRELUDE = "".join(path.read_text() for path in sorted(HERE.glob("_*.lua")))
 SOURCES = {path.name: PRELUDE + path.read_text() for path in HERE.glob("*.lua") if not path.name.startswith("_")}
 
