@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import redis
-import yaml
 
 from coordinator.breakers import CircuitBreakers
 from coordinator.config import BreakerSettings, load_settings
@@ -34,16 +33,13 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def run_service(service, tmp_path):
-    """`ringrift-train --config <the service fixture's YAML> run [args]` (e.g. --metrics-port), its
-    data confined to tmp_path; stopped afterwards. Returns the YAML's path."""
+    """`ringrift-train --config <the service fixture's YAML> run [args]` (e.g. --metrics-port);
+    stopped afterwards. Returns the YAML's path."""
     procs = []
 
     def start(command: list[str], epochs: int, *args: str, **sections: dict) -> Path:
         service(command, epochs=epochs, **sections).terminate()  # it writes the YAML; this one runs it
-        path = tmp_path / "coordinator.yaml"
-        config = yaml.safe_load(path.read_text())
-        config["training"].setdefault("data_roots", [str(tmp_path)])
-        path.write_text(yaml.safe_dump(config))
+        path = tmp_path / "coordinator.yaml"  # the service fixture confines its data to tmp_path
         log = open(tmp_path / "run-service.log", "ab")  # noqa: SIM115 - closed at teardown
         procs.append((subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run", *args],
                                        stdout=log, stderr=subprocess.STDOUT), log))
