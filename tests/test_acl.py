@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator.local_redis import LocalRedis
-from tests.conftest import stream_events, wait_for
+from coordinator import intake
+from coordinator.local_redis import LocalRedis, free_port, redis_server_binary
+from coordinator.workers_pool import start_worker, stop_workers
+from tests.conftest import console_script, stream_events, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
@@ -203,17 +205,8 @@ def test_render_acl_refuses_a_missing_required_password():
     assert done.returncode == 1 and "WORKER_PASSWORD is not set" in done.stderr and not done.stdout
 
 
-# Until `TrainingOrchestrator` moves the intake itself (issue 14: one call of `intake.move` per loop),
-# the end-to-end test moves it as the coordinator role, so the roles' rights are still checked whole.
-ORCHESTRATOR_MOVES_INTAKE = "intake.move(" in (ROOT / "coordinator/orchestrator.py").read_text()
-
-
 def test_roles_run_the_pipeline_end_to_end(acl_server, tmp_path):
     """Exporter submits to the intake, `ringrift-train run` as coordinator, `rq worker training` as worker."""
-    from coordinator import intake
-    from coordinator.workers_pool import start_worker, stop_workers
-    from tests.conftest import console_script
-
     as_role(acl_server, "coordinator").delete("ringrift:events", "ringrift:intake")
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")
@@ -229,14 +222,8 @@ def test_roles_run_the_pipeline_end_to_end(acl_server, tmp_path):
     try:
         intake.publish_export(as_role(acl_server, "exporter"),
                               {"config_key": "hex8_2p", "npz_path": str(npz), "samples": "10"})
-        viewer, coordinator = as_role(acl_server, "viewer"), as_role(acl_server, "coordinator")
-
-        def completed() -> list:
-            if not ORCHESTRATOR_MOVES_INTAKE:
-                intake.move(coordinator)
-            return stream_events(viewer, "TRAINING_COMPLETE")
-
-        [done] = wait_for(completed, timeout_s=60)
+        viewer = as_role(acl_server, "viewer")
+        [done] = wait_for(lambda: stream_events(viewer, "TRAINING_COMPLETE"), timeout_s=60)
         assert done.fields["config_key"] == "hex8_2p"
     finally:
         stop_workers([worker])
@@ -253,8 +240,6 @@ def test_the_sentinel_password_stays_one_config_word(tmp_path):
     """render-sentinel.sh: a password with a space, a newline and a directive after it is one quoted
     word; Sentinel starts, logs in to the primary with exactly that password, and no directive was
     added (no notification script)."""
-    from coordinator.local_redis import free_port, redis_server_binary
-
     password = 'pw nopass\nsentinel notification-script mymaster /tmp/x "\\'
     env = {**os.environ, "SENTINEL_PASSWORD": password}
     rendered = subprocess.run([str(ROOT / "deploy/redis/render-sentinel.sh")], env=env, capture_output=True,
