@@ -157,7 +157,7 @@ class Preempter:
         records = _read_records(self.conn, self.keys)
         if not any(r.get("state") in SLOT_STATES for _, r in records):
             return Decision()  # nothing to preempt: no need to rank every config
-        ranked = self.scheduler.ranked()
+        ranked = self.scheduler.ranked(preemption_notes={})  # `candidates` reads no notes: no second read
         values = {p.config_key: p.rest + p.contributions["curriculum"] for p in ranked}
         running = running_jobs(records, lambda c: values.get(c, 0.0))
         return decide(running, candidates(ranked), free_slots, self.preemption, now)
@@ -219,7 +219,6 @@ class Preempter:
             pipe.execute()
         log.info("%s: preempted job %s queued to resume from its checkpoint", config_key, job_id)
         return True
-
 
 
 # -- worker side ----------------------------------------------------------------------------------

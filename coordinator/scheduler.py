@@ -307,13 +307,15 @@ class TrainingScheduler:
                 candidates.append((float(rest) + self.settings.weights.curriculum * c, config_key))
         return max(candidates)[1] if candidates else None
 
-    def ranked(self, curriculum_weights: Mapping[str, float] | None = None) -> list[Priority]:
+    def ranked(self, curriculum_weights: Mapping[str, float] | None = None,
+               preemption_notes: Mapping[str, str] | None = None) -> list[Priority]:
         """Every config with each factor's contribution and any pending preemption, best first (the
-        `priorities` view)."""
+        `priorities` view). `preemption_notes`: config key -> its `preemption` text; None: read from
+        the pending requests (the preemption decision, which reads the job records itself, passes {})."""
         now = self.clock()
         config_keys = [k.decode() for k in self.conn.zrange(self.keys.priority, 0, -1)]
         overrides = curriculum_weights or {}
-        notes = describe(pending(self.conn, self.keys))
+        notes = describe(pending(self.conn, self.keys)) if preemption_notes is None else preemption_notes
         priorities = [replace(self.score(inputs, now, overrides.get(inputs.config_key)),
                               preemption=notes.get(inputs.config_key, ""))
                       for inputs in self.load_inputs(config_keys)]
