@@ -216,7 +216,8 @@ class SchedulerSettings:
     cost: CostSettings = field(default_factory=CostSettings)
     # Curriculum weight at which the curriculum factor reaches 1.
     curriculum_max_weight: float = 2.0
-    # Hours since the last training at which the staleness factor reaches 1 and the config starves.
+    # Hours since the last training at which the staleness factor reaches 1 (starving is the
+    # `preemption` section's: PreemptionSettings.starve_after_hours of waiting).
     staleness_saturation_hours: float = 24.0
     # New samples at which the sample half of the freshness factor reaches 1.
     fresh_samples_saturation: int = 100_000
