@@ -101,6 +101,13 @@ def parse_name_list(text: str, field: str, kind: str = "node") -> list[str]:
     return names
 
 
+def is_count(text: str) -> bool:
+    """A bare count (ASCII digits, surrounding space allowed), not a list of names: how
+    CLUSTER_HEALTH_CHANGED's `alive_peers` tells its two forms apart."""
+    stripped = text.strip()
+    return stripped.isascii() and stripped.isdigit()
+
+
 LOOSE_CONFIG_KEY = re.compile(r"\s*[A-Za-z0-9]+_\d+[pP]\s*")  # what a config key that is slightly off looks like
 
 

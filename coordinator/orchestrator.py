@@ -33,7 +33,7 @@ from coordinator.config import Settings, load_settings, redact_url
 from coordinator.connection import connect
 from coordinator.errors import CoordinatorError, EventError
 from coordinator.events import Event, EventConsumer, Export
-from coordinator.inputs import is_config_key_field, parse_name_list
+from coordinator.inputs import is_config_key_field, is_count, parse_name_list
 from coordinator.jobs import JobStore, TrainingParams
 from coordinator.keys import Keys
 from coordinator.leases import LeaseManager
@@ -520,8 +520,8 @@ class TrainingOrchestrator:
         self._slots = None  # usable slots are read again at the next dispatch
         if f.get("node") and f.get("status"):
             self.leases.set_node_health(f["node"], f["status"], int(float(f["gpus"])) if f.get("gpus") else None)
-        peers = f.get("alive_peers", "").strip()
-        if peers and not peers.isdigit():
+        peers = f.get("alive_peers", "")
+        if peers.strip() and not is_count(peers):
             alive = set(parse_name_list(peers, "alive_peers"))
             for node in self.leases.nodes():
                 self.leases.set_node_health(node["node"], "healthy" if node["node"] in alive else "down")

@@ -24,7 +24,7 @@ import msgpack
 from coordinator import events as ev
 from coordinator.boards import MAX_PLAYERS, MIN_PLAYERS, check_board_type, parse_config_key
 from coordinator.errors import EventError
-from coordinator.inputs import check_identifier, is_config_key_field, parse_int, parse_name_list, parse_number
+from coordinator.inputs import check_identifier, is_config_key_field, is_count, parse_int, parse_name_list, parse_number
 
 MAX_FIELDS = 64
 MAX_FIELD_NAME_BYTES = 256
@@ -140,9 +140,9 @@ def _cluster_health(event: ev.Event) -> None:
         raise EventError(f"missing field: one of {', '.join(HEALTH_FORMS)}")
     if f.get("node") and not f.get("status") and not any(f.get(n) for n in HEALTH_FORMS[1:]):
         raise EventError("missing field 'status' (a node's health)")
-    peers = f.get("alive_peers", "").strip()
-    if peers and not (peers.isascii() and peers.isdigit()):  # a count is recorded only
-        parse_name_list(f["alive_peers"], "alive_peers")
+    peers = f.get("alive_peers", "")
+    if peers.strip() and not is_count(peers):  # a count is recorded only
+        parse_name_list(peers, "alive_peers")
     if "open_nodes" in f:
         parse_name_list(f["open_nodes"], "open_nodes")
 
