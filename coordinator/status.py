@@ -76,17 +76,22 @@ def _running(conn: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
     for r in records:
         if r.get("state") not in ACTIVE_ATTEMPT_STATES:
             continue
-        epoch, total = int(r.get("epoch", 0) or 0), int(r.get("epochs", 0) or 0)
-        elapsed = now - float(r.get("started_at", now))
-        done = max(epoch - int(r.get("resumed_epoch", 0) or 0), 0)
-        eta = elapsed / done * (total - epoch) if done else None
         rows.append({"job_id": r["job_id"], "config_key": r["config_key"], "state": r["state"],
-                     "node": r.get("node", ""), "attempt": int(r.get("attempts", 0)), "epoch": epoch,
-                     "total_epochs": total, "train_loss": r.get("train_loss"), "val_loss": r.get("val_loss"),
-                     "elapsed_s": round(elapsed, 1), "eta_s": None if eta is None else round(eta, 1),
+                     "node": r.get("node", ""), "attempt": int(r.get("attempts", 0)),
+                     "epoch": int(r.get("epoch") or 0), "total_epochs": int(r.get("epochs") or 0),
+                     "train_loss": r.get("train_loss"), "val_loss": r.get("val_loss"),
+                     "elapsed_s": round(now - float(r.get("started_at") or now), 1), "eta_s": eta_s(r, now),
                      "preempt_for": r.get("preempt_for") if r.get("preempt_requested_at") else None,
                      "preempt_why": r.get("preempt_why") if r.get("preempt_requested_at") else None})
     return sorted(rows, key=lambda row: row["config_key"])
+
+
+def eta_s(r: dict[str, str], now: float) -> float | None:
+    """Seconds left of a running attempt at its pace so far (epochs done since it started or resumed)."""
+    epoch, total = int(r.get("epoch") or 0), int(r.get("epochs") or 0)
+    done = max(epoch - int(r.get("resumed_epoch") or 0), 0)
+    elapsed = now - float(r.get("started_at") or now)
+    return round(elapsed / done * (total - epoch), 1) if done else None
 
 
 def _workers(conn: redis.Redis, now: float, held: list[dict[str, str]]) -> list[dict[str, Any]]:

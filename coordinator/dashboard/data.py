@@ -32,6 +32,7 @@ from coordinator.jobs import decode_hash
 from coordinator.keys import TRAINING_QUEUE, Keys
 from coordinator.leases import LeaseManager
 from coordinator.scheduler import FACTORS, INELIGIBLE
+from coordinator.status import eta_s
 
 TIMELINE_HOURS = 24.0
 TIMELINE_MIN_S = 120.0  # the narrowest time span the timeline draws
@@ -234,14 +235,6 @@ class DashboardData:
                        if i in self._ended or fresh[i].get("state") in FINAL_STATES}
         records = [self._ended.get(i) or fresh[i] for i in ids]
         return sorted((r for r in records if r), key=lambda r: float(r.get("created_at") or 0), reverse=True)
-
-
-def eta_s(r: dict[str, str], now: float) -> float | None:
-    """Seconds left of a running attempt at its pace so far (epochs done since it started or resumed)."""
-    epoch, total = int(r.get("epoch") or 0), int(r.get("epochs") or 0)
-    done = max(epoch - int(r.get("resumed_epoch") or 0), 0)
-    elapsed = now - float(r.get("started_at") or now)
-    return round(elapsed / done * (total - epoch), 1) if done else None
 
 
 def _job_row(r: dict[str, str]) -> dict[str, Any]:
