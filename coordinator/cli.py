@@ -303,11 +303,18 @@ def _dead_letters(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def _cancel(args: argparse.Namespace, settings) -> int:
+def _bad_identifier(command: str, field: str, value: str) -> bool:
+    """True (and why, on stderr) when `value` is not a well-formed identifier: checked before Redis."""
     try:
-        check_identifier("job_id", args.job_id)
+        check_identifier(field, value)
     except EventError as exc:
-        print(f"cancel: {exc}", file=sys.stderr)
+        print(f"{command}: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
+def _cancel(args: argparse.Namespace, settings) -> int:
+    if _bad_identifier("cancel", "job_id", args.job_id):
         return 1
     conn = connect(settings.redis.url)
     try:
@@ -324,10 +331,7 @@ def _cancel(args: argparse.Namespace, settings) -> int:
 def _worker_alive(args: argparse.Namespace, settings) -> int:
     """Liveness of one rq worker from its own heartbeat: 0 alive; 1 missing, stopped, stale, or
     Redis unreachable."""
-    try:
-        check_identifier("worker", args.name)
-    except EventError as exc:
-        print(f"worker-alive: {exc}", file=sys.stderr)
+    if _bad_identifier("worker-alive", "worker", args.name):
         return 1
     try:
         alive, why = worker_liveness(connect(settings.redis.url), args.name, args.max_age)
