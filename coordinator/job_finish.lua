@@ -23,12 +23,6 @@ local function release_active()
   end
 end
 
-local function pairs_from(first, count)
-  local out = {}
-  for j = first, first + 2 * count - 1 do out[#out + 1] = ARGV[j] end
-  return out, first + 2 * count
-end
-
 local now_s = time_s()
 local job, next_i = pairs_from(15, tonumber(ARGV[8]))
 local cfg, evt_i = pairs_from(next_i, tonumber(ARGV[9]))

@@ -5,12 +5,6 @@
 -- ARGV[3] n_evt: field/value pairs of the event, `type` included   then the pairs (job's, event's)
 -- then, with KEYS[3], RQ's serialized meta
 -- Returns the event's stream id.
-local function pairs_from(first, count)
-  local out = {}
-  for j = first, first + 2 * count - 1 do out[#out + 1] = ARGV[j] end
-  return out, first + 2 * count
-end
-
 local job, evt_i = pairs_from(4, tonumber(ARGV[2]))
 local evt, meta_i = pairs_from(evt_i, tonumber(ARGV[3]))
 if #job > 0 then

@@ -12,10 +12,8 @@ if not ok or (ARGV[9] ~= '' and (redis.call('HGET', KEYS[1], 'fence') or '') ~= 
   return {0, state}
 end
 local now_s = time_s()
-local fields = {'state', ARGV[4], 'updated_at', now_s}
-local i = 12
-for _ = 1, 2 * tonumber(ARGV[10]) do fields[#fields + 1] = ARGV[i]; i = i + 1 end
-redis.call('HSET', KEYS[1], unpack(fields))
+local job, evt_i = pairs_from(12, tonumber(ARGV[10]))
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'updated_at', now_s, unpack(job))
 if ARGV[6] == '1' and redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
   redis.call('HDEL', KEYS[3], ARGV[3])
 end
@@ -26,8 +24,6 @@ if ARGV[8] == '1' then
   redis.call('ZREM', KEYS[4], ARGV[2])
 end
 if tonumber(ARGV[11]) > 0 then
-  local evt = {}
-  for _ = 1, 2 * tonumber(ARGV[11]) do evt[#evt + 1] = ARGV[i]; i = i + 1 end
-  xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))
+  xadd_trimmed(KEYS[2], ARGV[1], unpack((pairs_from(evt_i, tonumber(ARGV[11])))))
 end
 return {1, state}

@@ -11,7 +11,8 @@ from redis.commands.core import Script
 
 HERE = Path(__file__).parent
 # Helpers every script may call (`_stream.lua`: xadd_trimmed, the stream-trimming rule; `_job.lua`:
-# listed, time_s), prepended to each script; files named `_*.lua` are such helpers, not scripts.
+# listed, time_s, pairs_from), prepended to each script; files named `_*.lua` are such helpers,
+# not scripts.
 PRELUDE = "".join(path.read_text() for path in sorted(HERE.glob("_*.lua")))
 SOURCES = {path.name: PRELUDE + path.read_text() for path in HERE.glob("*.lua") if not path.name.startswith("_")}
 
