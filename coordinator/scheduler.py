@@ -360,12 +360,10 @@ class TrainingScheduler:
                 pipe.execute()
         return len(keys)
 
-    def record_elo(self, config_key: str, elo: float, at: float) -> None:
-        """Append an evaluation result to the config's window (kept to `elo_window_points`)."""
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}")
-            pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
-            pipe.execute()
+    def record_elo(self, config_key: str, elo: float, at: float, pipe: redis.client.Pipeline | None = None) -> None:
+        """Append an evaluation result to the config's window (kept to `elo_window_points`); adds to
+        `pipe` when given (never executes it), else writes at once."""
+        self._append(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}", self.settings.elo_window_points, pipe)
 
     def record_lineage(self, config_key: str, model_path: str, parent_model: str | None) -> None:
         """A completed training's model and the model it started from (TRAINING_COMPLETE's
@@ -391,8 +389,7 @@ class TrainingScheduler:
             elif previous_model and previous_elo and model_path != previous_model:
                 gain = elo - float(previous_elo)
         with self.conn.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}")
-            pipe.ltrim(self.keys.elo(config_key), -self.settings.elo_window_points, -1)
+            self.record_elo(config_key, elo, at, pipe)
             if model_path:
                 model_elo[model_path] = elo
                 pipe.hset(self.keys.config(config_key), mapping={
@@ -410,19 +407,20 @@ class TrainingScheduler:
                              pipe: redis.client.Pipeline | None = None) -> None:
         """Append a finished training's GPU-hours (kept to `cost.duration_window`); adds to `pipe`
         when given (never executes it), else writes at once."""
-        self._append(self.keys.gpu_hours(config_key), gpu_hours, self.settings.cost.duration_window, pipe)
+        self._append(self.keys.gpu_hours(config_key), repr(float(gpu_hours)), self.settings.cost.duration_window, pipe)
 
     def record_elo_gain(self, config_key: str, gain: float, pipe: redis.client.Pipeline | None = None) -> None:
         """Append the Elo a training gained over its parent model (kept to `cost.gain_window`)."""
-        self._append(self.keys.elo_gains(config_key), gain, self.settings.cost.gain_window, pipe)
+        self._append(self.keys.elo_gains(config_key), repr(float(gain)), self.settings.cost.gain_window, pipe)
 
-    def _append(self, key: str, value: float, keep: int, pipe: redis.client.Pipeline | None) -> None:
+    def _append(self, key: str, value: str, keep: int, pipe: redis.client.Pipeline | None) -> None:
+        """RPUSH `value` onto the list `key`, kept to its last `keep` entries (in `pipe`, or at once)."""
         if pipe is None:
             with self.conn.pipeline(transaction=True) as own:
                 self._append(key, value, keep, own)
                 own.execute()
             return
-        pipe.rpush(key, repr(float(value)))
+        pipe.rpush(key, value)
         pipe.ltrim(key, -keep, -1)
 
     def set_curriculum_weights(self, weights: Mapping[str, float]) -> None:
