@@ -136,6 +136,16 @@ def process_tree(pid: int) -> list[psutil.Process]:
     return [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
 
 
+def signal_tree(tree: list[psutil.Process], sig: int) -> None:
+    """Send `sig` to each process of `tree` still there: a trainer may exit (and be reaped) between
+    the look and the signal, or while its node is frozen."""
+    for p in tree:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+
+
 # -- the faults ------------------------------------------------------------------------------------
 def kill_node(chaos: Chaos, fault: str) -> Outcome:
     target = find_busy(chaos, chaos.cluster.nodes)
@@ -146,16 +156,13 @@ def kill_node(chaos: Chaos, fault: str) -> Outcome:
     tree = process_tree(proc.pid)
     began = time.time()
     if fault == "kill_node":
-        for p in tree:
-            p.send_signal(signal.SIGKILL)
+        signal_tree(tree, signal.SIGKILL)
         proc.wait()
         chaos.cluster.start_worker(node)
     else:
-        for p in tree:
-            p.send_signal(signal.SIGSTOP)
+        signal_tree(tree, signal.SIGSTOP)
         time.sleep(chaos.ttl_s + 2)
-        for p in tree:
-            p.send_signal(signal.SIGCONT)
+        signal_tree(tree, signal.SIGCONT)
     return Outcome(fault, retry_started(chaos, job_id, attempt, began), node)
 
 
