@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from coordinator.errors import CoordinatorError
 from coordinator.keys import TRAINING_QUEUE
 
 STOP_TIMEOUT_S = 15.0
+COLD_AFTER_S = 1.2  # RQ ignores a second SIGTERM within 1 s of the first (a pool's duplicate)
 # `rq worker` takes its worker class from this variable too: the node command itself is unchanged.
 WORKER_CLASS = "workers.worker.TrainingWorker"
 
@@ -57,11 +59,21 @@ def start_worker(
             out.close()
 
 
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    """Warm shutdown (SIGTERM: RQ finishes nothing new), then SIGKILL what is left."""
+def stop_workers(procs: list[subprocess.Popen[bytes]], cold: bool = False) -> None:
+    """Warm shutdown (SIGTERM: RQ starts nothing new and lets a running job finish), then SIGKILL
+    what is left after STOP_TIMEOUT_S. `cold`: a second SIGTERM once RQ has taken the first (RQ's
+    cold shutdown: it kills a running job's work horse, whose trainer gets its death signal), for
+    callers that are done with the jobs (test teardown)."""
     for proc in procs:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
+    if cold:
+        deadline = time.monotonic() + COLD_AFTER_S  # idle workers are gone by then
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)
     for proc in procs:
         try:
             proc.wait(timeout=STOP_TIMEOUT_S)

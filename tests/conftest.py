@@ -124,7 +124,7 @@ def rq_workers(redis_server: LocalRedis, tmp_path: Path) -> Iterator[Callable[[i
         return procs
 
     yield start
-    stop_workers(started)
+    stop_workers(started, cold=True)  # a job still running is not waited for
     for log in sorted(tmp_path.glob("worker-*.log")):  # shown by pytest only when a test fails
         sys.stdout.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
 
