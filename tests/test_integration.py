@@ -190,3 +190,28 @@ def test_demo_command_runs_end_to_end(tmp_path):
     # The second round of hex8_2p starts from the first's model, and the summary says so.
     first_job = models[0].parent.parent.name
     assert f"model of {first_job.split('-', 1)[1]}" in proc.stdout
+
+
+def test_a_cold_stop_takes_the_running_trainer_down_with_the_worker(redis_server, real_conn, service, rq_workers,
+                                                                    tmp_path):
+    """stop_workers(cold=True), as test teardown uses it: the second SIGTERM (after RQ's 1 s window
+    for duplicates) is RQ's cold shutdown: the work horse is killed and its trainer gets its death
+    signal, instead of the worker waiting for a 60 s training to finish."""
+    import psutil
+
+    from coordinator.workers_pool import stop_workers
+
+    npz = tmp_path / "x.npz"
+    npz.write_bytes(b"stub")
+    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "20"], epochs=3)
+    [worker] = rq_workers(1)
+    xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hex8_2p",
+                          "npz_path", str(npz), "samples", "100")
+    wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)
+    trainers = wait_for(lambda: [p for p in psutil.Process(worker.pid).children(recursive=True)
+                                 if "workers.stub_train" in p.cmdline()], timeout_s=10)
+    stop_workers([worker], cold=True)
+    assert worker.returncode is not None
+    wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in trainers), timeout_s=10)
+    assert "cold shut down" in (tmp_path / "worker-0.log").read_text()
+    assert not stream_events(real_conn, "TRAINING_COMPLETE")
