@@ -546,7 +546,7 @@ class TrainingOrchestrator:
     def _on_evaluation(self, event: Event) -> list[str]:
         config_key, f = ev.config_of(event.fields)[2], event.fields
         at = float(f["timestamp"]) if f.get("timestamp") else time.time()
-        self.scheduler.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None)
+        self.scheduler.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
         return [config_key]
 
     def _on_curriculum(self, event: Event) -> list[str]:

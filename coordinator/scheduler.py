@@ -372,15 +372,20 @@ class TrainingScheduler:
         lineage[model_path] = parent_model or ""
         self.conn.hset(self.keys.config(config_key), "lineage", json.dumps(_newest(lineage)))
 
-    def record_evaluation(self, config_key: str, elo: float, at: float, model_path: str | None = None) -> float | None:
+    def record_evaluation(self, config_key: str, elo: float, at: float, model_path: str | None = None,
+                          event_id: str | None = None) -> float | None:
         """An EVALUATION_COMPLETED: its point joins the Elo window; the first evaluation of a model
         (`model_path`) attributes its Elo gain to the training that produced it: its Elo minus its
         parent model's (model lineage, `record_lineage`), or minus the config's previous evaluation
         of another model when the parent was never evaluated (a first training, or no lineage). The
-        gain joins the cost factor's returns. Returns the gain, if any."""
-        raw = self.conn.hmget(self.keys.config(config_key), "eval_model", "eval_elo", "model_elo", "lineage")
+        gain joins the cost factor's returns. Returns the gain, if any. The same stream entry
+        (`event_id`) handled again, redelivered after a consumer died before its XACK, adds nothing."""
+        raw = self.conn.hmget(self.keys.config(config_key), "eval_model", "eval_elo", "model_elo", "lineage",
+                              "eval_event_id")
+        if event_id and raw[4] and raw[4].decode() == event_id:
+            return None
         previous_model, previous_elo = (v.decode() if v else None for v in raw[:2])
-        model_elo, lineage = (json.loads(v) if v else {} for v in raw[2:])
+        model_elo, lineage = (json.loads(v) if v else {} for v in raw[2:4])
         gain = None
         if model_path and model_path not in model_elo:
             parent = lineage.get(model_path)
@@ -394,6 +399,8 @@ class TrainingScheduler:
                 model_elo[model_path] = elo
                 pipe.hset(self.keys.config(config_key), mapping={
                     "eval_model": model_path, "eval_elo": repr(elo), "model_elo": json.dumps(_newest(model_elo))})
+            if event_id:
+                pipe.hset(self.keys.config(config_key), "eval_event_id", event_id)
             if gain is not None:
                 self.record_elo_gain(config_key, gain, pipe)
             pipe.execute()

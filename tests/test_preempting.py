@@ -291,3 +291,18 @@ def test_an_end_with_new_samples_left_starts_the_configs_wait(orch, fake_conn, k
     other, lease = running_job(orch, "square8_2p", ran_h=1)
     assert end_job(orch.jobs, other, "square8_2p", fence=lease.fence) == "recorded"  # covered everything
     assert fake_conn.hget(keys.config("square8_2p"), "waiting_since") is None
+
+
+def test_an_evaluation_handled_again_after_a_redelivery_adds_nothing(orch, fake_conn, keys):
+    """A consumer that dies after applying an event but before its XACK gets it redelivered: the
+    Elo window and the gains must not count it twice (a new evaluation of the same model still counts)."""
+    from coordinator.events import decode_entry
+
+    fields = {b"type": b"EVALUATION_COMPLETED", b"config_key": b"hex8_2p", b"elo": b"1000", b"model_path": b"/m/a.pt",
+              b"timestamp": b"1700000000"}
+    first = decode_entry("5-0", fields)
+    orch._on_evaluation(first)
+    orch._on_evaluation(first)  # redelivered
+    assert len(fake_conn.lrange(keys.elo("hex8_2p"), 0, -1)) == 1
+    orch._on_evaluation(decode_entry("6-0", {**fields, b"elo": b"1010", b"timestamp": b"1700000100"}))
+    assert len(fake_conn.lrange(keys.elo("hex8_2p"), 0, -1)) == 2
