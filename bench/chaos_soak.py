@@ -7,7 +7,7 @@ metric's absolute slack (a few keys or entries come and go with the jobs in flig
 slope per hour over the same samples is printed beside it.
 
 Keys and memory are judged by the keys without a TTL (their count, and their bytes by MEMORY
-USAGE): RQ keeps each job's own key for its result TTL (7 days, `coordinator.jobs.RQ_RESULT_TTL_S`),
+USAGE): RQ keeps each job's own key for its result TTL (7 days, `training.rq_result_ttl_days`),
 so the total count and Redis' used memory grow through any run shorter than that and are bounded by
 the TTL, not by anything an hour can show; a key without a TTL that keeps coming, or keeps growing,
 is a leak. The totals are printed (not judged).

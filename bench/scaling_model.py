@@ -5,7 +5,6 @@ assumption stated in the table."""
 from __future__ import annotations
 
 from coordinator.config import Settings
-from coordinator.jobs import RQ_RESULT_TTL_S
 
 NODES, GPUS_PER_NODE = 1_000, 8
 CONFIGS_TODAY = 12
@@ -26,7 +25,7 @@ def _load(f: dict[str, float], running: int, workers: int, configs: int, retenti
     return {"jobs_s": jobs_s, "events_s": events_s, "commands_s": commands_s,
             "connections": workers * CONNECTIONS_PER_WORKER + running + 2,  # + the orchestrator's
             "history_mb": jobs_s * (f["job_bytes"] * retention_days * 86_400
-                                    + f["rq_job_bytes"] * RQ_RESULT_TTL_S) / 2**20,
+                                    + f["rq_job_bytes"] * Settings().training.rq_result_ttl_s) / 2**20,
             "cpu": jobs_s * f["cpu_per_job_s"]}
 
 
@@ -52,7 +51,8 @@ def render(f: dict[str, float]) -> str:
          f"{CONNECTIONS_PER_WORKER} per worker + 1 per running job: above Redis' default maxclients 10,000"),
         ("job history held", f"{today['history_mb']:,.0f} MB", f"{full['history_mb']:,.0f} MB",
          f"jobs/day x ({f['job_bytes']:,.0f} B record x {retention:g} days (`training.job_retention_days`) "
-         f"+ {f['rq_job_bytes']:,.0f} B RQ hash x {RQ_RESULT_TTL_S / 86_400:g} days)"),
+         f"+ {f['rq_job_bytes']:,.0f} B RQ hash x {Settings().training.rq_result_ttl_days:g} days "
+         "(`training.rq_result_ttl_days`))"),
         ("event stream", f"{100_000 * f['entry_bytes'] / 2**20:.0f} MB", f"{100_000 * f['entry_bytes'] / 2**20:.0f} MB",
          f"stream_maxlen 100,000 x {f['entry_bytes']:.0f} B"),
         ("worker memory per node", f"{GPUS_PER_NODE * f['worker_rss'] / 2**20:.0f} MiB",

@@ -15,6 +15,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -77,6 +78,13 @@ class TrainingSettings:
     kill_grace_s: int = 30
     # Records of jobs that ended are deleted this many days after they were created (0: kept).
     job_retention_days: float = 30.0
+    # RQ's own job keys (its result or failure, for `rq info` and rq-dashboard) expire this long
+    # after the job ends: RQ's result_ttl and failure_ttl.
+    rq_result_ttl_days: float = 7.0
+
+    @property
+    def rq_result_ttl_s(self) -> int:
+        return max(1, round(timedelta(days=self.rq_result_ttl_days).total_seconds()))
 
     def command_for(self, config_key: str) -> tuple[str, ...]:
         override = self.per_config.get(config_key)

@@ -53,7 +53,6 @@ from coordinator.scheduler import INELIGIBLE
 MAX_WATCH_RETRIES = 20
 # What a new job copies from its config's hash (`_create`).
 CREATE_FIELDS = ("board_type", "num_players", "npz_path", "samples", "data_version", "last_event_id")
-RQ_RESULT_TTL_S = 7 * 24 * 3600
 # RQ's own timeout is a backstop behind the worker's: trainer timeout + grace + this.
 RQ_TIMEOUT_MARGIN_S = 300
 RUN_TRAINING = "workers.tasks.run_training"
@@ -297,8 +296,8 @@ class JobStore:
             args=(job_id, self.keys.prefix),
             job_id=rq_job_id,
             timeout=t.timeout_s + t.kill_grace_s + RQ_TIMEOUT_MARGIN_S,
-            result_ttl=RQ_RESULT_TTL_S,
-            failure_ttl=RQ_RESULT_TTL_S,
+            result_ttl=t.rq_result_ttl_s,
+            failure_ttl=t.rq_result_ttl_s,
             description=f"train {config_key} from {npz_path}, attempt {attempt}",
             pipeline=pipe,
         )

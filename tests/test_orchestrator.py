@@ -49,6 +49,22 @@ def test_export_creates_one_job_enqueued_on_rq(orchestrator, fake_conn, keys):
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
+def test_rq_keeps_its_job_keys_for_training_rq_result_ttl_days(fake_conn, keys, make_settings):
+    from rq.job import Job
+
+    from coordinator.config import parse_settings
+    from coordinator.errors import ConfigError
+
+    orch = TrainingOrchestrator(make_settings(rq_result_ttl_days=0.5), fake_conn, consumer_name="test")
+    orch.prepare()
+    export(fake_conn, keys)
+    orch.process_once(block_ms=None)
+    job = Job.fetch(orch.jobs.active_job("hex8_2p"), connection=fake_conn)
+    assert (job.result_ttl, job.failure_ttl) == (43_200, 43_200)
+    with pytest.raises(ConfigError, match="training.rq_result_ttl_days"):
+        parse_settings({"training": {"rq_result_ttl_days": 0}})
+
+
 def test_second_export_while_queued_updates_the_queued_job(orchestrator, fake_conn, keys):
     export(fake_conn, keys, path="/data/v1.npz", samples=100)
     export(fake_conn, keys, path="/data/v2.npz", samples=200)
