@@ -4,7 +4,7 @@ assumption stated in the table."""
 
 from __future__ import annotations
 
-from coordinator.config import Settings
+from coordinator.config import Settings, TrainingSettings
 
 NODES, GPUS_PER_NODE = 1_000, 8
 CONFIGS_TODAY = 12
@@ -17,15 +17,16 @@ NEEDED = ("per_running", "orchestrator_idle", "per_idle_worker", "worker_rss", "
           "entry_bytes", "commands_per_job", "cpu_per_job_s", "ingest_12", "ingest_1000", "raw_xadd")
 
 
-def _load(f: dict[str, float], running: int, workers: int, configs: int, retention_days: float) -> dict[str, float]:
+def _load(f: dict[str, float], running: int, workers: int, configs: int,
+          training: TrainingSettings) -> dict[str, float]:
     jobs_s = running / (TRAINING_HOURS * 3600)
     events_s = configs / EXPORT_EVERY_S + jobs_s * EVENTS_PER_JOB
     commands_s = (running * f["per_running"] + jobs_s * f["commands_per_job"] + f["orchestrator_idle"]
                   + (workers - running) * f["per_idle_worker"])
     return {"jobs_s": jobs_s, "events_s": events_s, "commands_s": commands_s,
             "connections": workers * CONNECTIONS_PER_WORKER + running + 2,  # + the orchestrator's
-            "history_mb": jobs_s * (f["job_bytes"] * retention_days * 86_400
-                                    + f["rq_job_bytes"] * Settings().training.rq_result_ttl_s) / 2**20,
+            "history_mb": jobs_s * (f["job_bytes"] * training.job_retention_days * 86_400
+                                    + f["rq_job_bytes"] * training.rq_result_ttl_s) / 2**20,
             "cpu": jobs_s * f["cpu_per_job_s"]}
 
 
@@ -34,9 +35,9 @@ def render(f: dict[str, float]) -> str:
     if missing:
         return f"## Scaling model\n\nNot computed: figures missing from this run ({', '.join(missing)}).\n"
     workers = NODES * GPUS_PER_NODE
-    retention = Settings().training.job_retention_days
-    today = _load(f, CONFIGS_TODAY, workers, CONFIGS_TODAY, retention)
-    full = _load(f, workers, workers, workers, retention)
+    training = Settings().training
+    today = _load(f, CONFIGS_TODAY, workers, CONFIGS_TODAY, training)
+    full = _load(f, workers, workers, workers, training)
     ceiling = (f["raw_xadd"] * REDIS_HEADROOM - f["orchestrator_idle"]) / f["per_running"]
     rows = [
         ("running trainings", f"{CONFIGS_TODAY} (one per config)", f"{workers:,}", "min(GPU slots, configs)"),
@@ -50,8 +51,9 @@ def render(f: dict[str, float]) -> str:
         ("Redis connections", f"{today['connections']:,}", f"{full['connections']:,}",
          f"{CONNECTIONS_PER_WORKER} per worker + 1 per running job: above Redis' default maxclients 10,000"),
         ("job history held", f"{today['history_mb']:,.0f} MB", f"{full['history_mb']:,.0f} MB",
-         f"jobs/day x ({f['job_bytes']:,.0f} B record x {retention:g} days (`training.job_retention_days`) "
-         f"+ {f['rq_job_bytes']:,.0f} B RQ hash x {Settings().training.rq_result_ttl_days:g} days "
+         f"jobs/day x ({f['job_bytes']:,.0f} B record x {training.job_retention_days:g} days "
+         "(`training.job_retention_days`) "
+         f"+ {f['rq_job_bytes']:,.0f} B RQ hash x {training.rq_result_ttl_days:g} days "
          "(`training.rq_result_ttl_days`))"),
         ("event stream", f"{100_000 * f['entry_bytes'] / 2**20:.0f} MB", f"{100_000 * f['entry_bytes'] / 2**20:.0f} MB",
          f"stream_maxlen 100,000 x {f['entry_bytes']:.0f} B"),

@@ -382,9 +382,9 @@ class TrainingScheduler:
         (`event_id`) handled again, redelivered after a consumer died before its XACK, adds nothing."""
         raw = self.conn.hmget(self.keys.config(config_key), "eval_model", "eval_elo", "model_elo", "lineage",
                               "eval_event_id")
-        if event_id and raw[4] and raw[4].decode() == event_id:
+        previous_model, previous_elo, applied = (v.decode() if v else None for v in (raw[0], raw[1], raw[4]))
+        if event_id and applied == event_id:
             return None
-        previous_model, previous_elo = (v.decode() if v else None for v in raw[:2])
         model_elo, lineage = (json.loads(v) if v else {} for v in raw[2:4])
         gain = None
         if model_path and model_path not in model_elo:
@@ -395,12 +395,12 @@ class TrainingScheduler:
                 gain = elo - float(previous_elo)
         with self.conn.pipeline(transaction=True) as pipe:
             self.record_elo(config_key, elo, at, pipe)
+            fields = {"eval_event_id": event_id} if event_id else {}
             if model_path:
                 model_elo[model_path] = elo
-                pipe.hset(self.keys.config(config_key), mapping={
-                    "eval_model": model_path, "eval_elo": repr(elo), "model_elo": json.dumps(_newest(model_elo))})
-            if event_id:
-                pipe.hset(self.keys.config(config_key), "eval_event_id", event_id)
+                fields.update(eval_model=model_path, eval_elo=repr(elo), model_elo=json.dumps(_newest(model_elo)))
+            if fields:
+                pipe.hset(self.keys.config(config_key), mapping=fields)
             if gain is not None:
                 self.record_elo_gain(config_key, gain, pipe)
             pipe.execute()
