@@ -46,8 +46,8 @@ import redis
 from bench.chaos_cluster import Cluster, RedisHA
 from bench.chaos_faults import CONFIGS, FAULTS, KEYS, Chaos, Outcome, inject, probe, send_export, wait_until
 from bench.chaos_soak import Sampler, growth, print_soak
-from coordinator.connection import connect
-from coordinator.events import Event, decode_entry
+from coordinator.bus.events import Event, decode_entry
+from coordinator.core.connection import connect
 
 LEASE_TTL_S = 10.0
 STREAM_MAXLEN = 5000  # trimmed as in production (the audit reads the stream as it goes)

@@ -19,8 +19,8 @@ import yaml
 from bench import common
 from bench.common import start_orchestrator
 from bench.proxy import FaultProxy
-from coordinator.local_redis import LocalRedis, free_port, redis_server_binary
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.ops.local_redis import LocalRedis, free_port, redis_server_binary
+from coordinator.ops.workers_pool import start_worker, stop_workers
 
 MASTER = "chaos"
 SENTINELS = 3

@@ -37,8 +37,8 @@ import psutil
 import redis
 
 from bench.chaos_cluster import ORCHESTRATOR, PROXIED_NODES, wait_until
-from coordinator.events import Event
-from coordinator.keys import Keys
+from coordinator.bus.events import Event
+from coordinator.core.keys import Keys
 
 if TYPE_CHECKING:
     from bench.chaos import EventLog

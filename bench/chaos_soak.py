@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
-from coordinator.keys import Keys
+from coordinator.core.keys import Keys
 
 KEYS = Keys("ringrift")
 WARMUP_FRACTION = 0.1

@@ -1,6 +1,6 @@
 """What the benchmarks share: the 12 real configs, a private redis-server, polling, percentiles,
 Redis command counts from INFO, an exporter's XADD, a YAML config and the `ringrift-train run`
-subprocess, and RQ's timestamps. Keys come from `coordinator.keys.Keys` (and RQ's own key helpers)."""
+subprocess, and RQ's timestamps. Keys come from `coordinator.core.keys.Keys` (and RQ's own key helpers)."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import redis
 import yaml
 from rq.utils import utcparse
 
-from coordinator.boards import BOARDS, MAX_PLAYERS, MIN_PLAYERS
-from coordinator.events import NPZ_EXPORT_COMPLETE
-from coordinator.keys import Keys
-from coordinator.local_redis import LocalRedis
+from coordinator.bus.events import NPZ_EXPORT_COMPLETE
+from coordinator.core.boards import BOARDS, MAX_PLAYERS, MIN_PLAYERS
+from coordinator.core.keys import Keys
+from coordinator.ops.local_redis import LocalRedis
 
 T = TypeVar("T")
 CONFIGS = [f"{board}_{players}p" for board in BOARDS for players in range(MIN_PLAYERS, MAX_PLAYERS + 1)]
@@ -109,7 +109,7 @@ def start_orchestrator(config: Path, log: IO[bytes] | None = None,
     """`ringrift-train --config CONFIG run` as a subprocess; output to `log` or nowhere; `env` added
     to this process's environment."""
     out = log or subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "coordinator.cli", "--config", str(config), "run"],
+    return subprocess.Popen([sys.executable, "-m", "coordinator.ops.cli", "--config", str(config), "run"],
                             stdout=out, stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
                             env={**os.environ, **env} if env else None)
 

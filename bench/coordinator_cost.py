@@ -20,9 +20,9 @@ from rq import Queue
 from bench import common
 from bench.figures import print_figures
 from bench.floor_jobs import NOOP_JOB
-from coordinator.events import TRAINING_COMPLETE
-from coordinator.keys import TRAINING_QUEUE, Keys
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.bus.events import TRAINING_COMPLETE
+from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.ops.workers_pool import start_worker, stop_workers
 
 
 def main(argv: list[str] | None = None) -> int:

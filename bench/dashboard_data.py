@@ -20,12 +20,12 @@ import redis
 
 from bench.common import percentile, private_redis
 from bench.scheduler_decision import config_keys
-from coordinator.config import Settings
-from coordinator.dashboard.data import DashboardData
-from coordinator.dashboard.server import PageResponse
-from coordinator.events import EVALUATION_COMPLETED, TRAINING_COMPLETE, TRAINING_PROGRESS, encode_fields
-from coordinator.keys import Keys
-from coordinator.scheduler import TrainingScheduler
+from coordinator.bus.events import EVALUATION_COMPLETED, TRAINING_COMPLETE, TRAINING_PROGRESS, encode_fields
+from coordinator.core.keys import Keys
+from coordinator.core.settings import Settings
+from coordinator.ops.dashboard.data import DashboardData
+from coordinator.ops.dashboard.server import PageResponse
+from coordinator.scheduling.scheduler import TrainingScheduler
 
 EPOCHS = 20
 NODES = 100

@@ -22,10 +22,10 @@ from rq.job import Job, JobStatus
 
 from bench import common
 from bench.floor_jobs import FLOOR_KEY, RECORD_START_JOB
-from coordinator.events import NPZ_EXPORT_COMPLETE, publish
-from coordinator.jobs import JobStore
-from coordinator.keys import TRAINING_QUEUE, Keys
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.bus.events import NPZ_EXPORT_COMPLETE, publish
+from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.ops.workers_pool import start_worker, stop_workers
+from coordinator.stores.jobs import JobStore
 
 IDLE_PAUSE_S = 0.05
 POLL_S = 0.002

@@ -9,7 +9,7 @@ import time
 
 from rq import Queue, get_current_job
 
-FLOOR_KEY = "bench:floor:started_at"  # not from coordinator.keys: importing `coordinator` is the cost avoided
+FLOOR_KEY = "bench:floor:started_at"  # not from coordinator.core.keys: importing `coordinator` is the cost avoided
 RECORD_START_JOB = "bench.floor_jobs.record_start"
 CHAIN_JOB = "bench.floor_jobs.chain_job"
 NOOP_JOB = "bench.floor_jobs.noop"

@@ -20,11 +20,11 @@ import redis
 
 from bench.common import CONFIGS, private_redis
 from bench.figures import print_figures
-from coordinator.boards import BOARDS, Board
-from coordinator.config import Settings
-from coordinator.events import NPZ_EXPORT_COMPLETE
-from coordinator.keys import Keys
-from coordinator.orchestrator import TrainingOrchestrator
+from coordinator.bus.events import NPZ_EXPORT_COMPLETE
+from coordinator.core.boards import BOARDS, Board
+from coordinator.core.keys import Keys
+from coordinator.core.settings import Settings
+from coordinator.service.orchestrator import TrainingOrchestrator
 
 RAW_STREAM = Keys("bench").events  # the floor's stream, apart from ours
 

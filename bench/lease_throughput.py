@@ -17,8 +17,8 @@ import time
 import redis
 
 from bench.common import private_redis
-from coordinator.keys import Keys
-from coordinator.leases import LeaseManager
+from coordinator.core.keys import Keys
+from coordinator.stores.leases import LeaseManager
 
 
 def ours(conn: redis.Redis, pairs: int) -> float:

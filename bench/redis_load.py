@@ -21,9 +21,9 @@ from rq.job import Job
 
 from bench import common
 from bench.figures import print_figures
-from coordinator.events import TRAINING_STARTED
-from coordinator.keys import Keys
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.bus.events import TRAINING_STARTED
+from coordinator.core.keys import Keys
+from coordinator.ops.workers_pool import start_worker, stop_workers
 
 EPOCH_SECONDS = 15.0
 

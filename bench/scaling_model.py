@@ -4,7 +4,7 @@ assumption stated in the table."""
 
 from __future__ import annotations
 
-from coordinator.config import Settings, TrainingSettings
+from coordinator.core.settings import Settings, TrainingSettings
 
 NODES, GPUS_PER_NODE = 1_000, 8
 CONFIGS_TODAY = 12

@@ -17,10 +17,10 @@ import time
 import redis
 
 from bench.common import CONFIGS, private_redis
-from coordinator.boards import BOARDS
-from coordinator.config import SchedulerSettings
-from coordinator.keys import Keys
-from coordinator.scheduler import TrainingScheduler, compute_priority
+from coordinator.core.boards import BOARDS
+from coordinator.core.keys import Keys
+from coordinator.core.settings import SchedulerSettings
+from coordinator.scheduling.scheduler import TrainingScheduler, compute_priority
 
 SIZES = (12, 1_000, 10_000)
 def config_keys(n: int) -> list[str]:

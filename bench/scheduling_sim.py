@@ -14,7 +14,7 @@ Policies (all dispatch when a GPU is free; only `proposed` preempts):
 - `proposed`: the real `compute_priority` as the coordinator runs it (the value_per_gpu_hour factor,
   weighted `cost_weight`, from the config's training GPU-hours and Elo gains; starving once it has
   waited `max_wait - min_run` since `waiting_since`) and the real preemption decision
-  (`coordinator.preemption.decide`) every `tick_h` and whenever a config starts starving or a job
+  (`coordinator.scheduling.preemption_rule.decide`) every `tick_h` and whenever a config starts starving or a job
   passes its minimum run time. A preempted job yields at its next epoch boundary
   (the worst case: a trainer that cannot save mid-epoch) and pays `RESUME_OVERHEAD_H` when it resumes.
 
@@ -41,10 +41,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from coordinator import cost
-from coordinator.config import SchedulerSettings
-from coordinator.preemption import Candidate, PreemptionSettings, RunningJob, decide
-from coordinator.scheduler import STARVING_BASE, ConfigInputs, compute_priority
+from coordinator.core.settings import SchedulerSettings
+from coordinator.scheduling import cost
+from coordinator.scheduling.preemption_rule import Candidate, PreemptionSettings, RunningJob, decide
+from coordinator.scheduling.scheduler import STARVING_BASE, ConfigInputs, compute_priority
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0

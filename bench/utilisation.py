@@ -52,9 +52,9 @@ from rq.job import Job
 
 from bench import common
 from bench.floor_jobs import CHAIN_JOB
-from coordinator.jobs import decode_hash
-from coordinator.keys import TRAINING_QUEUE, Keys
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.ops.workers_pool import start_worker, stop_workers
+from coordinator.stores.jobs import decode_hash
 
 MB = 2**20
 ENDED_BADLY = ("failed", "retrying", "stale", "cancelled")

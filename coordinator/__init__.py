@@ -1,7 +1,7 @@
 """The orchestrator side of the RingRift training coordinator (see README for the map).
 
 `TrainingOrchestrator` and `TrainingScheduler` are imported on first use, so that a GPU node's
-work horse, which imports `coordinator.jobs` and friends for every job it runs, does not also
+work horse, which imports `coordinator.stores.jobs` and friends for every job it runs, does not also
 load the orchestrator's metrics server, rq-scheduler and the rest.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from coordinator.config import Settings, load_settings
-from coordinator.errors import ConfigError, CoordinatorError, EventError, JobError, TrainingFailed
-from coordinator.keys import Keys
+from coordinator.core.errors import ConfigError, CoordinatorError, EventError, JobError, TrainingFailed
+from coordinator.core.keys import Keys
+from coordinator.core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from coordinator.orchestrator import TrainingOrchestrator
-    from coordinator.scheduler import TrainingScheduler
+    from coordinator.scheduling.scheduler import TrainingScheduler
+    from coordinator.service.orchestrator import TrainingOrchestrator
 
 __all__ = [
     "ConfigError", "CoordinatorError", "EventError", "JobError", "Keys", "Settings",
@@ -25,11 +25,11 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "TrainingOrchestrator":
-        from coordinator.orchestrator import TrainingOrchestrator
+        from coordinator.service.orchestrator import TrainingOrchestrator
 
         return TrainingOrchestrator
     if name == "TrainingScheduler":
-        from coordinator.scheduler import TrainingScheduler
+        from coordinator.scheduling.scheduler import TrainingScheduler
 
         return TrainingScheduler
     raise AttributeError(f"module 'coordinator' has no attribute {name!r}")

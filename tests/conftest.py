@@ -28,11 +28,11 @@ import yaml
 from hypothesis import settings as hypothesis_settings
 
 from bench.common import wait_until
-from coordinator.config import Settings
-from coordinator.events import decode_entry
-from coordinator.keys import Keys
-from coordinator.local_redis import LocalRedis
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.bus.events import decode_entry
+from coordinator.core.keys import Keys
+from coordinator.core.settings import Settings
+from coordinator.ops.local_redis import LocalRedis
+from coordinator.ops.workers_pool import start_worker, stop_workers
 
 STUB_TRAINER = ("{python}", "-m", "workers.stub_train")
 # A real redis-server, rq worker or service processes, or torch training on a real NPZ (test_train's hex8_npz).
@@ -215,7 +215,7 @@ def stream_events(conn, event_type: str | None = None):
 def end_job(store, job_id: str, config_key: str, state: str = "complete", fence: int | None = None,
             **config_fields: object) -> str:
     """End a running job the way a worker does (no trainer): TRAINING_COMPLETE or TRAINING_FAILED."""
-    from coordinator.jobs import Outcome
+    from coordinator.stores.jobs import Outcome
 
     event = "TRAINING_COMPLETE" if state == "complete" else "TRAINING_FAILED"
     outcome = Outcome(event, {"node": "n"}, job_fields={"final_loss": 1.0}, node="n", attempt=1, fence=fence,

@@ -14,9 +14,9 @@ import time
 
 import redis
 
-from coordinator.errors import LeaseUnavailable
-from coordinator.keys import Keys
-from coordinator.leases import LeaseManager
+from coordinator.core.errors import LeaseUnavailable
+from coordinator.core.keys import Keys
+from coordinator.stores.leases import LeaseManager
 
 LOG = "contention:log"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator import intake
-from coordinator.local_redis import LocalRedis, free_port, redis_server_binary
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.bus import intake
+from coordinator.ops.local_redis import LocalRedis, free_port, redis_server_binary
+from coordinator.ops.workers_pool import start_worker, stop_workers
 from tests.conftest import console_script, stream_events, wait_for
 
 pytestmark = pytest.mark.integration
@@ -115,7 +115,7 @@ def test_an_exporter_cannot_trim_delete_or_block_the_event_stream(acl_server):
     """Issue 14 point 7: as the exporter, every way to empty or block ringrift:events is refused; the
     stream keeps its entries, a later `XADD *` works, and the exporter's own way in (RPUSH to the
     intake, moved by the coordinator with `XADD *`) still appends, with an auto id."""
-    from coordinator import intake
+    from coordinator.bus import intake
 
     coordinator, exporter = as_role(acl_server, "coordinator"), as_role(acl_server, "exporter")
     coordinator.delete("ringrift:events", "ringrift:intake")

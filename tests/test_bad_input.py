@@ -7,7 +7,7 @@ import subprocess
 import msgpack
 
 from coordinator import TrainingOrchestrator
-from coordinator.config import redact_url
+from coordinator.core.settings import redact_url
 from tests.conftest import console_script
 
 
@@ -99,7 +99,7 @@ def test_json_logs_carry_the_job_and_no_password(capsys):
     import json
     import logging
 
-    from coordinator.logs import configure, for_job
+    from coordinator.core.logs import configure, for_job
 
     configure(logging.INFO, "json")
     try:

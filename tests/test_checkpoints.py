@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from workers.checkpoints import RINGRIFT_CHECKPOINT_PATTERN, checkpoint_pattern_problems, newest_checkpoint
+from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN, checkpoint_pattern_problems, newest_checkpoint
 
 
 def _touch(path, mtime=None, text="x"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from coordinator import cli
-from coordinator.orchestrator import ConsumerDied, TrainingOrchestrator
+from coordinator.ops import cli
+from coordinator.service.orchestrator import ConsumerDied, TrainingOrchestrator
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator import cli
-from coordinator.config import load_settings
-from coordinator.events import Export
-from coordinator.jobs import JobStore, TrainingParams
+from coordinator.bus.events import Export
+from coordinator.core.settings import load_settings
+from coordinator.ops import cli
+from coordinator.stores.jobs import JobStore, TrainingParams
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.config import Settings, load_settings, parse_settings
-from coordinator.errors import ConfigError
+from coordinator.core.errors import ConfigError
+from coordinator.core.settings import Settings, load_settings, parse_settings
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "distributed_hosts.yaml"
 
@@ -81,7 +81,7 @@ def test_no_file_anywhere_gives_defaults(tmp_path, monkeypatch):
 
 
 def test_sentinel_urls_are_parsed():
-    from coordinator.connection import parse_sentinel_url
+    from coordinator.core.connection import parse_sentinel_url
 
     target = parse_sentinel_url("redis+sentinel://worker:pw@s1:26379,s2:26380,s3/mymaster/2")
     assert target.instances == [("s1", 26379), ("s2", 26380), ("s3", 26379)]
@@ -93,7 +93,7 @@ def test_sentinel_urls_are_parsed():
 def test_worker_settings_travel_as_whole_sections():
     from dataclasses import replace
 
-    from coordinator.config import worker_settings, worker_settings_json
+    from coordinator.core.settings import worker_settings, worker_settings_json
 
     base = Settings()
     settings = replace(base, leases=replace(base.leases, ttl_s=2.5, default_node_slots=4),
@@ -108,7 +108,7 @@ def test_worker_settings_travel_as_whole_sections():
 
 
 def test_worker_settings_read_records_of_the_old_flattened_layout():
-    from coordinator.config import worker_settings
+    from coordinator.core.settings import worker_settings
 
     old = {"lease_ttl_s": "2.5", "lease_attempts": "4", "lease_default_slots": "2", "retries_trainer": "3",
            "retry_backoff_max_s": "60.0", "breaker_failures": "9", "breaker_cooldown_s": "7.0",
@@ -121,7 +121,7 @@ def test_worker_settings_read_records_of_the_old_flattened_layout():
 
 @pytest.mark.parametrize("training", ["training:\n  data_roots: []\n", "training:\n  batch_size: 8\n", ""])
 def test_unconfined_data_is_refused_with_how_to_allow_it(tmp_path, training, capsys):
-    from coordinator import cli
+    from coordinator.ops import cli
 
     path = tmp_path / "c.yaml"
     path.write_text(training + "hosts:\n  n: 1\n")
@@ -137,7 +137,7 @@ def test_unconfined_data_is_refused_with_how_to_allow_it(tmp_path, training, cap
 
 
 def test_run_refuses_the_built_in_defaults_too(tmp_path, monkeypatch, capsys):
-    from coordinator import cli
+    from coordinator.ops import cli
 
     monkeypatch.chdir(tmp_path)  # no config/distributed_hosts.yaml here
     monkeypatch.delenv("RINGRIFT_CONFIG", raising=False)
@@ -163,7 +163,7 @@ def test_a_section_rule_is_reported_with_its_key():
 
 
 def test_check_config_names_file_and_key_of_a_bad_trainer_setting(tmp_path, capsys):
-    from coordinator.cli import main
+    from coordinator.ops.cli import main
 
     path = tmp_path / "trainer.yaml"
     path.write_text("training:\n  data_roots: [/d]\n  command: ['{python}', '--x={nope}']\n"
@@ -178,9 +178,9 @@ def test_check_config_names_file_and_key_of_a_bad_trainer_setting(tmp_path, caps
 
 
 def test_ringrift_trainer_settings_load():
-    from workers.checkpoints import RINGRIFT_CHECKPOINT_PATTERN
+    from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN
+    from coordinator.trainer.output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY
     from workers.ringrift_stand_in import COMMAND
-    from workers.trainer_output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY
 
     t = parse_settings({"training": {
         "data_roots": ["/d"], "command": list(COMMAND), "progress_patterns": list(RINGRIFT_PROGRESS),

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from coordinator import TrainingOrchestrator
-from coordinator.errors import EventError
-from coordinator.inputs import check_identifier, parse_int, parse_number
+from coordinator.core.errors import EventError
+from coordinator.core.inputs import check_identifier, parse_int, parse_number
 
 
 def _dead_reasons(conn, keys) -> list[str]:
@@ -171,14 +171,14 @@ def test_the_loop_survives_an_unexpected_error_and_logs_it(orch, monkeypatch, ca
         return 0
 
     monkeypatch.setattr(orch, "process_once", flaky)
-    monkeypatch.setattr("coordinator.orchestrator.ERROR_BACKOFF_S", 0.01)
+    monkeypatch.setattr("coordinator.service.orchestrator.ERROR_BACKOFF_S", 0.01)
     with caplog.at_level(logging.ERROR):
         orch._consume_until_stopped()
     assert len(calls) == 2 and "event loop failed" in caplog.text
 
 
 def test_a_consumer_that_ends_makes_the_service_exit_non_zero(fake_conn, make_settings, monkeypatch, caplog):
-    from coordinator.orchestrator import ConsumerDied
+    from coordinator.service.orchestrator import ConsumerDied
 
     o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
 
@@ -244,7 +244,7 @@ def test_start_up_replays_a_bad_pending_entry_into_a_dead_letter(fake_conn, keys
 
 
 def test_exporters_submissions_are_moved_and_consumed_by_the_loop(redis_server, real_conn, make_settings):
-    from coordinator import intake
+    from coordinator.bus import intake
 
     o = TrainingOrchestrator(make_settings(redis_server.url), real_conn, consumer_name="t")
     o.prepare()

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.boards import BOARDS
-from coordinator.cost import (
+from coordinator.core.boards import BOARDS
+from coordinator.scheduling.cost import (
     BoardGpuHours,
     CostSettings,
     estimate,

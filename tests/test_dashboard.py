@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator.breakers import CircuitBreakers
-from coordinator.config import BreakerSettings, load_settings
-from coordinator.dashboard.command import add_dashboard_parser
-from coordinator.dashboard.data import DashboardData
-from coordinator.dashboard.server import TOKEN_COOKIE, check_bind, serve_in_thread
-from coordinator.errors import ConfigError
-from coordinator.local_redis import free_port
-from coordinator.orchestrator import TrainingOrchestrator
-from coordinator.scheduler import TrainingScheduler
+from coordinator.core.errors import ConfigError
+from coordinator.core.settings import BreakerSettings, load_settings
+from coordinator.ops.dashboard.command import add_dashboard_parser
+from coordinator.ops.dashboard.data import DashboardData
+from coordinator.ops.dashboard.server import TOKEN_COOKIE, check_bind, serve_in_thread
+from coordinator.ops.local_redis import free_port
+from coordinator.scheduling.scheduler import TrainingScheduler
+from coordinator.service.orchestrator import TrainingOrchestrator
+from coordinator.stores.breakers import CircuitBreakers
 from tests.conftest import console_script, end_job, require, take_job, wait_for
 from tests.test_acl import acl_server, as_role, url  # noqa: F401 - acl_server is a fixture used below
 
@@ -85,7 +85,7 @@ def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fi
     orch.jobs.progress(done, "square8_3p", {"epoch": 1, "total_epochs": 3, "train_loss": 0.9, "val_loss": 1.0})
     end_job(orch.jobs, done, "square8_3p", latest_model="/models/square8_3p/model.pt")
     take_job(orch, failed, "hexagonal_4p", node="node-a")
-    from coordinator.jobs import Outcome
+    from coordinator.stores.jobs import Outcome
 
     fields = {"reason": "trainer_error", "error": "trainer exited with status 1", "will_retry": "false",
               "stderr_tail": "Traceback ...\nRuntimeError: CUDA out of memory"}
@@ -259,8 +259,8 @@ def _json(address: str) -> dict | None:
 
 def test_stream_tail_memory_is_bounded(fake_conn, keys, monkeypatch):
     """Curves per job and jobs with curves are capped; a poll reads only what is new."""
-    from coordinator.dashboard import stream_tail
-    from coordinator.events import TRAINING_PROGRESS, publish
+    from coordinator.bus.events import TRAINING_PROGRESS, publish
+    from coordinator.ops.dashboard import stream_tail
 
     monkeypatch.setattr(stream_tail, "CURVES_KEPT", 3)
     monkeypatch.setattr(stream_tail, "CURVE_POINTS", 4)

@@ -25,10 +25,10 @@ import pytest
 import redis
 import yaml
 
-from coordinator import cli
-from coordinator.config import load_settings, parse_settings
-from coordinator.connection import parse_sentinel_url
-from coordinator.local_redis import free_port, redis_server_binary
+from coordinator.core.connection import parse_sentinel_url
+from coordinator.core.settings import load_settings, parse_settings
+from coordinator.ops import cli
+from coordinator.ops.local_redis import free_port, redis_server_binary
 from tests.conftest import console_script, require, wait_for
 
 ROOT = Path(__file__).parent.parent
@@ -498,7 +498,7 @@ def test_worker_alive_reads_a_real_rq_workers_heartbeat(redis_server, real_conn,
     from rq.utils import utcformat
     from rq.worker import Worker
 
-    from coordinator.workers_pool import stop_workers
+    from coordinator.ops.workers_pool import stop_workers
 
     assert cli.WORKER_KEY_PREFIX == Worker.redis_worker_namespace_prefix
     monkeypatch.setenv("REDIS_URL", redis_server.url)

@@ -10,8 +10,8 @@ from dataclasses import replace
 import pytest
 
 from coordinator import TrainingOrchestrator
-from coordinator.errors import EventError
-from coordinator.events import DEAD_VALUE_BYTES, EventConsumer, as_pairs
+from coordinator.bus.events import DEAD_VALUE_BYTES, EventConsumer, as_pairs
+from coordinator.core.errors import EventError
 
 
 def _dead(conn, keys) -> list[dict[bytes, bytes]]:

@@ -1,8 +1,7 @@
 import msgpack
 import pytest
 
-from coordinator.errors import EventError
-from coordinator.events import (
+from coordinator.bus.events import (
     NPZ_EXPORT_COMPLETE,
     TRAINING_COMPLETE,
     EventConsumer,
@@ -10,6 +9,7 @@ from coordinator.events import (
     parse_export,
     publish,
 )
+from coordinator.core.errors import EventError
 
 
 def _event(**fields):
@@ -97,7 +97,7 @@ def test_reclaim_takes_over_entries_of_a_dead_consumer(fake_conn, keys):
 
 
 def test_events_view_shows_the_json_history_once_and_a_msgpack_payload():
-    from coordinator.event_tail import line
+    from coordinator.ops.event_tail import line
 
     text = line(decode_entry(b"1700000000000-0", {b"type": b"TRAINING_COMPLETE", b"history": b'[{"epoch":1}]'}))
     assert text.count("epoch") == 1 and "payload=" not in text

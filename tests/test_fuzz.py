@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordinator import TrainingOrchestrator
-from coordinator.config import parse_settings
-from coordinator.errors import ConfigError
-from coordinator.events import KNOWN_TYPES
+from coordinator.bus.events import KNOWN_TYPES
+from coordinator.core.errors import ConfigError
+from coordinator.core.settings import parse_settings
 
 BATCH = 50  # x the Hypothesis profile's examples (conftest: dev 20, ci 100 = 5,000 events)
 FIELD_NAMES = ["type", "board_type", "num_players", "config_key", "config", "npz_path", "output_path", "samples",

@@ -1,4 +1,4 @@
-"""The exporters' intake list and its move onto the event stream (coordinator/intake.py), on a real
+"""The exporters' intake list and its move onto the event stream (coordinator/bus/intake.py), on a real
 redis-server (the script decodes JSON with Redis's own cjson)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator import intake
-from coordinator.events import INTAKE_REJECTED
-from coordinator.keys import Keys
+from coordinator.bus import intake
+from coordinator.bus.events import INTAKE_REJECTED
+from coordinator.core.keys import Keys
 from tests.conftest import require, stream_events
 
 KEYS = Keys("ringrift")

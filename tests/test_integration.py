@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.jobs import JobStore
+from coordinator.stores.jobs import JobStore
+from coordinator.trainer.npz_data import write_synthetic_npz
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
-from workers.npz_data import write_synthetic_npz
 from workers.train import load_model
 
 pytestmark = pytest.mark.integration
@@ -98,7 +98,7 @@ def test_two_workers_many_exports_one_training_per_config_at_a_time(redis_server
 
 
 def _keys():
-    from coordinator.keys import Keys
+    from coordinator.core.keys import Keys
 
     return Keys("ringrift")
 
@@ -124,9 +124,9 @@ def test_priority_decides_what_the_one_free_gpu_trains_next(redis_server, real_c
 
 
 def test_next_config_is_one_command_at_any_number_of_configs(real_conn):
-    from coordinator.config import SchedulerSettings
-    from coordinator.keys import Keys
-    from coordinator.scheduler import TrainingScheduler
+    from coordinator.core.keys import Keys
+    from coordinator.core.settings import SchedulerSettings
+    from coordinator.scheduling.scheduler import TrainingScheduler
 
     scheduler = TrainingScheduler(real_conn, Keys("ringrift"), SchedulerSettings())
     boards = ("hex8", "square8", "square19", "hexagonal")
@@ -199,7 +199,7 @@ def test_a_cold_stop_takes_the_running_trainer_down_with_the_worker(redis_server
     signal, instead of the worker waiting for a 60 s training to finish."""
     import psutil
 
-    from coordinator.workers_pool import stop_workers
+    from coordinator.ops.workers_pool import stop_workers
 
     npz = tmp_path / "x.npz"
     npz.write_bytes(b"stub")

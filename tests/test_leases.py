@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 
 from coordinator import TrainingOrchestrator
-from coordinator.errors import LeaseUnavailable
-from coordinator.leases import LeaseKeeper, LeaseManager
+from coordinator.core.errors import LeaseUnavailable
+from coordinator.stores.leases import LeaseKeeper, LeaseManager
 from tests.conftest import end_job
 
 

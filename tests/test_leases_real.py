@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from coordinator.jobs import JobStore
-from coordinator.keys import Keys
+from coordinator.core.keys import Keys
+from coordinator.stores.jobs import JobStore
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
 from tests.lease_contender import LOG
 
@@ -110,7 +110,7 @@ def test_a_node_with_two_gpus_never_runs_three_trainings(redis_server, real_conn
 def test_locks_command_shows_holders_and_slots(redis_server, real_conn):
     import json
 
-    from coordinator.leases import LeaseManager
+    from coordinator.stores.leases import LeaseManager
     from tests.conftest import console_script
 
     leases = LeaseManager(real_conn, Keys("ringrift"), ttl_s=60)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.local_redis import free_port
+from coordinator.ops.local_redis import free_port
 from tests.conftest import console_script, stream_events, wait_for, xadd_like_an_exporter
 
 pytestmark = pytest.mark.integration

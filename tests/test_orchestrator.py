@@ -8,9 +8,9 @@ import pytest
 from rq import Queue
 
 from coordinator import TrainingOrchestrator
-from coordinator.events import EventConsumer, decode_entry
-from coordinator.job_states import LEASED, QUEUED, RUNNING
-from coordinator.keys import TRAINING_QUEUE
+from coordinator.bus.events import EventConsumer, decode_entry
+from coordinator.core.job_states import LEASED, QUEUED, RUNNING
+from coordinator.core.keys import TRAINING_QUEUE
 from tests.conftest import end_job, take_job
 
 
@@ -52,8 +52,8 @@ def test_export_creates_one_job_enqueued_on_rq(orchestrator, fake_conn, keys):
 def test_rq_keeps_its_job_keys_for_training_rq_result_ttl_days(fake_conn, keys, make_settings):
     from rq.job import Job
 
-    from coordinator.config import parse_settings
-    from coordinator.errors import ConfigError
+    from coordinator.core.errors import ConfigError
+    from coordinator.core.settings import parse_settings
 
     orch = TrainingOrchestrator(make_settings(rq_result_ttl_days=0.5), fake_conn, consumer_name="test")
     orch.prepare()
@@ -77,7 +77,7 @@ def test_second_export_while_queued_updates_the_queued_job(orchestrator, fake_co
 def test_export_batch_falls_back_when_the_active_job_changed_under_it(orchestrator, fake_conn, keys):
     """record_exports_many reads the active jobs, then runs one script per config: a config whose
     job appeared in between is written again with the job it has now, not with stale state."""
-    from coordinator.events import Export
+    from coordinator.bus.events import Export
 
     export(fake_conn, keys, path="/data/v1.npz", samples=100)
     orchestrator.process_once(block_ms=None)
@@ -266,7 +266,7 @@ def test_periodic_work_knows_nothing_of_the_orchestrator():
     import ast
     from pathlib import Path
 
-    import coordinator.periodic as periodic
+    import coordinator.service.periodic as periodic
 
     tree = ast.parse(Path(periodic.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
@@ -275,7 +275,7 @@ def test_periodic_work_knows_nothing_of_the_orchestrator():
 
 
 def test_periodic_tasks_run_from_the_table_they_are_given(fake_conn):
-    from coordinator.periodic import PeriodicTask, PeriodicWork
+    from coordinator.service.periodic import PeriodicTask, PeriodicWork
 
     ran = []
     work = PeriodicWork(fake_conn, "t", {"ping": PeriodicTask(1, lambda: ran.append("ping"))})
@@ -285,8 +285,8 @@ def test_periodic_tasks_run_from_the_table_they_are_given(fake_conn):
 
 def test_a_periodic_entry_dropped_between_rq_schedulers_two_writes_comes_back(fake_conn, monkeypatch):
     """rq-scheduler moves a repeating entry with ZREM then ZADD; a Redis error between them drops it."""
-    from coordinator import periodic
-    from coordinator.periodic import PeriodicTask, PeriodicWork
+    from coordinator.service import periodic
+    from coordinator.service.periodic import PeriodicTask, PeriodicWork
 
     ran = []
     work = PeriodicWork(fake_conn, "t", {"ping": PeriodicTask(1, lambda: ran.append("ping"))})
@@ -301,10 +301,10 @@ def test_a_periodic_entry_dropped_between_rq_schedulers_two_writes_comes_back(fa
 def test_an_older_versions_periodic_entry_is_replaced(fake_conn, make_settings):
     from datetime import datetime, timezone
 
-    from coordinator.periodic import MAINTENANCE_QUEUE
+    from coordinator.service.periodic import MAINTENANCE_QUEUE
 
     orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
-    orch.periodic.scheduler.schedule(datetime.now(timezone.utc), "coordinator.periodic.maintenance",
+    orch.periodic.scheduler.schedule(datetime.now(timezone.utc), "coordinator.service.periodic.maintenance",
                                      args=("ringrift", "tick"), id="ringrift-periodic-tick",
                                      interval=int(orch.settings.scheduler.rescore_interval_s),
                                      queue_name=MAINTENANCE_QUEUE)
@@ -316,8 +316,8 @@ def test_an_older_versions_periodic_entry_is_replaced(fake_conn, make_settings):
 def test_maintenance_runs_a_task_on_an_rq_worker_without_a_new_orchestrator_each_time(fake_conn, monkeypatch):
     from rq import SimpleWorker
 
-    from coordinator import orchestrator as module
-    from coordinator.periodic import MAINTENANCE_FUNC, MAINTENANCE_QUEUE
+    from coordinator.service import orchestrator as module
+    from coordinator.service.periodic import MAINTENANCE_FUNC, MAINTENANCE_QUEUE
 
     module._maintainer.cache_clear()
     built = []

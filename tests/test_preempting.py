@@ -9,11 +9,12 @@ import time
 import pytest
 from rq import Queue
 
-from coordinator.job_states import PREEMPTED, QUEUED
-from coordinator.keys import TRAINING_QUEUE
-from coordinator.preempting import Preempter, dispatch_fields, pending
-from coordinator.preemption import VALUE, WAIT
-from coordinator.priorities_view import priorities_table
+from coordinator.core.job_states import PREEMPTED, QUEUED
+from coordinator.core.keys import TRAINING_QUEUE
+from coordinator.ops.priorities_view import priorities_table
+from coordinator.scheduling.preempter import Preempter, dispatch_fields
+from coordinator.scheduling.preemption_rule import VALUE, WAIT
+from coordinator.stores.jobs import JobStore, pending_preemptions
 from tests.conftest import take_job
 
 HOUR = 3600.0
@@ -51,7 +52,7 @@ def test_a_starving_config_asks_the_running_job_to_yield_once(orch, preempter, f
     assert record["preempt_for"] == "square8_2p" and record["preempt_kind"] == WAIT
     assert record["preempt_fence"] == str(lease.fence) and "starving" in record["preempt_why"]
     assert preempter.tick(free_slots=0) == []  # one preemption in flight per slot
-    [p] = pending(fake_conn, keys)
+    [p] = pending_preemptions(fake_conn, keys)
     assert (p.job_id, p.config_key, p.for_config) == (job_id, "hexagonal_2p", "square8_2p")
     notes = {q.config_key: q.preemption for q in orch.scheduler.ranked()}
     assert notes["hexagonal_2p"].startswith("yielding its GPU to square8_2p")
@@ -142,7 +143,8 @@ def test_dispatch_marks_the_job_and_ends_the_wait_and_the_priorities_view(orch, 
 
 
 def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempter, fake_conn, keys):
-    from coordinator.preempting import lost_gpu_hours, record_preempted, stop_reason
+    from coordinator.scheduling.preempter import lost_gpu_hours
+    from coordinator.stores.jobs import stop_reason
 
     job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
     waiting_config(orch, "square8_2p", waited_h=20)
@@ -152,7 +154,8 @@ def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempt
     assert stop_reason(*record) == "preempted" and stop_reason(b"1", record[1]) == "cancelled"  # cancel wins
     assert lost_gpu_hours(None, 100.0, 100.0 + 1800) == pytest.approx(0.5)  # no checkpoint: the whole attempt
     assert lost_gpu_hours(100.0 + 1700, 100.0, 100.0 + 1800) == pytest.approx(100 / 3600)
-    args = (fake_conn, keys, 1000, job_id, "hexagonal_2p")
+    record_preempted = JobStore(fake_conn, keys, 1000).preempted
+    args = (job_id, "hexagonal_2p")
     assert record_preempted(*args, lease.fence + 1, "node-a", 1, 7, 0.0) == "fenced"  # another attempt's
     assert fake_conn.hget(keys.job(job_id), "state") == b"running"
     assert record_preempted(*args, lease.fence, "node-a", 1, 7, 0.25, "hexagonal", "2") == "recorded"
@@ -160,7 +163,7 @@ def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempt
     job = {k.decode(): v.decode() for k, v in fake_conn.hgetall(keys.job(job_id)).items()}
     assert job["state"] == PREEMPTED and job["preemptions"] == "1" and job["epoch_reached"] == "7"
     assert float(job["yielded_gpu_hours"]) == pytest.approx(3.0, abs=0.01)  # the attempt ran 3 h
-    assert "preempt_requested_at" not in job and pending(fake_conn, keys) == []
+    assert "preempt_requested_at" not in job and pending_preemptions(fake_conn, keys) == []
     cfg = fake_conn.hgetall(keys.config("hexagonal_2p"))
     assert cfg[b"preempted_job"].decode() == job_id and float(cfg[b"waiting_since"]) > time.time() - 60
     assert fake_conn.hget(keys.active, "hexagonal_2p").decode() == job_id  # kept while it waits
@@ -203,7 +206,6 @@ def test_the_tick_preempts_and_dispatch_resumes_the_preempted_job(fake_conn, mak
     from dataclasses import replace
 
     from coordinator import TrainingOrchestrator
-    from coordinator.preempting import record_preempted
 
     settings = make_settings()
     settings = replace(settings, hosts={"node-a": 1}, scheduler=replace(settings.scheduler, prefetch=0))
@@ -216,7 +218,7 @@ def test_the_tick_preempts_and_dispatch_resumes_the_preempted_job(fake_conn, mak
     orch.tick()
     assert fake_conn.hget(keys.job(job_id), "preempt_for") == b"square8_2p"
     assert orch.jobs.active_job("square8_2p") is None  # the slot is still busy
-    assert record_preempted(fake_conn, keys, 1000, job_id, "hexagonal_2p", lease.fence, "node-a", 1, 4, 0.0) == \
+    assert JobStore(fake_conn, keys, 1000).preempted(job_id, "hexagonal_2p", lease.fence, "node-a", 1, 4, 0.0) == \
         "recorded"
     orch.leases.release(lease)
     fake_conn.xadd(keys.events, {"type": "TRAINING_PREEMPTED", "job_id": job_id, "config_key": "hexagonal_2p",
@@ -249,10 +251,10 @@ def test_completions_and_evaluations_feed_the_cost_factor(orch, fake_conn, keys)
 
 
 def test_status_and_metrics_show_pending_preemptions_and_count_them(orch, preempter, fake_conn, keys):
-    from coordinator.events import decode_entry
-    from coordinator.metrics import Metrics
-    from coordinator.status import gather
-    from coordinator.status_view import print_status, wide_console
+    from coordinator.bus.events import decode_entry
+    from coordinator.ops.status import gather
+    from coordinator.ops.status_view import print_status, wide_console
+    from coordinator.service.metrics import Metrics
 
     job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
     waiting_config(orch, "square8_2p", waited_h=20)
@@ -296,7 +298,7 @@ def test_an_end_with_new_samples_left_starts_the_configs_wait(orch, fake_conn, k
 def test_an_evaluation_handled_again_after_a_redelivery_adds_nothing(orch, fake_conn, keys):
     """A consumer that dies after applying an event but before its XACK gets it redelivered: the
     Elo window and the gains must not count it twice (a new evaluation of the same model still counts)."""
-    from coordinator.events import decode_entry
+    from coordinator.bus.events import decode_entry
 
     fields = {b"type": b"EVALUATION_COMPLETED", b"config_key": b"hex8_2p", b"elo": b"1000", b"model_path": b"/m/a.pt",
               b"timestamp": b"1700000000"}

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from coordinator.preemption import VALUE, WAIT, Candidate, PreemptionSettings, RunningJob, decide
+from coordinator.scheduling.preemption_rule import VALUE, WAIT, Candidate, PreemptionSettings, RunningJob, decide
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0

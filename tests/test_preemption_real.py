@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.config import load_settings
+from coordinator.core.settings import load_settings
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
 
 EPOCHS_LONG = 30  # the running training: ~15 s of epochs

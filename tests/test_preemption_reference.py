@@ -11,10 +11,10 @@ one small epoch, well within the 14 s the preempted job may wait before it would
 
 from __future__ import annotations
 
-from coordinator.config import load_settings
+from coordinator.core.settings import load_settings
+from coordinator.trainer.npz_data import write_synthetic_npz
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
 from tests.test_preemption_real import assert_preempted_once_then_resumed
-from workers.npz_data import write_synthetic_npz
 
 EPOCHS_LONG = 60
 # ~0.7-1.2 s an epoch on a loaded 2-core machine (less idle): the preemption (~18 s in) comes mid-training.

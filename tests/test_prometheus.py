@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coordinator.local_redis import free_port
+from coordinator.ops.local_redis import free_port
 from tests.conftest import require, stream_events, wait_for
 from tests.test_dashboard import run_service  # noqa: F401 - a fixture used below
 
@@ -61,11 +61,11 @@ def test_series_exist_at_zero_and_node_breakers_show(fake_conn, keys, make_setti
     a `kind="node"` series and its node's GPUs leave the usable status."""
     from prometheus_client import generate_latest
 
-    from coordinator.breakers import CircuitBreakers
-    from coordinator.config import BreakerSettings
-    from coordinator.events import KNOWN_TYPES
-    from coordinator.leases import LeaseManager
-    from coordinator.metrics import Metrics
+    from coordinator.bus.events import KNOWN_TYPES
+    from coordinator.core.settings import BreakerSettings
+    from coordinator.service.metrics import Metrics
+    from coordinator.stores.breakers import CircuitBreakers
+    from coordinator.stores.leases import LeaseManager
 
     settings = make_settings()
     LeaseManager(fake_conn, keys).register_nodes({"n1": 2, "n2": 1})

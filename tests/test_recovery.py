@@ -7,10 +7,10 @@ import time
 from dataclasses import replace
 
 from coordinator import TrainingOrchestrator
-from coordinator.breakers import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
-from coordinator.config import BreakerSettings, RetrySettings
-from coordinator.job_states import FINAL_STATES, TRANSITIONS, allowed_from
-from coordinator.retry import decide
+from coordinator.core.job_states import FINAL_STATES, TRANSITIONS, allowed_from
+from coordinator.core.retry import decide
+from coordinator.core.settings import BreakerSettings, RetrySettings
+from coordinator.stores.breakers import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
 from tests.conftest import take_job
 
 

@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
+from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN, newest_checkpoint
+from coordinator.trainer.command import attempt_paths, build_argv, record_values
+from coordinator.trainer.output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY, OutputParser
 from workers import ringrift_stand_in
-from workers.checkpoints import RINGRIFT_CHECKPOINT_PATTERN, newest_checkpoint
-from workers.trainer_command import attempt_paths, build_argv, record_values
-from workers.trainer_output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY, OutputParser
 from workers.trainer_process import run_trainer
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from coordinator.jobs import JobStore
-from coordinator.keys import Keys
+from coordinator.core.keys import Keys
+from coordinator.stores.jobs import JobStore
+from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN
+from coordinator.trainer.output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
 from tests.faults.conftest import kill_tree
-from workers.checkpoints import RINGRIFT_CHECKPOINT_PATTERN
 from workers.ringrift_stand_in import COMMAND
-from workers.trainer_output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY
 
 pytestmark = pytest.mark.integration
 KEYS = Keys("ringrift")

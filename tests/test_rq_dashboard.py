@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.keys import TRAINING_QUEUE
-from coordinator.local_redis import free_port
+from coordinator.core.keys import TRAINING_QUEUE
+from coordinator.ops.local_redis import free_port
 from tests.conftest import unavailable, wait_for
 from tests.test_dashboard import run_service  # noqa: F401 - a fixture used below
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator import TrainingOrchestrator, TrainingScheduler
-from coordinator.config import PreemptionSettings, PriorityWeights, SchedulerSettings
-from coordinator.scheduler import STARVING_BASE, ConfigInputs, compute_priority, elo_velocity
+from coordinator.core.settings import PreemptionSettings, PriorityWeights, SchedulerSettings
+from coordinator.scheduling.scheduler import STARVING_BASE, ConfigInputs, compute_priority, elo_velocity
 from tests.conftest import end_job, take_job
 
 NOW = 1_800_000_000.0
@@ -335,7 +335,7 @@ def run_dispatch_order(conn, make_settings, keys, weights: dict[str, float]) -> 
 def test_rescore_reads_every_field_the_inputs_use():
     """load_inputs reads only INPUT_FIELDS (HMGET, not the stored explanation): from_hash must
     not use a field missing from that list."""
-    from coordinator.scheduler import INPUT_FIELDS, ConfigInputs
+    from coordinator.scheduling.scheduler import INPUT_FIELDS, ConfigInputs
 
     class Recorder(dict):
         def __init__(self) -> None:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from bench import scheduling_sim as sim
-from coordinator.preemption import PreemptionSettings
+from coordinator.scheduling.preemption_rule import PreemptionSettings
 
 W = PreemptionSettings(max_wait_hours=12.0, min_run_minutes=60.0)
 
@@ -80,7 +80,7 @@ def test_the_cli_prints_one_markdown_row_per_policy_and_gpu_count(capsys):
 def test_the_proposed_policy_scores_like_the_scheduler_on_redis(fake_conn, keys):
     """What the simulator ranks equals what TrainingScheduler.ranked() gives for the same config
     hashes and lists (starvation by waiting time and the cost factor included)."""
-    from coordinator.scheduler import TrainingScheduler
+    from coordinator.scheduling.scheduler import TrainingScheduler
 
     specs = sim.cluster(random.Random(3))
     s = sim.Simulation(specs, 2, sim.Policy("proposed"), days=4, seed=3)

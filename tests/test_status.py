@@ -8,11 +8,11 @@ import time
 
 from rq import Worker
 
-from coordinator.leases import LeaseManager
-from coordinator.priorities_view import print_priorities
-from coordinator.scheduler import TrainingScheduler
-from coordinator.status import WORKER_NODE_FIELD, gather
-from coordinator.status_view import print_status, wide_console
+from coordinator.ops.priorities_view import print_priorities
+from coordinator.ops.status import WORKER_NODE_FIELD, gather
+from coordinator.ops.status_view import print_status, wide_console
+from coordinator.scheduling.scheduler import TrainingScheduler
+from coordinator.stores.leases import LeaseManager
 from tests.conftest import wait_for
 
 LONG_CONFIGS = ("square19_4p", "hexagonal_3p", "square19_2p")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.schemas import FIELD_LIMITS
+from coordinator.bus.schemas import FIELD_LIMITS
 from workers.tasks import STDERR_TAIL_BYTES, utf8_tail
 
 

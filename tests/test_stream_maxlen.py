@@ -3,8 +3,8 @@ publishes an event (through `_stream.lua`'s xadd_trimmed) adds it without trimmi
 
 from __future__ import annotations
 
-from coordinator.breakers import CircuitBreakers
-from coordinator.config import BreakerSettings
+from coordinator.core.settings import BreakerSettings
+from coordinator.stores.breakers import CircuitBreakers
 from tests.conftest import end_job, take_job
 
 

@@ -9,7 +9,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from coordinator import TrainingOrchestrator
-from coordinator.keys import TRAINING_QUEUE
+from coordinator.core.keys import TRAINING_QUEUE
 from tests.conftest import end_job, take_job
 
 STUB = ("{python}", "-m", "workers.stub_train")

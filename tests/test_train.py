@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from workers.npz_data import BadTrainingData, load_training_data, write_synthetic_npz
+from coordinator.trainer.command import STOPPED_EXIT
+from coordinator.trainer.npz_data import BadTrainingData, load_training_data, write_synthetic_npz
 from workers.train import load_model, main, parse_args, train
-from workers.trainer_command import STOPPED_EXIT
 
 
 def _args(npz, out, *extra, board="hex8", players="2", epochs="4"):

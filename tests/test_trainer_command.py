@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.trainer_command import (
+from coordinator.trainer.command import (
     DEFAULT_COMMAND,
     MODEL_FILE,
     attempt_paths,

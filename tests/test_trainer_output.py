@@ -5,7 +5,13 @@ import math
 
 import pytest
 
-from workers.trainer_output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY, OutputParser, pattern_problems, result_figures
+from coordinator.trainer.output import (
+    RINGRIFT_PROGRESS,
+    RINGRIFT_SUMMARY,
+    OutputParser,
+    pattern_problems,
+    result_figures,
+)
 
 EPOCH_LINE = ("2026-12-01 10:00:00,123 - app.training.train - INFO - "
               "Epoch [3/50], Train Loss: 1.2345, Val Loss: 1.3456, Policy Acc: 41.5%")

@@ -9,9 +9,9 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from coordinator import TrainingOrchestrator
-from coordinator.events import decode_entry
-from coordinator.keys import TRAINING_QUEUE
-from workers.trainer_command import attempt_paths, build_argv, record_values
+from coordinator.bus.events import decode_entry
+from coordinator.core.keys import TRAINING_QUEUE
+from coordinator.trainer.command import attempt_paths, build_argv, record_values
 
 STUB = ("{python}", "-m", "workers.stub_train")
 
@@ -154,7 +154,7 @@ def test_a_quality_block_without_until_holds_the_job_as_the_scheduler_would(fake
     """No `until`: the block lasts quality_block_hours (the scheduler's rule, used by the worker too)."""
     import time
 
-    from coordinator.scheduler import ConfigInputs, compute_priority
+    from coordinator.scheduling.scheduler import ConfigInputs, compute_priority
 
     npz = tmp_path / "hex8_2p.npz"
     npz.write_bytes(b"stub data")
@@ -172,9 +172,9 @@ def test_a_quality_block_without_until_holds_the_job_as_the_scheduler_would(fake
 
 
 def test_a_lost_release_and_a_lost_move_to_running_are_counted(fake_conn, make_settings, tmp_path, monkeypatch):
-    from coordinator.jobs import JobStore
-    from coordinator.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST
-    from coordinator.leases import LeaseManager
+    from coordinator.core.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST
+    from coordinator.stores.jobs import JobStore
+    from coordinator.stores.leases import LeaseManager
 
     monkeypatch.setattr(LeaseManager, "release", lambda _self, _lease: False)  # expired or taken over
     monkeypatch.setattr(JobStore, "mark_running", lambda _self, _job_id, _config_key: False)
@@ -184,7 +184,7 @@ def test_a_lost_release_and_a_lost_move_to_running_are_counted(fake_conn, make_s
 
 
 def test_training_worker_registers_its_node(fake_conn, monkeypatch):
-    from coordinator.status import WORKER_NODE_FIELD
+    from coordinator.ops.status import WORKER_NODE_FIELD
     from workers.worker import TrainingWorker
 
     monkeypatch.setenv("RINGRIFT_NODE", "gpu-node-3")
@@ -227,7 +227,7 @@ def test_warm_start_falls_back_to_an_earlier_model_whose_file_exists(fake_conn, 
 
 
 def test_warm_start_off_for_one_config(fake_conn, make_settings, tmp_path):
-    from coordinator.config import TrainerOverride
+    from coordinator.core.settings import TrainerOverride
 
     _, second, events = _two_rounds(fake_conn, make_settings, tmp_path,
                                     per_config={"hex8_2p": TrainerOverride(warm_start=False)})
@@ -263,7 +263,7 @@ def test_a_preempt_request_on_the_renewal_reply_ends_the_attempt_preempted(fake_
 
 
 def test_jobs_command_shows_each_jobs_parent(fake_conn, make_settings, tmp_path, monkeypatch, capsys):
-    from coordinator import cli
+    from coordinator.ops import cli
 
     first, second, _ = _two_rounds(fake_conn, make_settings, tmp_path)
     monkeypatch.setattr(cli, "connect", lambda _url: fake_conn)
@@ -274,7 +274,7 @@ def test_jobs_command_shows_each_jobs_parent(fake_conn, make_settings, tmp_path,
 
 
 def test_progress_is_one_command_and_stream_maxlen_0_trims_nothing(fake_conn, keys):
-    from coordinator.jobs import JobStore
+    from coordinator.stores.jobs import JobStore
 
     store = JobStore(fake_conn, keys, stream_maxlen=0)
     fake_conn.xadd(keys.events, {"type": "OTHER"})

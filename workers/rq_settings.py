@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from coordinator.connection import SENTINEL_SCHEME, SOCKET_TIMEOUT_S, failover_retry, parse_sentinel_url
+from coordinator.core.connection import SENTINEL_SCHEME, SOCKET_TIMEOUT_S, failover_retry, parse_sentinel_url
 
 _url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 if _url.startswith(f"{SENTINEL_SCHEME}://"):

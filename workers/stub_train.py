@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from workers.trainer_command import STOPPED_EXIT
+from coordinator.trainer.command import STOPPED_EXIT
 
 SLEEP_SLICE_S = 0.05  # how often a sleeping epoch looks for a stop request
 

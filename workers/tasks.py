@@ -12,7 +12,7 @@
 4. ends with TRAINING_COMPLETE (published only under the newest fencing token), or
    TRAINING_FAILED with its reason, failure class and whether it will retry (after backoff), or
    TRAINING_CANCELLED, or TRAINING_PREEMPTED (asked to yield: `preemption.signal` to the trainer,
-   which checkpoints and exits; `coordinator.preempting.record_preempted`); records the result on
+   which checkpoints and exits; `coordinator.scheduling.preempter.record_preempted`); records the result on
    the config's and node's circuit breakers (not for a preemption); frees the leases.
 Everything it needs is in the job record the orchestrator wrote: a worker needs only Redis.
 """
@@ -34,23 +34,24 @@ from typing import Any, NoReturn
 import redis
 from rq import get_current_job
 
-from coordinator.breakers import OPEN, CircuitBreakers, breaker_state
-from coordinator.config import RetrySettings, Settings, worker_settings
-from coordinator.errors import JobError, LeaseUnavailable, TrainingFailed
-from coordinator.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
-from coordinator.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
-from coordinator.jobs import JobStore, Outcome, decode_hash
-from coordinator.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
-from coordinator.leases import Lease, LeaseKeeper, LeaseManager
-from coordinator.logs import for_job
-from coordinator.preempting import CANCELLED_STOP, PREEMPTED_STOP, lost_gpu_hours, record_preempted
-from coordinator.recovery import Recovery
-from coordinator.retry import BAD_INPUT_EXIT, decide
-from coordinator.scheduler import quality_block_until
-from coordinator.schemas import FIELD_LIMITS
-from workers.checkpoints import newest_checkpoint
-from workers.trainer_command import attempt_paths, build_argv, record_values
-from workers.trainer_output import OutputParser, result_figures
+from coordinator.bus.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
+from coordinator.bus.schemas import FIELD_LIMITS
+from coordinator.core.errors import JobError, LeaseUnavailable, TrainingFailed
+from coordinator.core.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
+from coordinator.core.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
+from coordinator.core.logs import for_job
+from coordinator.core.retry import BAD_INPUT_EXIT, decide
+from coordinator.core.settings import RetrySettings, Settings, worker_settings
+from coordinator.core.text import decode_hash
+from coordinator.scheduling.preempter import lost_gpu_hours
+from coordinator.scheduling.scheduler import quality_block_until
+from coordinator.service.recovery import Recovery
+from coordinator.stores.breakers import OPEN, CircuitBreakers, breaker_state
+from coordinator.stores.jobs import CANCELLED_STOP, PREEMPTED_STOP, JobStore, Outcome
+from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager
+from coordinator.trainer.checkpoints import newest_checkpoint
+from coordinator.trainer.command import attempt_paths, build_argv, record_values
+from coordinator.trainer.output import OutputParser, result_figures
 from workers.trainer_process import TrainerResult, run_trainer
 
 log = logging.getLogger(__name__)
@@ -211,7 +212,7 @@ class TrainingRun:
         if not npz_path.is_file():
             self._fail("missing_input", f"npz_path not found: {npz_path}", "")
         if self.record.get("check_npz", "1") == "1":
-            from workers.npz_data import BadTrainingData, check_npz  # numpy: loaded after TRAINING_STARTED
+            from coordinator.trainer.npz_data import BadTrainingData, check_npz  # numpy: loaded after TRAINING_STARTED
 
             try:
                 check_npz(npz_path, self.record["board_type"])
@@ -301,8 +302,8 @@ class TrainingRun:
         mtime = os.path.getmtime(checkpoint) if checkpoint else None
         epoch = int(result.history[-1].get("epoch", 0)) if result.history else int(
             self.record.get("resumed_epoch") or 0)
-        outcome = record_preempted(
-            self.store.conn, self.store.keys, self.store.stream_maxlen, self.job_id, self.config_key,
+        outcome = self.store.preempted(
+            self.job_id, self.config_key,
             self.lease.fence, self.node, self.attempt, epoch, lost_gpu_hours(mtime, self.started_at, time.time()),
             **self.config_fields)
         self.log.info("job %s preempted at epoch %s (%s)", self.job_id, epoch, outcome)

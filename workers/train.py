@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from coordinator.boards import BOARDS, MAX_PLAYERS
-from workers.npz_data import GLOBAL_FEATURES, BadTrainingData, TrainingData, load_training_data
-from workers.trainer_command import STOPPED_EXIT
+from coordinator.core.boards import BOARDS, MAX_PLAYERS
+from coordinator.trainer.command import STOPPED_EXIT
+from coordinator.trainer.npz_data import GLOBAL_FEATURES, BadTrainingData, TrainingData, load_training_data
 
 CHECKPOINT, MODEL, METRICS = "checkpoint.pt", "model.pt", "metrics.json"
 # Beside each checkpoint: {"epoch": n, "checkpoint": path}, so a retry can resume without torch.

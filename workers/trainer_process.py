@@ -1,6 +1,6 @@
 """Running the trainer as a child process: progress lines, summary, stderr tail, timeout, stop.
 
-Both streams are read line by line through an `OutputParser` (workers/trainer_output.py):
+Both streams are read line by line through an `OutputParser` (coordinator/trainer/output.py):
 each progress line (a JSON object with `epoch`, or a configured pattern's match, on stdout or
 stderr) is handed to `on_progress` and kept in the result's history; a summary line fills the
 result's summary. The last STDERR_TAIL_LINES lines of stderr are kept for TRAINING_FAILED.
@@ -8,7 +8,7 @@ Exit status 0 without a model file where the command said (`model_path`) is `mod
 The child gets its own session (so a stop reaches its whole process group) and is tied to its
 parent with PR_SET_PDEATHSIG, so it does not outlive a killed worker. A trainer asked to stop
 gets SIGTERM; a well-behaved one saves a checkpoint and exits with STOPPED_EXIT (see
-workers/trainer_command.py).
+coordinator/trainer/command.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from workers.trainer_output import OutputParser
+from coordinator.trainer.output import OutputParser
 
 STDERR_TAIL_LINES = 40
 PR_SET_PDEATHSIG = 1

@@ -25,8 +25,8 @@ import redis
 from rq import Worker
 
 import workers.tasks  # the preload is the point of this module
-from coordinator.connection import failover_retry
-from coordinator.status import WORKER_NODE_FIELD
+from coordinator.core.connection import failover_retry
+from coordinator.ops.status import WORKER_NODE_FIELD
 
 
 class TrainingWorker(Worker):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from coordinator.local_redis import LocalRedis
+from coordinator.ops.local_redis import LocalRedis
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import time
 import pytest
 import redis
 
-from coordinator.connection import connect
-from coordinator.local_redis import LocalRedis, free_port, redis_server_binary
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.core.connection import connect
+from coordinator.ops.local_redis import LocalRedis, free_port, redis_server_binary
+from coordinator.ops.workers_pool import start_worker, stop_workers
 from tests.conftest import stream_events, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import time
 import psutil
 import pytest
 
-from coordinator.jobs import JobStore
-from coordinator.keys import Keys
+from coordinator.core.keys import Keys
+from coordinator.stores.jobs import JobStore
 from tests.conftest import console_script, stream_events, wait_for, xadd_like_an_exporter
 from tests.faults.conftest import alive, kill_tree
 

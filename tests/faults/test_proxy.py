@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from bench.proxy import FaultProxy
-from coordinator.local_redis import LocalRedis
+from coordinator.ops.local_redis import LocalRedis
 
 
 @pytest.fixture

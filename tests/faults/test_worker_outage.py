@@ -1,6 +1,6 @@
 """The README's node command, `rq worker training --url redis://...` (plain URL, no Sentinel), rides
 out a Redis outage during a job that is shorter than the configured retry time
-(`coordinator.connection.FAILOVER_RETRY_S`): the worker does not quit and the job ends once, trained.
+(`coordinator.core.connection.FAILOVER_RETRY_S`): the worker does not quit and the job ends once, trained.
 
 RQ's main loop quits on a Redis error while a job runs (its heartbeats every
 `--job-monitoring-interval`); redis-py's default retry gives up after three tries (at most ~14 s).
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from coordinator.workers_pool import start_worker, stop_workers
+from coordinator.ops.workers_pool import start_worker, stop_workers
 from tests.conftest import stream_events, wait_for
 
 OUTAGE_S = 16.0  # past redis-py's default retries, inside FAILOVER_RETRY_S

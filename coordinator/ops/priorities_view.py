@@ -1,0 +1,38 @@
+"""The `ringrift-train priorities` table: the ranking with every factor's contribution and input,
+and any pending preemption (the job yielding its GPU, and the config it yields to)."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from coordinator.core.settings import SchedulerSettings
+from coordinator.ops.status_view import wide_console
+from coordinator.scheduling.scheduler import FACTORS, STARVING_BASE, Priority
+
+
+def priorities_table(ranked: list[Priority], s: SchedulerSettings) -> Table:
+    w = s.weights
+    weights = ", ".join(f"{name} {getattr(w, name):g}" for name in FACTORS)
+    table = Table(title="training priorities (highest first)",
+                  caption=f"contribution = weight x factor (0..1); weights: {weights}; starving (waited "
+                          f"preemption.max_wait_hours - min run) = {STARVING_BASE:g} + hours waited; "
+                          "value_per_gpu_hour: Elo per training / GPU-hours of the next one")
+    for column in ("#", "config", "score", *FACTORS, "h waiting", "h since trained", "h since export",
+                   "new samples", "Elo/h", "GPU-h next", "notes"):
+        table.add_column(column, justify="right" if column not in ("config", "notes") else "left")
+    for rank, p in enumerate(ranked, 1):
+        notes = "; ".join(p.why + p.flags + ([p.preemption] if p.preemption else [])) or "eligible"
+        style = None if p.eligible else "dim"
+        since_export = "-" if p.hours_since_export is None else f"{p.hours_since_export:.1f}"
+        table.add_row(
+            str(rank) if p.eligible else "-", p.config_key, f"{p.score:.3f}",
+            *(f"{p.contributions[f]:.3f}" for f in FACTORS), f"{p.hours_waiting:.1f}",
+            f"{p.hours_since_training:.1f}", since_export, f"{p.new_samples:,}", f"{p.elo_per_hour:+.1f}",
+            f"{p.expected_gpu_hours:.2f}" if p.expected_gpu_hours else "-", notes,
+            style=style,
+        )
+    return table
+
+
+def print_priorities(ranked: list[Priority], s: SchedulerSettings) -> None:
+    wide_console().print(priorities_table(ranked, s))

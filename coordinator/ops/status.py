@@ -1,0 +1,143 @@
+"""What `ringrift-train status` shows, gathered from Redis as one plain dict (also its `--json`).
+
+Configs with priority, rank and why (a pending preemption among the flags); running jobs with
+epoch, loss, node, elapsed, ETA and a pending request to yield; the pending preemptions; the
+queue; nodes with slots and health, each with the RQ workers that run on it; RQ workers with their
+node and last heartbeat; recent failures.
+
+A worker's node: the one its lease names while it trains (what it holds), else the node it
+registered under (`WORKER_NODE_FIELD` on RQ's worker hash), else its host name (RQ's record).
+Nodes: every node `hosts` or a health event registered, and every node a worker or a lease
+names (`listed` False: its slots in use are shown against the default slot count).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis
+from rq import Queue, Worker
+
+from coordinator.bus.events import TRAINING_FAILED, decode_entry
+from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES
+from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.core.settings import Settings
+from coordinator.core.text import decode_hash
+from coordinator.scheduling.scheduler import TrainingScheduler
+from coordinator.stores.breakers import breaker_state
+from coordinator.stores.jobs import pending_preemptions
+from coordinator.stores.leases import LeaseManager
+
+RECENT_EVENTS_SCANNED = 2000
+# The field of RQ's worker hash that names the node a worker runs on (RINGRIFT_NODE), when its
+# worker class writes one; RQ's own `hostname` otherwise.
+WORKER_NODE_FIELD = "ringrift_node"
+
+
+def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str, Any]:
+    keys = Keys(settings.redis.prefix)
+    now = time.time()
+    ranked = TrainingScheduler.from_settings(conn, keys, settings).ranked()
+    leases = LeaseManager.from_settings(conn, keys, settings)
+    held = leases.held()
+    workers = _workers(conn, now, held)
+    return {
+        "at": now,
+        "configs": [_config_row(conn, keys, settings, p, rank, now) for rank, p in enumerate(ranked, 1)],
+        "running": _running(conn, keys, now),
+        "preemptions": [vars(p) for p in pending_preemptions(conn, keys)],
+        "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
+                  "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
+        "nodes": _nodes(conn, keys, leases, held, workers),
+        "workers": workers,
+        "failures": _failures(conn, keys, failures),
+    }
+
+
+def _config_row(conn: redis.Redis, keys: Keys, settings: Settings, p: Any, rank: int, now: float) -> dict[str, Any]:
+    breaker = decode_hash(conn.hgetall(keys.breaker("config", p.config_key)))
+    return {
+        "config_key": p.config_key, "rank": rank if p.eligible else None, "score": round(p.score, 3),
+        "eligible": p.eligible, "why": p.why, "flags": p.flags + ([p.preemption] if p.preemption else []),
+        "hours_waiting": round(p.hours_waiting, 2), "preemption": p.preemption,
+        "hours_since_training": round(p.hours_since_training, 2), "new_samples": p.new_samples,
+        "elo_per_hour": round(p.elo_per_hour, 2), "breaker": breaker_state(breaker, settings.breakers, now),
+    }
+
+
+def _running(conn: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
+    ids = [v.decode() for v in conn.hvals(keys.active)]
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for job_id in ids:
+            pipe.hgetall(keys.job(job_id))
+        records = [decode_hash(r) for r in pipe.execute()]
+    rows = []
+    for r in records:
+        if r.get("state") not in ACTIVE_ATTEMPT_STATES:
+            continue
+        rows.append({"job_id": r["job_id"], "config_key": r["config_key"], "state": r["state"],
+                     "node": r.get("node", ""), "attempt": int(r.get("attempts", 0)),
+                     "epoch": int(r.get("epoch") or 0), "total_epochs": int(r.get("epochs") or 0),
+                     "train_loss": r.get("train_loss"), "val_loss": r.get("val_loss"),
+                     "elapsed_s": round(now - float(r.get("started_at") or now), 1), "eta_s": eta_s(r, now),
+                     "preempt_for": r.get("preempt_for") if r.get("preempt_requested_at") else None,
+                     "preempt_why": r.get("preempt_why") if r.get("preempt_requested_at") else None})
+    return sorted(rows, key=lambda row: row["config_key"])
+
+
+def eta_s(r: dict[str, str], now: float) -> float | None:
+    """Seconds left of a running attempt at its pace so far (epochs done since it started or resumed)."""
+    epoch, total = int(r.get("epoch") or 0), int(r.get("epochs") or 0)
+    done = max(epoch - int(r.get("resumed_epoch") or 0), 0)
+    elapsed = now - float(r.get("started_at") or now)
+    return round(elapsed / done * (total - epoch), 1) if done else None
+
+
+def _workers(conn: redis.Redis, now: float, held: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """RQ's workers, each with the node it runs on (see the module docstring)."""
+    leased = {h["worker"]: h["node"] for h in held if h.get("worker") and h.get("node")}
+    workers = Worker.all(connection=conn)
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for worker in workers:
+            pipe.hget(worker.key, WORKER_NODE_FIELD)
+        registered = [v.decode() if v else None for v in pipe.execute()]
+    rows = []
+    for worker, node in zip(workers, registered):
+        beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
+        rows.append({"name": worker.name, "state": worker.get_state(), "hostname": worker.hostname,
+                     "node": leased.get(worker.name) or node or worker.hostname or "",
+                     "seconds_since_heartbeat": None if beat is None else round(now - beat, 1)})
+    return sorted(rows, key=lambda row: row["name"])
+
+
+def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[str, str]],
+           workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every node listed (hosts, health events) or named by a lease or a worker, with its workers."""
+    rows = [{**n, "listed": True} for n in leases.nodes()]
+    named = {h["node"] for h in held if h.get("node")} | {w["node"] for w in workers if w["node"]}
+    unlisted = sorted(named - {n["node"] for n in rows})
+    now_ms = time.time() * 1000
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for name in unlisted:
+            pipe.zcount(keys.node_slots(name), now_ms, "+inf")
+        in_use = pipe.execute()
+    rows += [{"node": name, "gpus": str(leases.default_slots), "status": "healthy", "in_use": str(used),
+              "listed": False} for name, used in zip(unlisted, in_use)]
+    for row in rows:
+        row["workers"] = [w["name"] for w in workers if w["node"] == row["node"]]
+    return sorted(rows, key=lambda row: row["node"])
+
+
+def _failures(conn: redis.Redis, keys: Keys, count: int) -> list[dict[str, str]]:
+    found = []
+    for entry_id, raw in conn.xrevrange(keys.events, count=RECENT_EVENTS_SCANNED):
+        event = decode_entry(entry_id, raw)
+        if event.type == TRAINING_FAILED:
+            f = event.fields
+            found.append({"id": event.id, "job_id": f.get("job_id", ""), "config_key": f.get("config_key", ""),
+                          "reason": f.get("reason", ""), "error": f.get("error", "")[:200],
+                          "will_retry": f.get("will_retry", ""), "node": f.get("node", "")})
+            if len(found) == count:
+                break
+    return found

@@ -1,0 +1,79 @@
+"""Circuit breakers per config and per node, kept in Redis so every process sees the same state.
+
+`failures` consecutive failures within `window_s` open a breaker (CIRCUIT_OPENED): the scheduler
+skips that config, that node's workers hand their jobs back. After `cooldown_s` it is half-open:
+one trial goes through; success closes it (CIRCUIT_CLOSED), failure opens it for another
+cooldown. Fenced and cancelled attempts are not failures of the config or the node.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import redis
+
+from coordinator.core.keys import Keys
+from coordinator.core.lua import script
+from coordinator.core.settings import BreakerSettings, EventSettings, Settings
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+def open_until(raw: Mapping[str, str], settings: BreakerSettings) -> float | None:
+    """When an open breaker lets its trial through (opened_at + cooldown_s); None when not open."""
+    if raw.get("state") != OPEN:
+        return None
+    return float(raw.get("opened_at") or 0) + settings.cooldown_s
+
+
+def breaker_state(raw: Mapping[str, str], settings: BreakerSettings, now: float) -> str:
+    """closed, open, or half_open (open, and the cooldown is over: the next attempt is the trial)."""
+    until = open_until(raw, settings)
+    if until is None:
+        return CLOSED
+    return HALF_OPEN if now >= until else OPEN
+
+
+def node_breakers_open(conn: redis.Redis, keys: Keys, settings: BreakerSettings, nodes: Iterable[str],
+                       now: float) -> dict[str, bool]:
+    """Whether each node's circuit breaker is open (its workers hand every job back): one round trip."""
+    names = list(nodes)
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for name in names:
+            pipe.hgetall(keys.breaker("node", name))
+        raws = pipe.execute()
+    return {name: breaker_state(_decode(raw), settings, now) == OPEN for name, raw in zip(names, raws)}
+
+
+def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+class CircuitBreakers:
+    def __init__(self, conn: redis.Redis, keys: Keys, settings: BreakerSettings | None = None,
+                 stream_maxlen: int = EventSettings.stream_maxlen, clock: Callable[[], float] = time.time) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.settings = settings or BreakerSettings()
+        self.stream_maxlen = stream_maxlen
+        self.clock = clock
+        self._record = script(conn, "breaker_record.lua")
+
+    @classmethod
+    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings,
+                      clock: Callable[[], float] = time.time) -> CircuitBreakers:
+        return cls(conn, keys, settings.breakers, settings.events.stream_maxlen, clock)
+
+    def record(self, kind: str, name: str, success: bool) -> str:
+        s = self.settings
+        reply = self._record(keys=[self.keys.breaker(kind, name), self.keys.events],
+                             args=[self.stream_maxlen, "1" if success else "0", f"{self.clock():.3f}",
+                                   s.failures, s.window_s, kind, name, s.cooldown_s])
+        return reply.decode() if isinstance(reply, bytes) else reply
+
+    def state(self, kind: str, name: str) -> str:
+        return breaker_state(_decode(self.conn.hgetall(self.keys.breaker(kind, name))), self.settings, self.clock())
+
+    def allows(self, kind: str, name: str) -> bool:
+        return self.state(kind, name) != OPEN
