@@ -39,7 +39,7 @@ def populate(conn: redis.Redis, scheduler: TrainingScheduler, keys: list[str], n
             for h in range(4):
                 pipe.rpush(scheduler.keys.elo(key), f"{now - h * 3600:.3f} {1500 + (i % 9) * h:.3f}")
         pipe.execute()
-    scheduler.set_curriculum_weights({k: 0.5 + (i % 4) * 0.5 for i, k in enumerate(keys)})
+    scheduler.configs.set_curriculum_weights({k: 0.5 + (i % 4) * 0.5 for i, k in enumerate(keys)})
     scheduler.rescore()
 
 

@@ -53,8 +53,8 @@ from rq.job import Job
 from bench import common
 from bench.floor_jobs import CHAIN_JOB
 from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.core.text import decode_hash
 from coordinator.ops.workers_pool import start_worker, stop_workers
-from coordinator.stores.jobs import decode_hash
 
 MB = 2**20
 ENDED_BADLY = ("failed", "retrying", "stale", "cancelled")

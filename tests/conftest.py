@@ -215,7 +215,7 @@ def stream_events(conn, event_type: str | None = None):
 def end_job(store, job_id: str, config_key: str, state: str = "complete", fence: int | None = None,
             **config_fields: object) -> str:
     """End a running job the way a worker does (no trainer): TRAINING_COMPLETE or TRAINING_FAILED."""
-    from coordinator.stores.jobs import Outcome
+    from coordinator.stores.job_records import Outcome
 
     event = "TRAINING_COMPLETE" if state == "complete" else "TRAINING_FAILED"
     outcome = Outcome(event, {"node": "n"}, job_fields={"final_loss": 1.0}, node="n", attempt=1, fence=fence,

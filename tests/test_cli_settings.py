@@ -12,7 +12,9 @@ import yaml
 from coordinator.bus.events import Export
 from coordinator.core.settings import load_settings
 from coordinator.ops import cli
-from coordinator.stores.jobs import JobStore, TrainingParams
+from coordinator.stores.configs import ConfigStore
+from coordinator.stores.job_records import TrainingParams
+from coordinator.stores.jobs import JobStore
 
 
 @pytest.fixture
@@ -48,8 +50,9 @@ def test_cancel_trims_the_stream_to_the_configured_length(run_cli, real_conn, ke
     built-in 100,000. Real Redis: fakeredis does not trim approximately (MAXLEN ~); Redis trims
     whole stream nodes (100 entries each), so about 100-200 entries stay."""
     settings = load_settings(env={})
-    store = JobStore(real_conn, keys)
-    store.record_export(Export("hex8", 2, "hex8_2p", str(tmp_path / "x.npz"), 10))
+    store = JobStore.from_settings(real_conn, keys, settings)
+    export = Export("hex8", 2, "hex8_2p", str(tmp_path / "x.npz"), 10)
+    ConfigStore(real_conn, keys, settings.scheduler).record_export(export)
     job_id = store.create_job(settings, "hex8_2p", TrainingParams.from_settings(settings)).job_id
     with real_conn.pipeline(transaction=False) as pipe:
         for i in range(1000):

@@ -102,14 +102,14 @@ def test_any_handler_error_dead_letters_the_entry_at_once(orch, fake_conn, keys,
 
 
 def test_an_error_recording_exports_dead_letters_only_that_config(orch, fake_conn, keys, monkeypatch):
-    real = orch.jobs.record_exports_many
+    real = orch.configs.record_exports_many
 
     def record(groups):
         if any(export.config_key == "square8_2p" for group in groups for export, _ in group):
             raise ValueError("broken config")
         return real(groups)
 
-    monkeypatch.setattr(orch.jobs, "record_exports_many", record)
+    monkeypatch.setattr(orch.configs, "record_exports_many", record)
     _export(fake_conn, keys, config_key="square8_2p")
     _export(fake_conn, keys, config_key="hex8_2p")
     orch.process_once(block_ms=None)

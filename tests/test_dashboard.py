@@ -85,7 +85,7 @@ def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fi
     orch.jobs.progress(done, "square8_3p", {"epoch": 1, "total_epochs": 3, "train_loss": 0.9, "val_loss": 1.0})
     end_job(orch.jobs, done, "square8_3p", latest_model="/models/square8_3p/model.pt")
     take_job(orch, failed, "hexagonal_4p", node="node-a")
-    from coordinator.stores.jobs import Outcome
+    from coordinator.stores.job_records import Outcome
 
     fields = {"reason": "trainer_error", "error": "trainer exited with status 1", "will_retry": "false",
               "stderr_tail": "Traceback ...\nRuntimeError: CUDA out of memory"}

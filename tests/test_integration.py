@@ -135,7 +135,7 @@ def test_next_config_is_one_command_at_any_number_of_configs(real_conn):
         for i, key in enumerate(keys):
             pipe.hset(f"ringrift:config:{key}", mapping={"new_samples": 100 + i, "exported_at": 1.8e9})
         pipe.execute()
-    scheduler.set_curriculum_weights(dict.fromkeys(keys, 1.0))
+    scheduler.configs.set_curriculum_weights(dict.fromkeys(keys, 1.0))
     assert scheduler.rescore() == 1000
     before = int(real_conn.info("stats")["total_commands_processed"])
     best = scheduler.get_next_training_config()

@@ -86,12 +86,12 @@ def test_export_batch_falls_back_when_the_active_job_changed_under_it(orchestrat
     fake_conn.hmget = lambda key, fields: [None] * len(fields)  # as if read before the job existed
     try:
         new = [(Export("hex8", 2, "hex8_2p", "/data/v2.npz", 200), "9999999999999-0")]
-        assert orchestrator.jobs.record_exports_many([new]) == ["updated"]
+        assert orchestrator.configs.record_exports_many([new]) == ["updated"]
     finally:
         fake_conn.hmget = real_hmget
     record = orchestrator.jobs.get(job_id)
     assert (record["npz_path"], record["samples"], record["data_version"]) == ("/data/v2.npz", "200", "2")
-    assert orchestrator.jobs.record_exports_many([new]) == ["duplicate"]  # the same stream id again
+    assert orchestrator.configs.record_exports_many([new]) == ["duplicate"]  # the same stream id again
 
 
 def test_export_while_running_waits_then_trains_on_the_newest_data(orchestrator, fake_conn, keys):

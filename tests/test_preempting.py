@@ -14,7 +14,8 @@ from coordinator.core.keys import TRAINING_QUEUE
 from coordinator.ops.priorities_view import priorities_table
 from coordinator.scheduling.preempter import Preempter, dispatch_fields
 from coordinator.scheduling.preemption_rule import VALUE, WAIT
-from coordinator.stores.jobs import JobStore, pending_preemptions
+from coordinator.stores.job_records import pending_preemptions
+from coordinator.stores.jobs import JobStore
 from tests.conftest import take_job
 
 HOUR = 3600.0
@@ -93,15 +94,16 @@ def test_a_job_picked_as_starving_is_not_preempted_for_value(orch, preempter, fa
 
 def test_the_request_is_fenced_and_needs_a_running_attempt(orch, preempter, fake_conn, keys):
     job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
-    request = preempter._request
-    args = [f"{time.time():.3f}", str(lease.fence + 1), "running", "square8_2p", WAIT, "test"]
-    assert request(keys=[keys.job(job_id)], args=args) == 0  # another attempt's token
-    args[1] = str(lease.fence)
-    args[2] = "leased"
-    assert request(keys=[keys.job(job_id)], args=args) == 0  # not in that state
-    args[2] = "running"
-    assert request(keys=[keys.job(job_id)], args=args) == 1
-    assert request(keys=[keys.job(job_id)], args=args) == 0  # already pending
+    ask = orch.jobs.request_preemption
+    assert not ask(job_id, str(lease.fence + 1), "square8_2p", WAIT, "test")  # another attempt's token
+    fake_conn.hset(keys.job(job_id), "state", "leased")
+    assert not ask(job_id, str(lease.fence), "square8_2p", WAIT, "test")  # not running yet
+    assert fake_conn.hget(keys.job(job_id), "preempt_requested_at") is None
+    fake_conn.hset(keys.job(job_id), "state", "running")
+    assert ask(job_id, str(lease.fence), "square8_2p", WAIT, "test")
+    assert fake_conn.hget(keys.job(job_id), "preempt_fence") == str(lease.fence).encode()
+    assert not ask(job_id, str(lease.fence), "hex8_2p", WAIT, "test")  # one request in flight
+    assert fake_conn.hget(keys.job(job_id), "preempt_for") == b"square8_2p"
 
 
 def test_a_preempted_job_resumes_under_its_id_and_frees_its_slot_meanwhile(orch, preempter, fake_conn, keys):
@@ -144,7 +146,7 @@ def test_dispatch_marks_the_job_and_ends_the_wait_and_the_priorities_view(orch, 
 
 def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempter, fake_conn, keys):
     from coordinator.scheduling.preempter import lost_gpu_hours
-    from coordinator.stores.jobs import stop_reason
+    from coordinator.stores.job_records import stop_reason
 
     job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
     waiting_config(orch, "square8_2p", waited_h=20)
@@ -180,7 +182,7 @@ def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempt
 # -- the orchestrator's wiring (fakeredis) ----------------------------------------------------------
 
 def test_an_export_with_no_job_starts_the_wait_and_a_dispatch_ends_it(orch, fake_conn, keys):
-    record = orch.jobs._record
+    record = orch.configs._record
     seen = []
 
     def spy(*args, **kwargs):  # what record_exports.lua left, before dispatch
@@ -188,7 +190,7 @@ def test_an_export_with_no_job_starts_the_wait_and_a_dispatch_ends_it(orch, fake
         seen.append(fake_conn.hget(keys.config("hex8_2p"), "waiting_since"))
         return result
 
-    orch.jobs._record = spy
+    orch.configs._record = spy
     fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/d/a.npz",
                                  "samples": "100"})
     orch.process_once(block_ms=None)  # recorded, then dispatched at once (free slots)

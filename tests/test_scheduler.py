@@ -115,14 +115,14 @@ def test_the_cost_factor_is_explained_and_stored(fake_conn, keys):
     scheduler = TrainingScheduler(fake_conn, keys, S, clock=lambda: NOW)
     fake_conn.hset(keys.config("square19_2p"), mapping={"new_samples": 100, "exported_at": NOW,
                                                         "last_trained_at": NOW, "waiting_since": NOW})
-    scheduler.set_curriculum_weights({"square19_2p": 1.0})
+    scheduler.configs.set_curriculum_weights({"square19_2p": 1.0})
     scheduler.rescore()
     prior = fake_conn.hgetall(keys.config("square19_2p"))
     assert float(prior[b"expected_gpu_hours"]) == 20.0  # the board's default before any history
     assert float(prior[b"f_value_per_gpu_hour"]) == pytest.approx(0.5)
     for _ in range(S.cost.gain_window + 2):
-        scheduler.record_training_cost("square19_2p", 4.0)
-        scheduler.record_elo_gain("square19_2p", 120.0)  # 30 Elo per GPU-hour, well above the prior's 10
+        scheduler.configs.record_training_cost("square19_2p", 4.0)
+        scheduler.configs.record_elo_gain("square19_2p", 120.0)  # 30 Elo per GPU-hour, well above the prior's 10
     assert fake_conn.llen(keys.gpu_hours("square19_2p")) == S.cost.duration_window  # trimmed to the windows
     assert fake_conn.llen(keys.elo_gains("square19_2p")) == S.cost.gain_window
     scheduler.rescore()
@@ -190,7 +190,7 @@ def simulate(configs: dict[str, float], slots: int, duration_h: float, horizon_h
     No preemption here (see test_scheduling_sim for the bound preemption enforces)."""
     clock = [NOW]
     scheduler = TrainingScheduler(conn, keys, S, clock=lambda: clock[0])
-    scheduler.set_curriculum_weights(configs)
+    scheduler.configs.set_curriculum_weights(configs)
     running: dict[str, float] = {}  # config -> end time
     waiting_since = dict.fromkeys(configs, NOW)
     longest = 0.0
@@ -234,7 +234,7 @@ def test_ties_break_deterministically(fake_conn, keys):
     scheduler = TrainingScheduler(fake_conn, keys, S, clock=clock)
     for key in ("square8_2p", "hex8_2p", "square19_2p"):
         fake_conn.hset(keys.config(key), mapping={"new_samples": 100, "exported_at": NOW, "last_trained_at": NOW})
-    scheduler.set_curriculum_weights({"square8_2p": 1, "hex8_2p": 1, "square19_2p": 1})
+    scheduler.configs.set_curriculum_weights({"square8_2p": 1, "hex8_2p": 1, "square19_2p": 1})
     scheduler.rescore()
     picks = {scheduler.get_next_training_config() for _ in range(5)}
     assert picks == {"square8_2p"}  # the greater key among equal scores, every time
@@ -245,7 +245,7 @@ def test_curriculum_weights_passed_in_override_stored_ones_for_that_call(fake_co
     scheduler = TrainingScheduler(fake_conn, keys, S, clock=lambda: NOW)
     for key in ("hex8_2p", "square8_2p", "square19_2p"):
         fake_conn.hset(keys.config(key), mapping={"new_samples": 100, "exported_at": NOW, "last_trained_at": NOW})
-    scheduler.set_curriculum_weights({"hex8_2p": 0.5, "square8_2p": 1.0, "square19_2p": 1.5})
+    scheduler.configs.set_curriculum_weights({"hex8_2p": 0.5, "square8_2p": 1.0, "square19_2p": 1.5})
     scheduler.rescore()
     assert scheduler.get_next_training_config() == "square19_2p"
     seed_weights = {"hex8_2p": 1.5, "square8_2p": 1.0, "square19_2p": 0.5}
@@ -357,22 +357,22 @@ def test_rescore_reads_every_field_the_inputs_use():
 
 def test_an_evaluation_of_a_new_model_adds_its_gain_over_the_previous_one(fake_conn, keys):
     scheduler = TrainingScheduler(fake_conn, keys, S, clock=lambda: NOW)
-    assert scheduler.record_evaluation("hex8_2p", 1000.0, NOW - 3 * HOUR, "/m/a.pt") is None  # first: no parent
-    assert scheduler.record_evaluation("hex8_2p", 1010.0, NOW - 2 * HOUR, "/m/a.pt") is None  # same model again
-    assert scheduler.record_evaluation("hex8_2p", 1060.0, NOW - HOUR, "/m/b.pt") == pytest.approx(50.0)
-    assert scheduler.record_evaluation("hex8_2p", 1050.0, NOW, None) is None  # no model named: window only
+    assert scheduler.configs.record_evaluation("hex8_2p", 1000.0, NOW - 3 * HOUR, "/m/a.pt") is None  # first: no parent
+    assert scheduler.configs.record_evaluation("hex8_2p", 1010.0, NOW - 2 * HOUR, "/m/a.pt") is None  # same model again
+    assert scheduler.configs.record_evaluation("hex8_2p", 1060.0, NOW - HOUR, "/m/b.pt") == pytest.approx(50.0)
+    assert scheduler.configs.record_evaluation("hex8_2p", 1050.0, NOW, None) is None  # no model named: window only
     assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [50.0]
     assert fake_conn.llen(keys.elo("hex8_2p")) == 4
 
 
 def test_the_gain_is_over_the_parent_model_by_lineage(fake_conn, keys):
     scheduler = TrainingScheduler(fake_conn, keys, S, clock=lambda: NOW)
-    scheduler.record_lineage("hex8_2p", "/m/a.pt", None)
-    scheduler.record_lineage("hex8_2p", "/m/b.pt", "/m/a.pt")
-    scheduler.record_lineage("hex8_2p", "/m/c.pt", "/m/a.pt")  # also warm-started from a (b not published yet)
-    assert scheduler.record_evaluation("hex8_2p", 1000.0, NOW - 3 * HOUR, "/m/a.pt") is None  # no parent
-    assert scheduler.record_evaluation("hex8_2p", 1100.0, NOW - 2 * HOUR, "/m/b.pt") == pytest.approx(100.0)
+    scheduler.configs.record_lineage("hex8_2p", "/m/a.pt", None)
+    scheduler.configs.record_lineage("hex8_2p", "/m/b.pt", "/m/a.pt")
+    scheduler.configs.record_lineage("hex8_2p", "/m/c.pt", "/m/a.pt")  # also warm-started from a (b not published yet)
+    assert scheduler.configs.record_evaluation("hex8_2p", 1000.0, NOW - 3 * HOUR, "/m/a.pt") is None  # no parent
+    assert scheduler.configs.record_evaluation("hex8_2p", 1100.0, NOW - 2 * HOUR, "/m/b.pt") == pytest.approx(100.0)
     # c's parent is a (1000), not the previous evaluation b (1100).
-    assert scheduler.record_evaluation("hex8_2p", 1030.0, NOW - HOUR, "/m/c.pt") == pytest.approx(30.0)
-    assert scheduler.record_evaluation("hex8_2p", 1035.0, NOW, "/m/c.pt") is None  # each model's gain once
+    assert scheduler.configs.record_evaluation("hex8_2p", 1030.0, NOW - HOUR, "/m/c.pt") == pytest.approx(30.0)
+    assert scheduler.configs.record_evaluation("hex8_2p", 1035.0, NOW, "/m/c.pt") is None  # each model's gain once
     assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [100.0, 30.0]

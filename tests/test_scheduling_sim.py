@@ -97,11 +97,11 @@ def test_the_proposed_policy_scores_like_the_scheduler_on_redis(fake_conn, keys)
                   "waiting_since": sim._unix(st.waiting_since)}
         fake_conn.hset(keys.config(spec.key), mapping={k: repr(v) for k, v in fields.items() if v is not None})
         for at, elo in st.points:
-            scheduler.record_elo(spec.key, elo, at)
+            scheduler.configs.record_elo(spec.key, elo, at)
         for hours in st.durations:
-            scheduler.record_training_cost(spec.key, hours)
+            scheduler.configs.record_training_cost(spec.key, hours)
         for gain in st.gains:
-            scheduler.record_elo_gain(spec.key, gain)
+            scheduler.configs.record_elo_gain(spec.key, gain)
         if not s._eligible(i):
             fake_conn.hset(keys.active, spec.key, f"job-{i}")
         fake_conn.zadd(keys.priority, {spec.key: -1})

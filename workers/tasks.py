@@ -36,6 +36,7 @@ from rq import get_current_job
 
 from coordinator.bus.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.bus.schemas import FIELD_LIMITS
+from coordinator.core.clock import RedisClock
 from coordinator.core.errors import JobError, LeaseUnavailable, TrainingFailed
 from coordinator.core.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
 from coordinator.core.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
@@ -45,9 +46,9 @@ from coordinator.core.settings import RetrySettings, Settings, worker_settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.preempter import lost_gpu_hours
 from coordinator.scheduling.scheduler import quality_block_until
-from coordinator.service.recovery import Recovery
 from coordinator.stores.breakers import OPEN, CircuitBreakers, breaker_state
-from coordinator.stores.jobs import CANCELLED_STOP, PREEMPTED_STOP, JobStore, Outcome
+from coordinator.stores.job_records import CANCELLED_STOP, PREEMPTED_STOP, Outcome
+from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.trainer.checkpoints import newest_checkpoint
 from coordinator.trainer.command import attempt_paths, build_argv, record_values
@@ -79,21 +80,20 @@ def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
         raise JobError(job_id, "no such job")
     settings = worker_settings(record)
     store = JobStore.from_settings(conn, keys, settings)
-    recovery = Recovery(store, settings)
     config_key = record["config_key"]
     worker = (rq_job.worker_name if rq_job and rq_job.worker_name else None) or f"{node}:{os.getpid()}"
     breakers = CircuitBreakers.from_settings(conn, keys, settings)
     defer_s = settings.leases.defer_s
     held = _hold_reason(conn, keys, settings, breakers, config_key, node, node_breaker)
     if held:
-        recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
+        store.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
         return {"job_id": job_id, "deferred": held}
     leases = LeaseManager.from_settings(conn, keys, settings, int(os.environ.get(GPUS_ENV) or 0) or None)
     try:
         lease = leases.acquire(config_key, node, worker, job_id, attempts=settings.leases.acquire_attempts,
                                max_delay_s=settings.leases.acquire_max_delay_s)
     except LeaseUnavailable as exc:
-        recovery.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc), count_as="lease_busy")
+        store.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc), count_as="lease_busy")
         log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
     try:
@@ -132,7 +132,7 @@ def _hold_reason(conn: redis.Redis, keys: Keys, settings: Settings, breakers: Ci
     blocked_at, until, exported_at = (float(v) if v else None for v in conn.hmget(
         keys.config(config_key), "quality_blocked_at", "quality_blocked_until", "exported_at"))
     blocked_until = quality_block_until(blocked_at, until, exported_at, settings.scheduler)
-    if blocked_until is not None and blocked_until > time.time():
+    if blocked_until is not None and blocked_until > RedisClock(conn)():
         return f"{config_key} blocked by quality until {blocked_until:.0f}"
     return ""
 
@@ -171,7 +171,7 @@ class TrainingRun:
         self.rq_job = rq_job
         self.log = for_job(log, job_id=self.job_id, config_key=self.config_key, attempt=attempt, node=node)
         self.started = time.monotonic()
-        self.started_at = time.time()
+        self.started_at = time.time()  # this host's: compared only with its checkpoints' mtimes
         self.stop = threading.Event()
         self.preempt_signal = preempt_signal
         self.stop_why: str | None = None  # why the trainer is being stopped (the keeper's reason)
@@ -286,7 +286,7 @@ class TrainingRun:
         outcome = self._outcome(
             TRAINING_COMPLETE, {**result, "fence": self.lease.fence}, {**result, "history": json.dumps(history)},
             config_fields={"latest_model": model, "latest_job": self.job_id,
-                           "latest_fence": self.lease.fence, "last_trained_at": time.time(),
+                           "latest_fence": self.lease.fence, "last_trained_at": self.store.clock(),
                            "trained_data_version": self.record.get("data_version")},
             payload={"history": history},
         )
@@ -325,10 +325,10 @@ class TrainingRun:
             {**fields, "duration_s": round(time.monotonic() - self.started, 3),
              f"failures_{decision.failure_class}": decision.failures_of_class},
             config_fields={} if decision.will_retry else {
-                "last_failed_at": time.time(), "last_error": error, "last_failed_job": self.job_id},
+                "last_failed_at": self.store.clock(), "last_error": error, "last_failed_job": self.job_id},
         )
         if decision.will_retry:
-            self._finish(RETRYING, outcome, retry_at=time.time() + decision.delay_s)
+            self._finish(RETRYING, outcome, retry_at=self.store.clock() + decision.delay_s)
         else:
             self._finish(FAILED, outcome)
         if reason not in ("lease_lost",):

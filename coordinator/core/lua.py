@@ -11,10 +11,11 @@ from redis.commands.core import Script
 
 HERE = Path(__file__).parent
 PACKAGE = HERE.parent
-# Helpers every script may call (`_stream.lua`: xadd_trimmed, the stream-trimming rule; `_job.lua`:
-# listed, time_s, pairs_from), prepended to each script; files named `_*.lua` (here, in core/) are
-# such helpers, not scripts. Script names are unique across the package's layers.
-PRELUDE = "".join(path.read_text() for path in sorted(HERE.glob("_*.lua")))
+# Helpers every script may call, prepended to each script; files named `_*.lua` are such helpers,
+# not scripts: core/_stream.lua (xadd_trimmed, the stream-trimming rule), core/_job.lua (args: the
+# JSON arguments; listed), stores/_config.lua (the config store's writes a job script makes).
+# Script names are unique across the package's layers.
+PRELUDE = "".join(path.read_text() for path in sorted(PACKAGE.rglob("_*.lua"), key=lambda p: p.name))
 SOURCES = {path.name: PRELUDE + path.read_text() for path in PACKAGE.rglob("*.lua") if not path.name.startswith("_")}
 
 

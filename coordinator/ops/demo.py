@@ -21,6 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from coordinator.bus.events import NPZ_EXPORT_COMPLETE, publish
+from coordinator.core.job_states import FINAL_STATES
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings, redact_url
 from coordinator.ops.local_redis import LocalRedis
@@ -28,7 +29,7 @@ from coordinator.ops.priorities_view import priorities_table
 from coordinator.ops.status_view import wide_console
 from coordinator.ops.workers_pool import start_worker, stop_workers
 from coordinator.service.orchestrator import TrainingOrchestrator
-from coordinator.stores.jobs import FINAL_STATES, JobStore
+from coordinator.stores.jobs import JobStore
 
 # (board type, players, samples): three configs, two boards, small enough for two CPU cores.
 DEMO_CONFIGS = (("hex8", 2, 1536), ("square8", 2, 1536), ("hex8", 4, 1024))

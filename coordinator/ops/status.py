@@ -13,20 +13,20 @@ names (`listed` False: its slots in use are shown against the default slot count
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis
 from rq import Queue, Worker
 
 from coordinator.bus.events import TRAINING_FAILED, decode_entry
+from coordinator.core.clock import RedisClock
 from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.breakers import breaker_state
-from coordinator.stores.jobs import pending_preemptions
+from coordinator.stores.job_records import pending_preemptions
 from coordinator.stores.leases import LeaseManager
 
 RECENT_EVENTS_SCANNED = 2000
@@ -37,7 +37,7 @@ WORKER_NODE_FIELD = "ringrift_node"
 
 def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str, Any]:
     keys = Keys(settings.redis.prefix)
-    now = time.time()
+    now = RedisClock(conn)()
     ranked = TrainingScheduler.from_settings(conn, keys, settings).ranked()
     leases = LeaseManager.from_settings(conn, keys, settings)
     held = leases.held()
@@ -117,7 +117,7 @@ def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[
     rows = [{**n, "listed": True} for n in leases.nodes()]
     named = {h["node"] for h in held if h.get("node")} | {w["node"] for w in workers if w["node"]}
     unlisted = sorted(named - {n["node"] for n in rows})
-    now_ms = time.time() * 1000
+    now_ms = RedisClock(conn)() * 1000
     with conn.pipeline(transaction=False) as pipe:  # batched reads only
         for name in unlisted:
             pipe.zcount(keys.node_slots(name), now_ms, "+inf")

@@ -8,18 +8,17 @@ carries out what it decides:
   and `score_at_start` / `picked_starving` that dispatch writes with `Preempter.mark_dispatch`).
 - `candidates`: the eligible configs of the scheduler's ranking, best first.
 - `Preempter.tick(free_slots)`: reads both, decides, and asks each chosen job to yield with
-  `job_preempt_request.lua` (only a running attempt with the same fencing token and no pending
+  `JobStore.request_preemption` (only a running attempt with the same fencing token and no pending
   request). The worker's lease renewal then reports the stop reason 'preempted'; the worker signals
   the trainer (`preemption.signal`), which checkpoints and exits, and ends the attempt in state
   preempted (no retry or breaker count) with TRAINING_PREEMPTED.
 - `Preempter.resume(config_key, job_id)`: when the scheduler picks that config again, the same job
   goes back to RQ's queue (preempted -> queued) and resumes from its checkpoint with a new
   attempt and the next fencing token.
-- `pending`: requests not yet acted on, for `priorities` and `status`.
-- Worker side: `stop_reason` (what the job record asks of a running attempt: cancel wins),
-  `record_preempted` (`job_preempted.lua`: running -> preempted, preemptions + 1, the config waits
-  again from now with `preempted_job` set, TRAINING_PREEMPTED with the epoch reached and the config
-  it yielded to) and `lost_gpu_hours` (the work since the newest checkpoint).
+- Worker side: `lost_gpu_hours` (the work since the newest checkpoint). The job record changes are
+  the job store's (`JobStore.request_preemption`, `resume_preempted`, `preempted`); what a record
+  asks of its running attempt (`stop_reason`) and the pending requests for `priorities` and
+  `status` are read in `stores/job_records.py`.
 
 Job record fields of a request: `preempt_requested_at`, `preempt_for`, `preempt_kind` ('wait' |
 'value'), `preempt_why`, `preempt_fence`; cleared when the job resumes.
@@ -28,15 +27,13 @@ Job record fields of a request: `preempt_requested_at`, `preempt_for`, `preempt_
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from coordinator.core.job_states import PREEMPTED, QUEUED, RUNNING
-from coordinator.core.lua import script
+from coordinator.core.job_states import PREEMPTED
 from coordinator.core.settings import PreemptionSettings, Settings
 from coordinator.scheduling.preemption_rule import Candidate, Decision, RunningJob, decide
-from coordinator.stores.jobs import SLOT_STATES, active_records
+from coordinator.stores.job_records import SLOT_STATES, active_records
 
 if TYPE_CHECKING:
     from coordinator.scheduling.scheduler import Priority, TrainingScheduler
@@ -87,40 +84,44 @@ def candidates(ranked: Sequence[Priority]) -> list[Candidate]:
 
 
 class Preempter:
-    """Carries out `decide` against Redis; the orchestrator calls `tick` and `resume`."""
+    """Carries out `decide` against Redis through the stores; the orchestrator calls `tick` and `resume`."""
 
     def __init__(self, store: JobStore, scheduler: TrainingScheduler, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.store = store
+        self.configs = scheduler.configs
         self.conn = store.conn
         self.keys = store.keys
         self.scheduler = scheduler
         self.settings = settings
         self.preemption: PreemptionSettings = settings.preemption
-        self.clock = clock
-        self._request = script(self.conn, "job_preempt_request.lua")
+        self.clock = clock or store.clock
 
     def decide(self, free_slots: int) -> Decision:
         """The decision for the cluster as Redis holds it now (reads only)."""
+        return self._decide(free_slots)[0]
+
+    def _decide(self, free_slots: int) -> tuple[Decision, dict[str, str]]:
+        """The decision, and the fencing token of each active job's attempt it was made on."""
         now = self.clock()
         records = active_records(self.conn, self.keys)
+        fences = {job_id: r.get("fence", "") for job_id, r in records}
         if not any(r.get("state") in SLOT_STATES for _, r in records):
-            return Decision()  # nothing to preempt: no need to rank every config
+            return Decision(), fences  # nothing to preempt: no need to rank every config
         ranked = self.scheduler.ranked(preemption_notes={})  # `candidates` reads no notes: no second read
         values = {p.config_key: p.rest + p.contributions["curriculum"] for p in ranked}
         running = running_jobs(records, lambda c: values.get(c, 0.0))
-        return decide(running, candidates(ranked), free_slots, self.preemption, now)
+        return decide(running, candidates(ranked), free_slots, self.preemption, now), fences
 
     def tick(self, free_slots: int) -> list[str]:
-        """Ask the jobs `decide` chooses to yield; the ids of those asked."""
+        """Ask the jobs `decide` chooses to yield (each the attempt it was decided on: a newer attempt
+        of the job is not asked); the ids of those asked."""
         if not self.preemption.enabled:
             return []
-        decision = self.decide(free_slots)
+        decision, fences = self._decide(free_slots)
         asked = []
         for p in decision.preempt:
-            fence = self.conn.hget(self.keys.job(p.job_id), "fence")
-            args = [f"{self.clock():.3f}", (fence or b"").decode(), RUNNING, p.for_config, p.kind, p.why]
-            if int(self._request(keys=[self.keys.job(p.job_id)], args=args)):
+            if self.store.request_preemption(p.job_id, fences.get(p.job_id, ""), p.for_config, p.kind, p.why):
                 asked.append(p.job_id)
                 log.info("%s: job %s asked to yield its GPU to %s (%s)", p.config_key, p.job_id, p.for_config, p.why)
         return asked
@@ -128,15 +129,12 @@ class Preempter:
     def mark_dispatch(self, config_key: str, job_id: str) -> None:
         """Dispatch picked `config_key` for `job_id` (new or resumed): its value and starving flag on
         the record (call before the config is rescored as taken), and its wait is over."""
-        stored = self.conn.hmget(self.keys.config(config_key), "rest", "c_curriculum", "starving")
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.job(job_id), mapping=dispatch_fields(*stored))
-            pipe.hdel(self.keys.config(config_key), "waiting_since")
-            pipe.execute()
+        fields = dispatch_fields(*self.configs.dispatch_inputs(config_key))
+        self.store.mark_dispatch(job_id, config_key, fields, self.configs)
 
     def preempted_job(self, config_key: str) -> str | None:
         """The config's job waiting in state preempted, if any (dispatch resumes it)."""
-        return _text(self.conn.hget(self.keys.config(config_key), "preempted_job"))
+        return self.configs.preempted_job(config_key)
 
     def busy_slots(self) -> int:
         """Active jobs that hold or wait for a slot: a preempted job keeps its config's active entry
@@ -146,28 +144,10 @@ class Preempter:
     def resume(self, config_key: str, job_id: str) -> bool:
         """preempted -> queued, back on RQ's queue under the same job id (a new RQ id per resume);
         False when the job is no longer preempted (resumed or cancelled meanwhile)."""
-        return self.store._retry_watch(lambda: self._resume_once(config_key, job_id), f"resume of {job_id}")
-
-    def _resume_once(self, config_key: str, job_id: str) -> bool:
-        job_key, cfg_key = self.keys.job(job_id), self.keys.config(config_key)
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.watch(job_key)
-            state, npz_path, attempts, preemptions = (
-                v.decode() if v else None for v in pipe.hmget(job_key, "state", "npz_path", "attempts", "preemptions"))
-            if state != PREEMPTED:  # resumed or cancelled meanwhile: the config no longer waits on it
-                pipe.unwatch()
-                if _text(self.conn.hget(cfg_key, "preempted_job")) == job_id:
-                    self.conn.hdel(cfg_key, "preempted_job")
-                return False
-            pipe.multi()
-            pipe.hset(job_key, mapping={"state": QUEUED, "updated_at": f"{time.time():.3f}"})
-            pipe.hdel(job_key, "preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why", "preempt_fence")
-            pipe.hdel(cfg_key, "preempted_job")
-            self.store._enqueue_rq(pipe, self.settings, job_id, config_key, npz_path or "?", int(attempts or 0) + 1,
-                                   f"{job_id}-p{preemptions or 0}")
-            pipe.execute()
-        log.info("%s: preempted job %s queued to resume from its checkpoint", config_key, job_id)
-        return True
+        resumed = self.store.resume_preempted(self.settings, config_key, job_id, self.configs)
+        if resumed:
+            log.info("%s: preempted job %s queued to resume from its checkpoint", config_key, job_id)
+        return resumed
 
 
 # -- worker side ----------------------------------------------------------------------------------

@@ -31,21 +31,20 @@ whatever the number of configs.
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import redis
 
+from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.errors import EventError
 from coordinator.core.inputs import split_config_key
 from coordinator.core.keys import Keys
 from coordinator.core.settings import BreakerSettings, PreemptionSettings, SchedulerSettings, Settings
 from coordinator.scheduling import cost
 from coordinator.stores.breakers import open_until
-from coordinator.stores.configs import INELIGIBLE
-from coordinator.stores.jobs import PendingPreemption, pending_preemptions
+from coordinator.stores.configs import INELIGIBLE, ConfigStore
+from coordinator.stores.job_records import PendingPreemption, pending_preemptions
 
 STARVING_BASE = 1000.0
 FACTORS = ("curriculum", "staleness", "freshness", "elo_velocity", "value_per_gpu_hour")
@@ -266,18 +265,19 @@ class TrainingScheduler:
     """Scores configs into `<prefix>:training:priority` and picks the next one to train."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, settings: SchedulerSettings | None = None,
-                 clock: Callable[[], float] = time.time, breakers: BreakerSettings | None = None,
+                 clock: Clock | None = None, breakers: BreakerSettings | None = None,
                  preemption: PreemptionSettings | None = None) -> None:
         self.conn = conn
         self.keys = keys
         self.settings = settings or SchedulerSettings()
-        self.clock = clock
+        self.clock = clock or RedisClock(conn)
+        self.configs = ConfigStore(conn, keys, self.settings, self.clock)  # where the scores are written
         self.breakers = breakers or BreakerSettings()
         self.preemption = preemption or PreemptionSettings()
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings,
-                      clock: Callable[[], float] = time.time) -> TrainingScheduler:
+                      clock: Clock | None = None) -> TrainingScheduler:
         return cls(conn, keys, settings.scheduler, clock, settings.breakers, settings.preemption)
 
     def score(self, inputs: ConfigInputs, now: float, curriculum_weight: float | None = None) -> Priority:
@@ -352,93 +352,8 @@ class TrainingScheduler:
             chunk = keys[start:start + batch]
             now = self.clock()
             scored = [self.score(i, now) for i in self.load_inputs(chunk)]
-            with self.conn.pipeline(transaction=False) as pipe:  # independent per-config writes
-                for p in scored:
-                    pipe.hset(self.keys.config(p.config_key), mapping=p.as_fields(now))
-                if scored:
-                    pipe.zadd(self.keys.priority, {p.config_key: p.score for p in scored})
-                pipe.execute()
+            self.configs.store_scores({p.config_key: (p.as_fields(now), p.score) for p in scored})
         return len(keys)
-
-    def record_elo(self, config_key: str, elo: float, at: float, pipe: redis.client.Pipeline | None = None) -> None:
-        """Append an evaluation result to the config's window (kept to `elo_window_points`); adds to
-        `pipe` when given (never executes it), else writes at once."""
-        self._append(self.keys.elo(config_key), f"{at:.3f} {elo:.3f}", self.settings.elo_window_points, pipe)
-
-    def record_lineage(self, config_key: str, model_path: str, parent_model: str | None) -> None:
-        """A completed training's model and the model it started from (TRAINING_COMPLETE's
-        `model_path`, `parent_model`): what an evaluation of the model is compared with."""
-        lineage = self._json_field(config_key, "lineage")
-        lineage[model_path] = parent_model or ""
-        self.conn.hset(self.keys.config(config_key), "lineage", json.dumps(_newest(lineage)))
-
-    def record_evaluation(self, config_key: str, elo: float, at: float, model_path: str | None = None,
-                          event_id: str | None = None) -> float | None:
-        """An EVALUATION_COMPLETED: its point joins the Elo window; the first evaluation of a model
-        (`model_path`) attributes its Elo gain to the training that produced it: its Elo minus its
-        parent model's (model lineage, `record_lineage`), or minus the config's previous evaluation
-        of another model when the parent was never evaluated (a first training, or no lineage). The
-        gain joins the cost factor's returns. Returns the gain, if any. The same stream entry
-        (`event_id`) handled again, redelivered after a consumer died before its XACK, adds nothing."""
-        raw = self.conn.hmget(self.keys.config(config_key), "eval_model", "eval_elo", "model_elo", "lineage",
-                              "eval_event_id")
-        previous_model, previous_elo, applied = (v.decode() if v else None for v in (raw[0], raw[1], raw[4]))
-        if event_id and applied == event_id:
-            return None
-        model_elo, lineage = (json.loads(v) if v else {} for v in raw[2:4])
-        gain = None
-        if model_path and model_path not in model_elo:
-            parent = lineage.get(model_path)
-            if parent and parent in model_elo:
-                gain = elo - float(model_elo[parent])
-            elif previous_model and previous_elo and model_path != previous_model:
-                gain = elo - float(previous_elo)
-        with self.conn.pipeline(transaction=True) as pipe:
-            self.record_elo(config_key, elo, at, pipe)
-            fields = {"eval_event_id": event_id} if event_id else {}
-            if model_path:
-                model_elo[model_path] = elo
-                fields.update(eval_model=model_path, eval_elo=repr(elo), model_elo=json.dumps(_newest(model_elo)))
-            if fields:
-                pipe.hset(self.keys.config(config_key), mapping=fields)
-            if gain is not None:
-                self.record_elo_gain(config_key, gain, pipe)
-            pipe.execute()
-        return gain
-
-    def _json_field(self, config_key: str, name: str) -> dict:
-        raw = self.conn.hget(self.keys.config(config_key), name)
-        return json.loads(raw) if raw else {}
-
-    def record_training_cost(self, config_key: str, gpu_hours: float,
-                             pipe: redis.client.Pipeline | None = None) -> None:
-        """Append a finished training's GPU-hours (kept to `cost.duration_window`); adds to `pipe`
-        when given (never executes it), else writes at once."""
-        self._append(self.keys.gpu_hours(config_key), repr(float(gpu_hours)), self.settings.cost.duration_window, pipe)
-
-    def record_elo_gain(self, config_key: str, gain: float, pipe: redis.client.Pipeline | None = None) -> None:
-        """Append the Elo a training gained over its parent model (kept to `cost.gain_window`)."""
-        self._append(self.keys.elo_gains(config_key), repr(float(gain)), self.settings.cost.gain_window, pipe)
-
-    def _append(self, key: str, value: str, keep: int, pipe: redis.client.Pipeline | None) -> None:
-        """RPUSH `value` onto the list `key`, kept to its last `keep` entries (in `pipe`, or at once)."""
-        if pipe is None:
-            with self.conn.pipeline(transaction=True) as own:
-                self._append(key, value, keep, own)
-                own.execute()
-            return
-        pipe.rpush(key, value)
-        pipe.ltrim(key, -keep, -1)
-
-    def set_curriculum_weights(self, weights: Mapping[str, float]) -> None:
-        with self.conn.pipeline(transaction=True) as pipe:
-            for config_key, weight in weights.items():
-                pipe.hset(self.keys.config(config_key), "curriculum_weight", repr(float(weight)))
-                pipe.zadd(self.keys.priority, {config_key: INELIGIBLE}, nx=True)  # known from now on
-            pipe.execute()
-
-
-MODELS_REMEMBERED = 32  # per config, in `lineage` and `model_elo` (newest kept)
 
 
 def describe(pend: Sequence[PendingPreemption]) -> dict[str, str]:
@@ -448,11 +363,6 @@ def describe(pend: Sequence[PendingPreemption]) -> dict[str, str]:
         notes[p.config_key] = f"yielding its GPU to {p.for_config} ({p.kind}: {p.why})"
         notes.setdefault(p.for_config, f"a GPU is being freed for it (job {p.job_id} of {p.config_key})")
     return notes
-
-
-def _newest(mapping: dict) -> dict:
-    """The last MODELS_REMEMBERED entries (insertion order: newest last)."""
-    return dict(list(mapping.items())[-MODELS_REMEMBERED:])
 
 
 def _elo_point(raw: bytes) -> tuple[float, float]:

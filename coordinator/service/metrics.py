@@ -10,7 +10,6 @@ series Prometheus first sees at 1 never shows in `rate()`.
 
 from __future__ import annotations
 
-import time
 from collections import Counter as Tally
 from collections.abc import Iterator
 
@@ -19,12 +18,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from coordinator.bus import events as ev
+from coordinator.core.clock import RedisClock
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.preemption_rule import VALUE, WAIT
 from coordinator.stores.breakers import OPEN, breaker_state, node_breakers_open
-from coordinator.stores.jobs import pending_preemptions
+from coordinator.stores.job_records import pending_preemptions
 from coordinator.stores.leases import LeaseManager
 
 JOBS_SCANNED = 2000
@@ -137,7 +137,7 @@ class _ClusterCollector:
             replies = pipe.execute()
         priority = GaugeMetricFamily("ringrift_config_priority", "Priority score (-1: not eligible)", labels=["config"])
         elo = GaugeMetricFamily("ringrift_config_elo_per_hour", "Elo velocity", labels=["config"])
-        now = time.time()
+        now = RedisClock(self.conn)()
         for i, name in enumerate(names):
             score, velocity = replies[2 * i]
             priority.add_metric([name], float(score or -1))
@@ -153,7 +153,7 @@ class _ClusterCollector:
         lease = self.settings.leases
         nodes = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots).nodes()
         opened = node_breakers_open(self.conn, self.keys, self.settings.breakers, (n["node"] for n in nodes),
-                                    time.time())
+                                    RedisClock(self.conn)())
         in_use = GaugeMetricFamily("ringrift_node_slots_in_use", "GPU slots leased", labels=["node"])
         total = GaugeMetricFamily("ringrift_node_slots", f"GPU slots by node status (healthy, degraded, down, "
                                   f"{BREAKER_OPEN_STATUS})", labels=["node", "status"])

@@ -31,6 +31,7 @@ from coordinator.bus import intake
 from coordinator.bus.events import Event, EventConsumer, Export
 from coordinator.bus.schemas import validate, validate_entry
 from coordinator.core.boards import parse_config_key
+from coordinator.core.clock import RedisClock
 from coordinator.core.connection import connect
 from coordinator.core.errors import CoordinatorError, EventError
 from coordinator.core.inputs import is_config_key_field, is_count, parse_name_list
@@ -49,7 +50,8 @@ from coordinator.service.periodic import (
     prune_before,
 )
 from coordinator.service.recovery import Recovery
-from coordinator.stores.jobs import JobStore, TrainingParams
+from coordinator.stores.job_records import TrainingParams
+from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import LeaseManager
 
 log = logging.getLogger(__name__)
@@ -83,12 +85,14 @@ class TrainingOrchestrator:
         self.conn = conn or connect(self.settings.redis.url)
         self.keys = Keys(self.settings.redis.prefix)
         e = self.settings.events
-        self.jobs = JobStore(self.conn, self.keys, e.stream_maxlen)
+        self.clock = RedisClock(self.conn)  # the one clock of every stored time (core/clock.py)
+        self.jobs = JobStore(self.conn, self.keys, e.stream_maxlen, self.clock)
         # A stable name per host: a restarted orchestrator finds its own unacknowledged entries.
         # Two orchestrators on one host need their own names (RINGRIFT_CONSUMER).
         name = consumer_name or os.environ.get(CONSUMER_ENV) or socket.gethostname()
         self.consumer = EventConsumer(self.conn, self.keys, e.group, name)
-        self.scheduler = TrainingScheduler.from_settings(self.conn, self.keys, self.settings)
+        self.scheduler = TrainingScheduler.from_settings(self.conn, self.keys, self.settings, self.clock)
+        self.configs = self.scheduler.configs
         self.preempter = Preempter(self.jobs, self.scheduler, self.settings)
         lease = self.settings.leases
         self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
@@ -129,7 +133,7 @@ class TrainingOrchestrator:
 
     def prune_job_history(self) -> int:
         """Job records past `training.job_retention_days` (0 keeps them), a batch per run."""
-        return prune_before(self.jobs, self.settings.training.job_retention_days, time.time())
+        return prune_before(self.jobs, self.settings.training.job_retention_days, self.clock())
 
     # -- the seed's asyncio API -----------------------------------------------------------------
     async def start(self) -> None:
@@ -232,12 +236,7 @@ class TrainingOrchestrator:
     def _skip_config(self, config_key: str | bytes, reason: str) -> None:
         """Take a stored config out of the priorities (its hash stays, with the reason)."""
         log.error("config %r skipped: %s", config_key, reason)
-        name = config_key.decode("utf-8", "replace") if isinstance(config_key, bytes) else config_key
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.zrem(self.keys.priority, config_key)
-            pipe.hset(self.keys.config(name), mapping={"skipped_reason": reason, "skipped_at": f"{time.time():.3f}"})
-            pipe.hincrby(self.keys.stats, "configs_skipped", 1)
-            pipe.execute()
+        self.configs.skip(config_key, reason)
 
     def total_slots(self) -> int:
         """GPU slots on nodes that are not down, read at most every SLOTS_CACHE_S: every dispatch
@@ -299,7 +298,7 @@ class TrainingOrchestrator:
         export = ev.parse_export(request)
         _check_data_root(export.npz_path, self.settings.training.data_roots)
         params = TrainingParams.from_settings(self.settings, **overrides)
-        self.jobs.record_export(export)
+        self.configs.record_export(export)
         result = self.jobs.create_job(self.settings, export.config_key, params)
         self.scheduler.rescore([export.config_key])
         return result.job_id
@@ -427,7 +426,7 @@ class TrainingOrchestrator:
                        touched: set[str]) -> None:
         groups = list(pending.items())
         try:
-            actions = self.jobs.record_exports_many([[(export, event.id) for event, export in items]
+            actions = self.configs.record_exports_many([[(export, event.id) for event, export in items]
                                                      for _key, items in groups])
         except TRANSIENT_REDIS_ERRORS:
             raise
@@ -446,7 +445,7 @@ class TrainingOrchestrator:
     def _record_alone(self, items: list[tuple[Event, Export]]) -> str | None:
         """One config's exports; on an error they are dead-lettered with it (None)."""
         try:
-            return self.jobs.record_exports_many([[(export, event.id) for event, export in items]])[0]
+            return self.configs.record_exports_many([[(export, event.id) for event, export in items]])[0]
         except TRANSIENT_REDIS_ERRORS:
             raise
         except Exception as exc:  # noqa: BLE001 - any error of these entries is their dead letter
@@ -491,20 +490,19 @@ class TrainingOrchestrator:
         included): the cost factor's inputs. One GPU per training."""
         f = event.fields
         if f.get("model_path"):  # lineage: an evaluation of this model is compared with its parent's
-            self.scheduler.record_lineage(f["config_key"], f["model_path"], f.get("parent_model") or None)
+            self.configs.record_lineage(f["config_key"], f["model_path"], f.get("parent_model") or None)
         if f.get("duration_s"):
             earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
-            self.scheduler.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)
+            self.configs.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)
         return self._on_training_end(event)
 
     def _on_quality_block(self, event: Event) -> list[str]:
         """Block the config until its next export or `until` (default: quality_block_hours from now);
         a queued job for it is held by the worker that takes it (deferred), not lost."""
-        config_key, f, now = ev.config_of(event.fields)[2], event.fields, time.time()
+        config_key, f, now = ev.config_of(event.fields)[2], event.fields, self.clock()
         default_until = now + self.settings.scheduler.quality_block_hours * 3600
         until = float(f["until"]) if f.get("until") else default_until
-        self.conn.hset(self.keys.config(config_key), mapping={
-            "quality_blocked_at": f"{now:.3f}", "quality_blocked_until": f"{until:.3f}",
+        self.configs.block_for_quality(config_key, now, until, {
             "quality_block_reason": f.get("reason", ""), "quality_score": f.get("quality_score", ""),
             "quality_threshold": f.get("threshold", ""), "quality_block_event": event.id,
         })
@@ -530,7 +528,7 @@ class TrainingOrchestrator:
             recorded[CIRCUIT_OPEN_FIELD] = json.dumps(self._open_circuits(parse_name_list(f["open_nodes"],
                                                                                           "open_nodes")))
         self.conn.hset(self.keys.cluster_health, mapping={**recorded, "event_id": event.id,
-                                                          "recorded_at": f"{time.time():.3f}"})
+                                                          "recorded_at": f"{self.clock():.3f}"})
         return []
 
     def _open_circuits(self, open_nodes: list[str]) -> list[str]:
@@ -545,14 +543,14 @@ class TrainingOrchestrator:
 
     def _on_evaluation(self, event: Event) -> list[str]:
         config_key, f = ev.config_of(event.fields)[2], event.fields
-        at = float(f["timestamp"]) if f.get("timestamp") else time.time()
-        self.scheduler.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
+        at = float(f["timestamp"]) if f.get("timestamp") else self.clock()
+        self.configs.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
         return [config_key]
 
     def _on_curriculum(self, event: Event) -> list[str]:
         """Fields of the config-key form are weights; the rest is metadata (schemas.py)."""
         weights = {name: float(value) for name, value in event.fields.items() if is_config_key_field(name)}
-        self.scheduler.set_curriculum_weights(weights)
+        self.configs.set_curriculum_weights(weights)
         return list(weights)
 
 

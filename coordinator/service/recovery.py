@@ -1,8 +1,10 @@
-"""Getting jobs back on the queue: deferrals, retries after backoff, and abandoned attempts.
+"""Getting jobs back on the queue: deferrals, retries after backoff, and abandoned attempts. This
+module decides; every change of a job it makes goes through the job store (`stores/jobs.py`).
 
-- `defer`: a worker found the leases busy; the job stays queued, out of RQ, until a set time.
+- deferral (`JobStore.defer`, by the worker): it found the leases busy; the job stays queued, out
+  of RQ, until a set time.
 - `requeue_due` (orchestrator, every second): deferred and retrying jobs whose time has come
-  go back on RQ's queue, each in one transaction with its state change.
+  go back on RQ's queue (`JobStore.requeue_delayed`: one transaction with the state change).
 - `reap` (orchestrator, every `leases.reaper_interval_s`): an attempt whose config lease is gone
   (or held under another fencing token) was abandoned: its worker died, froze or lost Redis past
   the TTL. A tick reads only the jobs whose lease expiry has passed (one ZRANGEBYSCORE of the
@@ -27,12 +29,14 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from coordinator.bus.events import TRAINING_FAILED
-from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES, FAILED, QUEUED, RETRYING, allowed_from
+from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES, FAILED, QUEUED, RETRYING
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.lua import script
 from coordinator.core.retry import decide
 from coordinator.core.settings import Settings
-from coordinator.stores.jobs import JobStore, _strings, _text, decode_hash
+from coordinator.core.text import decode_hash
+from coordinator.core.text import optional_text as _text
+from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import parse_holder
 
 log = logging.getLogger(__name__)
@@ -47,11 +51,12 @@ FULL_SWEEP_S = 300.0
 
 
 class Recovery:
-    def __init__(self, store: JobStore, settings: Settings | None = None) -> None:
+    def __init__(self, store: JobStore, settings: Settings) -> None:
         self.store = store
         self.conn = store.conn
         self.keys = store.keys
-        self.settings = settings or Settings()
+        self.clock = store.clock
+        self.settings = settings
         self._forget_expired = script(self.conn, "lease_expiry_forget.lua")
         self._next_sweep = 0.0  # the first reap checks every active job
 
@@ -59,51 +64,19 @@ class Recovery:
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> Recovery:
         return cls(JobStore.from_settings(conn, keys, settings), settings)
 
-    # -- deferral (worker side) -----------------------------------------------------------------
-    def defer(self, job_id: str, delay_s: float, reason: str, count_as: str | None = None) -> None:
-        """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back.
-        `count_as` names a counter of `<prefix>:stats` to add one to (for the metrics)."""
-        ready = time.time() + delay_s
-        with self.conn.pipeline(transaction=True) as pipe:
-            if count_as:
-                pipe.hincrby(self.keys.stats, count_as, 1)
-            pipe.hset(self.keys.job(job_id), mapping=_strings({"deferred_reason": reason, "not_before": ready}))
-            pipe.hincrby(self.keys.job(job_id), "deferrals", 1)
-            pipe.zadd(self.keys.delayed_jobs, {job_id: ready})
-            pipe.execute()
-
     # -- back onto RQ (orchestrator side) ---------------------------------------------------------
     def requeue_due(self, limit: int = 100) -> list[str]:
         """Deferred (queued) and retrying jobs whose time has come go back on RQ's queue."""
-        due = [j.decode() for j in self.conn.zrangebyscore(self.keys.delayed_jobs, "-inf", time.time(),
+        due = [j.decode() for j in self.conn.zrangebyscore(self.keys.delayed_jobs, "-inf", self.clock(),
                                                             start=0, num=limit)]
-        return [job_id for job_id in due
-                if self.store._retry_watch(lambda j=job_id: self._requeue_once(j), f"requeue of {job_id}")]
-
-    def _requeue_once(self, job_id: str) -> bool:
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.watch(self.keys.job(job_id), self.keys.delayed_jobs)
-            if pipe.zscore(self.keys.delayed_jobs, job_id) is None:
-                return False  # another orchestrator took it
-            state, config_key, attempts, deferrals, npz_path = (_text(v) for v in pipe.hmget(
-                self.keys.job(job_id), "state", "config_key", "attempts", "deferrals", "npz_path"))
-            pipe.multi()
-            pipe.zrem(self.keys.delayed_jobs, job_id)
-            back = state == QUEUED or state in allowed_from(QUEUED)
-            if back:
-                pipe.hset(self.keys.job(job_id), mapping=_strings({"state": QUEUED, "updated_at": time.time()}))
-                suffix = f"a{int(attempts or 0) + 1}" if state == RETRYING else f"d{deferrals or 0}"
-                self.store._enqueue_rq(pipe, self.settings, job_id, config_key or "?", npz_path or "?",
-                                       int(attempts or 0) + 1, f"{job_id}-{suffix}")
-            pipe.execute()
-            return back
+        return [job_id for job_id in due if self.store.requeue_delayed(self.settings, job_id)]
 
     def requeue_lost(self) -> list[str]:
         """Queued jobs that nothing will run (their RQ job ended without starting them)."""
         active = {k.decode(): v.decode() for k, v in self.conn.hgetall(self.keys.active).items()}
         # A job whose lease is live was taken by a worker: not lost, and not read (one command for
         # all the running trainings instead of one each).
-        leased = {j.decode() for j in self.conn.zrangebyscore(self.keys.lease_expiry, int(time.time() * 1000),
+        leased = {j.decode() for j in self.conn.zrangebyscore(self.keys.lease_expiry, int(self.clock() * 1000),
                                                                "+inf")} if active else set()
         lost = []
         queue = Queue(TRAINING_QUEUE, connection=self.conn)
@@ -116,10 +89,10 @@ class Recovery:
                 continue
             status, started_at = _rq_status(queue, rq_id or job_id)
             taken_and_dropped = status == JobStatus.STARTED and started_at is not None and (
-                time.time() - started_at > LOST_AFTER_S)
+                self.clock() - started_at > LOST_AFTER_S)
             if taken_and_dropped or status in (None, JobStatus.FAILED, JobStatus.FINISHED, JobStatus.STOPPED,
                                                JobStatus.CANCELED):
-                self.defer(job_id, 0.0, f"RQ job {rq_id} {status or 'missing'}: requeued")
+                self.store.defer(job_id, 0.0, f"RQ job {rq_id} {status or 'missing'}: requeued")
                 lost.append(job_id)
                 log.warning("%s: queued job %s had no live RQ job (%s); requeued", config_key, job_id, status)
         return lost
@@ -133,7 +106,7 @@ class Recovery:
         on the first tick) every active job is checked too, for an entry nothing set (a record
         older than the expiry zset)."""
         candidates = [j.decode() for j in self.conn.zrangebyscore(
-            self.keys.lease_expiry, "-inf", int(time.time() * 1000), start=0, num=REAP_BATCH)]
+            self.keys.lease_expiry, "-inf", int(self.clock() * 1000), start=0, num=REAP_BATCH)]
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + FULL_SWEEP_S
             expired = set(candidates)
@@ -170,7 +143,7 @@ class Recovery:
         """Move an abandoned attempt to retrying (or failed past its retry limit), with its event."""
         job_id, config_key = record["job_id"], record["config_key"]
         decision = decide(reason, int(record.get("failures_infrastructure", 0)), self.settings.retries)
-        wake = time.time() + (REAPED_RETRY_DELAY_S if decision.failures_of_class == 1 else decision.delay_s)
+        wake = self.clock() + (REAPED_RETRY_DELAY_S if decision.failures_of_class == 1 else decision.delay_s)
         target = RETRYING if decision.will_retry else FAILED
         fields = {"reason": reason, "error": error, "failure_class": decision.failure_class,
                   "will_retry": str(decision.will_retry).lower(), "attempt": record.get("attempts", "0"),
@@ -178,7 +151,7 @@ class Recovery:
         moved = self.store.transition(
             job_id, config_key, target,
             {**fields, f"failures_{decision.failure_class}": decision.failures_of_class},
-            (TRAINING_FAILED, {**fields, "retry_in_s": round(wake - time.time(), 3),
+            (TRAINING_FAILED, {**fields, "retry_in_s": round(wake - self.clock(), 3),
                                "board_type": record.get("board_type", ""),
                                "num_players": record.get("num_players", "")}),
             release_active=target == FAILED, wake_at=wake if decision.will_retry else None,

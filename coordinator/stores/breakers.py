@@ -8,11 +8,11 @@ cooldown. Fenced and cancelled attempts are not failures of the config or the no
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import redis
 
+from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.keys import Keys
 from coordinator.core.lua import script
 from coordinator.core.settings import BreakerSettings, EventSettings, Settings
@@ -52,17 +52,17 @@ def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 class CircuitBreakers:
     def __init__(self, conn: redis.Redis, keys: Keys, settings: BreakerSettings | None = None,
-                 stream_maxlen: int = EventSettings.stream_maxlen, clock: Callable[[], float] = time.time) -> None:
+                 stream_maxlen: int = EventSettings.stream_maxlen, clock: Clock | None = None) -> None:
         self.conn = conn
         self.keys = keys
         self.settings = settings or BreakerSettings()
         self.stream_maxlen = stream_maxlen
-        self.clock = clock
+        self.clock = clock or RedisClock(conn)
         self._record = script(conn, "breaker_record.lua")
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings,
-                      clock: Callable[[], float] = time.time) -> CircuitBreakers:
+                      clock: Clock | None = None) -> CircuitBreakers:
         return cls(conn, keys, settings.breakers, settings.events.stream_maxlen, clock)
 
     def record(self, kind: str, name: str, success: bool) -> str:

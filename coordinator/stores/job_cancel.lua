@@ -2,35 +2,33 @@
 -- asked to stop (its worker stops the trainer); either way its config first waits for a newer export.
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] active-job hash   KEYS[4] delayed-job zset
 -- KEYS[5] the config's hash   KEYS[6] RQ's training queue (list of RQ job ids)
--- ARGV[1] stream max length (0: not trimmed)   ARGV[2] job id   ARGV[3] config key   ARGV[4] unix time now
--- ARGV[5] the cancelled state   ARGV[6] states cancelled at once, comma-separated (waiting)
--- ARGV[7] states asked to stop, comma-separated (an attempt runs)
--- ARGV[8] n event field/value pairs (from ARGV[9]; 'state_was' is appended)
--- Returns 'cancelled', 'requested', 'ended' (already final) or 'missing' (no such job).
+-- ARGV[1] JSON: now, maxlen, job_id, config_key, to (the cancelled state), waiting (states
+--   cancelled at once), running (states asked to stop: an attempt runs), evt (flat field-value
+--   list; 'state_was' is appended), reason (the record's `reason`: cancelled)
+-- Returns the cancelled state ('cancelled'), 'requested', 'ended' (already final) or 'missing' (no such job).
+local a = args()
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
   return 'missing'
 end
-local waiting, running = listed(ARGV[6], state), listed(ARGV[7], state)
+local waiting, running = listed(a.waiting, state), listed(a.running, state)
 if not (waiting or running) then
   return 'ended'
 end
 -- Before the job ends: the scheduler must not hand the same data straight back.
-redis.call('HSET', KEYS[5], 'cancelled_at', ARGV[4])
+config_cancelled(KEYS[5], a.now)
 if running then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
   return 'requested'
 end
-redis.call('HSET', KEYS[1], 'state', ARGV[5], 'updated_at', time_s(),
-           'reason', 'cancelled')
-if redis.call('HGET', KEYS[3], ARGV[3]) == ARGV[2] then
-  redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HSET', KEYS[1], 'state', a.to, 'updated_at', a.now, 'reason', a.reason)
+if redis.call('HGET', KEYS[3], a.config_key) == a.job_id then
+  redis.call('HDEL', KEYS[3], a.config_key)
 end
-redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('LREM', KEYS[6], 1, redis.call('HGET', KEYS[1], 'rq_job_id') or ARGV[2])
-local evt = {}
-for i = 9, 8 + 2 * tonumber(ARGV[8]) do evt[#evt + 1] = ARGV[i] end
+redis.call('ZREM', KEYS[4], a.job_id)
+redis.call('LREM', KEYS[6], 1, redis.call('HGET', KEYS[1], 'rq_job_id') or a.job_id)
+local evt = a.evt
 evt[#evt + 1] = 'state_was'
 evt[#evt + 1] = state
-xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))
-return 'cancelled'
+xadd_trimmed(KEYS[2], a.maxlen, unpack(evt))
+return a.to  -- 'cancelled' (the state it moved to)

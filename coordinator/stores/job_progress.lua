@@ -1,16 +1,14 @@
 -- One epoch of a running attempt, in one command: its figures on the job record, TRAINING_PROGRESS
 -- on the stream and, when given, RQ's job meta (what `rq info` and rq-dashboard show).
 -- KEYS[1] job hash   KEYS[2] event stream   KEYS[3] RQ's job hash (optional)
--- ARGV[1] stream max length (0: not trimmed)   ARGV[2] n_job: field/value pairs for the job hash
--- ARGV[3] n_evt: field/value pairs of the event, `type` included   then the pairs (job's, event's)
--- then, with KEYS[3], RQ's serialized meta
+-- ARGV[1] JSON: maxlen, job / evt (flat field-value lists: the record's figures; the event with its `type`)
+-- ARGV[2] with KEYS[3]: RQ's serialized meta (bytes, hence not in the JSON)
 -- Returns the event's stream id.
-local job, evt_i = pairs_from(4, tonumber(ARGV[2]))
-local evt, meta_i = pairs_from(evt_i, tonumber(ARGV[3]))
-if #job > 0 then
-  redis.call('HSET', KEYS[1], unpack(job))
+local a = args()
+if #a.job > 0 then
+  redis.call('HSET', KEYS[1], unpack(a.job))
 end
 if KEYS[3] then
-  redis.call('HSET', KEYS[3], 'meta', ARGV[meta_i])
+  redis.call('HSET', KEYS[3], 'meta', ARGV[2])
 end
-return xadd_trimmed(KEYS[2], ARGV[1], unpack(evt))
+return xadd_trimmed(KEYS[2], a.maxlen, unpack(a.evt))

@@ -1,58 +1,67 @@
-"""Training jobs: one record (a hash) per job, and every change of its state.
+"""Training jobs: one record (a hash) per job, and every change of its state, made here and only here.
 
-The states and their legal moves are in `job_states.py`. Each change is one atomic step that
-also publishes its event, so the record and the stream never disagree:
+The states and their legal moves are in `core/job_states.py`; every change takes its allowed "from"
+states from that table and passes them, with the state names and event types, to its script
+(`job_*.lua` beside this module: one JSON argument of named values). Each change is one atomic
+step that also publishes its event, so the record and the stream never disagree. Times come from
+the store's clock (Redis' TIME unless a test gives another).
 
-- record_exports (`record_exports.lua`, many configs per call): stores exports on their configs
-  (path, samples, new-sample count, redeliveries skipped by stream id); a queued job of that
-  config is pointed at the newer file.
 - create_job (WATCH/MULTI): unless the config has a queued or running job, writes the job record
   and enqueues it on RQ's `training` queue in the same transaction. The scheduler decides when.
 - start (`job_start.lua`): queued -> leased by an attempt holding the leases, attempt + 1, its
   fencing token and resumed epoch, TRAINING_STARTED; `mark_running` once the trainer is up.
-- progress (`job_progress.lua`): epoch figures on the record + TRAINING_PROGRESS (+ RQ's job meta),
-  one command an epoch.
+- progress (`job_progress.lua`): epoch figures on the record + TRAINING_PROGRESS (+ RQ's job meta).
 - finish (`job_finish.lua`): -> complete / failed / retrying / cancelled, fenced (a stale attempt
   publishes nothing), frees the config unless it retries, TRAINING_COMPLETE/FAILED/CANCELLED.
-- transition (`job_transition.lua`): the simple moves (reap, retry) for `recovery.py`.
+- preempted (`job_preempted.lua`): running -> preempted at the trainer's checkpoint.
+- transition (`job_transition.lua`): the simple moves (reap, retry) that recovery decides.
+- requeue_delayed / resume_preempted (WATCH/MULTI): retrying, deferred or preempted -> queued and
+  back on RQ's queue (`_requeue`, one step for all three).
 - cancel (`job_cancel.lua`): a waiting job -> cancelled, a running one asked to stop, and its
   config marked to wait for a newer export, in one step.
+- defer, request_preemption (`job_preempt_request.lua`), mark_dispatch: fields other than the
+  state that the orchestrator and the worker set on a record.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
 from rq import Queue
 
-from coordinator.bus.events import TRAINING_CANCELLED, TRAINING_PROGRESS, Export, encode_fields
+from coordinator.bus.events import (
+    TRAINING_CANCELLED,
+    TRAINING_FAILED,
+    TRAINING_PREEMPTED,
+    TRAINING_PROGRESS,
+    TRAINING_STARTED,
+    encode_fields,
+)
+from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.errors import CoordinatorError, JobError
 from coordinator.core.job_states import (
     ACTIVE_ATTEMPT_STATES,
     CANCELLED,
+    COMPLETE,
     FINAL_STATES,
     LEASED,
     PREEMPTED,
     QUEUED,
     RETRYING,
     RUNNING,
+    STALE,
     allowed_from,
-    csv_from,
 )
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.lua import script
 from coordinator.core.settings import EventSettings, Settings, worker_settings_json
-from coordinator.core.text import decode_hash
-from coordinator.core.text import optional_text as _text
-from coordinator.core.text import strings as _strings
-from coordinator.stores.configs import INELIGIBLE
+from coordinator.core.text import decode_hash, optional_text, strings
+from coordinator.stores.configs import INELIGIBLE, ConfigStore
+from coordinator.stores.job_records import Outcome, SubmitResult, TrainingParams, new_job_id
 
 MAX_WATCH_RETRIES = 20
 # What a new job copies from its config's hash (`_create`).
@@ -63,125 +72,46 @@ RUN_TRAINING = "workers.tasks.run_training"
 # Published models kept per config (`Keys.models`): warm start falls back to an earlier one whose
 # file still exists.
 MODELS_KEPT = 5
-# Why a running attempt is asked to stop (`stop_reason`, from its lease renewal's reply).
-CANCELLED_STOP, PREEMPTED_STOP = "cancelled", "preempted"
-# What `active_records` reads of each active job (the preempter's view of the running attempts).
-RECORD_FIELDS = ("state", "config_key", "node", "started_at", "fence", "score_at_start", "picked_starving",
-                 "preemptions", "preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why",
-                 "updated_at", "epoch")
-SLOT_STATES = frozenset({LEASED, RUNNING})  # attempts that hold a GPU slot
+# A preemption request's fields, cleared when the job resumes.
+PREEMPT_FIELDS = ("preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why", "preempt_fence")
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class TrainingParams:
-    """Hyper-parameters of one job; defaults come from the `training` settings."""
-
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    early_stopping_patience: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> TrainingParams:
-        t = settings.training
-        values = {
-            "epochs": t.default_epochs,
-            "batch_size": t.batch_size,
-            "learning_rate": t.learning_rate,
-            "early_stopping_patience": t.early_stopping_patience,
-        }
-        for name, value in overrides.items():
-            if name not in values:
-                raise CoordinatorError(f"unknown training parameter {name!r}")
-            if value is not None:
-                values[name] = value
-        return cls(**values)
+def states(target: str) -> list[str]:
+    """`allowed_from(target)` as the sorted list a script takes."""
+    return sorted(allowed_from(target))
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What an ending attempt records: job fields, config fields (on success), and its event."""
-
-    event_type: str
-    event_fields: Mapping[str, Any]
-    job_fields: Mapping[str, Any]
-    node: str
-    attempt: int
-    fence: int | None = None
-    config_fields: Mapping[str, Any] = field(default_factory=dict)
-    payload: Any = None
-
-
-@dataclass(frozen=True)
-class SubmitResult:
-    job_id: str
-    action: str  # created | exists (the config's queued or running job)
-
-
-def new_job_id(config_key: str) -> str:
-    return f"{config_key}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
-
-
-@dataclass(frozen=True)
-class PendingPreemption:
-    """A request a worker has not acted on yet."""
-
-    job_id: str
-    config_key: str
-    for_config: str
-    kind: str
-    why: str
-    requested_at: float
-
-
-def stop_reason(cancel_requested: object, preempt_requested_at: object) -> str | None:
-    """What the job record asks of its running attempt: 'cancelled' (wins), 'preempted' or nothing."""
-    if cancel_requested:
-        return CANCELLED_STOP
-    return PREEMPTED_STOP if preempt_requested_at else None
-
-
-
-def active_records(conn: redis.Redis, keys: Keys) -> list[tuple[str, dict[str, str]]]:
-    """(job id, record fields in RECORD_FIELDS) of every config's active job: two round trips
-    whatever their number (the preempter's view of the running attempts)."""
-    job_ids = sorted({v.decode() for v in conn.hvals(keys.active)})
-    with conn.pipeline(transaction=False) as pipe:  # batched reads only
-        for job_id in job_ids:
-            pipe.hmget(keys.job(job_id), RECORD_FIELDS)
-        rows = pipe.execute()
-    return [(job_id, {n: v.decode() for n, v in zip(RECORD_FIELDS, row) if v is not None})
-            for job_id, row in zip(job_ids, rows)]
-
-
-def pending_preemptions(conn: redis.Redis, keys: Keys) -> list[PendingPreemption]:
-    """Requests to yield that the job's worker has not acted on yet (oldest first)."""
-    out = [PendingPreemption(job_id, r.get("config_key", ""), r.get("preempt_for", ""), r.get("preempt_kind", ""),
-                             r.get("preempt_why", ""), float(r["preempt_requested_at"]))
-           for job_id, r in active_records(conn, keys)
-           if r.get("state") in SLOT_STATES and r.get("preempt_requested_at")]
-    return sorted(out, key=lambda p: (p.requested_at, p.job_id))
+def flat(mapping: Mapping[str, Any]) -> list[str]:
+    """A mapping as the flat [field, value, ...] list a script unpacks into HSET or XADD (order kept)."""
+    return [item for pair in mapping.items() for item in pair]
 
 
 class JobStore:
     """Reads and changes job records. The Redis client is passed in; scripts register once here."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys, stream_maxlen: int = EventSettings.stream_maxlen) -> None:
+    def __init__(self, conn: redis.Redis, keys: Keys, stream_maxlen: int = EventSettings.stream_maxlen,
+                 clock: Clock | None = None) -> None:
         self.conn = conn
         self.keys = keys
         self.stream_maxlen = stream_maxlen
+        self.clock = clock or RedisClock(conn)
         self._start = script(conn, "job_start.lua")
         self._finish = script(conn, "job_finish.lua")
         self._transition = script(conn, "job_transition.lua")
-        self._record = script(conn, "record_exports.lua")
         self._cancel = script(conn, "job_cancel.lua")
         self._progress = script(conn, "job_progress.lua")
         self._preempted = script(conn, "job_preempted.lua")
+        self._preempt_request = script(conn, "job_preempt_request.lua")
 
     @classmethod
-    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> JobStore:
-        return cls(conn, keys, settings.events.stream_maxlen)
+    def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings, clock: Clock | None = None) -> JobStore:
+        return cls(conn, keys, settings.events.stream_maxlen, clock)
+
+    def _run(self, fn: Any, keys: list[str], **named: Any) -> Any:
+        """Call a job script with its named arguments (now and the stream's cap included) as one JSON."""
+        named = {"now": f"{self.clock():.6f}", "maxlen": str(self.stream_maxlen), **named}
+        return fn(keys=keys, args=[json.dumps(named)])
 
     # -- reading --------------------------------------------------------------------------------
     def get(self, job_id: str) -> dict[str, str]:
@@ -198,6 +128,9 @@ class JobStore:
                 pipe.hgetall(self.keys.job(job_id))
             return [decode_hash(raw) for raw in pipe.execute() if raw]
 
+    def active_job(self, config_key: str) -> str | None:
+        return optional_text(self.conn.hget(self.keys.active, config_key))
+
     def prune(self, created_before: float, limit: int = 500) -> int:
         """Delete up to `limit` records of jobs created before `created_before` that have ended
         (a final state never changes, so no transaction is needed); queued or running ones stay."""
@@ -207,8 +140,8 @@ class JobStore:
         with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
             for job_id in ids:
                 pipe.hget(self.keys.job(job_id), "state")
-            states = pipe.execute()
-        ended = [j for j, state in zip(ids, states) if state is None or state.decode() in FINAL_STATES]
+            found = pipe.execute()
+        ended = [j for j, state in zip(ids, found) if state is None or state.decode() in FINAL_STATES]
         if ended:
             with self.conn.pipeline(transaction=True) as pipe:
                 pipe.delete(*(self.keys.job(j) for j in ended))
@@ -216,57 +149,7 @@ class JobStore:
                 pipe.execute()
         return len(ended)
 
-    def active_job(self, config_key: str) -> str | None:
-        job_id = self.conn.hget(self.keys.active, config_key)
-        return job_id.decode() if job_id else None
-
-    # -- exports and job creation ---------------------------------------------------------------
-    def record_export(self, export: Export, event_id: str | None = None) -> str:
-        """Store an export on its config; a queued job of that config moves to the newer data.
-
-        Returns "recorded", "updated" (a queued job now uses this file) or "duplicate" (this stream
-        entry was applied before: redelivered after a crash between its effects and its ack).
-        """
-        return self.record_exports([(export, event_id)])
-
-    def record_exports(self, exports: list[tuple[Export, str | None]]) -> str:
-        """Several consecutive exports of one config, applied at once by `record_exports.lua`: the
-        newest file wins, every export's samples count, entries applied before are skipped (by
-        stream id). Reads the config's active job first; goes again if it changed in between."""
-        config_key = exports[0][0].config_key
-        for _ in range(MAX_WATCH_RETRIES):
-            [action] = self._record_groups([exports], [self.active_job(config_key) or ""])
-            if action != "moved":
-                return action
-        raise CoordinatorError(f"export of {config_key}: its job kept changing after {MAX_WATCH_RETRIES} tries")
-
-    def record_exports_many(self, groups: list[list[tuple[Export, str | None]]]) -> list[str]:
-        """`record_exports` for many configs (one group each), in one `record_exports.lua` call
-        that assumes no config has a job; those that do come back "moved" and go again with their
-        jobs (two more round trips). A job that changed in between: `record_exports` alone. One
-        action per group, in order."""
-        actions = self._record_groups(groups, [""] * len(groups))
-        moved = [i for i, action in enumerate(actions) if action == "moved"]
-        if moved:
-            jobs = [_text(v) or "" for v in self.conn.hmget(self.keys.active,
-                                                             [groups[i][0][0].config_key for i in moved])]
-            for i, action in zip(moved, self._record_groups([groups[i] for i in moved], jobs)):
-                actions[i] = action
-        return [self.record_exports(group) if action == "moved" else action
-                for action, group in zip(actions, groups)]
-
-    def _record_groups(self, groups: list[list[tuple[Export, str | None]]], jobs: list[str]) -> list[str]:
-        """One `record_exports.lua` call: each group with the active job id the caller expects."""
-        keys: list[str] = [self.keys.active, self.keys.priority]
-        args: list[object] = [repr(time.time()), INELIGIBLE, QUEUED]
-        for job_id, group in zip(jobs, groups):
-            ck = group[0][0].config_key
-            keys += [self.keys.config(ck), self.keys.job(job_id)] if job_id else [self.keys.config(ck)]
-            args += [ck, job_id, len(group)]
-            for export, event_id in group:
-                args += [event_id or "", export.npz_path, export.samples, export.board_type, export.num_players]
-        return [a.decode() for a in self._record(keys=keys, args=args)] if groups else []
-
+    # -- creation and dispatch --------------------------------------------------------------------
     def create_job(self, settings: Settings, config_key: str, params: TrainingParams) -> SubmitResult:
         """Create and enqueue a job on the config's newest data, unless one is queued or running."""
         return self._retry_watch(lambda: self._create_once(settings, config_key, params), f"job for {config_key}")
@@ -282,26 +165,18 @@ class JobStore:
                 reads.hmget(config_key, CREATE_FIELDS)
                 reads.lrange(self.keys.models(ck), 0, -1)
                 active, values, models = reads.execute()
-            current = _text(active)
+            current = optional_text(active)
             if current:
                 return SubmitResult(current, "exists")
             cfg = {name: v.decode() for name, v in zip(CREATE_FIELDS, values) if v is not None}
             if not cfg.get("npz_path"):
                 raise JobError(ck, "no export recorded for this config")
-            job_id, now = new_job_id(ck), time.time()
+            job_id, now = new_job_id(ck), self.clock()
             pipe.multi()
             parents = [m.decode() for m in models] if settings.training.warm_start_for(ck) else []
             self._create(pipe, settings, cfg, ck, params, job_id, now, parents)
             pipe.execute()
             return SubmitResult(job_id, "created")
-
-    def _retry_watch(self, attempt: Callable[[], T], what: str) -> T:
-        for _ in range(MAX_WATCH_RETRIES):
-            try:
-                return attempt()
-            except redis.WatchError:
-                continue
-        raise CoordinatorError(f"{what}: still contended after {MAX_WATCH_RETRIES} tries")
 
     def _create(
         self, pipe: redis.client.Pipeline, settings: Settings, cfg: dict[str, str], ck: str,
@@ -327,11 +202,75 @@ class JobStore:
             "source_event": cfg.get("last_event_id", ""),
             "settings": worker_settings_json(settings),  # what the worker needs: config.worker_settings
         }
-        pipe.hset(self.keys.job(job_id), mapping=_strings(record))
+        pipe.hset(self.keys.job(job_id), mapping=strings(record))
         pipe.zadd(self.keys.jobs, {job_id: now})
         pipe.hset(self.keys.active, ck, job_id)
         pipe.zadd(self.keys.priority, {ck: INELIGIBLE})  # queued: not eligible until it ends
         self._enqueue_rq(pipe, settings, job_id, ck, cfg["npz_path"], 1)
+
+    def mark_dispatch(self, job_id: str, config_key: str, fields: Mapping[str, str], configs: ConfigStore) -> None:
+        """Dispatch picked the config for `job_id` (new or resumed): what it was picked with on the
+        record, and the config's wait is over, in one transaction."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(job_id), mapping=dict(fields))
+            configs.end_wait(config_key, pipe)
+            pipe.execute()
+
+    # -- back onto RQ's queue -----------------------------------------------------------------------
+    def requeue_delayed(self, settings: Settings, job_id: str) -> bool:
+        """A deferred (queued) or retrying job whose time has come goes back on RQ's queue; False when
+        another orchestrator took it first or it ended meanwhile."""
+        return self._retry_watch(lambda: self._requeue_delayed_once(settings, job_id), f"requeue of {job_id}")
+
+    def _requeue_delayed_once(self, settings: Settings, job_id: str) -> bool:
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.watch(self.keys.job(job_id), self.keys.delayed_jobs)
+            if pipe.zscore(self.keys.delayed_jobs, job_id) is None:
+                return False  # another orchestrator took it
+            state, config_key, attempts, deferrals, npz_path = (optional_text(v) for v in pipe.hmget(
+                self.keys.job(job_id), "state", "config_key", "attempts", "deferrals", "npz_path"))
+            pipe.multi()
+            pipe.zrem(self.keys.delayed_jobs, job_id)
+            back = state == QUEUED or state in allowed_from(QUEUED)
+            if back:
+                suffix = f"a{int(attempts or 0) + 1}" if state == RETRYING else f"d{deferrals or 0}"
+                self._requeue(pipe, settings, job_id, config_key or "?", npz_path, attempts, suffix)
+            pipe.execute()
+            return back
+
+    def resume_preempted(self, settings: Settings, config_key: str, job_id: str, configs: ConfigStore) -> bool:
+        """preempted -> queued, back on RQ's queue under the same job id (a new RQ id per resume);
+        False when the job is no longer preempted (resumed or cancelled meanwhile)."""
+        return self._retry_watch(lambda: self._resume_once(settings, config_key, job_id, configs),
+                                 f"resume of {job_id}")
+
+    def _resume_once(self, settings: Settings, config_key: str, job_id: str, configs: ConfigStore) -> bool:
+        job_key = self.keys.job(job_id)
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.watch(job_key)
+            state, npz_path, attempts, preemptions = (
+                optional_text(v) for v in pipe.hmget(job_key, "state", "npz_path", "attempts", "preemptions"))
+            if state != PREEMPTED:  # resumed or cancelled meanwhile: the config no longer waits on it
+                pipe.unwatch()
+                if configs.preempted_job(config_key) == job_id:
+                    with self.conn.pipeline(transaction=True) as forget:
+                        configs.forget_preempted_job(config_key, forget)
+                        forget.execute()
+                return False
+            pipe.multi()
+            pipe.hdel(job_key, *PREEMPT_FIELDS)
+            configs.forget_preempted_job(config_key, pipe)
+            self._requeue(pipe, settings, job_id, config_key, npz_path, attempts, f"p{preemptions or 0}")
+            pipe.execute()
+        return True
+
+    def _requeue(self, pipe: redis.client.Pipeline, settings: Settings, job_id: str, config_key: str,
+                 npz_path: str | None, attempts: str | None, suffix: str) -> None:
+        """The one step back onto RQ's queue, on the caller's transaction: queued again, and a new RQ
+        job for the next attempt."""
+        pipe.hset(self.keys.job(job_id), mapping=strings({"state": QUEUED, "updated_at": self.clock()}))
+        self._enqueue_rq(pipe, settings, job_id, config_key, npz_path or "?", int(attempts or 0) + 1,
+                         f"{job_id}-{suffix}")
 
     def _enqueue_rq(self, pipe: redis.client.Pipeline, settings: Settings, job_id: str, config_key: str,
                     npz_path: str, attempt: int, rq_job_id: str | None = None) -> None:
@@ -351,16 +290,36 @@ class JobStore:
             pipeline=pipe,
         )
 
+    def defer(self, job_id: str, delay_s: float, reason: str, count_as: str | None = None) -> None:
+        """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back.
+        `count_as` names a counter of `<prefix>:stats` to add one to (for the metrics)."""
+        ready = self.clock() + delay_s
+        with self.conn.pipeline(transaction=True) as pipe:
+            if count_as:
+                pipe.hincrby(self.keys.stats, count_as, 1)
+            pipe.hset(self.keys.job(job_id), mapping=strings({"deferred_reason": reason, "not_before": ready}))
+            pipe.hincrby(self.keys.job(job_id), "deferrals", 1)
+            pipe.zadd(self.keys.delayed_jobs, {job_id: ready})
+            pipe.execute()
+
+    def _retry_watch(self, attempt: Callable[[], T], what: str) -> T:
+        for _ in range(MAX_WATCH_RETRIES):
+            try:
+                return attempt()
+            except redis.WatchError:
+                continue
+        raise CoordinatorError(f"{what}: still contended after {MAX_WATCH_RETRIES} tries")
+
     # -- worker side ----------------------------------------------------------------------------
     def start(self, job_id: str, config_key: str, node: str, worker: str, fence: int | None = None,
               resumed_epoch: int = 0, init_weights: str | None = None) -> int | None:
         """queued -> leased; returns the attempt number, or None when the job may not start.
         `init_weights`: the model it starts from (its `parent_model`), None from scratch."""
-        started, value = self._start(
-            keys=[self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
-            args=[self.stream_maxlen, f"{time.time():.3f}", job_id, node, worker, "" if fence is None else fence,
-                  csv_from(LEASED), resumed_epoch, init_weights or ""],
-        )
+        started, value = self._run(
+            self._start, [self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
+            job_id=job_id, node=node, worker=worker, fence="" if fence is None else str(fence),
+            **{"from": states(LEASED)}, to=LEASED, resumed_epoch=str(resumed_epoch),
+            init_weights=init_weights or "", event=TRAINING_STARTED)
         return int(value) if started else None
 
     def mark_running(self, job_id: str, config_key: str) -> bool:
@@ -370,16 +329,13 @@ class JobStore:
                    event: tuple[str, Mapping[str, Any]] | None = None, release_active: bool = False,
                    wake_at: float | None = None, undelay: bool = False, expected_fence: str = "") -> bool:
         """Move a job to `target` if `job_states.TRANSITIONS` allows it from its current state."""
-        job = _strings(fields or {})
         evt = encode_fields(event[0], {"job_id": job_id, "config_key": config_key, **event[1]}) if event else {}
-        args: list[Any] = [self.stream_maxlen, job_id, config_key, target, csv_from(target),
-                           "1" if release_active else "0", "" if wake_at is None else f"{wake_at:.3f}",
-                           "1" if undelay else "0", expected_fence, len(job), len(evt)]
-        for mapping in (job, evt):
-            for key, value in mapping.items():
-                args.extend((key, value))
-        keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs]
-        moved, _state = self._transition(keys=keys, args=args)
+        moved, _state = self._run(
+            self._transition, [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs],
+            job_id=job_id, config_key=config_key, to=target, **{"from": states(target)},
+            release_active="1" if release_active else "0", wake_at="" if wake_at is None else f"{wake_at:.3f}",
+            undelay="1" if undelay else "0", expected_fence=expected_fence,
+            job=flat(strings(fields or {})), evt=flat(evt))
         return bool(moved)
 
     def cancel(self, job_id: str) -> str:
@@ -388,7 +344,7 @@ class JobStore:
         Its config then waits for a newer export before it is scheduled again. One script
         (`job_cancel.lua`): a crash leaves either nothing done or all of it."""
         # These never change.
-        config_key, board_type, num_players = (_text(v) for v in self.conn.hmget(
+        config_key, board_type, num_players = (optional_text(v) for v in self.conn.hmget(
             self.keys.job(job_id), "config_key", "board_type", "num_players"))
         if config_key is None:
             raise JobError(job_id, "no such job")
@@ -396,27 +352,22 @@ class JobStore:
                                                  "board_type": board_type or "", "num_players": num_players or ""})
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs,
                 self.keys.config(config_key), Queue(TRAINING_QUEUE, connection=self.conn).key]
-        args: list[Any] = [self.stream_maxlen, job_id, config_key, repr(time.time()), CANCELLED,
-                           ",".join(sorted(allowed_from(CANCELLED) - ACTIVE_ATTEMPT_STATES)),
-                           ",".join(sorted(ACTIVE_ATTEMPT_STATES)), len(evt)]
-        for key, value in evt.items():
-            args.extend((key, value))
-        outcome = _text(self._cancel(keys=keys, args=args))
+        outcome = optional_text(self._run(
+            self._cancel, keys, job_id=job_id, config_key=config_key, to=CANCELLED, reason="cancelled",
+            waiting=sorted(allowed_from(CANCELLED) - ACTIVE_ATTEMPT_STATES), running=sorted(ACTIVE_ATTEMPT_STATES),
+            evt=flat(evt)))
         if outcome == "missing":
             raise JobError(job_id, "no such job")
-        return outcome
+        return outcome or ""
 
     def progress(self, job_id: str, config_key: str, figures: Mapping[str, Any],
                  rq_meta: tuple[str, bytes] | None = None) -> None:
         """Store an epoch's figures on the record and publish TRAINING_PROGRESS in one command
         (`job_progress.lua`); `rq_meta`: (RQ's job key, its serialized meta) written with them."""
-        job = _strings({**figures, "updated_at": time.time()})
+        job = strings({**figures, "updated_at": self.clock()})
         evt = encode_fields(TRAINING_PROGRESS, {"job_id": job_id, "config_key": config_key, **figures})
-        args: list[Any] = [self.stream_maxlen, len(job), len(evt)]
-        for mapping in (job, evt):
-            for key, value in mapping.items():
-                args.extend((key, value))
         keys = [self.keys.job(job_id), self.keys.events]
+        args = [json.dumps({"maxlen": str(self.stream_maxlen), "job": flat(job), "evt": flat(evt)})]
         if rq_meta is not None:
             keys.append(rq_meta[0])
             args.append(rq_meta[1])
@@ -429,27 +380,33 @@ class JobStore:
         completed attempt publishes (first on the config's `Keys.models`, if recorded)."""
         if state not in FINAL_STATES | {RETRYING}:
             raise JobError(job_id, f"cannot finish in state {state!r}")
-        job = _strings(outcome.job_fields)
-        cfg = _strings(outcome.config_fields)
         evt = encode_fields(outcome.event_type, {"job_id": job_id, "config_key": config_key, **outcome.event_fields},
                             outcome.payload)
-        fence = "" if outcome.fence is None else outcome.fence
-        args: list[Any] = [self.stream_maxlen, job_id, config_key, state, fence, outcome.node, outcome.attempt,
-                           len(job), len(cfg), len(evt), csv_from(state),
-                           "" if retry_at is None else f"{retry_at:.3f}", model or "", MODELS_KEPT]
-        for mapping in (job, cfg, evt):
-            for key, value in mapping.items():
-                args.extend((key, value))
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.config(config_key),
                 self.keys.fence(config_key), self.keys.delayed_jobs, self.keys.models(config_key)]
-        return {0: "not_running", 1: "recorded", 2: "fenced"}[int(self._finish(keys=keys, args=args))]
+        result = self._run(
+            self._finish, keys, job_id=job_id, config_key=config_key, to=state, **{"from": states(state)},
+            complete=COMPLETE, stale=STALE, attempt_states=sorted(ACTIVE_ATTEMPT_STATES),
+            failed_event=TRAINING_FAILED, fence="" if outcome.fence is None else str(outcome.fence),
+            node=outcome.node, attempt=str(outcome.attempt), job=flat(strings(outcome.job_fields)),
+            cfg=flat(strings(outcome.config_fields)), evt=flat(evt),
+            retry_at="" if retry_at is None else f"{retry_at:.3f}", model=model or "", models_kept=str(MODELS_KEPT))
+        return {0: "not_running", 1: "recorded", 2: "fenced"}[int(result)]
 
     def preempted(self, job_id: str, config_key: str, fence: int | None, node: str, attempt: int, epoch: int,
                   lost_hours: float, board_type: str = "", num_players: str = "") -> str:
         """End an attempt that yielded on request (`job_preempted.lua`): "recorded", "fenced" (another
         attempt holds the job: nothing changed) or "not_running" (ended elsewhere)."""
-        args = [self.stream_maxlen, job_id, config_key, "" if fence is None else fence, node, attempt, epoch,
-                f"{lost_hours:.6f}", csv_from(PREEMPTED), board_type, num_players]
-        result = self._preempted(keys=[self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
-                                 args=args)
+        result = self._run(
+            self._preempted, [self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
+            job_id=job_id, config_key=config_key, fence="" if fence is None else str(fence), node=node,
+            attempt=str(attempt), epoch=str(epoch), lost_hours=f"{lost_hours:.6f}", **{"from": states(PREEMPTED)},
+            to=PREEMPTED, board_type=board_type, num_players=num_players, event=TRAINING_PREEMPTED)
         return {0: "not_running", 1: "recorded", 2: "fenced"}[int(result)]
+
+    def request_preemption(self, job_id: str, fence: str, for_config: str, kind: str, why: str) -> bool:
+        """Ask the running attempt holding fencing token `fence` to yield its GPU
+        (`job_preempt_request.lua`): False when the job is not running, another attempt holds it, or a
+        request is already pending."""
+        return bool(int(self._run(self._preempt_request, [self.keys.job(job_id)], fence=fence, state=RUNNING,
+                                  for_config=for_config, kind=kind, why=why)))

@@ -30,13 +30,14 @@ from typing import TypeVar
 
 import redis
 
+from coordinator.core.clock import RedisClock
 from coordinator.core.errors import LeaseUnavailable
 from coordinator.core.keys import Keys
 from coordinator.core.lua import script
 from coordinator.core.settings import LeaseSettings, Settings
 from coordinator.core.text import decode_hash
 from coordinator.core.text import text as _text
-from coordinator.stores.jobs import stop_reason
+from coordinator.stores.job_records import stop_reason
 
 T = TypeVar("T")
 # A keeper that could not renew stops its trainer this fraction of the TTL before the lease
@@ -134,7 +135,7 @@ class LeaseManager:
             pipe.execute()
 
     def set_node_health(self, node: str, status: str, gpus: int | None = None) -> None:
-        fields: dict[str, str | int] = {"status": status, "status_at": f"{time.time():.3f}"}
+        fields: dict[str, str | int] = {"status": status, "status_at": f"{RedisClock(self.conn)():.3f}"}
         if gpus is not None:
             fields["gpus"] = gpus
         with self.conn.pipeline(transaction=True) as pipe:
@@ -145,7 +146,7 @@ class LeaseManager:
     def nodes(self) -> list[dict[str, str]]:
         """Every known node: gpus, status, slots in use (unexpired)."""
         names = sorted(n.decode() for n in self.conn.smembers(self.keys.nodes))
-        now_ms = time.time() * 1000
+        now_ms = RedisClock(self.conn)() * 1000  # the slots' expiries are Redis' time
         with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
             for name in names:
                 pipe.hgetall(self.keys.node(name))

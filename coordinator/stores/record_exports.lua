@@ -1,13 +1,13 @@
 -- Record a batch's exports, grouped by config, in one call: per config the newest file wins, every
 -- export's samples count, and stream ids at or before the config's last_event_id are redeliveries
 -- (skipped). Each config is checked and written on its own; the call as a whole is atomic, so
--- nothing else interleaves.
+-- nothing else interleaves. The config store's own script (coordinator/stores/configs.py).
 -- KEYS[1] the active-jobs hash   KEYS[2] the priority zset
--- then per config: its config hash, and that config's active job hash when ARGV says it has one
--- ARGV[1] now   ARGV[2] the ineligible score   ARGV[3] "queued"
--- then per config: config key, its active job id as the caller read it ("" for none), the count
--- of its exports, and five per export, oldest first: event id ("" if none), npz_path, samples,
--- board_type, num_players
+-- then per config: its config hash, and that config's active job hash when it has one (in ARGV)
+-- ARGV[1] JSON: now, ineligible (the score of a config not yet scored), queued (the state whose job
+--   follows the newest file), configs: a list of {config_key, job (its active job id as the caller
+--   read it, '' for none), exports: a list of [event id ('' if none), npz_path, samples, board_type,
+--   num_players], oldest first}
 -- Returns one action per config, in order: "moved" (its active job changed since the caller read
 -- it: nothing written), "duplicate", "updated" (the queued job now points at the newest file) or
 -- "recorded".
@@ -22,48 +22,46 @@ local function at_or_before(id, ref)
     return a_ms < b_ms or (a_ms == b_ms and a_seq <= b_seq)
 end
 
-local now, queued = ARGV[1], ARGV[3]
-local function record(config, job, config_key, expected, first, count)
-    local current = redis.call('HGET', KEYS[1], config_key) or ''
-    if current ~= expected then return 'moved' end
+local a = args()
+local function record(config, job, c)
+    local current = redis.call('HGET', KEYS[1], c.config_key) or ''
+    if current ~= c.job then return 'moved' end
     local last = redis.call('HGET', config, 'last_event_id')
     local fresh, samples, newest = 0, 0, nil
-    for i = first, first + 5 * (count - 1), 5 do
-        if not at_or_before(ARGV[i], last) then
+    for _, e in ipairs(c.exports) do
+        if not at_or_before(e[1], last) then
             fresh = fresh + 1
-            samples = samples + tonumber(ARGV[i + 2])
-            newest = i
+            samples = samples + tonumber(e[3])
+            newest = e
         end
     end
     if fresh == 0 then return 'duplicate' end
     local version = tostring((tonumber(redis.call('HGET', config, 'data_version')) or 0) + fresh)
-    redis.call('HSET', config, 'npz_path', ARGV[newest + 1], 'samples', ARGV[newest + 2],
-               'data_version', version, 'exported_at', now, 'board_type', ARGV[newest + 3],
-               'num_players', ARGV[newest + 4])
-    if ARGV[newest] ~= '' then redis.call('HSET', config, 'last_event_id', ARGV[newest]) end
-    redis.call('HSETNX', config, 'first_seen_at', now)
+    redis.call('HSET', config, 'npz_path', newest[2], 'samples', newest[3],
+               'data_version', version, 'exported_at', a.now, 'board_type', newest[4],
+               'num_players', newest[5])
+    if newest[1] ~= '' then redis.call('HSET', config, 'last_event_id', newest[1]) end
+    redis.call('HSETNX', config, 'first_seen_at', a.now)
     -- New data and no job: the config waits for a GPU from now (the wait bound counts from here).
-    if current == '' then redis.call('HSETNX', config, 'waiting_since', now) end
+    if current == '' then redis.call('HSETNX', config, 'waiting_since', a.now) end
     redis.call('HINCRBY', config, 'new_samples', samples)
-    redis.call('ZADD', KEYS[2], 'NX', ARGV[2], config_key)
-    if job and redis.call('HGET', job, 'state') == queued then
-        redis.call('HSET', job, 'npz_path', ARGV[newest + 1], 'samples', ARGV[newest + 2],
-                   'data_version', version, 'updated_at', now)
+    redis.call('ZADD', KEYS[2], 'NX', a.ineligible, c.config_key)
+    if job and redis.call('HGET', job, 'state') == a.queued then
+        redis.call('HSET', job, 'npz_path', newest[2], 'samples', newest[3],
+                   'data_version', version, 'updated_at', a.now)
         return 'updated'
     end
     return 'recorded'
 end
 
-local actions, k, a = {}, 3, 4
-while a <= #ARGV do
-    local config_key, expected, count = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+local actions, k = {}, 3
+for _, c in ipairs(a.configs) do
     local config, job = KEYS[k], nil
     k = k + 1
-    if expected ~= '' then
+    if c.job ~= '' then
         job = KEYS[k]
         k = k + 1
     end
-    actions[#actions + 1] = record(config, job, config_key, expected, a + 3, count)
-    a = a + 3 + 5 * count
+    actions[#actions + 1] = record(config, job, c)
 end
 return actions

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 
 from coordinator.bus.events import decode_entry
+from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES, COMPLETE, FINAL_STATES
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.settings import Settings
@@ -56,12 +57,12 @@ BREAKER_WHY = "circuit breaker open"  # how scheduler._blockers words an open co
 
 
 class DashboardData:
-    def __init__(self, conn: redis.Redis, settings: Settings, clock: Callable[[], float] = time.time,
+    def __init__(self, conn: redis.Redis, settings: Settings, clock: Clock | None = None,
                  cache_s: float = PAGE_CACHE_S) -> None:
-        self.conn, self.settings, self.clock, self.cache_s = conn, settings, clock, cache_s
+        self.conn, self.settings, self.clock, self.cache_s = conn, settings, clock or RedisClock(conn), cache_s
         self.keys = Keys(settings.redis.prefix)
         self.leases = LeaseManager(conn, self.keys, settings.leases.ttl_s, settings.leases.default_node_slots)
-        self.tail = StreamTail(conn, self.keys, clock)
+        self.tail = StreamTail(conn, self.keys, self.clock)
         self._ended: dict[str, dict[str, str]] = {}  # records in a final state: they never change
         self._lock = threading.Lock()
         self._cached: tuple[float, dict[str, Any]] | None = None

@@ -10,14 +10,13 @@ job, CURVES_KEPT jobs, ELO_POINTS evaluations per config and FAILURES_KEPT failu
 from __future__ import annotations
 
 import math
-import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from coordinator.bus import events as ev
+from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.keys import Keys
 
 BACKFILL_HOURS = 48.0  # how far back a fresh dashboard reads the stream
@@ -33,8 +32,8 @@ Point = tuple[int, float | None, float | None]  # (epoch, train loss, val loss)
 
 
 class StreamTail:
-    def __init__(self, conn: redis.Redis, keys: Keys, clock: Callable[[], float] = time.time) -> None:
-        self.conn, self.keys, self.clock = conn, keys, clock
+    def __init__(self, conn: redis.Redis, keys: Keys, clock: Clock | None = None) -> None:
+        self.conn, self.keys, self.clock = conn, keys, clock or RedisClock(conn)
         self.last_id: str | None = None
         self.curves: OrderedDict[str, dict[int, Point]] = OrderedDict()
         self.elo: dict[str, deque[tuple[float, float]]] = {}
