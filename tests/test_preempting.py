@@ -305,8 +305,8 @@ def test_an_evaluation_handled_again_after_a_redelivery_adds_nothing(orch, fake_
     fields = {b"type": b"EVALUATION_COMPLETED", b"config_key": b"hex8_2p", b"elo": b"1000", b"model_path": b"/m/a.pt",
               b"timestamp": b"1700000000"}
     first = decode_entry("5-0", fields)
-    orch._on_evaluation(first)
-    orch._on_evaluation(first)  # redelivered
+    orch._handlers["EVALUATION_COMPLETED"](first)
+    orch._handlers["EVALUATION_COMPLETED"](first)  # redelivered
     assert len(fake_conn.lrange(keys.elo("hex8_2p"), 0, -1)) == 1
-    orch._on_evaluation(decode_entry("6-0", {**fields, b"elo": b"1010", b"timestamp": b"1700000100"}))
+    orch._handlers["EVALUATION_COMPLETED"](decode_entry("6-0", {**fields, b"elo": b"1010", b"timestamp": b"1700000100"}))
     assert len(fake_conn.lrange(keys.elo("hex8_2p"), 0, -1)) == 2

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -34,11 +34,11 @@ from coordinator.core.boards import parse_config_key
 from coordinator.core.clock import RedisClock
 from coordinator.core.connection import connect
 from coordinator.core.errors import CoordinatorError, EventError
-from coordinator.core.inputs import is_config_key_field, is_count, parse_name_list
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings, load_settings, redact_url
 from coordinator.scheduling.preempter import Preempter
 from coordinator.scheduling.scheduler import TrainingScheduler
+from coordinator.service.handlers import EventHandlers
 from coordinator.service.metrics import Metrics
 from coordinator.service.periodic import (
     PRUNE_INTERVAL_S,
@@ -55,6 +55,7 @@ from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import LeaseManager
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 PERIODIC_POLL_S = 0.5
 CONSUMER_ENV = "RINGRIFT_CONSUMER"
 ERROR_BACKOFF_S = 0.5
@@ -99,16 +100,8 @@ class TrainingOrchestrator:
         self.recovery = Recovery(self.jobs, self.settings)
         self.metrics = Metrics(self.conn, self.keys, self.settings)
         self.periodic = PeriodicWork(self.conn, self.keys.prefix, self.periodic_tasks())
-        self._handlers: dict[str, Callable[[Event], list[str]]] = {
-            ev.TRAINING_COMPLETE: self._on_training_complete,
-            ev.TRAINING_FAILED: self._on_training_end,
-            ev.TRAINING_CANCELLED: self._on_training_end,
-            ev.TRAINING_PREEMPTED: self._on_training_end,
-            ev.TRAINING_BLOCKED_BY_QUALITY: self._on_quality_block,
-            ev.CLUSTER_HEALTH_CHANGED: self._on_cluster_health,
-            ev.EVALUATION_COMPLETED: self._on_evaluation,
-            ev.CURRICULUM_WEIGHTS_UPDATED: self._on_curriculum,
-        }
+        self._handlers = EventHandlers(self.settings, self.conn, self.keys, self.configs, self.leases, self.clock,
+                                       on_nodes_changed=self._forget_slots).by_type()
         self._stopping = threading.Event()
         self._dead: list[tuple[Event, str]] = []  # this batch's dead letters, written together
         self._task: asyncio.Task[None] | None = None
@@ -190,13 +183,7 @@ class TrainingOrchestrator:
         `skipped_reason`); only Redis being unreachable does."""
         self.consumer.ensure_group()
         self.leases.register_nodes(dict(self.settings.hosts))
-        try:
-            self.periodic.register()
-        except TRANSIENT_REDIS_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a stored rq-scheduler entry we cannot read
-            log.error("periodic tasks not registered: %s", _reason(exc))
-            self.conn.hincrby(self.keys.stats, "startup_problems", 1)
+        unless_transient(self.periodic.register, self._startup_problem)  # a stored entry we cannot read
         for stored in self.conn.zrange(self.keys.priority, 0, -1):
             try:
                 parse_config_key(stored.decode("utf-8"))
@@ -217,26 +204,25 @@ class TrainingOrchestrator:
     def _rescore(self, config_keys: list[str] | None) -> None:
         """Rescore; when a stored config cannot be scored, the others are scored one by one and
         that one is skipped."""
-        try:
-            self.scheduler.rescore(config_keys)
+        if unless_transient(lambda: self.scheduler.rescore(config_keys) >= 0, lambda _exc: False):
             return
-        except TRANSIENT_REDIS_ERRORS:
-            raise
-        except Exception:  # noqa: BLE001 - find the config it came from
-            pass
-        for config_key in config_keys if config_keys is not None else [
+        for config_key in config_keys if config_keys is not None else [  # find the config it came from
                 k.decode("utf-8", "replace") for k in self.conn.zrange(self.keys.priority, 0, -1)]:
-            try:
-                self.scheduler.rescore([config_key])
-            except TRANSIENT_REDIS_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 - a stored config we cannot score
-                self._skip_config(config_key, f"cannot be scored: {_reason(exc)}")
+            unless_transient(lambda k=config_key: self.scheduler.rescore([k]),
+                             lambda exc, k=config_key: self._skip_config(k, f"cannot be scored: {_reason(exc)}"))
 
     def _skip_config(self, config_key: str | bytes, reason: str) -> None:
         """Take a stored config out of the priorities (its hash stays, with the reason)."""
         log.error("config %r skipped: %s", config_key, reason)
         self.configs.skip(config_key, reason)
+
+    def _startup_problem(self, exc: Exception) -> None:
+        log.error("periodic tasks not registered: %s", _reason(exc))
+        self.conn.hincrby(self.keys.stats, "startup_problems", 1)
+
+    def _forget_slots(self) -> None:
+        """A node's health changed: usable slots are read again at the next dispatch."""
+        self._slots = None
 
     def total_slots(self) -> int:
         """GPU slots on nodes that are not down, read at most every SLOTS_CACHE_S: every dispatch
@@ -267,12 +253,10 @@ class TrainingOrchestrator:
                 self._rescore([config_key])
                 config_key = self.scheduler.get_next_training_config()
                 continue
-            try:
-                result = self.jobs.create_job(self.settings, config_key, params)
-            except TRANSIENT_REDIS_ERRORS:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one stored config must not stop dispatch
-                self._skip_config(config_key, f"cannot be dispatched: {_reason(exc)}")
+            result = unless_transient(  # one stored config must not stop dispatch
+                lambda k=config_key: self.jobs.create_job(self.settings, k, params),
+                lambda exc, k=config_key: self._skip_config(k, f"cannot be dispatched: {_reason(exc)}"))
+            if result is None:
                 config_key = self.scheduler.get_next_training_config()
                 continue
             if result.action == "created":
@@ -425,13 +409,10 @@ class TrainingOrchestrator:
     def _flush_exports(self, pending: dict[str, list[tuple[Event, Export]]], done: list[str],
                        touched: set[str]) -> None:
         groups = list(pending.items())
-        try:
-            actions = self.configs.record_exports_many([[(export, event.id) for event, export in items]
-                                                     for _key, items in groups])
-        except TRANSIENT_REDIS_ERRORS:
-            raise
-        except Exception:  # noqa: BLE001 - find the config it came from: one at a time
-            actions = [self._record_alone(items) for _key, items in groups]
+        actions = unless_transient(
+            lambda: self.configs.record_exports_many([[(export, event.id) for event, export in items]
+                                                      for _key, items in groups]),
+            lambda _exc: [self._record_alone(items) for _key, items in groups])  # find the config: one at a time
         for (config_key, items), action in zip(groups, actions):
             if action is None:
                 continue
@@ -444,30 +425,30 @@ class TrainingOrchestrator:
 
     def _record_alone(self, items: list[tuple[Event, Export]]) -> str | None:
         """One config's exports; on an error they are dead-lettered with it (None)."""
-        try:
-            return self.configs.record_exports_many([[(export, event.id) for event, export in items]])[0]
-        except TRANSIENT_REDIS_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any error of these entries is their dead letter
+        def dead(exc: Exception) -> None:  # any error of these entries is their dead letter
             for event, _export in items:
                 self._dead_letter(event, _reason(exc), unexpected=True)
-            return None
+
+        return unless_transient(
+            lambda: self.configs.record_exports_many([[(export, event.id) for event, export in items]])[0], dead)
 
     def _handle(self, event: Event) -> list[str] | None:
         """Apply one event; the configs it touched, or None when it must not be acknowledged here."""
-        try:
+        def apply() -> list[str]:
             self._admit(event)
             handler = self._handlers.get(event.type)
             touched = handler(event) if handler is not None else []
             self.metrics.observe(event, dead=False)
             return touched
-        except EventError as exc:
+
+        return unless_transient(apply, lambda exc: self._entry_failed(event, exc))
+
+    def _entry_failed(self, event: Event, exc: Exception) -> None:
+        """An entry's own error: a validation's message, or any other error, is its dead letter."""
+        if isinstance(exc, EventError):
             self._dead_letter(event, str(exc))
-        except TRANSIENT_REDIS_ERRORS:
-            raise  # left pending: reclaimed and retried, dead-lettered as poison after max_deliveries
-        except Exception as exc:  # noqa: BLE001 - any error of this entry is this entry's dead letter
+        else:
             self._dead_letter(event, _reason(exc), unexpected=True)
-        return None
 
     def _dead_letter(self, event: Event, reason: str, unexpected: bool = False) -> None:
         """Queue the event for the dead-letter stream; written (and acked) with the batch. An
@@ -480,82 +461,17 @@ class TrainingOrchestrator:
         self._dead.append((event, reason))
         self.metrics.observe(event, dead=True)
 
-    # -- handlers: each returns the configs whose score inputs it changed ------------------------
-    # schemas.py has checked every field they read (names, numbers, lists): they only act.
-    def _on_training_end(self, event: Event) -> list[str]:
-        return [event.fields["config_key"]]  # its slot is free and its inputs changed
 
-    def _on_training_complete(self, event: Event) -> list[str]:
-        """Also the model's lineage and the GPU-hours the training took (its attempts preempted before
-        included): the cost factor's inputs. One GPU per training."""
-        f = event.fields
-        if f.get("model_path"):  # lineage: an evaluation of this model is compared with its parent's
-            self.configs.record_lineage(f["config_key"], f["model_path"], f.get("parent_model") or None)
-        if f.get("duration_s"):
-            earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
-            self.configs.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)
-        return self._on_training_end(event)
-
-    def _on_quality_block(self, event: Event) -> list[str]:
-        """Block the config until its next export or `until` (default: quality_block_hours from now);
-        a queued job for it is held by the worker that takes it (deferred), not lost."""
-        config_key, f, now = ev.config_of(event.fields)[2], event.fields, self.clock()
-        default_until = now + self.settings.scheduler.quality_block_hours * 3600
-        until = float(f["until"]) if f.get("until") else default_until
-        self.configs.block_for_quality(config_key, now, until, {
-            "quality_block_reason": f.get("reason", ""), "quality_score": f.get("quality_score", ""),
-            "quality_threshold": f.get("threshold", ""), "quality_block_event": event.id,
-        })
-        return [config_key]
-
-    def _on_cluster_health(self, event: Event) -> list[str]:
-        """RingRift's forms: a node's status (`node`, `status`, optional `gpus`); `alive_peers`, a
-        list of node names (known nodes missing from it are down) or a count (recorded only);
-        `open_nodes`, the nodes whose circuit is open (down until a later event leaves them out);
-        and the overall/resilience scores, which name no node (recorded only). Every form is
-        recorded on the cluster health hash."""
-        f = event.fields
-        self._slots = None  # usable slots are read again at the next dispatch
-        if f.get("node") and f.get("status"):
-            self.leases.set_node_health(f["node"], f["status"], int(float(f["gpus"])) if f.get("gpus") else None)
-        peers = f.get("alive_peers", "")
-        if peers.strip() and not is_count(peers):
-            alive = set(parse_name_list(peers, "alive_peers"))
-            for node in self.leases.nodes():
-                self.leases.set_node_health(node["node"], "healthy" if node["node"] in alive else "down")
-        recorded = {k: v for k, v in f.items() if k != "type"}
-        if "open_nodes" in f:
-            recorded[CIRCUIT_OPEN_FIELD] = json.dumps(self._open_circuits(parse_name_list(f["open_nodes"],
-                                                                                          "open_nodes")))
-        self.conn.hset(self.keys.cluster_health, mapping={**recorded, "event_id": event.id,
-                                                          "recorded_at": f"{self.clock():.3f}"})
-        return []
-
-    def _open_circuits(self, open_nodes: list[str]) -> list[str]:
-        """Nodes with an open circuit are down; those the last such event named and this one does
-        not are healthy again. Returns the list to record."""
-        before = json.loads(self.conn.hget(self.keys.cluster_health, CIRCUIT_OPEN_FIELD) or "[]")
-        for node in open_nodes:
-            self.leases.set_node_health(node, "down")
-        for node in sorted(set(before) - set(open_nodes)):
-            self.leases.set_node_health(node, "healthy")
-        return sorted(set(open_nodes))
-
-    def _on_evaluation(self, event: Event) -> list[str]:
-        config_key, f = ev.config_of(event.fields)[2], event.fields
-        at = float(f["timestamp"]) if f.get("timestamp") else self.clock()
-        self.configs.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
-        return [config_key]
-
-    def _on_curriculum(self, event: Event) -> list[str]:
-        """Fields of the config-key form are weights; the rest is metadata (schemas.py)."""
-        weights = {name: float(value) for name, value in event.fields.items() if is_config_key_field(name)}
-        self.configs.set_curriculum_weights(weights)
-        return list(weights)
-
-
-# Where the cluster health hash keeps the nodes the last `open_nodes` took out of dispatch.
-CIRCUIT_OPEN_FIELD = "circuit_open_nodes"
+def unless_transient(action: Callable[[], T], on_error: Callable[[Exception], T]) -> T:
+    """`action()`, or `on_error(exc)` for any error but Redis being unreachable: that one propagates
+    (the batch stays pending, the loop backs off and the entries are retried, see
+    TRANSIENT_REDIS_ERRORS). The one place the consumer tells the two apart."""
+    try:
+        return action()
+    except TRANSIENT_REDIS_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything else belongs to the entry or config at hand
+        return on_error(exc)
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,122 @@
+"""What each pipeline event does to the stored state: one handler per event type, each returning
+the configs whose score inputs it changed (the orchestrator rescores them and dispatches).
+
+`bus/schemas.py` has checked every field a handler reads (names, numbers, lists) before it runs:
+handlers only act, through the stores (`ConfigStore`, `LeaseManager`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import redis
+
+from coordinator.bus import events as ev
+from coordinator.bus.events import Event
+from coordinator.core.clock import Clock
+from coordinator.core.inputs import is_config_key_field, is_count, parse_name_list
+from coordinator.core.keys import Keys
+from coordinator.core.settings import Settings
+from coordinator.stores.configs import ConfigStore
+from coordinator.stores.leases import LeaseManager
+
+# Where the cluster health hash keeps the nodes the last `open_nodes` took out of dispatch.
+CIRCUIT_OPEN_FIELD = "circuit_open_nodes"
+Handler = Callable[[Event], list[str]]
+
+
+class EventHandlers:
+    def __init__(self, settings: Settings, conn: redis.Redis, keys: Keys, configs: ConfigStore,
+                 leases: LeaseManager, clock: Clock, on_nodes_changed: Callable[[], None]) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.keys = keys
+        self.configs = configs
+        self.leases = leases
+        self.clock = clock
+        self.on_nodes_changed = on_nodes_changed
+
+    def by_type(self) -> dict[str, Handler]:
+        """Event type -> its handler; other types are acknowledged with nothing to do."""
+        return {
+            ev.TRAINING_COMPLETE: self._on_training_complete,
+            ev.TRAINING_FAILED: self._on_training_end,
+            ev.TRAINING_CANCELLED: self._on_training_end,
+            ev.TRAINING_PREEMPTED: self._on_training_end,
+            ev.TRAINING_BLOCKED_BY_QUALITY: self._on_quality_block,
+            ev.CLUSTER_HEALTH_CHANGED: self._on_cluster_health,
+            ev.EVALUATION_COMPLETED: self._on_evaluation,
+            ev.CURRICULUM_WEIGHTS_UPDATED: self._on_curriculum,
+        }
+
+    def _on_training_end(self, event: Event) -> list[str]:
+        return [event.fields["config_key"]]  # its slot is free and its inputs changed
+
+    def _on_training_complete(self, event: Event) -> list[str]:
+        """Also the model's lineage and the GPU-hours the training took (its attempts preempted before
+        included): the cost factor's inputs. One GPU per training."""
+        f = event.fields
+        if f.get("model_path"):  # lineage: an evaluation of this model is compared with its parent's
+            self.configs.record_lineage(f["config_key"], f["model_path"], f.get("parent_model") or None)
+        if f.get("duration_s"):
+            earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
+            self.configs.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)
+        return self._on_training_end(event)
+
+    def _on_quality_block(self, event: Event) -> list[str]:
+        """Block the config until its next export or `until` (default: quality_block_hours from now);
+        a queued job for it is held by the worker that takes it (deferred), not lost."""
+        config_key, f, now = ev.config_of(event.fields)[2], event.fields, self.clock()
+        default_until = now + self.settings.scheduler.quality_block_hours * 3600
+        until = float(f["until"]) if f.get("until") else default_until
+        self.configs.block_for_quality(config_key, now, until, {
+            "quality_block_reason": f.get("reason", ""), "quality_score": f.get("quality_score", ""),
+            "quality_threshold": f.get("threshold", ""), "quality_block_event": event.id,
+        })
+        return [config_key]
+
+    def _on_cluster_health(self, event: Event) -> list[str]:
+        """RingRift's forms: a node's status (`node`, `status`, optional `gpus`); `alive_peers`, a
+        list of node names (known nodes missing from it are down) or a count (recorded only);
+        `open_nodes`, the nodes whose circuit is open (down until a later event leaves them out);
+        and the overall/resilience scores, which name no node (recorded only). Every form is
+        recorded on the cluster health hash."""
+        f = event.fields
+        self.on_nodes_changed()  # usable slots are read again at the next dispatch
+        if f.get("node") and f.get("status"):
+            self.leases.set_node_health(f["node"], f["status"], int(float(f["gpus"])) if f.get("gpus") else None)
+        peers = f.get("alive_peers", "")
+        if peers.strip() and not is_count(peers):
+            alive = set(parse_name_list(peers, "alive_peers"))
+            for node in self.leases.nodes():
+                self.leases.set_node_health(node["node"], "healthy" if node["node"] in alive else "down")
+        recorded = {k: v for k, v in f.items() if k != "type"}
+        if "open_nodes" in f:
+            recorded[CIRCUIT_OPEN_FIELD] = json.dumps(self._open_circuits(parse_name_list(f["open_nodes"],
+                                                                                          "open_nodes")))
+        self.conn.hset(self.keys.cluster_health, mapping={**recorded, "event_id": event.id,
+                                                          "recorded_at": f"{self.clock():.3f}"})
+        return []
+
+    def _open_circuits(self, open_nodes: list[str]) -> list[str]:
+        """Nodes with an open circuit are down; those the last such event named and this one does
+        not are healthy again. Returns the list to record."""
+        before = json.loads(self.conn.hget(self.keys.cluster_health, CIRCUIT_OPEN_FIELD) or "[]")
+        for node in open_nodes:
+            self.leases.set_node_health(node, "down")
+        for node in sorted(set(before) - set(open_nodes)):
+            self.leases.set_node_health(node, "healthy")
+        return sorted(set(open_nodes))
+
+    def _on_evaluation(self, event: Event) -> list[str]:
+        config_key, f = ev.config_of(event.fields)[2], event.fields
+        at = float(f["timestamp"]) if f.get("timestamp") else self.clock()
+        self.configs.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
+        return [config_key]
+
+    def _on_curriculum(self, event: Event) -> list[str]:
+        """Fields of the config-key form are weights; the rest is metadata (schemas.py)."""
+        weights = {name: float(value) for name, value in event.fields.items() if is_config_key_field(name)}
+        self.configs.set_curriculum_weights(weights)
+        return list(weights)
