@@ -22,18 +22,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import redis
 
 from coordinator.bus import events as ev
-from coordinator.bus import intake
+from coordinator.bus import intake, schemas
 from coordinator.bus.events import Event, EventConsumer, Export
-from coordinator.bus.schemas import validate, validate_entry
-from coordinator.core.boards import parse_config_key
+from coordinator.core.boards import is_config_key_field, parse_config_key
 from coordinator.core.connection import connect
 from coordinator.core.errors import CoordinatorError, EventError
-from coordinator.core.inputs import is_config_key_field, is_count, parse_name_list
+from coordinator.core.inputs import is_count, parse_name_list
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings, load_settings, redact_url
 from coordinator.scheduling.preempter import Preempter
@@ -294,10 +292,7 @@ class TrainingOrchestrator:
         request = ev.decode_entry("0-0", {"type": ev.NPZ_EXPORT_COMPLETE, "board_type": board_type,
                                           "num_players": str(num_players), "npz_path": npz_path,
                                           "samples": str(samples)})
-        validate_entry(request.pairs)
-        validate(request)
-        export = ev.parse_export(request)
-        _check_data_root(export.npz_path, self.settings.training.data_roots)
+        export = schemas.parse_export(request, self.settings.training.data_roots)
         params = TrainingParams.from_settings(self.settings, **overrides)
         self.jobs.record_export(export)
         result = self.jobs.create_job(self.settings, export.config_key, params)
@@ -404,10 +399,8 @@ class TrainingOrchestrator:
     def _valid_export(self, event: Event) -> Export | None:
         """The export, or None when it was dead-lettered (its reason stored)."""
         try:
-            self._admit(event)
-            export = ev.parse_export(event)
-            _check_data_root(export.npz_path, self.settings.training.data_roots)
-            return export
+            self._not_poison(event)
+            return schemas.parse_export(event, self.settings.training.data_roots)
         except EventError as exc:
             self._dead_letter(event, str(exc))
         except TRANSIENT_REDIS_ERRORS:
@@ -417,11 +410,13 @@ class TrainingOrchestrator:
         return None
 
     def _admit(self, event: Event) -> None:
-        """The checks every entry passes before it is acted on: not poison, within the limits, valid."""
+        """The checks every entry passes before it is acted on: not poison, valid (schemas.py)."""
+        self._not_poison(event)
+        schemas.validate(event)
+
+    def _not_poison(self, event: Event) -> None:
         if event.deliveries > self.settings.events.max_deliveries:
             raise EventError(f"poison: delivered {event.deliveries} times without being handled")
-        validate_entry(event.pairs)
-        validate(event)
 
     def _flush_exports(self, pending: dict[str, list[tuple[Event, Export]]], done: list[str],
                        touched: set[str]) -> None:
@@ -500,7 +495,7 @@ class TrainingOrchestrator:
     def _on_quality_block(self, event: Event) -> list[str]:
         """Block the config until its next export or `until` (default: quality_block_hours from now);
         a queued job for it is held by the worker that takes it (deferred), not lost."""
-        config_key, f, now = ev.config_of(event.fields)[2], event.fields, time.time()
+        config_key, f, now = schemas.config_of(event.fields)[2], event.fields, time.time()
         default_until = now + self.settings.scheduler.quality_block_hours * 3600
         until = float(f["until"]) if f.get("until") else default_until
         self.conn.hset(self.keys.config(config_key), mapping={
@@ -544,7 +539,7 @@ class TrainingOrchestrator:
         return sorted(set(open_nodes))
 
     def _on_evaluation(self, event: Event) -> list[str]:
-        config_key, f = ev.config_of(event.fields)[2], event.fields
+        config_key, f = schemas.config_of(event.fields)[2], event.fields
         at = float(f["timestamp"]) if f.get("timestamp") else time.time()
         self.scheduler.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
         return [config_key]
@@ -562,23 +557,6 @@ CIRCUIT_OPEN_FIELD = "circuit_open_nodes"
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
-
-
-def _check_data_root(npz_path: str, roots: tuple[str, ...]) -> None:
-    """The path, with symlinks and `..` resolved, must lie inside a configured data root; any
-    failure to resolve it (a symlink loop, permissions, a name too long) is the event's error."""
-    if not roots:
-        return
-    try:
-        resolved = Path(npz_path).resolve()
-        inside = any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise EventError(f"npz_path {npz_path[:200]!r} cannot be resolved: {_reason(exc)}") from None
-    if not inside:
-        raise EventError(f"npz_path {npz_path!r} resolves to {str(resolved)!r}, outside the data roots "
-                         f"({', '.join(roots)})")
-
-
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from coordinator.bus import events as ev
+from coordinator.bus.schemas import config_of
 from coordinator.core.keys import Keys
 
 BACKFILL_HOURS = 48.0  # how far back a fresh dashboard reads the stream
@@ -87,7 +88,7 @@ class StreamTail:
                                       "reason": f.get("reason", "")})
         elif event.type == ev.EVALUATION_COMPLETED:
             try:
-                config_key = ev.config_of(f)[2]
+                config_key = config_of(f)[2]
             except Exception:  # noqa: BLE001 - the orchestrator dead-letters it; nothing to draw
                 return
             elo = _number(f.get("elo"))
