@@ -6,9 +6,9 @@ from coordinator.bus.events import (
     TRAINING_COMPLETE,
     EventConsumer,
     decode_entry,
-    parse_export,
     publish,
 )
+from coordinator.bus.schemas import parse_export
 from coordinator.core.errors import EventError
 
 
@@ -40,8 +40,9 @@ def test_training_completed_alias_maps_to_one_type():
         ({"board_type": "hex9", "num_players": 2, "npz_path": "/x"}, "unknown board_type"),
         ({"board_type": "hex8", "num_players": 5, "npz_path": "/x"}, "num_players must be 2..4"),
         ({"board_type": "hex8", "num_players": "two", "npz_path": "/x"}, "num_players must be a number"),
-        ({"board_type": "hex8", "num_players": 2}, "missing npz_path"),
-        ({"npz_path": "/x"}, "missing board_type"),
+        ({"board_type": "hex8", "num_players": 2}, "missing field: one of npz_path, output_path"),
+        ({"npz_path": "/x"}, "missing field: one of config_key, config, board_type"),
+        ({"board_type": "hex8", "npz_path": "/x"}, r"missing board_type\+num_players \(or config_key\)"),
         ({"config_key": "hex8-2p", "npz_path": "/x"}, "not of the form"),
         ({"config_key": "hex8_3p", "board_type": "hex8", "num_players": 2, "npz_path": "/x"}, "disagrees"),
         ({"board_type": "hex8; rm -rf /", "num_players": 2, "npz_path": "/x"}, "unknown board_type"),

@@ -308,5 +308,6 @@ def test_an_evaluation_handled_again_after_a_redelivery_adds_nothing(orch, fake_
     orch._handlers["EVALUATION_COMPLETED"](first)
     orch._handlers["EVALUATION_COMPLETED"](first)  # redelivered
     assert len(fake_conn.lrange(keys.elo("hex8_2p"), 0, -1)) == 1
-    orch._handlers["EVALUATION_COMPLETED"](decode_entry("6-0", {**fields, b"elo": b"1010", b"timestamp": b"1700000100"}))
+    second = decode_entry("6-0", {**fields, b"elo": b"1010", b"timestamp": b"1700000100"})
+    orch._handlers["EVALUATION_COMPLETED"](second)
     assert len(fake_conn.lrange(keys.elo("hex8_2p"), 0, -1)) == 2

@@ -16,6 +16,9 @@ most DEAD_VALUE_BYTES of each value and DEAD_ENTRY_BYTES in all; what it cut is 
 `dead_truncated` field (JSON: field index, name, size, sha256), and such a letter cannot be
 replayed; the oversized original is deleted from the event stream (no consumer can take it). Both
 streams are capped by count, the event stream also by an approximate byte budget (`trim`).
+
+This module only moves entries; it checks nothing. Whether an entry is a valid event, and the typed
+value it carries (an `Export`), is decided in one place, `coordinator/bus/schemas.py`.
 """
 
 from __future__ import annotations
@@ -32,9 +35,7 @@ from typing import Any
 import msgpack
 import redis
 
-from coordinator.core.boards import make_config_key, parse_config_key
 from coordinator.core.errors import EventError
-from coordinator.core.inputs import parse_int
 from coordinator.core.keys import Keys
 from coordinator.core.text import text as _text
 
@@ -93,7 +94,7 @@ class Event:
 
 @dataclass(frozen=True)
 class Export:
-    """An NPZ_EXPORT_COMPLETE event, normalised across producer variants."""
+    """An NPZ_EXPORT_COMPLETE event, normalised across producer variants (`schemas.parse_export`)."""
 
     board_type: str
     num_players: int
@@ -195,36 +196,6 @@ def publish(
     """XADD one event (trimmed approximately to `maxlen`); on a pipeline it is only queued."""
     kwargs = {"maxlen": maxlen, "approximate": True} if maxlen else {}
     return conn.xadd(keys.events, encode_fields(event_type, fields, payload), **kwargs)
-
-
-def config_of(fields: Mapping[str, str]) -> tuple[str, int, str]:
-    """(board type, players, config key) from `board_type`+`num_players` or `config_key`/`config`,
-    validated; the two forms must agree when both are given."""
-    config = fields.get("config_key") or fields.get("config")
-    if fields.get("board_type") and fields.get("num_players"):
-        board_type = fields["board_type"]
-        num_players = parse_int(fields["num_players"], "num_players")
-        key = make_config_key(board_type, num_players)
-        if config and config != key:
-            raise EventError(f"config_key {config!r} disagrees with board_type/num_players ({key})")
-        return board_type, num_players, key
-    if config:
-        board_type, num_players = parse_config_key(config)
-        return board_type, num_players, config
-    raise EventError("missing board_type+num_players (or config_key)")
-
-
-def parse_export(event: Event) -> Export:
-    """Read an export event, accepting `config_key`/`config`, `output_path` and `samples_exported`."""
-    f = event.fields
-    board_type, num_players, key = config_of(f)
-    npz_path = f.get("npz_path") or f.get("output_path")
-    if not npz_path:
-        raise EventError("missing npz_path (or output_path)")
-    samples = parse_int(f.get("samples") or f.get("samples_exported") or "0", "samples")
-    if samples < 0:
-        raise EventError(f"samples must be >= 0, got {samples}")
-    return Export(board_type, num_players, key, npz_path, samples)
 
 
 class EventConsumer:

@@ -1,13 +1,23 @@
-"""One schema per event type: required and optional fields, their types and ranges.
+"""The one validator of the event stream: raw stream fields in, a checked event or a typed value out.
 
-`validate(event)` raises EventError with the first problem found; the orchestrator then moves
-the event to the dead-letter stream with that reason. Limits apply to every event: field count,
-field name and value size (the message names the limit hit), valid UTF-8, no repeated meaningful
-field (two `npz_path`: which one was meant?), and a msgpack `payload` or JSON `history` of bounded
-size and depth (never pickle). Numbers follow the one rule of `coordinator/core/inputs.py`; names
-(config keys, nodes, job ids, workers) match their pattern in full. The coordinator's own event
-types are checked like the rest, since anyone allowed to XADD can send them: handlers and the
-metrics observer only ever see valid values.
+Two entry points, both raising EventError with the first problem found (the orchestrator then moves
+the entry to the dead-letter stream with that text as its reason):
+- `validate(event)`: every check an entry passes before anything acts on it;
+- `parse_export(event, data_roots)`: the same, then the `Export` it carries, its `npz_path`
+  confined to the data roots.
+
+`validate` checks, in this order: the limits every entry meets before it is read (field count,
+field name and value size, the message naming the limit hit; valid UTF-8; a msgpack `payload` or
+JSON `history` of bounded size and depth, never pickle); then the type's schema: a known type, no
+repeated meaningful field (two `npz_path`: which one was meant?), required fields, each field's
+check, and a check of the event as a whole (a config named twice must agree). Numbers follow the
+one rule of `coordinator/core/inputs.py`, config keys the one rule of `coordinator/core/boards.py`;
+names (nodes, job ids, workers) match their pattern in full. The coordinator's own event types are
+checked like the rest, since anyone allowed to XADD can send them: handlers and the metrics observer
+only ever see valid values.
+
+Validation flows one way: this module reads `events` (the decoded entry), `inputs` and `boards`;
+none of them imports it.
 """
 
 from __future__ import annotations
@@ -15,29 +25,31 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgpack
 
 from coordinator.bus import events as ev
-from coordinator.core.boards import MAX_PLAYERS, MIN_PLAYERS, check_board_type, parse_config_key
-from coordinator.core.errors import EventError
-from coordinator.core.inputs import (
-    check_identifier,
+from coordinator.core.boards import (
+    MAX_PLAYERS,
+    MIN_PLAYERS,
+    check_board_type,
     is_config_key_field,
-    is_count,
-    parse_int,
-    parse_name_list,
-    parse_number,
+    make_config_key,
+    parse_config_key,
 )
+from coordinator.core.errors import EventError
+from coordinator.core.inputs import check_identifier, is_count, parse_int, parse_name_list, parse_number
 
 MAX_FIELDS = 64
 MAX_FIELD_NAME_BYTES = 256
 MAX_FIELD_BYTES = 4096
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_PAYLOAD_DEPTH = 8
+MAX_ERROR_CHARS = 500  # of an OS error's text quoted in a reason
 # Fields allowed past MAX_FIELD_BYTES: the failure's stderr tail and the per-epoch history (JSON).
 FIELD_LIMITS = {"stderr_tail": 16 * 1024, **{name: MAX_PAYLOAD_BYTES for name in ev.JSON_FIELDS}}
 
@@ -135,6 +147,28 @@ def _curriculum(event: ev.Event) -> None:
         raise EventError("no config weights in CURRICULUM_WEIGHTS_UPDATED")
 
 
+def config_of(fields: Mapping[str, str]) -> tuple[str, int, str]:
+    """(board type, players, config key) from `board_type`+`num_players` or `config_key`/`config`,
+    validated; the two forms must agree when both are given."""
+    config = fields.get("config_key") or fields.get("config")
+    if fields.get("board_type") and fields.get("num_players"):
+        board_type = fields["board_type"]
+        num_players = parse_int(fields["num_players"], "num_players")
+        key = make_config_key(board_type, num_players)
+        if config and config != key:
+            raise EventError(f"config_key {config!r} disagrees with board_type/num_players ({key})")
+        return board_type, num_players, key
+    if config:
+        board_type, num_players = parse_config_key(config)
+        return board_type, num_players, config
+    raise EventError("missing board_type+num_players (or config_key)")
+
+
+def _one_config(event: ev.Event) -> None:
+    """The event names one config, whichever of its forms it uses."""
+    config_of(event.fields)
+
+
 # RingRift's CLUSTER_HEALTH_CHANGED forms: a node's status; the overall form (alive_peers, a list
 # or a count); the circuit-breaker form (open_nodes); the overall/resilience scores naming no node.
 HEALTH_FORMS = ("node", "alive_peers", "open_nodes", "overall_health", "overall_score", "score", "level",
@@ -177,11 +211,11 @@ SCHEMAS: dict[str, Schema] = {
     ev.NPZ_EXPORT_COMPLETE: Schema(
         optional={**COMMON_CONFIG, "npz_path": _path, "output_path": _path, "samples": SAMPLES,
                   "samples_exported": SAMPLES},
-        one_of=(("npz_path", "output_path"), ("config_key", "config", "board_type"))),
+        one_of=(("npz_path", "output_path"), ("config_key", "config", "board_type")), whole=_one_config),
     ev.TRAINING_BLOCKED_BY_QUALITY: Schema(
         optional={**COMMON_CONFIG, "quality_score": _number(), "threshold": _number(),
                   "until": _number(0, 1e11), "reason": _text},
-        one_of=(("config_key", "config", "board_type"),)),
+        one_of=(("config_key", "config", "board_type"),), whole=_one_config),
     ev.CLUSTER_HEALTH_CHANGED: Schema(
         optional={"node": NODE, "status": _one_of("healthy", "degraded", "down"), "gpus": _integer(0, 1024),
                   "alive_peers": _text, "open_nodes": _text, "overall_score": _number(), "score": _number(),
@@ -191,7 +225,7 @@ SCHEMAS: dict[str, Schema] = {
     ev.EVALUATION_COMPLETED: Schema(
         required={"elo": _number(-10_000, 100_000)},
         optional={**COMMON_CONFIG, "timestamp": _number(0, 1e11), "model_path": _path},
-        one_of=(("config_key", "config", "board_type"),)),
+        one_of=(("config_key", "config", "board_type"),), whole=_one_config),
     ev.CURRICULUM_WEIGHTS_UPDATED: Schema(config_key_fields=True, whole=_curriculum),
     ev.TRAINING_STARTED: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
@@ -222,7 +256,7 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def validate_entry(pairs: ev.Pairs) -> None:
+def _check_limits(pairs: ev.Pairs) -> None:
     """Limits every entry must meet before it is decoded: size, count, UTF-8, payload shape."""
     if len(pairs) > MAX_FIELDS:
         raise EventError(f"too many fields: {len(pairs)} > {MAX_FIELDS}")
@@ -265,6 +299,42 @@ def _depth(value: Any, level: int = 1) -> int:
 
 
 def validate(event: ev.Event) -> None:
+    """Every check an entry passes before it is acted on: the limits, then its type's schema."""
+    _check_limits(event.pairs)
+    _check_schema(event)
+
+
+def parse_export(event: ev.Event, data_roots: Sequence[str] = ()) -> ev.Export:
+    """A valid NPZ_EXPORT_COMPLETE as an Export (accepting `config_key`/`config`, `output_path` and
+    `samples_exported`), its `npz_path` inside `data_roots` (none given: anywhere)."""
+    validate(event)
+    if event.type != ev.NPZ_EXPORT_COMPLETE:
+        raise EventError(f"not an export: {event.type[:60]!r}")
+    f = event.fields
+    board_type, num_players, key = config_of(f)
+    npz_path = f.get("npz_path") or f.get("output_path") or ""
+    samples = parse_int(f.get("samples") or f.get("samples_exported") or "0", "samples")
+    _check_confined(npz_path, data_roots)
+    return ev.Export(board_type, num_players, key, npz_path, samples)
+
+
+def _check_confined(npz_path: str, roots: Sequence[str]) -> None:
+    """The path, with symlinks and `..` resolved, must lie inside a configured data root; any
+    failure to resolve it (a symlink loop, permissions, a name too long) is the event's error."""
+    if not roots:
+        return
+    try:
+        resolved = Path(npz_path).resolve()
+        inside = any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
+    except (OSError, RuntimeError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+        raise EventError(f"npz_path {npz_path[:200]!r} cannot be resolved: {error}") from None
+    if not inside:
+        raise EventError(f"npz_path {npz_path!r} resolves to {str(resolved)!r}, outside the data roots "
+                         f"({', '.join(roots)})")
+
+
+def _check_schema(event: ev.Event) -> None:
     """The event's type is known and its fields meet that type's schema."""
     if not event.type:
         raise EventError("missing field 'type'")

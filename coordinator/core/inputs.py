@@ -3,7 +3,9 @@
 Identifiers (config keys, board types, node names, job ids, worker names) must match their
 pattern in full (`re.fullmatch`, ASCII only: `hex8_2p\\n` and `hex８_2p` are refused), because
 they become Redis keys, RQ job ids and file names. Events (schemas.py), start-up (orchestrator)
-and the CLI/API call `check_identifier`.
+and the CLI/API call `check_identifier`. A config key's form comes from `coordinator/core/boards.py`,
+which owns the config-key rule (boards, player range); `check_identifier("config_key", ...)` checks
+only the form.
 
 The number rule, for every numeric field of every event: ASCII digits with an optional sign,
 an optional decimal part and an optional exponent (`5`, `-2`, `+3`, `5.0`, `1e3`, `2.5E-1`);
@@ -18,10 +20,11 @@ import json
 import math
 import re
 
+from coordinator.core.boards import CONFIG_KEY
 from coordinator.core.errors import EventError
 
 PATTERNS: dict[str, re.Pattern[str]] = {
-    "config_key": re.compile(r"([a-z0-9]+)_([0-9])p", re.ASCII),
+    "config_key": CONFIG_KEY,
     "board_type": re.compile(r"[a-z0-9]+", re.ASCII),
     # hostnames and dotted/underscored machine names
     "node": re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", re.ASCII),
@@ -42,15 +45,6 @@ def check_identifier(kind: str, text: str, field: str | None = None) -> str:
         raise EventError(f"{field or kind} {text[:80]!r} is not a valid {kind.replace('_', ' ')} "
                          f"(pattern {PATTERNS[kind].pattern})")
     return text
-
-
-def split_config_key(text: str, field: str = "config_key") -> tuple[str, int]:
-    """(board type, players) of a config key of the exact form `<board_type>_<players>p`; the
-    board and player range are checked by boards.py."""
-    match = PATTERNS["config_key"].fullmatch(text)
-    if not match:
-        raise EventError(f"{field} {text[:80]!r} is not of the form <board_type>_<players>p")
-    return match.group(1), int(match.group(2))
 
 
 def parse_number(text: str, name: str, lo: float = -math.inf, hi: float = math.inf) -> float:
@@ -107,12 +101,3 @@ def is_count(text: str) -> bool:
     stripped = text.strip()
     return stripped.isascii() and stripped.isdigit()
 
-
-LOOSE_CONFIG_KEY = re.compile(r"\s*[A-Za-z0-9]+_\d+[pP]\s*")  # what a config key that is slightly off looks like
-
-
-def is_config_key_field(name: str) -> bool:
-    """A field name meant as a config key (CURRICULUM_WEIGHTS_UPDATED's weights): of the
-    config-key form, or close to it (`hex8_2p\\n`, `Hex8_2p`, `hex8_٣p`), so that such a name is
-    refused by the exact check instead of being ignored as metadata."""
-    return LOOSE_CONFIG_KEY.fullmatch(name) is not None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import types
 import typing
@@ -20,7 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from coordinator.core.errors import ConfigError
+from coordinator.core.boards import parse_config_key
+from coordinator.core.errors import ConfigError, EventError
 from coordinator.trainer.checkpoints import checkpoint_pattern_problems
 from coordinator.trainer.command import DEFAULT_COMMAND, template_problems
 from coordinator.trainer.output import pattern_problems
@@ -482,14 +482,23 @@ def _parse_per_config(item: type, value: Any, key: str, problems: list[str]) -> 
         return {}
     parsed = {}
     for name, raw in value.items():
-        if not (isinstance(name, str) and _CONFIG_KEY.fullmatch(name)):
-            problems.append(f"{key}.{name}: not a config key of the form <board_type>_<players>p")
+        problem = _config_key_problem(name)
+        if problem:
+            problems.append(f"{key}.{name}: {problem}")
             continue
         parsed[name] = _parse_value(item, raw, f"{key}.{name}", problems)
     return parsed
 
 
-_CONFIG_KEY = re.compile(r"[a-z0-9]+_[2-9]p")
+def _config_key_problem(name: Any) -> str | None:
+    """Why `name` is no config key (the events' rule, coordinator/core/boards.py), or None."""
+    if not isinstance(name, str):
+        return "not a config key of the form <board_type>_<players>p"
+    try:
+        parse_config_key(name)
+    except EventError as exc:
+        return str(exc)
+    return None
 
 
 def redact_url(url: str) -> str:

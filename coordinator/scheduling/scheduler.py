@@ -36,9 +36,9 @@ from dataclasses import asdict, dataclass, field, replace
 
 import redis
 
+from coordinator.core.boards import split_config_key
 from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.errors import EventError
-from coordinator.core.inputs import split_config_key
 from coordinator.core.keys import Keys
 from coordinator.core.settings import BreakerSettings, PreemptionSettings, SchedulerSettings, Settings
 from coordinator.scheduling import cost

@@ -13,9 +13,11 @@ from collections.abc import Callable
 import redis
 
 from coordinator.bus import events as ev
+from coordinator.bus import schemas
 from coordinator.bus.events import Event
+from coordinator.core.boards import is_config_key_field
 from coordinator.core.clock import Clock
-from coordinator.core.inputs import is_config_key_field, is_count, parse_name_list
+from coordinator.core.inputs import is_count, parse_name_list
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings
 from coordinator.stores.configs import ConfigStore
@@ -67,7 +69,7 @@ class EventHandlers:
     def _on_quality_block(self, event: Event) -> list[str]:
         """Block the config until its next export or `until` (default: quality_block_hours from now);
         a queued job for it is held by the worker that takes it (deferred), not lost."""
-        config_key, f, now = ev.config_of(event.fields)[2], event.fields, self.clock()
+        config_key, f, now = schemas.config_of(event.fields)[2], event.fields, self.clock()
         default_until = now + self.settings.scheduler.quality_block_hours * 3600
         until = float(f["until"]) if f.get("until") else default_until
         self.configs.block_for_quality(config_key, now, until, {
@@ -110,7 +112,7 @@ class EventHandlers:
         return sorted(set(open_nodes))
 
     def _on_evaluation(self, event: Event) -> list[str]:
-        config_key, f = ev.config_of(event.fields)[2], event.fields
+        config_key, f = schemas.config_of(event.fields)[2], event.fields
         at = float(f["timestamp"]) if f.get("timestamp") else self.clock()
         self.configs.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
         return [config_key]

@@ -21,15 +21,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import redis
 
 from coordinator.bus import events as ev
-from coordinator.bus import intake
+from coordinator.bus import intake, schemas
 from coordinator.bus.events import Event, EventConsumer, Export
-from coordinator.bus.schemas import validate, validate_entry
 from coordinator.core.boards import parse_config_key
 from coordinator.core.clock import RedisClock
 from coordinator.core.connection import connect
@@ -277,10 +275,7 @@ class TrainingOrchestrator:
         request = ev.decode_entry("0-0", {"type": ev.NPZ_EXPORT_COMPLETE, "board_type": board_type,
                                           "num_players": str(num_players), "npz_path": npz_path,
                                           "samples": str(samples)})
-        validate_entry(request.pairs)
-        validate(request)
-        export = ev.parse_export(request)
-        _check_data_root(export.npz_path, self.settings.training.data_roots)
+        export = schemas.parse_export(request, self.settings.training.data_roots)
         params = TrainingParams.from_settings(self.settings, **overrides)
         self.configs.record_export(export)
         result = self.jobs.create_job(self.settings, export.config_key, params)
@@ -386,25 +381,20 @@ class TrainingOrchestrator:
 
     def _valid_export(self, event: Event) -> Export | None:
         """The export, or None when it was dead-lettered (its reason stored)."""
-        try:
-            self._admit(event)
-            export = ev.parse_export(event)
-            _check_data_root(export.npz_path, self.settings.training.data_roots)
-            return export
-        except EventError as exc:
-            self._dead_letter(event, str(exc))
-        except TRANSIENT_REDIS_ERRORS:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any error of this entry is this entry's dead letter
-            self._dead_letter(event, _reason(exc), unexpected=True)
-        return None
+        def parse() -> Export:
+            self._not_poison(event)
+            return schemas.parse_export(event, self.settings.training.data_roots)
+
+        return unless_transient(parse, lambda exc: self._entry_failed(event, exc))
 
     def _admit(self, event: Event) -> None:
-        """The checks every entry passes before it is acted on: not poison, within the limits, valid."""
+        """The checks every entry passes before it is acted on: not poison, valid (schemas.py)."""
+        self._not_poison(event)
+        schemas.validate(event)
+
+    def _not_poison(self, event: Event) -> None:
         if event.deliveries > self.settings.events.max_deliveries:
             raise EventError(f"poison: delivered {event.deliveries} times without being handled")
-        validate_entry(event.pairs)
-        validate(event)
 
     def _flush_exports(self, pending: dict[str, list[tuple[Event, Export]]], done: list[str],
                        touched: set[str]) -> None:
@@ -476,23 +466,6 @@ def unless_transient(action: Callable[[], T], on_error: Callable[[Exception], T]
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
-
-
-def _check_data_root(npz_path: str, roots: tuple[str, ...]) -> None:
-    """The path, with symlinks and `..` resolved, must lie inside a configured data root; any
-    failure to resolve it (a symlink loop, permissions, a name too long) is the event's error."""
-    if not roots:
-        return
-    try:
-        resolved = Path(npz_path).resolve()
-        inside = any(resolved.is_relative_to(Path(root).resolve()) for root in roots)
-    except (OSError, RuntimeError, ValueError) as exc:
-        raise EventError(f"npz_path {npz_path[:200]!r} cannot be resolved: {_reason(exc)}") from None
-    if not inside:
-        raise EventError(f"npz_path {npz_path!r} resolves to {str(resolved)!r}, outside the data roots "
-                         f"({', '.join(roots)})")
-
-
 
 
 @functools.cache

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from coordinator.bus import events as ev
+from coordinator.bus.schemas import config_of
 from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.keys import Keys
 
@@ -86,7 +87,7 @@ class StreamTail:
                                       "reason": f.get("reason", "")})
         elif event.type == ev.EVALUATION_COMPLETED:
             try:
-                config_key = ev.config_of(f)[2]
+                config_key = config_of(f)[2]
             except Exception:  # noqa: BLE001 - the orchestrator dead-letters it; nothing to draw
                 return
             elo = _number(f.get("elo"))
