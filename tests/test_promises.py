@@ -268,7 +268,8 @@ def test_an_event_at_a_schema_limit_is_accepted_and_one_over_it_dead_lettered_wi
 
 # -- 7. the last 5 published models per config -----------------------------------------------------------
 def test_the_last_five_published_models_are_kept_per_config(orch, fake_conn, keys):
-    """README "Training" table / `Keys.models`: a new job warm-starts from the newest of the last 5."""
+    """README "Warm start": "the last 5 published are kept, `<prefix>:config:<key>:models`"; a new job
+    may start from any of them (`warm_start_from`), newest first."""
     published = []
     for n in range(7):
         job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)

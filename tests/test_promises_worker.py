@@ -54,8 +54,9 @@ def test_a_worker_paused_past_its_ttl_sigkills_its_trainer_and_reports_lease_los
 
 
 def test_the_dead_letter_stream_is_capped_at_ten_thousand_entries(real_conn):
-    """README "Dead letters": the stream keeps the newest 10,000 (approximately: Redis trims whole
-    nodes of `stream-node-max-entries`, so never fewer, and fewer than one node more)."""
+    """README "Stream sizes": "the dead-letter stream keeps 10,000 letters": the newest, trimmed with
+    `MAXLEN ~` (Redis drops whole nodes of `stream-node-max-entries`: never fewer than 10,000, fewer
+    than one node more)."""
     keys = Keys("ringrift")
     consumer = EventConsumer(real_conn, keys, "orchestrator", "t")
     consumer.ensure_group()
