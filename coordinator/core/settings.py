@@ -51,7 +51,7 @@ def _section(factory: Callable[[], Any], doc: str = "") -> Any:
 
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str = _setting("redis://127.0.0.1:6379/0", "REDIS_URL overrides it; redis+sentinel://… for Sentinel")
+    url: str = _setting("redis://127.0.0.1:6379/0", "REDIS_URL overrides it; redis+sentinel://... for Sentinel")
     prefix: str = _setting("ringrift", 'Every key this system writes starts with "<prefix>:"')
 
 
