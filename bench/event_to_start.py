@@ -41,7 +41,8 @@ def ours_once(conn: redis.Redis, keys: Keys, store: JobStore, npz: Path, i: int)
     """(total, XADD -> job created, created -> RQ work horse started, horse -> leases held), seconds."""
     sent = time.time()
     publish(conn, keys, NPZ_EXPORT_COMPLETE,
-            {"board_type": "hex8", "num_players": 2, "npz_path": str(npz), "samples": 1000 + i})
+            {"board_type": "hex8", "num_players": 2, "npz_path": str(npz), "samples": 1000 + i},
+            maxlen=store.stream_maxlen)
     job_id = wait(lambda: store.active_job("hex8_2p"))
     started = float(wait(lambda: conn.hget(keys.job(job_id), "started_at")))
     wait(lambda: conn.hget(keys.job(job_id), "state") in (b"complete", b"failed"))

@@ -75,9 +75,16 @@ def test_environment_overrides_path_and_url(tmp_path):
     assert settings.redis.prefix == "other"
 
 
-def test_no_file_anywhere_gives_defaults(tmp_path, monkeypatch):
+def test_no_file_anywhere_gives_defaults_and_says_so(tmp_path, monkeypatch, caplog):
+    from coordinator.core.settings import BUILT_IN
+
     monkeypatch.chdir(tmp_path)
-    assert load_settings(env={}) == Settings()
+    settings = load_settings(env={})
+    assert settings == Settings() and settings.source == BUILT_IN
+    assert "no settings file" in caplog.text and "built-in defaults" in caplog.text
+    caplog.clear()
+    load_settings(Path(__file__).parent.parent / "config" / "distributed_hosts.yaml", env={})
+    assert caplog.text == ""  # a file: nothing to warn about
 
 
 def test_sentinel_urls_are_parsed():
@@ -105,6 +112,22 @@ def test_worker_settings_travel_as_whole_sections():
     for section in ("leases", "retries", "breakers", "events", "scheduler"):
         assert getattr(rebuilt, section) == getattr(settings, section)
     assert worker_settings({}) == base  # nothing on the record: the defaults, from config.py
+
+
+def test_worker_settings_name_the_settings_a_record_lacks(caplog):
+    """A record from an older orchestrator that did not know a setting: the worker uses the default
+    and says which; a complete record logs nothing."""
+    import json
+
+    from coordinator.core.settings import worker_settings, worker_settings_json
+
+    complete = json.loads(worker_settings_json(Settings()))
+    assert worker_settings({"job_id": "j1", "settings": json.dumps(complete)}) == Settings()
+    assert caplog.text == ""
+    del complete["leases"]["reaper_interval_s"], complete["scheduler"]["cost"]["gain_window"]
+    rebuilt = worker_settings({"job_id": "j1", "settings": json.dumps(complete)})
+    assert rebuilt.leases.reaper_interval_s == Settings().leases.reaper_interval_s
+    assert "job j1" in caplog.text and "leases.reaper_interval_s, scheduler.cost.gain_window" in caplog.text
 
 
 def test_worker_settings_read_records_of_the_old_flattened_layout():

@@ -91,7 +91,7 @@ def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fi
               "stderr_tail": "Traceback ...\nRuntimeError: CUDA out of memory"}
     orch.jobs.finish(failed, "hexagonal_4p", "failed", Outcome("TRAINING_FAILED", {**fields, "node": "node-a"},
                                                                 fields, node="node-a", attempt=1))
-    breakers = CircuitBreakers(coordinator, orch.keys, BreakerSettings(failures=1, cooldown_s=3600))
+    breakers = CircuitBreakers(coordinator, orch.keys, BreakerSettings(failures=1, cooldown_s=3600), stream_maxlen=0)
     breakers.record("node", "node-b", success=False)
     orch.scheduler.rescore()
     return {"settings": settings, "orch": orch, "running": running, "done": done, "failed": failed}
@@ -268,10 +268,10 @@ def test_stream_tail_memory_is_bounded(fake_conn, keys, monkeypatch):
     for job in range(5):
         for epoch in range(1, 7):
             publish(fake_conn, keys, TRAINING_PROGRESS, {"job_id": f"j{job}", "config_key": "hex8_2p",
-                                                         "epoch": epoch, "train_loss": 1 / epoch})
+                                                         "epoch": epoch, "train_loss": 1 / epoch}, maxlen=0)
     assert tail.catch_up() == 30 and tail.catch_up() == 0
     assert list(tail.curves) == ["j2", "j3", "j4"]  # the oldest jobs' curves dropped
     assert [p[0] for p in tail.curve("j4")] == [1, 2, 3, 4]  # at most CURVE_POINTS epochs
     publish(fake_conn, keys, TRAINING_PROGRESS, {"job_id": "j4", "config_key": "hex8_2p", "epoch": 2,
-                                                 "train_loss": 0.25})  # a resumed attempt redoes epoch 2
+                                                 "train_loss": 0.25}, maxlen=0)  # a resumed attempt redoes epoch 2
     assert tail.catch_up() == 1 and tail.curve("j4")[1] == (2, 0.25, None)

@@ -56,7 +56,7 @@ def test_bad_exports_raise_with_the_reason(fields, reason):
 def test_publish_writes_text_fields_and_nested_data_as_json(fake_conn, keys):
     publish(fake_conn, keys, TRAINING_COMPLETE, {"job_id": "j1", "final_loss": 0.5, "skip": None,
                                                  "first_loss": float("nan")},
-            payload={"history": [{"epoch": 1, "val_loss": float("inf")}, {"epoch": 2}]})
+            payload={"history": [{"epoch": 1, "val_loss": float("inf")}, {"epoch": 2}]}, maxlen=0)
     [(entry_id, raw)] = fake_conn.xrange(keys.events)
     assert raw[b"type"] == b"TRAINING_COMPLETE" and raw[b"job_id"] == b"j1" and raw[b"final_loss"] == b"0.5"
     assert b"skip" not in raw and b"first_loss" not in raw and b"payload" not in raw

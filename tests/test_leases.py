@@ -84,7 +84,7 @@ def test_an_expired_lease_is_free_and_the_old_holder_cannot_renew(fake_conn, key
 
 
 def test_keeper_renews_and_reports_a_lost_lease(fake_conn, keys):
-    manager = LeaseManager(fake_conn, keys, ttl_s=0.3)
+    manager = LeaseManager(fake_conn, keys, ttl_s=0.3, default_slots=1)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
     lost = threading.Event()
     with LeaseKeeper(manager, lease, on_lost=lambda reason: lost.set()) as keeper:
@@ -100,7 +100,7 @@ def test_keeper_renews_and_reports_a_lost_lease(fake_conn, keys):
     ({"preempt_requested_at": "1.5", "cancel_requested": "1"}, "cancelled"),  # cancel wins
 ])
 def test_a_renewal_reply_says_whether_the_job_was_asked_to_stop(fake_conn, keys, fields, stop):
-    manager = LeaseManager(fake_conn, keys, ttl_s=30)
+    manager = LeaseManager(fake_conn, keys, ttl_s=30, default_slots=1)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
     if fields:
         fake_conn.hset(keys.job("j1"), mapping=fields)
@@ -114,7 +114,7 @@ def test_a_renewal_reply_says_whether_the_job_was_asked_to_stop(fake_conn, keys,
 def test_keeper_stops_on_a_cancel_request_without_polling_and_keeps_renewing(fake_conn, keys):
     """The request arrives on a renewal's reply (nothing else is read), and the lease stays held
     while the trainer stops."""
-    manager = LeaseManager(fake_conn, keys, ttl_s=0.3)
+    manager = LeaseManager(fake_conn, keys, ttl_s=0.3, default_slots=1)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
     reasons: list[str] = []
     with LeaseKeeper(manager, lease, on_lost=reasons.append, job_id="j1") as keeper:
@@ -127,7 +127,7 @@ def test_keeper_stops_on_a_cancel_request_without_polling_and_keeps_renewing(fak
 def test_keeper_gives_up_when_a_renewal_hangs_past_the_ttl(fake_conn, keys):
     """A client retrying across a failover can block a renewal for 30 s: the trainer must still be
     stopped once the TTL has run out, since another worker may hold the lease by then."""
-    manager = LeaseManager(fake_conn, keys, ttl_s=0.6)
+    manager = LeaseManager(fake_conn, keys, ttl_s=0.6, default_slots=1)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
     release = threading.Event()
     manager.renew = lambda _lease, _job_id=None: release.wait(10) or True  # Redis does not answer
@@ -185,7 +185,7 @@ def test_an_older_attempts_failure_leaves_the_newer_attempt_alone(running_job, f
 def test_the_lease_scripts_keep_the_expiry_zset(fake_conn, keys):
     """Acquire and renew set the job's entry to the lease's expiry (ms); release by its holder
     removes it, a release by a former holder does not."""
-    leases = LeaseManager(fake_conn, keys, ttl_s=30)
+    leases = LeaseManager(fake_conn, keys, ttl_s=30, default_slots=1)
     lease = leases.try_acquire("hex8_2p", "n1", "w1", "job-1")
     first = fake_conn.zscore(keys.lease_expiry, "job-1")
     assert abs(first - (time.time() * 1000 + 30_000)) < 5_000

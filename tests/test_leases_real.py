@@ -113,7 +113,7 @@ def test_locks_command_shows_holders_and_slots(redis_server, real_conn):
     from coordinator.stores.leases import LeaseManager
     from tests.conftest import console_script
 
-    leases = LeaseManager(real_conn, Keys("ringrift"), ttl_s=60)
+    leases = LeaseManager(real_conn, Keys("ringrift"), ttl_s=60, default_slots=1)
     leases.register_nodes({"gpu-a": 2, "gpu-b": 1})
     leases.set_node_health("gpu-b", "down")
     leases.try_acquire("hex8_2p", "gpu-a", "worker-1", "job-42")

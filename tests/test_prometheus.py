@@ -68,7 +68,7 @@ def test_series_exist_at_zero_and_node_breakers_show(fake_conn, keys, make_setti
     from coordinator.stores.leases import LeaseManager
 
     settings = make_settings()
-    LeaseManager(fake_conn, keys).register_nodes({"n1": 2, "n2": 1})
+    LeaseManager.from_settings(fake_conn, keys, settings).register_nodes({"n1": 2, "n2": 1})
     metrics = Metrics(fake_conn, keys, settings)
     text = generate_latest(metrics.registry).decode()
     for kind in (*KNOWN_TYPES, "unknown"):
@@ -76,7 +76,8 @@ def test_series_exist_at_zero_and_node_breakers_show(fake_conn, keys, make_setti
         assert f'ringrift_events_dead_lettered_total{{type="{kind}"}} 0.0' in text
     assert 'ringrift_breaker_open{kind="node",name="n1"} 0.0' in text
     assert 'ringrift_node_slots{node="n1",status="healthy"} 2.0' in text
-    breakers = CircuitBreakers(fake_conn, keys, BreakerSettings(failures=1, cooldown_s=settings.breakers.cooldown_s))
+    breakers = CircuitBreakers(fake_conn, keys, BreakerSettings(failures=1, cooldown_s=settings.breakers.cooldown_s),
+                               stream_maxlen=0)
     breakers.record("node", "n1", success=False)
     text = generate_latest(metrics.registry).decode()
     assert 'ringrift_breaker_open{kind="node",name="n1"} 1.0' in text

@@ -30,7 +30,6 @@ from coordinator import TrainingOrchestrator
 from coordinator.bus.events import TRAINING_COMPLETE, Event, decode_entry
 from coordinator.core.job_states import RUNNING
 from coordinator.core.keys import TRAINING_QUEUE, Keys
-from coordinator.core.lua import script
 from coordinator.core.settings import Settings
 from coordinator.service import recovery as recovery_module
 from coordinator.stores.breakers import CircuitBreakers
@@ -97,11 +96,9 @@ def when_running(store: JobStore, job_id: str, action: Callable[[], None]) -> Ca
 
 
 def request_preemption(conn: redis.Redis, keys: Keys, job_id: str) -> None:
-    """What the preempter does (`job_preempt_request.lua`, fenced on the running attempt)."""
+    """What the preempter does (`JobStore.request_preemption`, fenced on the running attempt)."""
     fence = conn.hget(keys.job(job_id), "fence").decode()
-    asked = script(conn, "job_preempt_request.lua")(
-        keys=[keys.job(job_id)], args=[f"{time.time():.3f}", fence, RUNNING, "square8_2p", "value", "test"])
-    assert asked == 1
+    assert JobStore(conn, keys).request_preemption(job_id, fence, "square8_2p", "value", "test")
 
 
 def record_signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float]]:

@@ -35,7 +35,7 @@ def test_retry_policy_by_failure_class():
 def test_breaker_opens_half_opens_and_closes(fake_conn, keys):
     now = [1000.0]
     breakers = CircuitBreakers(fake_conn, keys, BreakerSettings(failures=3, window_s=60, cooldown_s=100),
-                               clock=lambda: now[0])
+                               stream_maxlen=0, clock=lambda: now[0])
     assert breakers.record("config", "hex8_2p", False) == CLOSED
     assert breakers.record("config", "hex8_2p", False) == CLOSED
     assert breakers.record("config", "hex8_2p", False) == OPEN
@@ -52,7 +52,8 @@ def test_breaker_opens_half_opens_and_closes(fake_conn, keys):
 
 def test_failures_outside_the_window_do_not_add_up(fake_conn, keys):
     now = [0.0]
-    breakers = CircuitBreakers(fake_conn, keys, BreakerSettings(failures=2, window_s=60), clock=lambda: now[0])
+    breakers = CircuitBreakers(fake_conn, keys, BreakerSettings(failures=2, window_s=60), stream_maxlen=0,
+                               clock=lambda: now[0])
     breakers.record("node", "gpu-1", False)
     now[0] += 120
     assert breakers.record("node", "gpu-1", False) == CLOSED

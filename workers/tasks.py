@@ -68,7 +68,8 @@ def node_name() -> str:
     return os.environ.get(NODE_ENV) or socket.gethostname()
 
 
-def run_training(job_id: str, prefix: str = "ringrift") -> dict[str, Any]:
+def run_training(job_id: str, prefix: str) -> dict[str, Any]:
+    """RQ calls it with the args its job was enqueued with, (job_id, `redis.prefix`): no default."""
     rq_job = get_current_job()
     conn = rq_job.connection if rq_job else redis.Redis.from_url(os.environ.get("REDIS_URL", "redis://"))
     keys, node = Keys(prefix), node_name()

@@ -191,9 +191,11 @@ def publish(
     event_type: str,
     fields: Mapping[str, Any],
     payload: Mapping[str, Any] | None = None,
-    maxlen: int = 100_000,
+    *,
+    maxlen: int,
 ) -> Any:
-    """XADD one event (trimmed approximately to `maxlen`); on a pipeline it is only queued."""
+    """XADD one event (trimmed approximately to `maxlen`, the settings' `events.stream_maxlen`; 0:
+    untrimmed); on a pipeline it is only queued."""
     kwargs = {"maxlen": maxlen, "approximate": True} if maxlen else {}
     return conn.xadd(keys.events, encode_fields(event_type, fields, payload), **kwargs)
 

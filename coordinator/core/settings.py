@@ -8,11 +8,12 @@ path) and `REDIS_URL` (the `redis.url` key).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -25,15 +26,33 @@ from coordinator.trainer.checkpoints import checkpoint_pattern_problems
 from coordinator.trainer.command import DEFAULT_COMMAND, template_problems
 from coordinator.trainer.output import pattern_problems
 
+log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = Path("config/distributed_hosts.yaml")
 CONFIG_ENV = "RINGRIFT_CONFIG"
 REDIS_URL_ENV = "REDIS_URL"
+# `Settings.source` of settings that no file gave.
+BUILT_IN = "<built-in defaults>"
+
+
+# The key of a field's metadata holding what the setting means: the shipped YAML's comment for it
+# (`coordinator.core.settings_yaml` renders defaults and docs from these dataclasses, nowhere else).
+DOC = "doc"
+
+
+def _setting(default: Any, doc: str = "") -> Any:
+    """A settings field: its one default and what it means."""
+    return field(default=default, metadata={DOC: doc})
+
+
+def _section(factory: Callable[[], Any], doc: str = "") -> Any:
+    """A nested settings dataclass (or a mapping) with what it is for."""
+    return field(default_factory=factory, metadata={DOC: doc})
 
 
 @dataclass(frozen=True)
 class RedisSettings:
-    url: str = "redis://127.0.0.1:6379/0"
-    prefix: str = "ringrift"
+    url: str = _setting("redis://127.0.0.1:6379/0", "REDIS_URL overrides it; redis+sentinel://... for Sentinel")
+    prefix: str = _setting("ringrift", 'Every key this system writes starts with "<prefix>:"')
 
 
 @dataclass(frozen=True)
@@ -46,41 +65,46 @@ class TrainerOverride:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    default_epochs: int = 50
-    batch_size: int = 512
-    learning_rate: float = 0.001
-    early_stopping_patience: int = 5
-    # Argument template (never a shell string) with placeholders (coordinator/trainer/command.py);
-    # "{python}" alone: the reference trainer's arguments are appended (the built-in default).
-    command: tuple[str, ...] = DEFAULT_COMMAND
-    # Regular expressions for progress lines on stdout or stderr (JSON lines are always read),
-    # and for the summary line (coordinator/trainer/output.py).
-    progress_patterns: tuple[str, ...] = ()
-    summary_pattern: str | None = None
-    # Checkpoint file name with one {epoch} (coordinator/trainer/checkpoints.py); unset: the reference trainer's.
-    checkpoint_pattern: str | None = None
-    # The trainer's working directory (unset: the worker's).
-    working_dir: str | None = None
-    # Each job starts from its config's newest published model ({init_weights}).
-    warm_start: bool = True
-    per_config: Mapping[str, TrainerOverride] = field(default_factory=dict)
-    timeout_s: int = 6 * 3600
-    # Where each job's output directory is created (shared storage on a real cluster).
-    models_root: str = "models"
-    # An export's npz_path must resolve (symlinks and .. resolved) inside one of these
-    # directories, or the event is dead-lettered. A file must name them: empty is refused
-    # (data_roots_problem); ["/"] allows any absolute path, on purpose.
-    data_roots: tuple[str, ...] = ()
-    # Workers check the NPZ (zip, arrays, shapes for the board) before starting the trainer.
-    # Off only for a trainer that reads another format.
-    check_npz: bool = True
-    # Seconds between SIGTERM and SIGKILL when a trainer must stop (timeout, shutdown).
-    kill_grace_s: int = 30
-    # Records of jobs that ended are deleted this many days after they were created (0: kept).
-    job_retention_days: float = 30.0
-    # RQ's own job keys (its result or failure, for `rq info` and rq-dashboard) expire this long
-    # after the job ends: RQ's result_ttl and failure_ttl.
-    rq_result_ttl_days: float = 7.0
+    # A job's hyper-parameters where its submission names none (`ringrift-train submit` may).
+    default_epochs: int = _setting(50, "Each job's epochs, unless its submission names them")
+    batch_size: int = _setting(512, "Each job's batch size, unless its submission names it")
+    learning_rate: float = _setting(0.001, "Each job's learning rate, unless its submission names it")
+    early_stopping_patience: int = _setting(
+        5, "Epochs without validation improvement before the trainer stops (unless the submission says)")
+    command: tuple[str, ...] = _setting(
+        DEFAULT_COMMAND,
+        "The trainer, as an argument template (never a shell string): placeholders such as {npz_path}, "
+        "{model_path}, {init_weights}, {resume} (README, \"Using your own trainer\"); an absent value drops "
+        "out with its flag. With no placeholder but {python} (the worker's own interpreter) the reference "
+        "trainer's arguments are appended")
+    progress_patterns: tuple[str, ...] = _setting(
+        (), "Regular expressions for the trainer's progress lines on stdout or stderr (JSON lines are always "
+            "read; coordinator/trainer/output.py)")
+    summary_pattern: str | None = _setting(None, "Regular expression for the trainer's summary line (null for none)")
+    checkpoint_pattern: str | None = _setting(
+        None, "Checkpoint file name with one {epoch} (coordinator/trainer/checkpoints.py; null for the "
+              "reference trainer's)")
+    working_dir: str | None = _setting(None, "The trainer's working directory (null for the worker's)")
+    warm_start: bool = _setting(True, "Each job starts from its config's newest published model ({init_weights})")
+    per_config: Mapping[str, TrainerOverride] = _section(
+        dict, "What differs for one config: <board>_<players>p -> command and/or warm_start, e.g. "
+              "{square19_4p: {warm_start: false}}")
+    timeout_s: int = _setting(6 * 3600, "A trainer running longer is stopped and the job fails")
+    models_root: str = _setting(
+        "models", "Each job writes to <models_root>/<config_key>/<job_id>/ (shared storage on a real cluster)")
+    data_roots: tuple[str, ...] = _setting(
+        (), "An export's npz_path must resolve (symlinks and .. resolved) inside one of these directories, or "
+            "the event is dead-lettered. Empty is refused (check-config, run); [\"/\"] allows any absolute path, "
+            "on purpose")
+    check_npz: bool = _setting(
+        True, "Workers check the NPZ's arrays and shapes before the trainer starts (off only for a trainer "
+              "that reads another format)")
+    kill_grace_s: int = _setting(30, "A trainer that must stop gets SIGTERM, then SIGKILL after this many seconds")
+    job_retention_days: float = _setting(
+        30.0, "Records of ended jobs are deleted this many days after they were created (0: kept)")
+    rq_result_ttl_days: float = _setting(
+        7.0, "RQ's own job keys (rq info, rq-dashboard) expire this long after the job ends (RQ's result_ttl "
+             "and failure_ttl)")
 
     @property
     def rq_result_ttl_s(self) -> int:
@@ -97,85 +121,82 @@ class TrainingSettings:
 
 @dataclass(frozen=True)
 class EventSettings:
-    # 0: no count cap (the byte budget still applies).
-    stream_maxlen: int = 100_000
-    # The event stream's approximate byte budget, applied with the count at each trim.
-    stream_max_bytes: int = 512 * 1024 * 1024
-    read_count: int = 100
-    # An entry delivered more often than this without being handled is dead-lettered (poison).
-    max_deliveries: int = 5
-    block_ms: int = 1000
-    # An entry pending this long in a dead consumer is taken over by a live one.
-    reclaim_idle_ms: int = 60_000
-    group: str = "orchestrator"
+    stream_maxlen: int = _setting(
+        100_000, "The event stream is trimmed to about this many entries (0: no count cap; the byte budget "
+                 "still applies)")
+    stream_max_bytes: int = _setting(
+        512 * 1024 * 1024, "The event stream's approximate byte budget, applied with the count at each trim")
+    read_count: int = _setting(100, "Entries read per XREADGROUP")
+    max_deliveries: int = _setting(
+        5, "An entry delivered more often than this without being handled is dead-lettered (poison)")
+    block_ms: int = _setting(1000, "How long one XREADGROUP waits for new entries")
+    reclaim_idle_ms: int = _setting(60_000, "Entries pending this long in a dead consumer are taken over")
+    group: str = _setting("orchestrator", "The orchestrators' consumer group")
 
 
 @dataclass(frozen=True)
 class LeaseSettings:
-    # A lease not renewed for this long is free again; the worker renews every ttl_s / 3.
-    ttl_s: float = 10.0
-    acquire_attempts: int = 3
-    # Random delay between acquisition attempts, up to this.
-    acquire_max_delay_s: float = 0.5
-    # A job whose leases are busy goes back to the queue after about this long.
-    defer_s: float = 5.0
-    # Slots of a node that is not in `hosts` (or RINGRIFT_GPUS on the worker).
-    default_node_slots: int = 1
-    # How often the orchestrator looks for attempts whose lease expired (dead workers).
-    reaper_interval_s: float = 1.0
+    ttl_s: float = _setting(10.0, "Renewed every ttl_s / 3 while a trainer runs; free again when not renewed")
+    acquire_attempts: int = _setting(3, "Tries to take a job's leases before it is deferred")
+    acquire_max_delay_s: float = _setting(0.5, "Random pause between attempts, up to this")
+    defer_s: float = _setting(5.0, "A job whose leases are busy goes back to the queue after about this long")
+    default_node_slots: int = _setting(
+        1, "GPUs of a node missing from `hosts` (a worker may set RINGRIFT_GPUS instead)")
+    reaper_interval_s: float = _setting(1.0, "How often attempts whose lease expired (dead workers) are found")
 
 
 @dataclass(frozen=True)
 class RetrySettings:
-    # Retries after infrastructure failures (lost lease or worker, Redis errors).
-    infrastructure: int = 5
-    # Retries after the trainer failed (non-zero exit, timeout); poison inputs get none.
-    trainer: int = 1
-    backoff_base_s: float = 5.0
-    backoff_max_s: float = 300.0
+    infrastructure: int = _setting(
+        5, "Retries after infrastructure failures (lost lease or worker, Redis errors); poison input (missing "
+           "or corrupt NPZ, bad config) gets none")
+    trainer: int = _setting(1, "Retries after the trainer failed (non-zero exit, timeout)")
+    backoff_base_s: float = _setting(5.0, "Retry n waits min(backoff_max_s, backoff_base_s * 2^(n-1)) x 0.5..1.5")
+    backoff_max_s: float = _setting(300.0)
 
 
 @dataclass(frozen=True)
 class BreakerSettings:
-    # This many consecutive failures within window_s open a config's (or a node's) breaker.
-    failures: int = 3
-    window_s: float = 3600.0
-    # An open breaker lets one trial through after this long; success closes it.
-    cooldown_s: float = 600.0
+    failures: int = _setting(3, "This many consecutive failures within window_s open a config's (or a node's) "
+                                "breaker")
+    window_s: float = _setting(3600.0)
+    cooldown_s: float = _setting(600.0, "An open breaker lets one trial through after this long; success closes it")
 
 
 @dataclass(frozen=True)
 class PriorityWeights:
     """How much each factor (each normalised to 0..1) adds to a config's score; 0 removes it."""
 
-    curriculum: float = 1.0
-    staleness: float = 1.0
-    freshness: float = 1.0
-    elo_velocity: float = 1.0
-    # Elo per GPU-hour of the config's next training (`coordinator.scheduling.cost`).
-    value_per_gpu_hour: float = 1.0
+    curriculum: float = _setting(1.0, "Curriculum weight / curriculum_max_weight")
+    staleness: float = _setting(1.0, "Hours since the last training / staleness_saturation_hours")
+    freshness: float = _setting(1.0, "Half new samples, half how recent the newest export is")
+    elo_velocity: float = _setting(1.0, "0.5 + (Elo per hour) / (2 * elo_velocity_scale)")
+    value_per_gpu_hour: float = _setting(
+        1.0, "Elo per GPU-hour of the config's next training, v / (v + cost.value_scale) "
+             "(coordinator/scheduling/cost.py)")
 
 
 @dataclass(frozen=True)
 class BoardGpuHours:
     """GPU-hours of one training before a config has history, per board (`coordinator.core.boards.BOARDS`)."""
 
-    square8: float = 1.0
-    hex8: float = 0.75
-    square19: float = 20.0
-    hexagonal: float = 24.0
+    square8: float = _setting(1.0)
+    hex8: float = _setting(0.75)
+    square19: float = _setting(20.0)
+    hexagonal: float = _setting(24.0)
 
 
 @dataclass(frozen=True)
 class CostSettings:
     """The cost-aware factor's settings (`scheduler.cost`; the rule in `coordinator.scheduling.cost`)."""
 
-    board_default_gpu_hours: BoardGpuHours = field(default_factory=BoardGpuHours)
-    duration_window: int = 5  # recent trainings whose durations are averaged
-    gain_window: int = 8  # recent Elo gains (returns diminish, so old gains say little)
-    prior_elo_per_gpu_hour: float = 10.0
-    prior_trainings: float = 2.0  # how many trainings' worth of evidence the prior weighs
-    value_scale: float = 10.0  # Elo per GPU-hour at which the factor is 0.5
+    board_default_gpu_hours: BoardGpuHours = _section(
+        BoardGpuHours, "GPU-hours of one training before a config has history")
+    duration_window: int = _setting(5, "Recent trainings whose GPU-hours are averaged")
+    gain_window: int = _setting(8, "Recent Elo gains averaged (returns diminish, so old gains say little)")
+    prior_elo_per_gpu_hour: float = _setting(10.0, "What a config without history is assumed to return")
+    prior_trainings: float = _setting(2.0, "How many trainings' worth of evidence that prior weighs")
+    value_scale: float = _setting(10.0, "Elo per GPU-hour at which the factor is 0.5")
 
     def __post_init__(self) -> None:
         numbers = {"duration_window": self.duration_window, "gain_window": self.gain_window,
@@ -190,19 +211,17 @@ class CostSettings:
 class PreemptionSettings:
     """The `preemption` section (the rule in `coordinator.scheduling.preemption_rule`; defaults from the simulator)."""
 
-    enabled: bool = True
-    # Score points by which a waiting config must outrank a running job's value to take its GPU
-    # (simulated: 0.5 -> 1.0 cut value preemptions on 8 GPUs from ~44 to ~4 a fortnight, same Elo).
-    margin: float = 1.0
-    # A job runs at least this long in each attempt before it may be asked to yield.
-    min_run_minutes: float = 60.0
-    # Value preemptions of one job (the wait bound is not capped).
-    max_preemptions_per_job: int = 2
-    # The longest a config with new data and curriculum weight > 0 waits, plus one checkpoint interval
-    # (simulated on 2-4 GPUs: 24 h -> 12 h costs ~2x the preemptions, ~3% of the GPU time on 2 GPUs).
-    max_wait_hours: float = 12.0
-    # What the worker sends the trainer to make it checkpoint and exit.
-    signal: str = "SIGTERM"
+    enabled: bool = _setting(True)
+    # Simulated: 0.5 -> 1.0 cut value preemptions on 8 GPUs from ~44 to ~4 a fortnight, same Elo.
+    margin: float = _setting(
+        1.0, "Score points by which a waiting config must outrank a running job's value to take its GPU")
+    min_run_minutes: float = _setting(
+        60.0, "Each attempt runs at least this long before it may be asked to yield")
+    max_preemptions_per_job: int = _setting(2, "Value preemptions of one job (the wait bound is not capped)")
+    # Simulated on 2-4 GPUs: 24 h -> 12 h costs ~2x the preemptions, ~3% of the GPU time on 2 GPUs.
+    max_wait_hours: float = _setting(
+        12.0, "The longest a config with new data and curriculum weight > 0 waits, plus one checkpoint interval")
+    signal: str = _setting("SIGTERM", "What the worker sends the trainer to make it checkpoint and exit")
 
     def __post_init__(self) -> None:
         if self.margin < 0 or self.min_run_minutes < 0 or self.max_preemptions_per_job < 0:
@@ -220,46 +239,49 @@ class PreemptionSettings:
 
 @dataclass(frozen=True)
 class SchedulerSettings:
-    weights: PriorityWeights = field(default_factory=PriorityWeights)
-    cost: CostSettings = field(default_factory=CostSettings)
-    # Curriculum weight at which the curriculum factor reaches 1.
-    curriculum_max_weight: float = 2.0
-    # Hours since the last training at which the staleness factor reaches 1 (starving is the
-    # `preemption` section's: PreemptionSettings.starve_after_hours of waiting).
-    staleness_saturation_hours: float = 24.0
-    # New samples at which the sample half of the freshness factor reaches 1.
-    fresh_samples_saturation: int = 100_000
-    # The recency half of the freshness factor halves every this many hours after an export.
-    export_half_life_hours: float = 6.0
-    # Fewer new samples than this since the last training: not eligible.
-    min_new_samples: int = 1
-    elo_window_hours: float = 24.0
-    elo_window_points: int = 50
-    # Elo per hour that maps to an Elo factor of 1 (and its negative to 0; no change is 0.5).
-    elo_velocity_scale: float = 50.0
-    # A TRAINING_BLOCKED_BY_QUALITY keeps a config out for this long, or until its next export.
-    quality_block_hours: float = 6.0
-    # After a failed training the config waits this long (or for its next export) before another.
-    failure_cooldown_s: float = 600.0
-    # Jobs queued beyond the free GPU slots, so a freed GPU never waits for the orchestrator.
-    prefetch: int = 1
-    # Every config is rescored this often (the time factors move with the clock).
-    rescore_interval_s: float = 60.0
+    weights: PriorityWeights = _section(
+        PriorityWeights, "Each factor is 0..1; its weight is what it can add to the score (0 removes it)")
+    cost: CostSettings = _section(
+        CostSettings, "What the next training costs and returns (coordinator/scheduling/cost.py)")
+    curriculum_max_weight: float = _setting(2.0, "Curriculum weight at which the curriculum factor reaches 1")
+    staleness_saturation_hours: float = _setting(
+        24.0, "Hours since the last training at which the staleness factor reaches 1 (starving is "
+              "preemption.max_wait_hours of waiting)")
+    fresh_samples_saturation: int = _setting(
+        100_000, "New samples at which the sample half of the freshness factor reaches 1")
+    export_half_life_hours: float = _setting(
+        6.0, "The recency half of the freshness factor halves every this many hours after an export")
+    min_new_samples: int = _setting(1, "Fewer new samples than this since the last training: not eligible")
+    elo_window_hours: float = _setting(24.0, "The Elo velocity is fitted over this many hours")
+    elo_window_points: int = _setting(50, "At most this many Elo points go into that fit")
+    elo_velocity_scale: float = _setting(
+        50.0, "Elo per hour that maps to an Elo factor of 1 (and its negative to 0; no change is 0.5)")
+    quality_block_hours: float = _setting(
+        6.0, "A TRAINING_BLOCKED_BY_QUALITY keeps a config out for this long, or until its next export")
+    failure_cooldown_s: float = _setting(
+        600.0, "After a failed training the config waits this long (or for its next export) before another")
+    prefetch: int = _setting(1, "Jobs queued beyond the free GPU slots, so a freed GPU never waits")
+    rescore_interval_s: float = _setting(60.0, "Every config is rescored this often (time factors move)")
 
 
 @dataclass(frozen=True)
 class Settings:
-    redis: RedisSettings = field(default_factory=RedisSettings)
-    training: TrainingSettings = field(default_factory=TrainingSettings)
-    events: EventSettings = field(default_factory=EventSettings)
-    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
-    leases: LeaseSettings = field(default_factory=LeaseSettings)
-    retries: RetrySettings = field(default_factory=RetrySettings)
-    breakers: BreakerSettings = field(default_factory=BreakerSettings)
-    preemption: PreemptionSettings = field(default_factory=PreemptionSettings)
-    # Node name -> number of GPUs it offers.
-    hosts: Mapping[str, int] = field(default_factory=dict)
-    source: str = field(default="<defaults>", compare=False)
+    redis: RedisSettings = _section(RedisSettings)
+    training: TrainingSettings = _section(TrainingSettings)
+    events: EventSettings = _section(EventSettings)
+    scheduler: SchedulerSettings = _section(
+        SchedulerSettings, "Which config the next free GPU trains (`ringrift-train priorities`)")
+    leases: LeaseSettings = _section(
+        LeaseSettings, "Training slots on the one Redis, not a quorum (`ringrift-train locks`)")
+    retries: RetrySettings = _section(
+        RetrySettings, "What is retried after a failure, how often, after how long (coordinator/core/retry.py)")
+    breakers: BreakerSettings = _section(
+        BreakerSettings, "Per config and per node: `failures` within `window_s` opens one")
+    preemption: PreemptionSettings = _section(
+        PreemptionSettings, "A running training yields its GPU at a checkpoint "
+                            "(coordinator/scheduling/preemption_rule.py)")
+    hosts: Mapping[str, int] = _section(dict, "Node name -> the GPUs it offers")
+    source: str = field(default=BUILT_IN, compare=False)
 
 
 # The sections a worker needs, carried whole as JSON in each job record's `settings` field (so a
@@ -286,8 +308,11 @@ def worker_settings_json(settings: Settings) -> str:
 
 def worker_settings(record: Mapping[str, str]) -> Settings:
     """The settings a job's worker runs with, from its record: the `settings` field, or the
-    flattened fields of a record written by an older orchestrator. A setting the record lacks
-    (or does not know yet) has its default here; one this code does not know is ignored."""
+    flattened fields of a record written by an older orchestrator. A setting the record lacks (an
+    older orchestrator did not know it) has its built-in default, and the worker logs which; one
+    this code does not know is ignored. Only the WORKER_SECTIONS are the orchestrator's: the
+    others (redis, training, hosts) are built-in defaults a worker must not read (the prefix comes
+    with RQ's args, the trainer's settings with the record's own fields)."""
     if record.get("settings"):
         sections: dict[str, dict[str, Any]] = json.loads(record["settings"])
     else:
@@ -296,7 +321,23 @@ def worker_settings(record: Mapping[str, str]) -> Settings:
             if name in record:
                 sections.setdefault(section, {})[setting] = record[name]
     base = Settings()
+    missing = [m for s in WORKER_SECTIONS for m in _missing(getattr(base, s), sections.get(s, {}), f"{s}.")]
+    if missing:
+        log.warning("job %s: its record lacks %s: the built-in defaults are used", record.get("job_id", "?"),
+                    ", ".join(missing))
     return replace(base, **{s: _rebuild(getattr(base, s), sections.get(s, {})) for s in WORKER_SECTIONS})
+
+
+def _missing(default: Any, values: Mapping[str, Any], where: str) -> list[str]:
+    """The settings of `default` (a settings dataclass, nested ones included) that `values` lacks."""
+    missing = []
+    for name in default.__dataclass_fields__:
+        current = getattr(default, name)
+        if name not in values:
+            missing.append(where + name)
+        elif is_dataclass(current) and isinstance(values[name], dict):
+            missing += _missing(current, values[name], f"{where}{name}.")
+    return missing
 
 
 def _rebuild(default: Any, values: Mapping[str, Any]) -> Any:
@@ -323,12 +364,19 @@ _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "fre
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Load settings from `path`, `$RINGRIFT_CONFIG` or `config/distributed_hosts.yaml`, in that order.
 
-    With none of them present the built-in defaults are used. Raises ConfigError.
+    With none of them present the built-in defaults are used, said in a warning and in
+    `Settings.source` (BUILT_IN); `run` and `check-config` then refuse them (`data_roots_problem`),
+    other commands (status, cancel, ...) work on the default Redis and prefix. A file's settings
+    that it does not set are the built-in defaults (the shipped file lists each one, commented).
+    `$REDIS_URL` replaces `redis.url`. Raises ConfigError.
     """
     env = os.environ if env is None else env
     chosen = path or env.get(CONFIG_ENV)
     if chosen is None and DEFAULT_CONFIG_PATH.exists():
         chosen = DEFAULT_CONFIG_PATH
+    if chosen is None:
+        log.warning("no settings file (no --config, %s unset, no %s here): the built-in defaults are used",
+                    CONFIG_ENV, DEFAULT_CONFIG_PATH)
     settings = Settings() if chosen is None else _load_file(Path(chosen))
     if env.get(REDIS_URL_ENV):
         settings = replace(settings, redis=replace(settings.redis, url=env[REDIS_URL_ENV]))
@@ -427,8 +475,8 @@ def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
         if is_dataclass(item):
             return _parse_per_config(item, value, key, problems)
         return _parse_hosts(value, key, problems)
-    if origin in (typing.Union, types.UnionType):  # `X | None`: None is the default, never written
-        return _parse_value(typing.get_args(hint)[0], value, key, problems)
+    if origin in (typing.Union, types.UnionType):  # `X | None`: null (or no key) is unset, the default
+        return None if value is None else _parse_value(typing.get_args(hint)[0], value, key, problems)
     return _parse_scalar(hint, value, key, problems)
 
 

@@ -71,7 +71,7 @@ async def run_demo(settings: Settings, output: Path, redis_url: str | None, epoc
             jobs: list[dict[str, str]] = []
             for round_no, configs in enumerate((DEMO_CONFIGS, SECOND_ROUND)):
                 job_ids = await asyncio.to_thread(_export_all, conn, orchestrator.keys, output / "data", configs,
-                                                  round_no)
+                                                  round_no, settings.events.stream_maxlen)
                 jobs += await _follow(orchestrator.jobs, job_ids, console, timeout_s)
             ranked = await asyncio.to_thread(orchestrator.scheduler.ranked)
         finally:
@@ -98,7 +98,7 @@ def _report(console: Console, jobs: list[dict[str, str]], ranked: list, settings
 
 
 def _export_all(conn: redis.Redis, keys: Keys, data_dir: Path, configs: tuple[tuple[str, int, int], ...],
-                round_no: int) -> list[str]:
+                round_no: int, stream_maxlen: int) -> list[str]:
     """Write each config's NPZ, XADD its export event, and wait for the orchestrator's job."""
     from coordinator.trainer.npz_data import write_synthetic_npz  # numpy-only; imported late to keep the CLI light
 
@@ -107,7 +107,8 @@ def _export_all(conn: redis.Redis, keys: Keys, data_dir: Path, configs: tuple[tu
         path = write_synthetic_npz(data_dir / f"{board}_{players}p-{round_no + 1}.npz", board, players, samples,
                                    seed=seed)
         publish(conn, keys, NPZ_EXPORT_COMPLETE,
-                {"board_type": board, "num_players": players, "npz_path": str(path), "samples": samples})
+                {"board_type": board, "num_players": players, "npz_path": str(path), "samples": samples},
+                maxlen=stream_maxlen)
         config_keys.append(f"{board}_{players}p")
     job_ids: list[str] = []
     deadline = time.monotonic() + 30

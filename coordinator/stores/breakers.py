@@ -15,7 +15,7 @@ import redis
 from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.keys import Keys
 from coordinator.core.lua import script
-from coordinator.core.settings import BreakerSettings, EventSettings, Settings
+from coordinator.core.settings import BreakerSettings, Settings
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -51,11 +51,12 @@ def _decode(raw: Mapping[bytes, bytes]) -> dict[str, str]:
 
 
 class CircuitBreakers:
-    def __init__(self, conn: redis.Redis, keys: Keys, settings: BreakerSettings | None = None,
-                 stream_maxlen: int = EventSettings.stream_maxlen, clock: Clock | None = None) -> None:
+    def __init__(self, conn: redis.Redis, keys: Keys, settings: BreakerSettings, stream_maxlen: int,
+                 clock: Clock | None = None) -> None:
+        """`stream_maxlen`: the settings' `events.stream_maxlen` (CIRCUIT_OPENED/CLOSED trim to it)."""
         self.conn = conn
         self.keys = keys
-        self.settings = settings or BreakerSettings()
+        self.settings = settings
         self.stream_maxlen = stream_maxlen
         self.clock = clock or RedisClock(conn)
         self._record = script(conn, "breaker_record.lua")

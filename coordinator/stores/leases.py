@@ -34,7 +34,7 @@ from coordinator.core.clock import RedisClock
 from coordinator.core.errors import LeaseUnavailable
 from coordinator.core.keys import Keys
 from coordinator.core.lua import script
-from coordinator.core.settings import LeaseSettings, Settings
+from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.core.text import text as _text
 from coordinator.stores.job_records import stop_reason
@@ -67,8 +67,8 @@ class Lease:
 
 
 class LeaseManager:
-    def __init__(self, conn: redis.Redis, keys: Keys, ttl_s: float = LeaseSettings.ttl_s,
-                 default_slots: int = LeaseSettings.default_node_slots) -> None:
+    def __init__(self, conn: redis.Redis, keys: Keys, ttl_s: float, default_slots: int) -> None:
+        """`ttl_s` and `default_slots`: `leases.ttl_s` and `leases.default_node_slots` (from_settings)."""
         self.conn = conn
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
@@ -97,9 +97,10 @@ class LeaseManager:
             detail = parse_holder(detail).get("job_id", detail)
         raise LeaseUnavailable(config_key, node, reason, detail)
 
-    def acquire(self, config_key: str, node: str, worker: str, job_id: str, attempts: int = 3,
-                max_delay_s: float = 0.5) -> Lease:
-        """Up to `attempts` tries, a random pause (up to `max_delay_s`) between them."""
+    def acquire(self, config_key: str, node: str, worker: str, job_id: str, attempts: int,
+                max_delay_s: float) -> Lease:
+        """Up to `attempts` tries, a random pause (up to `max_delay_s`) between them: the settings'
+        `leases.acquire_attempts` and `leases.acquire_max_delay_s`, which the caller passes."""
         for attempt in range(attempts):
             try:
                 return self.try_acquire(config_key, node, worker, job_id)
