@@ -200,7 +200,9 @@ def xadd_like_an_exporter(redis_server, *fields: str) -> str:
     """`redis-cli XADD ringrift:events '*' field value ...`, as an exporter sends it (every field as
     given, a repeated name included); returns the entry id. No redis-py fallback: without redis-cli
     the test is `unavailable` (a failure in CI, which installs it)."""
-    cli = require("redis-cli")
+    cli = shutil.which("redis-cli")
+    if not cli:
+        unavailable("redis-cli is not installed (apt-get install -y redis-tools; .ci/run does it)")
     done = subprocess.run([cli, "-p", str(redis_server.port), "XADD", "ringrift:events", "*", *fields],
                           check=True, capture_output=True, text=True, timeout=10)
     entry_id = done.stdout.strip()
