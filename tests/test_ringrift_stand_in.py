@@ -1,17 +1,23 @@
-"""RingRift's trainer shape, end to end through the worker's building blocks: the command template,
-run_trainer reading progress from stderr and the summary from stdout, warm start, kill and resume."""
+"""RingRift's trainer shape through the worker: a real `rq worker training` process running
+`workers.tasks.run_training` with the stand-in as `training.command`, then the worker's building
+blocks one by one: the command template, run_trainer reading progress from stderr and the summary
+from stdout, warm start, kill and resume."""
 
 import json
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
+from rq.job import Job, JobStatus
 
+from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN, newest_checkpoint
 from coordinator.trainer.command import attempt_paths, build_argv, record_values
 from coordinator.trainer.output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY, OutputParser
+from tests.conftest import stream_events, wait_for
 from workers import ringrift_stand_in
 from workers.trainer_process import run_trainer
 
@@ -24,6 +30,40 @@ def record(tmp_path):
     return {"job_id": "j1", "config_key": "hex8_2p", "board_type": "hex8", "num_players": "2", "npz_path": str(npz),
             "epochs": "3", "batch_size": "256", "learning_rate": "0.001", "early_stopping_patience": "5",
             "samples": "100"}
+
+
+def test_a_real_rq_worker_runs_the_stand_in_as_training_command(redis_server, real_conn, rq_workers, make_settings,
+                                                                tmp_path):
+    """The job the orchestrator enqueues, run by `rq worker training` (workers.tasks.run_training in
+    RQ's work horse): what the stand-in printed and wrote is what the job record and the events carry."""
+    npz = tmp_path / "hex8_2p.npz"
+    npz.write_bytes(b"x" * 1234)  # the stand-in reports the file's size as its samples
+    settings = make_settings(redis_server.url, command=ringrift_stand_in.COMMAND, progress_patterns=RINGRIFT_PROGRESS,
+                             summary_pattern=RINGRIFT_SUMMARY, checkpoint_pattern=RINGRIFT_CHECKPOINT_PATTERN)
+    orch = TrainingOrchestrator(settings, real_conn, consumer_name="t")
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=7)
+    rq_workers(1)
+    record = wait_for(lambda: orch.jobs.get(job_id)["state"] in ("complete", "failed") and orch.jobs.get(job_id),
+                      timeout_s=60)
+    assert record["state"] == "complete", record.get("error")
+    started, *progress, done = [e for e in stream_events(real_conn) if e.fields.get("job_id") == job_id]
+    assert (started.type, started.fields["worker"], started.fields["node"]) == (
+        "TRAINING_STARTED", "test-worker-0", "node-0")
+    # Its stderr log lines, one TRAINING_PROGRESS each; its stdout summary on TRAINING_COMPLETE and the record.
+    assert [(p.type, p.fields["epoch"], p.fields["policy_accuracy_pct"]) for p in progress] == [
+        ("TRAINING_PROGRESS", "1", "32.0"), ("TRAINING_PROGRESS", "2", "34.0"), ("TRAINING_PROGRESS", "3", "36.0")]
+    assert done.type == "TRAINING_COMPLETE"
+    for fields in (done.fields, record):
+        assert (fields["final_loss"], fields["epochs_completed"], fields["samples"]) == ("0.525", "3", "1234")
+    assert done.fields["model_path"] == record["model_path"]
+    model = json.loads(Path(record["model_path"]).read_text())  # written by the stand-in at --save-path
+    assert (model["init_weights"], model["resumed_from"]) == (None, None)
+    checkpoints = sorted(p.name for p in Path(record["output_dir"]).rglob("checkpoint_*.pth"))
+    assert checkpoints == ["checkpoint_epoch_1.pth", "checkpoint_epoch_2.pth", "checkpoint_epoch_3.pth",
+                           "checkpoint_final_epoch_3.pth"]
+    rq_job = Job.fetch(job_id, connection=real_conn)
+    wait_for(lambda: rq_job.get_status(refresh=True) == JobStatus.FINISHED, timeout_s=30)  # RQ records it after
+    assert rq_job.return_value()["model_path"] == record["model_path"]
 
 
 def _attempt(record, job_dir, attempt, command=ringrift_stand_in.COMMAND, resume=None, init_weights=None,

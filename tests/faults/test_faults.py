@@ -11,6 +11,7 @@ import psutil
 import pytest
 
 from coordinator.core.keys import Keys
+from coordinator.core.settings import Settings
 from coordinator.stores.jobs import JobStore
 from tests.conftest import console_script, stream_events, wait_for, xadd_like_an_exporter
 from tests.faults.conftest import alive, kill_tree
@@ -18,10 +19,11 @@ from tests.faults.conftest import alive, kill_tree
 pytestmark = pytest.mark.integration
 STUB = ["{python}", "-m", "workers.stub_train"]
 KEYS = Keys("ringrift")
+GROUP = Settings().events.group
 
 
-def export(redis_server, config_key: str, npz, samples: int = 100) -> None:
-    xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", config_key,
+def export(redis_server, config_key: str, npz, samples: int = 100) -> str:
+    return xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", config_key,
                           "npz_path", str(npz), "samples", str(samples))
 
 
@@ -177,7 +179,27 @@ def test_trainer_failures_retry_then_fail_and_open_the_breaker(redis_server, rea
     opened = wait_for(lambda: len(stream_events(real_conn, "CIRCUIT_OPENED")) == 2 and
                       stream_events(real_conn, "CIRCUIT_OPENED"), timeout_s=10)
     assert {(e.fields["kind"], e.fields["name"]) for e in opened} == {("config", "hex8_2p"), ("node", "node-0")}
-    export(redis_server, "hex8_2p", npz)  # new data, but the breaker is open: not dispatched
-    time.sleep(1.5)
-    why = real_conn.hget(KEYS.config("hex8_2p"), "why").decode()
-    assert "circuit breaker open" in why
+    store = JobStore(real_conn, KEYS)
+    [failed] = store.list()
+    entry_id = export(redis_server, "hex8_2p", npz)  # new data, but the breaker is open: not dispatched
+    # The orchestrator dispatches a batch before it acknowledges it: once the entry is acknowledged
+    # (and recorded as the config's second data generation), any job it would create exists.
+    wait_for(lambda: acknowledged(real_conn, entry_id), timeout_s=30)
+    config = real_conn.hgetall(KEYS.config("hex8_2p"))
+    assert (config[b"last_event_id"].decode(), config[b"data_version"]) == (entry_id, b"2")
+    assert [j["job_id"] for j in store.list()] == [failed["job_id"]] and failed["state"] == "failed"
+    assert store.active_job("hex8_2p") is None
+    assert len(stream_events(real_conn, "TRAINING_STARTED")) == 2  # attempts 1 and 2 of the failed job
+    assert "circuit breaker open" in config[b"why"].decode()
+
+
+def acknowledged(conn, entry_id: str) -> bool:
+    """The orchestrators' group has read `entry_id` and acknowledged it (it is not pending)."""
+    [group] = [g for g in conn.xinfo_groups(KEYS.events) if g["name"].decode() == GROUP]
+    read = stream_id(group["last-delivered-id"].decode()) >= stream_id(entry_id)
+    return read and not conn.xpending_range(KEYS.events, GROUP, min=entry_id, max=entry_id, count=1)
+
+
+def stream_id(entry_id: str) -> tuple[int, int]:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
