@@ -334,3 +334,22 @@ def test_maintenance_runs_a_task_on_an_rq_worker_without_a_new_orchestrator_each
     SimpleWorker([queue], connection=fake_conn).work(burst=True)
     assert queue.failed_job_registry.count == 0 and len(built) == 1
     module._maintainer.cache_clear()
+
+
+def test_the_maintenance_worker_refuses_built_in_defaults(fake_conn, monkeypatch, tmp_path):
+    """Without the coordinator's settings file it would trim and prune under the default prefix and
+    hosts: the job fails with the reason instead."""
+    from rq import SimpleWorker
+
+    from coordinator.service import orchestrator as module
+    from coordinator.service.periodic import MAINTENANCE_FUNC, MAINTENANCE_QUEUE
+
+    module._maintainer.cache_clear()
+    monkeypatch.chdir(tmp_path)  # no config/distributed_hosts.yaml here
+    monkeypatch.delenv("RINGRIFT_CONFIG", raising=False)
+    queue = Queue(MAINTENANCE_QUEUE, connection=fake_conn)
+    job = queue.enqueue(MAINTENANCE_FUNC, "trim")
+    SimpleWorker([queue], connection=fake_conn).work(burst=True)
+    job.refresh()
+    assert job.is_failed and "no settings file: set RINGRIFT_CONFIG" in job.latest_result().exc_string
+    module._maintainer.cache_clear()

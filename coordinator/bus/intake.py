@@ -42,7 +42,7 @@ MOVE_ROUNDS_MAX = 20  # script calls per `move`, so one call returns even while 
 # reach the stream, and their INTAKE_REJECTED event keeps REJECTED_HEAD_BYTES of them.
 SUBMISSION_MAX_BYTES = 2 * (MAX_PAYLOAD_BYTES + MAX_FIELDS * (MAX_FIELD_NAME_BYTES + MAX_FIELD_BYTES))
 REJECTED_HEAD_BYTES = 256  # bytes of a rejected submission kept in its INTAKE_REJECTED event
-DEFAULT_KEYS = Keys()  # prefix "ringrift"; pass the settings' Keys when the prefix differs
+DEFAULT_KEYS = Keys()  # the default `redis.prefix`; pass the settings' Keys when the prefix differs
 
 Fields = Mapping[str, str | int] | Iterable[tuple[str, str | int]]
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from coordinator.core.settings import RedisSettings
+
 TRAINING_QUEUE = "training"
 # Counter fields of `<prefix>:stats` that workers add to when a lease release or a move to running
 # finds the lease or the job already taken from them (logged too).
@@ -48,7 +50,7 @@ STAT_MARK_RUNNING_LOST = "mark_running_lost"
 
 @dataclass(frozen=True)
 class Keys:
-    prefix: str = "ringrift"
+    prefix: str = RedisSettings.prefix  # `redis.prefix`, whose default the settings own
 
     @property
     def events(self) -> str:

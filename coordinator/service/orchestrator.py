@@ -31,9 +31,9 @@ from coordinator.bus.events import Event, EventConsumer, Export
 from coordinator.core.boards import parse_config_key
 from coordinator.core.clock import RedisClock
 from coordinator.core.connection import connect
-from coordinator.core.errors import CoordinatorError, EventError
+from coordinator.core.errors import ConfigError, CoordinatorError, EventError
 from coordinator.core.keys import Keys
-from coordinator.core.settings import Settings, load_settings, redact_url
+from coordinator.core.settings import BUILT_IN, Settings, load_settings, redact_url
 from coordinator.scheduling.preempter import Preempter
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.service.handlers import EventHandlers
@@ -470,10 +470,15 @@ def _reason(exc: BaseException) -> str:
 
 @functools.cache
 def _maintainer() -> TrainingOrchestrator:
-    """One orchestrator per `rq worker ringrift-maintenance` process, built on its first job."""
+    """One orchestrator per `rq worker ringrift-maintenance` process, built on its first job. It
+    needs the coordinator's settings file (RINGRIFT_CONFIG or the default path): on built-in
+    defaults it would act on the wrong prefix, hosts and data roots without a word."""
     from rq import get_current_job
 
-    return TrainingOrchestrator(load_settings(), get_current_job().connection, consumer_name="maintenance")
+    settings = load_settings()
+    if settings.source == BUILT_IN:
+        raise ConfigError("the maintenance worker found no settings file: set RINGRIFT_CONFIG to the coordinator's")
+    return TrainingOrchestrator(settings, get_current_job().connection, consumer_name="maintenance")
 
 
 def maintenance(task: str, *_older: str) -> object:
