@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import redis
 
@@ -28,16 +29,17 @@ CIRCUIT_OPEN_FIELD = "circuit_open_nodes"
 Handler = Callable[[Event], list[str]]
 
 
+@dataclass
 class EventHandlers:
-    def __init__(self, settings: Settings, conn: redis.Redis, keys: Keys, configs: ConfigStore,
-                 leases: LeaseManager, clock: Clock, on_nodes_changed: Callable[[], None]) -> None:
-        self.settings = settings
-        self.conn = conn
-        self.keys = keys
-        self.configs = configs
-        self.leases = leases
-        self.clock = clock
-        self.on_nodes_changed = on_nodes_changed
+    """The handlers, over what they act on (the orchestrator's stores and clock)."""
+
+    settings: Settings
+    conn: redis.Redis
+    keys: Keys
+    configs: ConfigStore
+    leases: LeaseManager
+    clock: Clock
+    on_nodes_changed: Callable[[], None]  # a node's health changed: usable slots are read again
 
     def by_type(self) -> dict[str, Handler]:
         """Event type -> its handler; other types are acknowledged with nothing to do."""
