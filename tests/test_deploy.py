@@ -483,14 +483,14 @@ def test_k8s_env_references_resolve_to_the_secret_and_the_redis_pointer():
 @pytest.mark.integration
 def test_worker_alive_reads_a_real_rq_workers_heartbeat(redis_server, real_conn, rq_workers, monkeypatch, capsys):
     from rq.utils import utcformat
-    from rq.worker import Worker
 
+    from coordinator.core.keys import rq_worker_key
     from coordinator.ops.workers_pool import stop_workers
 
-    assert cli.WORKER_KEY_PREFIX == Worker.redis_worker_namespace_prefix
     monkeypatch.setenv("REDIS_URL", redis_server.url)
     [proc] = rq_workers(1)
-    key = "rq:worker:test-worker-0"
+    key = "rq:worker:test-worker-0"  # what RQ itself wrote: the key the command reads must be this one
+    assert rq_worker_key("test-worker-0") == key
     wait_for(lambda: real_conn.hget(key, "last_heartbeat"), timeout_s=30)
 
     assert cli.main(["worker-alive", "test-worker-0", "--max-age", "60"]) == 0

@@ -32,16 +32,32 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 | `<prefix>:{lease}:expiry`            | zset   | job id -> lease expiry (ms): the reaper reads the expired |
 | `<prefix>:jobs:delayed`              | zset   | job id -> unix time it goes back to RQ (leases were busy)       |
 
-RQ keeps its own keys (`rq:queue:training`, `rq:job:<job_id>`, ...); an RQ job's id is our job id.
+RQ keeps its own keys (`rq:queue:training`, `rq:job:<rq_job_id>`, `rq:worker:<name>`, ...), named by
+RQ itself (`rq_queue_key`, `rq_worker_key` here are RQ's own rules, so the code never spells
+them). An RQ job's id is our job id, with a suffix for each later attempt (`<job_id>-a2`: a
+retry; `-d1`: a deferral; `-p1`: a resume after a preemption), so RQ's record of an earlier
+attempt is never overwritten; the job record's `rq_job_id` names the current one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rq import Queue, Worker
+
 from coordinator.core.settings import RedisSettings
 
 TRAINING_QUEUE = "training"
+
+
+def rq_queue_key(name: str = TRAINING_QUEUE) -> str:
+    """RQ's list of a queue's waiting job ids (rq.Queue(name).key)."""
+    return Queue.redis_queue_namespace_prefix + name
+
+
+def rq_worker_key(name: str) -> str:
+    """RQ's hash of a worker (heartbeat, state, death)."""
+    return Worker.redis_worker_namespace_prefix + name
 # Counter fields of `<prefix>:stats` that workers add to when a lease release or a move to running
 # finds the lease or the job already taken from them (logged too).
 STAT_RELEASE_LOST = "lease_release_lost"

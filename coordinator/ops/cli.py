@@ -16,7 +16,7 @@ from coordinator.bus.events import EventConsumer
 from coordinator.core.connection import connect
 from coordinator.core.errors import ConfigError, CoordinatorError, EventError, JobError
 from coordinator.core.inputs import check_identifier
-from coordinator.core.keys import Keys
+from coordinator.core.keys import Keys, rq_worker_key
 from coordinator.core.logs import configure as configure_logging
 from coordinator.core.settings import data_roots_problem, load_settings, redact_url
 from coordinator.ops.dashboard import DEFAULT_PORT
@@ -28,7 +28,6 @@ from coordinator.stores.leases import LeaseManager
 # RQ refreshes rq:worker:<name>'s last_heartbeat every --worker-ttl - 15 s while idle (default TTL 420 s)
 # and every 30 s while it runs a job, and lets the key expire --worker-ttl + 60 s after the last one.
 DEFAULT_HEARTBEAT_MAX_AGE_S = 480.0
-WORKER_KEY_PREFIX = "rq:worker:"  # rq.worker.Worker.redis_worker_namespace_prefix
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,9 +347,9 @@ def worker_liveness(conn: redis.Redis, name: str, max_age_s: float) -> tuple[boo
     from rq.utils import utcparse
 
     beat, death, state = (v.decode() if isinstance(v, bytes) else v
-                          for v in conn.hmget(f"{WORKER_KEY_PREFIX}{name}", "last_heartbeat", "death", "state"))
+                          for v in conn.hmget(rq_worker_key(name), "last_heartbeat", "death", "state"))
     if beat is None:
-        return False, (f"not registered (no {WORKER_KEY_PREFIX}{name}): not started, or stopped or silent "
+        return False, (f"not registered (no {rq_worker_key(name)}): not started, or stopped or silent "
                        "past its TTL")
     if death:
         return False, f"stopped at {death} UTC"

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from coordinator.bus import events as ev
 from coordinator.core.clock import RedisClock
-from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.core.keys import Keys, rq_queue_key
 from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.preemption_rule import VALUE, WAIT
@@ -102,7 +102,7 @@ class _ClusterCollector:
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         conn, keys = self.conn, self.keys
         yield GaugeMetricFamily("ringrift_queue_depth", "Jobs waiting on RQ's training queue",
-                                value=conn.llen(f"rq:queue:{TRAINING_QUEUE}"))
+                                value=conn.llen(rq_queue_key()))
         yield GaugeMetricFamily("ringrift_jobs_delayed", "Jobs deferred or retrying after backoff",
                                 value=conn.zcard(keys.delayed_jobs))
         yield self._jobs_by_state()

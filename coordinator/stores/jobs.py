@@ -56,7 +56,7 @@ from coordinator.core.job_states import (
     STALE,
     allowed_from,
 )
-from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.core.keys import TRAINING_QUEUE, Keys, rq_queue_key
 from coordinator.core.lua import script
 from coordinator.core.settings import EventSettings, Settings, worker_settings_json
 from coordinator.core.text import decode_hash, optional_text, strings
@@ -351,7 +351,7 @@ class JobStore:
         evt = encode_fields(TRAINING_CANCELLED, {"job_id": job_id, "config_key": config_key,
                                                  "board_type": board_type or "", "num_players": num_players or ""})
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs,
-                self.keys.config(config_key), Queue(TRAINING_QUEUE, connection=self.conn).key]
+                self.keys.config(config_key), rq_queue_key()]
         outcome = optional_text(self._run(
             self._cancel, keys, job_id=job_id, config_key=config_key, to=CANCELLED, reason="cancelled",
             waiting=sorted(allowed_from(CANCELLED) - ACTIVE_ATTEMPT_STATES), running=sorted(ACTIVE_ATTEMPT_STATES),

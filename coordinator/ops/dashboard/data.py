@@ -26,7 +26,7 @@ import redis
 from coordinator.bus.events import decode_entry
 from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES, COMPLETE, FINAL_STATES
-from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.core.keys import Keys, rq_queue_key
 from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.core.text import text as _text
@@ -92,7 +92,7 @@ class DashboardData:
             "elo": self._elo(configs, records),
             "timeline": self._timeline(records, nodes, now),
             "trouble": self._trouble(configs, nodes, breakers),
-            "queue": {"depth": self.conn.llen(f"rq:queue:{TRAINING_QUEUE}"),
+            "queue": {"depth": self.conn.llen(rq_queue_key()),
                       "delayed": self.conn.zcard(self.keys.delayed_jobs)},
         }
 
