@@ -5,11 +5,15 @@ Events are sent the way exporters send them: `redis-cli XADD` with plain string 
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import pytest
 
 from coordinator.stores.jobs import JobStore
 from coordinator.trainer.npz_data import write_synthetic_npz
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
+from tests.gated_train import hold, release
+from tests.support_races import GATED_STUB, wait_until_handled
 from workers.train import load_model
 
 pytestmark = pytest.mark.integration
@@ -68,31 +72,47 @@ def test_malformed_event_is_dead_lettered_and_service_keeps_going(redis_server, 
 
 def test_two_workers_many_exports_one_training_per_config_at_a_time(redis_server, real_conn, service, rq_workers,
                                                                      tmp_path):
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.2"], epochs=3)
+    """hex8_2p's first training is held running while its newer exports arrive and the other
+    worker is free: it trains again only once the first has ended."""
+    service(GATED_STUB, epochs=3)
     rq_workers(2)
     configs = [("hex8", "2"), ("square8", "3"), ("square19", "4")]
-    for version in (1, 2, 3):
+    store = JobStore(real_conn, _keys())
+
+    def export(version: int) -> None:
         for board, players in configs:
             npz = tmp_path / f"{board}_{players}p_v{version}.npz"
             npz.write_bytes(b"stub")
             xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "board_type", board,
                                   "num_players", players, "npz_path", str(npz), "samples", str(version * 100))
-    store = JobStore(real_conn, _keys())
 
-    def settled():
-        jobs = store.list(100)
-        newest = {}
-        for job in sorted(jobs, key=lambda j: float(j["created_at"])):
-            newest[job["config_key"]] = job
-        done = all(j["state"] == "complete" for j in jobs) and len(newest) == 3
+    def settled(config_keys: list[str]):
+        """Every job of these configs complete, the newest of each on the v3 export."""
+        jobs = [j for j in store.list(100) if j["config_key"] in config_keys]
+        newest = {j["config_key"]: j for j in sorted(jobs, key=lambda j: float(j["created_at"]))}
+        done = all(j["state"] == "complete" for j in jobs) and len(newest) == len(config_keys)
         return done and all(j["npz_path"].endswith("_v3.npz") for j in newest.values()) and jobs
 
-    jobs = wait_for(settled, timeout_s=120)
-    for board, players in configs:
-        runs = sorted((float(j["started_at"]), float(j["finished_at"])) for j in jobs
-                      if j["config_key"] == f"{board}_{players}p")
-        assert 1 <= len(runs) <= 3
-        assert all(prev_end <= next_start for (_, prev_end), (next_start, _) in zip(runs, runs[1:]))
+    held = tmp_path / "hex8_2p_v1.npz"
+    hold(held, 1)  # hex8_2p's first training pauses after its first epoch
+    export(1)
+    wait_for(lambda: [j for j in store.list(100) if j["npz_path"] == str(held) and j.get("epoch") == "1"
+                      and j["state"] == "running"], timeout_s=60)
+    export(2)
+    export(3)
+    # The other worker trains the other two configs to their newest export, hex8_2p's newer
+    # exports waiting all along: no second hex8_2p training while the first runs.
+    wait_for(lambda: settled(["square8_3p", "square19_4p"]), timeout_s=120)
+    hex8_runs = [j for j in store.list(100) if j["config_key"] == "hex8_2p"]
+    assert [(j["npz_path"], j["state"]) for j in hex8_runs] == [(str(held), "running")]
+    release(held)
+    jobs = wait_for(lambda: settled([f"{b}_{p}p" for b, p in configs]), timeout_s=120)
+    runs = {f"{b}_{p}p": sorted((float(j["started_at"]), float(j["finished_at"])) for j in jobs
+                                if j["config_key"] == f"{b}_{p}p") for b, p in configs}
+    assert len(runs["hex8_2p"]) == 2 and all(1 <= len(r) <= 3 for r in runs.values())
+    for config_runs in runs.values():  # every pair of a config's trainings, not only neighbours
+        assert all(a_end <= b_start or b_end <= a_start
+                   for (a_start, a_end), (b_start, b_end) in combinations(config_runs, 2))
     nodes = {e.fields["node"] for e in stream_events(real_conn, "TRAINING_STARTED")}
     assert nodes == {"node-0", "node-1"}
 
@@ -105,19 +125,23 @@ def _keys():
 
 def test_priority_decides_what_the_one_free_gpu_trains_next(redis_server, real_conn, service, rq_workers, tmp_path):
     """One GPU, busy; three configs wait; they start in curriculum-weight order on a real worker."""
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.3"], epochs=2,
-            hosts={"gpu-node": 1}, scheduler={"prefetch": 0})
+    first, npz = tmp_path / "first.npz", tmp_path / "x.npz"
+    for path in (first, npz):
+        path.write_bytes(b"stub")
+    service(GATED_STUB, epochs=2, hosts={"gpu-node": 1}, scheduler={"prefetch": 0})
     rq_workers(1)
+    hold(first, 1)  # the GPU stays busy until every event below has been handled
     xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hexagonal_2p",
-                          "npz_path", str(npz), "samples", "10")
+                          "npz_path", str(first), "samples", "10")
     wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)  # the GPU is now busy
     xadd_like_an_exporter(redis_server, "type", "CURRICULUM_WEIGHTS_UPDATED", "hex8_2p", "0.5",
                           "square8_2p", "1.0", "square19_2p", "1.5")
     for config_key in ("hex8_2p", "square8_2p", "square19_2p"):
         xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", config_key,
                               "npz_path", str(npz), "samples", "1000")
+    wait_until_handled(real_conn)
+    assert len(stream_events(real_conn, "TRAINING_STARTED")) == 1  # nothing else could start yet
+    release(first)
     wait_for(lambda: len(stream_events(real_conn, "TRAINING_COMPLETE")) == 4, timeout_s=60)
     order = [e.fields["config_key"] for e in stream_events(real_conn, "TRAINING_STARTED")]
     assert order == ["hexagonal_2p", "square19_2p", "square8_2p", "hex8_2p"]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import pytest
 
 from coordinator import TrainingOrchestrator
 from coordinator.core.errors import LeaseUnavailable
-from coordinator.stores.leases import LeaseKeeper, LeaseManager
-from tests.conftest import end_job
+from coordinator.stores import leases as leases_module
+from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager, Renewal
+from tests.conftest import end_job, wait_for
 
 
 @pytest.fixture
@@ -42,7 +44,8 @@ def test_a_node_runs_at_most_its_gpus(leases, fake_conn, keys):
     with pytest.raises(LeaseUnavailable) as info:
         leases.try_acquire("hex8_4p", "n1", "w", "j")
     assert (info.value.reason, info.value.detail) == ("slots", "2/2")
-    assert leases.try_acquire("hex8_4p", "n2", "w", "j")  # another node has room
+    other_node = leases.try_acquire("hex8_4p", "n2", "w", "j")  # another node has room
+    assert (other_node.config_key, other_node.node, other_node.fence) == ("hex8_4p", "n2", 1)
     leases.release(held[0])
     assert leases.try_acquire("square8_2p", "n1", "w", "j").fence == 1  # the freed slot is usable
     assert fake_conn.zcard(keys.node_slots("n1")) == 2
@@ -77,22 +80,50 @@ def test_only_the_owner_renews_or_releases(leases, fake_conn, keys):
 def test_an_expired_lease_is_free_and_the_old_holder_cannot_renew(fake_conn, keys):
     short = LeaseManager(fake_conn, keys, ttl_s=0.05, default_slots=1)
     old = short.try_acquire("hex8_2p", "n1", "w1", "j1")
-    time.sleep(0.1)
+    wait_for(lambda: not fake_conn.exists(keys.lease("hex8_2p")), timeout_s=10)  # Redis expired it
     new = short.try_acquire("hex8_2p", "n1", "w2", "j1")  # config lease and the node's one slot
     assert new.fence == old.fence + 1
     assert not short.renew(old) and short.renew(new)
 
 
+# The keeper's tests run on real time (its waits are not injectable): a TTL long enough that a
+# thread held off the CPU for most of a second on a loaded machine does not lose the lease.
+KEEPER_TTL_S = 1.0
+
+
+def record_renewals(manager: LeaseManager) -> list[Renewal]:
+    """Wrap `manager.renew`: the list fills with every reply a keeper got, in order."""
+    replies: list[Renewal] = []
+    renew = manager.renew
+
+    def recording(lease: Lease, job_id: str | None = None) -> Renewal:
+        reply = renew(lease, job_id)
+        replies.append(reply)
+        return reply
+
+    manager.renew = recording
+    return replies
+
+
+def expiry_ms(conn, keys, job_id: str) -> float:
+    """When the job's lease expires (ms, Redis' clock), as the lease scripts last set it."""
+    return conn.zscore(keys.lease_expiry, job_id)
+
+
 def test_keeper_renews_and_reports_a_lost_lease(fake_conn, keys):
-    manager = LeaseManager(fake_conn, keys, ttl_s=0.3, default_slots=1)
+    manager = LeaseManager(fake_conn, keys, ttl_s=KEEPER_TTL_S, default_slots=1)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
+    first_expiry, replies = expiry_ms(fake_conn, keys, "j1"), record_renewals(manager)
     lost = threading.Event()
     with LeaseKeeper(manager, lease, on_lost=lambda reason: lost.set()) as keeper:
-        time.sleep(0.7)  # past two TTLs: only renewals keep it
+        # A renewal sent once the first TTL had run out (it set the expiry a TTL past the first)
+        # found the lease still held: only the renewals before it kept the lease that long.
+        wait_for(lambda: expiry_ms(fake_conn, keys, "j1") >= first_expiry + lease.ttl_ms, timeout_s=30)
         assert fake_conn.get(keys.lease("hex8_2p")).startswith(lease.token.encode() + b"|")
+        assert replies and all(r.held and r.stop is None for r in replies) and not lost.is_set()
         fake_conn.delete(keys.lease("hex8_2p"))  # an operator (or expiry) takes it away
-        assert lost.wait(2)
-    assert keeper.lost_reason.startswith("lease_lost")
+        assert lost.wait(30)
+    assert keeper.lost_reason == "lease_lost: another holder took it over"
 
 
 @pytest.mark.parametrize(("fields", "stop"), [
@@ -114,30 +145,76 @@ def test_a_renewal_reply_says_whether_the_job_was_asked_to_stop(fake_conn, keys,
 def test_keeper_stops_on_a_cancel_request_without_polling_and_keeps_renewing(fake_conn, keys):
     """The request arrives on a renewal's reply (nothing else is read), and the lease stays held
     while the trainer stops."""
-    manager = LeaseManager(fake_conn, keys, ttl_s=0.3, default_slots=1)
+    manager = LeaseManager(fake_conn, keys, ttl_s=KEEPER_TTL_S, default_slots=1)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
     reasons: list[str] = []
     with LeaseKeeper(manager, lease, on_lost=reasons.append, job_id="j1") as keeper:
         fake_conn.hset(keys.job("j1"), "cancel_requested", "1")
-        time.sleep(0.8)  # past two TTLs after the request: renewals go on
+        wait_for(lambda: reasons, timeout_s=30)
+        asked = expiry_ms(fake_conn, keys, "j1")
+        # Renewals go on after the request, past the TTL the request's renewal had given the lease.
+        wait_for(lambda: expiry_ms(fake_conn, keys, "j1") >= asked + lease.ttl_ms, timeout_s=30)
         assert fake_conn.get(keys.lease("hex8_2p")).startswith(lease.token.encode() + b"|")
     assert reasons == ["cancelled"] and keeper.lost_reason == "cancelled"
 
 
-def test_keeper_gives_up_when_a_renewal_hangs_past_the_ttl(fake_conn, keys):
+class ManualClock:
+    """The keeper's clock: stands still until the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class DeadlinePool(ThreadPoolExecutor):
+    """The keeper's call pool; records the deadline (s) the keeper gave each call's result."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1, thread_name_prefix="test-lease-call")
+        self.deadlines: list[float | None] = []
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future = super().submit(fn, *args, **kwargs)
+        result = future.result
+
+        def recorded(timeout: float | None = None):
+            self.deadlines.append(timeout)
+            return result(timeout)
+
+        future.result = recorded
+        return future
+
+
+def test_keeper_gives_up_when_a_renewal_hangs_past_the_ttl(fake_conn, keys, monkeypatch):
     """A client retrying across a failover can block a renewal for 30 s: the trainer must still be
     stopped once the TTL has run out, since another worker may hold the lease by then."""
     manager = LeaseManager(fake_conn, keys, ttl_s=0.6, default_slots=1)
     lease = manager.try_acquire("hex8_2p", "n1", "w1", "j1")
-    release = threading.Event()
-    manager.renew = lambda _lease, _job_id=None: release.wait(10) or True  # Redis does not answer
-    lost, began = threading.Event(), time.monotonic()
-    with LeaseKeeper(manager, lease, on_lost=lambda reason: lost.set()) as keeper:
-        assert lost.wait(3)
-        took = time.monotonic() - began
+    clock, pool, release, calls = ManualClock(), DeadlinePool(), threading.Event(), []
+    monkeypatch.setattr(leases_module, "ThreadPoolExecutor", lambda **_: pool)
+
+    def renew(_lease: Lease, _job_id: str | None = None) -> Renewal:
+        calls.append(clock.now)
+        if len(calls) == 1:
+            clock.now = 0.3  # the first renewal (sent at 0) answers; the next is sent 0.3 s later
+            return Renewal(True)
+        release.wait()  # Redis never answers until the test is over
+        return Renewal(True)
+
+    manager.renew = renew
+    lost = threading.Event()
+    try:
+        with LeaseKeeper(manager, lease, on_lost=lambda reason: lost.set(), clock=clock) as keeper:
+            assert lost.wait(30)
+    finally:
         release.set()
     assert keeper.lost_reason == "lease_lost: Redis did not answer within the lease's TTL"
-    assert 0.5 < took < 1.5  # about one TTL after the last renewal, not when the call gives up
+    # The hung call was given until the give-up point counted from the last renewal sent (0),
+    # not until it returns: give_up_s - 0.3 s of the keeper's clock.
+    assert calls == [0.0, 0.3] and len(pool.deadlines) == 2
+    assert pool.deadlines[1] == pytest.approx(keeper.give_up_s - 0.3)
 
 
 def test_held_leases_are_listed_with_holder_fence_and_ttl(leases):
@@ -186,9 +263,12 @@ def test_the_lease_scripts_keep_the_expiry_zset(fake_conn, keys):
     """Acquire and renew set the job's entry to the lease's expiry (ms); release by its holder
     removes it, a release by a former holder does not."""
     leases = LeaseManager(fake_conn, keys, ttl_s=30, default_slots=1)
+    before_ms = int(time.time() * 1000)
     lease = leases.try_acquire("hex8_2p", "n1", "w1", "job-1")
+    after_ms = int(time.time() * 1000)
     first = fake_conn.zscore(keys.lease_expiry, "job-1")
-    assert abs(first - (time.time() * 1000 + 30_000)) < 5_000
+    # Redis' clock read during the acquisition, plus the TTL (1 ms for TIME's microsecond rounding).
+    assert before_ms + 30_000 - 1 <= first <= after_ms + 30_000 + 1
     fake_conn.zadd(keys.lease_expiry, {"job-1": 1})
     assert leases.renew(lease)
     assert fake_conn.zscore(keys.lease_expiry, "job-1") >= first

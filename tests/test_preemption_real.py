@@ -1,8 +1,12 @@
 """Preemption end to end on a real redis-server with real `rq worker`s and the stub trainer: a
 starving config preempts a running training at a checkpoint; that training resumes from its
 checkpoint on the next free slot. Nothing is lost, never two attempts at once, the preempted job's
-model is published once. tests/test_preemption_reference.py runs the same with the reference
-trainer (torch), slower."""
+model is published once.
+
+Nothing here waits for time: the running training pauses after an epoch until it is preempted
+(tests/gated_train.py), and the waiting config starves because the test moves the start of its
+wait back (`waiting_since`), not because the test waits that long.
+tests/test_preemption_reference.py runs the same with the reference trainer (torch), slower."""
 
 from __future__ import annotations
 
@@ -10,33 +14,52 @@ from pathlib import Path
 
 from coordinator.core.settings import load_settings
 from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
+from tests.gated_train import hold, release
+from tests.support_races import GATED_STUB, starve
 
-EPOCHS_LONG = 30  # the running training: ~15 s of epochs
-EPOCH_S = 0.5
+EPOCHS_LONG = 6
+HELD_AFTER = 2  # the running training pauses after this epoch (its checkpoint) until it is preempted
+MAX_WAIT_HOURS = 1.0  # nobody starves by waiting here: the test moves the start of the wait
+# No minimum run and no value preemption (a margin no score reaches): the wait bound alone acts.
+PREEMPTION = {"min_run_minutes": 0, "max_wait_hours": MAX_WAIT_HOURS, "margin": 1000}
 
 
 def test_a_starving_config_preempts_a_running_training_that_resumes_from_its_checkpoint(
         redis_server, real_conn, service, rq_workers, tmp_path):
-    from coordinator import TrainingOrchestrator
-
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
-    # One GPU, two workers (so the resume may land on either). A config starves after waiting
-    # max_wait_hours - min_run_minutes = 10.8 s - 3 s; a job may yield after 3 s of its attempt.
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", str(EPOCH_S)], epochs=4,
-            hosts={"node-0": 1}, scheduler={"prefetch": 0, "rescore_interval_s": 0.5},
-            preemption={"min_run_minutes": 0.05, "max_wait_hours": 0.003})
+    long_npz, short_npz = tmp_path / "long.npz", tmp_path / "short.npz"
+    for npz in (long_npz, short_npz):
+        npz.write_bytes(b"stub")
+    # One GPU, two workers (so the resume may land on either).
+    service(GATED_STUB, epochs=4, hosts={"node-0": 1}, scheduler={"prefetch": 0, "rescore_interval_s": 0.5},
+            preemption=PREEMPTION)
     rq_workers(2)
-    api = TrainingOrchestrator(load_settings(tmp_path / "coordinator.yaml"), real_conn, consumer_name="api")
-    long_job = api.submit_training_sync("hexagonal", 2, str(npz), samples=10, epochs=EPOCHS_LONG)
-    wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)
-    xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "square8_2p",
-                          "npz_path", str(npz), "samples", "1000")
-    wait_for(lambda: len(stream_events(real_conn, "TRAINING_COMPLETE")) == 2, timeout_s=90)
-
+    long_job = preempt_a_held_training(redis_server, real_conn, tmp_path, "hexagonal", long_npz,
+                                       "square8_2p", short_npz, EPOCHS_LONG, samples=10)
     order = assert_preempted_once_then_resumed(real_conn, long_job, "hexagonal_2p", "square8_2p", EPOCHS_LONG)
     # The starving config ran in between, on the freed GPU.
     assert order.index(("TRAINING_STARTED", "square8_2p")) > order.index(("TRAINING_PREEMPTED", "hexagonal_2p"))
+
+
+def preempt_a_held_training(redis_server, conn, tmp_path: Path, board: str, long_npz: Path, starving: str,
+                            short_npz: Path, epochs: int, **submit: object) -> str:
+    """The scenario, on a service started with PREEMPTION and the gated trainer: a `board` 2p job
+    trains `epochs` epochs on `long_npz` and pauses after HELD_AFTER; `starving` gets an export of
+    `short_npz` and is made to starve; once the paused job is preempted it is let go, and both
+    trainings complete. Returns the long job's id."""
+    from coordinator import TrainingOrchestrator
+
+    hold(long_npz, HELD_AFTER)
+    api = TrainingOrchestrator(load_settings(tmp_path / "coordinator.yaml"), conn, consumer_name="api")
+    long_job = api.submit_training_sync(board, 2, str(long_npz), epochs=epochs, **submit)
+    wait_for(lambda: [e for e in stream_events(conn, "TRAINING_PROGRESS")
+                      if e.fields["job_id"] == long_job and e.fields["epoch"] == str(HELD_AFTER)], timeout_s=120)
+    xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", starving,
+                          "npz_path", str(short_npz), "samples", "1000")
+    starve(conn, starving, MAX_WAIT_HOURS)
+    wait_for(lambda: stream_events(conn, "TRAINING_PREEMPTED"), timeout_s=120)
+    release(long_npz)
+    wait_for(lambda: len(stream_events(conn, "TRAINING_COMPLETE")) == 2, timeout_s=240)
+    return long_job
 
 
 def assert_preempted_once_then_resumed(conn, long_job: str, config: str, for_config: str,
@@ -49,7 +72,7 @@ def assert_preempted_once_then_resumed(conn, long_job: str, config: str, for_con
     assert preempted.fields["job_id"] == long_job and preempted.fields["preempted_for"] == for_config
     assert preempted.fields["kind"] == "wait"
     reached = int(preempted.fields["epoch"])  # the last completed epoch: the checkpoint's
-    assert 1 <= reached < epochs
+    assert reached == HELD_AFTER  # where it was held: preempted there, not after it went on
     events = [e for e in stream_events(conn) if e.fields.get("job_id") == long_job]
     kinds = [e.type for e in events if e.type != "TRAINING_PROGRESS"]
     # Never two attempts at once: the second starts only after the first yielded.
