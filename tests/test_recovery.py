@@ -226,7 +226,12 @@ def test_periodic_work_is_registered_once_and_run_once(fake_conn, make_settings)
     assert second.periodic.register() == []  # a restart or a second coordinator adds nothing
     began = time.monotonic()
     ran = first.periodic.run_due() + second.periodic.run_due()
-    assert sorted(ran) == ["prune", "reap", "requeue_due", "requeue_lost", "tick", "trim"]  # each once, by one
+    assert set(ran) == {"prune", "reap", "requeue_due", "requeue_lost", "tick", "trim"}
+    # Each once, by one of the two; a task runs a second time only if its interval passed meanwhile
+    # (a loaded machine can take over a second for the first round: the 1-s tasks are due again).
+    twice = [task for task in set(ran) if ran.count(task) > 1]
+    assert all(first.periodic.intervals()[task] <= time.monotonic() - began + 1 for task in twice), twice
+    assert all(ran.count(task) <= 2 for task in ran)
     again = first.periodic.run_due() + second.periodic.run_due()
     # Only what was due again: on a loaded machine the 1-s tasks may be (whole seconds, rounded up).
     assert all(first.periodic.intervals()[task] <= time.monotonic() - began + 1 for task in again), again
