@@ -28,13 +28,24 @@ def rel(path: Path) -> str:
 
 
 def write_calls(path: Path) -> list[ast.Call]:
-    return [node for node in ast.walk(ast.parse(path.read_text()))
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in WRITES]
+    """Every hset-like call, with a name it passes resolved to the dict literal assigned to it in the
+    same function (`record = {...}; pipe.hset(key, mapping=strings(record))`)."""
+    calls = []
+    for scope in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(scope, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        dicts = {target.id: node.value for node in ast.walk(scope) if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Dict) for target in node.targets if isinstance(target, ast.Name)}
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in WRITES:
+                node.resolved = [dicts[n.id] for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in dicts]
+                calls.append(node)
+    return calls
 
 
 def writes_state(call: ast.Call) -> bool:
     """A write whose arguments name the field `state` (positionally, or as a key of a mapping)."""
-    for node in ast.walk(call):
+    for node in [*ast.walk(call), *getattr(call, "resolved", [])]:
         if isinstance(node, ast.Dict) and any(isinstance(k, ast.Constant) and k.value == "state" for k in node.keys):
             return True
     return any(isinstance(a, ast.Constant) and a.value == "state" for a in call.args[1:])
