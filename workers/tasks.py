@@ -12,7 +12,7 @@
 4. ends with TRAINING_COMPLETE (published only under the newest fencing token), or
    TRAINING_FAILED with its reason, failure class and whether it will retry (after backoff), or
    TRAINING_CANCELLED, or TRAINING_PREEMPTED (asked to yield: `preemption.signal` to the trainer,
-   which checkpoints and exits; `coordinator.scheduling.preempter.record_preempted`); records the result on
+   which checkpoints and exits; `JobStore.preempted`); records the result on
    the config's and node's circuit breakers (not for a preemption); frees the leases.
 Everything it needs is in the job record the orchestrator wrote: a worker needs only Redis.
 """

@@ -12,8 +12,9 @@
 A preempted job yielded its GPU at a checkpoint for a more urgent config (`coordinator.scheduling.preemption_rule`):
 not a failure (no retry or breaker count); it resumes from that checkpoint with a new attempt.
 
-Every script and transaction that changes a job's state takes its allowed "from" states from
-`TRANSITIONS`, so no component can move a job along an edge this table does not have.
+Every change of a job's state is made by the job store (`coordinator/stores/jobs.py`), whose
+scripts and transactions take their allowed "from" states from `TRANSITIONS` (passed in), so no
+component can move a job along an edge this table does not have.
 """
 
 from __future__ import annotations
@@ -47,8 +48,3 @@ ACTIVE_ATTEMPT_STATES = frozenset({LEASED, RUNNING})
 def allowed_from(target: str) -> frozenset[str]:
     """The states a job may be in to move to `target`."""
     return frozenset(state for state, moves in TRANSITIONS.items() if target in moves)
-
-
-def csv_from(target: str) -> str:
-    """`allowed_from(target)` as the comma list the Lua scripts take."""
-    return ",".join(sorted(allowed_from(target)))

@@ -18,7 +18,7 @@ no job, or its job preempted) `preemption.max_wait_hours` - `min_run_minutes` is
 scores STARVING_BASE + hours waited, above every non-starving config, longest wait first; the
 preemption decision (`coordinator.scheduling.preemption_rule.decide`) then frees a GPU for it within one minimum
 run time. Hence the bound: such a config starts within `max_wait_hours` + one checkpoint interval,
-whatever the length of the trainings (while min run < max_wait x S / N; see preemption.py).
+whatever the length of the trainings (while min run < max_wait x S / N; see preemption_rule.py).
 
 Ineligible configs (queued or running, quality-blocked, circuit breaker open, failed recently,
 too few new samples, curriculum weight 0)
