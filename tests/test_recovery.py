@@ -82,8 +82,8 @@ def test_reaper_retries_an_attempt_whose_lease_is_gone(orch, fake_conn, keys):
 
 
 def test_a_reaper_tick_reads_only_the_expired_leases(orch, fake_conn, keys, monkeypatch):
-    """Running trainings whose leases are renewed cost a tick two commands in all (the clock's TIME,
-    ZRANGEBYSCORE), however many run; only an expired entry's job is read."""
+    """Running trainings whose leases are renewed cost a tick one command in all (ZRANGEBYSCORE; the
+    clock read Redis' TIME at its first use), however many run; only an expired entry's job is read."""
     jobs = [orch.submit_training_sync("hex8", players, "/d/x.npz", samples=10) for players in (2, 3, 4)]
     for job_id, players in zip(jobs, (2, 3, 4)):
         take_job(orch, job_id, f"hex8_{players}p", node=f"node-{players}")
@@ -91,7 +91,7 @@ def test_a_reaper_tick_reads_only_the_expired_leases(orch, fake_conn, keys, monk
     real, sent = fake_conn.execute_command, []
     monkeypatch.setattr(fake_conn, "execute_command", lambda *a, **o: sent.append(a[0]) or real(*a, **o))
     assert orch.recovery.reap() == []
-    assert sent == ["TIME", "ZRANGEBYSCORE"]
+    assert sent == ["ZRANGEBYSCORE"]
     monkeypatch.setattr(fake_conn, "execute_command", real)
     expire_lease(fake_conn, keys, "hex8_3p", jobs[1])
     assert orch.recovery.reap() == [jobs[1]]
@@ -99,14 +99,14 @@ def test_a_reaper_tick_reads_only_the_expired_leases(orch, fake_conn, keys, monk
 
 
 def test_looking_for_lost_jobs_reads_no_running_job(orch, fake_conn, monkeypatch):
-    """requeue_lost (every 5 s) skips jobs whose lease is live: three commands however many run."""
+    """requeue_lost (every 5 s) skips jobs whose lease is live: two commands however many run."""
     jobs = [orch.submit_training_sync("hex8", players, "/d/x.npz", samples=10) for players in (2, 3)]
     for job_id, players in zip(jobs, (2, 3)):
         take_job(orch, job_id, f"hex8_{players}p", node=f"node-{players}")
     real, sent = fake_conn.execute_command, []
     monkeypatch.setattr(fake_conn, "execute_command", lambda *a, **o: sent.append(a[0]) or real(*a, **o))
     assert orch.recovery.requeue_lost() == []
-    assert sent == ["HGETALL", "TIME", "ZRANGEBYSCORE"]
+    assert sent == ["HGETALL", "ZRANGEBYSCORE"]
 
 
 def test_the_reaper_forgets_ended_jobs_and_keeps_a_new_attempts_entry(orch, fake_conn, keys):

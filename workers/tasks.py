@@ -36,7 +36,6 @@ from rq import get_current_job
 
 from coordinator.bus.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.bus.schemas import FIELD_LIMITS
-from coordinator.core.clock import RedisClock
 from coordinator.core.errors import JobError, LeaseUnavailable, TrainingFailed
 from coordinator.core.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
 from coordinator.core.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
@@ -83,7 +82,7 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
     store = JobStore.from_settings(conn, keys, settings)
     config_key = record["config_key"]
     worker = (rq_job.worker_name if rq_job and rq_job.worker_name else None) or f"{node}:{os.getpid()}"
-    breakers = CircuitBreakers.from_settings(conn, keys, settings)
+    breakers = CircuitBreakers.from_settings(conn, keys, settings, store.clock)  # one clock a job
     defer_s = settings.leases.defer_s
     held = _hold_reason(conn, keys, settings, breakers, config_key, node, node_breaker)
     if held:
@@ -133,7 +132,7 @@ def _hold_reason(conn: redis.Redis, keys: Keys, settings: Settings, breakers: Ci
     blocked_at, until, exported_at = (float(v) if v else None for v in conn.hmget(
         keys.config(config_key), "quality_blocked_at", "quality_blocked_until", "exported_at"))
     blocked_until = quality_block_until(blocked_at, until, exported_at, settings.scheduler)
-    if blocked_until is not None and blocked_until > RedisClock(conn)():
+    if blocked_until is not None and blocked_until > breakers.clock():
         return f"{config_key} blocked by quality until {blocked_until:.0f}"
     return ""
 

@@ -117,7 +117,7 @@ def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[
     rows = [{**n, "listed": True} for n in leases.nodes()]
     named = {h["node"] for h in held if h.get("node")} | {w["node"] for w in workers if w["node"]}
     unlisted = sorted(named - {n["node"] for n in rows})
-    now_ms = RedisClock(conn)() * 1000
+    now_ms = RedisClock(conn)() * 1000  # one reading per view
     with conn.pipeline(transaction=False) as pipe:  # batched reads only
         for name in unlisted:
             pipe.zcount(keys.node_slots(name), now_ms, "+inf")

@@ -98,6 +98,7 @@ class _ClusterCollector:
 
     def __init__(self, conn: redis.Redis, keys: Keys, settings: Settings) -> None:
         self.conn, self.keys, self.settings = conn, keys, settings
+        self.clock = RedisClock(conn)
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         conn, keys = self.conn, self.keys
@@ -137,7 +138,7 @@ class _ClusterCollector:
             replies = pipe.execute()
         priority = GaugeMetricFamily("ringrift_config_priority", "Priority score (-1: not eligible)", labels=["config"])
         elo = GaugeMetricFamily("ringrift_config_elo_per_hour", "Elo velocity", labels=["config"])
-        now = RedisClock(self.conn)()
+        now = self.clock()
         for i, name in enumerate(names):
             score, velocity = replies[2 * i]
             priority.add_metric([name], float(score or -1))
@@ -153,7 +154,7 @@ class _ClusterCollector:
         lease = self.settings.leases
         nodes = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots).nodes()
         opened = node_breakers_open(self.conn, self.keys, self.settings.breakers, (n["node"] for n in nodes),
-                                    RedisClock(self.conn)())
+                                    self.clock())
         in_use = GaugeMetricFamily("ringrift_node_slots_in_use", "GPU slots leased", labels=["node"])
         total = GaugeMetricFamily("ringrift_node_slots", f"GPU slots by node status (healthy, degraded, down, "
                                   f"{BREAKER_OPEN_STATUS})", labels=["node", "status"])

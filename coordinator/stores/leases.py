@@ -73,6 +73,7 @@ class LeaseManager:
         self.keys = keys
         self.ttl_ms = int(ttl_s * 1000)
         self.default_slots = default_slots
+        self.clock = RedisClock(conn)  # node health times and slot expiries are on Redis' clock
         self._acquire = script(conn, "lease_acquire.lua")
         self._renew = script(conn, "lease_renew.lua")
         self._release = script(conn, "lease_release.lua")
@@ -136,7 +137,7 @@ class LeaseManager:
             pipe.execute()
 
     def set_node_health(self, node: str, status: str, gpus: int | None = None) -> None:
-        fields: dict[str, str | int] = {"status": status, "status_at": f"{RedisClock(self.conn)():.3f}"}
+        fields: dict[str, str | int] = {"status": status, "status_at": f"{self.clock():.3f}"}
         if gpus is not None:
             fields["gpus"] = gpus
         with self.conn.pipeline(transaction=True) as pipe:
@@ -147,7 +148,7 @@ class LeaseManager:
     def nodes(self) -> list[dict[str, str]]:
         """Every known node: gpus, status, slots in use (unexpired)."""
         names = sorted(n.decode() for n in self.conn.smembers(self.keys.nodes))
-        now_ms = RedisClock(self.conn)() * 1000  # the slots' expiries are Redis' time
+        now_ms = self.clock() * 1000  # the slots' expiries are Redis' time
         with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
             for name in names:
                 pipe.hgetall(self.keys.node(name))
