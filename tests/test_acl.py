@@ -11,39 +11,19 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 
 from coordinator.bus import intake
 from coordinator.ops.local_redis import LocalRedis, free_port, redis_server_binary
 from coordinator.ops.workers_pool import start_worker, stop_workers
-from tests.conftest import console_script, stream_events, wait_for
+from tests.support.acl import ADMIN, ROLE_PASSWORDS, as_role, render_acl, url, with_admin
+from tests.support.polling import wait_for
+from tests.support.streams import stream_events
+from tests.support.tools import console_script
+from tests.support.trainers import STUB_TRAINER
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).parent.parent
-PASSWORDS = {"exporter": "ex-pw", "worker": "wk-pw", "coordinator": "co-pw", "viewer": "vw-pw"}
-
-
-def render_acl(passwords: dict[str, str]) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
-    env.update({f"{role.upper()}_PASSWORD": pw for role, pw in passwords.items()})
-    return subprocess.run([str(ROOT / "deploy/redis/render-acl.sh")], env=env, capture_output=True, text=True,
-                          check=True).stdout
-
-
-@pytest.fixture(scope="module")
-def acl_server(tmp_path_factory):
-    acl = tmp_path_factory.mktemp("acl") / "users.acl"
-    acl.write_text(render_acl(PASSWORDS))
-    with LocalRedis(extra_args=("--aclfile", str(acl)), username="coordinator",
-                    password=PASSWORDS["coordinator"]) as server:
-        yield server
-
-
-def url(server: LocalRedis, role: str) -> str:
-    return f"redis://{role}:{PASSWORDS[role]}@127.0.0.1:{server.port}/0"
-
-
-def as_role(server: LocalRedis, role: str) -> redis.Redis:
-    return redis.Redis.from_url(url(server, role))
 
 
 SUBMISSION = '["type","EVALUATION_COMPLETED","config_key","hex8_2p","elo","1500"]'
@@ -73,7 +53,7 @@ ALLOWED = {
 ALLOWED["coordinator"] = ALLOWED["worker"]
 
 
-@pytest.mark.parametrize("role", sorted(PASSWORDS))
+@pytest.mark.parametrize("role", sorted(ROLE_PASSWORDS))
 def test_each_role_is_refused_outside_its_job(acl_server, role):
     conn = as_role(acl_server, role)
     matrix = {}
@@ -147,16 +127,15 @@ HOSTILE = {
     "coordinator": "$(touch {marker}) `touch {marker}` \"'; ${{HOME}} \\",  # shell metacharacters
     "viewer": "correct horse battery staple",  # was: redis-server refused to start
 }
-ADMIN = ("test-admin", "ad-pw")  # this test's own user, to list the users
 
 
 @pytest.fixture(scope="module")
 def hostile_passwords(tmp_path_factory):
     marker = tmp_path_factory.mktemp("hostile") / "touched"
     passwords = {role: pw.format(marker=marker) for role, pw in HOSTILE.items()}
-    rendered = render_acl(passwords)
+    rendered = render_acl(passwords).stdout
     acl = marker.parent / "users.acl"
-    acl.write_text(rendered + f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n")
+    acl.write_text(with_admin(rendered))
     with LocalRedis(extra_args=("--aclfile", str(acl)), username=ADMIN[0], password=ADMIN[1]) as server:
         yield server, passwords, rendered, marker
 
@@ -199,21 +178,18 @@ def test_passwords_never_become_acl_syntax(hostile_passwords):
 
 
 def test_render_acl_refuses_a_missing_required_password():
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
-    done = subprocess.run([str(ROOT / "deploy/redis/render-acl.sh")], env={**env, "EXPORTER_PASSWORD": "x"},
-                          capture_output=True, text=True)
+    done = render_acl({"exporter": "x"}, check=False)
     assert done.returncode == 1 and "WORKER_PASSWORD is not set" in done.stderr and not done.stdout
 
 
-def test_roles_run_the_pipeline_end_to_end(acl_server, tmp_path):
+def test_roles_run_the_pipeline_end_to_end(acl_server, tmp_path, npz):
     """Exporter submits to the intake, `ringrift-train run` as coordinator, `rq worker training` as worker."""
     as_role(acl_server, "coordinator").delete("ringrift:events", "ringrift:intake")
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
     config = tmp_path / "c.yaml"
-    config.write_text(f"training:\n  command: ['{{python}}', '-m', 'workers.stub_train']\n  check_npz: false\n"
-                      f"  models_root: {tmp_path / 'models'}\n  data_roots: ['{tmp_path}']\n  default_epochs: 2\n"
-                      f"events:\n  block_ms: 100\n")
+    config.write_text(yaml.safe_dump({
+        "training": {"command": list(STUB_TRAINER), "check_npz": False, "models_root": str(tmp_path / "models"),
+                     "data_roots": [str(tmp_path)], "default_epochs": 2},
+        "events": {"block_ms": 100}}))
     env = {**os.environ, "REDIS_URL": url(acl_server, "coordinator")}
     with open(tmp_path / "service.log", "wb") as log:
         service = subprocess.Popen([console_script("ringrift-train"), "--config", str(config), "run"], env=env,
@@ -247,7 +223,7 @@ def test_the_sentinel_password_stays_one_config_word(tmp_path):
     template = (ROOT / "deploy/redis/sentinel.conf").read_text()
     assert rendered.count("\n") == template.count("\n") and rendered.count("notification-script") == 1
     acl = tmp_path / "users.acl"
-    acl.write_text(render_acl({**PASSWORDS, "sentinel": password}) + f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n")
+    acl.write_text(with_admin(render_acl({**ROLE_PASSWORDS, "sentinel": password}).stdout))
     with LocalRedis(extra_args=("--aclfile", str(acl)), username=ADMIN[0], password=ADMIN[1]) as primary:
         conf = tmp_path / "sentinel.conf"
         conf.write_text(rendered.replace("sentinel monitor mymaster redis-primary 6379 2",
@@ -285,7 +261,7 @@ def test_masterauth_written_as_a_config_word_links_a_replica(tmp_path):
                           env={**os.environ, "REPLICA_PASSWORD": password}, capture_output=True, text=True,
                           check=True).stdout.strip()
     acl = tmp_path / "users.acl"
-    acl.write_text(render_acl({**PASSWORDS, "replica": password}) + f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n")
+    acl.write_text(with_admin(render_acl({**ROLE_PASSWORDS, "replica": password}).stdout))
     conf = tmp_path / "replica.conf"
     conf.write_text(f"masteruser replica\nmasterauth {word}\n")
     auth = dict(username=ADMIN[0], password=ADMIN[1])

@@ -8,34 +8,27 @@ import msgpack
 
 from coordinator import TrainingOrchestrator
 from coordinator.core.settings import redact_url
-from tests.conftest import console_script
+from tests.support.exports import xadd_export
+from tests.support.streams import dead_reasons
+from tests.support.tools import console_script
 
 
-def _orch(fake_conn, make_settings, **training):
-    settings = make_settings(**training)
-    orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
-    orch.prepare()
-    return orch
-
-
-def test_paths_must_resolve_inside_the_data_roots(fake_conn, keys, make_settings, tmp_path):
+def test_paths_must_resolve_inside_the_data_roots(make_orch, fake_conn, tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     (root / "ok.npz").write_bytes(b"x")
     (root / "escape.npz").symlink_to("/etc/passwd")
-    orch = _orch(fake_conn, make_settings, data_roots=(str(root),))
+    orch = make_orch(data_roots=(str(root),))
     for path in (root / "ok.npz", root / "../../etc/passwd", root / "escape.npz", "/tmp/elsewhere.npz"):
-        fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p",
-                                     "npz_path": str(path), "samples": "10"})
+        xadd_export(fake_conn, "hex8_2p", path, 10)
     orch.process_once(block_ms=None)
-    reasons = [f[b"dead_reason"].decode() for _, f in fake_conn.xrange(keys.dead_letters)]
+    reasons = dead_reasons(fake_conn)
     assert len(reasons) == 3 and all("outside the data roots" in r for r in reasons)
     assert "resolves to '/etc/passwd'" in reasons[1]
     assert orch.jobs.get(orch.jobs.active_job("hex8_2p"))["npz_path"] == str(root / "ok.npz")
 
 
-def test_payloads_must_be_small_shallow_msgpack(fake_conn, keys, make_settings):
-    orch = _orch(fake_conn, make_settings)
+def test_payloads_must_be_small_shallow_msgpack(orch, fake_conn, keys):
     deep: list = []
     for _ in range(20):
         deep = [deep]
@@ -45,7 +38,7 @@ def test_payloads_must_be_small_shallow_msgpack(fake_conn, keys, make_settings):
     for payload in (pickle.dumps({"x": 1}), msgpack.packb(deep), msgpack.packb("x" * 300_000), msgpack.packb({"a": 1})):
         fake_conn.xadd(keys.events, {**base, "payload": payload})
     orch.process_once(block_ms=None)
-    reasons = [f[b"dead_reason"].decode() for _, f in fake_conn.xrange(keys.dead_letters)]
+    reasons = dead_reasons(fake_conn)
     assert reasons[0].startswith("payload is not valid msgpack")  # a pickle is never unpickled
     assert reasons[1] == "payload is nested deeper than 8"
     assert reasons[2].startswith("payload is larger than")
@@ -55,8 +48,7 @@ def test_payloads_must_be_small_shallow_msgpack(fake_conn, keys, make_settings):
 def test_dead_letters_command_lists_and_replays(redis_server, real_conn, make_settings):
     orch = TrainingOrchestrator(make_settings(redis_server.url), real_conn, consumer_name="t")
     orch.prepare()
-    real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex8", "num_players": "9",
-                                       "npz_path": "/d/x.npz", "samples": "5"})
+    xadd_export(real_conn, ("hex8", 9), "/d/x.npz", 5)
     orch.process_once(block_ms=None)
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "COLUMNS": "200"}
     listing = subprocess.run([console_script("ringrift-train"), "dead-letters"], env=env, capture_output=True,

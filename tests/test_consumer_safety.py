@@ -12,22 +12,16 @@ import redis
 from coordinator import TrainingOrchestrator
 from coordinator.core.errors import EventError
 from coordinator.core.inputs import check_identifier, parse_int, parse_number
-
-
-def _dead_reasons(conn, keys) -> list[str]:
-    return [f[b"dead_reason"].decode() for _, f in conn.xrange(keys.dead_letters)]
-
-
-def _export(conn, keys, **fields) -> None:
-    conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "npz_path": "/data/x.npz", "samples": "10", **fields})
+from tests.support.exports import xadd_export
+from tests.support.streams import dead_reasons
 
 
 @pytest.mark.parametrize("field", ["config_key", "config"])
 def test_a_config_key_with_a_trailing_newline_is_dead_lettered(orch, fake_conn, keys, field):
-    _export(fake_conn, keys, **{field: "hex8_2p\n"})
-    _export(fake_conn, keys, config_key="hex8_2p")
+    xadd_export(fake_conn, None, **{field: "hex8_2p\n"})
+    xadd_export(fake_conn, "hex8_2p")
     orch.process_once(block_ms=None)
-    [reason] = _dead_reasons(fake_conn, keys)
+    [reason] = dead_reasons(fake_conn)
     assert "is not of the form <board_type>_<players>p" in reason
     assert [k.decode() for k in fake_conn.zrange(keys.priority, 0, -1)] == ["hex8_2p"]
     assert orch.jobs.active_job("hex8_2p") is not None
@@ -59,43 +53,36 @@ def test_nan_and_inf_are_never_numbers():
             parse_number(text, "elo")
 
 
-def test_an_npz_path_through_a_symlink_loop_is_dead_lettered(fake_conn, keys, make_settings, tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "a").symlink_to(root / "b")
-    (root / "b").symlink_to(root / "a")
-    o = TrainingOrchestrator(make_settings(data_roots=(str(root),)), fake_conn, consumer_name="t")
-    o.prepare()
-    _export(fake_conn, keys, config_key="hex8_2p", npz_path=str(root / "a" / "x.npz"))
+def test_an_npz_path_through_a_symlink_loop_is_dead_lettered(make_orch, fake_conn, keys, looped_data_root):
+    root = looped_data_root
+    o = make_orch(data_roots=(str(root),))
+    xadd_export(fake_conn, "hex8_2p", root / "loop-a" / "x.npz")
     o.process_once(block_ms=None)
-    [reason] = _dead_reasons(fake_conn, keys)
+    [reason] = dead_reasons(fake_conn)
     assert "cannot be resolved" in reason and ("Symlink loop" in reason or "Too many levels" in reason)
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
-    again = TrainingOrchestrator(make_settings(data_roots=(str(root),)), fake_conn, consumer_name="t")
-    again.prepare()  # nothing of it left to trip over
+    make_orch(data_roots=(str(root),))  # started again: nothing of it left to trip over
 
 
-def test_an_npz_path_that_cannot_be_checked_is_dead_lettered(fake_conn, keys, make_settings, tmp_path,
-                                                             monkeypatch):
-    o = TrainingOrchestrator(make_settings(data_roots=(str(tmp_path),)), fake_conn, consumer_name="t")
-    o.prepare()
+def test_an_npz_path_that_cannot_be_checked_is_dead_lettered(make_orch, fake_conn, keys, tmp_path, monkeypatch):
+    o = make_orch(data_roots=(str(tmp_path),))
 
     def refuse(self, strict=False):
         raise PermissionError(13, "Permission denied", str(self))
 
     monkeypatch.setattr("pathlib.Path.resolve", refuse)
-    _export(fake_conn, keys, config_key="hex8_2p", npz_path=str(tmp_path / "x.npz"))
+    xadd_export(fake_conn, "hex8_2p", tmp_path / "x.npz")
     o.process_once(block_ms=None)
-    [reason] = _dead_reasons(fake_conn, keys)
+    [reason] = dead_reasons(fake_conn)
     assert "cannot be resolved: PermissionError" in reason
 
 
 def test_any_handler_error_dead_letters_the_entry_at_once(orch, fake_conn, keys, monkeypatch):
     monkeypatch.setattr(orch, "_handlers", {**orch._handlers, "EVALUATION_COMPLETED": lambda e: 1 / 0})
     fake_conn.xadd(keys.events, {"type": "EVALUATION_COMPLETED", "config_key": "hex8_2p", "elo": "1"})
-    _export(fake_conn, keys, config_key="hex8_2p")
+    xadd_export(fake_conn, "hex8_2p")
     orch.process_once(block_ms=None)
-    assert _dead_reasons(fake_conn, keys) == ["ZeroDivisionError: division by zero"]
+    assert dead_reasons(fake_conn) == ["ZeroDivisionError: division by zero"]
     assert fake_conn.hget(keys.stats, "handler_errors") == b"1"
     assert orch.jobs.active_job("hex8_2p") is not None
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
@@ -110,25 +97,24 @@ def test_an_error_recording_exports_dead_letters_only_that_config(orch, fake_con
         return real(groups)
 
     monkeypatch.setattr(orch.configs, "record_exports_many", record)
-    _export(fake_conn, keys, config_key="square8_2p")
-    _export(fake_conn, keys, config_key="hex8_2p")
+    xadd_export(fake_conn, "square8_2p")
+    xadd_export(fake_conn, "hex8_2p")
     orch.process_once(block_ms=None)
-    assert _dead_reasons(fake_conn, keys) == ["ValueError: broken config"]
+    assert dead_reasons(fake_conn) == ["ValueError: broken config"]
     assert orch.jobs.active_job("hex8_2p") is not None
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
-def test_a_stored_phantom_config_does_not_stop_start_up_or_dispatch(fake_conn, keys, make_settings):
+def test_a_stored_phantom_config_does_not_stop_start_up_or_dispatch(make_orch, fake_conn, keys):
     """What an older version left behind: a config recorded under `hex8_2p\\n`."""
     fake_conn.hset(keys.config("hex8_2p\n"), mapping={"npz_path": "/d/x.npz", "samples": "10", "exported_at": "1",
                                                       "new_samples": "100000", "first_seen_at": "1"})
     fake_conn.zadd(keys.priority, {"hex8_2p\n": 5.0})
-    o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
-    o.prepare()
+    o = make_orch()
     assert fake_conn.zrange(keys.priority, 0, -1) == []
     assert b"is not of the form" in fake_conn.hget(keys.config("hex8_2p\n"), "skipped_reason")
     assert fake_conn.hget(keys.stats, "configs_skipped") == b"1"
-    _export(fake_conn, keys, config_key="hex8_2p")
+    xadd_export(fake_conn, "hex8_2p")
     o.process_once(block_ms=None)
     assert o.jobs.active_job("hex8_2p") is not None
 
@@ -142,19 +128,18 @@ def test_a_config_that_cannot_be_dispatched_is_skipped(orch, fake_conn, keys, mo
         return real(settings, config_key, params)
 
     monkeypatch.setattr(orch.jobs, "create_job", create)
-    _export(fake_conn, keys, config_key="square8_2p", samples="99999")
-    _export(fake_conn, keys, config_key="hex8_2p")
+    xadd_export(fake_conn, "square8_2p", samples="99999")
+    xadd_export(fake_conn, "hex8_2p")
     orch.process_once(block_ms=None)
     assert orch.jobs.active_job("hex8_2p") is not None
     assert b"id rejected by RQ" in fake_conn.hget(keys.config("square8_2p"), "skipped_reason")
 
 
-def test_a_stored_config_that_cannot_be_scored_is_skipped_at_start_up(fake_conn, keys, make_settings):
+def test_a_stored_config_that_cannot_be_scored_is_skipped_at_start_up(make_orch, fake_conn, keys):
     fake_conn.hset(keys.config("hex8_3p"), mapping={"npz_path": "/d/x.npz", "new_samples": "lots"})
     fake_conn.zadd(keys.priority, {"hex8_3p": -1})
-    _export(fake_conn, keys, config_key="hex8_2p")
-    o = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="t")
-    o.prepare()
+    xadd_export(fake_conn, "hex8_2p")
+    o = make_orch()
     assert b"cannot be scored" in fake_conn.hget(keys.config("hex8_3p"), "skipped_reason")
     o.process_once(block_ms=None)
     assert o.jobs.active_job("hex8_2p") is not None
@@ -211,7 +196,7 @@ def test_transient_redis_errors_are_retried_then_poison(fake_conn, keys, make_se
             o.process_once(block_ms=None)
         except redis.ConnectionError:
             pass
-    [reason] = _dead_reasons(fake_conn, keys)
+    [reason] = dead_reasons(fake_conn)
     assert reason.startswith("poison: delivered 4 times")
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
@@ -226,20 +211,16 @@ def test_the_api_uses_the_event_validator(orch, args, reason):
         orch.submit_training_sync(*args)
 
 
-def test_start_up_replays_a_bad_pending_entry_into_a_dead_letter(fake_conn, keys, make_settings, tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "a").symlink_to(root / "b")
-    (root / "b").symlink_to(root / "a")
-    settings = make_settings(data_roots=(str(root),))
+def test_start_up_replays_a_bad_pending_entry_into_a_dead_letter(fake_conn, keys, make_settings, looped_data_root):
+    settings = make_settings(data_roots=(str(looped_data_root),))
     first = TrainingOrchestrator(settings, fake_conn, consumer_name="host-a")
     first.prepare()
-    _export(fake_conn, keys, config_key="hex8_2p", npz_path=str(root / "a" / "x.npz"))
-    _export(fake_conn, keys, config_key="hex8_2p\n")
+    xadd_export(fake_conn, "hex8_2p", looped_data_root / "loop-a" / "x.npz")
+    xadd_export(fake_conn, "hex8_2p\n")
     first.consumer.read(10, None)  # delivered, then the process died before handling them
     again = TrainingOrchestrator(settings, fake_conn, consumer_name="host-a")
     again.prepare()
-    assert len(_dead_reasons(fake_conn, keys)) == 2
+    assert len(dead_reasons(fake_conn)) == 2
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
@@ -253,5 +234,5 @@ def test_exporters_submissions_are_moved_and_consumed_by_the_loop(redis_server, 
     real_conn.rpush(o.keys.intake, b'["type"]')
     o.process_once(block_ms=None)  # moves them onto the stream and handles them
     assert o.jobs.active_job("hex8_2p") is not None
-    [reason] = _dead_reasons(real_conn, o.keys)
+    [reason] = dead_reasons(real_conn)
     assert reason.startswith("intake rejected the submission: an odd number of items")

@@ -7,12 +7,10 @@ import argparse
 import json
 import re
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,37 +24,18 @@ from coordinator.ops.local_redis import free_port
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.stores.breakers import CircuitBreakers
-from tests.conftest import console_script, end_job, require, take_job, wait_for
-from tests.test_acl import acl_server, as_role, url  # noqa: F401 - acl_server is a fixture used below
+from tests.support.acl import as_role, url
+from tests.support.exports import xadd_export
+from tests.support.jobs import end_job, take_job
+from tests.support.polling import or_none, wait_for
+from tests.support.tools import console_script, require
+from tests.support.trainers import stub_trainer
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def run_service(service, tmp_path):
-    """`ringrift-train --config <the service fixture's YAML> run [args]` (e.g. --metrics-port);
-    stopped afterwards. Returns the YAML's path."""
-    procs = []
-
-    def start(command: list[str], epochs: int, *args: str, **sections: dict) -> Path:
-        service(command, epochs=epochs, **sections).terminate()  # it writes the YAML; this one runs it
-        path = tmp_path / "coordinator.yaml"  # the service fixture confines its data to tmp_path
-        log = open(tmp_path / "run-service.log", "ab")  # noqa: SIM115 - closed at teardown
-        procs.append((subprocess.Popen([console_script("ringrift-train"), "--config", str(path), "run", *args],
-                                       stdout=log, stderr=subprocess.STDOUT), log))
-        return path
-
-    yield start
-    for proc, log in procs:
-        proc.terminate()
-        proc.wait(timeout=15)
-        log.close()
-    if (tmp_path / "run-service.log").exists():
-        sys.stdout.write("--- run-service.log\n" + (tmp_path / "run-service.log").read_text()[-3000:])
-
-
-@pytest.fixture
-def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fixture
+def seeded(acl_server, make_settings, npz):
     """A cluster written as the coordinator: three configs, a running job with two epochs, a
     finished one, a failure with its stderr, a dead letter, Elo evaluations, a node breaker open."""
     coordinator = as_role(acl_server, "coordinator")
@@ -66,11 +45,8 @@ def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fi
     settings = replace(make_settings(url(acl_server, "coordinator")), hosts={"node-a": 2, "node-b": 1})
     orch = TrainingOrchestrator(settings, coordinator, consumer_name="t")
     orch.prepare()
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
     for config_key in ("hex8_2p", "square8_3p", "hexagonal_4p"):
-        coordinator.xadd(orch.keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": config_key,
-                                            "npz_path": str(npz), "samples": "5000"})
+        xadd_export(coordinator, config_key, npz, 5000)
     coordinator.xadd(orch.keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p"})  # dead letter
     for at, elo in ((1000.0, 1200), (2000.0, 1260)):
         coordinator.xadd(orch.keys.events, {"type": "EVALUATION_COMPLETED", "config_key": "hex8_2p", "elo": str(elo),
@@ -100,7 +76,7 @@ def seeded(acl_server, make_settings, tmp_path):  # noqa: F811 - the imported fi
             "fence": str(lease.fence)}
 
 
-def test_page_data_as_the_viewer_user(acl_server, seeded):  # noqa: F811 - the imported fixture
+def test_page_data_as_the_viewer_user(acl_server, seeded):
     viewer = as_role(acl_server, "viewer")  # read commands only: any write would raise NOPERM
     settings, orch = seeded["settings"], seeded["orch"]
     # The running job started 100 s ago (2 of its 3 epochs done): its ETA is half the time elapsed.
@@ -211,15 +187,13 @@ def config_rows(dom: str) -> list[tuple[str, bool]]:
         r'<tr class="clickable[^"]*" data-config="([^"]+)" data-rank="([^"]*)" data-eligible="([01])"', dom)]
 
 
-def test_chromium_sees_the_curve_grow_and_the_priorities(redis_server, real_conn, run_service, rq_workers, tmp_path):
+def test_chromium_sees_the_curve_grow_and_the_priorities(redis_server, real_conn, service, rq_workers, npz, tmp_path):
     chromium = require("chromium")
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
-    config = run_service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], 8)
+    service(stub_trainer("--epoch-seconds", "2"), epochs=8)
+    config = tmp_path / "coordinator.yaml"
     rq_workers(1)
     for config_key in ("hex8_2p", "square8_2p"):
-        real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": config_key,
-                                           "npz_path": str(npz), "samples": "10"})
+        xadd_export(real_conn, config_key, npz, 10)
     port = free_port()
     settings = load_settings(str(config))
     serve_in_thread(settings, port)
@@ -243,7 +217,7 @@ def test_chromium_sees_the_curve_grow_and_the_priorities(redis_server, real_conn
     assert wait_for(table_matches_priorities, timeout_s=60, interval_s=0.5)
 
 
-def test_viewer_url_serves_the_page(acl_server, seeded):  # noqa: F811 - the imported fixture
+def test_viewer_url_serves_the_page(acl_server, seeded):
     """The whole server on a viewer URL (what `ringrift-train dashboard --redis-url` gets)."""
     settings = replace(seeded["settings"], redis=replace(seeded["settings"].redis, url=url(acl_server, "viewer")))
     port = free_port()
@@ -257,7 +231,5 @@ def test_viewer_url_serves_the_page(acl_server, seeded):  # noqa: F811 - the imp
 
 
 def _json(address: str) -> dict | None:
-    try:
-        return json.loads(urllib.request.urlopen(address, timeout=10).read())
-    except OSError:
-        return None
+    """The JSON at `address`; None while the server is not answering yet."""
+    return or_none(lambda: json.loads(urllib.request.urlopen(address, timeout=10).read()), OSError)

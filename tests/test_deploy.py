@@ -29,13 +29,13 @@ from coordinator.core.connection import parse_sentinel_url
 from coordinator.core.settings import load_settings, parse_settings
 from coordinator.ops import cli
 from coordinator.ops.local_redis import free_port, redis_server_binary
-from tests.conftest import console_script, require, wait_for
+from tests.support.acl import ADMIN, ROLE_PASSWORDS, render_acl, with_admin
+from tests.support.polling import or_none, wait_for
+from tests.support.tools import console_script, require
 
 ROOT = Path(__file__).parent.parent
 DEPLOY = ROOT / "deploy"
-PASSWORDS = {"exporter": "ex-pw", "worker": "wk-pw", "coordinator": "co-pw", "viewer": "vw-pw",
-             "replica": "rp-pw", "sentinel": "se-pw"}
-ADMIN = ("test-admin", "ad-pw")  # this test's own user: CONFIG and ACL LOG are no role's business
+PASSWORDS = {**ROLE_PASSWORDS, "replica": "rp-pw", "sentinel": "se-pw"}
 MASTER = "mymaster"
 METRICS_PORT = 9108
 KILL_GRACE_S = load_settings(ROOT / "config/distributed_hosts.yaml").training.kill_grace_s
@@ -43,17 +43,10 @@ KILL_GRACE_S = load_settings(ROOT / "config/distributed_hosts.yaml").training.ki
 
 # --- Redis and Sentinel ------------------------------------------------------------------------------
 
-def render_acl(extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_PASSWORD")}
-    return subprocess.run([str(DEPLOY / "redis/render-acl.sh")], env={**env, **extra_env}, capture_output=True,
-                          text=True, check=True, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def acl_file(tmp_path_factory) -> Path:
-    rendered = render_acl({f"{role.upper()}_PASSWORD": pw for role, pw in PASSWORDS.items()}).stdout
     path = tmp_path_factory.mktemp("acl") / "users.acl"
-    path.write_text(rendered + f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n")
+    path.write_text(with_admin(render_acl(PASSWORDS).stdout))
     return path
 
 
@@ -82,18 +75,14 @@ def start_server(procs: list[subprocess.Popen[bytes]], conf: Path, acl: Path, *a
          "--aclfile", str(acl), "--logfile", str(log), "--repl-diskless-sync-delay", "0", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     client = connect_as(port, "coordinator", PASSWORDS["coordinator"])
-    wait_for(lambda: _answers(client) or _died(procs[-1], log), timeout_s=15, interval_s=0.02)
+    wait_for(lambda: _up(client, procs[-1], log), timeout_s=15, interval_s=0.02)
     return port
 
 
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-def _died(proc: subprocess.Popen[bytes], log: Path) -> bool:
+def _up(client: redis.Redis, proc: subprocess.Popen[bytes], log: Path) -> bool:
+    """The server answers PING; False while it is not listening yet; fails with its log once it has exited."""
+    if or_none(client.ping, redis.ConnectionError):
+        return True
     if proc.poll() is not None:
         raise AssertionError(f"redis-server exited: {log.read_text()[-2000:] if log.exists() else ''}")
     return False
@@ -160,7 +149,7 @@ def start_sentinel(processes: list[subprocess.Popen[bytes]], conf: Path) -> redi
         [redis_server_binary(), str(conf), "--sentinel", "--port", str(port), "--bind", "127.0.0.1",
          "--logfile", str(conf.with_suffix(".log"))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     sentinel = redis.Redis(port=port, socket_timeout=5, decode_responses=True)
-    wait_for(lambda: _answers(sentinel) or _died(processes[-1], conf.with_suffix(".log")), timeout_s=15)
+    wait_for(lambda: _up(sentinel, processes[-1], conf.with_suffix(".log")), timeout_s=15)
     return sentinel
 
 
@@ -190,18 +179,12 @@ def test_sentinel_conf_watches_mymaster_and_its_users_can_fail_over(tmp_path, ac
 
 
 def test_render_acl_leaves_out_the_optional_users_without_passwords():
-    required = {f"{role.upper()}_PASSWORD": pw for role, pw in PASSWORDS.items()
-                if role not in ("replica", "sentinel")}
-    without = render_acl(required)
-    assert {line.split()[1] for line in without.stdout.splitlines()} == {"default", *required_roles(required)}
+    without = render_acl(ROLE_PASSWORDS)  # the required four only
+    assert {line.split()[1] for line in without.stdout.splitlines()} == {"default", *ROLE_PASSWORDS}
     assert "REPLICA_PASSWORD not set" in without.stderr and "SENTINEL_PASSWORD not set" in without.stderr
-    both = render_acl({**required, "REPLICA_PASSWORD": "r", "SENTINEL_PASSWORD": "s"}).stdout
+    both = render_acl({**ROLE_PASSWORDS, "replica": "r", "sentinel": "s"}).stdout
     assert f"user replica on #{hashlib.sha256(b'r').hexdigest()} " in both
     assert f"user sentinel on #{hashlib.sha256(b's').hexdigest()} " in both
-
-
-def required_roles(passwords: dict[str, str]) -> set[str]:
-    return {name.removesuffix("_PASSWORD").lower() for name in passwords}
 
 
 # --- Commands: every one in deploy/ must parse with the real CLI ----------------------------------------

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 
 import pytest
 
 from coordinator import TrainingOrchestrator
 from coordinator.bus.events import DEAD_VALUE_BYTES, EventConsumer, as_pairs
 from coordinator.core.errors import EventError
-
-
-def _dead(conn, keys) -> list[dict[bytes, bytes]]:
-    return [f for _, f in conn.xrange(keys.dead_letters)]
-
-
-def _reasons(conn, keys) -> list[str]:
-    return [f[b"dead_reason"].decode() for f in _dead(conn, keys)]
+from tests.support.exports import xadd_export
+from tests.support.streams import dead_letters, dead_reasons
 
 
 def _xadd_pairs(conn, key: str, *parts: str | bytes) -> bytes:
@@ -41,20 +34,19 @@ def _xadd_pairs(conn, key: str, *parts: str | bytes) -> bytes:
 def test_own_event_types_with_junk_are_dead_lettered_at_once(orch, fake_conn, keys, fields, reason):
     fake_conn.xadd(keys.events, {"job_id": "hex8_2p-1", "config_key": "hex8_2p", **fields})
     orch.process_once(block_ms=None)  # the metrics observer never sees it: no exception, no retry
-    [got] = _reasons(fake_conn, keys)
+    [got] = dead_reasons(fake_conn)
     assert reason in got
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
 def test_valid_own_events_reach_the_metrics(orch, fake_conn, keys):
-    source = fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p",
-                                          "npz_path": "/d/x.npz", "samples": "1"}).decode()
+    source = xadd_export(fake_conn, "hex8_2p", "/d/x.npz", 1)
     fake_conn.xadd(keys.events, {"type": "TRAINING_STARTED", "job_id": "hex8_2p-1", "config_key": "hex8_2p",
                                  "source_event": source, "fence": "", "attempt": "1"})
     fake_conn.xadd(keys.events, {"type": "TRAINING_COMPLETE", "job_id": "hex8_2p-1", "config_key": "hex8_2p",
                                  "duration_s": "12.5", "history": json.dumps([{"epoch": 1, "train_loss": 1.0}])})
     orch.process_once(block_ms=None)
-    assert _reasons(fake_conn, keys) == []
+    assert dead_reasons(fake_conn) == []
     assert orch.metrics.duration._sum.get() == 12.5
 
 
@@ -65,7 +57,7 @@ def test_a_long_field_name_is_refused_with_the_limit_it_hit(orch, fake_conn, key
     fake_conn.xadd(keys.events, {"type": "EVALUATION_COMPLETED", "config_key": "hex8_2p", "elo": "1",
                                  "note": "v" * 5000})
     orch.process_once(block_ms=None)
-    first, second = _reasons(fake_conn, keys)
+    first, second = dead_reasons(fake_conn)
     assert "longer than 256 bytes (300)" in first and "4096" not in first
     assert "'note' is larger than 4096 bytes (5000)" in second
 
@@ -73,12 +65,11 @@ def test_a_long_field_name_is_refused_with_the_limit_it_hit(orch, fake_conn, key
 @pytest.mark.parametrize(("samples", "ok"), [("5.0", True), ("1e3", True), ("40000", True), ("٣", False),
                                              ("1_000", False), (" 5", False), ("5.5", False), ("nan", False)])
 def test_samples_follow_the_number_rule(orch, fake_conn, keys, samples, ok):
-    fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/d/x.npz",
-                                 "samples": samples})
+    xadd_export(fake_conn, "hex8_2p", "/d/x.npz", samples)
     orch.process_once(block_ms=None)
     assert (orch.jobs.active_job("hex8_2p") is not None) == ok
     if not ok:
-        assert "samples must be" in _reasons(fake_conn, keys)[0]
+        assert "samples must be" in dead_reasons(fake_conn)[0]
 
 
 def test_a_repeated_meaningful_field_is_refused_metadata_may_repeat(orch, fake_conn, keys):
@@ -87,7 +78,7 @@ def test_a_repeated_meaningful_field_is_refused_metadata_may_repeat(orch, fake_c
     _xadd_pairs(fake_conn, keys.events, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hex8_2p",
                 "npz_path", "/d/c.npz", "samples", "40000", "note", "x", "note", "y")
     orch.process_once(block_ms=None)
-    assert _reasons(fake_conn, keys) == ["field 'npz_path' repeats (which value was meant?)"]
+    assert dead_reasons(fake_conn) == ["field 'npz_path' repeats (which value was meant?)"]
     assert orch.jobs.get(orch.jobs.active_job("hex8_2p"))["npz_path"] == "/d/c.npz"
 
 
@@ -112,7 +103,7 @@ def test_big_values_are_cut_in_the_dead_letter_with_size_and_hash(orch, fake_con
     fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex9", "num_players": "2",
                                  "npz_path": "/d/x.npz", "note": big})
     orch.process_once(block_ms=None)
-    [dead] = _dead(fake_conn, keys)
+    [dead] = dead_letters(fake_conn)
     assert len(dead[b"note"]) == DEAD_VALUE_BYTES
     [cut] = json.loads(dead[b"dead_truncated"])
     assert (cut["field"], cut["bytes"], cut["sha256"]) == ("note", 4000, hashlib.sha256(big.encode()).hexdigest())
@@ -125,7 +116,7 @@ def test_big_values_are_cut_in_the_dead_letter_with_size_and_hash(orch, fake_con
 def test_a_dead_letter_stays_small_whatever_the_event(orch, fake_conn, keys):
     fake_conn.xadd(keys.events, {"type": "NOPE", **{f"f{i}": "v" * 4000 for i in range(60)}})
     orch.process_once(block_ms=None)
-    [(_, dead)] = fake_conn.xrange(keys.dead_letters)
+    [dead] = dead_letters(fake_conn)
     stored = sum(len(k) + len(v) for k, v in dead.items() if not k.startswith(b"dead_"))
     assert stored <= 4096
 
@@ -141,13 +132,6 @@ def test_the_stream_is_trimmed_by_bytes_too(fake_conn, keys):
 
 
 # -- issue 15.6: RingRift's event shapes -----------------------------------------------------------
-@pytest.fixture
-def cluster(fake_conn, make_settings):
-    o = TrainingOrchestrator(replace(make_settings(), hosts={"a": 4, "b": 2, "c": 1}), fake_conn, "t")
-    o.prepare()
-    return o
-
-
 def _statuses(o) -> dict[str, str]:
     return {n["node"]: n["status"] for n in o.leases.nodes()}
 
@@ -165,7 +149,7 @@ def test_an_unparseable_peer_list_is_dead_lettered_not_taken_as_no_peers(cluster
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "alive_peers": peers})
     cluster.process_once(block_ms=None)
     assert _statuses(cluster) == {"a": "healthy", "b": "healthy", "c": "healthy"}
-    [reason] = _reasons(fake_conn, keys)
+    [reason] = dead_reasons(fake_conn)
     assert "alive_peers" in reason
 
 
@@ -181,7 +165,7 @@ def test_open_nodes_take_nodes_out_of_dispatch_until_a_later_event(cluster, fake
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "new_state": "closed", "open_nodes": "[]"})
     cluster.process_once(block_ms=None)
     assert _statuses(cluster) == {"a": "healthy", "b": "healthy", "c": "healthy"}
-    assert _reasons(fake_conn, keys) == []
+    assert dead_reasons(fake_conn) == []
 
 
 def test_forms_naming_no_node_are_recorded_not_dead_lettered(cluster, fake_conn, keys):
@@ -192,7 +176,7 @@ def test_forms_naming_no_node_are_recorded_not_dead_lettered(cluster, fake_conn,
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "score": "0.4", "level": "warning",
                                  "degraded_components": '["gpu"]', "recommended_actions": '["wait"]', "node_id": "a"})
     cluster.process_once(block_ms=None)
-    assert _reasons(fake_conn, keys) == []
+    assert dead_reasons(fake_conn) == []
     health = {k.decode(): v.decode() for k, v in fake_conn.hgetall(keys.cluster_health).items()}
     assert (health["overall_health"], health["overall_score"], health["score"], health["level"]) == (
         "degraded", "0.62", "0.4", "warning")
@@ -208,7 +192,7 @@ def test_curriculum_ignores_metadata_and_names_a_bad_key_or_weight(orch, fake_co
     fake_conn.xadd(keys.events, {"type": "CURRICULUM_WEIGHTS_UPDATED", "updated_at": "now"})
     orch.process_once(block_ms=None)
     assert fake_conn.hget(keys.config("hex8_2p"), "curriculum_weight") == b"2.0"
-    reasons = _reasons(fake_conn, keys)
+    reasons = dead_reasons(fake_conn)
     assert "unknown board_type 'hex9'" in reasons[0]
     assert "'hex8_2p\\n' is not of the form" in reasons[1]
     assert "weight of square8_2p must be in [0, inf]" in reasons[2]

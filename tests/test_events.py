@@ -10,6 +10,7 @@ from coordinator.bus.events import (
 )
 from coordinator.bus.schemas import parse_export
 from coordinator.core.errors import EventError
+from tests.support.streams import dead_letters
 
 
 def _event(**fields):
@@ -77,7 +78,7 @@ def test_dead_letter_keeps_fields_and_reason_and_acks(fake_conn, keys):
     fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex9"})
     [event] = consumer.read(10, None)
     consumer.dead_letter(event, "unknown board_type 'hex9'")
-    [(_, dead)] = fake_conn.xrange(keys.dead_letters)
+    [dead] = dead_letters(fake_conn)
     assert dead[b"board_type"] == b"hex9"
     assert dead[b"dead_reason"] == b"unknown board_type 'hex9'"
     assert dead[b"dead_original_id"] == event.id.encode()

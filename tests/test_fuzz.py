@@ -11,6 +11,7 @@ from coordinator import TrainingOrchestrator
 from coordinator.bus.events import KNOWN_TYPES
 from coordinator.core.errors import ConfigError
 from coordinator.core.settings import parse_settings
+from tests.support.streams import dead_letters
 
 BATCH = 50  # x the Hypothesis profile's examples (conftest: dev 20, ci 100 = 5,000 events)
 FIELD_NAMES = ["type", "board_type", "num_players", "config_key", "config", "npz_path", "output_path", "samples",
@@ -48,7 +49,7 @@ def test_every_generated_event_is_handled_or_dead_lettered(fake_conn, keys, make
         pass
     pending = fake_conn.xpending(keys.events, "orchestrator")["pending"]
     assert pending == 0, "an event was neither handled nor dead-lettered"
-    for _, dead in fake_conn.xrange(keys.dead_letters):
+    for dead in dead_letters(fake_conn):
         assert dead[b"dead_reason"], "a dead letter without its reason"
 
 

@@ -18,7 +18,9 @@ import msgpack
 from hypothesis import settings as hypothesis_settings
 
 from coordinator import TrainingOrchestrator
-from tests.conftest import wait_for
+from tests.support.exports import xadd_export
+from tests.support.polling import wait_for
+from tests.support.streams import dead_letters
 
 EVENTS_PER_EXAMPLE = 25
 SEED = 14
@@ -90,11 +92,8 @@ def _flat(fields: Fields) -> list[bytes | str]:
     return [part for pair in fields for part in pair]
 
 
-def test_fuzzing_the_running_consumer_on_real_redis(redis_server, real_conn, make_settings, tmp_path):
-    root = tmp_path / "data"
-    root.mkdir()
-    (root / "loop-a").symlink_to(root / "loop-b")
-    (root / "loop-b").symlink_to(root / "loop-a")
+def test_fuzzing_the_running_consumer_on_real_redis(redis_server, real_conn, make_settings, looped_data_root):
+    root = looped_data_root
     settings = make_settings(redis_server.url, data_roots=(str(root),))
     orch = TrainingOrchestrator(settings, real_conn, consumer_name="fuzz")
     orch.prepare()
@@ -119,8 +118,7 @@ def test_fuzzing_the_running_consumer_on_real_redis(redis_server, real_conn, mak
             return group["last-delivered-id"].decode() == last and group["pending"] == 0
 
         wait_for(caught_up, timeout_s=300)
-        dead = {f[b"dead_original_id"].decode(): f[b"dead_reason"].decode()
-                for _, f in real_conn.xrange(orch.keys.dead_letters)}
+        dead = {f[b"dead_original_id"].decode(): f[b"dead_reason"].decode() for f in dead_letters(real_conn)}
         false_positives = {i: dead[i] for i, valid in expected_valid.items() if valid and i in dead}
         missed = [i for i, valid in expected_valid.items() if not valid and i not in dead]
         generic = {i: r for i, r in dead.items() if r.startswith("poison") or not r.strip()}
@@ -138,8 +136,7 @@ def test_fuzzing_the_running_consumer_on_real_redis(redis_server, real_conn, mak
         assert not generic, list(generic.items())[:5]
         assert real_conn.hget(orch.keys.stats, "handler_errors") is None  # every reason came from a check
         assert consumer.is_alive()
-        new = real_conn.xadd(orch.keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "square8_2p",
-                                                "npz_path": str(root / "fresh.npz"), "samples": "50000"}).decode()
+        new = xadd_export(real_conn, "square8_2p", root / "fresh.npz", 50000)
         wait_for(lambda: real_conn.hget(orch.keys.config("square8_2p"), "last_event_id") == new.encode(),
                  timeout_s=60)
     finally:

@@ -10,12 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import redis
 
 from coordinator.bus import intake
 from coordinator.bus.events import INTAKE_REJECTED
 from coordinator.core.keys import Keys
-from tests.conftest import require, stream_events
+from tests.support.streams import raw_xrange, stream_events
+from tests.support.tools import require
 
 KEYS = Keys("ringrift")
 MAX_ID = "18446744073709551615-18446744073709551615"
@@ -23,9 +23,7 @@ MAX_ID = "18446744073709551615-18446744073709551615"
 
 def raw_fields(conn) -> list[list[str]]:
     """Each entry's fields and values in order, repeats kept (XRANGE's raw reply, not a dict)."""
-    raw = redis.Redis(connection_pool=conn.connection_pool)
-    raw.set_response_callback("XRANGE", lambda reply, **_: reply)
-    return [[x.decode() for x in flat] for _id, flat in raw.xrange(KEYS.events)]
+    return [[x.decode() for x in flat] for _id, flat in raw_xrange(conn)]
 
 
 def test_a_submission_becomes_one_event_with_its_fields_in_order(real_conn):

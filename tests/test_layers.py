@@ -1,15 +1,12 @@
 """The code's layers import only downwards (README "Where things are").
 
-Every import in `coordinator/` and `workers/` is read with `ast`, those inside functions and under
-`TYPE_CHECKING` included: any of them is a dependency a reader has to follow.
+Every import in `coordinator/` and `workers/` is read with `ast` (tests/support/import_graph.py), those
+inside functions and under `TYPE_CHECKING` included: any of them is a dependency a reader has to follow.
 """
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.import_graph import graph, module_files
 
 # Package (or module) -> layer; a module belongs to the longest prefix listed. An import may point
 # to its own layer or below, never up.
@@ -26,47 +23,9 @@ LAYERS: dict[str, int] = {
 }
 
 
-def module_files() -> dict[str, Path]:
-    out = {}
-    for package in ("coordinator", "workers"):
-        for path in (ROOT / package).rglob("*.py"):
-            parts = path.relative_to(ROOT).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-            out[name] = path
-    return out
-
-
 def layer_of(module: str) -> int:
     best = max((prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")), key=len)
     return LAYERS[best]
-
-
-def imports(module: str, path: Path, known: dict[str, Path]) -> set[str]:
-    """The modules of this code base that `module` imports anywhere in its file."""
-    found: set[str] = set()
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join(anchor + ([node.module] if node.module else []))
-            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in known:
-                target = target.rpartition(".")[0]
-            if target and target != module:
-                found.add(target)
-    return found
-
-
-def graph() -> dict[str, set[str]]:
-    known = module_files()
-    return {module: imports(module, path, known) for module, path in known.items()}
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

@@ -8,15 +8,18 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from coordinator.ops.local_redis import free_port
-from tests.conftest import console_script, stream_events, wait_for, xadd_like_an_exporter
+from tests.support.exports import cli_export, xadd_like_an_exporter
+from tests.support.grafana import DASHBOARD
+from tests.support.polling import or_none, wait_for
+from tests.support.streams import stream_events
+from tests.support.tools import console_script
+from tests.support.trainers import stub_trainer
 
 pytestmark = pytest.mark.integration
-DASHBOARD = Path(__file__).parent.parent / "deploy/grafana/ringrift-training.json"
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -29,28 +32,16 @@ def scrape(port: int) -> dict[str, float]:
     return series
 
 
-def test_metrics_endpoint_series_exist_and_move(redis_server, real_conn, service, rq_workers, tmp_path):
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
+def test_metrics_endpoint_series_exist_and_move(redis_server, real_conn, service, rq_workers, npz):
     port = free_port()
-    proc = service(["{python}", "-m", "workers.stub_train"], epochs=2)
-    proc.terminate()
-    proc.wait()  # restarted below with the metrics port
-    with open(tmp_path / "metrics-service.log", "wb") as log:
-        svc = subprocess.Popen([console_script("ringrift-train"), "--config", str(tmp_path / "coordinator.yaml"),
-                                "run", "--metrics-port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        before = wait_for(lambda: _try_scrape(port), timeout_s=20)
-        rq_workers(1)
-        xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hex8_2p", "npz_path",
-                              str(npz), "samples", "10")
-        xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hex8_9p")
-        wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=60)
-        after = wait_for(lambda: (s := scrape(port)).get(
-            'ringrift_events_consumed_total{type="TRAINING_COMPLETE"}') and s, timeout_s=20)
-    finally:
-        svc.terminate()
-        svc.wait(timeout=15)
+    service(stub_trainer(), epochs=2, run_args=("--metrics-port", str(port)))
+    before = wait_for(lambda: or_none(lambda: scrape(port), OSError), timeout_s=20)
+    rq_workers(1)
+    cli_export(redis_server, "hex8_2p", npz, 10)
+    xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hex8_9p")
+    wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=60)
+    after = wait_for(lambda: (s := scrape(port)).get(
+        'ringrift_events_consumed_total{type="TRAINING_COMPLETE"}') and s, timeout_s=20)
     assert after['ringrift_events_consumed_total{type="NPZ_EXPORT_COMPLETE"}'] == 1
     assert after['ringrift_events_dead_lettered_total{type="NPZ_EXPORT_COMPLETE"}'] == 1
     assert after["ringrift_lease_acquisitions_total"] == before.get("ringrift_lease_acquisitions_total", 0) + 1
@@ -68,17 +59,9 @@ def test_metrics_endpoint_series_exist_and_move(redis_server, real_conn, service
                 assert name in served, f"dashboard panel {panel['title']!r} uses {name}, which is not served"
 
 
-def _try_scrape(port: int) -> dict[str, float] | None:
-    try:
-        return scrape(port)
-    except OSError:
-        return None
-
-
-def test_submit_wait_follows_the_job_and_fails_with_it(redis_server, real_conn, service, rq_workers, tmp_path):
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.3"], epochs=3)
+def test_submit_wait_follows_the_job_and_fails_with_it(redis_server, real_conn, service, rq_workers, tmp_path,
+                                                       npz):
+    service(stub_trainer("--epoch-seconds", "0.3"), epochs=3)
     rq_workers(1)
     base = [console_script("ringrift-train"), "--config", str(tmp_path / "coordinator.yaml"), "submit"]
 
@@ -96,14 +79,11 @@ def test_submit_wait_follows_the_job_and_fails_with_it(redis_server, real_conn, 
     assert bad.returncode == 2 and "unknown board_type 'hex9'" in bad.stderr
 
 
-def test_events_and_status_commands(redis_server, real_conn, service, rq_workers, tmp_path):
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "3"], epochs=3)
+def test_events_and_status_commands(redis_server, real_conn, service, rq_workers, npz):
+    service(stub_trainer("--epoch-seconds", "3"), epochs=3)
     rq_workers(1)
     for key in ("hex8_2p", "square8_3p"):
-        xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", key, "npz_path", str(npz),
-                              "samples", "10")
+        cli_export(redis_server, key, npz, 10)
     wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_PROGRESS")], timeout_s=30)
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "COLUMNS": "160"}
     run = [console_script("ringrift-train")]
@@ -123,11 +103,9 @@ def test_events_and_status_commands(redis_server, real_conn, service, rq_workers
     assert "running" in screen and running["config_key"] in screen and "configs by priority" in screen
 
 
-def test_status_watch_in_a_terminal(redis_server, real_conn, service, rq_workers, tmp_path):
+def test_status_watch_in_a_terminal(redis_server, real_conn, service, rq_workers, npz):
     assert shutil.which("tmux"), "tmux is missing: .ci/run installs it"
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], epochs=4)
+    service(stub_trainer("--epoch-seconds", "2"), epochs=4)
     rq_workers(1)
     session = f"ringrift-{free_port()}"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "50",
@@ -135,8 +113,7 @@ def test_status_watch_in_a_terminal(redis_server, real_conn, service, rq_workers
                     "--interval 0.5"],
                    check=True)
     try:
-        xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", "hex8_2p", "npz_path",
-                              str(npz), "samples", "10")
+        cli_export(redis_server, "hex8_2p", npz, 10)
 
         def screen() -> str:
             return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True,

@@ -11,35 +11,20 @@ from coordinator import TrainingOrchestrator
 from coordinator.bus.events import EventConsumer, decode_entry
 from coordinator.core.job_states import LEASED, QUEUED, RUNNING
 from coordinator.core.keys import TRAINING_QUEUE
-from tests.conftest import end_job, take_job
-
-
-@pytest.fixture
-def orchestrator(fake_conn, make_settings):
-    orch = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="test")
-    orch.prepare()
-    return orch
-
-
-def export(conn, keys, board="hex8", players=2, path="/data/hex8_2p.npz", samples=40000, **extra):
-    fields = {"type": "NPZ_EXPORT_COMPLETE", "board_type": board, "num_players": players,
-              "npz_path": path, "samples": samples, **extra}
-    return conn.xadd(keys.events, fields).decode()
+from tests.support.exports import xadd_export
+from tests.support.jobs import end_job, take_job
+from tests.support.streams import dead_letters, stream_events
 
 
 def queued_ids(conn):
     return Queue(TRAINING_QUEUE, connection=conn).job_ids
 
 
-def events_of(conn, keys, event_type):
-    return [decode_entry(i, f) for i, f in conn.xrange(keys.events) if f[b"type"] == event_type.encode()]
-
-
-def test_export_creates_one_job_enqueued_on_rq(orchestrator, fake_conn, keys):
-    export(fake_conn, keys)
-    assert orchestrator.process_once(block_ms=None) == 1
-    job_id = orchestrator.jobs.active_job("hex8_2p")
-    record = orchestrator.jobs.get(job_id)
+def test_export_creates_one_job_enqueued_on_rq(orch, fake_conn, keys):
+    xadd_export(fake_conn)
+    assert orch.process_once(block_ms=None) == 1
+    job_id = orch.jobs.active_job("hex8_2p")
+    record = orch.jobs.get(job_id)
     assert record["state"] == QUEUED
     assert (record["npz_path"], record["samples"], record["epochs"]) == ("/data/hex8_2p.npz", "40000", "3")
     assert record["output_dir"].endswith(f"hex8_2p/{job_id}")
@@ -49,15 +34,14 @@ def test_export_creates_one_job_enqueued_on_rq(orchestrator, fake_conn, keys):
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
-def test_rq_keeps_its_job_keys_for_training_rq_result_ttl_days(fake_conn, keys, make_settings):
+def test_rq_keeps_its_job_keys_for_training_rq_result_ttl_days(make_orch, fake_conn):
     from rq.job import Job
 
     from coordinator.core.errors import ConfigError
     from coordinator.core.settings import parse_settings
 
-    orch = TrainingOrchestrator(make_settings(rq_result_ttl_days=0.5), fake_conn, consumer_name="test")
-    orch.prepare()
-    export(fake_conn, keys)
+    orch = make_orch(rq_result_ttl_days=0.5)
+    xadd_export(fake_conn)
     orch.process_once(block_ms=None)
     job = Job.fetch(orch.jobs.active_job("hex8_2p"), connection=fake_conn)
     assert (job.result_ttl, job.failure_ttl) == (43_200, 43_200)
@@ -65,66 +49,66 @@ def test_rq_keeps_its_job_keys_for_training_rq_result_ttl_days(fake_conn, keys, 
         parse_settings({"training": {"rq_result_ttl_days": 0}})
 
 
-def test_second_export_while_queued_updates_the_queued_job(orchestrator, fake_conn, keys):
-    export(fake_conn, keys, path="/data/v1.npz", samples=100)
-    export(fake_conn, keys, path="/data/v2.npz", samples=200)
-    orchestrator.process_once(block_ms=None)
+def test_second_export_while_queued_updates_the_queued_job(orch, fake_conn, keys):
+    xadd_export(fake_conn, npz_path="/data/v1.npz", samples=100)
+    xadd_export(fake_conn, npz_path="/data/v2.npz", samples=200)
+    orch.process_once(block_ms=None)
     [job_id] = queued_ids(fake_conn)
-    record = orchestrator.jobs.get(job_id)
+    record = orch.jobs.get(job_id)
     assert (record["npz_path"], record["samples"], record["data_version"]) == ("/data/v2.npz", "200", "2")
 
 
-def test_export_batch_falls_back_when_the_active_job_changed_under_it(orchestrator, fake_conn, keys):
+def test_export_batch_falls_back_when_the_active_job_changed_under_it(orch, fake_conn, keys):
     """record_exports_many reads the active jobs, then runs one script per config: a config whose
     job appeared in between is written again with the job it has now, not with stale state."""
     from coordinator.bus.events import Export
 
-    export(fake_conn, keys, path="/data/v1.npz", samples=100)
-    orchestrator.process_once(block_ms=None)
+    xadd_export(fake_conn, npz_path="/data/v1.npz", samples=100)
+    orch.process_once(block_ms=None)
     [job_id] = queued_ids(fake_conn)
     real_hmget = fake_conn.hmget
     fake_conn.hmget = lambda key, fields: [None] * len(fields)  # as if read before the job existed
     try:
         new = [(Export("hex8", 2, "hex8_2p", "/data/v2.npz", 200), "9999999999999-0")]
-        assert orchestrator.configs.record_exports_many([new]) == ["updated"]
+        assert orch.configs.record_exports_many([new]) == ["updated"]
     finally:
         fake_conn.hmget = real_hmget
-    record = orchestrator.jobs.get(job_id)
+    record = orch.jobs.get(job_id)
     assert (record["npz_path"], record["samples"], record["data_version"]) == ("/data/v2.npz", "200", "2")
-    assert orchestrator.configs.record_exports_many([new]) == ["duplicate"]  # the same stream id again
+    assert orch.configs.record_exports_many([new]) == ["duplicate"]  # the same stream id again
 
 
-def test_export_while_running_waits_then_trains_on_the_newest_data(orchestrator, fake_conn, keys):
-    export(fake_conn, keys, path="/data/v1.npz")
-    orchestrator.process_once(block_ms=None)
+def test_export_while_running_waits_then_trains_on_the_newest_data(orch, fake_conn, keys):
+    xadd_export(fake_conn, npz_path="/data/v1.npz")
+    orch.process_once(block_ms=None)
     [first] = queued_ids(fake_conn)
-    lease = take_job(orchestrator, first, "hex8_2p")
-    export(fake_conn, keys, path="/data/v2.npz")
-    orchestrator.process_once(block_ms=None)
-    assert orchestrator.jobs.get(first)["npz_path"] == "/data/v1.npz"  # running: untouched
-    assert orchestrator.jobs.active_job("hex8_2p") == first
-    assert end_job(orchestrator.jobs, first, "hex8_2p", fence=lease.fence) == "recorded"
-    orchestrator.leases.release(lease)
-    orchestrator.process_once(block_ms=None)  # sees TRAINING_STARTED and TRAINING_COMPLETE
-    second = orchestrator.jobs.active_job("hex8_2p")
+    lease = take_job(orch, first, "hex8_2p")
+    xadd_export(fake_conn, npz_path="/data/v2.npz")
+    orch.process_once(block_ms=None)
+    assert orch.jobs.get(first)["npz_path"] == "/data/v1.npz"  # running: untouched
+    assert orch.jobs.active_job("hex8_2p") == first
+    assert end_job(orch.jobs, first, "hex8_2p", fence=lease.fence) == "recorded"
+    orch.leases.release(lease)
+    orch.process_once(block_ms=None)  # sees TRAINING_STARTED and TRAINING_COMPLETE
+    second = orch.jobs.active_job("hex8_2p")
     assert second not in (None, first)
-    assert orchestrator.jobs.get(second)["npz_path"] == "/data/v2.npz"
+    assert orch.jobs.get(second)["npz_path"] == "/data/v2.npz"
     assert queued_ids(fake_conn)[-1] == second
 
 
-def test_redelivered_export_is_applied_once(orchestrator, fake_conn, keys):
-    event_id = export(fake_conn, keys)
-    orchestrator.process_once(block_ms=None)
+def test_redelivered_export_is_applied_once(orch, fake_conn, keys):
+    event_id = xadd_export(fake_conn)
+    orch.process_once(block_ms=None)
     [job_id] = queued_ids(fake_conn)
-    lease = take_job(orchestrator, job_id, "hex8_2p")
+    lease = take_job(orch, job_id, "hex8_2p")
     # The same entry handled again (a crash between its effects and its ack):
     [entry] = fake_conn.xrange(keys.events, event_id, event_id)
-    orchestrator._handle_batch([decode_entry(*entry)])
+    orch._handle_batch([decode_entry(*entry)])
     assert fake_conn.hget(keys.config("hex8_2p"), "data_version") == b"1"
-    assert end_job(orchestrator.jobs, job_id, "hex8_2p", fence=lease.fence) == "recorded"
-    orchestrator.leases.release(lease)
-    orchestrator.process_once(block_ms=None)
-    assert orchestrator.jobs.active_job("hex8_2p") is None  # no second training for the same data
+    assert end_job(orch.jobs, job_id, "hex8_2p", fence=lease.fence) == "recorded"
+    orch.leases.release(lease)
+    orch.process_once(block_ms=None)
+    assert orch.jobs.active_job("hex8_2p") is None  # no second training for the same data
 
 
 @pytest.mark.parametrize(
@@ -137,49 +121,47 @@ def test_redelivered_export_is_applied_once(orchestrator, fake_conn, keys):
         ({"type": "TRAINING_BLOCKED_BY_QUALITY", "config_key": "nope"}, b"not of the form"),
     ],
 )
-def test_bad_events_are_dead_lettered_and_the_consumer_goes_on(orchestrator, fake_conn, keys, fields, reason):
+def test_bad_events_are_dead_lettered_and_the_consumer_goes_on(orch, fake_conn, keys, fields, reason):
     fake_conn.xadd(keys.events, fields)
-    export(fake_conn, keys)
-    orchestrator.process_once(block_ms=None)
-    [(_, dead)] = fake_conn.xrange(keys.dead_letters)
+    xadd_export(fake_conn)
+    orch.process_once(block_ms=None)
+    [dead] = dead_letters(fake_conn)
     assert reason in dead[b"dead_reason"]
-    assert orchestrator.jobs.active_job("hex8_2p") is not None
+    assert orch.jobs.active_job("hex8_2p") is not None
     assert fake_conn.xpending(keys.events, "orchestrator")["pending"] == 0
 
 
-def test_quality_block_and_cluster_health_are_recorded(orchestrator, fake_conn, keys):
+def test_quality_block_and_cluster_health_are_recorded(orch, fake_conn, keys):
     fake_conn.xadd(keys.events, {"type": "TRAINING_BLOCKED_BY_QUALITY", "config_key": "square8_3p", "reason": "low"})
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "gpu-2", "status": "down"})
-    orchestrator.process_once(block_ms=None)
+    orch.process_once(block_ms=None)
     assert fake_conn.hget(keys.config("square8_3p"), "quality_block_reason") == b"low"
     assert fake_conn.hget(keys.cluster_health, "node") == b"gpu-2"
     assert fake_conn.hget(keys.node("gpu-2"), "status") == b"down"
     assert fake_conn.xlen(keys.dead_letters) == 0
 
 
-def test_node_health_changes_the_usable_slots(fake_conn, keys, make_settings):
-    orch = TrainingOrchestrator(replace(make_settings(), hosts={"a": 4, "b": 2, "c": 1}), fake_conn, "t")
-    orch.prepare()
-    assert orch.total_slots() == 7
+def test_node_health_changes_the_usable_slots(cluster, fake_conn, keys):
+    assert cluster.total_slots() == 7
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "a", "status": "down"})
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "d", "status": "healthy", "gpus": "8"})
-    orch.process_once(block_ms=None)
-    assert orch.total_slots() == 2 + 1 + 8
+    cluster.process_once(block_ms=None)
+    assert cluster.total_slots() == 2 + 1 + 8
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "alive_peers": "a, c"})
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "alive_peers": "3"})  # a count: recorded only
     fake_conn.xadd(keys.events, {"type": "CLUSTER_HEALTH_CHANGED", "node": "a", "status": "on fire"})
-    orch.process_once(block_ms=None)
-    assert {n["node"]: n["status"] for n in orch.leases.nodes()} == {"a": "healthy", "b": "down", "c": "healthy",
-                                                                     "d": "down"}
-    assert orch.total_slots() == 5
-    [(_, dead)] = fake_conn.xrange(keys.dead_letters)
+    cluster.process_once(block_ms=None)
+    assert {n["node"]: n["status"] for n in cluster.leases.nodes()} == {"a": "healthy", "b": "down",
+                                                                        "c": "healthy", "d": "down"}
+    assert cluster.total_slots() == 5
+    [dead] = dead_letters(fake_conn)
     assert dead[b"dead_reason"].startswith(b"status must be one of")
 
 
 def test_restarted_orchestrator_handles_its_unacknowledged_entries(fake_conn, keys, make_settings):
     first = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="host-a")
     first.prepare()
-    export(fake_conn, keys)
+    xadd_export(fake_conn)
     first.consumer.read(10, None)  # delivered, then the process "dies" before handling it
     again = TrainingOrchestrator(make_settings(), fake_conn, consumer_name="host-a")
     again.prepare()
@@ -190,7 +172,7 @@ def test_restarted_orchestrator_handles_its_unacknowledged_entries(fake_conn, ke
 def test_other_consumers_pending_entries_are_reclaimed(fake_conn, keys, make_settings):
     dead = EventConsumer(fake_conn, keys, "orchestrator", "dead-host")
     dead.ensure_group()
-    export(fake_conn, keys)
+    xadd_export(fake_conn)
     dead.read(10, None)  # delivered to a consumer that never comes back
     settings = make_settings()
     settings = replace(settings, events=replace(settings.events, reclaim_idle_ms=20))
@@ -218,17 +200,17 @@ def test_async_api_submit_start_stop(fake_conn, keys, make_settings):
     assert (record["epochs"], record["npz_path"]) == ("7", "/data/h2.npz")
 
 
-def test_start_and_finish_are_guarded_by_state(orchestrator, fake_conn, keys):
-    job_id = orchestrator.submit_training_sync("square8", 2, "/d.npz")
-    assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") == 1
-    assert orchestrator.jobs.start(job_id, "square8_2p", "n", "w") is None  # already taken
-    assert orchestrator.jobs.get(job_id)["state"] == LEASED
-    assert orchestrator.jobs.mark_running(job_id, "square8_2p")
-    assert not orchestrator.jobs.mark_running(job_id, "square8_2p")  # running -> running is no move
-    assert orchestrator.jobs.get(job_id)["state"] == RUNNING
-    assert end_job(orchestrator.jobs, job_id, "square8_2p") == "recorded"
-    assert end_job(orchestrator.jobs, job_id, "square8_2p") == "not_running"
-    assert len(events_of(fake_conn, keys, "TRAINING_COMPLETE")) == 1
+def test_start_and_finish_are_guarded_by_state(orch, fake_conn, keys):
+    job_id = orch.submit_training_sync("square8", 2, "/d.npz")
+    assert orch.jobs.start(job_id, "square8_2p", "n", "w") == 1
+    assert orch.jobs.start(job_id, "square8_2p", "n", "w") is None  # already taken
+    assert orch.jobs.get(job_id)["state"] == LEASED
+    assert orch.jobs.mark_running(job_id, "square8_2p")
+    assert not orch.jobs.mark_running(job_id, "square8_2p")  # running -> running is no move
+    assert orch.jobs.get(job_id)["state"] == RUNNING
+    assert end_job(orch.jobs, job_id, "square8_2p") == "recorded"
+    assert end_job(orch.jobs, job_id, "square8_2p") == "not_running"
+    assert len(stream_events(fake_conn, "TRAINING_COMPLETE")) == 1
 
 
 def test_a_burst_of_exports_is_rescored_once_it_ends_then_dispatched(fake_conn, keys, make_settings):
@@ -237,7 +219,7 @@ def test_a_burst_of_exports_is_rescored_once_it_ends_then_dispatched(fake_conn, 
     orch = TrainingOrchestrator(settings, fake_conn, consumer_name="burst")
     orch.prepare()
     for board, players in (("hex8", 2), ("square8", 2), ("square19", 2), ("hex8", 3)):
-        export(fake_conn, keys, board=board, players=players)
+        xadd_export(fake_conn, (board, players))
     assert orch.process_once(block_ms=None) == 2  # a full batch, first of the burst: scored and dispatched
     assert orch.jobs.active_job("hex8_2p") and orch.jobs.active_job("square8_2p")
     assert orch.process_once(block_ms=None) == 2  # full again, right after: recorded and acked, scoring waits
@@ -248,18 +230,18 @@ def test_a_burst_of_exports_is_rescored_once_it_ends_then_dispatched(fake_conn, 
     assert orch.jobs.active_job("square19_2p") and orch.jobs.active_job("hex8_3p")
 
 
-def test_a_cancelled_config_waits_for_a_newer_export(orchestrator, fake_conn, keys):
-    export(fake_conn, keys)
-    orchestrator.process_once(block_ms=None)
-    job_id = orchestrator.jobs.active_job("hex8_2p")
-    assert orchestrator.jobs.cancel(job_id) == "cancelled"
-    orchestrator.process_once(block_ms=None)  # TRAINING_CANCELLED: rescored, dispatched
-    assert orchestrator.jobs.active_job("hex8_2p") is None  # not handed the same data straight back
+def test_a_cancelled_config_waits_for_a_newer_export(orch, fake_conn, keys):
+    xadd_export(fake_conn)
+    orch.process_once(block_ms=None)
+    job_id = orch.jobs.active_job("hex8_2p")
+    assert orch.jobs.cancel(job_id) == "cancelled"
+    orch.process_once(block_ms=None)  # TRAINING_CANCELLED: rescored, dispatched
+    assert orch.jobs.active_job("hex8_2p") is None  # not handed the same data straight back
     assert b"cancelled" in fake_conn.hget(keys.config("hex8_2p"), "why")
     time.sleep(0.01)
-    export(fake_conn, keys, path="/data/v2.npz")
-    orchestrator.process_once(block_ms=None)
-    assert orchestrator.jobs.active_job("hex8_2p") not in (None, job_id)
+    xadd_export(fake_conn, npz_path="/data/v2.npz")
+    orch.process_once(block_ms=None)
+    assert orch.jobs.active_job("hex8_2p") not in (None, job_id)
 
 
 def test_periodic_work_knows_nothing_of_the_orchestrator():

@@ -16,7 +16,8 @@ from coordinator.scheduling.preempter import Preempter, dispatch_fields
 from coordinator.scheduling.preemption_rule import VALUE, WAIT
 from coordinator.stores.job_records import pending_preemptions
 from coordinator.stores.jobs import JobStore
-from tests.conftest import take_job
+from tests.support.exports import xadd_export
+from tests.support.jobs import end_job, take_job
 
 HOUR = 3600.0
 
@@ -191,15 +192,13 @@ def test_an_export_with_no_job_starts_the_wait_and_a_dispatch_ends_it(orch, fake
         return result
 
     orch.configs._record = spy
-    fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/d/a.npz",
-                                 "samples": "100"})
+    xadd_export(fake_conn, "hex8_2p", "/d/a.npz", 100)
     orch.process_once(block_ms=None)  # recorded, then dispatched at once (free slots)
     assert seen and seen[0] is not None  # no job: the config waits for a GPU from now
     job_id = orch.jobs.active_job("hex8_2p")
     assert job_id and fake_conn.hget(keys.config("hex8_2p"), "waiting_since") is None  # ended by the dispatch
     assert fake_conn.hget(keys.job(job_id), "picked_starving") == b"0"
-    fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "config_key": "hex8_2p", "npz_path": "/d/b.npz",
-                                 "samples": "100"})
+    xadd_export(fake_conn, "hex8_2p", "/d/b.npz", 100)
     orch.process_once(block_ms=None)  # its job is queued: the config does not wait for a GPU
     assert fake_conn.hget(keys.config("hex8_2p"), "waiting_since") is None
 
@@ -230,8 +229,6 @@ def test_the_tick_preempts_and_dispatch_resumes_the_preempted_job(fake_conn, mak
     assert short and fake_conn.hget(keys.job(short), "picked_starving") == b"1"
     assert fake_conn.hget(keys.job(job_id), "state").decode() == PREEMPTED  # waits, not queued twice
     end = take_job(orch, short, "square8_2p")
-    from tests.conftest import end_job
-
     end_job(orch.jobs, short, "square8_2p", fence=end.fence)
     orch.leases.release(end)
     orch.process_once(block_ms=None)
@@ -284,8 +281,6 @@ def test_status_and_metrics_show_pending_preemptions_and_count_them(orch, preemp
 
 
 def test_an_end_with_new_samples_left_starts_the_configs_wait(orch, fake_conn, keys):
-    from tests.conftest import end_job
-
     job_id, lease = running_job(orch, "hexagonal_2p", ran_h=1)
     fake_conn.hincrby(keys.config("hexagonal_2p"), "new_samples", 500)  # exported while it trained
     assert end_job(orch.jobs, job_id, "hexagonal_2p", fence=lease.fence) == "recorded"

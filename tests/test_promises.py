@@ -1,6 +1,6 @@
 """README promises that no other test checked (issue 23), each with a test that fails when the promise
 is broken. On fakeredis, with the worker's RQ job run by an in-process SimpleWorker and real trainer
-subprocesses (tests/signal_trainer.py records the signals it gets). The promises that need a real
+subprocesses (tests/support/signal_trainer.py records the signals it gets). The promises that need a real
 redis-server or rq worker process are in test_promises_worker.py.
 
 The numbers asserted are the README's (64 fields, 16 KiB, 256 KiB, 5 models, 5 minutes, 0.5 s -> 30 s),
@@ -21,24 +21,26 @@ from pathlib import Path
 from typing import Any
 
 import fakeredis
-import psutil
 import pytest
 import redis
 from rq import Queue, SimpleWorker
 
 from coordinator import TrainingOrchestrator
-from coordinator.bus.events import TRAINING_COMPLETE, Event, decode_entry
+from coordinator.bus.events import TRAINING_COMPLETE
 from coordinator.core.job_states import RUNNING
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.settings import Settings
 from coordinator.service import recovery as recovery_module
 from coordinator.stores.breakers import CircuitBreakers
 from coordinator.stores.jobs import JobStore, Outcome
-from tests.conftest import take_job, wait_for
-from tests.signal_trainer import PID_FILE, STARTED_FILE, received
+from tests.support.exports import xadd_export
+from tests.support.jobs import take_job
+from tests.support.polling import wait_for
+from tests.support.processes import alive
+from tests.support.signal_trainer import PID_FILE, STARTED_FILE, received
+from tests.support.streams import stream_events
+from tests.support.trainers import SIGNAL_TRAINER, STUB_TRAINER, stub_trainer, write_npz
 
-SIGNAL_TRAINER = ("{python}", "-m", "tests.signal_trainer", "{output_dir}")
-STUB = ("{python}", "-m", "workers.stub_train")
 NODE = "gpu-node-7"
 SHORT_TTL_S = 1.5  # the worker renews every 0.5 s: a stop request reaches it within that
 
@@ -54,17 +56,6 @@ def settings_with(make_settings: Callable[..., Settings], **sections: Mapping[st
 def work(conn: redis.Redis) -> None:
     """Run every queued RQ job in this process, the way `rq worker training` runs one."""
     SimpleWorker([Queue(TRAINING_QUEUE, connection=conn)], connection=conn).work(burst=True)
-
-
-def events(conn: redis.Redis, event_type: str | None = None) -> list[Event]:
-    entries = [decode_entry(i, f) for i, f in conn.xrange(Keys("ringrift").events)]
-    return [e for e in entries if event_type is None or e.type == event_type]
-
-
-def npz_file(tmp_path: Path) -> str:
-    path = tmp_path / "hex8_2p.npz"
-    path.write_bytes(b"stub data")  # check_npz is off in the test settings
-    return str(path)
 
 
 def attempt_dir(store: JobStore, job_id: str, attempt: int = 1) -> Path:
@@ -114,31 +105,24 @@ def record_signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, float]]:
     return sent
 
 
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 # -- 2. an open node breaker: that node's workers hand jobs back --------------------------------------
-def test_an_open_node_breaker_makes_its_workers_hand_jobs_back(fake_conn, keys, make_settings, tmp_path,
+def test_an_open_node_breaker_makes_its_workers_hand_jobs_back(fake_conn, keys, make_settings, npz,
                                                                monkeypatch):
     """README "Circuit breakers": "that node's workers hand their jobs back": deferred, not run, not lost."""
-    settings = settings_with(make_settings, training={"command": STUB})
+    settings = settings_with(make_settings, training={"command": STUB_TRAINER})
     breakers = CircuitBreakers.from_settings(fake_conn, keys, settings)
     for _ in range(settings.breakers.failures):
         breakers.record("node", NODE, success=False)
     assert breakers.state("node", NODE) == "open"
     orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
-    job_id = orch.submit_training_sync("hex8", 2, npz_file(tmp_path), samples=10)
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
     monkeypatch.setenv("RINGRIFT_NODE", NODE)
     work(fake_conn)
     record = orch.jobs.get(job_id)
     assert (record["state"], record["attempts"]) == ("queued", "0")
     assert record["deferred_reason"] == f"circuit breaker of node {NODE} is open"
     assert fake_conn.zscore(keys.delayed_jobs, job_id) is not None  # handed back: the orchestrator requeues it
-    assert events(fake_conn, "TRAINING_STARTED") == [] and not attempt_dir(orch.jobs, job_id).exists()
+    assert stream_events(fake_conn, "TRAINING_STARTED") == [] and not attempt_dir(orch.jobs, job_id).exists()
     # Not lost: once due, it goes back on RQ and a worker of a healthy node trains it.
     fake_conn.zadd(keys.delayed_jobs, {job_id: 0})
     assert orch.recovery.requeue_due() == [job_id]
@@ -150,14 +134,14 @@ def test_an_open_node_breaker_makes_its_workers_hand_jobs_back(fake_conn, keys, 
 # -- 3. a failure cooldown ends at the config's next export --------------------------------------------
 def test_a_failure_cooldown_ends_at_the_configs_next_export(fake_conn, keys, make_settings, tmp_path):
     """README "Not eligible": "failed within failure_cooldown_s (or until its next export)"."""
-    settings = settings_with(make_settings, training={"command": STUB}, scheduler={"failure_cooldown_s": 3600.0})
+    settings = settings_with(make_settings, training={"command": STUB_TRAINER},
+                             scheduler={"failure_cooldown_s": 3600.0})
     orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
     orch.prepare()
     missing = tmp_path / "hex8_2p.npz"  # not there yet: the attempt fails as poison, never retried
 
     def export() -> None:
-        fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex8", "num_players": 2,
-                                     "npz_path": str(missing), "samples": 1000})
+        xadd_export(fake_conn, ("hex8", 2), missing, 1000)
         orch.process_once()
 
     export()
@@ -168,7 +152,7 @@ def test_a_failure_cooldown_ends_at_the_configs_next_export(fake_conn, keys, mak
     assert orch.tick() == [] and orch.jobs.active_job("hex8_2p") is None
     [why] = [p.why for p in orch.scheduler.ranked() if p.config_key == "hex8_2p"]
     assert any("last training failed" in reason for reason in why)
-    missing.write_bytes(b"stub data")
+    write_npz(missing)
     export()  # well inside the hour's cooldown
     new_job = orch.jobs.active_job("hex8_2p")
     assert new_job is not None and new_job != failed_job
@@ -177,7 +161,7 @@ def test_a_failure_cooldown_ends_at_the_configs_next_export(fake_conn, keys, mak
 
 # -- 4. stopping a trainer on request: the signal, the grace, the exit status --------------------------
 @pytest.mark.parametrize("request_stop", ["cancel", "preempt"])
-def test_a_trainer_that_ignores_sigterm_is_sigkilled_kill_grace_s_later(fake_conn, keys, make_settings, tmp_path,
+def test_a_trainer_that_ignores_sigterm_is_sigkilled_kill_grace_s_later(fake_conn, keys, make_settings, npz,
                                                                         monkeypatch, request_stop):
     """README "Training slots": "A cancel or preemption asks with SIGTERM ... and waits kill_grace_s
     before SIGKILL"."""
@@ -185,7 +169,7 @@ def test_a_trainer_that_ignores_sigterm_is_sigkilled_kill_grace_s_later(fake_con
     settings = settings_with(make_settings, training={"command": SIGNAL_TRAINER, "kill_grace_s": grace_s},
                              leases={"ttl_s": SHORT_TTL_S})
     orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
-    job_id = orch.submit_training_sync("hex8", 2, npz_file(tmp_path), samples=10)
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
     sent = record_signals(monkeypatch)
     ask = (lambda: orch.jobs.cancel(job_id)) if request_stop == "cancel" else (
         lambda: request_preemption(fake_conn, keys, job_id))
@@ -196,15 +180,15 @@ def test_a_trainer_that_ignores_sigterm_is_sigkilled_kill_grace_s_later(fake_con
     assert received(out) == ["SIGTERM"]  # asked, and it ignored the request
     assert [sig for sig, _ in sent] == [signal.SIGTERM, signal.SIGKILL]
     assert sent[1][1] - sent[0][1] >= grace_s
-    assert gone(int((out / PID_FILE).read_text()))
+    assert not alive(int((out / PID_FILE).read_text()))
     ended = {"cancel": ("cancelled", "TRAINING_CANCELLED"), "preempt": ("preempted", "TRAINING_PREEMPTED")}
-    assert (orch.jobs.get(job_id)["state"], events(fake_conn)[-1].type) == ended[request_stop]
-    assert events(fake_conn, "TRAINING_FAILED") == []
+    assert (orch.jobs.get(job_id)["state"], stream_events(fake_conn)[-1].type) == ended[request_stop]
+    assert stream_events(fake_conn, "TRAINING_FAILED") == []
 
 
 @pytest.mark.parametrize("exit_status", [0, 2, 7])
 def test_a_preempted_trainer_gets_the_configured_signal_and_counts_as_preempted_whatever_its_exit(
-        fake_conn, keys, make_settings, tmp_path, exit_status):
+        fake_conn, keys, make_settings, npz, exit_status):
     """README "Preemption at a checkpoint": the worker "sends the trainer `preemption.signal`" and
     "whatever its exit status, a trainer stopped on request counts as preempted": exit 0 without a
     model (else no_model), 2 (else bad_input, poison) and 7 (else trainer_error)."""
@@ -212,15 +196,15 @@ def test_a_preempted_trainer_gets_the_configured_signal_and_counts_as_preempted_
     settings = settings_with(make_settings, training={"command": command, "kill_grace_s": 5.0},
                              leases={"ttl_s": SHORT_TTL_S}, preemption={"signal": "SIGUSR1"})
     orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
-    job_id = orch.submit_training_sync("hex8", 2, npz_file(tmp_path), samples=10)
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
     joined = when_running(orch.jobs, job_id, lambda: request_preemption(fake_conn, keys, job_id))
     work(fake_conn)
     joined()
     assert received(attempt_dir(orch.jobs, job_id)) == ["SIGUSR1"]  # the configured signal, and only it
     record = orch.jobs.get(job_id)
     assert (record["state"], record.get("preemptions")) == ("preempted", "1")
-    assert events(fake_conn)[-1].type == "TRAINING_PREEMPTED"
-    assert events(fake_conn, "TRAINING_FAILED") == []
+    assert stream_events(fake_conn)[-1].type == "TRAINING_PREEMPTED"
+    assert stream_events(fake_conn, "TRAINING_FAILED") == []
     assert fake_conn.zscore(keys.delayed_jobs, job_id) is None  # no retry
     assert not fake_conn.exists(keys.breaker("config", "hex8_2p"), keys.breaker("node", record["node"]))
 
@@ -334,8 +318,7 @@ def test_the_orchestrator_backs_off_half_a_second_doubling_to_30_s_and_resumes_b
     conn = fakeredis.FakeRedis(server=server)
     orch = TrainingOrchestrator(make_settings(), conn, consumer_name="t")
     orch.prepare()
-    conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex8", "num_players": 2,
-                            "npz_path": "/data/hex8_2p.npz", "samples": 100})
+    xadd_export(conn, ("hex8", 2), "/data/hex8_2p.npz", 100)
     first_outage = 9
 
     def on_wait(n: int) -> None:
@@ -368,7 +351,7 @@ def _redis_away_when_the_trainer_starts(monkeypatch: pytest.MonkeyPatch) -> tupl
         raise redis.ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
 
     monkeypatch.setattr(JobStore, "mark_running", refused)
-    return (*STUB, "--epoch-seconds", "30")
+    return stub_trainer("--epoch-seconds", "30")
 
 
 def _trainer_cannot_be_started(_monkeypatch: pytest.MonkeyPatch) -> tuple[str, ...]:
@@ -381,7 +364,7 @@ SITUATIONS = {"redis_error": _redis_away_when_the_trainer_starts, "worker_error"
 
 @pytest.mark.parametrize("reason", sorted(SITUATIONS))
 def test_redis_and_worker_errors_are_infrastructure_failures_retried_and_counted_on_the_breakers(
-        fake_conn, keys, make_settings, tmp_path, monkeypatch, reason):
+        fake_conn, keys, make_settings, npz, monkeypatch, reason):
     """README "Retries by failure class": infrastructure failures (Redis errors; the worker's own)
     are retried up to `retries.infrastructure` times; "Circuit breakers": failures open the config's
     and the node's breaker. Here one retry and a breaker that opens at two failures."""
@@ -390,18 +373,18 @@ def test_redis_and_worker_errors_are_infrastructure_failures_retried_and_counted
                              retries={"infrastructure": 1, "backoff_base_s": 0.0}, breakers={"failures": 2})
     orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
     monkeypatch.setenv("RINGRIFT_NODE", NODE)
-    job_id = orch.submit_training_sync("hex8", 2, npz_file(tmp_path), samples=10)
+    job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
     work(fake_conn)
-    first = events(fake_conn, "TRAINING_FAILED")[-1].fields
+    first = stream_events(fake_conn, "TRAINING_FAILED")[-1].fields
     assert (first["reason"], first["failure_class"], first["will_retry"]) == (reason, "infrastructure", "true")
-    assert orch.jobs.get(job_id)["state"] == "retrying" and events(fake_conn, "CIRCUIT_OPENED") == []
+    assert orch.jobs.get(job_id)["state"] == "retrying" and stream_events(fake_conn, "CIRCUIT_OPENED") == []
     assert orch.recovery.requeue_due() == [job_id]
     work(fake_conn)
-    second = events(fake_conn, "TRAINING_FAILED")[-1].fields
+    second = stream_events(fake_conn, "TRAINING_FAILED")[-1].fields
     assert (second["reason"], second["attempt"], second["will_retry"]) == (reason, "2", "false")  # past the limit
     record = orch.jobs.get(job_id)
     assert (record["state"], record["failures_infrastructure"]) == ("failed", "2")
-    opened = {(e.fields["kind"], e.fields["name"]) for e in events(fake_conn, "CIRCUIT_OPENED")}
+    opened = {(e.fields["kind"], e.fields["name"]) for e in stream_events(fake_conn, "CIRCUIT_OPENED")}
     assert opened == {("config", "hex8_2p"), ("node", NODE)}
 
 
@@ -417,8 +400,7 @@ def test_submit_training_for_an_idle_config_is_queued_at_once_whatever_the_prior
     fake_conn.xadd(keys.events, {"type": "CURRICULUM_WEIGHTS_UPDATED", "hex8_4p": 2.0, "hex8_3p": 1.5,
                                  "hex8_2p": 0.1})
     for players in (4, 3, 2):
-        fake_conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "board_type": "hex8", "num_players": players,
-                                     "npz_path": f"/data/hex8_{players}p.npz", "samples": 1000})
+        xadd_export(fake_conn, ("hex8", players), f"/data/hex8_{players}p.npz", 1000)
     orch.process_once()
     assert orch.jobs.active_job("hex8_4p") is not None and orch.jobs.active_job("hex8_3p") is None  # one slot
     scores = {ck: fake_conn.zscore(keys.priority, ck) for ck in ("hex8_3p", "hex8_2p")}

@@ -13,15 +13,17 @@ import pytest
 from coordinator import TrainingOrchestrator
 from coordinator.bus.events import EventConsumer, decode_entry
 from coordinator.core.keys import Keys
-from tests.conftest import stream_events, wait_for
-from tests.signal_trainer import PID_FILE, STARTED_FILE, received
+from tests.support.polling import wait_for
+from tests.support.processes import alive
+from tests.support.signal_trainer import PID_FILE, STARTED_FILE, received
+from tests.support.streams import stream_events
+from tests.support.trainers import SIGNAL_TRAINER
 
 pytestmark = pytest.mark.integration
-SIGNAL_TRAINER = ("{python}", "-m", "tests.signal_trainer", "{output_dir}")
 
 
 def test_a_worker_paused_past_its_ttl_sigkills_its_trainer_and_reports_lease_lost(
-        redis_server, real_conn, rq_workers, make_settings, tmp_path):
+        redis_server, real_conn, rq_workers, make_settings, npz):
     """README "Training slots": "If renewal fails (... no renewal for 90% of the TTL: ... the worker
     paused) the worker kills the trainer at once (SIGKILL ...) and reports TRAINING_FAILED with reason
     lease_lost". The work horse is SIGSTOPped until its lease has expired in Redis, then continued.
@@ -31,8 +33,6 @@ def test_a_worker_paused_past_its_ttl_sigkills_its_trainer_and_reports_lease_los
     settings = replace(settings, leases=replace(settings.leases, ttl_s=1.5),
                        training=replace(settings.training, kill_grace_s=60.0))
     orch = TrainingOrchestrator(settings, real_conn, consumer_name="t")
-    npz = tmp_path / "hex8_2p.npz"
-    npz.write_bytes(b"stub data")
     job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
     rq_workers(1)
     out = Path(orch.jobs.get(job_id)["output_dir"]) / "attempt-1"
@@ -49,7 +49,7 @@ def test_a_worker_paused_past_its_ttl_sigkills_its_trainer_and_reports_lease_los
     assert failed.fields["reason"] == "lease_lost"
     assert (failed.fields["failure_class"], failed.fields["will_retry"]) == ("infrastructure", "true")
     assert received(out) == []  # no SIGTERM first: killed at once
-    wait_for(lambda: not trainer.is_running() or trainer.status() == psutil.STATUS_ZOMBIE, timeout_s=5)
+    wait_for(lambda: not alive(trainer.pid), timeout_s=5)
     assert orch.jobs.get(job_id)["state"] == "retrying"
 
 

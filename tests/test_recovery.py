@@ -11,7 +11,7 @@ from coordinator.core.job_states import FINAL_STATES, TRANSITIONS, allowed_from
 from coordinator.core.retry import decide
 from coordinator.core.settings import BreakerSettings, RetrySettings
 from coordinator.stores.breakers import CLOSED, HALF_OPEN, OPEN, CircuitBreakers
-from tests.conftest import take_job
+from tests.support.jobs import end_job, take_job
 
 
 def test_the_state_table():
@@ -110,8 +110,6 @@ def test_looking_for_lost_jobs_reads_no_running_job(orch, fake_conn, monkeypatch
 
 
 def test_the_reaper_forgets_ended_jobs_and_keeps_a_new_attempts_entry(orch, fake_conn, keys):
-    from tests.conftest import end_job
-
     done = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
     lease = take_job(orch, done, "hex8_2p")
     end_job(orch.jobs, done, "hex8_2p", fence=lease.fence)

@@ -17,7 +17,8 @@ from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN, newest_checkpoint
 from coordinator.trainer.command import attempt_paths, build_argv, record_values
 from coordinator.trainer.output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY, OutputParser
-from tests.conftest import stream_events, wait_for
+from tests.support.polling import wait_for
+from tests.support.streams import stream_events
 from workers import ringrift_stand_in
 from workers.trainer_process import run_trainer
 

@@ -16,8 +16,10 @@ from coordinator.core.keys import Keys
 from coordinator.stores.jobs import JobStore
 from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN
 from coordinator.trainer.output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY
-from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
-from tests.faults.conftest import kill_tree
+from tests.support.exports import cli_export
+from tests.support.polling import wait_for
+from tests.support.processes import kill_tree
+from tests.support.streams import stream_events
 from workers.ringrift_stand_in import COMMAND
 
 pytestmark = pytest.mark.integration
@@ -36,28 +38,16 @@ def ringrift_training(tmp_path: Path, epochs: int, epoch_seconds: float) -> dict
     }
 
 
-def export(redis_server, npz: Path, samples: int) -> None:
-    xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "board_type", "hex8", "num_players", "2",
-                          "npz_path", str(npz), "samples", str(samples))
-
-
 def events_of(conn, job_id: str, event_type: str | None = None):
     return [e for e in stream_events(conn, event_type) if e.fields.get("job_id") == job_id]
-
-
-@pytest.fixture
-def npz(tmp_path):
-    path = tmp_path / "hex8_2p.npz"
-    path.write_bytes(b"ringrift export stand-in")
-    return path
 
 
 def test_second_export_warm_starts_from_the_first_runs_model(redis_server, real_conn, service, rq_workers, npz):
     service(COMMAND, training=ringrift_training(npz.parent, epochs=3, epoch_seconds=0.2))
     rq_workers(1)
-    export(redis_server, npz, 100)
+    cli_export(redis_server, ("hex8", 2), npz, 100)
     [first] = wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=60)
-    export(redis_server, npz, 200)
+    cli_export(redis_server, ("hex8", 2), npz, 200)
     second = wait_for(lambda: stream_events(real_conn, "TRAINING_COMPLETE")[1:], timeout_s=60)[0]
 
     store = JobStore(real_conn, KEYS)
@@ -85,7 +75,7 @@ def test_a_killed_workers_retry_resumes_from_the_trainers_own_checkpoint(redis_s
                                                                          rq_workers, npz):
     service(COMMAND, training=ringrift_training(npz.parent, epochs=6, epoch_seconds=1.0))  # lease TTL 10 s
     workers = rq_workers(2)
-    export(redis_server, npz, 100)
+    cli_export(redis_server, ("hex8", 2), npz, 100)
     [started] = wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)
     wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_PROGRESS") if e.fields["epoch"] == "2"])
     kill_tree(workers[int(started.fields["node"].split("-")[1])].pid)

@@ -15,37 +15,34 @@ from rq import Queue
 
 from coordinator.core.keys import TRAINING_QUEUE
 from coordinator.ops.local_redis import free_port
-from tests.conftest import unavailable, wait_for
-from tests.test_dashboard import run_service  # noqa: F401 - a fixture used below
+from tests.support.exports import xadd_export
+from tests.support.polling import or_none, wait_for
+from tests.support.tools import unavailable
+from tests.support.trainers import stub_trainer
 
 pytestmark = pytest.mark.integration
 
 
-def test_rq_dashboard_shows_the_queue_and_the_busy_worker(redis_server, real_conn, run_service, rq_workers,  # noqa: F811
-                                                          tmp_path):
+def test_rq_dashboard_shows_the_queue_and_the_busy_worker(redis_server, real_conn, service, rq_workers,
+                                                          tmp_path, npz):
     try:
         import rq_dashboard  # noqa: F401 - in the dev extras
     except ImportError as exc:
         unavailable(f"rq-dashboard is not installed (pip install -e '.[dev]'): {exc}")
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
     # A minute a job (not waited for: the worker is stopped cold), so the first still runs while
     # the page is read, and the second still waits on the queue.
-    run_service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "10"], 6)
+    service(stub_trainer("--epoch-seconds", "10"), epochs=6)
     rq_workers(1)
     for config_key in ("hex8_2p", "square8_2p"):  # one worker: one runs, the other waits on the queue
-        real_conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": config_key,
-                                           "npz_path": str(npz), "samples": "10"})
+        xadd_export(real_conn, config_key, npz, 10)
     port = free_port()
     log = open(tmp_path / "rq-dashboard.log", "wb")  # noqa: SIM115 - closed below
     rqd = subprocess.Popen([str(Path(sys.executable).parent / "rq-dashboard"), "--redis-url", redis_server.url,
                             "--bind", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
     try:
         def get(path: str) -> dict | None:
-            try:
-                return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/0/data/{path}", timeout=10).read())
-            except OSError:
-                return None
+            address = f"http://127.0.0.1:{port}/0/data/{path}"
+            return or_none(lambda: json.loads(urllib.request.urlopen(address, timeout=10).read()), OSError)
 
         def busy_worker() -> dict | None:
             workers = (get("workers.json") or {}).get("workers", [])

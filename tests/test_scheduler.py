@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from coordinator import TrainingOrchestrator, TrainingScheduler
 from coordinator.core.settings import PreemptionSettings, PriorityWeights, SchedulerSettings
 from coordinator.scheduling.scheduler import STARVING_BASE, ConfigInputs, compute_priority, elo_velocity
-from tests.conftest import end_job, take_job
+from tests.support.exports import xadd_export
+from tests.support.jobs import end_job, take_job
+from tests.support.streams import dead_letters
 
 NOW = 1_800_000_000.0
 HOUR = 3600.0
@@ -282,7 +284,7 @@ def test_curriculum_event_sets_weights_and_bad_ones_are_dead_lettered(orch, fake
     orch.process_once(block_ms=None)
     assert fake_conn.hget(keys.config("hex8_2p"), "curriculum_weight") == b"1.5"
     assert fake_conn.hget(keys.config("square8_2p"), "curriculum_weight") == b"0.5"
-    reasons = [f[b"dead_reason"] for _, f in fake_conn.xrange(keys.dead_letters)]
+    reasons = [f[b"dead_reason"] for f in dead_letters(fake_conn)]
     number = b"must be a number (ASCII digits, optional sign, decimals, exponent)"  # schemas' one number rule
     assert reasons == [b"weight of hex8_2p " + number + b", got 'lots'", b"num_players must be 2..4, got 9",
                        b"elo " + number + b", got 'nan'"]
@@ -317,8 +319,7 @@ def run_dispatch_order(conn, make_settings, keys, weights: dict[str, float]) -> 
     conn.xadd(keys.events, {"type": "CURRICULUM_WEIGHTS_UPDATED", **{k: str(v) for k, v in weights.items()}})
     for key in weights:
         board, players = key.rsplit("_", 1)
-        conn.xadd(keys.events, {"type": "NPZ_EXPORT_COMPLETE", "board_type": board, "num_players": players[0],
-                                "npz_path": f"/d/{key}.npz", "samples": "1000"})
+        xadd_export(conn, (board, int(players[0])), f"/d/{key}.npz", 1000)
     orch.process_once(block_ms=None)
     assert conn.hlen(keys.active) == 1  # nothing queued while the slot is busy
     started, running = [], (busy, "hexagonal_2p", lease)

@@ -10,7 +10,7 @@ from coordinator.bus.events import decode_entry
 from coordinator.core.boards import parse_config_key
 from coordinator.core.errors import ConfigError, EventError
 from coordinator.core.settings import parse_settings
-from tests.test_layers import graph
+from tests.support.import_graph import graph
 
 # Keys each place disagreed on before issue 22 (settings took `[a-z0-9]+_[2-9]p`), and near misses.
 KEYS = ["hex8_2p", "hex8_4p", "square19_3p", "hexagonal_2p", "square8_4p", "hex8_1p", "hex8_5p", "hex8_9p",

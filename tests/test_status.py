@@ -13,7 +13,7 @@ from coordinator.ops.status import WORKER_NODE_FIELD, gather
 from coordinator.ops.status_view import print_status, wide_console
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.leases import LeaseManager
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 
 LONG_CONFIGS = ("square19_4p", "hexagonal_3p", "square19_2p")
 

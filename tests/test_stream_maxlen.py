@@ -12,7 +12,7 @@ import pytest
 from coordinator.core.settings import BreakerSettings
 from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.stores.breakers import CircuitBreakers
-from tests.conftest import end_job, take_job
+from tests.support.jobs import end_job, take_job
 
 MAXLEN = 10
 NODE_ENTRIES = "stream-node-max-entries"

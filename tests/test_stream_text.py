@@ -10,16 +10,13 @@ from rq import Queue, SimpleWorker
 
 from coordinator import TrainingOrchestrator
 from coordinator.core.keys import TRAINING_QUEUE
-from tests.conftest import end_job, take_job
+from tests.support.jobs import end_job, take_job
+from tests.support.trainers import STUB_TRAINER
 
-STUB = ("{python}", "-m", "workers.stub_train")
 
-
-def test_the_whole_stream_reads_with_decode_responses(redis_server, real_conn, make_settings, tmp_path):
-    orch = TrainingOrchestrator(make_settings(redis_server.url, command=STUB), real_conn, consumer_name="t")
+def test_the_whole_stream_reads_with_decode_responses(redis_server, real_conn, make_settings, npz):
+    orch = TrainingOrchestrator(make_settings(redis_server.url, command=STUB_TRAINER), real_conn, consumer_name="t")
     orch.prepare()
-    npz = tmp_path / "hex8_2p.npz"
-    npz.write_bytes(b"stub data")
     done = orch.submit_training_sync("hex8", 2, str(npz), samples=10)  # a real run: STARTED, PROGRESS, COMPLETE
     SimpleWorker([Queue(TRAINING_QUEUE, connection=real_conn)], connection=real_conn).work(burst=True)
     assert orch.jobs.get(done)["state"] == "complete"

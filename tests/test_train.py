@@ -166,9 +166,7 @@ def test_sigterm_stops_the_reference_trainer_with_a_checkpoint(hex8_npz, tmp_pat
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_sigterm_stops_the_stub_trainer_with_its_checkpoint(tmp_path):
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
+def test_sigterm_stops_the_stub_trainer_with_its_checkpoint(tmp_path, npz):
     returncode, first, stderr = _wait_for_first_line_then_sigterm(
         [sys.executable, "-m", "workers.stub_train", "--data", str(npz), "--output-dir", str(tmp_path / "o"),
          "--epochs", "1000", "--epoch-seconds", "0.2"])
@@ -177,9 +175,7 @@ def test_sigterm_stops_the_stub_trainer_with_its_checkpoint(tmp_path):
     assert not (tmp_path / "o" / "metrics.json").exists()
 
 
-def test_the_stub_trainer_records_its_init_weights(tmp_path):
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
+def test_the_stub_trainer_records_its_init_weights(tmp_path, npz):
     from workers.stub_train import main as stub_main
 
     assert stub_main(["--data", str(npz), "--output-dir", str(tmp_path), "--init-weights", "/m/parent.pt"]) == 0

@@ -13,6 +13,7 @@ from coordinator.trainer.command import (
     record_values,
     template_problems,
 )
+from tests.support.trainers import stub_trainer
 
 RINGRIFT = ["{python}", "-m", "app.training.train", "--board-type", "{board_type}", "--num-players", "{num_players}",
             "--data-path", "{npz_path}", "--save-path", "{model_path}", "--epochs", "{epochs}",
@@ -38,7 +39,7 @@ def test_the_default_is_todays_reference_argv_exactly():
 
 
 def test_a_prefix_with_extra_options_keeps_them_before_the_reference_arguments():
-    argv = build_argv(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "2"], _values())
+    argv = build_argv(stub_trainer("--epoch-seconds", "2"), _values())
     assert argv[:5] == [sys.executable, "-m", "workers.stub_train", "--epoch-seconds", "2"]
     assert argv[5:7] == ["--board-type", "hex8"]
 

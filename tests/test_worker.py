@@ -9,23 +9,22 @@ from rq import Queue, SimpleWorker
 from rq.job import Job
 
 from coordinator import TrainingOrchestrator
-from coordinator.bus.events import decode_entry
 from coordinator.core.keys import TRAINING_QUEUE
 from coordinator.trainer.command import attempt_paths, build_argv, record_values
+from tests.support.processes import alive
+from tests.support.streams import stream_events
+from tests.support.trainers import STUB_TRAINER, stub_trainer, write_npz
 
-STUB = ("{python}", "-m", "workers.stub_train")
 
-
-def run_one_job(conn, make_settings, tmp_path, command=STUB, create_npz=True, **training):
+def run_one_job(conn, make_settings, tmp_path, command=STUB_TRAINER, create_npz=True, **training):
     npz = tmp_path / "hex8_2p.npz"
-    if create_npz:
+    if create_npz:  # not an NPZ: the check_npz test and the real trainer's bad-input test rely on that
         npz.write_bytes(b"stub data")
     orch = TrainingOrchestrator(make_settings(command=command, **training), conn, consumer_name="t")
     job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
     queue = Queue(TRAINING_QUEUE, connection=conn)
     SimpleWorker([queue], connection=conn).work(burst=True)
-    events = [decode_entry(i, f) for i, f in conn.xrange(orch.keys.events)]
-    return orch.jobs.get(job_id), events
+    return orch.jobs.get(job_id), stream_events(conn)
 
 
 def test_job_runs_to_complete_with_progress_events(fake_conn, make_settings, tmp_path, monkeypatch):
@@ -49,7 +48,7 @@ def test_job_runs_to_complete_with_progress_events(fake_conn, make_settings, tmp
 
 
 def test_failing_trainer_becomes_training_failed_with_stderr_tail(fake_conn, make_settings, tmp_path):
-    record, events = run_one_job(fake_conn, make_settings, tmp_path, command=(*STUB, "--fail-with", "3"))
+    record, events = run_one_job(fake_conn, make_settings, tmp_path, command=stub_trainer("--fail-with", "3"))
     assert record["state"] == "retrying"  # a trainer failure is retried once by default
     failed = events[-1]
     assert failed.type == "TRAINING_FAILED"
@@ -82,7 +81,7 @@ def test_the_trainers_stderr_tail_is_kept_when_it_rejects_its_input(fake_conn, m
 
 
 def test_trainer_past_its_timeout_is_stopped(fake_conn, make_settings, tmp_path):
-    slow = (*STUB, "--epoch-seconds", "30")
+    slow = stub_trainer("--epoch-seconds", "30")
     record, events = run_one_job(fake_conn, make_settings, tmp_path, command=slow, timeout_s=1)
     assert record["state"] == "retrying" and events[-1].fields["reason"] == "timeout"
     assert events[-1].fields["error"] == "trainer timed out after 1 s"
@@ -126,17 +125,9 @@ def test_trainer_dies_with_its_parent(tmp_path):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 5
-    while _alive(child):
+    while alive(child):
         assert time.monotonic() < deadline, "trainer outlived its killed parent"
         time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_progress_lines_are_parsed_from_the_trainers_stdout(tmp_path):
@@ -156,9 +147,8 @@ def test_a_quality_block_without_until_holds_the_job_as_the_scheduler_would(fake
 
     from coordinator.scheduling.scheduler import ConfigInputs, compute_priority
 
-    npz = tmp_path / "hex8_2p.npz"
-    npz.write_bytes(b"stub data")
-    settings = make_settings(command=STUB)
+    npz = write_npz(tmp_path / "hex8_2p.npz")
+    settings = make_settings(command=STUB_TRAINER)
     orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
     job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10)
     blocked_at = time.time()
@@ -194,9 +184,9 @@ def test_training_worker_registers_its_node(fake_conn, monkeypatch):
 
 
 def _two_rounds(conn, make_settings, tmp_path, between=lambda first: None, **training):
-    first, _ = run_one_job(conn, make_settings, tmp_path, command=STUB, **training)
+    first, _ = run_one_job(conn, make_settings, tmp_path, command=STUB_TRAINER, **training)
     between(first)
-    second, events = run_one_job(conn, make_settings, tmp_path, command=STUB, **training)
+    second, events = run_one_job(conn, make_settings, tmp_path, command=STUB_TRAINER, **training)
     return first, second, [e for e in events if e.fields.get("job_id") == second["job_id"]]
 
 
@@ -245,16 +235,16 @@ def test_a_preempt_request_on_the_renewal_reply_ends_the_attempt_preempted(fake_
     attempt ends preempted: no retry, no failure, no breaker count."""
     import threading
 
-    npz = tmp_path / "hex8_2p.npz"
-    npz.write_bytes(b"stub data")
-    orch = TrainingOrchestrator(make_settings(command=(*STUB, "--epoch-seconds", "0.5")), fake_conn, consumer_name="t")
+    npz = write_npz(tmp_path / "hex8_2p.npz")
+    settings = make_settings(command=stub_trainer("--epoch-seconds", "0.5"))
+    orch = TrainingOrchestrator(settings, fake_conn, consumer_name="t")
     job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10, epochs=60)
     asked = threading.Timer(2.0, lambda: fake_conn.hset(orch.keys.job(job_id), "preempt_requested_at", "1"))
     asked.start()
     SimpleWorker([Queue(TRAINING_QUEUE, connection=fake_conn)], connection=fake_conn).work(burst=True)
     asked.join()
     record = orch.jobs.get(job_id)
-    events = [decode_entry(i, f) for i, f in fake_conn.xrange(orch.keys.events)]
+    events = stream_events(fake_conn)
     assert record["state"] == "preempted" and record.get("preemptions") == "1"
     assert events[-1].type == "TRAINING_PREEMPTED" and events[-1].fields["board_type"] == "hex8"
     assert 1 <= int(events[-1].fields["epoch"]) < 60

@@ -18,10 +18,14 @@ import redis
 from coordinator.core.connection import connect
 from coordinator.ops.local_redis import LocalRedis, free_port, redis_server_binary
 from coordinator.ops.workers_pool import start_worker, stop_workers
-from tests.conftest import stream_events, wait_for
+from tests.support.exports import xadd_export
+from tests.support.polling import or_none, wait_for
+from tests.support.streams import stream_events
+from tests.support.trainers import stub_trainer
 
 pytestmark = pytest.mark.integration
 MASTER = "mymaster"
+FAILING_OVER = redis.RedisError  # what a probe reads as "not yet" while the primary is replaced
 
 
 @pytest.fixture
@@ -40,7 +44,7 @@ def sentinels(redis_server, tmp_path):
                                           stderr=subprocess.STDOUT))
     url = f"redis+sentinel://{','.join(f'127.0.0.1:{p}' for p in ports)}/{MASTER}/0"
     probe = redis.Redis(port=ports[0])
-    wait_for(lambda: _ok(lambda: probe.sentinel_slaves(MASTER)), timeout_s=20)  # the replica is known
+    wait_for(lambda: or_none(lambda: probe.sentinel_slaves(MASTER), FAILING_OVER), timeout_s=20)  # the replica is known
     linked = redis.Redis(port=replica.port)  # the first full sync waits out repl-diskless-sync-delay
     wait_for(lambda: linked.info("replication").get("master_link_status") == "up", timeout_s=30)
     yield url
@@ -50,17 +54,9 @@ def sentinels(redis_server, tmp_path):
     replica.stop()
 
 
-def _ok(call):
-    try:
-        return call()
-    except redis.RedisError:
-        return None
-
-
-def test_primary_killed_while_jobs_start_everything_still_trains_once(redis_server, sentinels, service, tmp_path):
-    npz = tmp_path / "x.npz"
-    npz.write_bytes(b"stub")
-    service(["{python}", "-m", "workers.stub_train", "--epoch-seconds", "1"], epochs=3,
+def test_primary_killed_while_jobs_start_everything_still_trains_once(redis_server, sentinels, service, tmp_path,
+                                                                      npz):
+    service(stub_trainer("--epoch-seconds", "1"), epochs=3,
             redis={"url": sentinels, "prefix": "ringrift"})
     workers = [start_worker(sentinels, f"ha-worker-{i}", f"node-{i}", log_path=tmp_path / f"worker-{i}.log")
                for i in range(2)]
@@ -68,24 +64,24 @@ def test_primary_killed_while_jobs_start_everything_still_trains_once(redis_serv
     configs = ["hex8_2p", "square8_2p", "square19_2p"]
     try:
         for key in configs:
-            conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": key, "npz_path": str(npz),
-                                          "samples": "100"})
+            xadd_export(conn, key, npz, 100)
         wait_for(lambda: conn.hlen("ringrift:training:active") == 3, timeout_s=30)  # jobs queued or starting
         conn.wait(1, 2000)  # what was written so far has reached the replica
         killed = time.time()
         redis_server.proc.kill()
         redis_server.proc.wait()
-        probe_id = wait_for(lambda: _ok(lambda: conn.xadd("ringrift:events", {
-            "type": "CLUSTER_HEALTH_CHANGED", "alive_peers": "2"})), timeout_s=60)
-        wait_for(lambda: _ok(lambda: conn.hget("ringrift:cluster:health", "event_id")) == probe_id, timeout_s=60)
+        probe_id = wait_for(lambda: or_none(lambda: conn.xadd("ringrift:events", {
+            "type": "CLUSTER_HEALTH_CHANGED", "alive_peers": "2"}), FAILING_OVER), timeout_s=60)
+        wait_for(lambda: or_none(lambda: conn.hget("ringrift:cluster:health", "event_id"), FAILING_OVER) == probe_id,
+                 timeout_s=60)
         recovered = time.time() - killed
         for key in configs:  # a second export per config, after the failover
-            conn.xadd("ringrift:events", {"type": "NPZ_EXPORT_COMPLETE", "config_key": key,
-                                          "npz_path": str(npz), "samples": "50"})
+            xadd_export(conn, key, npz, 50)
 
         def trained():
-            return all(_ok(lambda k=k: conn.hget(f"ringrift:config:{k}", "data_version")) ==
-                       _ok(lambda k=k: conn.hget(f"ringrift:config:{k}", "trained_data_version")) for k in configs)
+            return all(or_none(lambda k=k: conn.hget(f"ringrift:config:{k}", "data_version"), FAILING_OVER) ==
+                       or_none(lambda k=k: conn.hget(f"ringrift:config:{k}", "trained_data_version"), FAILING_OVER)
+                       for k in configs)
 
         wait_for(trained, timeout_s=120, interval_s=0.5)
         assert [w.poll() for w in workers] == [None, None]  # both workers rode out the failover

@@ -13,37 +13,29 @@ import pytest
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings
 from coordinator.stores.jobs import JobStore
-from tests.conftest import console_script, stream_events, wait_for, xadd_like_an_exporter
-from tests.faults.conftest import alive, kill_tree
+from tests.support.exports import cli_export
+from tests.support.jobs import trained
+from tests.support.polling import wait_for
+from tests.support.processes import alive, kill_tree
+from tests.support.streams import stream_events
+from tests.support.tools import console_script
+from tests.support.trainers import stub_trainer
 
 pytestmark = pytest.mark.integration
-STUB = ["{python}", "-m", "workers.stub_train"]
 KEYS = Keys("ringrift")
 GROUP = Settings().events.group
-
-
-def export(redis_server, config_key: str, npz, samples: int = 100) -> str:
-    return xadd_like_an_exporter(redis_server, "type", "NPZ_EXPORT_COMPLETE", "config_key", config_key,
-                          "npz_path", str(npz), "samples", str(samples))
 
 
 def event_ms(event) -> float:
     return int(event.id.split("-")[0]) / 1000.0
 
 
-@pytest.fixture
-def npz(tmp_path):
-    path = tmp_path / "data.npz"
-    path.write_bytes(b"stub")
-    return path
-
-
 def test_killed_node_is_retried_elsewhere_and_resumes(redis_server, real_conn, service, rq_workers, npz):
     """SIGKILL a worker with its work horse and trainer mid-training (a node lost): within the lease
     TTL plus a reaper tick the job is retried on the other worker, from the last epoch checkpoint."""
-    service([*STUB, "--epoch-seconds", "1"], epochs=6)  # default lease TTL: 10 s
+    service(stub_trainer("--epoch-seconds", "1"), epochs=6)  # default lease TTL: 10 s
     workers = rq_workers(2)
-    export(redis_server, "hex8_2p", npz)
+    cli_export(redis_server, "hex8_2p", npz)
     [started] = wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)
     wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_PROGRESS") if e.fields["epoch"] == "2"])
     victim = workers[int(started.fields["node"].split("-")[1])]
@@ -68,9 +60,9 @@ def test_killed_node_is_retried_elsewhere_and_resumes(redis_server, real_conn, s
 def test_worker_killed_alone_leaves_one_attempt_running(redis_server, real_conn, service, rq_workers, npz):
     """SIGKILL only the worker's main process: its work horse and trainer keep running and keep the
     lease, so the job is not started a second time; the first attempt finishes it."""
-    service([*STUB, "--epoch-seconds", "1"], epochs=4, leases={"ttl_s": 2.0})
+    service(stub_trainer("--epoch-seconds", "1"), epochs=4, leases={"ttl_s": 2.0})
     workers = rq_workers(2)
-    export(redis_server, "hex8_2p", npz)
+    cli_export(redis_server, "hex8_2p", npz)
     [started] = wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)
     victim = workers[int(started.fields["node"].split("-")[1])]
     wait_for(lambda: psutil.Process(victim.pid).children(recursive=True), timeout_s=10)
@@ -85,11 +77,11 @@ def test_crashed_orchestrator_restarts_without_a_second_job(redis_server, real_c
                                                             more_orchestrators):
     """SIGKILL the orchestrator in a burst of exports; the restarted one handles what the first read
     but never acknowledged, and no data generation is trained twice."""
-    first = service([*STUB, "--epoch-seconds", "0.2"], epochs=2, consumer="orch-a")
+    first = service(stub_trainer("--epoch-seconds", "0.2"), epochs=2, consumer="orch-a")
     rq_workers(2)
     configs = ["hex8_2p", "square8_2p", "square19_3p"]
     for i in range(30):
-        export(redis_server, configs[i % 3], npz, samples=100 + i)
+        cli_export(redis_server, configs[i % 3], npz, samples=100 + i)
         if i == 14:
             first.kill()
             first.wait()
@@ -100,28 +92,21 @@ def test_crashed_orchestrator_restarts_without_a_second_job(redis_server, real_c
 
 def test_two_orchestrators_never_submit_the_same_training_twice(redis_server, real_conn, service, rq_workers,
                                                                 npz, more_orchestrators):
-    service([*STUB, "--epoch-seconds", "0.2"], epochs=2, consumer="orch-a")
+    service(stub_trainer("--epoch-seconds", "0.2"), epochs=2, consumer="orch-a")
     more_orchestrators("orch-b")
     rq_workers(2)
     configs = ["hex8_2p", "square8_2p", "square19_3p"]
     for i in range(30):
-        export(redis_server, configs[i % 3], npz, samples=100 + i)
+        cli_export(redis_server, configs[i % 3], npz, samples=100 + i)
     _all_exports_trained(real_conn, configs, samples_of_last={"hex8_2p": 127, "square8_2p": 128,
                                                              "square19_3p": 129})
 
 
 def _all_exports_trained(conn, configs, samples_of_last: dict[str, int]) -> None:
-    store = JobStore(conn, KEYS)
+    def trained_last(job: dict[str, str]) -> bool:
+        return int(job["samples"]) == samples_of_last[job["config_key"]]
 
-    def settled():
-        jobs = store.list(200)
-        newest = {}
-        for job in sorted(jobs, key=lambda j: float(j["created_at"])):
-            newest[job["config_key"]] = job
-        ok = len(newest) == len(configs) and all(j["state"] == "complete" for j in jobs)
-        return ok and all(int(newest[c]["samples"]) == samples_of_last[c] for c in configs) and jobs
-
-    jobs = wait_for(settled, timeout_s=120)
+    jobs = wait_for(lambda: trained(JobStore(conn, KEYS), configs, trained_last), timeout_s=120)
     for config_key in configs:
         mine = sorted((j for j in jobs if j["config_key"] == config_key), key=lambda j: float(j["started_at"]))
         versions = [int(j["data_version"]) for j in mine]
@@ -135,14 +120,14 @@ def _all_exports_trained(conn, configs, samples_of_last: dict[str, int]) -> None
 def test_redis_restart_mid_run_loses_nothing(redis_server, real_conn, service, rq_workers, npz):
     """Redis (AOF, everysec) restarts mid-training: the orchestrator and the worker reconnect by
     themselves and the run completes; an export sent after the restart is trained too."""
-    service([*STUB, "--epoch-seconds", "1"], epochs=5)
+    service(stub_trainer("--epoch-seconds", "1"), epochs=5)
     rq_workers(1)
-    export(redis_server, "hex8_2p", npz)
+    cli_export(redis_server, "hex8_2p", npz)
     wait_for(lambda: [e for e in stream_events(real_conn, "TRAINING_PROGRESS") if e.fields["epoch"] == "1"],
              timeout_s=30)
     began = time.time()
     redis_server.restart(down_s=2.0)
-    export(redis_server, "square8_2p", npz)
+    cli_export(redis_server, "square8_2p", npz)
     done = wait_for(lambda: len(stream_events(real_conn, "TRAINING_COMPLETE")) == 2 and
                     stream_events(real_conn, "TRAINING_COMPLETE"), timeout_s=90)
     print(f"\nredis restart: both trainings complete {time.time() - began:.1f} s after the restart began")
@@ -151,9 +136,9 @@ def test_redis_restart_mid_run_loses_nothing(redis_server, real_conn, service, r
 
 
 def test_cancel_stops_a_running_trainer_and_frees_its_leases(redis_server, real_conn, service, rq_workers, npz):
-    service([*STUB, "--epoch-seconds", "30"], epochs=2)
+    service(stub_trainer("--epoch-seconds", "30"), epochs=2)
     rq_workers(1)
-    export(redis_server, "hex8_2p", npz)
+    cli_export(redis_server, "hex8_2p", npz)
     [started] = wait_for(lambda: stream_events(real_conn, "TRAINING_STARTED"), timeout_s=30)
     wait_for(lambda: JobStore(real_conn, KEYS).get(started.fields["job_id"])["state"] == "running")
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin"}
@@ -169,10 +154,10 @@ def test_cancel_stops_a_running_trainer_and_frees_its_leases(redis_server, real_
 
 
 def test_trainer_failures_retry_then_fail_and_open_the_breaker(redis_server, real_conn, service, rq_workers, npz):
-    service([*STUB, "--fail-with", "3"], epochs=2, retries={"trainer": 1, "backoff_base_s": 0.2},
+    service(stub_trainer("--fail-with", "3"), epochs=2, retries={"trainer": 1, "backoff_base_s": 0.2},
             breakers={"failures": 2})
     rq_workers(1)
-    export(redis_server, "hex8_2p", npz)
+    cli_export(redis_server, "hex8_2p", npz)
     failures = wait_for(lambda: len(stream_events(real_conn, "TRAINING_FAILED")) == 2 and
                         stream_events(real_conn, "TRAINING_FAILED"), timeout_s=60)
     assert [(e.fields["attempt"], e.fields["will_retry"]) for e in failures] == [("1", "true"), ("2", "false")]
@@ -181,7 +166,7 @@ def test_trainer_failures_retry_then_fail_and_open_the_breaker(redis_server, rea
     assert {(e.fields["kind"], e.fields["name"]) for e in opened} == {("config", "hex8_2p"), ("node", "node-0")}
     store = JobStore(real_conn, KEYS)
     [failed] = store.list()
-    entry_id = export(redis_server, "hex8_2p", npz)  # new data, but the breaker is open: not dispatched
+    entry_id = cli_export(redis_server, "hex8_2p", npz)  # new data, but the breaker is open: not dispatched
     # The orchestrator dispatches a batch before it acknowledges it: once the entry is acknowledged
     # (and recorded as the config's second data generation), any job it would create exists.
     wait_for(lambda: acknowledged(real_conn, entry_id), timeout_s=30)

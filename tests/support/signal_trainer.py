@@ -1,6 +1,6 @@
 """A trainer for tests of how the worker stops one: it records every signal it is sent and waits.
 
-    python -m tests.signal_trainer OUTPUT_DIR [--exit-on SIGNAL --exit-with STATUS]
+    python -m tests.support.signal_trainer OUTPUT_DIR [--exit-on SIGNAL --exit-with STATUS]
 
 In OUTPUT_DIR it writes `pid`, then `started` once its handlers are in place (a test waits for
 that file before asking the worker to stop it), and appends the name of each SIGTERM, SIGINT,
@@ -28,7 +28,7 @@ def received(output_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tests.signal_trainer")
+    p = argparse.ArgumentParser(prog="python -m tests.support.signal_trainer")
     p.add_argument("output_dir")
     p.add_argument("--exit-on", choices=[s.name for s in CAUGHT])
     p.add_argument("--exit-with", type=int, default=0)
