@@ -36,10 +36,6 @@ from tests.support.acl import ROLE_PASSWORDS, render_acl
 
 # Re-exported (with console_script) until test_leases, test_leases_real, test_integration,
 # test_preemption_real and test_preemption_reference import them from tests.support.
-from tests.support.exports import xadd_like_an_exporter  # noqa: F401 - re-exported
-from tests.support.jobs import end_job  # noqa: F401 - re-exported
-from tests.support.polling import wait_for  # noqa: F401 - re-exported
-from tests.support.streams import stream_events  # noqa: F401 - re-exported
 from tests.support.tools import console_script
 from tests.support.trainers import write_npz
 

@@ -11,9 +11,11 @@ import pytest
 
 from coordinator.stores.jobs import JobStore
 from coordinator.trainer.npz_data import write_synthetic_npz
-from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
-from tests.gated_train import hold, release
-from tests.support_races import GATED_STUB, wait_until_handled
+from tests.support.exports import xadd_like_an_exporter
+from tests.support.gated_train import hold, release
+from tests.support.polling import wait_for
+from tests.support.races import GATED_STUB, wait_until_handled
+from tests.support.streams import stream_events
 from workers.train import load_model
 
 pytestmark = pytest.mark.integration
@@ -173,7 +175,7 @@ def test_priorities_command_explains_the_ranking(redis_server, real_conn, make_s
     import subprocess
 
     from coordinator import TrainingOrchestrator
-    from tests.conftest import console_script
+    from tests.support.tools import console_script
 
     orch = TrainingOrchestrator(make_settings(redis_server.url), real_conn, consumer_name="t")
     orch.prepare()
@@ -202,7 +204,7 @@ def test_demo_command_runs_end_to_end(tmp_path):
     then a second export of one config, warm-started from its first model."""
     import subprocess
 
-    from tests.conftest import console_script
+    from tests.support.tools import console_script
 
     proc = subprocess.run([console_script("ringrift-train"), "demo", "--epochs", "2", "--output", str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})

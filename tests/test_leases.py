@@ -13,7 +13,8 @@ from coordinator import TrainingOrchestrator
 from coordinator.core.errors import LeaseUnavailable
 from coordinator.stores import leases as leases_module
 from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager, Renewal
-from tests.conftest import end_job, wait_for
+from tests.support.jobs import end_job
+from tests.support.polling import wait_for
 
 
 @pytest.fixture

@@ -13,18 +13,20 @@ import pytest
 
 from coordinator.core.keys import Keys
 from coordinator.stores.jobs import JobStore
-from tests.conftest import stream_events, wait_for, xadd_like_an_exporter
-from tests.gated_train import hold, release
-from tests.lease_contender import LOG
-from tests.support_races import GATED_STUB
+from tests.support.exports import xadd_like_an_exporter
+from tests.support.gated_train import hold, release
+from tests.support.lease_contender import LOG
+from tests.support.polling import wait_for
+from tests.support.races import GATED_STUB
+from tests.support.streams import stream_events
 
 pytestmark = pytest.mark.integration
 CONTENDERS, ROUNDS = 8, 40
 
 
 def test_eight_processes_never_hold_one_config_at_once(redis_server, real_conn):
-    procs = [subprocess.Popen([sys.executable, "-m", "tests.lease_contender", redis_server.url, str(ROUNDS), f"p{i}"])
-             for i in range(CONTENDERS)]
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.support.lease_contender", redis_server.url, str(ROUNDS),
+                               f"p{i}"]) for i in range(CONTENDERS)]
     for proc in procs:
         assert proc.wait(timeout=120) == 0
     log = [line.decode().split() for line in real_conn.lrange(LOG, 0, -1)]
@@ -52,7 +54,7 @@ def _signal(procs: tuple[psutil.Process, ...], sig: int) -> None:
 
 
 def _is_trainer(proc: psutil.Process) -> bool:
-    return "tests.gated_train" in proc.cmdline()
+    return "tests.support.gated_train" in proc.cmdline()
 
 
 def test_a_holder_stopped_past_its_ttl_is_fenced_at_publish(redis_server, real_conn, service, rq_workers, tmp_path):
@@ -135,7 +137,7 @@ def test_locks_command_shows_holders_and_slots(redis_server, real_conn):
     import json
 
     from coordinator.stores.leases import LeaseManager
-    from tests.conftest import console_script
+    from tests.support.tools import console_script
 
     leases = LeaseManager(real_conn, Keys("ringrift"), ttl_s=60, default_slots=1)
     leases.register_nodes({"gpu-a": 2, "gpu-b": 1})

@@ -4,15 +4,15 @@ trainer saves its weights and `checkpoint.json` keeps the last completed epoch);
 resumes from that checkpoint in a new attempt on the next free slot and publishes its model once.
 tests/test_preemption_real.py is the same scenario with the stub trainer.
 
-However fast or slow the machine: the reference trainer runs under tests/gated_train.py, which
+However fast or slow the machine: the reference trainer runs under tests/support/gated_train.py, which
 pauses it after an epoch until it is preempted, and the config starves because the test moves the
 start of its wait (`waiting_since`), not because time passes."""
 
 from __future__ import annotations
 
 from coordinator.trainer.npz_data import write_synthetic_npz
-from tests.support_races import GATED_REFERENCE
-from tests.test_preemption_real import PREEMPTION, assert_preempted_once_then_resumed, preempt_a_held_training
+from tests.support.preemption import PREEMPTION, assert_preempted_once_then_resumed, preempt_a_held_training
+from tests.support.races import GATED_REFERENCE
 
 EPOCHS_LONG = 4
 LONG_SAMPLES = 384

@@ -12,4 +12,8 @@ No test module imports from another test module; what two of them need lives her
 - grafana.py      DASHBOARD, EXPECTED, panel_queries (what each Grafana panel query must return)
 - import_graph.py ROOT, module_files, imports, graph (who imports whom in coordinator/ and workers/)
 - signal_trainer.py  a trainer that records the signals it gets (run as `python -m tests.support.signal_trainer`)
+- gated_train.py  a trainer wrapper that pauses after an epoch while a hold file says so (hold, release)
+- races.py        GATED_STUB, GATED_REFERENCE, wait_until_handled, starve (waits on state, never on time)
+- preemption.py   the preemption scenario the stub-trainer and reference-trainer tests share
+- lease_contender.py  a process that takes and gives back one config's lease in a loop (the exclusion test)
 """

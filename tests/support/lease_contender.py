@@ -1,6 +1,6 @@
 """A process that competes for one config's lease (tests/test_leases_real.py starts eight).
 
-    python -m tests.lease_contender REDIS_URL ROUNDS NAME
+    python -m tests.support.lease_contender REDIS_URL ROUNDS NAME
 
 Each round: take the lease (retrying), log "start <fence> <name>" then "end <fence> <name>" to a
 Redis list while holding it, release it. The list's order is the server's order.

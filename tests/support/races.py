@@ -1,6 +1,6 @@
 """What the real-process tests share to wait on state instead of time: the gated trainer's command,
 the orchestrator having handled every event so far, and a config made to starve by its record
-(`waiting_since`) rather than by waiting. The hold files themselves: tests/gated_train.py."""
+(`waiting_since`) rather than by waiting. The hold files themselves: tests/support/gated_train.py."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import redis
 
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings
-from tests.conftest import wait_for
+from tests.support.polling import wait_for
 
-GATED_STUB = ["{python}", "-m", "tests.gated_train", "workers.stub_train"]
-GATED_REFERENCE = ["{python}", "-m", "tests.gated_train", "workers.train"]
+GATED_STUB = ["{python}", "-m", "tests.support.gated_train", "workers.stub_train"]
+GATED_REFERENCE = ["{python}", "-m", "tests.support.gated_train", "workers.train"]
 EVENTS, GROUP = Keys("ringrift").events, Settings().events.group
 
 

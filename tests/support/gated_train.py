@@ -1,7 +1,7 @@
 """A trainer that holds between epochs while a file tells it to, so that a test waits on state
 instead of racing the trainer's speed.
 
-    python -m tests.gated_train MODULE <MODULE's arguments>
+    python -m tests.support.gated_train MODULE <MODULE's arguments>
 
 MODULE is `workers.stub_train` or `workers.train` (the reference trainer); its `main()` runs in
 this process, unchanged but for one thing: after each progress line (the epoch's checkpoint is on
