@@ -6,7 +6,9 @@ inside functions and under `TYPE_CHECKING` included: any of them is a dependency
 
 from __future__ import annotations
 
-from tests.support.import_graph import graph, module_files
+import ast
+
+from tests.support.import_graph import ROOT, graph, module_files
 
 # Package (or module) -> layer; a module belongs to the longest prefix listed. An import may point
 # to its own layer or below, never up.
@@ -90,3 +92,16 @@ def test_the_checks_see_what_they_claim() -> None:
     edges = graph()
     assert "coordinator.service.orchestrator" in edges["coordinator"]
     assert cycles({"a": {"b"}, "b": {"a"}, "c": set()}) == [["a", "b"]]
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared test code lives in tests/support/ (helpers) and tests/conftest.py (fixtures, which
+    pytest provides without an import)."""
+    found = []
+    for path in (ROOT / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(ROOT)} imports {n}" for n in names
+                      if n.startswith(("tests.test_", "tests.conftest", "tests.faults.test_", "tests.faults.conftest"))]
+    assert found == []
