@@ -2,7 +2,13 @@
 // Charts: uPlot (vendored beside this file). No other library, nothing fetched from elsewhere.
 "use strict";
 const POLL_MS = 2000;
-const FACTOR_COLORS = { curriculum: "#4e79a7", staleness: "#f28e2b", freshness: "#59a14f", elo_velocity: "#b07aa1" };
+// One colour per factor of coordinator/scheduling/scheduler.py FACTORS (tests/test_dashboard_drawn.py
+// fails when one is missing: a factor without a colour draws an invisible segment).
+const FACTOR_COLORS = { curriculum: "#4e79a7", staleness: "#f28e2b", freshness: "#59a14f", elo_velocity: "#b07aa1",
+                        value_per_gpu_hour: "#edc948" };
+const BAR_PX = 240;  // the longest bar (the highest sum of contributions)
+const STDERR_LINES = 12;  // the trouble panel shows a failure's last lines: the error is at the end
+const MIN_BAR_PX = 6;  // a timeline bar is never narrower: a one-minute attempt in a day is a pixel
 const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const charts = {};  // job id -> uPlot of a running job
@@ -29,27 +35,48 @@ const fmt = (x, d = 3) => x == null || x === "" ? "-" : Number(x).toFixed(d);
 const dur = s => s == null ? "-" : s >= 3600 ? (s / 3600).toFixed(1) + " h" : s >= 60 ? (s / 60).toFixed(1) + " min" : s.toFixed(0) + " s";
 const when = t => t ? new Date(t * 1000).toLocaleString() : "-";
 
-function lossChart(target, curve, width, height) {
-  const data = [curve.map(p => p[0]), curve.map(p => p[1]), curve.map(p => p[2])];
-  return new uPlot({
-    width, height, scales: { x: { time: false } }, legend: { show: true },
-    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, { label: "loss" }],
+const curveData = curve => [curve.map(p => p[0]), curve.map(p => p[1]), curve.map(p => p[2])];
+function lossRange(u, min, max) {  // a span around the losses, so the axis has several ticks even for one point
+  if (min == null || max == null) return [0, 1];
+  const pad = max > min ? 0.1 * (max - min) : Math.max(0.05 * Math.abs(max), 0.05);
+  return [Math.max(0, min - pad), max + pad];
+}
+function showLatest(u) {  // the legend shows the newest epoch's values while the cursor is not on the chart
+  if (u.cursor.idx == null && u.data[0].length && u.legend.idx !== u.data[0].length - 1) u.setLegend({ idx: u.data[0].length - 1 });
+}
+// A loss chart over the whole run (epoch 1 to `epochs`), not only the epochs done so far.
+function lossChart(target, curve, epochs, width, height) {
+  const last = () => Math.max(epochs, ...curve.map(p => p[0]), 2);
+  const u = new uPlot({
+    width, height, legend: { show: true }, hooks: { setLegend: [showLatest], ready: [showLatest] },
+    scales: { x: { time: false, range: () => [1, last()] }, y: { range: lossRange } },
+    axes: [{ label: "epoch", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500] }, { label: "loss", size: 60 }],
     series: [{ label: "epoch" }, { label: "train", stroke: "#4e79a7", width: 2, points: { show: true } },
              { label: "val", stroke: "#e15759", width: 2, points: { show: true } }],
-  }, data, target);
+  }, curveData(curve), target);
+  u.update = next => { curve = next; u.setData(curveData(next)); showLatest(u); };
+  return u;
 }
+const panelWidth = box => Math.max(300, box.clientWidth - 8);
+window.addEventListener("resize", () => {
+  const box = document.getElementById("running");
+  for (const u of Object.values(charts)) u.setSize({ width: panelWidth(box), height: u.height });
+});
 
+const factorColor = f => FACTOR_COLORS[f] || color(f);  // a factor added later still draws
 function renderConfigs(page) {
   const legend = document.getElementById("legend");
-  legend.replaceChildren(...page.factors.flatMap(f => [el("span", { class: "swatch", style: `background:${FACTOR_COLORS[f]}` }), f]));
+  legend.replaceChildren(...page.factors.flatMap(f => [el("span", { class: "swatch", style: `background:${factorColor(f)}` }), f]));
   const max = Math.max(1e-9, ...page.configs.map(c => Object.values(c.contributions).reduce((a, b) => a + b, 0)));
   const rows = page.configs.map(c => {
-    const bar = el("div", { class: "bar", title: page.factors.map(f => `${f} ${c.contributions[f]}`).join(", ") },
-      ...page.factors.map(f => el("span", { style: `width:${100 * c.contributions[f] / max}%;background:${FACTOR_COLORS[f]}` })));
+    // Segment widths in pixels: every bar on one scale, its length the sum of its contributions (the score).
+    const bar = el("div", { class: "bar", style: `width:${BAR_PX}px`, title: page.factors.map(f => `${f} ${c.contributions[f]}`).join(", ") },
+      ...page.factors.map(f => el("span", { "data-factor": f,
+                                            style: `width:${BAR_PX * c.contributions[f] / max}px;background:${factorColor(f)}` })));
     const notes = [...c.why, ...c.flags].join("; ") || "eligible";
     return el("tr", { class: "clickable" + (c.eligible ? "" : " ineligible"), "data-config": c.config_key,
                       "data-rank": c.rank == null ? "" : c.rank, "data-eligible": c.eligible ? "1" : "0",
-                      onclick: () => showConfig(c.config_key) },
+                      onclick: () => openConfig(c.config_key) },
       el("td", {}, c.rank == null ? "-" : c.rank), el("td", {}, c.config_key), el("td", {}, fmt(c.score)),
       el("td", {}, bar), el("td", { class: "wrap" }, notes),
       el("td", { title: c.latest_model || "" }, c.latest_model ? c.latest_model.split("/").slice(-3).join("/") : "-"),
@@ -68,13 +95,15 @@ function renderRunning(page) {
       card = el("div", { class: "job", "data-job": j.job_id }, el("div", { class: "meta" }), el("div", { class: "chart" }));
       box.append(card);
     }
+    const chart = card.querySelector(".chart");
     card.setAttribute("data-points", j.curve.length);
     card.querySelector(".meta").replaceChildren(
       el("b", {}, j.config_key), ` ${j.job_id} · epoch ${j.epoch}/${j.epochs} · ETA ${dur(j.eta_s)} · node ${j.node}`
       + ` · attempt ${j.attempt}` + (j.resumed_epoch ? ` (resumed at epoch ${j.resumed_epoch})` : "") + ` · fence ${j.fence}`);
-    const data = [j.curve.map(p => p[0]), j.curve.map(p => p[1]), j.curve.map(p => p[2])];
-    if (charts[j.job_id]) charts[j.job_id].setData(data);
-    else charts[j.job_id] = lossChart(card.querySelector(".chart"), j.curve, 420, 180);
+    if (charts[j.job_id]) charts[j.job_id].update(j.curve);
+    else if (j.curve.length) { chart.replaceChildren(); charts[j.job_id] = lossChart(chart, j.curve, j.epochs, panelWidth(box), 200); }
+    else chart.replaceChildren(el("p", { class: "empty" }, `waiting for the first epoch (0 of ${j.epochs || "?"} done`
+      + `, running ${dur(j.elapsed_s)})`));
   }
   for (const card of [...box.children]) {
     const id = card.getAttribute("data-job");
@@ -83,7 +112,7 @@ function renderRunning(page) {
   if (!page.running.length && !box.querySelector(".idle")) box.append(el("p", { class: "idle" }, "no training running"));
   if (page.running.length) box.querySelectorAll(".idle").forEach(e => e.remove());
   document.querySelector("#jobs tbody").replaceChildren(...page.jobs.map(j =>
-    el("tr", { class: "clickable", "data-job": j.job_id, onclick: () => showJob(j.job_id) },
+    el("tr", { class: "clickable", "data-job": j.job_id, onclick: () => openJob(j.job_id) },
       el("td", {}, j.job_id), el("td", { class: j.state === "failed" ? "bad" : j.state === "complete" ? "ok" : "" }, j.state),
       el("td", {}, j.node), el("td", {}, j.attempt), el("td", {}, `${j.epoch}/${j.epochs}`),
       el("td", {}, fmt(j.final_loss || j.train_loss)), el("td", { class: "wrap" }, j.reason))));
@@ -126,6 +155,33 @@ function renderElo(page) {
   eloChart = eloChartFor(box, e.configs, e.points, e.trainings, Math.max(400, box.clientWidth - 10));
 }
 
+const isFailure = b => ["failed", "retried", "stale"].includes(b.state) || b.reason === "lease_lost";
+// The bars of each lane as drawn blocks, left to right: none narrower than MIN_BAR_PX or its label, none
+// over the one before it; failures that would overlap are one block with their count ("✕6": six attempts).
+function timelineBlocks(bars, laneCount, x, ctx) {
+  const blocks = [], ends = new Array(laneCount).fill(-Infinity);
+  for (const b of bars) {
+    let k = blocks.findLast(prev => prev.lane === b.lane);
+    if (k && isFailure(b) && k.failure && x(b.start) < ends[b.lane] + MIN_BAR_PX) {
+      k.count += 1; k.x1 = Math.max(k.x1, x(b.end)); k.states.add(b.state);
+    } else {
+      k = { lane: b.lane, x0: Math.max(x(b.start), ends[b.lane] + 1), x1: x(b.end), count: 1, failure: isFailure(b),
+            attempts: b.attempts, config_key: b.config_key, states: new Set([b.state]) };
+      blocks.push(k);
+    }
+    k.label = (k.count === 1 && k.attempts > 1 ? `#${k.attempts} ` : "") + (k.failure ? "✕" + (k.count > 1 ? k.count : "") : "");
+    k.x1 = Math.max(k.x1, k.x0 + MIN_BAR_PX, k.x0 + (k.label ? ctx.measureText(k.label).width + 4 : 0));
+    ends[b.lane] = k.x1;
+  }
+  return blocks;
+}
+function drawBlock(ctx, k, rowH) {
+  const y = k.lane * rowH + 2, w = k.x1 - k.x0;
+  ctx.globalAlpha = k.states.has("retried") && k.states.size === 1 ? 0.45 : 1; ctx.fillStyle = color(k.config_key);
+  ctx.fillRect(k.x0, y, w, rowH - 4); ctx.globalAlpha = 1;
+  if (k.failure) { ctx.strokeStyle = "#b00"; ctx.lineWidth = 2; ctx.strokeRect(k.x0, y, w, rowH - 4); }
+  if (k.label) { ctx.fillStyle = k.failure ? "#b00" : "#000"; ctx.fillText(k.label, k.x0 + 2, y + 11); }
+}
 function renderTimeline(page) {
   const t = page.timeline, canvas = document.getElementById("timeline");
   const lanes = [];  // one per GPU slot: {node, busyUntil}
@@ -146,23 +202,18 @@ function renderTimeline(page) {
   lanes.forEach((l, i) => { ctx.fillStyle = l.status === "down" ? "#b00" : "#333";
     ctx.fillText(`${l.node}${l.status === "down" ? " (down)" : ""}`, 4, i * rowH + 13);
     ctx.fillStyle = "#f3f3f3"; ctx.fillRect(left, i * rowH + 2, width - left - 10, rowH - 4); });
-  for (const b of bars) {
-    const x0 = Math.max(left, x(b.start)), x1 = Math.max(x0 + 2, x(b.end)), y = b.lane * rowH + 2;
-    ctx.globalAlpha = b.state === "retried" ? 0.45 : 1; ctx.fillStyle = color(b.config_key);
-    ctx.fillRect(x0, y, x1 - x0, rowH - 4); ctx.globalAlpha = 1;
-    if (["failed", "retried", "stale"].includes(b.state) || b.reason === "lease_lost") {
-      ctx.strokeStyle = "#b00"; ctx.lineWidth = 2; ctx.strokeRect(x0, y, x1 - x0, rowH - 4);
-      ctx.fillStyle = "#b00"; ctx.fillText("✕", x1 - 9, y + 11);
-    }
-    if (b.attempts > 1) { ctx.fillStyle = "#000"; ctx.fillText(`#${b.attempts}`, x0 + 2, y + 11); }
-  }
+  for (const block of timelineBlocks(bars, lanes.length, x, ctx)) drawBlock(ctx, block, rowH);
   ctx.fillStyle = "#555"; const y = lanes.length * rowH + 16;
-  for (let i = 0; i <= 6; i++) { const s = t.since + span * i / 6; ctx.fillText(new Date(s * 1000).toLocaleTimeString(), x(s) - 25, y); }
+  for (let i = 0; i <= 6; i++) {  // each label inside the canvas: the last one ends at the right edge
+    const s = t.since + span * i / 6, label = new Date(s * 1000).toLocaleTimeString(), w = ctx.measureText(label).width;
+    ctx.fillText(label, Math.min(Math.max(0, x(s) - w / 2), width - w - 2), y);
+  }
   const configs = [...new Set(bars.map(b => b.config_key))].slice(0, 30);
   document.getElementById("timeline-legend").replaceChildren(...configs.flatMap(c => [el("span", { class: "swatch", style: `background:${color(c)}` }), c]),
-    " · red outline ✕: failed, retried (faded), fenced or preempted; #n: attempt n");
+    " · red outline ✕: failed, retried (faded), fenced or preempted; ✕n: n such attempts too short to draw apart; #n: attempt n");
 }
 
+const lastLines = text => text.replace(/\s+$/, "").split("\n").slice(-STDERR_LINES).join("\n");
 function renderTrouble(page) {
   const t = page.trouble, q = page.queue;
   const lag = t.consumer_groups.map(g => `${g.name}: lag ${g.lag ?? "?"}, pending ${g.pending}, ${g.consumers} consumer(s)`).join("; ");
@@ -173,10 +224,11 @@ function renderTrouble(page) {
     el("h3", {}, `Recent failures (${t.failures.length})`),
     el("div", { id: "failures" }, ...t.failures.slice(0, 10).map(f => el("div", {},
       el("b", { class: "bad" }, `${when(f.at)} ${f.config_key} ${f.job_id} attempt ${f.attempt} on ${f.node}: ${f.reason}`),
-      ` ${f.error} ${f.will_retry === "true" ? "(will retry)" : ""}`, f.stderr_tail ? el("pre", {}, f.stderr_tail) : ""))),
+      ` ${f.error} ${f.will_retry === "true" ? "(will retry)" : ""}`, f.stderr_tail ? el("pre", { class: "stderr" }, lastLines(f.stderr_tail)) : ""))),
     el("h3", {}, `Dead letters (${t.dead_letters.length})`),
     el("table", { id: "dead" }, ...t.dead_letters.map(d => el("tr", {}, el("td", {}, d.id), el("td", {}, d.type),
       el("td", { class: "wrap" }, d.reason)))));
+  document.querySelectorAll("#failures pre").forEach(pre => { pre.scrollTop = pre.scrollHeight; });  // the end shows
 }
 
 function showDetail(title, ...children) {
@@ -186,11 +238,13 @@ function showDetail(title, ...children) {
 }
 function showJob(id) {
   api("api/job/" + encodeURIComponent(id)).then(j => {
-    const chart = el("div", { "data-points": j.curve.length });
+    const chart = el("div", { "data-points": j.curve.length, class: "chart" });
     showDetail(`job ${j.job_id} (${j.state})`, el("p", {}, `${j.config_key} · node ${j.node} · attempt ${j.attempt} · epoch ${j.epoch}/${j.epochs}`
       + ` · final loss ${fmt(j.final_loss)} · ${j.reason} ${j.error}`), chart);
-    if (j.curve.length) lossChart(chart, j.curve, 600, 220); else chart.append("no epochs on the stream for this job");
-  });
+    if (j.curve.length) lossChart(chart, j.curve, j.epochs, panelWidth(document.getElementById("detail")), 240);
+    else chart.append(el("p", { class: "empty" }, "no epochs on the stream for this job"));
+    document.getElementById("detail-panel").scrollIntoView();
+  }).catch(e => showDetail(`job ${id}`, el("p", { class: "bad" }, `cannot load it: ${e}`)));
 }
 function showConfig(key) {
   api("api/config/" + encodeURIComponent(key)).then(c => {
@@ -198,12 +252,21 @@ function showConfig(key) {
     const s = c.stored;
     showDetail(`config ${key}`, el("p", {}, `score ${fmt(s.score)} · ${s.why || "eligible"} · model ${s.latest_model || "-"}`
       + ` · data v${s.data_version || "-"} (trained on v${s.trained_data_version || "-"})`), chart,
-      el("table", {}, ...c.jobs.map(j => el("tr", { class: "clickable", onclick: () => showJob(j.job_id) },
+      el("table", {}, ...c.jobs.map(j => el("tr", { class: "clickable", onclick: () => openJob(j.job_id) },
         el("td", {}, j.job_id), el("td", {}, j.state), el("td", {}, j.node), el("td", {}, fmt(j.final_loss))))));
     if (c.elo.length) eloChartFor(chart, [key], { [key]: c.elo }, { [key]: c.trainings }, 700);
     else chart.append("no evaluations yet");
   });
 }
+
+// A job's or a config's detail has an address (#job=<id>, #config=<key>): a finished job's curves can be linked.
+const openJob = id => { location.hash = "job=" + encodeURIComponent(id); };
+const openConfig = key => { location.hash = "config=" + encodeURIComponent(key); };
+function showFromHash() {
+  const h = new URLSearchParams(location.hash.slice(1));
+  if (h.get("job")) showJob(h.get("job")); else if (h.get("config")) showConfig(h.get("config"));
+}
+window.addEventListener("hashchange", showFromHash);
 
 function render(page) {
   document.getElementById("summary").textContent = `${page.configs.length} configs · ${page.running.length} running · `
@@ -216,3 +279,4 @@ function poll() {
     .finally(() => setTimeout(poll, POLL_MS));
 }
 poll();
+showFromHash();
