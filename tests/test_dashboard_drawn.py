@@ -1,5 +1,5 @@
 """What the dashboard draws, asked of a real headless Chromium over the DevTools protocol
-(tests/chromium_cdp.py): the priority bars' coloured lengths, the loss charts' axes and legends,
+(tests/support/chromium_cdp.py): the priority bars' coloured lengths, the loss charts' axes and legends,
 the GPU timeline's bars and labels, the trouble panel's stderr, and a job opened by its address.
 The cluster is written by the orchestrator on a real redis-server (tests/test_dashboard.py covers
 the data and the server; this file covers the page)."""
@@ -17,8 +17,8 @@ from coordinator.ops.dashboard.server import serve_in_thread
 from coordinator.ops.local_redis import free_port
 from coordinator.scheduling.scheduler import FACTORS
 from coordinator.service.orchestrator import TrainingOrchestrator
-from tests.chromium_cdp import chromium
 from tests.conftest import end_job, require, take_job, wait_for
+from tests.support.chromium_cdp import chromium
 from tests.test_dashboard import _json
 
 pytestmark = pytest.mark.integration

@@ -15,5 +15,6 @@ No test module imports from another test module; what two of them need lives her
 - gated_train.py  a trainer wrapper that pauses after an epoch while a hold file says so (hold, release)
 - races.py        GATED_STUB, GATED_REFERENCE, wait_until_handled, starve (waits on state, never on time)
 - preemption.py   the preemption scenario the stub-trainer and reference-trainer tests share
+- chromium_cdp.py  headless Chromium over the DevTools pipe, recording what the page draws on its canvases
 - lease_contender.py  a process that takes and gives back one config's lease in a loop (the exclusion test)
 """
