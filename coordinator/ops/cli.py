@@ -23,7 +23,6 @@ from coordinator.ops.dashboard import DEFAULT_PORT
 from coordinator.ops.dashboard.command import add_dashboard_parser
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.jobs import JobStore
-from coordinator.stores.leases import LeaseManager
 
 # RQ refreshes rq:worker:<name>'s last_heartbeat every --worker-ttl - 15 s while idle (default TTL 420 s)
 # and every 30 s while it runs a job, and lets the key expire --worker-ttl + 60 s after the last one.
@@ -128,9 +127,18 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="follow the job to its end; non-zero exit if it fails")
     submit.set_defaults(func=_submit)
 
-    locks = sub.add_parser("locks", help="held training leases and each node's GPU slots")
-    locks.add_argument("--json", action="store_true")
+    locks = sub.add_parser("locks", help="held training leases and each node's GPU slots and breaker")
+    locks.add_argument("--json", action="store_true", help="print the leases and nodes as JSON")
     locks.set_defaults(func=_locks)
+
+    breakers = sub.add_parser("breakers", help="circuit breakers of configs and nodes: state, failures, when the "
+                                               "trial goes through; --reset closes one")
+    breakers.add_argument("--reset", metavar="NAME",
+                          help="close this breaker now and forget its failures: kind:name as in its Redis key "
+                               "(node:gpu-node-1, config:hex8_2p), or a bare name only one breaker has; "
+                               "needs a Redis user with write access (the coordinator role)")
+    breakers.add_argument("--json", action="store_true", help="print the breakers as JSON")
+    breakers.set_defaults(func=_breakers)
 
     cancel = sub.add_parser("cancel", help="cancel a queued or running job (its worker stops the trainer)")
     cancel.add_argument("job_id")
@@ -265,20 +273,19 @@ def _parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def _locks(args: argparse.Namespace, settings) -> int:
+def _breakers(args: argparse.Namespace, settings) -> int:
+    from coordinator.ops import breakers_view
+
     conn = connect(settings.redis.url)
-    leases = LeaseManager.from_settings(conn, Keys(settings.redis.prefix), settings)
-    held, nodes = leases.held(), leases.nodes()
-    if args.json:
-        print(json.dumps({"leases": held, "nodes": nodes}, indent=1))
-        return 0
-    print(f"{'config':14} {'node':14} {'worker':24} {'job':40} {'fence':>6} {'ttl left':>9}")
-    for h in held:
-        print(f"{h['config_key']:14} {h.get('node', '-'):14} {h.get('worker', '-'):24} {h.get('job_id', '-'):40} "
-              f"{h.get('fence', '-'):>6} {int(h['ttl_left_ms']) / 1000:>8.1f}s")
-    print(f"\n{'node':14} {'status':9} {'slots in use':>12}")
-    for n in nodes:
-        print(f"{n['node']:14} {n['status']:9} {n['in_use'] + '/' + n['gpus']:>12}")
+    if args.reset:
+        return breakers_view.reset(conn, settings, args.reset)
+    return breakers_view.show(conn, settings, args.json)
+
+
+def _locks(args: argparse.Namespace, settings) -> int:
+    from coordinator.ops.locks_view import print_locks
+
+    print_locks(connect(settings.redis.url), settings, args.json)
     return 0
 
 
