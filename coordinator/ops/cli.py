@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringrift-train", description="RingRift training coordinator")
     parser.add_argument("--config", dest="config_path",
                         help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default: warnings only)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: one object per line, for log shippers")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -76,8 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", help="events that could not be handled, with the reason")
     dead.add_argument("--replay", metavar="ID", help="put this dead letter back on the event stream")
-    dead.add_argument("--limit", type=int, default=50)
-    dead.add_argument("--json", action="store_true")
+    dead.add_argument("--limit", type=int, default=50, help="the newest this many (default %(default)s)")
+    dead.add_argument("--json", action="store_true", help="print the letters as JSON")
     dead.set_defaults(func=_dead_letters)
 
     run = sub.add_parser("run", help="run the orchestrator service (consume events, enqueue training)")
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="exports -> trained checkpoints on one machine, with an embedded Redis")
     demo.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
     demo.add_argument("--output", default="demo-output", help="where data, models and worker logs go")
-    demo.add_argument("--epochs", type=int, default=6)
+    demo.add_argument("--epochs", type=int, default=6, help="epochs of each demo training (default %(default)s)")
     demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     demo.add_argument("--dashboard", type=int, nargs="?", const=DEFAULT_PORT, metavar="PORT",
                       help=f"serve the web dashboard on 127.0.0.1:PORT (default {DEFAULT_PORT}) during the demo "
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="one screen: configs, running jobs, queue, nodes, failures")
     status.add_argument("--json", action="store_true", help="print the same data as JSON")
     status.add_argument("--watch", action="store_true", help="refresh in place")
-    status.add_argument("--interval", type=float, default=2.0)
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes")
     status.add_argument("--configs", type=int, default=15, help="configs to list (the highest priority first)")
     status.set_defaults(func=_status)
 
@@ -116,14 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.set_defaults(func=_events)
 
-    submit = sub.add_parser("submit", help="queue a training job now (the CLI face of submit_training)")
-    submit.add_argument("--board-type", required=True)
-    submit.add_argument("--num-players", required=True, type=int)
-    submit.add_argument("--npz-path", required=True)
-    submit.add_argument("--samples", type=int, default=0)
-    submit.add_argument("--epochs", type=int)
-    submit.add_argument("--batch-size", type=int)
-    submit.add_argument("--learning-rate", type=float)
+    submit = sub.add_parser("submit", help="queue a training job now (the CLI face of submit_training); "
+                                           "a config already queued or training gets no second job")
+    submit.add_argument("--board-type", required=True, help="e.g. hex8, square8, square19")
+    submit.add_argument("--num-players", required=True, type=int, help="2 to 4")
+    submit.add_argument("--npz-path", required=True, help="the training data, inside training.data_roots")
+    submit.add_argument("--samples", type=int,
+                        help="new samples this file brings (default: read from the NPZ's headers, else "
+                             "scheduler.min_new_samples): how much new data the next job is for")
+    submit.add_argument("--epochs", type=int, help="for the new job (default training.default_epochs); "
+                                                   "refused when the config already has a job")
+    submit.add_argument("--batch-size", type=int, help="for the new job (default training.batch_size); "
+                                                       "refused when the config already has a job")
+    submit.add_argument("--learning-rate", type=float, help="for the new job (default training.learning_rate); "
+                                                            "refused when the config already has a job")
     submit.add_argument("--wait", action="store_true", help="follow the job to its end; non-zero exit if it fails")
     submit.set_defaults(func=_submit)
 
@@ -141,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     breakers.set_defaults(func=_breakers)
 
     cancel = sub.add_parser("cancel", help="cancel a queued or running job (its worker stops the trainer)")
-    cancel.add_argument("job_id")
+    cancel.add_argument("job_id", help="the whole job id, as `jobs` and `status` print it "
+                                       "(e.g. hex8_2p-20261207T142640-a4fc89)")
     cancel.set_defaults(func=_cancel)
 
     alive = sub.add_parser("worker-alive", help="exit 0 if the rq worker NAME sent a heartbeat recently "
@@ -155,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
 
     jobs = sub.add_parser("jobs", help="list the newest job records")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--limit", type=int, default=20, help="the newest this many (default %(default)s)")
     jobs.add_argument("--json", action="store_true", help="print the records as JSON")
     jobs.set_defaults(func=_jobs)
     return parser
@@ -203,17 +210,13 @@ def _events(args: argparse.Namespace, settings) -> int:
 
 
 def _submit(args: argparse.Namespace, settings) -> int:
+    from coordinator.ops.submit_request import submit
     from coordinator.ops.submit_wait import follow_job
     from coordinator.service.orchestrator import TrainingOrchestrator
 
-    conn = connect(settings.redis.url)
-    orchestrator = TrainingOrchestrator(settings, conn, consumer_name="cli-submit")
-    try:
-        job_id = orchestrator.submit_training_sync(
-            args.board_type, args.num_players, args.npz_path, args.samples,
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    except (EventError, JobError) as exc:
-        print(f"submit: {exc}", file=sys.stderr)
+    orchestrator = TrainingOrchestrator(settings, connect(settings.redis.url), consumer_name="cli-submit")
+    job_id = submit(orchestrator, args)
+    if job_id is None:
         return 2
     print(job_id, flush=True)
     return follow_job(orchestrator.jobs, job_id) if args.wait else 0

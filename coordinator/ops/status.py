@@ -2,9 +2,9 @@
 
 Configs with priority, rank and why (a pending preemption among the flags); running jobs with
 epoch, loss, node, elapsed, ETA and a pending request to yield; the pending preemptions; the
-queue; nodes with slots, health and circuit breaker (configs too: `breaker`, and while it is open
-`breaker_trial_in_s`, when one attempt goes through again), each with the RQ workers that run on it; RQ workers with their
-node and last heartbeat; recent failures.
+queue; nodes with slots, health and circuit breaker (configs too: `breaker`, and while it is
+open `breaker_trial_in_s`, when one attempt goes through again), each with the RQ workers that
+run on it; RQ workers with their node and last heartbeat; recent failures.
 
 A worker's node: the one its lease names while it trains (what it holds), else the node it
 registered under (`WORKER_NODE_FIELD` on RQ's worker hash), else its host name (RQ's record).
