@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +28,7 @@ from coordinator.stores.jobs import JobStore
 # RQ refreshes rq:worker:<name>'s last_heartbeat every --worker-ttl - 15 s while idle (default TTL 420 s)
 # and every 30 s while it runs a job, and lets the key expire --worker-ttl + 60 s after the last one.
 DEFAULT_HEARTBEAT_MAX_AGE_S = 480.0
+SIGPIPE_EXIT = 128 + 13  # what a shell reports for a process killed by SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    return args.func(args, settings)
+    return _until_pipe_closes(args.func, args, settings)
+
+
+def _until_pipe_closes(func, *args: object) -> int:
+    """Run a command; if its reader goes away (`| head`), end quietly as a Unix tool killed by SIGPIPE
+    would (exit status 141, nothing on stderr) rather than with a BrokenPipeError traceback."""
+    try:
+        status = func(*args)
+        sys.stdout.flush()  # the rest of the output, inside the try: it can be the write that fails
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would hit the closed pipe again
+        return SIGPIPE_EXIT
 
 
 def _check_config(args: argparse.Namespace) -> int:

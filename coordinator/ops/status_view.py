@@ -52,7 +52,7 @@ def _running(status: dict[str, Any], fill: bool) -> Table:
         bar = f"[green]{'█' * done}[/green]{'░' * (BAR_WIDTH - done)} {r['epoch']}/{r['total_epochs']}"
         yielding = f"[yellow]to {r['preempt_for']}[/yellow]: {r.get('preempt_why') or ''}" if r.get("preempt_for") \
             else ""
-        table.add_row(r["config_key"], r["job_id"].split("-", 1)[-1], r["node"], str(r["attempt"]), bar,
+        table.add_row(r["config_key"], r["job_id"], r["node"], str(r["attempt"]), bar,
                       r["train_loss"] or "-", duration(r["elapsed_s"]), duration(r["eta_s"]), yielding)
     if not status["running"]:
         table.add_row("-", "nothing is training", "", "", "", "", "", "", "")
@@ -116,7 +116,7 @@ def _failures(status: dict[str, Any], fill: bool) -> Table:
     for column in ("config", "job", "reason", "retry", "error"):
         table.add_column(column, no_wrap=column != "error")
     for f in status["failures"]:
-        table.add_row(f["config_key"], f["job_id"].split("-", 1)[-1], f["reason"], f["will_retry"], f["error"])
+        table.add_row(f["config_key"], f["job_id"], f["reason"], f["will_retry"], f["error"])
     return table
 
 
