@@ -19,7 +19,7 @@ from coordinator.core.errors import ConfigError, CoordinatorError, EventError, J
 from coordinator.core.inputs import check_identifier
 from coordinator.core.keys import Keys, rq_worker_key
 from coordinator.core.logs import configure as configure_logging
-from coordinator.core.settings import data_roots_problem, load_settings, redact_url
+from coordinator.core.settings import BUILT_IN, REDIS_URL_ENV, data_roots_problem, load_settings, redact_url
 from coordinator.ops.dashboard import DEFAULT_PORT
 from coordinator.ops.dashboard.command import add_dashboard_parser
 from coordinator.scheduling.scheduler import TrainingScheduler
@@ -28,7 +28,8 @@ from coordinator.stores.jobs import JobStore
 # RQ refreshes rq:worker:<name>'s last_heartbeat every --worker-ttl - 15 s while idle (default TTL 420 s)
 # and every 30 s while it runs a job, and lets the key expire --worker-ttl + 60 s after the last one.
 DEFAULT_HEARTBEAT_MAX_AGE_S = 480.0
-SIGPIPE_EXIT = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+SIGPIPE_EXIT = 128 + 13
+SOURCE_LOG = logging.getLogger("ringrift-train")  # what a shell reports for a process killed by SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +43,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    say_source(settings, args)
     return _until_pipe_closes(args.func, args, settings)
+
+
+def say_source(settings, args: argparse.Namespace | None = None) -> None:
+    """Which config file and which Redis a command uses: one line on stderr (a log line, so that
+    `--log-format json` keeps one object per line and `--json` output stays clean), password masked."""
+    SOURCE_LOG.setLevel(logging.INFO)  # said whatever the log level: it is what the command acts on
+    url = getattr(args, "redis_url", None)  # demo and dashboard take --redis-url
+    if url:
+        redis_said = f"{redact_url(url)} (--redis-url)"
+    elif getattr(args, "func", None) is _demo:
+        redis_said = "an embedded redis-server (no --redis-url)"
+    else:
+        redis_said = redact_url(settings.redis.url) + (f" (from ${REDIS_URL_ENV})" if os.environ.get(REDIS_URL_ENV)
+                                                       else "")
+    source = "none found: built-in defaults" if settings.source == BUILT_IN else settings.source
+    SOURCE_LOG.info("config %s; redis %s, prefix %s", source, redis_said, settings.redis.prefix)
 
 
 def _until_pipe_closes(func, *args: object) -> int:
@@ -66,6 +84,7 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"{exc.source}: {problem}")
         print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
         return 1
+    say_source(settings)
     confinement = data_roots_problem(settings)  # a file was checked as it loaded; the built-in defaults here
     if confinement:
         print(f"{settings.source}: {confinement}")
@@ -79,14 +98,16 @@ def _check_config(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringrift-train", description="RingRift training coordinator")
     parser.add_argument("--config", dest="config_path",
-                        help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
+                        help="YAML settings (default: $RINGRIFT_CONFIG, else ./config/distributed_hosts.yaml, "
+                             "else /etc/ringrift/distributed_hosts.yaml); every command says which it read")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default: warnings only)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: one object per line, for log shippers")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = sub.add_parser("check-config", help="validate a YAML config; every problem, exit status 1 if any")
-    check.add_argument("path", nargs="?", help="default: --config, $RINGRIFT_CONFIG or config/distributed_hosts.yaml")
+    check.add_argument("path", nargs="?", help="default: --config, $RINGRIFT_CONFIG, ./config/distributed_hosts.yaml "
+                                               "or /etc/ringrift/distributed_hosts.yaml")
     check.set_defaults(func=_check_config)
 
     dead = sub.add_parser("dead-letters", help="events that could not be handled, with the reason")
