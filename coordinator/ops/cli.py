@@ -298,7 +298,10 @@ def _priorities(args: argparse.Namespace, settings) -> int:
     if args.json:
         print(json.dumps([p.as_dict() for p in ranked], indent=1))
     else:
-        print_priorities(ranked, settings.scheduler)
+        from coordinator.ops.status import last_trained
+
+        keys = Keys(settings.redis.prefix)
+        print_priorities(ranked, settings.scheduler, last_trained(conn, keys, [p.config_key for p in ranked]))
     return 0
 
 
@@ -417,8 +420,17 @@ def _jobs(args: argparse.Namespace, settings) -> int:
         epoch = f"{r.get('epoch', 0)}/{r.get('epochs', '?')}"
         why = f"{r.get('reason', '')} {r.get('error', '')}".strip()
         print(f"{r['job_id']:44} {r['state']:9} {r.get('node', '-'):14} {r.get('attempts', '0'):>3} {epoch:>7} "
-              f"{r.get('final_loss', '-'):>10} {_parent(r):44}  {why}")
+              f"{_rounded(r.get('final_loss')):>10} {_parent(r):44}  {why}")
     return 0
+
+
+def _rounded(value: str | None) -> str:
+    """A stored loss as a column cell: 4 decimals (a float's repr, 1.9234567890123, would push the
+    columns after it out of line); "-" when absent."""
+    try:
+        return f"{float(value):.4f}" if value not in (None, "") else "-"
+    except ValueError:
+        return str(value)[:10]
 
 
 def _parent(record: dict[str, str]) -> str:

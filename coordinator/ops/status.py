@@ -46,9 +46,10 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
     held = leases.held()
     workers = _workers(conn, now, held)
     breakers = {(b["kind"], b["name"]): b for b in list_breakers(conn, keys, settings.breakers, now)}
+    trained = last_trained(conn, keys, [p.config_key for p in ranked])
     return {
         "at": now,
-        "configs": [_config_row(p, rank, breakers) for rank, p in enumerate(ranked, 1)],
+        "configs": [_config_row(p, rank, breakers, trained) for rank, p in enumerate(ranked, 1)],
         "running": _running(conn, keys, now),
         "preemptions": [vars(p) for p in pending_preemptions(conn, keys)],
         "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
@@ -59,13 +60,23 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
     }
 
 
-def _config_row(p: Any, rank: int, breakers: Breakers) -> dict[str, Any]:
+def last_trained(conn: redis.Redis, keys: Keys, config_keys: list[str]) -> dict[str, float | None]:
+    """Config key -> when its last training ended (unix s), None if it never trained: one round
+    trip. (A never-trained config's "hours since training" counts from when it was first seen.)"""
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for config_key in config_keys:
+            pipe.hget(keys.config(config_key), "last_trained_at")
+        return {k: float(v) if v else None for k, v in zip(config_keys, pipe.execute())}
+
+
+def _config_row(p: Any, rank: int, breakers: Breakers, trained: dict[str, float | None]) -> dict[str, Any]:
     breaker = breakers.get(("config", p.config_key), CLOSED_BREAKER)
     return {
         "config_key": p.config_key, "rank": rank if p.eligible else None, "score": round(p.score, 3),
         "eligible": p.eligible, "why": p.why, "flags": p.flags + ([p.preemption] if p.preemption else []),
         "hours_waiting": round(p.hours_waiting, 2), "preemption": p.preemption,
-        "hours_since_training": round(p.hours_since_training, 2), "new_samples": p.new_samples,
+        "hours_since_training": round(p.hours_since_training, 2), "last_trained_at": trained.get(p.config_key),
+        "new_samples": p.new_samples,
         "elo_per_hour": round(p.elo_per_hour, 2), **breaker_fields(breaker),
     }
 

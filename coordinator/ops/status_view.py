@@ -71,10 +71,17 @@ def _configs(status: dict[str, Any], limit: int, fill: bool) -> Table:
     for c in shown:
         style = None if c["eligible"] else "dim"
         breaker = _breaker(c)
-        table.add_row(str(c["rank"] or "-"), c["config_key"], f"{c['score']:.3f}", f"{c['hours_since_training']:.1f}",
-                      f"{c['new_samples']:,}", f"{c['elo_per_hour']:+.1f}", breaker,
+        table.add_row(str(c["rank"] or "-"), c["config_key"], f"{c['score']:.3f}",
+                      since_trained(c["hours_since_training"], c.get("last_trained_at", 0.0)), f"{c['new_samples']:,}",
+                      f"{c['elo_per_hour']:+.1f}", breaker,
                       "; ".join(c["why"] + c["flags"]), style=style)
     return table
+
+
+def since_trained(hours: float, last_trained_at: float | None) -> str:
+    """Hours since the config's last training; "never" when it has not trained (the scheduler
+    then counts its hours from when it was first seen)."""
+    return "never" if last_trained_at is None else f"{hours:.1f}"
 
 
 def _nodes(status: dict[str, Any], fill: bool) -> Table:
