@@ -38,5 +38,6 @@ def priorities_table(ranked: list[Priority], s: SchedulerSettings,
     return table
 
 
-def print_priorities(ranked: list[Priority], s: SchedulerSettings, trained: dict[str, float | None]) -> None:
+def print_priorities(ranked: list[Priority], s: SchedulerSettings,
+                     trained: dict[str, float | None] | None = None) -> None:
     wide_console().print(priorities_table(ranked, s, trained))
