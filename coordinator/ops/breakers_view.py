@@ -65,7 +65,7 @@ def _resolve(conn: redis.Redis, keys: Keys, settings: Settings, name: str) -> tu
     found = [r["kind"] for r in list_breakers(conn, keys, settings.breakers, 0.0) if r["name"] == name]
     if len(found) != 1:
         raise ValueError(f"{name!r}: {'no breaker has this name' if not found else 'a config and a node'}"
-                         f" ; say which: config:{name} or node:{name}")
+                         f"; say which: config:{name} or node:{name}")
     return found[0], name
 
 

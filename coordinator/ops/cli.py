@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from coordinator.bus.events import EventConsumer
+from coordinator.core.boards import BOARDS, MAX_PLAYERS, MIN_PLAYERS
 from coordinator.core.connection import connect
 from coordinator.core.errors import ConfigError, CoordinatorError, EventError, JobError
 from coordinator.core.inputs import check_identifier
@@ -154,8 +155,8 @@ def _parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="queue a training job now (the CLI face of submit_training); "
                                            "a config already queued or training gets no second job")
-    submit.add_argument("--board-type", required=True, help="e.g. hex8, square8, square19")
-    submit.add_argument("--num-players", required=True, type=int, help="2 to 4")
+    submit.add_argument("--board-type", required=True, help=f"one of {', '.join(BOARDS)}")
+    submit.add_argument("--num-players", required=True, type=int, help=f"{MIN_PLAYERS} to {MAX_PLAYERS}")
     submit.add_argument("--npz-path", required=True, help="the training data, inside training.data_roots")
     submit.add_argument("--samples", type=int,
                         help="new samples this file brings (default: read from the NPZ's headers, else "

@@ -17,11 +17,19 @@ BAR_WIDTH = 20
 PIPE_WIDTH = 512
 
 
+class PipeConsole(Console):
+    """A rich Console that leaves a closed pipe to the CLI (`cli._until_pipe_closes`: exit 141, as
+    after SIGPIPE, whatever printed last); rich alone would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def wide_console(file: IO[str] | None = None) -> Console:
     """The terminal's width on a terminal; `PIPE_WIDTH` columns on a pipe or file (`| less`, logs),
     so a table keeps its full width there."""
-    console = Console(file=file)
-    return console if console.is_terminal else Console(file=file, width=PIPE_WIDTH)
+    console = PipeConsole(file=file)
+    return console if console.is_terminal else PipeConsole(file=file, width=PIPE_WIDTH)
 
 
 def print_status(status: dict[str, Any], max_configs: int = 15, console: Console | None = None) -> None:
