@@ -57,3 +57,17 @@ def test_a_config_that_never_trained_says_never(run_cli, fake_conn, keys):
         [never] = [line for line in out.splitlines() if "hex8_2p" in line]
         [trained] = [line for line in out.splitlines() if "square8_2p" in line]
         assert "never" in never and "never" not in trained and " 3.0 " in trained, (command, out)
+
+
+def test_status_prints_ids_that_cancel_takes(run_cli, orch, fake_conn, keys):
+    """Issue 25, item 2: the running job's id and a failure's job id, whole in `status`, are ids
+    `cancel` accepts."""
+    from tests.conftest import take_job
+
+    job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
+    take_job(orch, job_id, "hex8_2p")
+    fake_conn.xadd(keys.events, {"type": "TRAINING_FAILED", "job_id": job_id, "config_key": "hex8_2p",
+                                 "reason": "trainer_error", "error": "boom", "will_retry": "true"})
+    rows = [line for line in run_cli("status").splitlines() if "hex8_2p" in line and ("boom" in line or "0/3" in line)]
+    assert len(rows) == 2 and all(f" {job_id} " in row for row in rows), rows
+    assert f"{job_id}: running; its worker stops the trainer" in run_cli("cancel", job_id)
