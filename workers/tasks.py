@@ -312,7 +312,11 @@ class TrainingRun:
     def _cancelled(self) -> dict[str, Any]:
         fields = {"reason": "cancelled", "attempt": self.attempt, "node": self.node}
         self._finish(CANCELLED, self._outcome(TRAINING_CANCELLED, fields, fields))
-        return {"job_id": self.job_id, "cancelled": True}
+        # RQ logs "Job OK" for any task that returns: say in the worker's log, and in the result RQ
+        # stores (rq info, rq-dashboard), that this one was cancelled, not trained.
+        self.log.warning("job %s CANCELLED on request: trainer stopped, nothing published (RQ's 'Job OK' "
+                         "below only means the task ended)", self.job_id)
+        return {"job_id": self.job_id, "outcome": "cancelled", "cancelled": True}
 
     def _fail(self, reason: str, error: str, stderr_tail: str) -> NoReturn:
         previous = int(self.record.get(f"failures_{decide(reason, 0, self.retries).failure_class}", 0))

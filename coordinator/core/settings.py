@@ -28,6 +28,8 @@ from coordinator.trainer.output import pattern_problems
 
 log = logging.getLogger(__name__)
 DEFAULT_CONFIG_PATH = Path("config/distributed_hosts.yaml")
+# Last in the search order: a host-wide file, so that a command run from any directory finds it.
+SYSTEM_CONFIG_PATH = Path("/etc/ringrift/distributed_hosts.yaml")
 CONFIG_ENV = "RINGRIFT_CONFIG"
 REDIS_URL_ENV = "REDIS_URL"
 # `Settings.source` of settings that no file gave.
@@ -362,7 +364,9 @@ _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "fre
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Load settings from `path`, `$RINGRIFT_CONFIG` or `config/distributed_hosts.yaml`, in that order.
+    """Load settings from `path`, `$RINGRIFT_CONFIG`, `config/distributed_hosts.yaml` (under the
+    current directory) or `/etc/ringrift/distributed_hosts.yaml` (SYSTEM_CONFIG_PATH), the first
+    given or present.
 
     With none of them present the built-in defaults are used, said in a warning and in
     `Settings.source` (BUILT_IN); `run` and `check-config` then refuse them (`data_roots_problem`),
@@ -371,12 +375,11 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     `$REDIS_URL` replaces `redis.url`. Raises ConfigError.
     """
     env = os.environ if env is None else env
-    chosen = path or env.get(CONFIG_ENV)
-    if chosen is None and DEFAULT_CONFIG_PATH.exists():
-        chosen = DEFAULT_CONFIG_PATH
+    chosen = path or env.get(CONFIG_ENV) or next((p for p in (DEFAULT_CONFIG_PATH, SYSTEM_CONFIG_PATH)
+                                                  if p.exists()), None)
     if chosen is None:
-        log.warning("no settings file (no --config, %s unset, no %s here): the built-in defaults are used",
-                    CONFIG_ENV, DEFAULT_CONFIG_PATH)
+        log.warning("no config file found: built-in defaults (no settings file: no --config, %s unset, "
+                    "no %s under %s, no %s)", CONFIG_ENV, DEFAULT_CONFIG_PATH, Path.cwd(), SYSTEM_CONFIG_PATH)
     settings = Settings() if chosen is None else _load_file(Path(chosen))
     if env.get(REDIS_URL_ENV):
         settings = replace(settings, redis=replace(settings.redis, url=env[REDIS_URL_ENV]))

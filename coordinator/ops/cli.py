@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,21 +14,23 @@ from pathlib import Path
 import redis
 
 from coordinator.bus.events import EventConsumer
+from coordinator.core.boards import BOARDS, MAX_PLAYERS, MIN_PLAYERS
 from coordinator.core.connection import connect
 from coordinator.core.errors import ConfigError, CoordinatorError, EventError, JobError
 from coordinator.core.inputs import check_identifier
 from coordinator.core.keys import Keys, rq_worker_key
 from coordinator.core.logs import configure as configure_logging
-from coordinator.core.settings import data_roots_problem, load_settings, redact_url
+from coordinator.core.settings import BUILT_IN, REDIS_URL_ENV, data_roots_problem, load_settings, redact_url
 from coordinator.ops.dashboard import DEFAULT_PORT
 from coordinator.ops.dashboard.command import add_dashboard_parser
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.jobs import JobStore
-from coordinator.stores.leases import LeaseManager
 
 # RQ refreshes rq:worker:<name>'s last_heartbeat every --worker-ttl - 15 s while idle (default TTL 420 s)
 # and every 30 s while it runs a job, and lets the key expire --worker-ttl + 60 s after the last one.
 DEFAULT_HEARTBEAT_MAX_AGE_S = 480.0
+SIGPIPE_EXIT = 128 + 13
+SOURCE_LOG = logging.getLogger("ringrift-train")  # what a shell reports for a process killed by SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,37 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    return args.func(args, settings)
+    say_source(settings, args)
+    return _until_pipe_closes(args.func, args, settings)
+
+
+def say_source(settings, args: argparse.Namespace | None = None) -> None:
+    """Which config file and which Redis a command uses: one line on stderr (a log line, so that
+    `--log-format json` keeps one object per line and `--json` output stays clean), password masked."""
+    SOURCE_LOG.setLevel(logging.INFO)  # said whatever the log level: it is what the command acts on
+    url = getattr(args, "redis_url", None)  # demo and dashboard take --redis-url
+    if url:
+        redis_said = f"{redact_url(url)} (--redis-url)"
+    elif getattr(args, "func", None) is _demo:
+        redis_said = "an embedded redis-server (no --redis-url)"
+    else:
+        redis_said = redact_url(settings.redis.url) + (f" (from ${REDIS_URL_ENV})" if os.environ.get(REDIS_URL_ENV)
+                                                       else "")
+    source = "none found: built-in defaults" if settings.source == BUILT_IN else settings.source
+    SOURCE_LOG.info("config %s; redis %s, prefix %s", source, redis_said, settings.redis.prefix)
+
+
+def _until_pipe_closes(func, *args: object) -> int:
+    """Run a command; if its reader goes away (`| head`), end quietly as a Unix tool killed by SIGPIPE
+    would (exit status 141, nothing on stderr) rather than with a BrokenPipeError traceback."""
+    try:
+        status = func(*args)
+        sys.stdout.flush()  # the rest of the output, inside the try: it can be the write that fails
+        return status
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit would hit the closed pipe again
+        return SIGPIPE_EXIT
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -52,6 +85,7 @@ def _check_config(args: argparse.Namespace) -> int:
             print(f"{exc.source}: {problem}")
         print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
         return 1
+    say_source(settings)
     confinement = data_roots_problem(settings)  # a file was checked as it loaded; the built-in defaults here
     if confinement:
         print(f"{settings.source}: {confinement}")
@@ -65,20 +99,22 @@ def _check_config(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringrift-train", description="RingRift training coordinator")
     parser.add_argument("--config", dest="config_path",
-                        help="YAML settings (default: $RINGRIFT_CONFIG or config/distributed_hosts.yaml)")
-    parser.add_argument("-v", "--verbose", action="store_true")
+                        help="YAML settings (default: $RINGRIFT_CONFIG, else ./config/distributed_hosts.yaml, "
+                             "else /etc/ringrift/distributed_hosts.yaml); every command says which it read")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO (default: warnings only)")
     parser.add_argument("--log-format", choices=("text", "json"), default="text",
                         help="json: one object per line, for log shippers")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = sub.add_parser("check-config", help="validate a YAML config; every problem, exit status 1 if any")
-    check.add_argument("path", nargs="?", help="default: --config, $RINGRIFT_CONFIG or config/distributed_hosts.yaml")
+    check.add_argument("path", nargs="?", help="default: --config, $RINGRIFT_CONFIG, ./config/distributed_hosts.yaml "
+                                               "or /etc/ringrift/distributed_hosts.yaml")
     check.set_defaults(func=_check_config)
 
     dead = sub.add_parser("dead-letters", help="events that could not be handled, with the reason")
     dead.add_argument("--replay", metavar="ID", help="put this dead letter back on the event stream")
-    dead.add_argument("--limit", type=int, default=50)
-    dead.add_argument("--json", action="store_true")
+    dead.add_argument("--limit", type=int, default=50, help="the newest this many (default %(default)s)")
+    dead.add_argument("--json", action="store_true", help="print the letters as JSON")
     dead.set_defaults(func=_dead_letters)
 
     run = sub.add_parser("run", help="run the orchestrator service (consume events, enqueue training)")
@@ -90,7 +126,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="exports -> trained checkpoints on one machine, with an embedded Redis")
     demo.add_argument("--redis-url", help="use this Redis instead of starting an embedded one")
     demo.add_argument("--output", default="demo-output", help="where data, models and worker logs go")
-    demo.add_argument("--epochs", type=int, default=6)
+    demo.add_argument("--epochs", type=int, default=6, help="epochs of each demo training (default %(default)s)")
     demo.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     demo.add_argument("--dashboard", type=int, nargs="?", const=DEFAULT_PORT, metavar="PORT",
                       help=f"serve the web dashboard on 127.0.0.1:PORT (default {DEFAULT_PORT}) during the demo "
@@ -105,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="one screen: configs, running jobs, queue, nodes, failures")
     status.add_argument("--json", action="store_true", help="print the same data as JSON")
     status.add_argument("--watch", action="store_true", help="refresh in place")
-    status.add_argument("--interval", type=float, default=2.0)
+    status.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes")
     status.add_argument("--configs", type=int, default=15, help="configs to list (the highest priority first)")
     status.set_defaults(func=_status)
 
@@ -117,23 +153,39 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--json", action="store_true", help="one JSON object per line")
     events.set_defaults(func=_events)
 
-    submit = sub.add_parser("submit", help="queue a training job now (the CLI face of submit_training)")
-    submit.add_argument("--board-type", required=True)
-    submit.add_argument("--num-players", required=True, type=int)
-    submit.add_argument("--npz-path", required=True)
-    submit.add_argument("--samples", type=int, default=0)
-    submit.add_argument("--epochs", type=int)
-    submit.add_argument("--batch-size", type=int)
-    submit.add_argument("--learning-rate", type=float)
+    submit = sub.add_parser("submit", help="queue a training job now (the CLI face of submit_training); "
+                                           "a config already queued or training gets no second job")
+    submit.add_argument("--board-type", required=True, help=f"one of {', '.join(BOARDS)}")
+    submit.add_argument("--num-players", required=True, type=int, help=f"{MIN_PLAYERS} to {MAX_PLAYERS}")
+    submit.add_argument("--npz-path", required=True, help="the training data, inside training.data_roots")
+    submit.add_argument("--samples", type=int,
+                        help="new samples this file brings (default: read from the NPZ's headers, else "
+                             "scheduler.min_new_samples): how much new data the next job is for")
+    submit.add_argument("--epochs", type=int, help="for the new job (default training.default_epochs); "
+                                                   "refused when the config already has a job")
+    submit.add_argument("--batch-size", type=int, help="for the new job (default training.batch_size); "
+                                                       "refused when the config already has a job")
+    submit.add_argument("--learning-rate", type=float, help="for the new job (default training.learning_rate); "
+                                                            "refused when the config already has a job")
     submit.add_argument("--wait", action="store_true", help="follow the job to its end; non-zero exit if it fails")
     submit.set_defaults(func=_submit)
 
-    locks = sub.add_parser("locks", help="held training leases and each node's GPU slots")
-    locks.add_argument("--json", action="store_true")
+    locks = sub.add_parser("locks", help="held training leases and each node's GPU slots and breaker")
+    locks.add_argument("--json", action="store_true", help="print the leases and nodes as JSON")
     locks.set_defaults(func=_locks)
 
+    breakers = sub.add_parser("breakers", help="circuit breakers of configs and nodes: state, failures, when the "
+                                               "trial goes through; --reset closes one")
+    breakers.add_argument("--reset", metavar="NAME",
+                          help="close this breaker now and forget its failures: kind:name as in its Redis key "
+                               "(node:gpu-node-1, config:hex8_2p), or a bare name only one breaker has; "
+                               "needs a Redis user with write access (the coordinator role)")
+    breakers.add_argument("--json", action="store_true", help="print the breakers as JSON")
+    breakers.set_defaults(func=_breakers)
+
     cancel = sub.add_parser("cancel", help="cancel a queued or running job (its worker stops the trainer)")
-    cancel.add_argument("job_id")
+    cancel.add_argument("job_id", help="the whole job id, as `jobs` and `status` print it "
+                                       "(e.g. hex8_2p-20261207T142640-a4fc89)")
     cancel.set_defaults(func=_cancel)
 
     alive = sub.add_parser("worker-alive", help="exit 0 if the rq worker NAME sent a heartbeat recently "
@@ -147,7 +199,7 @@ def _parser() -> argparse.ArgumentParser:
     add_dashboard_parser(sub)
 
     jobs = sub.add_parser("jobs", help="list the newest job records")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--limit", type=int, default=20, help="the newest this many (default %(default)s)")
     jobs.add_argument("--json", action="store_true", help="print the records as JSON")
     jobs.set_defaults(func=_jobs)
     return parser
@@ -195,17 +247,13 @@ def _events(args: argparse.Namespace, settings) -> int:
 
 
 def _submit(args: argparse.Namespace, settings) -> int:
+    from coordinator.ops.submit_request import submit
     from coordinator.ops.submit_wait import follow_job
     from coordinator.service.orchestrator import TrainingOrchestrator
 
-    conn = connect(settings.redis.url)
-    orchestrator = TrainingOrchestrator(settings, conn, consumer_name="cli-submit")
-    try:
-        job_id = orchestrator.submit_training_sync(
-            args.board_type, args.num_players, args.npz_path, args.samples,
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    except (EventError, JobError) as exc:
-        print(f"submit: {exc}", file=sys.stderr)
+    orchestrator = TrainingOrchestrator(settings, connect(settings.redis.url), consumer_name="cli-submit")
+    job_id = submit(orchestrator, args)
+    if job_id is None:
         return 2
     print(job_id, flush=True)
     return follow_job(orchestrator.jobs, job_id) if args.wait else 0
@@ -251,7 +299,10 @@ def _priorities(args: argparse.Namespace, settings) -> int:
     if args.json:
         print(json.dumps([p.as_dict() for p in ranked], indent=1))
     else:
-        print_priorities(ranked, settings.scheduler)
+        from coordinator.ops.status import last_trained
+
+        keys = Keys(settings.redis.prefix)
+        print_priorities(ranked, settings.scheduler, last_trained(conn, keys, [p.config_key for p in ranked]))
     return 0
 
 
@@ -265,20 +316,19 @@ def _parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def _locks(args: argparse.Namespace, settings) -> int:
+def _breakers(args: argparse.Namespace, settings) -> int:
+    from coordinator.ops import breakers_view
+
     conn = connect(settings.redis.url)
-    leases = LeaseManager.from_settings(conn, Keys(settings.redis.prefix), settings)
-    held, nodes = leases.held(), leases.nodes()
-    if args.json:
-        print(json.dumps({"leases": held, "nodes": nodes}, indent=1))
-        return 0
-    print(f"{'config':14} {'node':14} {'worker':24} {'job':40} {'fence':>6} {'ttl left':>9}")
-    for h in held:
-        print(f"{h['config_key']:14} {h.get('node', '-'):14} {h.get('worker', '-'):24} {h.get('job_id', '-'):40} "
-              f"{h.get('fence', '-'):>6} {int(h['ttl_left_ms']) / 1000:>8.1f}s")
-    print(f"\n{'node':14} {'status':9} {'slots in use':>12}")
-    for n in nodes:
-        print(f"{n['node']:14} {n['status']:9} {n['in_use'] + '/' + n['gpus']:>12}")
+    if args.reset:
+        return breakers_view.reset(conn, settings, args.reset)
+    return breakers_view.show(conn, settings, args.json)
+
+
+def _locks(args: argparse.Namespace, settings) -> int:
+    from coordinator.ops.locks_view import print_locks
+
+    print_locks(connect(settings.redis.url), settings, args.json)
     return 0
 
 
@@ -371,8 +421,17 @@ def _jobs(args: argparse.Namespace, settings) -> int:
         epoch = f"{r.get('epoch', 0)}/{r.get('epochs', '?')}"
         why = f"{r.get('reason', '')} {r.get('error', '')}".strip()
         print(f"{r['job_id']:44} {r['state']:9} {r.get('node', '-'):14} {r.get('attempts', '0'):>3} {epoch:>7} "
-              f"{r.get('final_loss', '-'):>10} {_parent(r):44}  {why}")
+              f"{_rounded(r.get('final_loss')):>10} {_parent(r):44}  {why}")
     return 0
+
+
+def _rounded(value: str | None) -> str:
+    """A stored loss as a column cell: 4 decimals (a float's repr, 1.9234567890123, would push the
+    columns after it out of line); "-" when absent."""
+    try:
+        return f"{float(value):.4f}" if value not in (None, "") else "-"
+    except ValueError:
+        return str(value)[:10]
 
 
 def _parent(record: dict[str, str]) -> str:

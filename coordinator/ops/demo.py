@@ -89,6 +89,7 @@ def _report(console: Console, jobs: list[dict[str, str]], ranked: list, settings
     """The summary and the ranking; True when a job did not complete (each shown with its error)."""
     console.print()
     console.print(_summary(jobs))
+    console.print()
     console.print(priorities_table(ranked, settings.scheduler))
     failed = [j for j in jobs if j.get("state") != "complete"]
     for job in failed:
@@ -120,13 +121,17 @@ def _export_all(conn: redis.Redis, keys: Keys, data_dir: Path, configs: tuple[tu
 
 async def _follow(store: JobStore, job_ids: list[str], console: Console, timeout_s: float) -> list[dict[str, str]]:
     deadline = time.monotonic() + timeout_s
+    console.print()  # a blank line between a round's table and what came before it
     with Live(console=console, refresh_per_second=8) as live:
         while True:
             jobs = [await asyncio.to_thread(store.get, job_id) for job_id in job_ids]
             live.update(_progress_table(jobs))
             if all(j["state"] in FINAL_STATES for j in jobs) or time.monotonic() > deadline:
-                return jobs
+                break
             await asyncio.sleep(REFRESH_S)
+    if not console.is_terminal:
+        console.print()  # on a pipe Live leaves the table's last line (its border) unended
+    return jobs
 
 
 def _progress_table(jobs: list[dict[str, str]]) -> Table:
@@ -151,7 +156,7 @@ def _summary(jobs: list[dict[str, str]]) -> Table:
                    "starts from"):
         table.add_column(column)
     for job in jobs:
-        table.add_row(job["config_key"], job["job_id"].split("-", 1)[1], job.get("node", "-"), job["state"],
+        table.add_row(job["config_key"], job["job_id"], job.get("node", "-"), job["state"],
                       job.get("epochs_completed", "-"), job.get("first_loss", "-"), job.get("final_loss", "-"),
                       job.get("duration_s", "-"), _parent(job))
     return table
@@ -162,7 +167,7 @@ def _parent(job: dict[str, str]) -> str:
     parent = job.get("parent_model")
     if not parent:
         return "scratch" if job.get("state") not in ("queued", None) else "-"
-    return "model of " + Path(parent).parent.parent.name.split("-", 1)[1]
+    return "model of " + Path(parent).parent.parent.name
 
 
 def _short(path: str | None) -> str:

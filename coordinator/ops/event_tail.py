@@ -7,11 +7,11 @@ import time
 from collections.abc import Iterator
 
 import redis
-from rich.console import Console
 from rich.markup import escape
 
 from coordinator.bus.events import Event, decode_entry
 from coordinator.core.keys import Keys
+from coordinator.ops.status_view import PipeConsole
 
 COLOURS = {"NPZ_EXPORT_COMPLETE": "cyan", "TRAINING_STARTED": "blue", "TRAINING_PROGRESS": "dim",
            "TRAINING_COMPLETE": "green", "TRAINING_FAILED": "red", "TRAINING_CANCELLED": "yellow",
@@ -64,7 +64,9 @@ def _msgpack_payload(event: Event) -> object:
 
 def print_events(conn: redis.Redis, keys: Keys, types: set[str], config: str | None, count: int, follow: bool,
                  as_json: bool) -> None:
-    console = Console(highlight=False)
+    # soft_wrap: a line is never cut or wrapped by rich (on a pipe it would wrap at 80 columns, or
+    # at $COLUMNS): one event, one line; a terminal wraps a long one itself.
+    console = PipeConsole(highlight=False, soft_wrap=True)
     for event in read(conn, keys, count, follow):
         if not matches(event, types, config):
             continue

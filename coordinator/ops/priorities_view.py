@@ -6,11 +6,14 @@ from __future__ import annotations
 from rich.table import Table
 
 from coordinator.core.settings import SchedulerSettings
-from coordinator.ops.status_view import wide_console
+from coordinator.ops.status_view import since_trained, wide_console
 from coordinator.scheduling.scheduler import FACTORS, STARVING_BASE, Priority
 
 
-def priorities_table(ranked: list[Priority], s: SchedulerSettings) -> Table:
+def priorities_table(ranked: list[Priority], s: SchedulerSettings,
+                     trained: dict[str, float | None] | None = None) -> Table:
+    """`trained`: config key -> its last training's time (None: never; `status.last_trained`);
+    without it the hours are shown as the scheduler counts them."""
     w = s.weights
     weights = ", ".join(f"{name} {getattr(w, name):g}" for name in FACTORS)
     table = Table(title="training priorities (highest first)",
@@ -27,12 +30,14 @@ def priorities_table(ranked: list[Priority], s: SchedulerSettings) -> Table:
         table.add_row(
             str(rank) if p.eligible else "-", p.config_key, f"{p.score:.3f}",
             *(f"{p.contributions[f]:.3f}" for f in FACTORS), f"{p.hours_waiting:.1f}",
-            f"{p.hours_since_training:.1f}", since_export, f"{p.new_samples:,}", f"{p.elo_per_hour:+.1f}",
+            since_trained(p.hours_since_training, trained.get(p.config_key, 0.0) if trained is not None else 0.0),
+            since_export, f"{p.new_samples:,}", f"{p.elo_per_hour:+.1f}",
             f"{p.expected_gpu_hours:.2f}" if p.expected_gpu_hours else "-", notes,
             style=style,
         )
     return table
 
 
-def print_priorities(ranked: list[Priority], s: SchedulerSettings) -> None:
-    wide_console().print(priorities_table(ranked, s))
+def print_priorities(ranked: list[Priority], s: SchedulerSettings,
+                     trained: dict[str, float | None] | None = None) -> None:
+    wide_console().print(priorities_table(ranked, s, trained))

@@ -2,8 +2,9 @@
 
 Configs with priority, rank and why (a pending preemption among the flags); running jobs with
 epoch, loss, node, elapsed, ETA and a pending request to yield; the pending preemptions; the
-queue; nodes with slots and health, each with the RQ workers that run on it; RQ workers with their
-node and last heartbeat; recent failures.
+queue; nodes with slots, health and circuit breaker (configs too: `breaker`, and while it is
+open `breaker_trial_in_s`, when one attempt goes through again), each with the RQ workers that
+run on it; RQ workers with their node and last heartbeat; recent failures.
 
 A worker's node: the one its lease names while it trains (what it holds), else the node it
 registered under (`WORKER_NODE_FIELD` on RQ's worker hash), else its host name (RQ's record).
@@ -22,14 +23,16 @@ from coordinator.bus.events import TRAINING_FAILED, decode_entry
 from coordinator.core.clock import RedisClock
 from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES
 from coordinator.core.keys import TRAINING_QUEUE, Keys
-from coordinator.core.settings import Settings
+from coordinator.core.settings import BreakerSettings, Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.scheduler import TrainingScheduler
-from coordinator.stores.breakers import breaker_state
+from coordinator.stores.breakers import describe, list_breakers
 from coordinator.stores.job_records import pending_preemptions
 from coordinator.stores.leases import LeaseManager
 
 RECENT_EVENTS_SCANNED = 2000
+Breakers = dict[tuple[str, str], dict[str, Any]]  # (kind, name) -> the breaker `describe`d
+CLOSED_BREAKER = describe({}, BreakerSettings(), 0.0)  # no hash: it never failed
 # The field of RQ's worker hash that names the node a worker runs on (RINGRIFT_NODE), when its
 # worker class writes one; RQ's own `hostname` otherwise.
 WORKER_NODE_FIELD = "ringrift_node"
@@ -42,28 +45,47 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
     leases = LeaseManager.from_settings(conn, keys, settings)
     held = leases.held()
     workers = _workers(conn, now, held)
+    breakers = {(b["kind"], b["name"]): b for b in list_breakers(conn, keys, settings.breakers, now)}
+    trained = last_trained(conn, keys, [p.config_key for p in ranked])
     return {
         "at": now,
-        "configs": [_config_row(conn, keys, settings, p, rank, now) for rank, p in enumerate(ranked, 1)],
+        "configs": [_config_row(p, rank, breakers, trained) for rank, p in enumerate(ranked, 1)],
         "running": _running(conn, keys, now),
         "preemptions": [vars(p) for p in pending_preemptions(conn, keys)],
         "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
                   "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
-        "nodes": _nodes(conn, keys, leases, held, workers),
+        "nodes": _nodes(conn, keys, leases, held, workers, breakers),
         "workers": workers,
         "failures": _failures(conn, keys, failures),
     }
 
 
-def _config_row(conn: redis.Redis, keys: Keys, settings: Settings, p: Any, rank: int, now: float) -> dict[str, Any]:
-    breaker = decode_hash(conn.hgetall(keys.breaker("config", p.config_key)))
+def last_trained(conn: redis.Redis, keys: Keys, config_keys: list[str]) -> dict[str, float | None]:
+    """Config key -> when its last training ended (unix s), None if it never trained: one round
+    trip. (A never-trained config's "hours since training" counts from when it was first seen.)"""
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for config_key in config_keys:
+            pipe.hget(keys.config(config_key), "last_trained_at")
+        return {k: float(v) if v else None for k, v in zip(config_keys, pipe.execute())}
+
+
+def _config_row(p: Any, rank: int, breakers: Breakers, trained: dict[str, float | None]) -> dict[str, Any]:
+    breaker = breakers.get(("config", p.config_key), CLOSED_BREAKER)
     return {
         "config_key": p.config_key, "rank": rank if p.eligible else None, "score": round(p.score, 3),
         "eligible": p.eligible, "why": p.why, "flags": p.flags + ([p.preemption] if p.preemption else []),
         "hours_waiting": round(p.hours_waiting, 2), "preemption": p.preemption,
-        "hours_since_training": round(p.hours_since_training, 2), "new_samples": p.new_samples,
-        "elo_per_hour": round(p.elo_per_hour, 2), "breaker": breaker_state(breaker, settings.breakers, now),
+        "hours_since_training": round(p.hours_since_training, 2), "last_trained_at": trained.get(p.config_key),
+        "new_samples": p.new_samples,
+        "elo_per_hour": round(p.elo_per_hour, 2), **breaker_fields(breaker),
     }
+
+
+def breaker_fields(breaker: dict[str, Any]) -> dict[str, Any]:
+    """A config's or node's breaker as status shows it: `breaker` (closed, open, half_open) and,
+    while open, `breaker_trial_in_s` (then one attempt goes through; success closes it)."""
+    return {"breaker": breaker["state"], "breaker_failures": breaker["failures"],
+            "breaker_trial_at": breaker["trial_at"], "breaker_trial_in_s": breaker["trial_in_s"]}
 
 
 def _running(conn: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
@@ -112,7 +134,7 @@ def _workers(conn: redis.Redis, now: float, held: list[dict[str, str]]) -> list[
 
 
 def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[str, str]],
-           workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+           workers: list[dict[str, Any]], breakers: Breakers) -> list[dict[str, Any]]:
     """Every node listed (hosts, health events) or named by a lease or a worker, with its workers."""
     rows = [{**n, "listed": True} for n in leases.nodes()]
     named = {h["node"] for h in held if h.get("node")} | {w["node"] for w in workers if w["node"]}
@@ -126,6 +148,7 @@ def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[
               "listed": False} for name, used in zip(unlisted, in_use)]
     for row in rows:
         row["workers"] = [w["name"] for w in workers if w["node"] == row["node"]]
+        row.update(breaker_fields(breakers.get(("node", row["node"]), CLOSED_BREAKER)))
     return sorted(rows, key=lambda row: row["node"])
 
 

@@ -10,16 +10,26 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from coordinator.stores.breakers import CLOSED
+
 BAR_WIDTH = 20
 # Columns when the output is a pipe or a file: rich would use 80 and cut cells to `squ…`.
 PIPE_WIDTH = 512
 
 
+class PipeConsole(Console):
+    """A rich Console that leaves a closed pipe to the CLI (`cli._until_pipe_closes`: exit 141, as
+    after SIGPIPE, whatever printed last); rich alone would exit 1."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def wide_console(file: IO[str] | None = None) -> Console:
     """The terminal's width on a terminal; `PIPE_WIDTH` columns on a pipe or file (`| less`, logs),
     so a table keeps its full width there."""
-    console = Console(file=file)
-    return console if console.is_terminal else Console(file=file, width=PIPE_WIDTH)
+    console = PipeConsole(file=file)
+    return console if console.is_terminal else PipeConsole(file=file, width=PIPE_WIDTH)
 
 
 def print_status(status: dict[str, Any], max_configs: int = 15, console: Console | None = None) -> None:
@@ -50,8 +60,8 @@ def _running(status: dict[str, Any], fill: bool) -> Table:
         bar = f"[green]{'█' * done}[/green]{'░' * (BAR_WIDTH - done)} {r['epoch']}/{r['total_epochs']}"
         yielding = f"[yellow]to {r['preempt_for']}[/yellow]: {r.get('preempt_why') or ''}" if r.get("preempt_for") \
             else ""
-        table.add_row(r["config_key"], r["job_id"].split("-", 1)[-1], r["node"], str(r["attempt"]), bar,
-                      r["train_loss"] or "-", _duration(r["elapsed_s"]), _duration(r["eta_s"]), yielding)
+        table.add_row(r["config_key"], r["job_id"], r["node"], str(r["attempt"]), bar,
+                      r["train_loss"] or "-", duration(r["elapsed_s"]), duration(r["eta_s"]), yielding)
     if not status["running"]:
         table.add_row("-", "nothing is training", "", "", "", "", "", "", "")
     return table
@@ -68,28 +78,52 @@ def _configs(status: dict[str, Any], limit: int, fill: bool) -> Table:
         table.add_column(column, no_wrap=column != "why not")
     for c in shown:
         style = None if c["eligible"] else "dim"
-        breaker = c["breaker"] if c["breaker"] == "closed" else f"[red]{c['breaker']}[/red]"
-        table.add_row(str(c["rank"] or "-"), c["config_key"], f"{c['score']:.3f}", f"{c['hours_since_training']:.1f}",
-                      f"{c['new_samples']:,}", f"{c['elo_per_hour']:+.1f}", breaker,
+        breaker = _breaker(c)
+        table.add_row(str(c["rank"] or "-"), c["config_key"], f"{c['score']:.3f}",
+                      since_trained(c["hours_since_training"], c.get("last_trained_at", 0.0)), f"{c['new_samples']:,}",
+                      f"{c['elo_per_hour']:+.1f}", breaker,
                       "; ".join(c["why"] + c["flags"]), style=style)
     return table
+
+
+def since_trained(hours: float, last_trained_at: float | None) -> str:
+    """Hours since the config's last training; "never" when it has not trained (the scheduler
+    then counts its hours from when it was first seen)."""
+    return "never" if last_trained_at is None else f"{hours:.1f}"
 
 
 def _nodes(status: dict[str, Any], fill: bool) -> Table:
     """One row per worker under the node it runs on; a node without workers gets one row."""
     table = Table(title="nodes and workers", title_justify="left", expand=fill)
-    for column in ("node", "status", "slots", "worker", "state", "heartbeat"):
+    for column in ("node", "status", "breaker", "slots", "worker", "state", "heartbeat"):
         table.add_column(column, no_wrap=True)
     workers = {w["name"]: w for w in status["workers"]}
     for n in status["nodes"]:
         health = n["status"] if n["status"] == "healthy" else f"[red]{n['status']}[/red]"
-        node_cells = [n["node"], health if n["listed"] else f"{health} (not in hosts)", f"{n['in_use']}/{n['gpus']}"]
+        node_cells = [n["node"], health if n["listed"] else f"{health} (not in hosts)", _breaker(n),
+                      f"{n['in_use']}/{n['gpus']}"]
         for w in [workers[name] for name in n["workers"]] or [None]:
             beat = w["seconds_since_heartbeat"] if w else None
             table.add_row(*node_cells, w["name"] if w else "", w["state"] if w else "",
                           "" if beat is None else f"{beat:.0f} s ago")
-            node_cells = ["", "", ""]
+            node_cells = ["", "", "", ""]
     return table
+
+
+def _breaker(row: dict[str, Any]) -> str:
+    """A config's or node's breaker cell: `closed`, or in red `open, trial in 8m20s`."""
+    cell = breaker_cell(row["breaker"], row.get("breaker_trial_in_s"))
+    return cell if row["breaker"] == "closed" else f"[red]{cell}[/red]"
+
+
+def breaker_cell(state: str, trial_in_s: float | None) -> str:
+    """`closed`; `open, trial in 8m20s` (the next attempt after that closes it on success);
+    `half_open (trial due)`."""
+    if state == CLOSED:
+        return CLOSED
+    if trial_in_s:
+        return f"{state}, trial in {duration(trial_in_s)}"
+    return f"{state} (trial due)"
 
 
 def _failures(status: dict[str, Any], fill: bool) -> Table:
@@ -97,11 +131,11 @@ def _failures(status: dict[str, Any], fill: bool) -> Table:
     for column in ("config", "job", "reason", "retry", "error"):
         table.add_column(column, no_wrap=column != "error")
     for f in status["failures"]:
-        table.add_row(f["config_key"], f["job_id"].split("-", 1)[-1], f["reason"], f["will_retry"], f["error"])
+        table.add_row(f["config_key"], f["job_id"], f["reason"], f["will_retry"], f["error"])
     return table
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     minutes, secs = divmod(int(seconds), 60)

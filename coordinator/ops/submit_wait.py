@@ -24,14 +24,17 @@ def follow_job(store: JobStore, job_id: str, timeout_s: float | None = None) -> 
         task = progress.add_task(record["config_key"], total=int(record.get("epochs", 1)), detail="queued")
         while record["state"] not in FINAL_STATES:
             if deadline is not None and time.monotonic() > deadline:
-                console.print(f"{job_id}: still {record['state']} after {timeout_s} s")
+                console.print(f"{job_id}: still {record['state']} after {timeout_s} s", soft_wrap=True)
                 return 1
             time.sleep(POLL_S)
             record = store.get(job_id)
             detail = f"{record['state']} try {record.get('attempts', '0')} loss {record.get('train_loss', '-')}"
             progress.update(task, completed=int(record.get("epoch", 0) or 0), detail=detail)
     if record["state"] == COMPLETE:
-        console.print(f"{job_id}: complete, final loss {record.get('final_loss')}, model {record.get('model_path')}")
+        # soft_wrap: the last line whole (on a pipe rich would wrap it at 80 columns, inside the model path)
+        console.print(f"{job_id}: complete, final loss {record.get('final_loss')}, model {record.get('model_path')}",
+                      soft_wrap=True)
         return 0
-    console.print(f"{job_id}: {record['state']} ({record.get('reason', '')}) {record.get('error', '')}")
+    console.print(f"{job_id}: {record['state']} ({record.get('reason', '')}) {record.get('error', '')}",
+                  soft_wrap=True)
     return 1

@@ -59,6 +59,9 @@ class Recovery:
         self.settings = settings
         self._forget_expired = script(self.conn, "lease_expiry_forget.lua")
         self._next_sweep = 0.0  # the first reap checks every active job
+        # job id -> the RQ status its last requeue was logged with: a job that keeps coming back
+        # (nothing can run it: node breakers open, no worker) is logged at WARNING once per status.
+        self._requeue_logged: dict[str, str] = {}
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings) -> Recovery:
@@ -94,8 +97,17 @@ class Recovery:
                                                JobStatus.CANCELED):
                 self.store.defer(job_id, 0.0, f"RQ job {rq_id} {status or 'missing'}: requeued")
                 lost.append(job_id)
-                log.warning("%s: queued job %s had no live RQ job (%s); requeued", config_key, job_id, status)
+                self._log_requeue(config_key, job_id, str(status))
+        self._requeue_logged = {j: s for j, s in self._requeue_logged.items() if j in active.values()}
         return lost
+
+    def _log_requeue(self, config_key: str, job_id: str, status: str) -> None:
+        """WARNING the first time a job is requeued with this RQ status, DEBUG while it repeats."""
+        repeated = self._requeue_logged.get(job_id) == status
+        self._requeue_logged[job_id] = status
+        log.log(logging.DEBUG if repeated else logging.WARNING,
+                "%s: queued job %s had no live RQ job (%s); requeued%s", config_key, job_id, status,
+                "" if repeated else " (repeats of this are logged at DEBUG)")
 
     # -- abandoned attempts -----------------------------------------------------------------------
     def reap(self) -> list[str]:
