@@ -288,6 +288,9 @@ class TrainingRun:
             "epochs_completed": figures.get("epochs_completed"),
             "first_loss": figures.get("first_loss", history[0].get("train_loss")),
             "final_loss": figures.get("final_loss"),
+            # The published model is the best-validation one where the trainer keeps it: say which.
+            "best_val_loss": figures.get("best_val_loss"), "best_epoch": figures.get("best_epoch"),
+            "early_stopped": _flag(figures.get("early_stopped")),
             "duration_s": round(time.monotonic() - self.started, 3),
             # Lineage: what it started from and what it trained on.
             "parent_model": self.parent_model or "",
@@ -390,6 +393,11 @@ class TrainingRun:
             self.breakers.record("node", self.node, success)
         except redis.RedisError as exc:
             self.log.warning("circuit breakers not updated: %s", exc)
+
+
+def _flag(value: object) -> str | None:
+    """A yes/no figure as the events write it ("true"/"false"); None when the trainer did not say."""
+    return None if value is None else str(bool(value)).lower()
 
 
 def utf8_tail(text: str, limit_bytes: int = STDERR_TAIL_BYTES) -> str:
