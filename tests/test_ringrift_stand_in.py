@@ -55,7 +55,8 @@ def test_a_real_rq_worker_runs_the_stand_in_as_training_command(redis_server, re
         ("TRAINING_PROGRESS", "1", "32.0"), ("TRAINING_PROGRESS", "2", "34.0"), ("TRAINING_PROGRESS", "3", "36.0")]
     assert done.type == "TRAINING_COMPLETE"
     for fields in (done.fields, record):
-        assert (fields["final_loss"], fields["epochs_completed"], fields["samples"]) == ("0.525", "3", "1234")
+        assert (fields["final_loss"], fields["epochs_completed"], fields["samples"]) == ("0.5", "3", "1234")
+        assert (fields["best_val_loss"], fields["best_epoch"], fields["early_stopped"]) == ("0.525", "3", "false")
     assert done.fields["model_path"] == record["model_path"]
     model = json.loads(Path(record["model_path"]).read_text())  # written by the stand-in at --save-path
     assert (model["init_weights"], model["resumed_from"]) == (None, None)
@@ -84,7 +85,7 @@ def test_progress_from_stderr_summary_from_stdout_and_a_warm_start(record, tmp_p
     assert [h["epoch"] for h in first.history] == [1, 2, 3]
     assert first.history[-1] == {"epoch": 3, "total_epochs": 3, "train_loss": 0.5, "val_loss": 0.525,
                                  "policy_accuracy_pct": 36.0}
-    assert first.summary == {"final_loss": 0.525, "samples": 100, "games": 1, "epochs_completed": 3}
+    assert first.summary == {"best_val_loss": 0.525, "samples": 100, "games": 1, "total_epochs": 3}
     assert "app.training.train - INFO - Epoch [3/3]" in first.stderr_tail  # the tail still holds stderr
     model = json.loads(paths.model_path.read_text())
     assert model["init_weights"] is None and model["resumed_from"] is None

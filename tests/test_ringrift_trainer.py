@@ -62,7 +62,7 @@ def test_second_export_warm_starts_from_the_first_runs_model(redis_server, real_
     progress = events_of(real_conn, two["job_id"], "TRAINING_PROGRESS")
     assert [p.fields["epoch"] for p in progress] == ["1", "2", "3"]
     assert progress[0].fields["total_epochs"] == "3" and float(progress[0].fields["policy_accuracy_pct"]) == 32.0
-    assert (second.fields["final_loss"], second.fields["epochs_completed"]) == ("0.525", "3")
+    assert (second.fields["best_val_loss"], second.fields["epochs_completed"]) == ("0.525", "3")
     assert second.fields["samples"] == str(npz.stat().st_size)  # the summary's samples=
     for event in [*events_of(real_conn, one["job_id"]), *events_of(real_conn, two["job_id"])]:
         assert (event.fields["board_type"], event.fields["num_players"]) == ("hex8", "2"), event.type

@@ -32,11 +32,12 @@ def test_ringrift_epoch_line_gives_its_figures():
 def test_ringrift_summary_line_fills_the_summary():
     parser = OutputParser(RINGRIFT_PROGRESS, RINGRIFT_SUMMARY)
     assert parser.feed("TRAINING_SUMMARY: loss=0.9876 samples=120000 games=37 epochs=50") is None
-    assert parser.summary == {"final_loss": 0.9876, "samples": 120000, "games": 37, "epochs_completed": 50}
+    # RingRift prints its best validation loss as `loss` and the epochs it was asked for as `epochs`.
+    assert parser.summary == {"best_val_loss": 0.9876, "samples": 120000, "games": 37, "total_epochs": 50}
     parser.feed("TRAINING_SUMMARY: loss=0.5 samples=1 games=1 epochs=2")
-    assert parser.summary["final_loss"] == 0.5  # the last one wins
+    assert parser.summary["best_val_loss"] == 0.5  # the last one wins
     assert parser.feed("note: TRAINING_SUMMARY: loss=9 samples=9 games=9 epochs=9") is None
-    assert parser.summary["final_loss"] == 0.5  # anchored at the start of the line
+    assert parser.summary["best_val_loss"] == 0.5  # anchored at the start of the line
 
 
 def test_json_lines_as_today_and_together_with_patterns():
@@ -69,7 +70,7 @@ def test_result_figures_from_summary_and_progress(tmp_path):
     assert figures["model_path"] == str(tmp_path / "m.pth")
     assert figures["final_loss"] == 0.9 and figures["samples"] == 7  # the summary says
     assert figures["epochs_completed"] == 2 and figures["first_loss"] == 2.0  # the progress lines say
-    assert result_figures(tmp_path, {}, history, tmp_path / "m.pth")["final_loss"] == 1.1
+    assert result_figures(tmp_path, {}, history, tmp_path / "m.pth")["final_loss"] == 1.0  # the last train loss
 
 
 def test_result_figures_prefer_the_reference_metrics_file(tmp_path):

@@ -260,7 +260,7 @@ def test_jobs_command_shows_each_jobs_parent(fake_conn, make_settings, tmp_path,
     assert cli.main(["jobs"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
     assert f" {first['job_id']}/attempt-1/model.pt " in rows[second["job_id"]]
-    assert rows[first["job_id"]].split()[6] == "-"  # from scratch
+    assert rows[first["job_id"]].split()[9] == "-"  # parent: from scratch (after final loss, best val, best@, early)
 
 
 def test_progress_is_one_command_and_stream_maxlen_0_trims_nothing(fake_conn, keys):

@@ -7,7 +7,11 @@ same flags (the ones a coordinator passes; others are refused, as argparse would
 the way the coordinator sees that trainer:
 - progress through Python logging on **stderr**, in RingRift's format:
   `<time> - app.training.train - INFO - Epoch [3/50], Train Loss: 1.2345, Val Loss: 1.3456, Policy Acc: 41.5%`;
-- `TRAINING_SUMMARY: loss=%.4f samples=%d games=%d epochs=%d` on **stdout** at the end;
+- `TRAINING_SUMMARY: loss=%.4f samples=%d games=%d epochs=%d` on **stdout** at the end, where,
+  as in RingRift, `loss` is the best validation loss and `epochs` the epochs asked for;
+- RingRift's early stopping: after each improvement `  New best model saved (Val Loss: %.4f)`,
+  and once `--early-stopping-patience` epochs pass without one,
+  `Early stopping triggered at epoch N (best loss: %.4f)`, then it ends as a finished run;
 - the model at `--save-path`; checkpoints in `--checkpoint-dir` named
   `checkpoint_epoch_<n>.pth` (every `--checkpoint-interval` epochs),
   `checkpoint_final_epoch_<n>.pth` (at the end) and, on SIGTERM/SIGINT,
@@ -19,7 +23,8 @@ the way the coordinator sees that trainer:
 Files are JSON text, not torch pickles. The model file and every checkpoint record which
 `--init-weights` and `--resume` the run got (`init_weights`, `resumed_from`), and the log says
 so too, so tests can follow a model's lineage. Stand-in only: `--epoch-seconds S` (sleep per
-epoch), `--samples N` (reported in the summary; default: the data file's size in bytes).
+epoch), `--samples N` (reported in the summary; default: the data file's size in bytes),
+`--overfit-after K` (the validation loss rises after epoch K, so early stopping can trigger).
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-data-age-hours", type=float, default=2000.0)
     p.add_argument("--epoch-seconds", type=float, default=0.0, help="stand-in only: seconds per epoch")
     p.add_argument("--samples", type=int, default=None, help="stand-in only: samples to report")
+    p.add_argument("--overfit-after", type=int, default=None,
+                   help="stand-in only: the validation loss rises after this epoch")
     return p.parse_args(argv)
 
 
@@ -87,6 +94,23 @@ class _Run:
         self.init_weights: str | None = None
         self.resumed_from: str | None = None
         self.best_val = float("inf")
+        self.bad_epochs = 0  # epochs since the validation loss last improved
+
+    def val_loss(self, n: int) -> float:
+        """Falls like the training loss, or rises again after `--overfit-after` epochs."""
+        k = self.args.overfit_after
+        return 2.1 / (n + 1) if k is None or n <= k else 2.1 / (k + 1) + 0.01 * (n - k)
+
+    def improved(self, val_loss: float) -> bool:
+        """Note an epoch's validation loss; True when it is the best so far."""
+        better = val_loss < self.best_val
+        self.best_val = min(self.best_val, val_loss)
+        self.bad_epochs = 0 if better else self.bad_epochs + 1
+        return better
+
+    def should_stop_early(self) -> bool:
+        patience = self.args.early_stopping_patience
+        return bool(patience) and self.bad_epochs >= patience
 
     def record(self) -> dict[str, Any]:
         a = self.args
@@ -131,12 +155,16 @@ def train(args: argparse.Namespace, asked: list[int]) -> int:
             return _shut_down(run, asked[0])
         run.completed += 1
         n = run.completed
-        train_loss, val_loss = 2.0 / (n + 1), 2.1 / (n + 1)
-        run.best_val = min(run.best_val, val_loss)
+        train_loss, val_loss = 2.0 / (n + 1), run.val_loss(n)
         log.info(f"Epoch [{n}/{args.epochs}], Train Loss: {train_loss:.4f}, Val Loss: {val_loss:.4f}, "
                  f"Policy Acc: {min(0.99, 0.3 + 0.02 * n):.1%}")
+        if run.improved(val_loss):
+            log.info("  New best model saved (Val Loss: %.4f)", val_loss)
         if args.checkpoint_interval > 0 and n % args.checkpoint_interval == 0:
             run.checkpoint(f"checkpoint_epoch_{n}.pth")
+        if run.should_stop_early():
+            log.info(f"Early stopping triggered at epoch {n} (best loss: {run.best_val:.4f})")
+            break
     run.checkpoint(f"checkpoint_final_epoch_{args.epochs}.pth")
     _write_json(Path(args.save_path), run.record())
     samples = args.samples if args.samples is not None else os.path.getsize(args.data_path)

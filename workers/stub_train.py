@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     final = 1.0 / args.epochs
     metrics = {"model_path": str(model.resolve()), "epochs_completed": args.epochs, "first_epoch": first,
                "init_weights": args.init_weights,
-               "final_loss": final, "history": history or [{"epoch": args.epochs, "train_loss": final}]}
+               "final_loss": final, "best_val_loss": 1.1 / args.epochs, "best_epoch": args.epochs,
+               "early_stopped": False, "history": history or [{"epoch": args.epochs, "train_loss": final}]}
     (out / "metrics.json").write_text(json.dumps(metrics))
     return 0
 

@@ -52,6 +52,7 @@ from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.trainer.checkpoints import newest_checkpoint
 from coordinator.trainer.command import attempt_paths, build_argv, record_values
 from coordinator.trainer.output import OutputParser, result_figures
+from coordinator.trainer.warm_start import command_fingerprint, init_weights_failure
 from workers.trainer_process import TrainerResult, run_trainer
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,9 @@ GPUS_ENV = "RINGRIFT_GPUS"
 FINISH_RETRY_S = 60.0
 # TRAINING_FAILED's stderr_tail: at most the schema's limit for the field, in bytes of UTF-8.
 STDERR_TAIL_BYTES = FIELD_LIMITS["stderr_tail"]
+# An attempt that could not load its init weights: its reason, failure class and how much of the
+# trainer's own words the record keeps (`warm_start_dropped`).
+INIT_WEIGHTS_FAILED, WARM_START_CLASS, DROPPED_WHY_CHARS = "init_weights_failed", "warm_start", 300
 
 
 def node_name() -> str:
@@ -144,7 +148,10 @@ def job_checkpoint(record: Mapping[str, str]) -> tuple[str | None, int]:
 
 def warm_start_model(record: Mapping[str, str]) -> str | None:
     """The model a job starts from: the newest of its config's published models (as the job was
-    created) whose file still exists; None for none (first training, warm start off, all gone)."""
+    created, written by the same trainer command) whose file still exists; None for none (first
+    training, warm start off, all gone, or an earlier attempt could not load it: `warm_start_dropped`)."""
+    if record.get("warm_start_dropped"):
+        return None
     for path in json.loads(record.get("warm_start_from") or "[]"):
         if os.path.isfile(path):
             return path
@@ -241,6 +248,10 @@ class TrainingRun:
             self._fail("lease_lost", keeper.lost_reason, result.stderr_tail)
         if result.timed_out:
             self._fail("timeout", f"trainer timed out after {self.record['timeout_s']} s", result.stderr_tail)
+        why = init_weights_failure(self.parent_model, result.returncode, bool(result.history), result.stderr_tail,
+                                   resumed=self.resume is not None)
+        if why:
+            self._drop_warm_start(why, result.stderr_tail)
         if result.returncode == BAD_INPUT_EXIT:
             self._fail("bad_input", "trainer rejected its input (exit status 2)", result.stderr_tail)
         if result.returncode != 0:
@@ -277,6 +288,9 @@ class TrainingRun:
             "epochs_completed": figures.get("epochs_completed"),
             "first_loss": figures.get("first_loss", history[0].get("train_loss")),
             "final_loss": figures.get("final_loss"),
+            # The published model is the best-validation one where the trainer keeps it: say which.
+            "best_val_loss": figures.get("best_val_loss"), "best_epoch": figures.get("best_epoch"),
+            "early_stopped": _flag(figures.get("early_stopped")),
             "duration_s": round(time.monotonic() - self.started, 3),
             # Lineage: what it started from and what it trained on.
             "parent_model": self.parent_model or "",
@@ -290,7 +304,8 @@ class TrainingRun:
                            "trained_data_version": self.record.get("data_version")},
             payload={"history": history},
         )
-        if self._finish(COMPLETE, outcome, model=model) == "fenced":
+        fingerprint = command_fingerprint(json.loads(self.record["command"]))
+        if self._finish(COMPLETE, outcome, model=model, model_command=fingerprint) == "fenced":
             raise TrainingFailed(self.job_id, "fenced: a newer lease exists; result recorded as stale")
         self._breakers(success=True)
         return {"job_id": self.job_id, **result}
@@ -318,19 +333,37 @@ class TrainingRun:
                          "below only means the task ended)", self.job_id)
         return {"job_id": self.job_id, "outcome": "cancelled", "cancelled": True}
 
+    def _failure(self, reason: str, error: str, stderr_tail: str, failure_class: str, will_retry: bool,
+                 delay_s: float, **job_fields: Any) -> Outcome:
+        """The outcome of a failed attempt: TRAINING_FAILED and the record's fields (+ `job_fields`)."""
+        fields = {"reason": reason, "error": error, "stderr_tail": utf8_tail(stderr_tail), "attempt": self.attempt,
+                  "node": self.node, "failure_class": failure_class,
+                  "will_retry": str(will_retry).lower(), "retry_in_s": round(delay_s, 3)}
+        return self._outcome(
+            TRAINING_FAILED, fields,
+            {**fields, "duration_s": round(time.monotonic() - self.started, 3), **job_fields},
+            config_fields={} if will_retry else {
+                "last_failed_at": self.store.clock(), "last_error": error, "last_failed_job": self.job_id},
+        )
+
+    def _drop_warm_start(self, why: str, stderr_tail: str) -> NoReturn:
+        """The trainer failed while loading its init weights (warm_start.py says how that is told):
+        the job is retried at once from scratch (`warm_start_dropped` on the record keeps the next
+        attempts from using them), and this is no failure of the config, the node or the trainer:
+        neither the breakers nor the job's failure counts hear of it."""
+        why = why[:DROPPED_WHY_CHARS]
+        error = f"could not load init weights {self.parent_model}; retrying from scratch: {why}"
+        outcome = self._failure(INIT_WEIGHTS_FAILED, error, stderr_tail, WARM_START_CLASS, True, 0.0,
+                                warm_start_dropped=why, init_weights_failed=self.parent_model)
+        self._finish(RETRYING, outcome, retry_at=self.store.clock())
+        self.log.warning("job %s: %s", self.job_id, error)
+        raise TrainingFailed(self.job_id, error)
+
     def _fail(self, reason: str, error: str, stderr_tail: str) -> NoReturn:
         previous = int(self.record.get(f"failures_{decide(reason, 0, self.retries).failure_class}", 0))
         decision = decide(reason, previous, self.retries)
-        fields = {"reason": reason, "error": error, "stderr_tail": utf8_tail(stderr_tail), "attempt": self.attempt,
-                  "node": self.node, "failure_class": decision.failure_class,
-                  "will_retry": str(decision.will_retry).lower(), "retry_in_s": round(decision.delay_s, 3)}
-        outcome = self._outcome(
-            TRAINING_FAILED, fields,
-            {**fields, "duration_s": round(time.monotonic() - self.started, 3),
-             f"failures_{decision.failure_class}": decision.failures_of_class},
-            config_fields={} if decision.will_retry else {
-                "last_failed_at": self.store.clock(), "last_error": error, "last_failed_job": self.job_id},
-        )
+        outcome = self._failure(reason, error, stderr_tail, decision.failure_class, decision.will_retry,
+                                decision.delay_s, **{f"failures_{decision.failure_class}": decision.failures_of_class})
         if decision.will_retry:
             self._finish(RETRYING, outcome, retry_at=self.store.clock() + decision.delay_s)
         else:
@@ -345,12 +378,13 @@ class TrainingRun:
                        job_fields,
                        node=self.node, attempt=self.attempt, fence=self.lease.fence, **extra)
 
-    def _finish(self, state: str, outcome: Outcome, retry_at: float | None = None, model: str | None = None) -> str:
+    def _finish(self, state: str, outcome: Outcome, retry_at: float | None = None, model: str | None = None,
+                model_command: str = "") -> str:
         """Record the end, retrying while Redis is briefly away (past that, the reaper retries the job)."""
         deadline, delay = time.monotonic() + FINISH_RETRY_S, 0.2
         while True:
             try:
-                return self.store.finish(self.job_id, self.config_key, state, outcome, retry_at, model)
+                return self.store.finish(self.job_id, self.config_key, state, outcome, retry_at, model, model_command)
             except redis.ConnectionError:
                 if time.monotonic() > deadline:
                     raise
@@ -363,6 +397,11 @@ class TrainingRun:
             self.breakers.record("node", self.node, success)
         except redis.RedisError as exc:
             self.log.warning("circuit breakers not updated: %s", exc)
+
+
+def _flag(value: object) -> str | None:
+    """A yes/no figure as the events write it ("true"/"false"); None when the trainer did not say."""
+    return None if value is None else str(bool(value)).lower()
 
 
 def utf8_tail(text: str, limit_bytes: int = STDERR_TAIL_BYTES) -> str:

@@ -16,7 +16,9 @@ over it (a checkpoint already holds the weights).
 On SIGTERM (or SIGINT) it stops within one batch, even mid-epoch: it saves `checkpoint.pt`
 (the weights so far; `checkpoint.json` keeps the last completed epoch, which a resume redoes)
 and exits with status 143 (STOPPED_EXIT), writing no metrics.json: a stopped training is never
-a finished one. Exit status 2 for bad arguments or bad data, 1 for other failures.
+a finished one. Exit status 2 for bad arguments or bad data, 66 (INIT_WEIGHTS_EXIT, see
+coordinator/trainer/warm_start.py) when `--init-weights` cannot be read as a model (the worker then
+retries from scratch), 1 for other failures.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from torch.nn import functional as F
 from coordinator.core.boards import BOARDS, MAX_PLAYERS
 from coordinator.trainer.command import STOPPED_EXIT
 from coordinator.trainer.npz_data import GLOBAL_FEATURES, BadTrainingData, TrainingData, load_training_data
+from coordinator.trainer.warm_start import INIT_WEIGHTS_EXIT
 
 CHECKPOINT, MODEL, METRICS = "checkpoint.pt", "model.pt", "metrics.json"
 # Beside each checkpoint: {"epoch": n, "checkpoint": path}, so a retry can resume without torch.
@@ -49,6 +52,10 @@ HIDDEN = 256
 
 class Stopped(Exception):
     """Raised between batches once a stop was asked for (SIGTERM)."""
+
+
+class InitWeightsError(Exception):
+    """`--init-weights` names a file that is not a model this trainer can read."""
 
 
 def _never() -> bool:
@@ -109,9 +116,16 @@ def losses(model: PolicyValueNet, batch: dict[str, torch.Tensor]) -> tuple[torch
 
 def load_init_weights(model: nn.Module, path: str | os.PathLike[str], device: torch.device | str) -> tuple[int, int]:
     """Copy into `model` every tensor of the saved model (a `model.pt`/`checkpoint.pt`, or a bare
-    state dict) whose name and shape match. Returns (tensors loaded, tensors in the model)."""
-    saved = torch.load(path, map_location=device, weights_only=False)
-    source = saved.get("model", saved) if isinstance(saved, dict) else {}
+    state dict) whose name and shape match. Returns (tensors loaded, tensors in the model).
+    Raises InitWeightsError, naming the file, when it cannot be read (another trainer's model file,
+    a truncated one): any error of the unpickler is that."""
+    try:
+        saved = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - pickle and torch raise many unrelated types on a bad file
+        raise InitWeightsError(f"cannot load --init-weights {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(saved, dict):
+        raise InitWeightsError(f"cannot load --init-weights {path}: not a model ({type(saved).__name__})")
+    source = saved.get("model", saved)
     own = model.state_dict()
     fits = {k: v for k, v in source.items() if k in own and getattr(v, "shape", None) == own[k].shape}
     model.load_state_dict({**own, **fits})
@@ -181,7 +195,7 @@ def train(args: argparse.Namespace, should_stop: Callable[[], bool] = _never) ->
     board = BOARDS[args.board_type]
     model = PolicyValueNet(data.channels, board.size, board.policy_size).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
-    state = {"epoch": 0, "best_val": math.inf, "bad_epochs": 0, "history": []}
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0, "history": []}
     warm: dict[str, Any] = {"init_weights": None}
     resume = out / CHECKPOINT if args.resume == "auto" else (Path(args.resume) if args.resume else None)
     if args.init_weights and not (resume is not None and resume.is_file()):
@@ -193,7 +207,7 @@ def train(args: argparse.Namespace, should_stop: Callable[[], bool] = _never) ->
         saved = torch.load(resume, map_location=device, weights_only=False)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
-        state = saved["state"]
+        state = {"best_epoch": 0, **saved["state"]}  # a checkpoint from before best_epoch was kept
         _carry_best_model(resume, out)
     tensors = to_tensors(data, device)
     n_val = max(1, int(len(data) * args.val_fraction)) if len(data) > 1 else 0
@@ -218,7 +232,8 @@ def train(args: argparse.Namespace, should_stop: Callable[[], bool] = _never) ->
             return {"stopped": True, "epoch": state["epoch"], "checkpoint_path": str((out / CHECKPOINT).resolve())}
         state["epoch"] += 1
         improved = val_figs["loss"] < state["best_val"]
-        state["best_val"] = min(state["best_val"], val_figs["loss"])
+        if improved:
+            state["best_val"], state["best_epoch"] = val_figs["loss"], state["epoch"]
         state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
         line = {"epoch": state["epoch"], "total_epochs": args.epochs, "train_loss": round(train_figs["loss"], 6),
                 "val_loss": round(val_figs["loss"], 6), "policy_loss": round(train_figs["policy_loss"], 6),
@@ -232,7 +247,10 @@ def train(args: argparse.Namespace, should_stop: Callable[[], bool] = _never) ->
     metrics = {
         "model_path": str((out / MODEL).resolve()), "checkpoint_path": str((out / CHECKPOINT).resolve()),
         "epochs_completed": state["epoch"], "final_loss": history[-1]["train_loss"] if history else None,
-        "best_val_loss": state["best_val"], "early_stopped": state["epoch"] < args.epochs,
+        # model.pt holds the weights of best_epoch (lowest validation loss), not of the last epoch.
+        "best_val_loss": state["best_val"] if math.isfinite(state["best_val"]) else None,
+        "best_epoch": state["best_epoch"] or None,
+        "early_stopped": state["epoch"] < args.epochs,
         "device": str(device), "samples": len(data), "channels": data.channels, **warm, "history": history,
     }
     _write_json(out / METRICS, metrics)
@@ -269,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = {sig: signal.signal(sig, lambda signum, _frame: asked.append(signum)) for sig in STOP_SIGNALS}
     try:
         metrics = train(args, lambda: bool(asked))
+    except InitWeightsError as exc:
+        print(f"train.py: {exc}", file=sys.stderr)
+        return INIT_WEIGHTS_EXIT
     except (BadTrainingData, FileNotFoundError) as exc:
         print(f"train.py: bad input: {exc}", file=sys.stderr)
         return 2

@@ -230,7 +230,7 @@ SCHEMAS: dict[str, Schema] = {
     ev.TRAINING_STARTED: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "total_epochs": EPOCH, "resumed_epoch": EPOCH, "source_event": _stream_id,
-                  "samples": SAMPLES, "init_weights": _path}),
+                  "samples": SAMPLES, "init_weights": _path, "warm_start_dropped": _text}),
     ev.TRAINING_PROGRESS: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "epoch": EPOCH, "total_epochs": EPOCH, "train_loss": LOSS, "val_loss": LOSS,
@@ -239,7 +239,7 @@ SCHEMAS: dict[str, Schema] = {
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "duration_s": SECONDS, "final_loss": LOSS, "first_loss": LOSS,
                   "epochs_completed": EPOCH, "model_path": _path, "samples": SAMPLES, "history": _json_history,
-                  "parent_model": _path}),
+                  "parent_model": _path, "best_val_loss": LOSS, "best_epoch": EPOCH, "early_stopped": BOOLEAN}),
     ev.TRAINING_FAILED: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "retry_in_s": SECONDS, "will_retry": _one_of("true", "false")}),

@@ -415,23 +415,28 @@ def _jobs(args: argparse.Namespace, settings) -> int:
     if args.json:
         print(json.dumps(records, indent=1))
         return 0
-    print(f"{'job':44} {'state':9} {'node':14} {'try':>3} {'epoch':>7} {'final loss':>10} {'parent':44}  "
-          "reason / error")
+    print(f"{'job':44} {'state':9} {'node':14} {'try':>3} {'epoch':>7} {'final loss':>10} {'best val':>10} "
+          f"{'best@':>5} {'early':>5} {'parent':44}  reason / error")
     for r in records:
         epoch = f"{r.get('epoch', 0)}/{r.get('epochs', '?')}"
         why = f"{r.get('reason', '')} {r.get('error', '')}".strip()
         print(f"{r['job_id']:44} {r['state']:9} {r.get('node', '-'):14} {r.get('attempts', '0'):>3} {epoch:>7} "
-              f"{_rounded(r.get('final_loss')):>10} {_parent(r):44}  {why}")
+              f"{_loss(r.get('final_loss')):>10} {_loss(r.get('best_val_loss')):>10} {r.get('best_epoch', '-'):>5} "
+              f"{_EARLY.get(r.get('early_stopped', ''), '-'):>5} {_parent(r):44}  {why}")
     return 0
 
 
-def _rounded(value: str | None) -> str:
-    """A stored loss as a column cell: 4 decimals (a float's repr, 1.9234567890123, would push the
-    columns after it out of line); "-" when absent."""
+# `early_stopped` as the jobs table shows it (the published model is the best epoch's, not the last's).
+_EARLY = {"true": "yes", "false": "no"}
+
+
+def _loss(text: str | None) -> str:
+    """A loss of the record, to 4 decimals (a float's repr, 1.9234567890123, would push the columns
+    after it out of line); "-" when absent."""
     try:
-        return f"{float(value):.4f}" if value not in (None, "") else "-"
+        return f"{float(text):.4f}" if text else "-"
     except ValueError:
-        return str(value)[:10]
+        return (text or "-")[:10]
 
 
 def _parent(record: dict[str, str]) -> str:

@@ -11,7 +11,8 @@
 --   complete (the success state), stale (the fenced state), attempt_states (states of a running
 --   attempt), failed_event (TRAINING_FAILED), fence ('' when run without a lease), node, attempt,
 --   job / cfg / evt (flat field-value lists: the job's fields, the config's on success, the event
---   with its `type`), retry_at ('' : none), model (a completed attempt publishes it; '' : none),
+--   with its `type`), retry_at ('' : none), model (the entry a completed attempt publishes: its
+--   model and command, stores/jobs.py; '' : none),
 --   models_kept (on KEYS[7])
 -- An end that leaves the config without a job starts its wait (`waiting_since`) when new samples
 -- are left, else clears it.

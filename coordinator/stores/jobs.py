@@ -62,6 +62,7 @@ from coordinator.core.settings import EventSettings, Settings, worker_settings_j
 from coordinator.core.text import decode_hash, optional_text, strings
 from coordinator.stores.configs import INELIGIBLE, ConfigStore
 from coordinator.stores.job_records import Outcome, SubmitResult, TrainingParams, new_job_id
+from coordinator.trainer.warm_start import command_fingerprint, offered_models, published_entry
 
 MAX_WATCH_RETRIES = 20
 # What a new job copies from its config's hash (`_create`).
@@ -173,18 +174,21 @@ class JobStore:
                 raise JobError(ck, "no export recorded for this config")
             job_id, now = new_job_id(ck), self.clock()
             pipe.multi()
-            parents = [m.decode() for m in models] if settings.training.warm_start_for(ck) else []
-            self._create(pipe, settings, cfg, ck, params, job_id, now, parents)
+            published = [m.decode() for m in models] if settings.training.warm_start_for(ck) else []
+            self._create(pipe, settings, cfg, ck, params, job_id, now, published)
             pipe.execute()
             return SubmitResult(job_id, "created")
 
     def _create(
         self, pipe: redis.client.Pipeline, settings: Settings, cfg: dict[str, str], ck: str,
-        params: TrainingParams, job_id: str, now: float, parents: list[str],
+        params: TrainingParams, job_id: str, now: float, published: list[str],
     ) -> None:
-        """`parents`: the config's published models, newest first; the worker starts from the newest
-        whose file exists (warm start; empty: from scratch)."""
+        """`published`: the config's published-model entries, newest first. Those its trainer command
+        wrote (or of unknown command) become `warm_start_from`; the worker starts from the newest
+        whose file exists (empty: from scratch). `warm_start_skipped` counts the others."""
         t = settings.training
+        command = list(t.command_for(ck))
+        parents, skipped = offered_models(published, command_fingerprint(command))
         output_dir = Path(t.models_root).expanduser().resolve() / ck / job_id
         record = {
             "job_id": job_id, "state": QUEUED, "config_key": ck,
@@ -192,10 +196,10 @@ class JobStore:
             "npz_path": cfg["npz_path"], "samples": cfg.get("samples", 0), "data_version": cfg.get("data_version", 0),
             "epochs": params.epochs, "batch_size": params.batch_size,
             "learning_rate": params.learning_rate, "early_stopping_patience": params.early_stopping_patience,
-            "output_dir": str(output_dir), "command": json.dumps(list(t.command_for(ck))),
+            "output_dir": str(output_dir), "command": json.dumps(command),
             "progress_patterns": json.dumps(list(t.progress_patterns)), "summary_pattern": t.summary_pattern or "",
             "checkpoint_pattern": t.checkpoint_pattern or "", "working_dir": t.working_dir or "",
-            "warm_start_from": json.dumps(parents),
+            "warm_start_from": json.dumps(parents), "warm_start_skipped": skipped,
             "timeout_s": t.timeout_s, "kill_grace_s": t.kill_grace_s, "prefix": self.keys.prefix,
             "check_npz": int(t.check_npz),
             "attempts": 0, "created_at": now, "updated_at": now,
@@ -374,10 +378,11 @@ class JobStore:
         self._progress(keys=keys, args=args)
 
     def finish(self, job_id: str, config_key: str, state: str, outcome: Outcome,
-               retry_at: float | None = None, model: str | None = None) -> str:
+               retry_at: float | None = None, model: str | None = None, model_command: str = "") -> str:
         """End an attempt: "recorded", "fenced" (a newer lease or attempt exists: nothing published,
         only the event) or "not_running" (the job was ended elsewhere). `model`: the model a
-        completed attempt publishes (first on the config's `Keys.models`, if recorded)."""
+        completed attempt publishes (first on the config's `Keys.models`, if recorded), kept with
+        `model_command`, the fingerprint of the trainer command that wrote it (warm_start.py)."""
         if state not in FINAL_STATES | {RETRYING}:
             raise JobError(job_id, f"cannot finish in state {state!r}")
         evt = encode_fields(outcome.event_type, {"job_id": job_id, "config_key": config_key, **outcome.event_fields},
@@ -390,7 +395,8 @@ class JobStore:
             failed_event=TRAINING_FAILED, fence="" if outcome.fence is None else str(outcome.fence),
             node=outcome.node, attempt=str(outcome.attempt), job=flat(strings(outcome.job_fields)),
             cfg=flat(strings(outcome.config_fields)), evt=flat(evt),
-            retry_at="" if retry_at is None else f"{retry_at:.3f}", model=model or "", models_kept=str(MODELS_KEPT))
+            retry_at="" if retry_at is None else f"{retry_at:.3f}", models_kept=str(MODELS_KEPT),
+            model=(published_entry(model, model_command) if model_command else model) if model else "")
         return {0: "not_running", 1: "recorded", 2: "fenced"}[int(result)]
 
     def preempted(self, job_id: str, config_key: str, fence: int | None, node: str, attempt: int, epoch: int,

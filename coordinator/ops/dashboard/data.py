@@ -46,7 +46,7 @@ DEAD_LETTERS = 20
 PAGE_CACHE_S = 1.0
 JOB_FIELDS = ("job_id", "config_key", "state", "node", "attempts", "epoch", "epochs", "train_loss", "val_loss",
               "created_at", "started_at", "finished_at", "resumed_epoch", "fence", "reason", "error",
-              "final_loss", "data_version", "model_path", "duration_s")
+              "final_loss", "data_version", "model_path", "duration_s", "best_val_loss", "best_epoch", "early_stopped")
 CONFIG_FIELDS = ("latest_model", "latest_job", "data_version", "trained_data_version")
 # What a config's row shows of its hash (the scheduler's stored explanation and the model), by the
 # hash field's name in bytes: only these are decoded.
@@ -246,6 +246,9 @@ def _job_row(r: dict[str, str]) -> dict[str, Any]:
             "epochs": int(r.get("epochs") or 0), "resumed_epoch": int(r.get("resumed_epoch") or 0),
             "fence": r.get("fence", ""), "train_loss": r.get("train_loss"), "val_loss": r.get("val_loss"),
             "final_loss": r.get("final_loss"), "reason": r.get("reason", ""), "error": r.get("error", "")[:300],
+            # The published model's figures (an early-stopped run keeps its best epoch, not its last).
+            "best_val_loss": r.get("best_val_loss"), "best_epoch": r.get("best_epoch"),
+            "early_stopped": {"true": True, "false": False}.get(r.get("early_stopped", "")),
             "started_at": r.get("started_at"), "finished_at": r.get("finished_at")}
 
 
