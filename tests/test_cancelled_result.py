@@ -8,7 +8,10 @@ from rq.job import Job, JobStatus
 
 from coordinator.core.keys import Keys
 from coordinator.stores.jobs import JobStore
-from tests.conftest import STUB_TRAINER, stream_events, wait_for, xadd_like_an_exporter
+from tests.support.exports import xadd_like_an_exporter
+from tests.support.polling import wait_for
+from tests.support.streams import stream_events
+from tests.support.trainers import STUB_TRAINER
 
 KEYS = Keys("ringrift")
 

@@ -15,7 +15,7 @@ from coordinator.core.settings import BreakerSettings
 from coordinator.ops import cli
 from coordinator.stores.breakers import CircuitBreakers
 from coordinator.stores.leases import LeaseManager
-from tests.conftest import stream_events
+from tests.support.streams import stream_events
 
 COOLDOWN_S = 600
 

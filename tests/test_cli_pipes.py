@@ -17,7 +17,7 @@ from rich.console import Console
 
 from coordinator.ops import cli, demo
 from coordinator.ops.submit_wait import follow_job
-from tests.conftest import console_script
+from tests.support.tools import console_script
 
 LONG = "x" * 300
 

@@ -62,7 +62,7 @@ def test_a_config_that_never_trained_says_never(run_cli, fake_conn, keys):
 def test_status_prints_ids_that_cancel_takes(run_cli, orch, fake_conn, keys):
     """Issue 25, item 2: the running job's id and a failure's job id, whole in `status`, are ids
     `cancel` accepts."""
-    from tests.conftest import take_job
+    from tests.support.jobs import take_job
 
     job_id = orch.submit_training_sync("hex8", 2, "/d/x.npz", samples=10)
     take_job(orch, job_id, "hex8_2p")

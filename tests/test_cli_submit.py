@@ -14,7 +14,7 @@ from coordinator.core.settings import load_settings
 from coordinator.ops import cli
 from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.trainer.npz_data import write_synthetic_npz
-from tests.conftest import end_job, take_job
+from tests.support.jobs import end_job, take_job
 
 
 @pytest.fixture

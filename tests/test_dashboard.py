@@ -27,7 +27,7 @@ from coordinator.stores.breakers import CircuitBreakers
 from tests.support.acl import as_role, url
 from tests.support.exports import xadd_export
 from tests.support.jobs import end_job, take_job
-from tests.support.polling import or_none, wait_for
+from tests.support.polling import get_json, wait_for
 from tests.support.tools import console_script, require
 from tests.support.trainers import stub_trainer
 
@@ -222,14 +222,11 @@ def test_viewer_url_serves_the_page(acl_server, seeded):
     settings = replace(seeded["settings"], redis=replace(seeded["settings"].redis, url=url(acl_server, "viewer")))
     port = free_port()
     serve_in_thread(settings, port)
-    page = wait_for(lambda: _json(f"http://127.0.0.1:{port}/api/page"), timeout_s=20)
+    page = wait_for(lambda: get_json(f"http://127.0.0.1:{port}/api/page"), timeout_s=20)
     assert len(page["configs"]) == 3 and page["running"][0]["job_id"] == seeded["running"]
-    job = _json(f"http://127.0.0.1:{port}/api/job/{seeded['done']}")
+    job = get_json(f"http://127.0.0.1:{port}/api/job/{seeded['done']}")
     assert job["state"] == "complete"
     with pytest.raises(redis.exceptions.NoPermissionError):
         as_role(acl_server, "viewer").hset("ringrift:stats", "x", 1)  # the role really is read-only
 
 
-def _json(address: str) -> dict | None:
-    """The JSON at `address`; None while the server is not answering yet."""
-    return or_none(lambda: json.loads(urllib.request.urlopen(address, timeout=10).read()), OSError)

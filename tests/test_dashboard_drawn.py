@@ -17,9 +17,10 @@ from coordinator.ops.dashboard.server import serve_in_thread
 from coordinator.ops.local_redis import free_port
 from coordinator.scheduling.scheduler import FACTORS
 from coordinator.service.orchestrator import TrainingOrchestrator
-from tests.conftest import end_job, require, take_job, wait_for
 from tests.support.chromium_cdp import chromium
-from tests.test_dashboard import _json
+from tests.support.jobs import end_job, take_job
+from tests.support.polling import get_json, wait_for
+from tests.support.tools import require
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +123,7 @@ def test_priority_bars_are_as_long_as_the_scores(cluster):
 
 
 def _api_page(cluster) -> dict:
-    return wait_for(lambda: _json(cluster["address"] + "api/page"), timeout_s=20)
+    return wait_for(lambda: get_json(cluster["address"] + "api/page"), timeout_s=20)
 
 
 

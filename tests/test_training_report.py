@@ -13,7 +13,8 @@ from coordinator.ops.dashboard.data import DashboardData
 from coordinator.trainer.checkpoints import RINGRIFT_CHECKPOINT_PATTERN
 from coordinator.trainer.npz_data import write_synthetic_npz
 from coordinator.trainer.output import RINGRIFT_PROGRESS, RINGRIFT_SUMMARY, OutputParser, result_figures
-from tests.conftest import stream_events, wait_for
+from tests.support.polling import wait_for
+from tests.support.streams import stream_events
 from workers import ringrift_stand_in
 from workers.train import parse_args, train
 

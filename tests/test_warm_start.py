@@ -23,7 +23,7 @@ from coordinator.trainer.warm_start import (
     offered_models,
     published_entry,
 )
-from tests.conftest import stream_events
+from tests.support.streams import stream_events
 
 STUB = ("{python}", "-m", "workers.stub_train")
 REFERENCE = ("{python}", "-m", "workers.train")

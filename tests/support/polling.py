@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bench.common import wait_until
 
@@ -25,3 +27,8 @@ def or_none(call: Callable[[], T], *errors: type[BaseException]) -> T | None:
         return call()
     except errors:
         return None
+
+
+def get_json(address: str) -> Any:
+    """The JSON an HTTP address serves, or None while it cannot be reached (a probe for wait_for)."""
+    return or_none(lambda: json.loads(urllib.request.urlopen(address, timeout=10).read()), OSError)
