@@ -252,6 +252,8 @@ def run(args: argparse.Namespace) -> Result:
                       flush=True)
             result.drained = bool(wait_until(lambda: conn.hlen(KEYS.active) == 0 and lost_configs(conn) == 0,
                                              DRAIN_TIMEOUT_S, 0.5))
+            if not result.drained:
+                print_stuck(conn)
             cluster.replace_quit_workers()
         finally:
             watch.done.set()
@@ -324,3 +326,26 @@ def print_table(args: argparse.Namespace, r: Result) -> None:
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.exit(main())
+
+
+STUCK_FIELDS = ("state", "attempts", "node", "rq_job_id", "deferrals", "deferred_reason", "not_before", "updated_at",
+                "reason", "error")
+
+
+def print_stuck(conn: redis.Redis) -> None:
+    """What kept the pipeline from draining: each active job's record, its delayed entry and RQ's
+    status of its RQ job, beside Redis' clock (the run's logs say the rest)."""
+    from rq.job import Job
+
+    seconds, micros = conn.time()
+    print(f"not drained; Redis time {seconds + micros / 1e6:.3f}", flush=True)
+    for config_key, job_id in sorted(conn.hgetall(KEYS.active).items()):
+        record = dict(zip(STUCK_FIELDS, (v.decode("utf-8", "replace") if v else "" for v in
+                                        conn.hmget(KEYS.job(job_id.decode()), STUCK_FIELDS))))
+        delayed = conn.zscore(KEYS.delayed_jobs, job_id)
+        try:
+            rq_status = Job.fetch(record["rq_job_id"] or job_id.decode(), connection=conn).get_status()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: say what went wrong and go on
+            rq_status = f"unreadable ({type(exc).__name__})"
+        print(f"  {config_key.decode()}: job {job_id.decode()} {record}, delayed until {delayed}, RQ {rq_status}",
+              flush=True)
