@@ -78,11 +78,14 @@ def test_guards_min_run_free_slot_off_switch_and_value_margin(orch, preempter, f
     off = Preempter(orch.jobs, orch.scheduler, replace(orch.settings, preemption=replace(
         orch.settings.preemption, enabled=False)))
     assert off.tick(free_slots=0) == []
-    # Not starving (waited 1 h): only a margin over the running job's value preempts it.
-    waiting_config(orch, "square8_2p", waited_h=1)
-    fake_conn.hset(keys.job(young), mapping={"score_at_start": "9.0", "picked_starving": "0"})
-    assert preempter.tick(free_slots=0) == []
-    fake_conn.hset(keys.job(young), "score_at_start", "0.5")
+    # Not starving (waited 1 h): only a margin over the running job's value, its config scored now
+    # on a waiting config's terms, preempts it; the value stored at dispatch plays no part.
+    waiting_config(orch, "square8_2p", waited_h=1, weight=2.0)
+    now = time.time()
+    fake_conn.hset(keys.job(young), mapping={"score_at_start": "0.0", "picked_starving": "0"})
+    fake_conn.hset(keys.config("hexagonal_2p"), mapping={"curriculum_weight": 2.0, "last_trained_at": now - 48 * HOUR})
+    assert preempter.tick(free_slots=0) == []  # as valuable now as the candidate
+    fake_conn.hset(keys.config("hexagonal_2p"), mapping={"curriculum_weight": 0.05, "last_trained_at": now})
     assert preempter.tick(free_slots=0) == [young]
     assert fake_conn.hget(keys.job(young), "preempt_kind").decode() == VALUE
 
@@ -129,14 +132,15 @@ def test_a_preempted_job_resumes_under_its_id_and_frees_its_slot_meanwhile(orch,
     assert not preempter.resume("hexagonal_2p", job_id) and preempter.preempted_job("hexagonal_2p") is None
 
 
-def test_dispatch_marks_the_job_and_ends_the_wait_and_the_priorities_view(orch, preempter, fake_conn, keys):
+def test_dispatch_marks_the_job_keeps_the_wait_and_the_priorities_view(orch, preempter, fake_conn, keys):
     waiting_config(orch, "square8_2p", waited_h=20)
     [p] = orch.scheduler.ranked()
     assert dispatch_fields(b"1.5", b"0.25", b"1") == {"score_at_start": "1.750000", "picked_starving": "1"}
     preempter.mark_dispatch("square8_2p", "job-x")
     assert fake_conn.hmget(keys.job("job-x"), "score_at_start", "picked_starving") == [
         f"{p.rest + p.contributions['curriculum']:.6f}".encode(), b"1"]
-    assert fake_conn.hget(keys.config("square8_2p"), "waiting_since") is None
+    # The wait goes on while the job is queued (the wait bound holds with prefetch): it ends at the start.
+    assert fake_conn.hget(keys.config("square8_2p"), "waiting_since") is not None
     from rich.console import Console
 
     console = Console(width=400, record=True)
@@ -182,7 +186,7 @@ def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempt
 
 # -- the orchestrator's wiring (fakeredis) ----------------------------------------------------------
 
-def test_an_export_with_no_job_starts_the_wait_and_a_dispatch_ends_it(orch, fake_conn, keys):
+def test_an_export_with_no_job_starts_the_wait_and_the_jobs_start_ends_it(orch, fake_conn, keys):
     record = orch.configs._record
     seen = []
 
@@ -196,10 +200,13 @@ def test_an_export_with_no_job_starts_the_wait_and_a_dispatch_ends_it(orch, fake
     orch.process_once(block_ms=None)  # recorded, then dispatched at once (free slots)
     assert seen and seen[0] is not None  # no job: the config waits for a GPU from now
     job_id = orch.jobs.active_job("hex8_2p")
-    assert job_id and fake_conn.hget(keys.config("hex8_2p"), "waiting_since") is None  # ended by the dispatch
+    waited_from = fake_conn.hget(keys.config("hex8_2p"), "waiting_since")
+    assert job_id and waited_from == seen[0]  # queued: it still waits for a GPU, from the same time
     assert fake_conn.hget(keys.job(job_id), "picked_starving") == b"0"
     xadd_export(fake_conn, "hex8_2p", "/d/b.npz", 100)
-    orch.process_once(block_ms=None)  # its job is queued: the config does not wait for a GPU
+    orch.process_once(block_ms=None)  # a newer export does not restart the clock
+    assert fake_conn.hget(keys.config("hex8_2p"), "waiting_since") == waited_from
+    take_job(orch, job_id, "hex8_2p")  # the job starts: the wait is over
     assert fake_conn.hget(keys.config("hex8_2p"), "waiting_since") is None
 
 
@@ -218,15 +225,17 @@ def test_the_tick_preempts_and_dispatch_resumes_the_preempted_job(fake_conn, mak
                                                        "num_players": "2"})
     orch.tick()
     assert fake_conn.hget(keys.job(job_id), "preempt_for") == b"square8_2p"
-    assert orch.jobs.active_job("square8_2p") is None  # the slot is still busy
+    # Starving: queued past the prefetch (0 here), at the head of RQ's queue, picked as starving.
+    short = orch.jobs.active_job("square8_2p")
+    assert short and Queue(TRAINING_QUEUE, connection=fake_conn).job_ids[0] == short
     assert JobStore(fake_conn, keys, 1000).preempted(job_id, "hexagonal_2p", lease.fence, "node-a", 1, 4, 0.0) == \
         "recorded"
     orch.leases.release(lease)
     fake_conn.xadd(keys.events, {"type": "TRAINING_PREEMPTED", "job_id": job_id, "config_key": "hexagonal_2p",
                                  "epoch": "4", "preempted_for": "square8_2p", "kind": "wait"})
-    orch.process_once(block_ms=None)  # a slot is free: the starving config goes first
-    short = orch.jobs.active_job("square8_2p")
-    assert short and fake_conn.hget(keys.job(short), "picked_starving") == b"1"
+    orch.process_once(block_ms=None)  # the slot is free: the starving config's queued job takes it
+    assert orch.jobs.active_job("square8_2p") == short
+    assert fake_conn.hget(keys.job(short), "picked_starving") == b"1"
     assert fake_conn.hget(keys.job(job_id), "state").decode() == PREEMPTED  # waits, not queued twice
     end = take_job(orch, short, "square8_2p")
     end_job(orch.jobs, short, "square8_2p", fence=end.fence)
@@ -306,3 +315,38 @@ def test_an_evaluation_handled_again_after_a_redelivery_adds_nothing(orch, fake_
     second = decode_entry("6-0", {**fields, b"elo": b"1010", b"timestamp": b"1700000100"})
     orch._handlers["EVALUATION_COMPLETED"](second)
     assert len(fake_conn.lrange(keys.elo("hex8_2p"), 0, -1)) == 2
+
+
+# -- issue 24: the wait bound with prefetch, and a resume onto the newest export ------------------
+
+def test_a_queued_starving_job_keeps_its_wait_goes_to_the_head_of_rqs_queue_and_frees_a_gpu(
+        orch, preempter, fake_conn, keys):
+    running, _ = running_job(orch, "hexagonal_2p", ran_h=3)
+    queue = Queue(TRAINING_QUEUE, connection=fake_conn)
+    fake_conn.lrem(queue.key, 0, running)  # taken by its worker
+    first = orch.submit_training_sync("hex8", 2, "/d/hex8.npz", samples=100)  # queued first (prefetch)
+    starved = orch.submit_training_sync("square8", 2, "/d/sq8.npz", samples=100)
+    fake_conn.hset(keys.config("square8_2p"), "waiting_since", f"{time.time() - 20 * HOUR:.3f}")
+    assert queue.job_ids == [first, starved]
+    assert preempter.tick(free_slots=0) == [running]  # queued, yet starving: it takes a victim
+    assert queue.job_ids == [starved, first]  # and the GPU freed for it goes to it
+    assert fake_conn.hget(keys.job(running), "preempt_for") == b"square8_2p"
+    # Idle GPUs go to the head of the line first: with one idle GPU the starving job needs no victim.
+    fake_conn.hdel(keys.job(running), "preempt_requested_at")
+    assert preempter.decide(free_slots=1).preempt == ()
+
+
+def test_a_resumed_job_trains_on_the_newest_export_and_is_credited_with_it(orch, preempter, fake_conn, keys):
+    job_id, lease = running_job(orch, "hexagonal_2p", ran_h=3)
+    assert fake_conn.hget(keys.job(job_id), "covered_samples") == b"100"
+    assert JobStore(fake_conn, keys, 1000).preempted(job_id, "hexagonal_2p", lease.fence, "node-a", 1, 4, 0.0) == \
+        "recorded"
+    orch.leases.release(lease)
+    # Exported while it waited (what record_exports.lua leaves: a preempted job keeps its file).
+    fake_conn.hset(keys.config("hexagonal_2p"), mapping={"npz_path": "/d/newer.npz", "samples": 300})
+    fake_conn.hincrby(keys.config("hexagonal_2p"), "new_samples", 300)
+    assert preempter.resume("hexagonal_2p", job_id)
+    record = fake_conn.hmget(keys.job(job_id), "npz_path", "samples")
+    assert record == [b"/d/newer.npz", b"300"]
+    take_job(orch, job_id, "hexagonal_2p")
+    assert fake_conn.hget(keys.job(job_id), "covered_samples") == b"400"  # what it now trains on

@@ -81,12 +81,47 @@ def test_a_starving_job_is_never_preempted_for_value():
     assert victims([fed], [Candidate("x", 9999.0)]) == []
 
 
-def test_starving_configs_time_slice_the_longest_running_starving_job_when_all_are_starving():
-    older = job("a", 1012.0, ran_h=3.0, starving=True)
-    newer = job("b", 1030.0, ran_h=2.0, starving=True)
-    assert victims([older, newer], [starving("x")]) == ["a"]
+def test_starving_configs_time_slice_the_job_that_loses_least_when_all_are_starving():
+    # Both checkpointed: the one whose newest checkpoint is newer loses less (issue 24, item 6).
+    older = job("a", 1012.0, ran_h=3.0, starving=True, checkpoint_at=NOW - 0.9 * HOUR)
+    newer = job("b", 1030.0, ran_h=2.0, starving=True, checkpoint_at=NOW - 0.1 * HOUR)
+    assert victims([older, newer], [starving("x")]) == ["b"]
     # A job that was not started as starving goes first, whatever its value.
     assert victims([older, job("c", 50.0)], [starving("x")]) == ["c"]
+
+
+def test_the_wait_bound_spreads_its_preemptions_instead_of_chopping_one_job():
+    # Before: the same starving-started job (run longest) yielded at every turn; now the work it
+    # loses is weighted by how often it has yielded, and a job at the cap goes last.
+    chopped = job("a", 1000.0, ran_h=1.2, starving=True, preemptions=1, checkpoint_at=NOW - 0.2 * HOUR)
+    fresh = job("b", 1000.0, ran_h=1.2, starving=True, preemptions=0, checkpoint_at=NOW - 0.35 * HOUR)
+    assert victims([chopped, fresh], [starving("x")]) == ["b"]  # 0.3 h x 2 > 0.45 h x 1
+    capped = replace(chopped, preemptions=2, checkpoint_at=NOW)
+    assert victims([capped, replace(fresh, checkpoint_at=NOW - 0.9 * HOUR)], [starving("x")]) == ["b"]
+    # The wait bound always wins: when every job is at the cap, one still yields.
+    assert victims([capped], [starving("x")]) == ["a"]
+
+
+def test_a_value_preemption_pays_for_the_work_it_throws_away():
+    # value 2, 4 h expected, 1 h since its checkpoint + 6 min restart: 2 x 1.1 / 4 = 0.55 more to beat.
+    s = replace(S, restart_minutes=6.0)
+    running = [job("a", 2.0, ran_h=3.0, checkpoint_at=NOW - HOUR, expected_hours=4.0)]
+    assert victims(running, [Candidate("x", 2.0 + 0.5 + 0.54)], s=s) == []
+    assert victims(running, [Candidate("x", 2.0 + 0.5 + 0.56)], s=s) == ["a"]
+    just_saved = [replace(running[0], checkpoint_at=NOW)]  # only the restart is lost: 2 x 0.1 / 4
+    assert victims(just_saved, [Candidate("x", 2.0 + 0.5 + 0.06)], s=s) == ["a"]
+    decision = decide(running, [Candidate("x", 3.1)], 0, s, NOW)
+    assert "1.1 h of work to redo" in decision.preempt[0].why
+
+
+def test_a_queued_starving_job_takes_a_victim_and_a_queued_one_that_does_not_waits_its_turn():
+    queued = Candidate("q", 11.5, True, 11.5, queued=True)
+    assert victims([job("a")], [queued]) == ["a"]
+    assert victims([job("a", 0.0)], [Candidate("q", 0.0, queued=True), Candidate("x", 99.0)]) == ["a"]
+    # Idle GPUs go to the head of the line: the queued job takes the first, the candidate the second.
+    line = [Candidate("q", 0.0, queued=True), Candidate("x", 99.0)]
+    assert victims([job("a", 0.0)], line, free=1) == ["a"]
+    assert victims([job("a", 0.0)], line, free=2) == []
 
 
 def test_off_switch():

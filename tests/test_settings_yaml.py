@@ -106,7 +106,7 @@ def every_setting_changed() -> Settings:
         retries=replace(r, infrastructure=0, trainer=3, backoff_base_s=1.0, backoff_max_s=60.0),
         breakers=replace(b, failures=5, window_s=60.0, cooldown_s=30.0),
         preemption=PreemptionSettings(enabled=False, margin=0.0, min_run_minutes=30.0, max_preemptions_per_job=0,
-                                      max_wait_hours=4.0, signal="SIGUSR1"),
+                                      max_wait_hours=4.0, signal="SIGUSR1", restart_minutes=1.5),
         hosts={"gpu-a": 2, "gpu-b": 4})
 
 

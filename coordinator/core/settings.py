@@ -219,15 +219,21 @@ class PreemptionSettings:
         1.0, "Score points by which a waiting config must outrank a running job's value to take its GPU")
     min_run_minutes: float = _setting(
         60.0, "Each attempt runs at least this long before it may be asked to yield")
-    max_preemptions_per_job: int = _setting(2, "Value preemptions of one job (the wait bound is not capped)")
+    max_preemptions_per_job: int = _setting(
+        2, "Preemptions of one job (wait and value) after which it yields for value never, and for the "
+           "wait bound only when every running job has reached it")
+    restart_minutes: float = _setting(
+        6.0, "What a preempted job's restart costs (reload the checkpoint and the data, warm up): "
+             "counted against a value preemption's gain")
     # Simulated on 2-4 GPUs: 24 h -> 12 h costs ~2x the preemptions, ~3% of the GPU time on 2 GPUs.
     max_wait_hours: float = _setting(
         12.0, "The longest a config with new data and curriculum weight > 0 waits, plus one checkpoint interval")
     signal: str = _setting("SIGTERM", "What the worker sends the trainer to make it checkpoint and exit")
 
     def __post_init__(self) -> None:
-        if self.margin < 0 or self.min_run_minutes < 0 or self.max_preemptions_per_job < 0:
-            raise ValueError("preemption margin, min_run_minutes and max_preemptions_per_job must be >= 0")
+        if min(self.margin, self.min_run_minutes, self.max_preemptions_per_job, self.restart_minutes) < 0:
+            raise ValueError("preemption margin, min_run_minutes, max_preemptions_per_job and restart_minutes "
+                             "must be >= 0")
         if self.starve_after_hours <= 0:
             raise ValueError("preemption max_wait_hours must exceed min_run_minutes")
         if self.signal not in signal.Signals.__members__:

@@ -5,9 +5,13 @@ carries out what it decides:
 
 - `running_jobs`: the attempts holding GPU slots, as `RunningJob`s, from their job records
   (`started_at`, `fence`, `preemptions`, a pending request, the newest epoch as its checkpoint,
-  and `score_at_start` / `picked_starving` that dispatch writes with `Preempter.mark_dispatch`).
-- `candidates`: the eligible configs of the scheduler's ranking, best first.
-- `Preempter.tick(free_slots)`: reads both, decides, and asks each chosen job to yield with
+  `picked_starving` that dispatch writes with `Preempter.mark_dispatch`), each valued by its config's
+  score now, as if it waited (like with like: a frozen value at dispatch against a live candidate
+  score made waiting configs outrank running jobs by staleness alone).
+- `line`: who waits for a GPU, in the order they get one: queued jobs whose config starves (the
+  config's wait clock runs until its job starts), the other queued jobs, then the eligible configs.
+- `Preempter.tick(free_slots)`: reads all that, puts the starving queued jobs at the head of RQ's
+  queue (so the GPU freed for one goes to it), decides, and asks each chosen job to yield with
   `JobStore.request_preemption` (only a running attempt with the same fencing token and no pending
   request). The worker's lease renewal then reports the stop reason 'preempted'; the worker signals
   the trainer (`preemption.signal`), which checkpoints and exits, and ends the attempt in state
@@ -30,7 +34,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from coordinator.core.job_states import PREEMPTED
+from coordinator.core.job_states import PREEMPTED, QUEUED
 from coordinator.core.settings import PreemptionSettings, Settings
 from coordinator.scheduling.preemption_rule import Candidate, Decision, RunningJob, decide
 from coordinator.stores.job_records import SLOT_STATES, active_records
@@ -45,7 +49,7 @@ log = logging.getLogger(__name__)
 
 def dispatch_fields(rest: object, curriculum: object, starving: object) -> dict[str, str]:
     """What dispatch writes on a job record when its config is picked, from the config's stored
-    explanation (`rest`, `c_curriculum`, `starving`): the value a later preemption compares against,
+    explanation (`rest`, `c_curriculum`, `starving`): the score it was picked with (shown by `jobs`)
     and whether it was picked as starving (never preempted for value then)."""
     value = float(_text(rest) or 0) + float(_text(curriculum) or 0)
     return {"score_at_start": f"{value:.6f}", "picked_starving": "1" if _text(starving) == "1" else "0"}
@@ -55,27 +59,50 @@ def _text(value: object) -> str | None:
     return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
 
 
+def _value(p: Priority | None) -> float:
+    """A config's score as if it waited: what a candidate's score is compared with."""
+    return 0.0 if p is None else p.rest + p.contributions["curriculum"]
+
+
 def _number(record: Mapping[str, str], name: str) -> float | None:
     return float(record[name]) if record.get(name) else None
 
 
-def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]],
-                 value_of: Callable[[str], float]) -> list[RunningJob]:
-    """The attempts holding GPU slots; `value_of(config_key)` stands in for a record without
-    `score_at_start` (written by a dispatch older than preemption)."""
+def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Callable[[str], float],
+                 hours_of: Callable[[str], float] = lambda _c: 0.0) -> list[RunningJob]:
+    """The attempts holding GPU slots, each valued `value_of(config_key)` (its score now) with its
+    config's expected training hours `hours_of(config_key)`."""
     jobs = []
     for job_id, r in records:
         if r.get("state") not in SLOT_STATES or not r.get("started_at"):
             continue
         config_key = r.get("config_key", "")
-        value = _number(r, "score_at_start")
         jobs.append(RunningJob(
-            job_id, config_key, job_id, float(r["started_at"]), value_of(config_key) if value is None else value,
+            job_id, config_key, job_id, float(r["started_at"]), value_of(config_key),
             starving=r.get("picked_starving") == "1", preemptions=int(float(r.get("preemptions") or 0)),
             preempt_requested_at=_number(r, "preempt_requested_at"),
             checkpoint_at=_number(r, "updated_at") if r.get("epoch") else None,
-            checkpoint_epoch=int(float(r.get("epoch") or 0))))
+            checkpoint_epoch=int(float(r.get("epoch") or 0)), expected_hours=hours_of(config_key)))
     return jobs
+
+
+def queued_jobs(records: Iterable[tuple[str, Mapping[str, str]]], waiting_since: Mapping[str, float | None],
+                s: PreemptionSettings, now: float) -> list[tuple[Candidate, str]]:
+    """Queued jobs in RQ's queue (not held back until a later time), as members of the line with
+    their RQ job ids: starving ones (their config waited `starve_after_hours`) first, longest wait
+    first, then the others oldest first (RQ's order)."""
+    queued = []
+    for job_id, r in records:
+        if r.get("state") != QUEUED or (_number(r, "not_before") or 0.0) > now:
+            continue
+        config_key = r.get("config_key", "")
+        since = waiting_since.get(config_key)
+        waited = 0.0 if since is None else max(0.0, now - since) / 3600.0
+        starving = since is not None and waited >= s.starve_after_hours
+        candidate = Candidate(config_key, waited, starving, waited, queued=True)
+        queued.append((candidate, r.get("rq_job_id") or job_id, _number(r, "created_at") or 0.0))
+    queued.sort(key=lambda q: (not q[0].starving, -q[0].waited_hours if q[0].starving else q[2]))
+    return [(c, rq_id) for c, rq_id, _ in queued]
 
 
 def candidates(ranked: Sequence[Priority]) -> list[Candidate]:
@@ -98,27 +125,38 @@ class Preempter:
         self.clock = clock or store.clock
 
     def decide(self, free_slots: int) -> Decision:
-        """The decision for the cluster as Redis holds it now (reads only)."""
+        """The decision for the cluster as Redis holds it now (reads only). `free_slots`: the GPUs
+        no attempt holds (queued jobs take them first)."""
         return self._decide(free_slots)[0]
 
-    def _decide(self, free_slots: int) -> tuple[Decision, dict[str, str]]:
-        """The decision, and the fencing token of each active job's attempt it was made on."""
+    def _decide(self, free_slots: int) -> tuple[Decision, dict[str, str], list[str]]:
+        """The decision, the fencing token of each active job's attempt it was made on, and the RQ
+        ids of the starving queued jobs, longest wait first (the head of RQ's queue)."""
         now = self.clock()
         records = active_records(self.conn, self.keys)
         fences = {job_id: r.get("fence", "") for job_id, r in records}
         if not any(r.get("state") in SLOT_STATES for _, r in records):
-            return Decision(), fences  # nothing to preempt: no need to rank every config
+            return Decision(), fences, []  # nothing to preempt: no need to rank every config
         ranked = self.scheduler.ranked(preemption_notes={})  # `candidates` reads no notes: no second read
-        values = {p.config_key: p.rest + p.contributions["curriculum"] for p in ranked}
-        running = running_jobs(records, lambda c: values.get(c, 0.0))
-        return decide(running, candidates(ranked), free_slots, self.preemption, now), fences
+        by_config = {p.config_key: p for p in ranked}
+        running = running_jobs(records, lambda c: _value(by_config.get(c)),
+                               lambda c: by_config[c].expected_gpu_hours if c in by_config else 0.0)
+        waiting_since = self.configs.waiting_since(r.get("config_key", "") for _, r in records
+                                                   if r.get("state") == QUEUED)
+        queued = queued_jobs(records, waiting_since, self.preemption, now)
+        line = [c for c, _ in queued] + candidates(ranked)
+        front = [rq_id for c, rq_id in queued if c.starving]
+        return decide(running, line, free_slots, self.preemption, now), fences, front
 
     def tick(self, free_slots: int) -> list[str]:
-        """Ask the jobs `decide` chooses to yield (each the attempt it was decided on: a newer attempt
-        of the job is not asked); the ids of those asked."""
+        """Put the starving queued jobs at the head of RQ's queue, then ask the jobs `decide` chooses
+        to yield (each the attempt it was decided on: a newer attempt of the job is not asked); the
+        ids of those asked. `free_slots`: the GPUs no attempt holds."""
         if not self.preemption.enabled:
             return []
-        decision, fences = self._decide(free_slots)
+        decision, fences, front = self._decide(free_slots)
+        if front:
+            self.store.queue_first(front)
         asked = []
         for p in decision.preempt:
             if self.store.request_preemption(p.job_id, fences.get(p.job_id, ""), p.for_config, p.kind, p.why):
@@ -127,14 +165,19 @@ class Preempter:
         return asked
 
     def mark_dispatch(self, config_key: str, job_id: str) -> None:
-        """Dispatch picked `config_key` for `job_id` (new or resumed): its value and starving flag on
-        the record (call before the config is rescored as taken), and its wait is over."""
+        """Dispatch picked `config_key` for `job_id` (new or resumed): its score and starving flag on
+        the record (call before the config is rescored as taken). Its wait goes on until the job
+        starts (a queued job keeps its wait clock: the wait bound holds with prefetch)."""
         fields = dispatch_fields(*self.configs.dispatch_inputs(config_key))
-        self.store.mark_dispatch(job_id, config_key, fields, self.configs)
+        self.store.mark_dispatch(job_id, fields)
 
     def preempted_job(self, config_key: str) -> str | None:
         """The config's job waiting in state preempted, if any (dispatch resumes it)."""
         return self.configs.preempted_job(config_key)
+
+    def held_slots(self) -> int:
+        """GPU slots held by attempts (leased or running)."""
+        return sum(1 for _, r in active_records(self.conn, self.keys) if r.get("state") in SLOT_STATES)
 
     def busy_slots(self) -> int:
         """Active jobs that hold or wait for a slot: a preempted job keeps its config's active entry

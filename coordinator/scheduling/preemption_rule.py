@@ -3,24 +3,30 @@
 A pure function of the running jobs, the ranked eligible configs and the free slots (like
 `compute_priority`), so the orchestrator, tests and `bench/scheduling_sim.py` call the same rule.
 
-Rules, in order (every number a setting of `PreemptionSettings`, the `preemption` section in config.py):
+Rules, in order (every number a setting of `PreemptionSettings`, the `preemption` section):
 
 1. Off switch: `enabled: false` preempts nothing.
-2. The best candidates take the free slots, then the slots that pending preemptions will free (one
-   preemption in flight per slot: a job already asked to yield is never asked again, and its slot
-   counts as promised to the best waiting candidate).
-3. Each remaining candidate, best first, may take one victim:
-   - a **starving** candidate (waited `starve_after_hours` = `max_wait_hours` - min run time; it
-     then starts within `max_wait_hours` + one checkpoint interval) takes the lowest-value job that
-     was not itself started as starving, else the starving-started job that has run longest: the
-     wait bound time-slices the GPUs when more configs starve than there are slots. The
-     per-job cap does not apply here (no bound could hold with it). The bound holds while
-     min run < `max_wait_hours` x S / N (S GPUs, N configs: each GPU changes hands at most once
-     per min run); a cold start where k configs starve together adds up to
-     (ceil(k / S) - 1) x (min run + checkpoint interval);
-   - any other candidate takes the lowest-value job only if its score exceeds that job's value by
-     `margin`, the job was not started as starving (a starving job is never preempted for value)
-     and the job has been preempted fewer than `max_preemptions_per_job` times.
+2. The line for GPUs: queued jobs whose config starves (at the head of RQ's queue, longest wait
+   first: the preempter puts them there), the other queued jobs (RQ's order), then the eligible
+   configs ranked best first. The head of the line takes the idle GPUs, then the slots that pending
+   preemptions will free (one preemption in flight per slot: a job already asked to yield is never
+   asked again, and its slot counts as promised to the next in line).
+3. Each remaining member of the line may take one victim (a queued job that does not starve waits
+   for the next GPU RQ gives it):
+   - a **starving** one (waited `starve_after_hours` = `max_wait_hours` - min run time; it then
+     starts within `max_wait_hours` + one checkpoint interval, queued or not: a queued job keeps its
+     wait clock until it starts) always takes one. The victim: jobs under the per-job cap
+     (`max_preemptions_per_job`, counted across wait and value preemptions) before those at it; jobs
+     picked by value before jobs picked as starving; then the least work lost, weighted by how often
+     the job has yielded: (hours since its newest checkpoint in this attempt, or since it started,
+     plus `restart_minutes`) x (1 + its preemptions); then the lowest value. So the wait bound always
+     wins, and when more configs starve than there are GPUs the GPUs are time-sliced among the jobs
+     that have yielded least and lose least, rather than chopping one job at every turn;
+   - any other candidate takes the lowest-value job only when it pays: its score (now) exceeds the
+     job's value, scored now on the same terms (the config's score as if it waited: staleness and
+     freshness move on both sides), by `margin` plus the job's value x its lost work / its expected
+     training hours (the share of the job's value that redoing the lost work costs). Never a job
+     picked as starving, nor one at the per-job cap.
    A job is never preempted before it has run `min_run_minutes` in its current attempt.
    Ties between victims: the newest checkpoint first (least work to redo), then the job id.
 """
@@ -32,7 +38,7 @@ from dataclasses import dataclass, field
 
 from coordinator.core.settings import PreemptionSettings
 
-__all__ = ["PreemptionSettings", "RunningJob", "decide"]
+__all__ = ["PreemptionSettings", "RunningJob", "decide", "lost_hours"]
 
 WAIT = "wait"  # the wait bound: a starving config
 VALUE = "value"  # a candidate outranks the job by the margin
@@ -46,12 +52,13 @@ class RunningJob:
     config_key: str
     slot: str  # node and slot, or any name unique per GPU
     started_at: float  # unix s, this attempt
-    value: float  # the score its config had when this attempt was picked
+    value: float  # its config's score now, on a waiting config's terms (the preempter computes it)
     starving: bool = False  # picked because its config was starving
     preemptions: int = 0  # times this job has yielded so far
     preempt_requested_at: float | None = None  # a pending request to yield
     checkpoint_at: float | None = None  # unix s of its newest checkpoint (None: none yet)
     checkpoint_epoch: int = 0
+    expected_hours: float = 0.0  # its config's expected training hours (0: unknown, no lost-work cost)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Candidate:
     score: float
     starving: bool = False
     waited_hours: float = 0.0
+    queued: bool = False  # its job is already in RQ's queue (takes a GPU in the queue's order)
 
 
 @dataclass(frozen=True)
@@ -83,7 +91,8 @@ class Decision:
 
 def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free_slots: int,
            s: PreemptionSettings, now: float) -> Decision:
-    """Which running jobs to ask to yield, given the eligible configs ranked best first."""
+    """Which running jobs to ask to yield, given the line for GPUs (queued jobs first, then the
+    eligible configs best first) and the idle GPUs (`free_slots`)."""
     if not s.enabled:
         return Decision(protected={j.job_id: "preemption disabled" for j in running})
     pending = sum(1 for j in running if j.preempt_requested_at is not None)
@@ -94,17 +103,34 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free_slot
     for c in waiting:
         if not pool:
             break
-        victim = _victim(c, pool, s)
+        if c.queued and not c.starving:
+            continue  # RQ gives it the next GPU that frees up
+        victim = _victim(c, pool, s, now)
         if victim is None:  # only a value candidate: no later (lower) one outranks any job by more
             break
         pool.remove(victim)
         if c.starving:
             why = f"{c.config_key} starving: waited {_hours(c.waited_hours)} (bound {_hours(s.max_wait_hours)})"
         else:
-            why = f"{c.config_key} scores {c.score:.2f} >= {victim.value:.2f} + margin {s.margin:g}"
+            why = (f"{c.config_key} scores {c.score:.2f} >= {victim.value:.2f} + margin {s.margin:g} + "
+                   f"{_lost_cost(victim, s, now):.2f} for {_hours(lost_hours(victim, s, now))} of work to redo")
         chosen.append(Preemption(victim.job_id, victim.config_key, victim.slot, c.config_key,
                                  WAIT if c.starving else VALUE, why))
     return Decision(tuple(chosen), protected)
+
+
+def lost_hours(j: RunningJob, s: PreemptionSettings, now: float) -> float:
+    """The work a preemption now costs the job: hours since its newest checkpoint in this attempt
+    (since the attempt started without one), plus the restart."""
+    since = max(j.checkpoint_at or j.started_at, j.started_at)
+    return max(0.0, now - since) / 3600.0 + s.restart_minutes / 60.0
+
+
+def _lost_cost(j: RunningJob, s: PreemptionSettings, now: float) -> float:
+    """The lost work in score points: that share of the job's value (0 when its length is unknown)."""
+    if j.expected_hours <= 0:
+        return 0.0
+    return max(j.value, 0.0) * lost_hours(j, s, now) / j.expected_hours
 
 
 def _hours(h: float) -> str:
@@ -121,17 +147,16 @@ def _protected(j: RunningJob, s: PreemptionSettings, now: float) -> str | None:
     return None
 
 
-def _victim(c: Candidate, pool: list[RunningJob], s: PreemptionSettings) -> RunningJob | None:
+def _victim(c: Candidate, pool: list[RunningJob], s: PreemptionSettings, now: float) -> RunningJob | None:
     def newest_checkpoint_first(j: RunningJob) -> tuple[float, str]:
         return (-(j.checkpoint_at or 0.0), j.job_id)
 
-    by_value = [j for j in pool if not j.starving]
     if c.starving:
-        if by_value:
-            return min(by_value, key=lambda j: (j.value, *newest_checkpoint_first(j)))
-        return min(pool, key=lambda j: (j.started_at, *newest_checkpoint_first(j)))
-    allowed = [j for j in by_value if j.preemptions < s.max_preemptions_per_job]
+        return min(pool, key=lambda j: (j.preemptions >= s.max_preemptions_per_job, j.starving,
+                                        lost_hours(j, s, now) * (1 + j.preemptions), j.value,
+                                        *newest_checkpoint_first(j)))
+    allowed = [j for j in pool if not j.starving and j.preemptions < s.max_preemptions_per_job]
     if not allowed:
         return None
-    lowest = min(allowed, key=lambda j: (j.value, *newest_checkpoint_first(j)))
-    return lowest if c.score >= lowest.value + s.margin else None
+    cheapest = min(allowed, key=lambda j: (j.value + _lost_cost(j, s, now), *newest_checkpoint_first(j)))
+    return cheapest if c.score >= cheapest.value + s.margin + _lost_cost(cheapest, s, now) else None

@@ -307,6 +307,11 @@ class TrainingScheduler:
                 candidates.append((float(rest) + self.settings.weights.curriculum * c, config_key))
         return max(candidates)[1] if candidates else None
 
+    def is_starving(self, config_key: str) -> bool:
+        """Whether the config's stored score says it starves (one read)."""
+        score = self.conn.zscore(self.keys.priority, config_key)
+        return score is not None and score >= STARVING_BASE
+
     def ranked(self, curriculum_weights: Mapping[str, float] | None = None,
                preemption_notes: Mapping[str, str] | None = None) -> list[Priority]:
         """Every config with each factor's contribution and any pending preemption, best first (the

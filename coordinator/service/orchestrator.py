@@ -2,7 +2,9 @@
 
 Events update each config's inputs (exports, training ends, evaluations, curriculum weights,
 quality blocks); the touched configs are rescored, then free GPU slots (the `hosts` GPUs plus
-`scheduler.prefetch`, minus the queued-or-running jobs) are filled in priority order. Periodic
+`scheduler.prefetch`, minus the queued-or-running jobs) are filled in priority order; a starving
+config is queued even past that (the preempter puts it at the head of RQ's queue and frees a GPU
+for it, so the wait bound holds with prefetch). Periodic
 work (`periodic.py`, on rq-scheduler) rescores every config and dispatches again, so time alone
 can make a config due, and reaps abandoned attempts.
 
@@ -196,7 +198,7 @@ class TrainingOrchestrator:
         self._rescore(None)
         created = self.dispatch()
         if self.settings.preemption.enabled:  # no slot for a more urgent config: a running job yields
-            self.preempter.tick(max(0, self.total_slots() - self.preempter.busy_slots()))
+            self.preempter.tick(max(0, self.total_slots() - self.preempter.held_slots()))
         return created
 
     def _rescore(self, config_keys: list[str] | None) -> None:
@@ -241,8 +243,8 @@ class TrainingOrchestrator:
         capacity = self.total_slots() + self.settings.scheduler.prefetch  # read once per call
         busy = self.preempter.busy_slots()  # a preempted job keeps its config's entry, not a slot
         for _ in range(MAX_DISPATCH_PER_CALL):
-            if busy >= capacity or config_key is None:
-                break
+            if config_key is None or (busy >= capacity and not self.scheduler.is_starving(config_key)):
+                break  # a starving config is queued past the prefetch: the preempter frees a GPU for it
             preempted = self.preempter.preempted_job(config_key)
             if preempted is not None:  # picked again: the same job resumes from its checkpoint
                 self.preempter.mark_dispatch(config_key, preempted)

@@ -17,7 +17,7 @@ What the hash holds, by who decides it:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
@@ -135,9 +135,14 @@ class ConfigStore:
             pipe.execute()
 
     # -- dispatch and preemption ----------------------------------------------------------------------
-    def end_wait(self, config_key: str, pipe: redis.client.Pipeline) -> None:
-        """The config got a GPU (dispatched or resumed): its wait is over. On the caller's pipeline."""
-        pipe.hdel(self.keys.config(config_key), "waiting_since")
+    def waiting_since(self, config_keys: Iterable[str]) -> dict[str, float | None]:
+        """Since when each config waits for a GPU (None: it does not): one round trip."""
+        config_keys = list(dict.fromkeys(config_keys))
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for config_key in config_keys:
+                pipe.hget(self.keys.config(config_key), "waiting_since")
+            values = pipe.execute()
+        return {k: float(v) if v else None for k, v in zip(config_keys, values)}
 
     def forget_preempted_job(self, config_key: str, pipe: redis.client.Pipeline) -> None:
         """Its preempted job resumed (or ended): dispatch no longer resumes it. On the caller's pipeline."""

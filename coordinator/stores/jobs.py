@@ -21,6 +21,7 @@ the store's clock (Redis' TIME unless a test gives another).
   config marked to wait for a newer export, in one step.
 - defer, request_preemption (`job_preempt_request.lua`), mark_dispatch: fields other than the
   state that the orchestrator and the worker set on a record.
+- queue_first (`rq_queue_first.lua`): jobs moved to the head of RQ's queue (starving ones).
 """
 
 from __future__ import annotations
@@ -74,8 +75,17 @@ RUN_TRAINING = "workers.tasks.run_training"
 # file still exists.
 MODELS_KEPT = 5
 # A preemption request's fields, cleared when the job resumes.
+# The config's export fields a resumed job takes (config field -> job record field).
+RESUME_DATA_FIELDS = ("npz_path", "samples", "data_version", "last_event_id")
 PREEMPT_FIELDS = ("preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why", "preempt_fence")
 T = TypeVar("T")
+
+
+def _newest_export(values: list[bytes | None]) -> dict[str, str]:
+    """The config's newest export as job record fields (`source_event` is the record's name for the
+    config's `last_event_id`); fields the config lacks are left as the job has them."""
+    names = {"last_event_id": "source_event"}
+    return {names.get(field, field): v.decode() for field, v in zip(RESUME_DATA_FIELDS, values) if v is not None}
 
 
 def states(target: str) -> list[str]:
@@ -104,6 +114,7 @@ class JobStore:
         self._progress = script(conn, "job_progress.lua")
         self._preempted = script(conn, "job_preempted.lua")
         self._preempt_request = script(conn, "job_preempt_request.lua")
+        self._queue_first = script(conn, "rq_queue_first.lua")
 
     @classmethod
     def from_settings(cls, conn: redis.Redis, keys: Keys, settings: Settings, clock: Clock | None = None) -> JobStore:
@@ -212,13 +223,16 @@ class JobStore:
         pipe.zadd(self.keys.priority, {ck: INELIGIBLE})  # queued: not eligible until it ends
         self._enqueue_rq(pipe, settings, job_id, ck, cfg["npz_path"], 1)
 
-    def mark_dispatch(self, job_id: str, config_key: str, fields: Mapping[str, str], configs: ConfigStore) -> None:
+    def mark_dispatch(self, job_id: str, fields: Mapping[str, str]) -> None:
         """Dispatch picked the config for `job_id` (new or resumed): what it was picked with on the
-        record, and the config's wait is over, in one transaction."""
-        with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.job(job_id), mapping=dict(fields))
-            configs.end_wait(config_key, pipe)
-            pipe.execute()
+        record. The config's wait ends when the job starts (`job_start.lua`), not here."""
+        self.conn.hset(self.keys.job(job_id), mapping=dict(fields))
+
+    def queue_first(self, rq_job_ids: list[str]) -> int:
+        """Put these RQ jobs at the head of RQ's training queue in this order (RQ's own `at_front`
+        place), those still in it; how many were moved. The preempter puts starving jobs there so
+        the GPU freed for one goes to it."""
+        return int(self._queue_first(keys=[rq_queue_key(TRAINING_QUEUE)], args=[json.dumps(rq_job_ids)]))
 
     # -- back onto RQ's queue -----------------------------------------------------------------------
     def requeue_delayed(self, settings: Settings, job_id: str) -> bool:
@@ -249,11 +263,13 @@ class JobStore:
                                  f"resume of {job_id}")
 
     def _resume_once(self, settings: Settings, config_key: str, job_id: str, configs: ConfigStore) -> bool:
-        job_key = self.keys.job(job_id)
+        job_key, config_hash = self.keys.job(job_id), self.keys.config(config_key)
         with self.conn.pipeline(transaction=True) as pipe:
-            pipe.watch(job_key)
-            state, npz_path, attempts, preemptions = (
-                optional_text(v) for v in pipe.hmget(job_key, "state", "npz_path", "attempts", "preemptions"))
+            pipe.watch(job_key, config_hash)
+            state, attempts, preemptions = (
+                optional_text(v) for v in pipe.hmget(job_key, "state", "attempts", "preemptions"))
+            newest = _newest_export(pipe.hmget(config_hash, RESUME_DATA_FIELDS))
+            npz_path = newest.get("npz_path")
             if state != PREEMPTED:  # resumed or cancelled meanwhile: the config no longer waits on it
                 pipe.unwatch()
                 if configs.preempted_job(config_key) == job_id:
@@ -263,6 +279,9 @@ class JobStore:
                 return False
             pipe.multi()
             pipe.hdel(job_key, *PREEMPT_FIELDS)
+            # It resumes onto the config's newest export (the trainer takes --resume with another
+            # --data-path): the next attempt covers, and is credited with, what was exported meanwhile.
+            pipe.hset(job_key, mapping=newest)
             configs.forget_preempted_job(config_key, pipe)
             self._requeue(pipe, settings, job_id, config_key, npz_path, attempts, f"p{preemptions or 0}")
             pipe.execute()
