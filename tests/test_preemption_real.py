@@ -27,7 +27,7 @@ def test_a_starving_config_preempts_a_running_training_that_resumes_from_its_che
     # One GPU, two workers (so the resume may land on either).
     service(GATED_STUB, epochs=4, hosts={"node-0": 1}, scheduler={"prefetch": 0, "rescore_interval_s": 0.5},
             preemption=PREEMPTION)
-    rq_workers(2)
+    rq_workers(2, {"RINGRIFT_NODE": "node-0"})  # both on the one GPU's node
     long_job = preempt_a_held_training(redis_server, real_conn, tmp_path, "hexagonal", long_npz,
                                        "square8_2p", short_npz, EPOCHS_LONG, samples=10)
     order = assert_preempted_once_then_resumed(real_conn, long_job, "hexagonal_2p", "square8_2p", EPOCHS_LONG)

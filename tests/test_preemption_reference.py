@@ -25,7 +25,7 @@ def test_a_starving_config_preempts_a_reference_training_that_resumes_from_its_c
     # One GPU, two workers (so the resume may land on either).
     service(GATED_REFERENCE, epochs=1, hosts={"node-0": 1}, scheduler={"prefetch": 0, "rescore_interval_s": 0.5},
             preemption=PREEMPTION)
-    rq_workers(2)
+    rq_workers(2, {"RINGRIFT_NODE": "node-0"})  # both on the one GPU's node
     # Patience as long as the training: no early stop, so every epoch runs.
     long_job = preempt_a_held_training(redis_server, real_conn, tmp_path, "hex8", long_npz, "square8_2p", short_npz,
                                        EPOCHS_LONG, samples=LONG_SAMPLES, early_stopping_patience=EPOCHS_LONG)

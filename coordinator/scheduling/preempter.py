@@ -31,7 +31,7 @@ Job record fields of a request: `preempt_requested_at`, `preempt_for`, `preempt_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from coordinator.core.job_states import PREEMPTED, QUEUED
@@ -87,22 +87,23 @@ def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Cal
 
 
 def queued_jobs(records: Iterable[tuple[str, Mapping[str, str]]], waiting_since: Mapping[str, float | None],
-                s: PreemptionSettings, now: float) -> list[tuple[Candidate, str]]:
-    """Queued jobs in RQ's queue (not held back until a later time), as members of the line with
-    their RQ job ids: starving ones (their config waited `starve_after_hours`) first, longest wait
-    first, then the others oldest first (RQ's order)."""
+                ready: Container[str], s: PreemptionSettings, now: float) -> list[tuple[Candidate, str]]:
+    """Queued jobs of `ready` configs (eligible but for their own job: not held by a quality block
+    or a breaker), deferred for a lease or not, as members of the line with their job ids: starving
+    ones (their config waited `starve_after_hours`) first, longest wait first, then the others
+    oldest first (RQ's order)."""
     queued = []
     for job_id, r in records:
-        if r.get("state") != QUEUED or (_number(r, "not_before") or 0.0) > now:
-            continue
         config_key = r.get("config_key", "")
+        if r.get("state") != QUEUED or config_key not in ready:
+            continue
         since = waiting_since.get(config_key)
         waited = 0.0 if since is None else max(0.0, now - since) / 3600.0
         starving = since is not None and waited >= s.starve_after_hours
-        candidate = Candidate(config_key, waited, starving, waited, queued=True)
-        queued.append((candidate, r.get("rq_job_id") or job_id, _number(r, "created_at") or 0.0))
+        queued.append((Candidate(config_key, waited, starving, waited, queued=True), job_id,
+                       _number(r, "created_at") or 0.0))
     queued.sort(key=lambda q: (not q[0].starving, -q[0].waited_hours if q[0].starving else q[2]))
-    return [(c, rq_id) for c, rq_id, _ in queued]
+    return [(c, job_id) for c, job_id, _ in queued]
 
 
 def candidates(ranked: Sequence[Priority]) -> list[Candidate]:
@@ -130,8 +131,8 @@ class Preempter:
         return self._decide(free_slots)[0]
 
     def _decide(self, free_slots: int) -> tuple[Decision, dict[str, str], list[str]]:
-        """The decision, the fencing token of each active job's attempt it was made on, and the RQ
-        ids of the starving queued jobs, longest wait first (the head of RQ's queue)."""
+        """The decision, the fencing token of each active job's attempt it was made on, and the ids
+        of the starving queued jobs, longest wait first (the head of RQ's queue)."""
         now = self.clock()
         records = active_records(self.conn, self.keys)
         fences = {job_id: r.get("fence", "") for job_id, r in records}
@@ -143,9 +144,10 @@ class Preempter:
                                lambda c: by_config[c].expected_gpu_hours if c in by_config else 0.0)
         waiting_since = self.configs.waiting_since(r.get("config_key", "") for _, r in records
                                                    if r.get("state") == QUEUED)
-        queued = queued_jobs(records, waiting_since, self.preemption, now)
+        ready = {p.config_key for p in ranked if p.ready}
+        queued = queued_jobs(records, waiting_since, ready, self.preemption, now)
         line = [c for c, _ in queued] + candidates(ranked)
-        front = [rq_id for c, rq_id in queued if c.starving]
+        front = [job_id for c, job_id in queued if c.starving]
         return decide(running, line, free_slots, self.preemption, now), fences, front
 
     def tick(self, free_slots: int) -> list[str]:
@@ -156,13 +158,21 @@ class Preempter:
             return []
         decision, fences, front = self._decide(free_slots)
         if front:
-            self.store.queue_first(front)
+            self._to_the_head(front)
         asked = []
         for p in decision.preempt:
             if self.store.request_preemption(p.job_id, fences.get(p.job_id, ""), p.for_config, p.kind, p.why):
                 asked.append(p.job_id)
                 log.info("%s: job %s asked to yield its GPU to %s (%s)", p.config_key, p.job_id, p.for_config, p.why)
         return asked
+
+    def _to_the_head(self, job_ids: list[str]) -> None:
+        """Starving queued jobs at the head of RQ's queue, in this order; one held back after a busy
+        lease goes back on the queue now (else the GPU freed for it would go to the next in line)."""
+        for job_id in job_ids:
+            if self.store.is_deferred(job_id):
+                self.store.requeue_delayed(self.settings, job_id)
+        self.store.queue_first(self.store.rq_job_ids(job_ids))
 
     def mark_dispatch(self, config_key: str, job_id: str) -> None:
         """Dispatch picked `config_key` for `job_id` (new or resumed): its score and starving flag on

@@ -139,6 +139,7 @@ class Priority:
     elo_per_training: float = 0.0
     cost_why: str = ""
     preemption: str = ""  # a pending preemption of its job, or for it (`ranked` only)
+    ready: bool = False  # eligible but for its own queued or running job (a queued job's wait counts)
 
     def as_fields(self, now: float) -> dict[str, str]:
         fields = {
@@ -205,6 +206,7 @@ def compute_priority(inputs: ConfigInputs, s: SchedulerSettings, now: float,
     if weight <= 0:
         why.append("curriculum weight 0")
     eligible = not why
+    ready = eligible or (weight > 0 and not _blockers(replace(inputs, active_job=None), s, now))
     starving = eligible and hours_waiting >= starve_after_hours
     rest = sum(v for k, v in contributions.items() if k != "curriculum")
     if starving:
@@ -221,7 +223,7 @@ def compute_priority(inputs: ConfigInputs, s: SchedulerSettings, now: float,
         cost_fields = {"cost_why": value}
     return Priority(inputs.config_key, score, eligible, base_eligible, starving, rest, factors, contributions,
                     why, flags, hours_training, hours_export, velocity, inputs.new_samples, hours_waiting,
-                    **cost_fields)
+                    **cost_fields, ready=ready)
 
 
 def _cost_estimate(inputs: ConfigInputs, s: SchedulerSettings) -> cost.CostEstimate | str:

@@ -228,6 +228,17 @@ class JobStore:
         record. The config's wait ends when the job starts (`job_start.lua`), not here."""
         self.conn.hset(self.keys.job(job_id), mapping=dict(fields))
 
+    def is_deferred(self, job_id: str) -> bool:
+        """Whether the job is held out of RQ's queue until a later time (`defer`, a retry's backoff)."""
+        return self.conn.zscore(self.keys.delayed_jobs, job_id) is not None
+
+    def rq_job_ids(self, job_ids: list[str]) -> list[str]:
+        """The RQ job id of each job's current attempt (one round trip)."""
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "rq_job_id")
+            return [v.decode() if v else job_id for job_id, v in zip(job_ids, pipe.execute())]
+
     def queue_first(self, rq_job_ids: list[str]) -> int:
         """Put these RQ jobs at the head of RQ's training queue in this order (RQ's own `at_front`
         place), those still in it; how many were moved. The preempter puts starving jobs there so
