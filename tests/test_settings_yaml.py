@@ -96,7 +96,7 @@ def every_setting_changed() -> Settings:
             cost=CostSettings(board_default_gpu_hours=BoardGpuHours(square8=2.0, hex8=1.5, square19=10.0,
                                                                     hexagonal=12.0),
                               duration_window=3, gain_window=4, prior_elo_per_gpu_hour=0.0, prior_trainings=1.0,
-                              value_scale=5.0),
+                              value_scale=5.0, untrained_elo=300.0),
             curriculum_max_weight=3.0, staleness_saturation_hours=12.0, fresh_samples_saturation=5000,
             export_half_life_hours=2.0, min_new_samples=0, elo_window_hours=6.0, elo_window_points=10,
             elo_velocity_scale=25.0, quality_block_hours=1.0, failure_cooldown_s=30.0, prefetch=0,

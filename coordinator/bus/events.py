@@ -103,6 +103,17 @@ class Export:
     samples: int
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """An EVALUATION_COMPLETED, normalised across RingRift's emitters (`schemas.parse_evaluation`)."""
+
+    config_key: str
+    elo: float  # recorded in the config's Elo window
+    anchored_elo: float | None  # `estimated_elo`/`best_elo`: the Elo against fixed-rating baselines
+    at: float | None  # epoch seconds; None: not given, or local time of unknown zone
+    model_path: str | None  # as sent: absolute, or relative to the evaluator's working directory
+
+
 def as_pairs(raw: Mapping[bytes, bytes] | list[bytes] | Pairs) -> Pairs:
     """An entry's fields as (name, value) pairs, from redis-py's dict or Redis's flat list."""
     if isinstance(raw, Mapping):

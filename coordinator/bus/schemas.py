@@ -4,7 +4,14 @@ Two entry points, both raising EventError with the first problem found (the orch
 the entry to the dead-letter stream with that text as its reason):
 - `validate(event)`: every check an entry passes before anything acts on it;
 - `parse_export(event, data_roots)`: the same, then the `Export` it carries, its `npz_path`
-  confined to the data roots.
+  confined to the data roots;
+- `parse_evaluation(event)`: the same, then the `Evaluation` an EVALUATION_COMPLETED carries.
+
+Paths: one the coordinator (or its workers) opens is absolute and, for an export's data, confined
+to the data roots (`npz_path`/`output_path`, `init_weights`). One it only records and never opens
+(an evaluation's `model_path`, a completed training's `model_path`/`parent_model` as lineage) may be
+relative, as RingRift's evaluator sends it (`models/canonical_hexagonal_2p.pth`, relative to its
+working directory): refusing it would lose the Elo it carries (`service/handlers.py` resolves it).
 
 `validate` checks, in this order: the limits every entry meets before it is read (field count,
 field name and value size, the message naming the limit hit; valid UTF-8; a msgpack `payload` or
@@ -27,6 +34,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +58,13 @@ MAX_FIELD_BYTES = 4096
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_PAYLOAD_DEPTH = 8
 MAX_ERROR_CHARS = 500  # of an OS error's text quoted in a reason
-# Fields allowed past MAX_FIELD_BYTES: the failure's stderr tail and the per-epoch history (JSON).
-FIELD_LIMITS = {"stderr_tail": 16 * 1024, **{name: MAX_PAYLOAD_BYTES for name in ev.JSON_FIELDS}}
+# Nested data RingRift's EVALUATION_COMPLETED carries (JSON text once on the stream; recorded nowhere,
+# but a gauntlet against many baselines outgrows MAX_FIELD_BYTES and must not cost the event its Elo).
+RINGRIFT_NESTED_FIELDS = ("opponent_results", "harness_results", "composite_participant_ids", "win_rates")
+# Fields allowed past MAX_FIELD_BYTES: the failure's stderr tail, the per-epoch history (JSON) and
+# RingRift's nested evaluation results.
+FIELD_LIMITS = {"stderr_tail": 16 * 1024, **{name: MAX_PAYLOAD_BYTES for name in ev.JSON_FIELDS},
+                **{name: 64 * 1024 for name in RINGRIFT_NESTED_FIELDS}}
 
 Check = Callable[[str, str], None]
 
@@ -89,8 +102,34 @@ def _one_of(*allowed: str) -> Check:
 
 
 def _path(name: str, text: str) -> None:
+    """A path something opens: absolute."""
     if not text.startswith("/") or "\x00" in text:
         raise EventError(f"{name} must be an absolute path, got {text[:80]!r}")
+
+
+def _recorded_path(name: str, text: str) -> None:
+    """A path only recorded, never opened: absolute or relative to its producer's working directory."""
+    if "\x00" in text:
+        raise EventError(f"{name} must be a path, got {text[:80]!r}")
+
+
+def _timestamp(name: str, text: str) -> None:
+    """Seconds since the epoch, or ISO 8601 text (RingRift's `datetime.now().isoformat()`)."""
+    parse_timestamp(text, name)
+
+
+def parse_timestamp(text: str, name: str = "timestamp") -> float | None:
+    """Epoch seconds from a number or ISO 8601 text; None for ISO text without a zone (the producer's
+    local time, whose offset is unknown: the caller uses the arrival time instead)."""
+    if not ("T" in text or ":" in text or text.count("-") >= 2):  # a number (a date has two dashes)
+        return parse_number(text, name, 0, 1e11)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise EventError(f"{name} must be epoch seconds or ISO 8601, got {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        return None
+    return parse_number(repr(moment.timestamp()), name, 0, 1e11)
 
 
 def _config_key(name: str, text: str) -> None:
@@ -203,6 +242,12 @@ COMMON_CONFIG = {"board_type": BOARD, "num_players": PLAYERS, "config_key": _con
 EPOCH = _integer(0, 10**7)
 SECONDS = _number(0, 1e9)
 LOSS = _number()
+ELO = _number(-10_000, 100_000)
+# An evaluation's Elo, by preference: RingRift sends `elo` (= its `best_elo` when it has one); some
+# of its emitters send only `best_elo`/`estimated_elo`.
+EVALUATION_ELO_FIELDS = ("elo", "best_elo", "estimated_elo")
+# The Elo on the scale of RingRift's gauntlet (fixed-rating baselines), when the evaluation says so.
+ANCHORED_ELO_FIELDS = ("estimated_elo", "best_elo")
 # Every TRAINING_* event: the job, its config, where and which attempt.
 TRAINING_COMMON = {**COMMON_CONFIG, "node": NODE, "worker": _identifier("worker"), "attempt": _integer(0, 10**6),
                    "fence": _integer(0, 10**18)}
@@ -223,9 +268,9 @@ SCHEMAS: dict[str, Schema] = {
                   "leader_id": NODE, "node_id": NODE},
         whole=_cluster_health),
     ev.EVALUATION_COMPLETED: Schema(
-        required={"elo": _number(-10_000, 100_000)},
-        optional={**COMMON_CONFIG, "timestamp": _number(0, 1e11), "model_path": _path},
-        one_of=(("config_key", "config", "board_type"),), whole=_one_config),
+        optional={**COMMON_CONFIG, "elo": ELO, "best_elo": ELO, "estimated_elo": ELO, "timestamp": _timestamp,
+                  "model_path": _recorded_path},
+        one_of=(EVALUATION_ELO_FIELDS, ("config_key", "config", "board_type")), whole=_one_config),
     ev.CURRICULUM_WEIGHTS_UPDATED: Schema(config_key_fields=True, whole=_curriculum),
     ev.TRAINING_STARTED: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
@@ -238,8 +283,9 @@ SCHEMAS: dict[str, Schema] = {
     ev.TRAINING_COMPLETE: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "duration_s": SECONDS, "final_loss": LOSS, "first_loss": LOSS,
-                  "epochs_completed": EPOCH, "model_path": _path, "samples": SAMPLES, "history": _json_history,
-                  "parent_model": _path, "best_val_loss": LOSS, "best_epoch": EPOCH, "early_stopped": BOOLEAN}),
+                  "epochs_completed": EPOCH, "model_path": _recorded_path, "samples": SAMPLES,
+                  "history": _json_history, "parent_model": _recorded_path, "best_val_loss": LOSS,
+                  "best_epoch": EPOCH, "early_stopped": BOOLEAN}),
     ev.TRAINING_FAILED: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
         optional={**TRAINING_COMMON, "retry_in_s": SECONDS, "will_retry": _one_of("true", "false")}),
@@ -316,6 +362,20 @@ def parse_export(event: ev.Event, data_roots: Sequence[str] = ()) -> ev.Export:
     samples = parse_int(f.get("samples") or f.get("samples_exported") or "0", "samples")
     _check_confined(npz_path, data_roots)
     return ev.Export(board_type, num_players, key, npz_path, samples)
+
+
+def parse_evaluation(event: ev.Event) -> ev.Evaluation:
+    """A valid EVALUATION_COMPLETED as an Evaluation: its config (either form), its Elo (`elo`, else
+    `best_elo`, else `estimated_elo`), the Elo on the gauntlet's anchored scale when it carries
+    `estimated_elo`/`best_elo`, its time when it has one with a zone, its `model_path` as sent."""
+    validate(event)
+    if event.type != ev.EVALUATION_COMPLETED:
+        raise EventError(f"not an evaluation: {event.type[:60]!r}")
+    f = event.fields
+    elo = next(float(f[name]) for name in EVALUATION_ELO_FIELDS if f.get(name))
+    anchored = next((float(f[name]) for name in ANCHORED_ELO_FIELDS if f.get(name)), None)
+    at = parse_timestamp(f["timestamp"]) if f.get("timestamp") else None
+    return ev.Evaluation(config_of(f)[2], elo, anchored, at, f.get("model_path") or None)
 
 
 def _check_confined(npz_path: str, roots: Sequence[str]) -> None:

@@ -199,6 +199,9 @@ class CostSettings:
     prior_elo_per_gpu_hour: float = _setting(10.0, "What a config without history is assumed to return")
     prior_trainings: float = _setting(2.0, "How many trainings' worth of evidence that prior weighs")
     value_scale: float = _setting(10.0, "Elo per GPU-hour at which the factor is 0.5")
+    untrained_elo: float = _setting(
+        400.0, "Elo of an untrained model on the scale of RingRift's gauntlet (its random baseline): a config's "
+               "first evaluation carrying best_elo/estimated_elo gains over it")
 
     def __post_init__(self) -> None:
         numbers = {"duration_window": self.duration_window, "gain_window": self.gain_window,

@@ -5,11 +5,32 @@ simulator (`bench/scheduling_sim.py`) call them with what a coordinator records.
 
 - **Expected GPU-hours** of the next training: the mean of the config's last `duration_window`
   trainings (GPU-hours each: wall hours x GPUs held); before any history, its board's default.
-- **Elo gained per training**: each `EVALUATION_COMPLETED` attributed to the training that produced the
-  evaluated model, minus the Elo of that model's parent (model lineage); the last `gain_window` gains,
-  smoothed towards a prior of `prior_elo_per_gpu_hour` x expected GPU-hours with the weight of
-  `prior_trainings` trainings. The prior is a rate, so every config without history starts equal per
-  GPU-hour, whatever its board.
+- **Elo gained per training**: what each `EVALUATION_COMPLETED` shows, by the first rule that applies
+  (`attributed_gain` in `coordinator/stores/configs.py`, which records it as the evaluation arrives):
+  1. a published model evaluated before: nothing (each model's gain once);
+  2. its parent (model lineage) was evaluated: its Elo minus the parent's (one training);
+  3. the config was evaluated before: the Elo change since, divided by the trainings of the config
+     completed in between (at least 1 when another model is named; none, and the same or no model
+     named: a re-evaluation, no gain). RingRift re-evaluates one path (`canonical_<config>.pth`)
+     whose contents each promotion replaces, so the path alone cannot say whether a training
+     happened; the coordinator's own count of completed trainings can;
+  4. the config's first evaluation, carrying RingRift's `estimated_elo`/`best_elo`: that Elo minus
+     `untrained_elo`, divided by the trainings the model descends from (its lineage back to a
+     training from scratch when complete, else every training of the config completed so far;
+     none: no gain). In RingRift (`app/training/game_gauntlet.py`, `evaluation_daemon.py`)
+     `estimated_elo` is the model's own Elo estimated from its win rates against baselines of fixed
+     rating (random 400, heuristic 1200, ...), `best_elo` the best harness's (the same number for a
+     single-harness gauntlet), and `elo` is set to `best_elo`: neither is a previous or best-so-far
+     Elo of the config, so no gain is in the event itself. What makes the first evaluation usable is
+     the fixed scale: an untrained network plays like the random baseline, so the distance from
+     `untrained_elo` (400) is what the config's trainings bought. This counts every training the
+     coordinator saw; a config trained elsewhere before has that work credited too (an optimistic
+     first estimate, smoothed by the prior below and outweighed by later rule-3 gains). An Elo on
+     another scale (a tournament's `elo` alone) is never measured from the anchor: rule 4 needs
+     `estimated_elo`/`best_elo`.
+  The last `gain_window` gains are smoothed towards a prior of `prior_elo_per_gpu_hour` x expected
+  GPU-hours with the weight of `prior_trainings` trainings. The prior is a rate, so every config
+  without history starts equal per GPU-hour, whatever its board.
 - **Factor** (0..1): v / (v + `value_scale`) for v = smoothed gain / expected GPU-hours in Elo per
   GPU-hour (0.5 at `value_scale`, towards 1 above it); 0 when the smoothed gain is not positive.
 """

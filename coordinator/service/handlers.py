@@ -8,6 +8,7 @@ handlers only act, through the stores (`ConfigStore`, `LeaseManager`).
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ class EventHandlers:
         included): the cost factor's inputs. One GPU per training."""
         f = event.fields
         if f.get("model_path"):  # lineage: an evaluation of this model is compared with its parent's
-            self.configs.record_lineage(f["config_key"], f["model_path"], f.get("parent_model") or None)
+            parent = self._recorded_path(f.get("parent_model") or "")
+            self.configs.record_lineage(f["config_key"], self._recorded_path(f["model_path"]), parent or None)
         if f.get("duration_s"):
             earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
             self.configs.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)
@@ -114,10 +116,24 @@ class EventHandlers:
         return sorted(set(open_nodes))
 
     def _on_evaluation(self, event: Event) -> list[str]:
-        config_key, f = schemas.config_of(event.fields)[2], event.fields
-        at = float(f["timestamp"]) if f.get("timestamp") else self.clock()
-        self.configs.record_evaluation(config_key, float(f["elo"]), at, f.get("model_path") or None, event.id)
-        return [config_key]
+        """Its Elo is recorded whatever its `model_path` says (RingRift's is relative to its own
+        working directory: resolved against `training.working_dir`, then matched against the
+        config's published models by the store; an unmatched one has lineage "unknown")."""
+        e = schemas.parse_evaluation(event)
+        at = e.at if e.at is not None else self.clock()
+        model = self._recorded_path(e.model_path or "") or None
+        self.configs.record_evaluation(e.config_key, e.elo, at, model, event.id, anchored_elo=e.anchored_elo)
+        return [e.config_key]
+
+    def _recorded_path(self, path: str) -> str:
+        """A path the coordinator records and never opens, as the producer meant it: a relative one
+        joined to `training.working_dir` when set (else kept as sent), normalised."""
+        if not path:
+            return ""
+        working_dir = self.settings.training.working_dir
+        if not posixpath.isabs(path) and working_dir:
+            path = posixpath.join(working_dir, path)
+        return posixpath.normpath(path)
 
     def _on_curriculum(self, event: Event) -> list[str]:
         """Fields of the config-key form are weights; the rest is metadata (schemas.py)."""

@@ -9,15 +9,22 @@ What the hash holds, by who decides it:
   bound counts from it: set when new data finds the config without a job, or its job preempted;
   cleared when it gets a GPU or has nothing left to train).
 - scores (`store_scores`): score, eligible, why, flags, the factors, their contributions and inputs.
-- pipeline events: quality blocks, curriculum weights, evaluations (Elo window, lineage, gains),
-  training GPU-hours; an operator's cancel (`cancelled_at`); a config that cannot be scored or
-  dispatched (`skip`).
+- pipeline events: quality blocks, curriculum weights, evaluations (Elo window, lineage, gains:
+  `eval_model`, `eval_elo`, `eval_lineage`, `eval_trainings`, `model_elo`), training GPU-hours and
+  their count (`trainings_done`); an operator's cancel (`cancelled_at`); a config that cannot be
+  scored or dispatched (`skip`).
+
+Which training an evaluation's Elo is credited to (`attributed_gain`, the rule the cost factor's
+docstring states): the evaluated model is matched against the config's published models (exact
+path, else a file name only one of them has); an unmatched one is recorded with lineage "unknown".
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -29,6 +36,7 @@ from coordinator.core.keys import Keys
 from coordinator.core.lua import script
 from coordinator.core.settings import SchedulerSettings
 from coordinator.core.text import optional_text, text
+from coordinator.trainer.warm_start import read_entry
 
 # The score of a config that may not train now (queued or running, blocked, ...): below every score
 # the formula gives, so `ZREVRANGEBYSCORE priority +inf 0` reads only the eligible.
@@ -36,6 +44,7 @@ INELIGIBLE = -1.0
 MODELS_REMEMBERED = 32  # per config, in `lineage` and `model_elo` (newest kept)
 # `record_exports` reads the config's active job again when it changed under the script, at most this often.
 MAX_MOVED_RETRIES = 20
+UNKNOWN_LINEAGE = "unknown"  # `eval_lineage` of a model that matches none of the config's published models
 # One group of `record_exports`: the (export, stream id) pairs of one config, oldest first. An export
 # is anything with config_key, npz_path, samples, board_type and num_players (`bus.events.Export`).
 ExportGroup = list[tuple[Any, "str | None"]]
@@ -174,38 +183,56 @@ class ConfigStore:
         self.conn.hset(self.keys.config(config_key), "lineage", json.dumps(_newest(lineage)))
 
     def record_evaluation(self, config_key: str, elo: float, at: float, model_path: str | None = None,
-                          event_id: str | None = None) -> float | None:
-        """An EVALUATION_COMPLETED: its point joins the Elo window; the first evaluation of a model
-        (`model_path`) attributes its Elo gain to the training that produced it: its Elo minus its
-        parent model's (model lineage, `record_lineage`), or minus the config's previous evaluation
-        of another model when the parent was never evaluated (a first training, or no lineage). The
-        gain joins the cost factor's returns. Returns the gain, if any. The same stream entry
-        (`event_id`) handled again, redelivered after a consumer died before its XACK, adds nothing."""
+                          event_id: str | None = None, anchored_elo: float | None = None) -> float | None:
+        """An EVALUATION_COMPLETED: its point joins the Elo window, whatever its model; the model
+        (`model_path`, absolute or as reported) is matched against the config's published models
+        for lineage, else recorded with lineage "unknown"; the gain `attributed_gain` credits to the
+        config's trainings joins the cost factor's returns. `anchored_elo`: the Elo against RingRift's
+        fixed-rating baselines (`estimated_elo`/`best_elo`), measured from `cost.untrained_elo` on a
+        config's first evaluation. Returns the gain, if any. The same stream entry (`event_id`)
+        handled again, redelivered after a consumer died before its XACK, adds nothing."""
         raw = self.conn.hmget(self.keys.config(config_key), "eval_model", "eval_elo", "model_elo", "lineage",
-                              "eval_event_id")
+                              "eval_event_id", "trainings_done", "eval_trainings")
         previous_model, previous_elo, applied = (optional_text(v) for v in (raw[0], raw[1], raw[4]))
         if event_id and applied == event_id:
             return None
         model_elo, lineage = (json.loads(v) if v else {} for v in raw[2:4])
-        gain = _gain(elo, model_path, model_elo, lineage, previous_model, previous_elo)
+        done = int(raw[5] or 0)
+        model = match_model(model_path, lineage, self._published(config_key)) if model_path else None
+        basis = EvaluationBasis(model or model_path, model is not None, model_elo, lineage, previous_model or None,
+                                float(previous_elo) if previous_elo else None,
+                                done - int(raw[6] or 0) if previous_elo else None, done)
+        gain = attributed_gain(elo, anchored_elo, basis, self.settings.cost.untrained_elo)
         with self.conn.pipeline(transaction=True) as pipe:
             self.record_elo(config_key, elo, at, pipe)
-            fields = {"eval_event_id": event_id} if event_id else {}
-            if model_path:
-                model_elo[model_path] = elo
-                fields.update(eval_model=model_path, eval_elo=repr(elo), model_elo=json.dumps(_newest(model_elo)))
-            if fields:
-                pipe.hset(self.keys.config(config_key), mapping=fields)
+            fields = {"eval_elo": repr(elo), "eval_trainings": str(done), "eval_model": basis.model or "",
+                      "eval_lineage": "published" if basis.published else UNKNOWN_LINEAGE,
+                      "eval_model_reported": model_path or "", **({"eval_event_id": event_id} if event_id else {})}
+            if basis.model:
+                model_elo[basis.model] = elo
+                fields["model_elo"] = json.dumps(_newest(model_elo))
+            pipe.hset(self.keys.config(config_key), mapping=fields)
             if gain is not None:
                 self.record_elo_gain(config_key, gain, pipe)
             pipe.execute()
         return gain
 
+    def _published(self, config_key: str) -> list[str]:
+        """The config's published model paths (warm start's list), newest first."""
+        return [read_entry(text(e))[0] for e in self.conn.lrange(self.keys.models(config_key), 0, -1)]
+
     def record_training_cost(self, config_key: str, gpu_hours: float,
                              pipe: redis.client.Pipeline | None = None) -> None:
-        """Append a finished training's GPU-hours (kept to `cost.duration_window`); adds to `pipe`
-        when given (never executes it), else writes at once."""
+        """Append a finished training's GPU-hours (kept to `cost.duration_window`) and count it
+        (`trainings_done`: what an evaluation's Elo change is spread over); adds to `pipe` when given
+        (never executes it), else writes at once."""
+        if pipe is None:
+            with self.conn.pipeline(transaction=True) as own:
+                self.record_training_cost(config_key, gpu_hours, own)
+                own.execute()
+            return
         self._append(self.keys.gpu_hours(config_key), repr(float(gpu_hours)), self.settings.cost.duration_window, pipe)
+        pipe.hincrby(self.keys.config(config_key), "trainings_done", 1)
 
     def record_elo_gain(self, config_key: str, gain: float, pipe: redis.client.Pipeline | None = None) -> None:
         """Append the Elo a training gained over its parent model (kept to `cost.gain_window`)."""
@@ -227,18 +254,60 @@ class ConfigStore:
         pipe.ltrim(key, -keep, -1)
 
 
-def _gain(elo: float, model_path: str | None, model_elo: Mapping[str, Any], lineage: Mapping[str, str],
-          previous_model: str | None, previous_elo: str | None) -> float | None:
-    """The Elo the evaluated model gained over its parent (or the previous evaluation); None when it
-    was evaluated before or there is nothing to compare with."""
-    if not model_path or model_path in model_elo:
+@dataclass(frozen=True)
+class EvaluationBasis:
+    """What an evaluation's gain is measured against: the config's evaluation state before it."""
+
+    model: str | None  # the evaluated model: a published model's path, else as reported
+    published: bool  # matched one of the config's published models (its lineage is known)
+    model_elo: Mapping[str, Any]  # Elo of the models evaluated before (newest MODELS_REMEMBERED)
+    lineage: Mapping[str, str]  # published model -> the model it started from ("" from scratch)
+    previous_model: str | None  # the config's previous evaluation: its model
+    previous_elo: float | None  # ... and its Elo (None: this is the config's first evaluation)
+    trainings_since: int | None  # trainings completed since the previous evaluation
+    trainings_done: int  # trainings of the config completed in all
+
+
+def attributed_gain(elo: float, anchored_elo: float | None, b: EvaluationBasis, untrained_elo: float
+                    ) -> float | None:
+    """The Elo gained per training that this evaluation shows, or None (the rule is stated in
+    `coordinator/scheduling/cost.py`): over the parent model; else over the config's previous
+    evaluation, spread over the trainings completed since; else, on the first evaluation, from
+    `untrained_elo` on the anchored scale, spread over the trainings the model descends from."""
+    if b.published and b.model in b.model_elo:
+        return None  # each published model's gain once
+    parent = b.lineage.get(b.model or "") if b.published else None
+    if parent and parent in b.model_elo:
+        return elo - float(b.model_elo[parent])
+    if b.previous_elo is not None:
+        steps = b.trainings_since or 0
+        if b.model and b.model != b.previous_model:
+            steps = max(steps, 1)  # another model: at least one training made it
+        return (elo - b.previous_elo) / steps if steps > 0 else None
+    if anchored_elo is None:
         return None
-    parent = lineage.get(model_path)
-    if parent and parent in model_elo:
-        return elo - float(model_elo[parent])
-    if previous_model and previous_elo and model_path != previous_model:
-        return elo - float(previous_elo)
-    return None
+    steps = (_chain_length(b.model, b.lineage) if b.published else None) or b.trainings_done
+    return (anchored_elo - untrained_elo) / steps if steps > 0 else None
+
+
+def _chain_length(model: str | None, lineage: Mapping[str, str]) -> int | None:
+    """Trainings from scratch to `model` along the remembered lineage; None when it is cut off."""
+    count, current = 0, model
+    while current and count <= MODELS_REMEMBERED:
+        if current not in lineage:
+            return None
+        count, current = count + 1, lineage[current]
+    return count if not current else None
+
+
+def match_model(model_path: str, lineage: Mapping[str, str], published: list[str]) -> str | None:
+    """The config's published model an evaluation names: the same path, else the only known model
+    with that file name (RingRift reports paths relative to its own directory); None: unknown."""
+    known = [*lineage, *(p for p in lineage.values() if p), *published]
+    if model_path in known:
+        return model_path
+    named = {path for path in known if posixpath.basename(path) == posixpath.basename(model_path)}
+    return named.pop() if len(named) == 1 else None
 
 
 def _newest(mapping: dict) -> dict:
