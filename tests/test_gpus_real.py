@@ -6,6 +6,7 @@ declaration once `run` has recorded it."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -47,3 +48,15 @@ def test_a_worker_with_a_declared_gpu_stores_it_and_status_shows_each_slot(
     locks = {n["node"]: n for n in json.loads(capsys.readouterr().out)["nodes"]}
     assert locks["node-0"]["gpu"] == "GeForce RTX 4090, 24 GB"
     assert (locks["gpu-node-9"]["gpu"], nodes["gpu-node-9"]["gpu_source"]) == ("H100 80GB HBM3, 80 GB", "hosts")
+
+
+def test_run_records_what_hosts_declares(redis_server, real_conn, keys, make_settings):
+    """`ringrift-train run` (its `_declare_gpus` step) writes the declared GPUs; a node without a
+    declaration is left out."""
+    settings = make_settings(redis_server.url)
+    declared = {"vast-4090": HostGpus(8, "RTX 4090", 24.0, 0.45, True), "plain": 2}
+    cli._declare_gpus(replace(settings, hosts=declared))
+    found = GpuStore(real_conn, keys).inventory()
+    assert list(found) == ["vast-4090"]
+    assert (found["vast-4090"]["gpus"], found["vast-4090"]["gpu"], found["vast-4090"]["ephemeral"]) == (
+        8, "RTX 4090, 24 GB", True)

@@ -226,7 +226,7 @@ def _run(args: argparse.Namespace, settings) -> int:
         serve_in_thread(settings, args.dashboard_port)
     try:
         orchestrator = TrainingOrchestrator(settings)
-        _declare_gpus(orchestrator.conn, settings)
+        _declare_gpus(settings)
         asyncio.run(orchestrator.run_until_signal(args.metrics_port))
     except CoordinatorError as exc:  # e.g. ConsumerDied: the event consumer thread ended
         logging.getLogger(__name__).error("ringrift-train run stopped: %s", exc)
@@ -234,13 +234,24 @@ def _run(args: argparse.Namespace, settings) -> int:
     return 0
 
 
-def _declare_gpus(conn: redis.Redis, settings: Settings) -> None:
+def _declare_gpus(settings: Settings) -> None:
     """What `hosts` declares of each node's GPUs, into the GPU inventory (a worker without NVML
-    reads it; a node a worker detected keeps its own)."""
+    reads it; a node a worker detected keeps its own). Nothing to do where no entry declares a
+    GPU; a Redis error is logged (the workers then detect or report an unknown GPU)."""
     from coordinator.core.clock import RedisClock
+    from coordinator.core.settings import HostGpus
     from coordinator.stores.gpus import GpuStore
 
-    written = GpuStore(conn, Keys(settings.redis.prefix)).declare_hosts(settings.hosts, RedisClock(conn)())
+    if not any(isinstance(entry, HostGpus) for entry in settings.hosts.values()):
+        return
+    conn = connect(settings.redis.url)
+    try:
+        written = GpuStore(conn, Keys(settings.redis.prefix)).declare_hosts(settings.hosts, RedisClock(conn)())
+    except redis.RedisError as exc:
+        logging.getLogger(__name__).warning("GPUs declared in hosts not recorded: %s", exc)
+        return
+    finally:
+        conn.close()
     if written:
         logging.getLogger(__name__).info("GPUs declared in hosts recorded for %s", ", ".join(written))
 
