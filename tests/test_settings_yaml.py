@@ -14,6 +14,9 @@ import yaml
 from coordinator.core.settings import (
     BoardGpuHours,
     CostSettings,
+    GpuClass,
+    GpuRequirement,
+    GpuSettings,
     PreemptionSettings,
     PriorityWeights,
     RedisSettings,
@@ -107,6 +110,11 @@ def every_setting_changed() -> Settings:
         breakers=replace(b, failures=5, window_s=60.0, cooldown_s=30.0),
         preemption=PreemptionSettings(enabled=False, margin=0.0, min_run_minutes=30.0, max_preemptions_per_job=0,
                                       max_wait_hours=4.0, signal="SIGUSR1", restart_minutes=1.5),
+        gpus=GpuSettings(
+            classes={"H100": GpuClass(models=("H100", "H200"), batch_size=1536, cost_per_hour=2.5),
+                     "A100-80": GpuClass(models=("A100",), min_memory_gb=70.0, batch_size=1024)},
+            boards={"hexagonal": GpuRequirement(min_memory_gb=40.0, preferred=("H100", "A100-80"))},
+            per_config={"hexagonal_4p": GpuRequirement(min_memory_gb=70.0, allowed=("H100",))}),
         hosts={"gpu-a": 2, "gpu-b": 4})
 
 

@@ -24,7 +24,6 @@ import logging
 import os
 import random
 import signal
-import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -37,11 +36,12 @@ from rq import get_current_job
 from coordinator.bus.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.bus.schemas import FIELD_LIMITS
 from coordinator.core.errors import JobError, LeaseUnavailable, TrainingFailed
+from coordinator.core.gpu_requirements import BatchSize, batch_size_for, gpu_class
 from coordinator.core.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
 from coordinator.core.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
 from coordinator.core.logs import for_job
 from coordinator.core.retry import BAD_INPUT_EXIT, decide
-from coordinator.core.settings import RetrySettings, Settings, worker_settings
+from coordinator.core.settings import RetrySettings, Settings, submitted_batch_size, worker_settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.preempter import lost_gpu_hours
 from coordinator.scheduling.scheduler import quality_block_until
@@ -53,6 +53,7 @@ from coordinator.trainer.checkpoints import newest_checkpoint
 from coordinator.trainer.command import attempt_paths, build_argv, record_values
 from coordinator.trainer.output import OutputParser, result_figures
 from coordinator.trainer.warm_start import command_fingerprint, init_weights_failure
+from workers import gpu_inventory
 from workers.trainer_process import TrainerResult, run_trainer
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ INIT_WEIGHTS_FAILED, WARM_START_CLASS, DROPPED_WHY_CHARS = "init_weights_failed"
 
 
 def node_name() -> str:
-    return os.environ.get(NODE_ENV) or socket.gethostname()
+    return gpu_inventory.node_name()
 
 
 def run_training(job_id: str, prefix: str) -> dict[str, Any]:
@@ -108,6 +109,7 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
             state = store.get(job_id).get("state")
             log.warning("job %s is %s, not queued: not running it", job_id, state)
             return {"job_id": job_id, "skipped": state}
+        _record_gpu(store, settings, record, worker, resumes=resume is not None)
         run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, settings.retries,
                           resume, rq_job, preempt_signal=signal.Signals[settings.preemption.signal])
         return run.execute()
@@ -120,6 +122,33 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
         except redis.RedisError:  # it expires by itself; the reaper treats it as abandoned
             log.warning("could not release the lease of %s; it will expire", job_id,
                         extra={"job_id": job_id, "config_key": config_key})
+
+
+def attempt_gpu(registered: gpu_inventory.Registered | None, settings: Settings, record: Mapping[str, str],
+                resumes: bool) -> tuple[dict[str, str], BatchSize]:
+    """The GPU this attempt got (the worker's slot) as the job record keeps it, and its batch size
+    (`coordinator.core.gpu_requirements.batch_size_for`: submitted, kept on resume, the GPU class's)."""
+    slot = registered.slot if registered else None
+    gpu = slot.gpus[0] if slot and slot.gpus and (slot.gpus[0].model or slot.gpus[0].memory_gb) else None
+    classes = settings.gpus.classes
+    started = record.get("batch_size_started")
+    size = batch_size_for(gpu, classes, int(record["batch_size"]), submitted_batch_size(record),
+                          int(started) if resumes and started else None)
+    fields = {"gpu_slot": slot.name if slot else "", "gpu_model": gpu.model if gpu else "",
+              "gpu_memory_gb": f"{gpu.memory_gb:g}" if gpu else "", "gpu_class": (gpu_class(gpu, classes) or "")
+              if gpu else "", "batch_size_why": size.why}
+    return fields, size
+
+
+def _record_gpu(store: JobStore, settings: Settings, record: Mapping[str, str], worker: str, resumes: bool) -> None:
+    """Put the attempt's GPU and batch size on the job record (the trainer's {batch_size} is it)."""
+    try:
+        registered = gpu_inventory.for_job(store.conn, worker, store.keys.prefix)
+    except redis.RedisError as exc:
+        log.warning("GPU inventory not recorded: %s", exc)
+        registered = gpu_inventory.current()
+    fields, size = attempt_gpu(registered, settings, record, resumes)
+    store.record_attempt_gpu(record["job_id"], fields, size.value)
 
 
 def count_lost(conn: redis.Redis, keys: Keys, stat: str) -> None:

@@ -14,7 +14,10 @@
   the work horse holds the job's lease and records the job's end by itself).
   `tests/faults/test_worker_outage.py` and `bench.chaos` check it.
 - Its hash also names its node (`WORKER_NODE_FIELD`), so `status` shows an idle worker under the
-  node it runs on.
+  node it runs on, and its GPU slot and GPU.
+- When it starts it finds its GPUs (`workers.gpu_inventory`: NVML, else its environment, else its
+  node's `hosts` entry) and writes its node's inventory and its slot to Redis; a failure there is
+  logged and the worker starts anyway (each job registers again).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rq import Worker
 import workers.tasks  # the preload is the point of this module
 from coordinator.core.connection import failover_retry
 from coordinator.ops.status import WORKER_NODE_FIELD
+from workers import gpu_inventory
 
 
 class TrainingWorker(Worker):
@@ -39,8 +43,17 @@ class TrainingWorker(Worker):
         if current is None or current.get_retries() < wanted.get_retries():  # type: ignore[attr-defined]
             self.connection.set_retry(wanted)  # the pool's connections too, and the forked horses'
 
+    def register_birth(self) -> None:
+        super().register_birth()
+        try:
+            registered = gpu_inventory.register(self.connection, self.name)
+            self.connection.hset(self.key, mapping=gpu_inventory.slot_fields(registered))
+        except redis.RedisError as exc:
+            self.log.warning("Worker %s: GPU inventory not recorded (%s); each job records it", self.name, exc)
+
     def serialize(self) -> dict:
-        return {**super().serialize(), WORKER_NODE_FIELD: workers.tasks.node_name()}
+        fields = gpu_inventory.slot_fields(gpu_inventory.current())
+        return {**super().serialize(), WORKER_NODE_FIELD: workers.tasks.node_name(), **fields}
 
     def maintain_heartbeats(self, job: Any, execution: Any) -> None:
         try:

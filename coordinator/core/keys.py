@@ -31,6 +31,10 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 | `<prefix>:{lease}:nodes`             | set    | every node name known                                           |
 | `<prefix>:{lease}:expiry`            | zset   | job id -> lease expiry (ms): the reaper reads the expired |
 | `<prefix>:jobs:delayed`              | zset   | job id -> unix time it goes back to RQ (leases were busy)       |
+| `<prefix>:{lease}:gpus:<node>`       | hash   | a node's GPUs: source (nvml, env, hosts), gpus, model, devices |
+| `<prefix>:{lease}:gpu:<node>:<slot>` | hash   | a worker's slot ("0", "0,1"): model, memory_gb, worker |
+| `<prefix>:{lease}:gpu_slots:<node>`  | set    | a node's slot names                                             |
+| `<prefix>:{lease}:gpu_nodes`         | set    | every node with a GPU inventory                                 |
 
 RQ keeps its own keys (`rq:queue:training`, `rq:job:<rq_job_id>`, `rq:worker:<name>`, ...), named by
 RQ itself (`rq_queue_key`, `rq_worker_key` here are RQ's own rules, so the code never spells
@@ -150,6 +154,20 @@ class Keys:
         """Job id -> its config lease's expiry (ms, Redis time): set by acquire and renew, removed by
         release; the reaper reads only the entries past their time."""
         return f"{self.prefix}:{{lease}}:expiry"
+
+    # -- GPU inventory (coordinator/stores/gpus.py): beside the slots, under the same hash tag --
+    def gpu_node(self, node: str) -> str:
+        return f"{self.prefix}:{{lease}}:gpus:{node}"
+
+    def gpu_slot(self, node: str, slot: str) -> str:
+        return f"{self.prefix}:{{lease}}:gpu:{node}:{slot}"
+
+    def gpu_slots(self, node: str) -> str:
+        return f"{self.prefix}:{{lease}}:gpu_slots:{node}"
+
+    @property
+    def gpu_nodes(self) -> str:
+        return f"{self.prefix}:{{lease}}:gpu_nodes"
 
     @property
     def lease_pattern(self) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from coordinator.core.boards import parse_config_key
+from coordinator.core.boards import BOARDS, parse_config_key
 from coordinator.core.errors import ConfigError, EventError
 from coordinator.trainer.checkpoints import checkpoint_pattern_problems
 from coordinator.trainer.command import DEFAULT_COMMAND, template_problems
@@ -276,6 +276,99 @@ class SchedulerSettings:
 
 
 @dataclass(frozen=True)
+class GpuClass:
+    """`gpus.classes.<name>`: the GPUs of one class and what a training gets on them."""
+
+    models: tuple[str, ...] = ()
+    min_memory_gb: float | None = None
+    batch_size: int | None = None
+    cost_per_hour: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("models: name at least one GPU model (e.g. [H100, H200])")
+
+
+@dataclass(frozen=True)
+class GpuRequirement:
+    """`gpus.boards.<board>` (defaults) or `gpus.per_config.<config_key>` (override): what a GPU
+    must offer a training (unset: the board's value, else no requirement)."""
+
+    min_memory_gb: float | None = None
+    allowed: tuple[str, ...] | None = None
+    preferred: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    """GPU classes, per-class training parameters and what each board or config needs of a GPU
+    (the rules in `coordinator.core.gpu_requirements`)."""
+
+    classes: Mapping[str, GpuClass] = _section(
+        dict, "GPU class -> {models: [model names, matched as whole words], min_memory_gb, batch_size, "
+              "cost_per_hour}; a GPU is of the first class that matches it, e.g. {H100: {models: [H100, H200], "
+              "batch_size: 1536}}")
+    boards: Mapping[str, GpuRequirement] = _section(
+        dict, "Board -> {min_memory_gb, allowed: [classes], preferred: [classes, best first]}, e.g. "
+              "{hexagonal: {min_memory_gb: 40}}")
+    per_config: Mapping[str, GpuRequirement] = _section(
+        dict, "<board>_<players>p -> what differs from its board's requirement")
+
+    def requirement_for(self, config_key: str) -> GpuRequirement:
+        """The config's requirement: each field from `per_config`, else from its board, else unset."""
+        board = parse_config_key(config_key)[0]
+        layers = [r for r in (self.per_config.get(config_key), self.boards.get(board)) if r is not None]
+        return GpuRequirement(**{name: next((getattr(r, name) for r in layers if getattr(r, name) is not None), None)
+                                 for name in ("min_memory_gb", "allowed", "preferred")})
+
+
+class HostGpus(int):
+    """A `hosts` entry written as a mapping: the int is its GPU count (what an integer entry means,
+    and what every reader of `hosts` takes), the attributes what it declares of its GPUs for a
+    worker that cannot detect them (no NVML)."""
+
+    gpu: str | None
+    gpu_memory_gb: float | None
+    cost_per_hour: float | None
+    ephemeral: bool
+
+    def __new__(cls, gpus: int = 1, gpu: str | None = None, gpu_memory_gb: float | None = None,
+                cost_per_hour: float | None = None, ephemeral: bool = False) -> HostGpus:
+        entry = super().__new__(cls, gpus)
+        entry.__dict__.update(gpu=gpu, gpu_memory_gb=gpu_memory_gb, cost_per_hour=cost_per_hour, ephemeral=ephemeral)
+        return entry
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("HostGpus is immutable")
+
+    def declared(self) -> dict[str, Any]:
+        """Its fields as the YAML writes them (gpus included), unset ones left out."""
+        return {"gpus": int(self), **{k: v for k, v in self.__dict__.items() if v not in (None, False)}}
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HostGpus):
+            return self.declared() == other.declared()
+        return int(self) == other and not isinstance(other, HostGpus) and self.declared() == {"gpus": int(self)}
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = int.__hash__
+
+    def __repr__(self) -> str:
+        return f"HostGpus({', '.join(f'{k}={v!r}' for k, v in self.declared().items())})"
+
+
+# The fields of a `hosts` entry written as a mapping.
+HOST_FIELDS = ("gpus", "gpu", "gpu_memory_gb", "cost_per_hour", "ephemeral")
+# RingRift's host fields that are not ours, and what to write instead.
+_RINGRIFT_HOST_FIELDS = {
+    "gpu_vram_gb": "RingRift's gpu_vram_gb is the host's total: write gpu_memory_gb (per GPU) = gpu_vram_gb / gpus",
+    "is_ephemeral": "write ephemeral: true",
+}
+
+
+@dataclass(frozen=True)
 class Settings:
     redis: RedisSettings = _section(RedisSettings)
     training: TrainingSettings = _section(TrainingSettings)
@@ -291,13 +384,21 @@ class Settings:
     preemption: PreemptionSettings = _section(
         PreemptionSettings, "A running training yields its GPU at a checkpoint "
                             "(coordinator/scheduling/preemption_rule.py)")
-    hosts: Mapping[str, int] = _section(dict, "Node name -> the GPUs it offers")
+    gpus: GpuSettings = _section(
+        GpuSettings, "GPU classes, training parameters per class, and what each board or config needs of a GPU")
+    hosts: Mapping[str, int] = _section(
+        dict, "Node name -> its GPU count, or {gpus, gpu (model), gpu_memory_gb (per GPU), cost_per_hour, "
+              "ephemeral}: what its workers take where they cannot detect their GPUs (NVML)")
     source: str = field(default=BUILT_IN, compare=False)
 
 
 # The sections a worker needs, carried whole as JSON in each job record's `settings` field (so a
 # worker needs nothing but the Redis URL) and rebuilt with these dataclasses.
-WORKER_SECTIONS = ("events", "leases", "retries", "breakers", "scheduler", "preemption")
+WORKER_SECTIONS = ("events", "leases", "retries", "breakers", "scheduler", "preemption", "gpus")
+# Beside the sections in that JSON: `training.batch_size` as the orchestrator had it, so a worker
+# tells a batch size the submission named (it wins on any GPU) from the default (the GPU's class
+# gives one instead).
+DEFAULT_BATCH_SIZE_FIELD = "default_batch_size"
 # Job records written before the `settings` field held these flattened fields instead:
 # record field -> (section, setting).
 _LEGACY_WORKER_FIELDS = {
@@ -314,7 +415,17 @@ _LEGACY_WORKER_FIELDS = {
 
 def worker_settings_json(settings: Settings) -> str:
     """The `settings` field of a job record: the WORKER_SECTIONS of `settings`, as JSON."""
-    return json.dumps({name: asdict(getattr(settings, name)) for name in WORKER_SECTIONS}, sort_keys=True)
+    sections: dict[str, Any] = {name: asdict(getattr(settings, name)) for name in WORKER_SECTIONS}
+    return json.dumps({**sections, DEFAULT_BATCH_SIZE_FIELD: settings.training.batch_size}, sort_keys=True)
+
+
+def submitted_batch_size(record: Mapping[str, str]) -> int | None:
+    """The batch size the job's submission named, or None where the record's is the settings'
+    default (then the GPU's class may give another). A submission that names exactly the default
+    cannot be told from it; a record from before this field counts as named."""
+    default = json.loads(record.get("settings") or "{}").get(DEFAULT_BATCH_SIZE_FIELD)
+    size = int(record["batch_size"])
+    return None if default is not None and size == int(default) else size
 
 
 def worker_settings(record: Mapping[str, str]) -> Settings:
@@ -336,7 +447,20 @@ def worker_settings(record: Mapping[str, str]) -> Settings:
     if missing:
         log.warning("job %s: its record lacks %s: the built-in defaults are used", record.get("job_id", "?"),
                     ", ".join(missing))
-    return replace(base, **{s: _rebuild(getattr(base, s), sections.get(s, {})) for s in WORKER_SECTIONS})
+    rebuilt = {s: _rebuild(getattr(base, s), sections.get(s, {})) for s in WORKER_SECTIONS if s != "gpus"}
+    return replace(base, **rebuilt, gpus=gpu_settings_from_json(sections.get("gpus", {})))
+
+
+def gpu_settings_from_json(values: Mapping[str, Any]) -> GpuSettings:
+    """The `gpus` section from its JSON (`worker_settings_json`); unknown keys ignored."""
+    def build(cls: type, raw: Mapping[str, Any]) -> Any:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
+
+    return GpuSettings(
+        classes={name: build(GpuClass, raw) for name, raw in (values.get("classes") or {}).items()},
+        boards={name: build(GpuRequirement, raw) for name, raw in (values.get("boards") or {}).items()},
+        per_config={name: build(GpuRequirement, raw) for name, raw in (values.get("per_config") or {}).items()})
 
 
 def _missing(default: Any, values: Mapping[str, Any], where: str) -> list[str]:
@@ -346,7 +470,7 @@ def _missing(default: Any, values: Mapping[str, Any], where: str) -> list[str]:
         current = getattr(default, name)
         if name not in values:
             missing.append(where + name)
-        elif is_dataclass(current) and isinstance(values[name], dict):
+        elif is_dataclass(current) and isinstance(values[name], dict) and name != "gpus":
             missing += _missing(current, values[name], f"{where}{name}.")
     return missing
 
@@ -369,7 +493,7 @@ _MAY_BE_EMPTY = {"data_roots", "progress_patterns"}
 _MAY_BE_ZERO = {"kill_grace_s", "stream_maxlen", "curriculum", "staleness", "freshness", "elo_velocity",
                 "min_new_samples", "prefetch", "infrastructure", "trainer", "job_retention_days",
                 "value_per_gpu_hour", "margin", "min_run_minutes", "max_preemptions_per_job",
-                "prior_elo_per_gpu_hour"}
+                "prior_elo_per_gpu_hour", "cost_per_hour"}
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
@@ -417,6 +541,8 @@ def parse_settings(raw: Any, source: str = "<dict>") -> Settings:
         problems.append(confinement)
     if isinstance(values.get("training"), TrainingSettings):
         problems += trainer_problems(values["training"])
+    if isinstance(values.get("gpus"), GpuSettings):
+        problems += gpu_problems(values["gpus"], values.get("hosts") or {})
     if problems:
         raise ConfigError(source, problems)
     return Settings(**values, source=source)
@@ -447,6 +573,26 @@ def trainer_problems(t: TrainingSettings) -> list[str]:
     return problems
 
 
+def gpu_problems(gpus: GpuSettings, hosts: Mapping[str, int]) -> list[str]:
+    """What is wrong across the `gpus` section and `hosts`, each naming its key: requirements naming
+    a class `gpus.classes` lacks, or asking more memory than every declared GPU has."""
+    problems = []
+    declared = {node: e.gpu_memory_gb for node, e in hosts.items() if isinstance(e, HostGpus) and e.gpu_memory_gb}
+    biggest = max(declared.items(), key=lambda item: item[1], default=None)
+    for section, table in (("boards", gpus.boards), ("per_config", gpus.per_config)):
+        for name, need in table.items():
+            for field_name in ("allowed", "preferred"):
+                for cls in getattr(need, field_name) or ():
+                    if cls not in gpus.classes:
+                        known = ", ".join(gpus.classes) or "none: define them under gpus.classes"
+                        problems.append(f"gpus.{section}.{name}.{field_name}: unknown GPU class {cls!r} "
+                                        f"(known: {known})")
+            if need.min_memory_gb and biggest and len(declared) == len(hosts) and need.min_memory_gb > biggest[1]:
+                problems.append(f"gpus.{section}.{name}.min_memory_gb: {need.min_memory_gb:g} GB is more than any "
+                                f"host's GPU (largest: {biggest[0]}, {biggest[1]:g} GB): it could never train")
+    return problems
+
+
 def _parse_dataclass(cls: type, raw: Any, where: str, problems: list[str], skip: set[str] = frozenset()) -> dict:
     if not isinstance(raw, dict):
         problems.append(f"{where or 'top level'}: expected a mapping, got {_describe(raw)}")
@@ -473,7 +619,10 @@ def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
         except ValueError as exc:  # the section's own rule (__post_init__)
             if len(problems) == before:
                 problems.append(f"{key}: {exc}")
-            return hint()
+            try:
+                return hint()
+            except ValueError:  # no default either (a GPU class without models): reported above
+                return None
     origin = typing.get_origin(hint)
     if origin is tuple:
         may_be_empty = key.rsplit(".", 1)[-1] in _MAY_BE_EMPTY
@@ -485,7 +634,7 @@ def _parse_value(hint: Any, value: Any, key: str, problems: list[str]) -> Any:
     if origin in (Mapping, dict, typing.Mapping) or hint is Mapping:
         item = typing.get_args(hint)[1] if typing.get_args(hint) else None
         if is_dataclass(item):
-            return _parse_per_config(item, value, key, problems)
+            return _parse_named(item, value, key, problems)
         return _parse_hosts(value, key, problems)
     if origin in (typing.Union, types.UnionType):  # `X | None`: null (or no key) is unset, the default
         return None if value is None else _parse_value(typing.get_args(hint)[0], value, key, problems)
@@ -528,26 +677,56 @@ def _parse_hosts(value: Any, key: str, problems: list[str]) -> dict[str, int]:
     for node, gpus in value.items():
         if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus > 0:
             hosts[str(node)] = gpus
+        elif isinstance(gpus, dict):
+            entry = _parse_host(gpus, f"{key}.{node}", problems)
+            if entry is not None:
+                hosts[str(node)] = entry
         else:
-            problems.append(f"{key}.{node}: expected a number of GPUs (integer > 0), got {_describe(gpus)}")
+            problems.append(f"{key}.{node}: expected a number of GPUs (integer > 0) or a mapping of "
+                            f"{', '.join(HOST_FIELDS)}, got {_describe(gpus)}")
     return hosts
 
 
-def _parse_per_config(item: type, value: Any, key: str, problems: list[str]) -> dict[str, Any]:
-    """config key (`<board>_<players>p`) -> `item` (a settings dataclass)."""
+def _parse_host(raw: dict, key: str, problems: list[str]) -> HostGpus | None:
+    """One `hosts` entry written as a mapping (HOST_FIELDS); None when it has a problem."""
+    before = len(problems)
+    for name in raw:
+        if name not in HOST_FIELDS:
+            hint = f"; {_RINGRIFT_HOST_FIELDS[name]}" if name in _RINGRIFT_HOST_FIELDS else ""
+            problems.append(f"{key}.{name}: unknown key (expected one of: {', '.join(HOST_FIELDS)}){hint}")
+    types_ = {"gpus": int, "gpu": str, "gpu_memory_gb": float, "cost_per_hour": float, "ephemeral": bool}
+    values = {name: _parse_scalar(types_[name], raw[name], f"{key}.{name}", problems)
+              for name in HOST_FIELDS if raw.get(name) is not None}
+    return HostGpus(**values) if len(problems) == before else None
+
+
+def _parse_named(item: type, value: Any, key: str, problems: list[str]) -> dict[str, Any]:
+    """name -> `item` (a settings dataclass); the names by the mapping's key: config keys
+    (`<board>_<players>p`, `per_config`), boards (`gpus.boards`) or any name (`gpus.classes`)."""
     if value is None:
         return {}
+    leaf = key.rsplit(".", 1)[-1]
     if not isinstance(value, dict):
-        problems.append(f"{key}: expected a mapping of config key (e.g. hex8_2p) to settings, got {_describe(value)}")
+        what = {"boards": "board (e.g. hexagonal)", "classes": "GPU class name (e.g. H100)"}.get(
+            leaf, "config key (e.g. hex8_2p)")
+        problems.append(f"{key}: expected a mapping of {what} to settings, got {_describe(value)}")
         return {}
     parsed = {}
     for name, raw in value.items():
-        problem = _config_key_problem(name)
+        problem = {"boards": _board_problem, "classes": _class_name_problem}.get(leaf, _config_key_problem)(name)
         if problem:
             problems.append(f"{key}.{name}: {problem}")
             continue
         parsed[name] = _parse_value(item, raw, f"{key}.{name}", problems)
     return parsed
+
+
+def _board_problem(name: Any) -> str | None:
+    return None if name in BOARDS else f"unknown board (known: {', '.join(BOARDS)})"
+
+
+def _class_name_problem(name: Any) -> str | None:
+    return None if isinstance(name, str) and name.strip() else "a GPU class needs a non-empty name"
 
 
 def _config_key_problem(name: Any) -> str | None:

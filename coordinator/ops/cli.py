@@ -20,7 +20,14 @@ from coordinator.core.errors import ConfigError, CoordinatorError, EventError, J
 from coordinator.core.inputs import check_identifier
 from coordinator.core.keys import Keys, rq_worker_key
 from coordinator.core.logs import configure as configure_logging
-from coordinator.core.settings import BUILT_IN, REDIS_URL_ENV, data_roots_problem, load_settings, redact_url
+from coordinator.core.settings import (
+    BUILT_IN,
+    REDIS_URL_ENV,
+    Settings,
+    data_roots_problem,
+    load_settings,
+    redact_url,
+)
 from coordinator.ops.dashboard import DEFAULT_PORT
 from coordinator.ops.dashboard.command import add_dashboard_parser
 from coordinator.scheduling.scheduler import TrainingScheduler
@@ -92,6 +99,7 @@ def _check_config(args: argparse.Namespace) -> int:
         print("1 problem(s)", file=sys.stderr)
         return 1
     print(f"{settings.source}: OK ({len(settings.hosts)} hosts, {sum(settings.hosts.values())} GPUs, "
+          f"{len(settings.gpus.classes)} GPU classes, "
           f"redis {redact_url(settings.redis.url)}, prefix {settings.redis.prefix})")
     return 0
 
@@ -217,11 +225,35 @@ def _run(args: argparse.Namespace, settings) -> int:
 
         serve_in_thread(settings, args.dashboard_port)
     try:
-        asyncio.run(TrainingOrchestrator(settings).run_until_signal(args.metrics_port))
+        orchestrator = TrainingOrchestrator(settings)
+        _declare_gpus(settings)
+        asyncio.run(orchestrator.run_until_signal(args.metrics_port))
     except CoordinatorError as exc:  # e.g. ConsumerDied: the event consumer thread ended
         logging.getLogger(__name__).error("ringrift-train run stopped: %s", exc)
         return 1
     return 0
+
+
+def _declare_gpus(settings: Settings) -> None:
+    """What `hosts` declares of each node's GPUs, into the GPU inventory (a worker without NVML
+    reads it; a node a worker detected keeps its own). Nothing to do where no entry declares a
+    GPU; a Redis error is logged (the workers then detect or report an unknown GPU)."""
+    from coordinator.core.clock import RedisClock
+    from coordinator.core.settings import HostGpus
+    from coordinator.stores.gpus import GpuStore
+
+    if not any(isinstance(entry, HostGpus) for entry in settings.hosts.values()):
+        return
+    conn = connect(settings.redis.url)
+    try:
+        written = GpuStore(conn, Keys(settings.redis.prefix)).declare_hosts(settings.hosts, RedisClock(conn)())
+    except redis.RedisError as exc:
+        logging.getLogger(__name__).warning("GPUs declared in hosts not recorded: %s", exc)
+        return
+    finally:
+        conn.close()
+    if written:
+        logging.getLogger(__name__).info("GPUs declared in hosts recorded for %s", ", ".join(written))
 
 
 def _demo(args: argparse.Namespace, settings) -> int:

@@ -1,4 +1,4 @@
-"""`ringrift-train locks`: the held config leases and every node's slots, health and breaker."""
+"""`ringrift-train locks`: the held config leases and every node's slots, GPUs, health and breaker."""
 
 from __future__ import annotations
 
@@ -13,16 +13,21 @@ from coordinator.core.settings import Settings
 from coordinator.ops.status import CLOSED_BREAKER
 from coordinator.ops.status_view import breaker_cell, wide_console
 from coordinator.stores.breakers import list_breakers
+from coordinator.stores.gpus import GpuStore
 from coordinator.stores.leases import LeaseManager
 
 
 def gather(conn: redis.Redis, settings: Settings) -> dict[str, list[dict]]:
-    """The leases (`LeaseManager.held`), the nodes (`LeaseManager.nodes`) and the node breakers
-    Redis holds (`list_breakers`: a node without one is closed)."""
+    """The leases (`LeaseManager.held`), the nodes (`LeaseManager.nodes`, each with its GPUs and
+    slots from `GpuStore.inventory`) and the node breakers Redis holds (`list_breakers`: a node
+    without one is closed)."""
     keys = Keys(settings.redis.prefix)
     leases = LeaseManager.from_settings(conn, keys, settings)
     breakers = [b for b in list_breakers(conn, keys, settings.breakers, RedisClock(conn)()) if b["kind"] == "node"]
-    return {"leases": leases.held(), "nodes": leases.nodes(), "node_breakers": breakers}
+    gpus = GpuStore(conn, keys).inventory()
+    nodes = [{**n, "gpu": gpus.get(n["node"], {}).get("gpu", "unknown"),
+              "gpu_slots": gpus.get(n["node"], {}).get("slots", [])} for n in leases.nodes()]
+    return {"leases": leases.held(), "nodes": nodes, "node_breakers": breakers}
 
 
 def print_locks(conn: redis.Redis, settings: Settings, as_json: bool) -> None:
@@ -38,12 +43,13 @@ def print_locks(conn: redis.Redis, settings: Settings, as_json: bool) -> None:
         held.add_row(h["config_key"], h.get("node", "-"), h.get("worker", "-"), h.get("job_id", "-"),
                      h.get("fence", "-"), f"{int(h['ttl_left_ms']) / 1000:.1f}s")
     nodes = Table(title="nodes", title_justify="left", expand=False)
-    for column in ("node", "status", "slots in use", "breaker"):
+    for column in ("node", "status", "slots in use", "GPU", "slots' GPUs", "breaker"):
         nodes.add_column(column, no_wrap=True)
     breakers = {b["name"]: b for b in found["node_breakers"]}
     for n in found["nodes"]:
         breaker = breakers.get(n["node"], CLOSED_BREAKER)
-        nodes.add_row(n["node"], n["status"], f"{n['in_use']}/{n['gpus']}",
+        slots = "; ".join(f"{s['slot']}: {s['gpu']}" for s in n["gpu_slots"]) or "-"
+        nodes.add_row(n["node"], n["status"], f"{n['in_use']}/{n['gpus']}", n["gpu"], slots,
                       breaker_cell(breaker["state"], breaker["trial_in_s"]))
     console.print(held)
     console.print()

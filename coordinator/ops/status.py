@@ -9,7 +9,9 @@ run on it; RQ workers with their node and last heartbeat; recent failures.
 A worker's node: the one its lease names while it trains (what it holds), else the node it
 registered under (`WORKER_NODE_FIELD` on RQ's worker hash), else its host name (RQ's record).
 Nodes: every node `hosts` or a health event registered, and every node a worker or a lease
-names (`listed` False: its slots in use are shown against the default slot count).
+names (`listed` False: its slots in use are shown against the default slot count). Each node
+has its GPUs (`gpu`, `gpu_source`) and `gpu_slots`: each worker slot's GPU (`coordinator/stores/gpus.py`);
+each worker its `gpu_slot` and `gpu`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from coordinator.core.settings import BreakerSettings, Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.breakers import describe, list_breakers
+from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import pending_preemptions
 from coordinator.stores.leases import LeaseManager
 
@@ -36,6 +39,8 @@ CLOSED_BREAKER = describe({}, BreakerSettings(), 0.0)  # no hash: it never faile
 # The field of RQ's worker hash that names the node a worker runs on (RINGRIFT_NODE), when its
 # worker class writes one; RQ's own `hostname` otherwise.
 WORKER_NODE_FIELD = "ringrift_node"
+# The fields of RQ's worker hash that name its GPU slot and GPU (workers/gpu_inventory.py writes them).
+WORKER_GPU_FIELDS = ("ringrift_gpu_slot", "ringrift_gpu")
 
 
 def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str, Any]:
@@ -54,7 +59,7 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
         "preemptions": [vars(p) for p in pending_preemptions(conn, keys)],
         "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
                   "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
-        "nodes": _nodes(conn, keys, leases, held, workers, breakers),
+        "nodes": _nodes(conn, keys, leases, held, workers, breakers, GpuStore(conn, keys).inventory()),
         "workers": workers,
         "failures": _failures(conn, keys, failures),
     }
@@ -122,19 +127,20 @@ def _workers(conn: redis.Redis, now: float, held: list[dict[str, str]]) -> list[
     workers = Worker.all(connection=conn)
     with conn.pipeline(transaction=False) as pipe:  # batched reads only
         for worker in workers:
-            pipe.hget(worker.key, WORKER_NODE_FIELD)
-        registered = [v.decode() if v else None for v in pipe.execute()]
+            pipe.hmget(worker.key, WORKER_NODE_FIELD, *WORKER_GPU_FIELDS)
+        registered = [[v.decode() if v else None for v in reply] for reply in pipe.execute()]
     rows = []
-    for worker, node in zip(workers, registered):
+    for worker, (node, slot, gpu) in zip(workers, registered):
         beat = worker.last_heartbeat.timestamp() if worker.last_heartbeat else None
         rows.append({"name": worker.name, "state": worker.get_state(), "hostname": worker.hostname,
                      "node": leased.get(worker.name) or node or worker.hostname or "",
+                     "gpu_slot": slot, "gpu": gpu,
                      "seconds_since_heartbeat": None if beat is None else round(now - beat, 1)})
     return sorted(rows, key=lambda row: row["name"])
 
 
 def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[str, str]],
-           workers: list[dict[str, Any]], breakers: Breakers) -> list[dict[str, Any]]:
+           workers: list[dict[str, Any]], breakers: Breakers, gpus: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every node listed (hosts, health events) or named by a lease or a worker, with its workers."""
     rows = [{**n, "listed": True} for n in leases.nodes()]
     named = {h["node"] for h in held if h.get("node")} | {w["node"] for w in workers if w["node"]}
@@ -149,6 +155,9 @@ def _nodes(conn: redis.Redis, keys: Keys, leases: LeaseManager, held: list[dict[
     for row in rows:
         row["workers"] = [w["name"] for w in workers if w["node"] == row["node"]]
         row.update(breaker_fields(breakers.get(("node", row["node"]), CLOSED_BREAKER)))
+        inventory = gpus.get(row["node"], {})
+        row.update({"gpu": inventory.get("gpu", "unknown"), "gpu_source": inventory.get("source", ""),
+                    "gpu_slots": inventory.get("slots", [])})
     return sorted(rows, key=lambda row: row["node"])
 
 

@@ -95,19 +95,26 @@ def since_trained(hours: float, last_trained_at: float | None) -> str:
 def _nodes(status: dict[str, Any], fill: bool) -> Table:
     """One row per worker under the node it runs on; a node without workers gets one row."""
     table = Table(title="nodes and workers", title_justify="left", expand=fill)
-    for column in ("node", "status", "breaker", "slots", "worker", "state", "heartbeat"):
+    for column in ("node", "status", "breaker", "slots", "GPU", "worker", "slot", "worker's GPU", "state", "heartbeat"):
         table.add_column(column, no_wrap=True)
     workers = {w["name"]: w for w in status["workers"]}
     for n in status["nodes"]:
         health = n["status"] if n["status"] == "healthy" else f"[red]{n['status']}[/red]"
         node_cells = [n["node"], health if n["listed"] else f"{health} (not in hosts)", _breaker(n),
-                      f"{n['in_use']}/{n['gpus']}"]
+                      f"{n['in_use']}/{n['gpus']}", _node_gpu(n)]
         for w in [workers[name] for name in n["workers"]] or [None]:
             beat = w["seconds_since_heartbeat"] if w else None
-            table.add_row(*node_cells, w["name"] if w else "", w["state"] if w else "",
+            table.add_row(*node_cells, w["name"] if w else "", (w.get("gpu_slot") or "") if w else "",
+                          (w.get("gpu") or "") if w else "", w["state"] if w else "",
                           "" if beat is None else f"{beat:.0f} s ago")
-            node_cells = ["", "", "", ""]
+            node_cells = ["", "", "", "", ""]
     return table
+
+
+def _node_gpu(node: dict[str, Any]) -> str:
+    """A node's GPUs: "H100 80GB HBM3, 80 GB (nvml)"; "unknown" before any worker or declaration."""
+    gpu = node.get("gpu") or "unknown"
+    return f"{gpu} ({node['gpu_source']})" if node.get("gpu_source") else gpu
 
 
 def _breaker(row: dict[str, Any]) -> str:

@@ -4,7 +4,7 @@ Two kinds: what this orchestrator sees happen on the stream (events consumed and
 by type, training durations, event-to-start latency, lease acquisitions, fenced publishes), kept
 as counters and histograms in a registry of its own; and the cluster's state, read from Redis at
 scrape time (queue depth, jobs by state, per-config priority and Elo/h, breakers of configs and
-nodes, node slots). Every known label of the labelled counters exists at 0 from the start: a
+nodes, node slots, GPUs by node and model). Every known label of the labelled counters exists at 0 from the start: a
 series Prometheus first sees at 1 never shows in `rate()`.
 """
 
@@ -24,6 +24,7 @@ from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.preemption_rule import VALUE, WAIT
 from coordinator.stores.breakers import OPEN, breaker_state, node_breakers_open
+from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import pending_preemptions
 from coordinator.stores.leases import LeaseManager
 
@@ -166,3 +167,14 @@ class _ClusterCollector:
             total.add_metric([n["node"], status], float(n["gpus"]))
         yield in_use
         yield total
+        yield self._gpus()
+
+    def _gpus(self) -> GaugeMetricFamily:
+        """GPUs per node by model (`GpuStore.inventory`: detected, or declared in `hosts`)."""
+        family = GaugeMetricFamily("ringrift_node_gpus", "GPUs by node and GPU model (as its workers found them, "
+                                   "else as hosts declares them)", labels=["node", "gpu_model", "memory_gb"])
+        for node, inv in GpuStore(self.conn, self.keys).inventory().items():
+            models = Tally((d["model"] or "unknown", f"{float(d['memory_gb']):g}") for d in inv["devices"])
+            for (model, memory), count in sorted(models.items()):
+                family.add_metric([node, model, memory], float(count))
+        return family

@@ -356,6 +356,14 @@ class JobStore:
             init_weights=init_weights or "", event=TRAINING_STARTED)
         return int(value) if started else None
 
+    def record_attempt_gpu(self, job_id: str, fields: Mapping[str, Any], batch_size: int) -> None:
+        """The GPU an attempt got and the batch size it trains with (`batch_size_used`, and
+        `batch_size_started` once: what the job's first attempt used), on the job's record."""
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.job(job_id), mapping=strings({**fields, "batch_size_used": batch_size}))
+            pipe.hsetnx(self.keys.job(job_id), "batch_size_started", batch_size)
+            pipe.execute()
+
     def mark_running(self, job_id: str, config_key: str) -> bool:
         return self.transition(job_id, config_key, RUNNING)
 

@@ -31,7 +31,7 @@ from string import Formatter
 PLACEHOLDERS = frozenset({
     "python", "board_type", "num_players", "config_key", "npz_path", "epochs", "batch_size",
     "learning_rate", "patience", "output_dir", "model_path", "checkpoint_dir", "init_weights",
-    "resume", "samples", "job_id", "attempt",
+    "resume", "samples", "job_id", "attempt", "gpu_model", "gpu_memory_gb", "gpu_class",
 })
 # What the reference trainer (workers.train, workers.stub_train) takes after its module name.
 # `--init-weights` is last so that without a parent model the list is exactly the old one.
@@ -128,11 +128,14 @@ def record_values(record: Mapping[str, str], paths: AttemptPaths, attempt: int,
     return {
         "board_type": record["board_type"], "num_players": record["num_players"],
         "config_key": record["config_key"], "npz_path": record["npz_path"], "epochs": record["epochs"],
-        "batch_size": record["batch_size"], "learning_rate": record["learning_rate"],
+        # The attempt's own (its GPU's class, or kept from its first attempt), else the job's.
+        "batch_size": record.get("batch_size_used") or record["batch_size"], "learning_rate": record["learning_rate"],
         "patience": record["early_stopping_patience"], "samples": record.get("samples"),
         "job_id": record["job_id"], "attempt": attempt, "output_dir": paths.output_dir,
         "model_path": paths.model_path, "checkpoint_dir": paths.checkpoint_dir,
         "init_weights": init_weights, "resume": resume,
+        "gpu_model": record.get("gpu_model"), "gpu_memory_gb": record.get("gpu_memory_gb"),
+        "gpu_class": record.get("gpu_class"),
     }
 
 

@@ -35,6 +35,7 @@ from coordinator.ops.status import eta_s
 from coordinator.scheduling.scheduler import FACTORS
 from coordinator.stores.breakers import node_breakers_open
 from coordinator.stores.configs import INELIGIBLE
+from coordinator.stores.gpus import GpuStore
 from coordinator.stores.leases import LeaseManager
 
 TIMELINE_HOURS = 24.0
@@ -178,6 +179,7 @@ class DashboardData:
 
     def _timeline(self, records: list[dict[str, str]], nodes: list[dict[str, str]], now: float) -> dict[str, Any]:
         since = now - TIMELINE_HOURS * 3600
+        gpus = GpuStore(self.conn, self.keys).inventory()
         bars = []
         for r in records:
             if not r.get("started_at") or not r.get("node"):
@@ -195,7 +197,8 @@ class DashboardData:
         since = max(since, min(now - TIMELINE_MIN_S, first - 0.05 * (now - first)))
         return {"since": since, "until": now, "fields": ["job_id", "config_key", "node", "start", "end", "state",
                                                          "attempts", "reason"],
-                "nodes": [{"node": n["node"], "gpus": int(n["gpus"]), "status": n["status"]} for n in nodes],
+                "nodes": [{"node": n["node"], "gpus": int(n["gpus"]), "status": n["status"],
+                           **_gpu_lanes(gpus.get(n["node"], {}))} for n in nodes],
                 "bars": bars}
 
     def _trouble(self, configs: list[dict[str, Any]], nodes: list[dict[str, str]],
@@ -238,6 +241,12 @@ class DashboardData:
                        if i in self._ended or fresh[i].get("state") in FINAL_STATES}
         records = [self._ended.get(i) or fresh[i] for i in ids]
         return sorted((r for r in records if r), key=lambda r: float(r.get("created_at") or 0), reverse=True)
+
+
+def _gpu_lanes(inventory: dict[str, Any]) -> dict[str, Any]:
+    """A node's GPU (`gpu`) and each worker slot's (`slot_gpus`, by slot), for the timeline's lane labels."""
+    return {"gpu": inventory.get("gpu", "unknown"),
+            "slot_gpus": [[s["slot"], s["gpu"]] for s in inventory.get("slots", [])]}
 
 
 def _job_row(r: dict[str, str]) -> dict[str, Any]:

@@ -185,7 +185,10 @@ function drawBlock(ctx, k, rowH) {
 function renderTimeline(page) {
   const t = page.timeline, canvas = document.getElementById("timeline");
   const lanes = [];  // one per GPU slot: {node, busyUntil}
-  for (const n of t.nodes) for (let g = 0; g < Math.max(1, n.gpus); g++) lanes.push({ node: n.node, status: n.status, ends: [] });
+  for (const n of t.nodes) for (let g = 0; g < Math.max(1, n.gpus); g++) {
+    const slot = (n.slot_gpus || [])[g], gpu = slot ? slot[1] : n.gpu;  // each lane's GPU: its worker slot's, else the node's
+    lanes.push({ node: n.node, status: n.status, gpu: gpu && gpu !== "unknown" ? gpu.split(",")[0] : "", ends: [] });
+  }
   const laneOf = {}; t.nodes.forEach(n => laneOf[n.node] = lanes.filter(l => l.node === n.node));
   const bars = t.bars.map(b => Object.fromEntries(t.fields.map((f, i) => [f, b[i]]))).sort((a, b) => a.start - b.start);
   for (const b of bars) {
@@ -194,13 +197,13 @@ function renderTimeline(page) {
     const lane = own.find(l => !l.ends.length || l.ends[l.ends.length - 1] <= b.start) || own[0];
     lane.ends.push(b.end); b.lane = lanes.indexOf(lane);
   }
-  const rowH = 18, left = 110, width = canvas.clientWidth || 1300;
+  const rowH = 18, left = lanes.some(l => l.gpu) ? 200 : 110, width = canvas.clientWidth || 1300;
   canvas.width = width; canvas.height = Math.max(40, lanes.length * rowH + 24);
   canvas.setAttribute("data-bars", bars.length);
   const ctx = canvas.getContext("2d"), span = t.until - t.since, x = s => left + (width - left - 10) * (s - t.since) / span;
   ctx.clearRect(0, 0, canvas.width, canvas.height); ctx.font = "11px system-ui";
   lanes.forEach((l, i) => { ctx.fillStyle = l.status === "down" ? "#b00" : "#333";
-    ctx.fillText(`${l.node}${l.status === "down" ? " (down)" : ""}`, 4, i * rowH + 13);
+    ctx.fillText(`${l.node}${l.gpu ? " · " + l.gpu.slice(0, 16) : ""}${l.status === "down" ? " (down)" : ""}`, 4, i * rowH + 13);
     ctx.fillStyle = "#f3f3f3"; ctx.fillRect(left, i * rowH + 2, width - left - 10, rowH - 4); });
   for (const block of timelineBlocks(bars, lanes.length, x, ctx)) drawBlock(ctx, block, rowH);
   ctx.fillStyle = "#555"; const y = lanes.length * rowH + 16;

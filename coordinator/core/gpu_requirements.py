@@ -1,0 +1,119 @@
+"""GPUs against what a training needs of them: a GPU's class, whether it meets a config's
+requirement (and why not, in words), and the batch size a job gets on it. Pure: no Redis, no NVML.
+
+- A GPU is of the first class in `gpus.classes` one of whose `models` it matches, and whose
+  `min_memory_gb` (if any) it has. A model matches as whole words, case-insensitive: `A100`
+  matches "NVIDIA A100-SXM4-80GB" but `A10` does not (RingRift's substring match does), and
+  `RTX 4090` matches "NVIDIA GeForce RTX 4090".
+- `meets(gpu, requirement, classes)`: memory first (`min_memory_gb`), then `allowed` classes.
+  `preferred` never refuses a GPU; `preference_rank` orders the GPUs that meet it.
+- `batch_size_for`: a batch size the submission named wins on any GPU; an attempt that resumes
+  keeps the batch size its job started with unless its GPU's class cannot hold it (the class's
+  batch size is smaller); otherwise the class's batch size, else the job's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from coordinator.core.settings import GpuClass, GpuRequirement
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as a worker knows it: its model name, memory (GB) and device index on its node."""
+
+    model: str
+    memory_gb: float
+    index: int = 0
+    node: str = ""
+
+    def describe(self) -> str:
+        """"H100 80GB HBM3, 80 GB" (the vendor's prefix dropped)."""
+        model = self.model.removeprefix("NVIDIA ").strip() or "unknown GPU"
+        return f"{model}, {self.memory_gb:g} GB" if self.memory_gb else model
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """`meets`' answer: truthy when the GPU meets the requirement, else `why` says what it lacks."""
+
+    ok: bool
+    why: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+@dataclass(frozen=True)
+class BatchSize:
+    """`batch_size_for`'s answer: the batch size and why it is that one (for the job record)."""
+
+    value: int
+    why: str
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def model_matches(pattern: str, model: str) -> bool:
+    """`pattern`'s words appear in `model`'s, in order and next to each other."""
+    want, have = _words(pattern), _words(model)
+    return bool(want) and any(have[i:i + len(want)] == want for i in range(len(have) - len(want) + 1))
+
+
+def gpu_class(gpu: Gpu, classes: Mapping[str, GpuClass]) -> str | None:
+    """The name of the first class `gpu` belongs to, or None (no class matches)."""
+    for name, cls in classes.items():
+        if any(model_matches(m, gpu.model) for m in cls.models) and (
+                cls.min_memory_gb is None or gpu.memory_gb >= cls.min_memory_gb):
+            return name
+    return None
+
+
+def meets(gpu: Gpu, requirement: GpuRequirement, classes: Mapping[str, GpuClass]) -> Verdict:
+    """Whether `gpu` meets `requirement`, and if not why, naming the GPU's node and what it has:
+    "needs >= 40 GB; gpu-node-3 has 24 GB (RTX 4090)"."""
+    where = gpu.node or f"GPU {gpu.index}"
+    need = requirement.min_memory_gb
+    if need is not None and gpu.memory_gb < need:
+        has = f"{gpu.memory_gb:g} GB" if gpu.memory_gb else "an unknown amount of memory"
+        return Verdict(False, f"needs >= {need:g} GB; {where} has {has} ({gpu.describe()})")
+    if requirement.allowed is not None:
+        cls = gpu_class(gpu, classes)
+        if cls not in requirement.allowed:
+            what = f"class {cls}" if cls else "no known class"
+            return Verdict(False, f"needs one of {', '.join(requirement.allowed)}; {where} has {gpu.describe()} "
+                                  f"({what})")
+    return Verdict(True)
+
+
+def preference_rank(gpu: Gpu, requirement: GpuRequirement, classes: Mapping[str, GpuClass]) -> int:
+    """0 for the GPU of the first `preferred` class, 1 for the second, ...; len(preferred) for a
+    GPU of no preferred class (every GPU ranks 0 when nothing is preferred)."""
+    preferred = requirement.preferred or ()
+    cls = gpu_class(gpu, classes)
+    return preferred.index(cls) if cls in preferred else len(preferred)
+
+
+def batch_size_for(gpu: Gpu | None, classes: Mapping[str, GpuClass], job_batch_size: int,
+                   submitted: int | None = None, started_with: int | None = None) -> BatchSize:
+    """The batch size of an attempt on `gpu` (None: unknown GPU). `job_batch_size`: the record's
+    (the default where nothing was submitted); `submitted`: what the submission named;
+    `started_with`: what an earlier attempt of the job used (a resume)."""
+    if submitted is not None:
+        return BatchSize(submitted, "named at submit")
+    cls = gpu_class(gpu, classes) if gpu is not None else None
+    class_size = classes[cls].batch_size if cls is not None else None
+    if started_with is not None:
+        if class_size is not None and class_size < started_with:
+            return BatchSize(class_size, f"{cls} class (cannot hold {started_with}, which the job started with)")
+        return BatchSize(started_with, "kept from the job's first attempt")
+    if class_size is not None:
+        return BatchSize(class_size, f"{cls} class")
+    return BatchSize(job_batch_size, "the job's (no class batch size for this GPU)")
