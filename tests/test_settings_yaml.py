@@ -17,6 +17,7 @@ from coordinator.core.settings import (
     GpuClass,
     GpuRequirement,
     GpuSettings,
+    HostGpus,
     PreemptionSettings,
     PriorityWeights,
     RedisSettings,
@@ -115,7 +116,7 @@ def every_setting_changed() -> Settings:
                      "A100-80": GpuClass(models=("A100",), min_memory_gb=70.0, batch_size=1024)},
             boards={"hexagonal": GpuRequirement(min_memory_gb=40.0, preferred=("H100", "A100-80"))},
             per_config={"hexagonal_4p": GpuRequirement(min_memory_gb=70.0, allowed=("H100",))}),
-        hosts={"gpu-a": 2, "gpu-b": 4})
+        hosts={"gpu-a": 2, "gpu-b": HostGpus(4, gpu="RTX 4090", gpu_memory_gb=24.0, ephemeral=True)})
 
 
 def test_every_setting_round_trips_through_dict_and_yaml():

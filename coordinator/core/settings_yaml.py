@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from coordinator.core.settings import DOC, Settings
+from coordinator.core.settings import DOC, HostGpus, Settings
 
 # What a deployment sets (its Redis, where models go, where data may come from, its GPUs): written
 # uncommented even at their defaults.
@@ -57,6 +57,9 @@ def settings_dict(settings: Settings) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, HostGpus):  # a hosts entry: its count, or the mapping it was written as
+        declared = value.declared()
+        return int(value) if declared == {"gpus": int(value)} else declared
     if is_dataclass(value):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, Mapping):
