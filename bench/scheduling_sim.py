@@ -130,6 +130,8 @@ class Result:
     counters: Counters
     wall_s: float
     waits: dict[str, float] = field(default_factory=dict)
+    credited_untrained: int = 0  # samples job_finish.lua took off that the training never saw
+    most_yields: int = 0  # the most times one job yielded its GPU
 
     @property
     def per_gpu_hour(self) -> float:
@@ -169,6 +171,7 @@ class Simulation:
         self.last_start = {s.key: float("-inf") for s in self.specs}
         self.bad_value = 0
         self.trainings = 0
+        self.credited_untrained = 0
         self.baseline = policy in ("round_robin", "most_new_data", "oracle")
         if self.baseline:
             self.orch.scheduler.get_next_training_config = self._picker()  # type: ignore[method-assign]
@@ -208,7 +211,7 @@ class Simulation:
                       max(self.waits.values()), dict(self.workers.counters.preempted),
                       self.workers.counters.lost_gpu_hours, self.bad_value, self.trainings,
                       int(self.conn.zcard(self.keys.jobs)), self.problems(), self.workers.counters,
-                      time.monotonic() - began, dict(self.waits))
+                      time.monotonic() - began, dict(self.waits), self.credited_untrained, self._most_yields())
 
     def _xadd(self, fields: Mapping[str, str]) -> None:
         self.conn.xadd(self.keys.events, dict(fields))
@@ -281,6 +284,8 @@ class Simulation:
         self.running.discard(key)
         if outcome == "complete":
             self.trainings += 1
+            credited = int(float(record.get("covered_samples") or 0))
+            self.credited_untrained += max(0, credited - self.world.covered_by(key, record["npz_path"]))
             _gain, measured = self.world.train(key, record["npz_path"])
             delay = self.world.noise.uniform(*EVAL_DELAY_H) * HOUR
             self._push(now + delay, "eval", ev.EVALUATION_COMPLETED, key, f"{measured:.3f}", record["model_path"],
@@ -326,6 +331,12 @@ class Simulation:
             return max(keys, key=rank) if keys else None
 
         return pick
+
+    def _most_yields(self) -> int:
+        with self.conn.pipeline(transaction=False) as pipe:
+            for raw in self.conn.zrange(self.keys.jobs, 0, -1):
+                pipe.hget(self.keys.job(raw.decode()), "preemptions")
+            return max((int(v) for v in pipe.execute() if v), default=0)
 
     # -- checks -----------------------------------------------------------------------------------------
     def problems(self) -> list[str]:
@@ -392,6 +403,8 @@ class Row:
     trainings: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
+    credited: list[int] = field(default_factory=list)
+    yields: list[int] = field(default_factory=list)
 
     def add(self, r: Result, rr: Result, oracle: Result) -> None:
         self.vs_rr.append(r.per_gpu_hour / rr.per_gpu_hour)
@@ -404,6 +417,8 @@ class Row:
         self.trainings.append(r.trainings)
         self.problems += r.problems
         self.wall.append(r.wall_s)
+        self.credited.append(r.credited_untrained)
+        self.yields.append(r.most_yields)
 
     def cells(self) -> list[str]:
         m = statistics.mean
@@ -411,12 +426,14 @@ class Row:
                 f"{m(self.vs_oracle):.3f}",
                 f"{statistics.median(self.waits):.1f}", f"{max(self.waits):.1f}", f"{m(self.wait_pre):.1f}",
                 f"{m(self.value_pre):.1f}", f"{m(self.lost):.1f}", f"{m(self.bad_per_day):.2f}",
-                f"{m(self.trainings):.0f}", str(len(self.problems))]
+                f"{max(self.yields)}", f"{m(self.credited) / 1000:.0f}", f"{m(self.trainings):.0f}",
+                f"{m(self.wall):.0f}", str(len(self.problems))]
 
 
 HEADER = ["GPUs", "policy", "weighted Elo/GPU-h vs round-robin (mean)", "(worst seed)", "vs oracle (mean)",
           "worst wait h (median)", "(max)", "wait preemptions/run", "value preemptions/run", "GPU-h lost/run",
-          "bad value preemptions/day", "trainings/run", "problems"]
+          "bad value preemptions/day", "most yields of one job", "k samples credited untrained/run",
+          "trainings/run", "s/run", "problems"]
 
 
 def compare(workload: str, gpu_counts: Sequence[int], seeds: Sequence[int], days: float, policies: Sequence[str],
