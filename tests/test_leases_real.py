@@ -152,8 +152,11 @@ def test_locks_command_shows_holders_and_slots(redis_server, real_conn):
         "hex8_2p", "gpu-a", "worker-1", "job-42", "1")
     # No more gone than the time the acquisition and the command took, measured, not guessed.
     assert 60_000 - (time.monotonic() - began) * 1000 <= int(held["ttl_left_ms"]) <= 60_000
-    assert out["nodes"] == [{"node": "gpu-a", "gpus": "2", "status": "healthy", "in_use": "1"},
-                            {"node": "gpu-b", "gpus": "1", "status": "down", "in_use": "0"}]
+    # No worker started: neither node's GPUs are known yet (no slot inventory).
+    assert out["nodes"] == [{"node": "gpu-a", "gpus": "2", "status": "healthy", "in_use": "1", "gpu": "unknown",
+                             "gpu_slots": []},
+                            {"node": "gpu-b", "gpus": "1", "status": "down", "in_use": "0", "gpu": "unknown",
+                             "gpu_slots": []}]
     text = subprocess.run([console_script("ringrift-train"), "locks"], env=env, capture_output=True, text=True,
                           timeout=60, check=True).stdout
     assert "job-42" in text and "1/2" in text
