@@ -60,3 +60,15 @@ def test_the_workloads_are_the_ringrift_configs_short_and_long():
     ringrift, short = cluster(0, "ringrift"), cluster(0, "short")
     assert [s.key for s in ringrift] == [s.key for s in short] and len(short) == 12
     assert max(s.gpu_hours for s in short) < 2.2 < 15 < max(s.gpu_hours for s in ringrift)
+
+
+@pytest.mark.slow
+def test_with_ringrift_length_trainings_and_prefetch_the_wait_bound_holds_and_no_sample_is_credited_untrained():
+    """Issue 24: on 4 GPUs with the shipped prefetch, a queued starving job kept losing its wait clock
+    (worst waits of 16-19 h against the 12 h bound) and resumed attempts were credited with exports
+    they never trained on. Three simulated days of day-long trainings on the shipped code."""
+    r = sim.simulate("ringrift", 4, "coordinator", days=3, seed=0)
+    checkpoint_h = max(s.gpu_hours / sim.build_settings(4).training.default_epochs for s in cluster(0, "ringrift"))
+    assert r.problems == [] and r.preemptions["wait"] > 0  # the bound was exercised
+    assert r.worst_wait_h <= sim.build_settings(4).preemption.max_wait_hours + checkpoint_h
+    assert r.credited_untrained == 0
