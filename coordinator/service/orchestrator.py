@@ -112,6 +112,7 @@ class TrainingOrchestrator:
         self._dirty: set[str] = set()  # configs whose score inputs changed, not yet rescored
         self._slots: tuple[int, float] | None = None  # (usable GPU slots, when read)
         self._rescored_at = 0.0
+        self._queues_registered = False  # the GPU requirements' queues, registered at the first dispatch
 
     def periodic_tasks(self) -> dict[str, PeriodicTask]:
         """The periodic work: what runs, how often."""
@@ -286,6 +287,9 @@ class TrainingOrchestrator:
         a GPU for it); a config without a place is passed over, so the next one that fits a free
         GPU gets it (no head-of-line blocking)."""
         created: list[str] = []
+        if not self._queues_registered:
+            self.jobs.register_queues(self.settings)
+            self._queues_registered = True
         ordered = [k.decode() for k in self.conn.zrevrangebyscore(self.keys.priority, "+inf", 0,
                                                                    start=0, num=MAX_DISPATCH_PER_CALL)]
         if not ordered:

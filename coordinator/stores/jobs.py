@@ -355,6 +355,25 @@ class JobStore:
             pipe.hset(self.keys.placement_queues, queue, json.dumps(spec, sort_keys=True))
         return queue
 
+    def register_queues(self, settings: Settings) -> list[str]:
+        """Register the queue of every requirement the settings give (`gpus.boards`, `gpus.per_config`)
+        before any job is on it, so that a worker already listens to it when the first comes (one
+        HSET; dispatch calls it). The queue names."""
+        gpus = settings.gpus
+        keys = {*(f"{board}_2p" for board in gpus.boards), *gpus.per_config}
+        specs = {}
+        for config_key in sorted(keys):
+            try:
+                requirement = gpus.requirement_for(config_key)
+            except EventError:
+                continue
+            if queue_name(requirement) != TRAINING_QUEUE:
+                specs[queue_name(requirement)] = json.dumps(requirement_spec(requirement, gpus.classes),
+                                                            sort_keys=True)
+        if specs:
+            self.conn.hset(self.keys.placement_queues, mapping=specs)
+        return sorted(specs)
+
     def defer(self, job_id: str, delay_s: float, reason: str, count_as: str | None = None) -> None:
         """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back.
         `count_as` names a counter of `<prefix>:stats` to add one to (for the metrics)."""
