@@ -168,6 +168,8 @@ def test_queue_first_cancel_and_recovery_act_on_the_queue_the_job_is_on(fake_con
     assert orch.jobs.queue_first([second]) == 1
     assert queued_on(fake_conn, "training-ge40gb") == [second, first]
     assert Recovery(orch.jobs, orch.settings).requeue_lost() == []  # queued on its own queue: not lost
+    from coordinator.ops.status import training_queues
+    assert training_queues(fake_conn, keys) == {"training": 0, "training-ge40gb": 2}  # status' queue depth
     assert orch.jobs.cancel(second) == "cancelled"
     assert queued_on(fake_conn, "training-ge40gb") == [first]
 
