@@ -1,9 +1,11 @@
 """The RQ job that `rq worker training` runs on a GPU node: one attempt of one training job.
 
 `run_training(job_id, prefix)`:
-1. hands the job back (deferred, not lost) when this node's circuit breaker is open or the
-   config is blocked by quality, then takes the config's training lease and one of this node's
-   GPU slots (one script, with a fencing token); if they are busy the job is deferred too;
+1. hands the job back (deferred, not lost) when this node's circuit breaker is open, the
+   config is blocked by quality, or the worker's GPU does not meet the requirement of the queue
+   the job came from (a backstop: `workers/worker.py` listens only to queues its GPU meets),
+   then takes the config's training lease and one of this node's GPU slots (one script, with a
+   fencing token); if they are busy the job is deferred too;
 2. moves the job to leased (TRAINING_STARTED, with the epoch it resumes from: the newest
    checkpoint of an earlier attempt) and runs the trainer as a subprocess, renewing the leases
    every TTL/3 and stopping the trainer when a lease is lost or the job is cancelled (the
@@ -35,13 +37,29 @@ from rq import get_current_job
 
 from coordinator.bus.events import TRAINING_CANCELLED, TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.bus.schemas import FIELD_LIMITS
-from coordinator.core.errors import JobError, LeaseUnavailable, TrainingFailed
-from coordinator.core.gpu_requirements import BatchSize, batch_size_for, gpu_class
+from coordinator.core.errors import EventError, JobError, LeaseUnavailable, TrainingFailed
+from coordinator.core.gpu_requirements import (
+    BatchSize,
+    Gpu,
+    batch_size_for,
+    from_spec,
+    gpu_class,
+    meets,
+    need_text,
+    restricts,
+)
 from coordinator.core.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
-from coordinator.core.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, Keys
+from coordinator.core.keys import STAT_MARK_RUNNING_LOST, STAT_RELEASE_LOST, TRAINING_QUEUE, Keys
 from coordinator.core.logs import for_job
 from coordinator.core.retry import BAD_INPUT_EXIT, decide
-from coordinator.core.settings import RetrySettings, Settings, submitted_batch_size, worker_settings
+from coordinator.core.settings import (
+    GpuClass,
+    GpuRequirement,
+    RetrySettings,
+    Settings,
+    submitted_batch_size,
+    worker_settings,
+)
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.preempter import lost_gpu_hours
 from coordinator.scheduling.scheduler import quality_block_until
@@ -89,7 +107,8 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
     worker = (rq_job.worker_name if rq_job and rq_job.worker_name else None) or f"{node}:{os.getpid()}"
     breakers = CircuitBreakers.from_settings(conn, keys, settings, store.clock)  # one clock a job
     defer_s = settings.leases.defer_s
-    held = _hold_reason(conn, keys, settings, breakers, config_key, node, node_breaker)
+    held = _hold_reason(conn, keys, settings, breakers, config_key, node, node_breaker) or _misfit(
+        conn, keys, rq_job, worker)
     if held:
         store.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
         return {"job_id": job_id, "deferred": held}
@@ -124,6 +143,43 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
                         extra={"job_id": job_id, "config_key": config_key})
 
 
+def slot_gpu(registered: gpu_inventory.Registered | None) -> Gpu:
+    """The GPU a worker's jobs run on: its slot's (the smallest where the slot has several);
+    unknown (no model, 0 GB) when nothing says."""
+    gpus = registered.slot.gpus if registered else ()
+    if not gpus:
+        return Gpu("", 0.0)
+    smallest = min(gpus, key=lambda g: g.memory_gb)
+    return Gpu(smallest.model, smallest.memory_gb, smallest.index, registered.slot.node if registered else "")
+
+
+def queue_requirement(conn: redis.Redis, keys: Keys, queue: str) -> tuple[GpuRequirement, dict[str, GpuClass]] | None:
+    """The GPU requirement of an RQ queue's jobs (`Keys.placement_queues`), None for `training` or
+    an unregistered queue (no requirement)."""
+    raw = conn.hget(keys.placement_queues, queue) if queue and queue != TRAINING_QUEUE else None
+    return from_spec(json.loads(raw)) if raw else None
+
+
+def _misfit(conn: redis.Redis, keys: Keys, rq_job: Any, worker: str) -> str:
+    """Why this worker's GPU cannot take the job ("" when it can): the requirement of the queue it
+    came from against the worker's GPU. The worker class listens only to queues its GPU meets, so
+    this is a backstop (a worker started by hand on a requirement's queue): the job is handed back
+    onto that queue, no failure counted."""
+    needed = queue_requirement(conn, keys, rq_job.origin) if rq_job is not None else None
+    if needed is None:
+        return ""
+    verdict = meets(slot_gpu(gpu_inventory.for_job(conn, worker, keys.prefix)), *needed)
+    return "" if verdict else f"does not fit this GPU: {verdict.why}"
+
+
+def placement_text(config_key: str, node: str, gpu: Gpu, requirement: GpuRequirement) -> str:
+    """Why the job went where it went, for its record: "hexagonal_2p -> node-1 (H100, 80 GB): needs
+    >= 40 GB" (the GPU took it from its requirement's queue: no GPU that does not meet it listens
+    there; learned speeds will add how much faster it is)."""
+    why = f"needs {need_text(requirement)}" if restricts(requirement) else "no GPU requirement: any GPU"
+    return f"{config_key} -> {node} ({gpu.describe() if gpu.model or gpu.memory_gb else 'unknown GPU'}): {why}"
+
+
 def attempt_gpu(registered: gpu_inventory.Registered | None, settings: Settings, record: Mapping[str, str],
                 resumes: bool) -> tuple[dict[str, str], BatchSize]:
     """The GPU this attempt got (the worker's slot) as the job record keeps it, and its batch size
@@ -137,6 +193,12 @@ def attempt_gpu(registered: gpu_inventory.Registered | None, settings: Settings,
     fields = {"gpu_slot": slot.name if slot else "", "gpu_model": gpu.model if gpu else "",
               "gpu_memory_gb": f"{gpu.memory_gb:g}" if gpu else "", "gpu_class": (gpu_class(gpu, classes) or "")
               if gpu else "", "batch_size_why": size.why}
+    config_key = record.get("config_key", "")
+    try:
+        requirement = settings.gpus.requirement_for(config_key)
+    except EventError:
+        requirement = GpuRequirement()
+    fields["placement"] = placement_text(config_key, slot.node if slot else "", slot_gpu(registered), requirement)
     return fields, size
 
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from coordinator.core.keys import TRAINING_QUEUE
 from coordinator.core.settings import GpuClass, GpuRequirement
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -117,3 +118,50 @@ def batch_size_for(gpu: Gpu | None, classes: Mapping[str, GpuClass], job_batch_s
     if class_size is not None:
         return BatchSize(class_size, f"{cls} class")
     return BatchSize(job_batch_size, "the job's (no class batch size for this GPU)")
+
+
+# -- placement: which RQ queue carries a job of a requirement, and what a worker listens to ------------
+def restricts(requirement: GpuRequirement) -> bool:
+    """Whether the requirement refuses some GPU (`preferred` alone refuses none)."""
+    return requirement.min_memory_gb is not None or requirement.allowed is not None
+
+
+def queue_name(requirement: GpuRequirement) -> str:
+    """The RQ queue of a job with `requirement`: `training` when it runs anywhere, else one named by
+    what it needs, e.g. `training-ge40gb`, `training-only-GH200-H100`, `training-ge80gb-only-H100`
+    (only workers whose GPU meets it listen to it)."""
+    if not restricts(requirement):
+        return TRAINING_QUEUE
+    parts = [TRAINING_QUEUE]
+    if requirement.min_memory_gb is not None:
+        parts.append(f"ge{requirement.min_memory_gb:g}gb")
+    if requirement.allowed is not None:
+        parts.append("only-" + "-".join(sorted(re.sub(r"[^A-Za-z0-9_.]+", "_", a) for a in requirement.allowed)))
+    return "-".join(parts)
+
+
+def requirement_spec(requirement: GpuRequirement, classes: Mapping[str, GpuClass]) -> dict:
+    """What a worker needs to tell whether its GPU meets `requirement`, as JSON-able data: the
+    requirement and the definitions of the classes it allows (a worker has no settings of its own)."""
+    allowed = list(requirement.allowed) if requirement.allowed is not None else None
+    return {"min_memory_gb": requirement.min_memory_gb, "allowed": allowed,
+            "classes": {name: {"models": list(c.models), "min_memory_gb": c.min_memory_gb}
+                        for name, c in classes.items()} if allowed is not None else {}}
+
+
+def from_spec(spec: Mapping) -> tuple[GpuRequirement, dict[str, GpuClass]]:
+    """`requirement_spec`'s data back as a requirement and its classes."""
+    allowed = spec.get("allowed")
+    classes = {name: GpuClass(tuple(c["models"]), c.get("min_memory_gb")) for name, c in
+               (spec.get("classes") or {}).items()}
+    return GpuRequirement(spec.get("min_memory_gb"), tuple(allowed) if allowed is not None else None), classes
+
+
+def need_text(requirement: GpuRequirement) -> str:
+    """What a GPU must have, in words: ">= 40 GB", "class H100 or GH200", ">= 80 GB of class H100"."""
+    parts = []
+    if requirement.min_memory_gb is not None:
+        parts.append(f">= {requirement.min_memory_gb:g} GB")
+    if requirement.allowed is not None:
+        parts.append(("of " if parts else "") + "class " + " or ".join(requirement.allowed))
+    return " ".join(parts) or "any GPU"

@@ -35,6 +35,8 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 | `<prefix>:{lease}:gpu:<node>:<slot>` | hash   | a worker's slot ("0", "0,1"): model, memory_gb, worker |
 | `<prefix>:{lease}:gpu_slots:<node>`  | set    | a node's slot names                                             |
 | `<prefix>:{lease}:gpu_nodes`         | set    | every node with a GPU inventory                                 |
+| `<prefix>:placement:queues`          | hash   | RQ queue name -> JSON of the GPU requirement its jobs have      |
+|                                      |        | (`training-ge40gb`...): what a worker whose GPU meets it listens to |
 
 RQ keeps its own keys (`rq:queue:training`, `rq:job:<rq_job_id>`, `rq:worker:<name>`, ...), named by
 RQ itself (`rq_queue_key`, `rq_worker_key` here are RQ's own rules, so the code never spells
@@ -168,6 +170,12 @@ class Keys:
     @property
     def gpu_nodes(self) -> str:
         return f"{self.prefix}:{{lease}}:gpu_nodes"
+
+    @property
+    def placement_queues(self) -> str:
+        """RQ queue name -> the GPU requirement (JSON, `gpu_requirements.requirement_spec`) of the
+        jobs on it: written with each enqueue, read by every worker before it dequeues."""
+        return f"{self.prefix}:placement:queues"
 
     @property
     def lease_pattern(self) -> str:

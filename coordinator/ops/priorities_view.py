@@ -1,5 +1,7 @@
 """The `ringrift-train priorities` table: the ranking with every factor's contribution and input,
-and any pending preemption (the job yielding its GPU, and the config it yields to)."""
+any pending preemption (the job yielding its GPU, and the config it yields to), and why a config
+whose requirement refuses some GPUs waits ("no free GPU with >= 40 GB": `scheduling/placement.py`
+`notes`)."""
 
 from __future__ import annotations
 
@@ -11,9 +13,12 @@ from coordinator.scheduling.scheduler import FACTORS, STARVING_BASE, Priority
 
 
 def priorities_table(ranked: list[Priority], s: SchedulerSettings,
-                     trained: dict[str, float | None] | None = None) -> Table:
+                     trained: dict[str, float | None] | None = None,
+                     placement: dict[str, str] | None = None) -> Table:
     """`trained`: config key -> its last training's time (None: never; `status.last_trained`);
-    without it the hours are shown as the scheduler counts them."""
+    without it the hours are shown as the scheduler counts them. `placement`: config key -> why it
+    waits for a GPU (`placement.notes`), among its notes."""
+    placement = placement or {}
     w = s.weights
     weights = ", ".join(f"{name} {getattr(w, name):g}" for name in FACTORS)
     table = Table(title="training priorities (highest first)",
@@ -24,7 +29,8 @@ def priorities_table(ranked: list[Priority], s: SchedulerSettings,
                    "new samples", "Elo/h", "GPU-h next", "notes"):
         table.add_column(column, justify="right" if column not in ("config", "notes") else "left")
     for rank, p in enumerate(ranked, 1):
-        notes = "; ".join(p.why + p.flags + ([p.preemption] if p.preemption else [])) or "eligible"
+        waits = [placement[p.config_key]] if placement.get(p.config_key) else []
+        notes = "; ".join(p.why + p.flags + ([p.preemption] if p.preemption else []) + waits) or "eligible"
         style = None if p.eligible else "dim"
         since_export = "-" if p.hours_since_export is None else f"{p.hours_since_export:.1f}"
         table.add_row(
@@ -39,5 +45,6 @@ def priorities_table(ranked: list[Priority], s: SchedulerSettings,
 
 
 def print_priorities(ranked: list[Priority], s: SchedulerSettings,
-                     trained: dict[str, float | None] | None = None) -> None:
-    wide_console().print(priorities_table(ranked, s, trained))
+                     trained: dict[str, float | None] | None = None,
+                     placement: dict[str, str] | None = None) -> None:
+    wide_console().print(priorities_table(ranked, s, trained, placement))

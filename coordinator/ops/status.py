@@ -57,12 +57,18 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
         "configs": [_config_row(p, rank, breakers, trained) for rank, p in enumerate(ranked, 1)],
         "running": _running(conn, keys, now),
         "preemptions": [vars(p) for p in pending_preemptions(conn, keys)],
-        "queue": {"depth": Queue(TRAINING_QUEUE, connection=conn).count,
+        "queue": {"depth": sum(training_queues(conn, keys).values()), "queues": training_queues(conn, keys),
                   "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
         "nodes": _nodes(conn, keys, leases, held, workers, breakers, GpuStore(conn, keys).inventory()),
         "workers": workers,
         "failures": _failures(conn, keys, failures),
     }
+
+
+def training_queues(conn: redis.Redis, keys: Keys) -> dict[str, int]:
+    """RQ queue -> jobs waiting on it: `training` and each GPU requirement's (`Keys.placement_queues`)."""
+    names = [TRAINING_QUEUE, *sorted(n.decode() for n in conn.hkeys(keys.placement_queues))]
+    return {name: Queue(name, connection=conn).count for name in names}
 
 
 def last_trained(conn: redis.Redis, keys: Keys, config_keys: list[str]) -> dict[str, float | None]:

@@ -34,8 +34,10 @@ from coordinator.core.boards import parse_config_key
 from coordinator.core.clock import RedisClock
 from coordinator.core.connection import connect
 from coordinator.core.errors import ConfigError, CoordinatorError, EventError
+from coordinator.core.gpu_requirements import need_text, restricts
 from coordinator.core.keys import Keys
 from coordinator.core.settings import BUILT_IN, Settings, load_settings, redact_url
+from coordinator.scheduling.placement import read_placement, requirement_of
 from coordinator.scheduling.preempter import Preempter
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.service.handlers import EventHandlers
@@ -110,6 +112,7 @@ class TrainingOrchestrator:
         self._dirty: set[str] = set()  # configs whose score inputs changed, not yet rescored
         self._slots: tuple[int, float] | None = None  # (usable GPU slots, when read)
         self._rescored_at = 0.0
+        self._queues_registered = False  # the GPU requirements' queues, registered at the first dispatch
 
     def periodic_tasks(self) -> dict[str, PeriodicTask]:
         """The periodic work: what runs, how often."""
@@ -234,7 +237,11 @@ class TrainingOrchestrator:
         return self._slots[0]
 
     def dispatch(self) -> list[str]:
-        """Fill free GPU slots (plus the prefetch) with the highest-priority configs; new job ids."""
+        """Fill free GPU slots (plus the prefetch) with the highest-priority configs; new job ids.
+        With GPU requirements (`gpus.boards`, `gpus.per_config`) the count is by placement: a config
+        is queued when a free GPU that fits it would otherwise idle (`scheduling/placement.py`)."""
+        if self._placing():
+            return self._dispatch_placed()
         created: list[str] = []
         config_key = self.scheduler.get_next_training_config()
         if config_key is None:
@@ -267,6 +274,56 @@ class TrainingOrchestrator:
                 created.append(result.job_id)
                 log.info("%s: job %s queued (priority dispatch)", config_key, result.job_id)
             config_key = self.scheduler.get_next_training_config()
+        return created
+
+    def _placing(self) -> bool:
+        """Whether some board or config needs something of a GPU (else every GPU takes every job)."""
+        g = self.settings.gpus
+        return any(restricts(r) for r in (*g.boards.values(), *g.per_config.values()))
+
+    def _dispatch_placed(self) -> list[str]:
+        """`dispatch` by placement: eligible configs in priority order, each queued (or its
+        preempted job resumed) when `Placement.admits` it, or when it starves (the preempter frees
+        a GPU for it); a config without a place is passed over, so the next one that fits a free
+        GPU gets it (no head-of-line blocking)."""
+        created: list[str] = []
+        if not self._queues_registered:
+            self.jobs.register_queues(self.settings)
+            self._queues_registered = True
+        ordered = [k.decode() for k in self.conn.zrevrangebyscore(self.keys.priority, "+inf", 0,
+                                                                   start=0, num=MAX_DISPATCH_PER_CALL)]
+        if not ordered:
+            return created
+        params = TrainingParams.from_settings(self.settings)
+        prefetch = self.settings.scheduler.prefetch
+        placement = read_placement(self.conn, self.keys, self.leases, self.settings.gpus)
+        for config_key in ordered:
+            requirement = requirement_of(self.settings.gpus, config_key)
+            starving = self.scheduler.is_starving(config_key)
+            if not placement.admits(requirement, prefetch) and not (starving and placement.known(requirement)):
+                if not starving and not placement.free and len(placement.waiting) >= prefetch:
+                    break  # no free GPU and the prefetch full: only a starving config (ranked first) goes on
+                continue
+            preempted = self.preempter.preempted_job(config_key)
+            if preempted is not None:  # picked again: the same job resumes from its checkpoint
+                self.preempter.mark_dispatch(config_key, preempted)
+                if self.preempter.resume(config_key, preempted):
+                    placement.add(requirement)
+                self._rescore([config_key])
+                continue
+            result = unless_transient(
+                lambda k=config_key: self.jobs.create_job(self.settings, k, params),
+                lambda exc, k=config_key: self._skip_config(k, f"cannot be dispatched: {_reason(exc)}"))
+            if result is None:
+                continue
+            if result.action == "created":
+                self.preempter.mark_dispatch(config_key, result.job_id)
+            self._rescore([config_key])
+            if result.action == "created":
+                placement.add(requirement)
+                created.append(result.job_id)
+                log.info("%s: job %s queued (priority dispatch, needs %s)", config_key, result.job_id,
+                         need_text(requirement))
         return created
 
     def submit_training_sync(

@@ -182,6 +182,8 @@ def _rq_status(queue: Queue, rq_id: str) -> tuple[str | None, float | None]:
     except NoSuchJobError:  # only that: a Redis error is not a missing job, it propagates
         return None, None
     status = job.get_status(refresh=False)
+    if job.origin and job.origin != queue.name:  # on its GPU requirement's queue (stores/jobs.py)
+        queue = Queue(job.origin, connection=queue.connection)
     if status == JobStatus.QUEUED and rq_id not in queue.job_ids:
         return None, None
     started = job.started_at

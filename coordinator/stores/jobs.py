@@ -22,6 +22,12 @@ the store's clock (Redis' TIME unless a test gives another).
 - defer, request_preemption (`job_preempt_request.lua`), mark_dispatch: fields other than the
   state that the orchestrator and the worker set on a record.
 - queue_first (`rq_queue_first.lua`): jobs moved to the head of RQ's queue (starving ones).
+
+A job goes on RQ's `training` queue unless its config has a GPU requirement that refuses some
+GPUs (`gpus.boards` / `gpus.per_config`): then on that requirement's queue (`training-ge40gb`,
+registered in `Keys.placement_queues`), which only workers whose GPU meets it listen to
+(`workers/worker.py`). The record's `rq_queue` names the queue of its current RQ job; the
+requirement is read from the settings at each enqueue, so a requeue follows a changed one.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from typing import Any, TypeVar
 
 import redis
 from rq import Queue
+from rq.job import Job
 
 from coordinator.bus.events import (
     TRAINING_CANCELLED,
@@ -43,7 +50,8 @@ from coordinator.bus.events import (
     encode_fields,
 )
 from coordinator.core.clock import Clock, RedisClock
-from coordinator.core.errors import CoordinatorError, JobError
+from coordinator.core.errors import CoordinatorError, EventError, JobError
+from coordinator.core.gpu_requirements import queue_name, requirement_spec
 from coordinator.core.job_states import (
     ACTIVE_ATTEMPT_STATES,
     CANCELLED,
@@ -240,10 +248,18 @@ class JobStore:
             return [v.decode() if v else job_id for job_id, v in zip(job_ids, pipe.execute())]
 
     def queue_first(self, rq_job_ids: list[str]) -> int:
-        """Put these RQ jobs at the head of RQ's training queue in this order (RQ's own `at_front`
-        place), those still in it; how many were moved. The preempter puts starving jobs there so
-        the GPU freed for one goes to it."""
-        return int(self._queue_first(keys=[rq_queue_key(TRAINING_QUEUE)], args=[json.dumps(rq_job_ids)]))
+        """Put these RQ jobs at the head of the RQ queue each is on (RQ's `origin`: `training`, or
+        its GPU requirement's queue) in this order (RQ's own `at_front` place), those still in it;
+        how many were moved. The preempter puts starving jobs there so the GPU freed for one goes to it."""
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for rq_id in rq_job_ids:
+                pipe.hget(Job.key_for(rq_id), "origin")
+            origins = [optional_text(v) or TRAINING_QUEUE for v in pipe.execute()] if rq_job_ids else []
+        by_queue: dict[str, list[str]] = {}
+        for rq_id, origin in zip(rq_job_ids, origins):
+            by_queue.setdefault(origin, []).append(rq_id)
+        return sum(int(self._queue_first(keys=[rq_queue_key(queue)], args=[json.dumps(ids)]))
+                   for queue, ids in by_queue.items())
 
     # -- back onto RQ's queue -----------------------------------------------------------------------
     def requeue_delayed(self, settings: Settings, job_id: str) -> bool:
@@ -312,8 +328,9 @@ class JobStore:
         job goes back to the queue (so RQ's record of an earlier attempt is never overwritten)."""
         t = settings.training
         rq_job_id = rq_job_id or job_id
-        pipe.hset(self.keys.job(job_id), "rq_job_id", rq_job_id)
-        Queue(TRAINING_QUEUE, connection=self.conn).enqueue_call(
+        queue = self._queue_for(pipe, settings, config_key)
+        pipe.hset(self.keys.job(job_id), mapping={"rq_job_id": rq_job_id, "rq_queue": queue})
+        Queue(queue, connection=self.conn).enqueue_call(
             RUN_TRAINING,
             args=(job_id, self.keys.prefix),
             job_id=rq_job_id,
@@ -323,6 +340,39 @@ class JobStore:
             description=f"train {config_key} from {npz_path}, attempt {attempt}",
             pipeline=pipe,
         )
+
+    def _queue_for(self, pipe: redis.client.Pipeline, settings: Settings, config_key: str) -> str:
+        """The RQ queue of the config's jobs (`gpu_requirements.queue_name`): `training` when any GPU
+        will do; else its requirement's queue, registered (`Keys.placement_queues`) on the caller's
+        transaction so that the workers whose GPU meets it listen to it."""
+        try:
+            requirement = settings.gpus.requirement_for(config_key)
+        except EventError:  # not a config key (a test's or an old record's): no requirement
+            return TRAINING_QUEUE
+        queue = queue_name(requirement)
+        if queue != TRAINING_QUEUE:
+            spec = requirement_spec(requirement, settings.gpus.classes)
+            pipe.hset(self.keys.placement_queues, queue, json.dumps(spec, sort_keys=True))
+        return queue
+
+    def register_queues(self, settings: Settings) -> list[str]:
+        """Register the queue of every requirement the settings give (`gpus.boards`, `gpus.per_config`)
+        before any job is on it, so that a worker already listens to it when the first comes (one
+        HSET; dispatch calls it). The queue names."""
+        gpus = settings.gpus
+        keys = {*(f"{board}_2p" for board in gpus.boards), *gpus.per_config}
+        specs = {}
+        for config_key in sorted(keys):
+            try:
+                requirement = gpus.requirement_for(config_key)
+            except EventError:
+                continue
+            if queue_name(requirement) != TRAINING_QUEUE:
+                specs[queue_name(requirement)] = json.dumps(requirement_spec(requirement, gpus.classes),
+                                                            sort_keys=True)
+        if specs:
+            self.conn.hset(self.keys.placement_queues, mapping=specs)
+        return sorted(specs)
 
     def defer(self, job_id: str, delay_s: float, reason: str, count_as: str | None = None) -> None:
         """Leave the job queued but out of RQ until `delay_s` from now; the orchestrator puts it back.
@@ -386,14 +436,14 @@ class JobStore:
         Its config then waits for a newer export before it is scheduled again. One script
         (`job_cancel.lua`): a crash leaves either nothing done or all of it."""
         # These never change.
-        config_key, board_type, num_players = (optional_text(v) for v in self.conn.hmget(
-            self.keys.job(job_id), "config_key", "board_type", "num_players"))
+        config_key, board_type, num_players, queue = (optional_text(v) for v in self.conn.hmget(
+            self.keys.job(job_id), "config_key", "board_type", "num_players", "rq_queue"))
         if config_key is None:
             raise JobError(job_id, "no such job")
         evt = encode_fields(TRAINING_CANCELLED, {"job_id": job_id, "config_key": config_key,
                                                  "board_type": board_type or "", "num_players": num_players or ""})
         keys = [self.keys.job(job_id), self.keys.events, self.keys.active, self.keys.delayed_jobs,
-                self.keys.config(config_key), rq_queue_key()]
+                self.keys.config(config_key), rq_queue_key(queue or TRAINING_QUEUE)]
         outcome = optional_text(self._run(
             self._cancel, keys, job_id=job_id, config_key=config_key, to=CANCELLED, reason="cancelled",
             waiting=sorted(allowed_from(CANCELLED) - ACTIVE_ATTEMPT_STATES), running=sorted(ACTIVE_ATTEMPT_STATES),

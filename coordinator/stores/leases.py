@@ -132,7 +132,7 @@ class LeaseManager:
         """Record the configured GPUs of each node (their health status is left as it is)."""
         with self.conn.pipeline(transaction=True) as pipe:
             for node, gpus in hosts.items():
-                pipe.hset(self.keys.node(node), "gpus", gpus)
+                pipe.hset(self.keys.node(node), "gpus", int(gpus))  # a HostGpus entry: its count
                 pipe.sadd(self.keys.nodes, node)
             pipe.execute()
 

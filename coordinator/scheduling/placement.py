@@ -1,0 +1,194 @@
+"""Memory-aware placement: which GPUs a config's jobs may run on, whether dispatch has a place for
+one more, and why a waiting job waits (issue 26, step 2). Reads Redis; decides nothing else.
+
+How a job reaches a GPU that fits it is RQ's: a job whose config needs something of a GPU
+(`gpus.boards`, `gpus.per_config`) is queued on its requirement's own queue (`training-ge40gb`,
+`coordinator/stores/jobs.py`), which only workers whose GPU meets it listen to, most demanding
+queue first (`workers/worker.py`). So no job starts on a GPU that does not meet its requirement,
+and a big GPU takes the big jobs before the ones any GPU can run.
+
+What this module adds is dispatch's count. Without requirements every GPU takes every job and
+dispatch fills `free GPUs + scheduler.prefetch` with queued jobs in priority order. With them, a
+count of GPUs would let queued jobs that only a busy big GPU can run use up the count while small
+GPUs idle (head-of-line blocking). `Placement.admits` counts by a maximum matching of queued jobs
+to the free GPUs that fit them (`max_matching`, Kuhn's augmenting paths; a running attempt holds
+its node's GPU): a new job is admitted when it raises the matching (a free GPU gets a job it
+would otherwise not) or when the queued jobs no free GPU takes stay within the prefetch.
+Dispatch then goes on past a config it cannot place, so the next one that fits a free GPU is
+queued. A config that no GPU known to the cluster meets is never queued by dispatch (nothing
+would run it); `notes` says so, and `check-config` warns of it. Without requirements the rule
+is today's count (matching = min(queued, free)).
+
+The seam for learned speeds (the next step): `rank_gpus` orders the GPUs that fit a config;
+today by the config's `preferred` classes, then cost per hour. The matching tries GPUs in that
+order and `notes` names the first free one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from coordinator.core.errors import EventError
+from coordinator.core.gpu_requirements import Gpu, meets, need_text, preference_rank, restricts
+from coordinator.core.job_states import QUEUED
+from coordinator.core.keys import Keys
+from coordinator.core.settings import GpuClass, GpuRequirement, GpuSettings
+from coordinator.stores.gpus import GpuStore
+from coordinator.stores.job_records import SLOT_STATES, active_records
+from coordinator.stores.leases import LeaseManager
+
+DOWN = "down"
+
+
+@dataclass(frozen=True)
+class SlotGpu:
+    """One GPU slot of a node that is not down, with the GPU it has and what an hour of it costs."""
+
+    gpu: Gpu
+    cost_per_hour: float | None = None
+
+
+def requirement_of(gpus: GpuSettings, config_key: str) -> GpuRequirement:
+    """The config's requirement; none for a key that is not a config's."""
+    try:
+        return gpus.requirement_for(config_key)
+    except EventError:
+        return GpuRequirement()
+
+
+def rank_gpus(requirement: GpuRequirement, slots: Iterable[SlotGpu], classes: Mapping[str, GpuClass]) -> list[SlotGpu]:
+    """The slots whose GPU meets `requirement`, best first: the config's `preferred` classes in
+    order, then the cheaper hour (unknown cost last), then node name. THE SEAM for learned speeds:
+    the next step ranks by expected finish time (throughput per board and GPU class) here."""
+    def cost(s: SlotGpu) -> float:
+        return s.cost_per_hour if s.cost_per_hour is not None else float("inf")
+
+    fitting = [s for s in slots if meets(s.gpu, requirement, classes)]
+    return sorted(fitting, key=lambda s: (preference_rank(s.gpu, requirement, classes), cost(s), s.gpu.node,
+                                          s.gpu.index))
+
+
+def max_matching(jobs: Sequence[GpuRequirement], slots: Sequence[SlotGpu],
+                 fits: Callable[[GpuRequirement, SlotGpu], bool]) -> int:
+    """How many of `jobs` can each have a distinct slot that fits it (Kuhn's augmenting paths;
+    tens of jobs and GPUs: microseconds)."""
+    owner: list[int | None] = [None] * len(slots)
+    edges = [[i for i, s in enumerate(slots) if fits(job, s)] for job in jobs]
+
+    def augment(j: int, seen: set[int]) -> bool:
+        for i in edges[j]:
+            if i in seen:
+                continue
+            seen.add(i)
+            if owner[i] is None or augment(owner[i], seen):
+                owner[i] = j
+                return True
+        return False
+
+    return sum(1 for j in range(len(jobs)) if augment(j, set()))
+
+
+@dataclass
+class Placement:
+    """The cluster's GPUs as dispatch sees them: every usable slot, those no attempt holds, and the
+    requirements of the queued jobs (each needs one free GPU that fits it)."""
+
+    slots: list[SlotGpu]
+    free: list[SlotGpu]
+    classes: Mapping[str, GpuClass]
+    waiting: list[GpuRequirement] = field(default_factory=list)
+
+    def fits(self, requirement: GpuRequirement, slot: SlotGpu) -> bool:
+        return bool(meets(slot.gpu, requirement, self.classes))
+
+    def known(self, requirement: GpuRequirement) -> bool:
+        """Whether any GPU of the cluster (free or not) meets it."""
+        return any(self.fits(requirement, s) for s in self.slots)
+
+    def matched(self, jobs: Sequence[GpuRequirement]) -> int:
+        ranked = rank_gpus(GpuRequirement(), self.free, self.classes)  # a stable order of the free GPUs
+        return max_matching(jobs, ranked, self.fits)
+
+    def admits(self, requirement: GpuRequirement, prefetch: int) -> bool:
+        """Whether dispatch may queue one more job of `requirement` (module docstring)."""
+        if not self.known(requirement):
+            return False
+        before = self.matched(self.waiting)
+        after = self.matched([*self.waiting, requirement])
+        return after > before or len(self.waiting) + 1 - after <= prefetch
+
+    def add(self, requirement: GpuRequirement) -> None:
+        """A job of `requirement` was queued: it waits for a GPU too."""
+        if self.known(requirement):
+            self.waiting.append(requirement)
+
+    def why_waiting(self, requirement: GpuRequirement, queued: bool = False) -> str:
+        """Why a job of `requirement` is not on a GPU: "no free GPU with >= 40 GB" (none is free, or
+        queued jobs take the free ones), that no GPU of the cluster has it, or the free GPU a
+        worker will take it to. `queued`: the job is among `waiting` (else: a config not queued)."""
+        if not restricts(requirement):
+            return ""
+        need = need_text(requirement)
+        if not self.known(requirement):
+            return f"no GPU in the cluster with {need}: it waits for one to join"
+        free = rank_gpus(requirement, self.free, self.classes)
+        if not free:
+            return f"no free GPU with {need}"
+        if not queued and self.matched([*self.waiting, requirement]) == self.matched(self.waiting):
+            return f"no free GPU with {need} (queued jobs take the free ones)"
+        return f"needs {need}: {free[0].gpu.node} ({free[0].gpu.describe()}) is free"
+
+
+def cluster_slots(leases: LeaseManager, gpus: GpuStore) -> list[SlotGpu]:
+    """Every GPU slot of a node that is not down (its `gpus` count), each with the node's GPU from
+    the inventory (device by index; the node's first device past the listed ones; unknown without
+    an inventory)."""
+    slots = []
+    for node in leases.nodes():
+        if node["status"] == DOWN:
+            continue
+        name, count = node["node"], int(node["gpus"])
+        inventory = gpus.node(name)
+        devices = inventory.devices if inventory else ()
+        cost = inventory.cost_per_hour if inventory else None
+        for i in range(count):
+            device = devices[i] if i < len(devices) else (devices[0] if devices else Gpu("", 0.0, i))
+            slots.append(SlotGpu(Gpu(device.model, device.memory_gb, i, name), cost))
+    return slots
+
+
+def read_placement(conn: redis.Redis, keys: Keys, leases: LeaseManager, settings: GpuSettings) -> Placement:
+    """The placement as Redis holds it now: slots, those held by attempts (by node), queued jobs."""
+    slots = cluster_slots(leases, GpuStore(conn, keys))
+    free = list(slots)
+    records = active_records(conn, keys)
+    held = [r for _, r in records if r.get("state") in SLOT_STATES]
+    for r in sorted(held, key=lambda r: -(requirement_of(settings, r.get("config_key", "")).min_memory_gb or 0)):
+        requirement = requirement_of(settings, r.get("config_key", ""))
+        on_node = [s for s in free if s.gpu.node == r.get("node")]
+        fitting = [s for s in on_node if meets(s.gpu, requirement, settings.classes)] or on_node
+        if fitting:  # the smallest that fits: what its attempt most likely holds
+            free.remove(min(fitting, key=lambda s: s.gpu.memory_gb))
+    placement = Placement(slots, free, settings.classes)
+    for _, r in records:
+        if r.get("state") == QUEUED:
+            placement.add(requirement_of(settings, r.get("config_key", "")))
+    return placement
+
+
+def notes(conn: redis.Redis, keys: Keys, leases: LeaseManager, settings: GpuSettings,
+          config_keys: Iterable[str]) -> dict[str, str]:
+    """Config key -> why its job (queued, or not yet dispatched) waits for a GPU, for the configs
+    whose requirement refuses some GPU and that are not on one: what `priorities` shows."""
+    placement = read_placement(conn, keys, leases, settings)
+    states = {r.get("config_key"): r.get("state") for _, r in active_records(conn, keys)}
+    out = {}
+    for config_key in config_keys:
+        requirement = requirement_of(settings, config_key)
+        if states.get(config_key) in SLOT_STATES or not restricts(requirement):
+            continue
+        out[config_key] = placement.why_waiting(requirement, queued=states.get(config_key) == QUEUED)
+    return out
