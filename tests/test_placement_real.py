@@ -88,14 +88,12 @@ def test_big_board_jobs_start_only_on_the_big_gpu_and_small_jobs_fill_the_small_
     slots = {n["node"]: [s["gpu"] for s in n["gpu_slots"]] for n in status["nodes"]}
     assert slots == {"node-0": ["H100 80GB HBM3, 80 GB"], "node-1": ["GeForce RTX 4090, 24 GB"],
                      "node-2": ["GeForce RTX 4090, 24 GB"]}
-    from coordinator.core.settings import load_settings
-    from coordinator.scheduling import placement
-    from coordinator.stores.leases import LeaseManager
-
-    settings = load_settings(str(path))
-    why = placement.notes(real_conn, keys, LeaseManager.from_settings(real_conn, keys, settings), settings.gpus,
-                          ["hexagonal_3p"])
-    assert why == {"hexagonal_3p": "no free GPU with >= 40 GB"}
+    # `priorities` says why the waiting job waits.
+    assert cli.main(["--config", str(path), "priorities", "--json"]) == 0
+    why = {p["config_key"]: p["placement"] for p in json.loads(capsys.readouterr().out)}
+    assert why["hexagonal_3p"] == "no free GPU with >= 40 GB"
+    assert cli.main(["--config", str(path), "priorities"]) == 0
+    assert "no free GPU with >= 40 GB" in capsys.readouterr().out
 
     # The small GPUs free up first: they stay idle rather than take hexagonal_3p, which goes to the
     # big GPU once hexagonal_2p is done.

@@ -30,8 +30,10 @@ from coordinator.core.settings import (
 )
 from coordinator.ops.dashboard import DEFAULT_PORT
 from coordinator.ops.dashboard.command import add_dashboard_parser
+from coordinator.scheduling import placement
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.jobs import JobStore
+from coordinator.stores.leases import LeaseManager
 
 # RQ refreshes rq:worker:<name>'s last_heartbeat every --worker-ttl - 15 s while idle (default TTL 420 s)
 # and every 30 s while it runs a job, and lets the key expire --worker-ttl + 60 s after the last one.
@@ -328,13 +330,15 @@ def _priorities(args: argparse.Namespace, settings) -> int:
         print(f"--weights: {exc}", file=sys.stderr)
         return 2
     ranked = scheduler.ranked(weights)
+    keys = Keys(settings.redis.prefix)
+    config_keys = [p.config_key for p in ranked]
+    waits = placement.notes(conn, keys, LeaseManager.from_settings(conn, keys, settings), settings.gpus, config_keys)
     if args.json:
-        print(json.dumps([p.as_dict() for p in ranked], indent=1))
+        print(json.dumps([{**p.as_dict(), "placement": waits.get(p.config_key, "")} for p in ranked], indent=1))
     else:
         from coordinator.ops.status import last_trained
 
-        keys = Keys(settings.redis.prefix)
-        print_priorities(ranked, settings.scheduler, last_trained(conn, keys, [p.config_key for p in ranked]))
+        print_priorities(ranked, settings.scheduler, last_trained(conn, keys, config_keys), waits)
     return 0
 
 
