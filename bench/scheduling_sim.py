@@ -18,7 +18,8 @@ clock from event to event:
   and the `model_path` the worker published (lineage: the cost factor's gains).
 The world (true Elo, durations, exports; `bench/sim_world.py`) is the same for every policy of a seed.
 
-Policies: `coordinator` (the shipped code), `coordinator-nopreempt` (`preemption.enabled: false`);
+Policies: `coordinator` (the shipped code), `coordinator-nopreempt` (`preemption.enabled: false`),
+`coordinator-nocost` (the cost factor's weight `scheduler.weights.value_per_gpu_hour` at 0);
 baselines that replace only the choice of config (`scheduler.get_next_training_config`, among the
 configs the shipped scheduler scores eligible; preemption off, the rest the shipped path):
 `round_robin` (the eligible config that started least recently), `most_new_data` (the most
@@ -74,7 +75,7 @@ HOUR = 3600.0
 T0 = 1_700_000_000.0  # below the host's clock: Redis' TIME (lease expiries) stays ahead of the simulated one
 EVAL_DELAY_H = (0.5, 2.0)
 WAKE_S = 1.0  # a wake-up lands this long after the instant it waits for
-POLICIES = ("coordinator", "coordinator-nopreempt", "round_robin", "most_new_data", "oracle")
+POLICIES = ("coordinator", "coordinator-nopreempt", "coordinator-nocost", "round_robin", "most_new_data", "oracle")
 DEFAULT_DAYS = {"ringrift": 14.0, "short": 4.0}
 
 
@@ -153,7 +154,11 @@ class Simulation:
         self.tick_s = tick_minutes * 60.0
         self.conn = conn if conn is not None else fakeredis.FakeRedis(server=fakeredis.FakeServer())
         self.conn.flushdb()
-        self.settings = build_settings(gpus, policy == "coordinator", settings)
+        self.settings = build_settings(gpus, policy in ("coordinator", "coordinator-nocost"), settings)
+        if policy == "coordinator-nocost":
+            sched = self.settings.scheduler
+            self.settings = replace(self.settings, scheduler=replace(
+                sched, weights=replace(sched.weights, value_per_gpu_hour=0.0)))
         with clock_everywhere(self.clock):
             self.orch = TrainingOrchestrator(self.settings, self.conn, consumer_name="sim")
         self.orch.periodic = _PeriodicOnSimulatedTime()  # type: ignore[assignment]

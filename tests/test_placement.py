@@ -168,8 +168,12 @@ def test_queue_first_cancel_and_recovery_act_on_the_queue_the_job_is_on(fake_con
     assert orch.jobs.queue_first([second]) == 1
     assert queued_on(fake_conn, "training-ge40gb") == [second, first]
     assert Recovery(orch.jobs, orch.settings).requeue_lost() == []  # queued on its own queue: not lost
-    from coordinator.ops.status import training_queues
+    from coordinator.service.metrics import Metrics
+    from coordinator.stores.job_records import training_queues
+
     assert training_queues(fake_conn, keys) == {"training": 0, "training-ge40gb": 2}  # status' queue depth
+    [depth] = [m for m in Metrics(fake_conn, keys, orch.settings).collect() if m.name == "ringrift_queue_depth"]
+    assert depth.samples[0].value == 2
     assert orch.jobs.cancel(second) == "cancelled"
     assert queued_on(fake_conn, "training-ge40gb") == [first]
 

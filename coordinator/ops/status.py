@@ -19,18 +19,18 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from rq import Queue, Worker
+from rq import Worker
 
 from coordinator.bus.events import TRAINING_FAILED, decode_entry
 from coordinator.core.clock import RedisClock
 from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES
-from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.core.keys import Keys
 from coordinator.core.settings import BreakerSettings, Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.breakers import describe, list_breakers
 from coordinator.stores.gpus import GpuStore
-from coordinator.stores.job_records import pending_preemptions
+from coordinator.stores.job_records import pending_preemptions, training_queues
 from coordinator.stores.leases import LeaseManager
 
 RECENT_EVENTS_SCANNED = 2000
@@ -52,23 +52,18 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
     workers = _workers(conn, now, held)
     breakers = {(b["kind"], b["name"]): b for b in list_breakers(conn, keys, settings.breakers, now)}
     trained = last_trained(conn, keys, [p.config_key for p in ranked])
+    queues = training_queues(conn, keys)
     return {
         "at": now,
         "configs": [_config_row(p, rank, breakers, trained) for rank, p in enumerate(ranked, 1)],
         "running": _running(conn, keys, now),
         "preemptions": [vars(p) for p in pending_preemptions(conn, keys)],
-        "queue": {"depth": sum(training_queues(conn, keys).values()), "queues": training_queues(conn, keys),
+        "queue": {"depth": sum(queues.values()), "queues": queues,
                   "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
         "nodes": _nodes(conn, keys, leases, held, workers, breakers, GpuStore(conn, keys).inventory()),
         "workers": workers,
         "failures": _failures(conn, keys, failures),
     }
-
-
-def training_queues(conn: redis.Redis, keys: Keys) -> dict[str, int]:
-    """RQ queue -> jobs waiting on it: `training` and each GPU requirement's (`Keys.placement_queues`)."""
-    names = [TRAINING_QUEUE, *sorted(n.decode() for n in conn.hkeys(keys.placement_queues))]
-    return {name: Queue(name, connection=conn).count for name in names}
 
 
 def last_trained(conn: redis.Redis, keys: Keys, config_keys: list[str]) -> dict[str, float | None]:

@@ -19,13 +19,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from coordinator.bus import events as ev
 from coordinator.core.clock import RedisClock
-from coordinator.core.keys import Keys, rq_queue_key
+from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.scheduling.preemption_rule import VALUE, WAIT
 from coordinator.stores.breakers import OPEN, breaker_state, node_breakers_open
 from coordinator.stores.gpus import GpuStore
-from coordinator.stores.job_records import pending_preemptions
+from coordinator.stores.job_records import pending_preemptions, training_queues
 from coordinator.stores.leases import LeaseManager
 
 JOBS_SCANNED = 2000
@@ -103,8 +103,8 @@ class _ClusterCollector:
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         conn, keys = self.conn, self.keys
-        yield GaugeMetricFamily("ringrift_queue_depth", "Jobs waiting on RQ's training queue",
-                                value=conn.llen(rq_queue_key()))
+        yield GaugeMetricFamily("ringrift_queue_depth", "Jobs waiting on RQ's training queues (GPU requirements' too)",
+                                value=sum(training_queues(conn, keys).values()))
         yield GaugeMetricFamily("ringrift_jobs_delayed", "Jobs deferred or retrying after backoff",
                                 value=conn.zcard(keys.delayed_jobs))
         yield self._jobs_by_state()

@@ -15,7 +15,7 @@ import redis
 
 from coordinator.core.errors import CoordinatorError
 from coordinator.core.job_states import LEASED, RUNNING
-from coordinator.core.keys import Keys
+from coordinator.core.keys import TRAINING_QUEUE, Keys, rq_queue_key
 from coordinator.core.settings import Settings
 
 # Why a running attempt is asked to stop (`stop_reason`, from its lease renewal's reply).
@@ -116,3 +116,13 @@ def pending_preemptions(conn: redis.Redis, keys: Keys) -> list[PendingPreemption
            for job_id, r in active_records(conn, keys)
            if r.get("state") in SLOT_STATES and r.get("preempt_requested_at")]
     return sorted(out, key=lambda p: (p.requested_at, p.job_id))
+
+
+def training_queues(conn: redis.Redis, keys: Keys) -> dict[str, int]:
+    """RQ queue -> jobs waiting on it: `training` and each GPU requirement's (`Keys.placement_queues`),
+    one round trip after the names."""
+    names = [TRAINING_QUEUE, *sorted(n.decode() for n in conn.hkeys(keys.placement_queues))]
+    with conn.pipeline(transaction=False) as pipe:  # batched reads only
+        for name in names:
+            pipe.llen(rq_queue_key(name))
+        return dict(zip(names, pipe.execute()))

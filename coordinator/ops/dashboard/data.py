@@ -26,7 +26,7 @@ import redis
 from coordinator.bus.events import decode_entry
 from coordinator.core.clock import Clock, RedisClock
 from coordinator.core.job_states import ACTIVE_ATTEMPT_STATES, COMPLETE, FINAL_STATES
-from coordinator.core.keys import Keys, rq_queue_key
+from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.core.text import text as _text
@@ -36,6 +36,7 @@ from coordinator.scheduling.scheduler import FACTORS
 from coordinator.stores.breakers import node_breakers_open
 from coordinator.stores.configs import INELIGIBLE
 from coordinator.stores.gpus import GpuStore
+from coordinator.stores.job_records import training_queues
 from coordinator.stores.leases import LeaseManager
 
 TIMELINE_HOURS = 24.0
@@ -93,7 +94,7 @@ class DashboardData:
             "elo": self._elo(configs, records),
             "timeline": self._timeline(records, nodes, now),
             "trouble": self._trouble(configs, nodes, breakers),
-            "queue": {"depth": self.conn.llen(rq_queue_key()),
+            "queue": {"depth": sum(training_queues(self.conn, self.keys).values()),
                       "delayed": self.conn.zcard(self.keys.delayed_jobs)},
         }
 
