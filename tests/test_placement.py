@@ -20,6 +20,7 @@ from coordinator.scheduling.placement import Placement, SlotGpu, max_matching, r
 from coordinator.service.recovery import Recovery
 from coordinator.stores.gpus import GpuStore
 from tests.support.exports import xadd_export
+from tests.support.jobs import take_job
 from workers import gpu_inventory
 from workers.worker import TrainingWorker, fitting_queues
 
@@ -200,3 +201,33 @@ def test_without_requirements_dispatch_is_unchanged(fake_conn, keys, with_requir
     export_ranked(fake_conn, keys, [("hex8", 2), ("hex8", 3), ("hex8", 4), ("square8", 2)])
     orch.process_once()
     assert fake_conn.hlen(keys.active) == 3
+
+
+def test_a_starving_big_config_has_a_small_job_moved_off_the_big_gpu_not_one_stopped_on_a_small_gpu(
+        fake_conn, keys):
+    """Issue 26, item 4: the wait bound for a job only some GPUs can run. All three GPUs busy with
+    hex8 jobs; hexagonal_2p starves: the job on the H100 yields (it can move to a 4090 later), not
+    a cheaper one on a 4090 that the hexagonal job could not use."""
+    import time
+
+    from coordinator.scheduling.preempter import Preempter
+
+    orch = orchestrator(fake_conn, settings_for(prefetch=0))
+    now = time.time()
+    jobs = {}
+    for node, players in (("big", 2), ("small-a", 3), ("small-b", 4)):
+        job_id = orch.submit_training_sync("hex8", players, f"/data/hex8_{players}p.npz", samples=100)
+        lease = take_job(orch, job_id, f"hex8_{players}p", node=node)
+        gpu = {"big": ("H100 80GB HBM3", "80"), "small-a": ("RTX 4090", "24"), "small-b": ("RTX 4090", "24")}[node]
+        fake_conn.hset(keys.job(job_id), mapping={"started_at": f"{now - 3 * 3600:.3f}", "gpu_model": gpu[0],
+                                                  "gpu_memory_gb": gpu[1]})
+        jobs[node] = (job_id, lease)
+    # The job on the H100 has the most valuable config: value alone would never pick it.
+    fake_conn.hset(keys.config("hex8_2p"), "curriculum_weight", 2.0)
+    xadd_export(fake_conn, ("hexagonal", 2), "/data/hexagonal_2p.npz", 1000)
+    orch.process_once(block_ms=None)
+    fake_conn.hset(keys.config("hexagonal_2p"), "waiting_since", f"{now - 20 * 3600:.3f}")
+    orch.scheduler.rescore()
+    preempter = Preempter(orch.jobs, orch.scheduler, orch.settings, leases=orch.leases)
+    assert preempter.tick(free_slots=0) == [jobs["big"][0]]
+    assert fake_conn.hget(keys.job(jobs["big"][0]), "preempt_for") == b"hexagonal_2p"

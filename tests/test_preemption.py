@@ -6,6 +6,8 @@ from dataclasses import replace
 
 import pytest
 
+from coordinator.core.gpu_requirements import Gpu
+from coordinator.core.settings import GpuRequirement
 from coordinator.scheduling.preemption_rule import VALUE, WAIT, Candidate, PreemptionSettings, RunningJob, decide
 
 NOW = 1_800_000_000.0
@@ -145,3 +147,35 @@ def test_the_wait_bound_starts_starving_one_minimum_run_before_it():
     with pytest.raises(ValueError, match="signal"):
         PreemptionSettings(signal="TERM")
     assert PreemptionSettings(signal="SIGUSR1").signal == "SIGUSR1"
+
+
+# -- GPUs that differ (issue 26, item 4) ----------------------------------------------------------
+
+BIG = GpuRequirement(min_memory_gb=40)
+H100, RTX4090 = Gpu("H100", 80.0, node="big"), Gpu("RTX 4090", 24.0, node="small")
+
+
+def test_an_idle_gpu_too_small_for_a_starving_big_config_does_not_serve_it():
+    big = replace(starving("hexagonal_2p"), requirement=BIG)
+    on_h100 = job("a", 5.0, gpu=H100)
+    assert victims([on_h100], [big], free=[RTX4090]) == ["a"]  # the 4090 cannot hold it: a big GPU is freed
+    assert victims([on_h100], [big], free=[H100]) == []  # an idle big GPU takes it
+    assert victims([on_h100], [starving("hex8_2p")], free=[RTX4090]) == []  # a small config takes the 4090
+    assert victims([on_h100], [big], free=[None]) == ["a"]  # a GPU of unknown model meets no requirement
+
+
+def test_a_starving_big_config_frees_a_big_gpu_whatever_the_values_on_small_ones():
+    big = replace(starving("hexagonal_2p"), requirement=BIG)
+    cheap_small = job("cheap", 0.1, gpu=RTX4090)
+    dear_big = job("dear", 9.0, gpu=H100)
+    assert victims([cheap_small, dear_big], [big]) == ["dear"]
+    assert victims([cheap_small], [big]) == []  # no GPU that fits it is held by anyone it may take
+
+
+def test_a_small_job_on_a_big_gpu_is_moved_to_an_idle_small_gpu_first():
+    big = replace(starving("hexagonal_3p"), requirement=BIG)
+    small_on_big = job("hex8", 5.0, gpu=H100, checkpoint_at=NOW - 0.5 * HOUR)  # loses more work...
+    big_on_big = job("hexagonal", 5.0, gpu=H100, requirement=BIG, checkpoint_at=NOW)
+    # ...but moves at once to the idle 4090 (which the big config cannot use); the other would wait.
+    assert victims([small_on_big, big_on_big], [big], free=[RTX4090]) == ["hex8"]
+    assert victims([small_on_big, big_on_big], [big], free=[]) == ["hexagonal"]  # nowhere to move: least lost

@@ -34,14 +34,17 @@ import logging
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from coordinator.core.gpu_requirements import Gpu, restricts
 from coordinator.core.job_states import PREEMPTED, QUEUED
-from coordinator.core.settings import PreemptionSettings, Settings
+from coordinator.core.settings import GpuRequirement, PreemptionSettings, Settings
+from coordinator.scheduling.placement import read_placement, requirement_of
 from coordinator.scheduling.preemption_rule import Candidate, Decision, RunningJob, decide
 from coordinator.stores.job_records import SLOT_STATES, active_records
 
 if TYPE_CHECKING:
     from coordinator.scheduling.scheduler import Priority, TrainingScheduler
     from coordinator.stores.jobs import JobStore
+    from coordinator.stores.leases import LeaseManager
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,11 @@ def _number(record: Mapping[str, str], name: str) -> float | None:
 
 
 def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Callable[[str], float],
-                 hours_of: Callable[[str], float] = lambda _c: 0.0) -> list[RunningJob]:
+                 hours_of: Callable[[str], float] = lambda _c: 0.0,
+                 requirement_of: Callable[[str], GpuRequirement] = lambda _c: GpuRequirement()) -> list[RunningJob]:
     """The attempts holding GPU slots, each valued `value_of(config_key)` (its score now) with its
-    config's expected training hours `hours_of(config_key)`."""
+    config's expected training hours `hours_of(config_key)`, the GPU its attempt recorded and what
+    its config needs of one."""
     jobs = []
     for job_id, r in records:
         if r.get("state") not in SLOT_STATES or not r.get("started_at"):
@@ -82,12 +87,22 @@ def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Cal
             starving=r.get("picked_starving") == "1", preemptions=int(float(r.get("preemptions") or 0)),
             preempt_requested_at=_number(r, "preempt_requested_at"),
             checkpoint_at=_number(r, "updated_at") if r.get("epoch") else None,
-            checkpoint_epoch=int(float(r.get("epoch") or 0)), expected_hours=hours_of(config_key)))
+            checkpoint_epoch=int(float(r.get("epoch") or 0)), expected_hours=hours_of(config_key),
+            gpu=_attempt_gpu(r), requirement=requirement_of(config_key)))
     return jobs
 
 
+def _attempt_gpu(r: Mapping[str, str]) -> Gpu | None:
+    """The GPU the attempt recorded (`JobStore.record_attempt_gpu`), None when it recorded none."""
+    if not r.get("gpu_model") and not r.get("gpu_memory_gb"):
+        return None
+    return Gpu(r.get("gpu_model", ""), float(r.get("gpu_memory_gb") or 0), node=r.get("node", ""))
+
+
 def queued_jobs(records: Iterable[tuple[str, Mapping[str, str]]], waiting_since: Mapping[str, float | None],
-                ready: Container[str], s: PreemptionSettings, now: float) -> list[tuple[Candidate, str]]:
+                ready: Container[str], s: PreemptionSettings, now: float,
+                requirement_of: Callable[[str], GpuRequirement] = lambda _c: GpuRequirement(),
+                ) -> list[tuple[Candidate, str]]:
     """Queued jobs of `ready` configs (eligible but for their own job: not held by a quality block
     or a breaker), deferred for a lease or not, as members of the line with their job ids: starving
     ones (their config waited `starve_after_hours`) first, longest wait first, then the others
@@ -100,22 +115,25 @@ def queued_jobs(records: Iterable[tuple[str, Mapping[str, str]]], waiting_since:
         since = waiting_since.get(config_key)
         waited = 0.0 if since is None else max(0.0, now - since) / 3600.0
         starving = since is not None and waited >= s.starve_after_hours
-        queued.append((Candidate(config_key, waited, starving, waited, queued=True), job_id,
+        queued.append((Candidate(config_key, waited, starving, waited, queued=True,
+                                 requirement=requirement_of(config_key)), job_id,
                        _number(r, "created_at") or 0.0))
     queued.sort(key=lambda q: (not q[0].starving, -q[0].waited_hours if q[0].starving else q[2]))
     return [(c, job_id) for c, job_id, _ in queued]
 
 
-def candidates(ranked: Sequence[Priority]) -> list[Candidate]:
+def candidates(ranked: Sequence[Priority],
+               requirement_of: Callable[[str], GpuRequirement] = lambda _c: GpuRequirement()) -> list[Candidate]:
     """The eligible configs, best first, as `decide` takes them."""
-    return [Candidate(p.config_key, p.score, p.starving, p.hours_waiting) for p in ranked if p.eligible]
+    return [Candidate(p.config_key, p.score, p.starving, p.hours_waiting, requirement=requirement_of(p.config_key))
+            for p in ranked if p.eligible]
 
 
 class Preempter:
     """Carries out `decide` against Redis through the stores; the orchestrator calls `tick` and `resume`."""
 
     def __init__(self, store: JobStore, scheduler: TrainingScheduler, settings: Settings,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None, leases: LeaseManager | None = None) -> None:
         self.store = store
         self.configs = scheduler.configs
         self.conn = store.conn
@@ -124,6 +142,7 @@ class Preempter:
         self.settings = settings
         self.preemption: PreemptionSettings = settings.preemption
         self.clock = clock or store.clock
+        self.leases = leases  # the GPU slots, for the idle GPUs' models when requirements are set
 
     def decide(self, free_slots: int) -> Decision:
         """The decision for the cluster as Redis holds it now (reads only). `free_slots`: the GPUs
@@ -140,15 +159,25 @@ class Preempter:
             return Decision(), fences, []  # nothing to preempt: no need to rank every config
         ranked = self.scheduler.ranked(preemption_notes={})  # `candidates` reads no notes: no second read
         by_config = {p.config_key: p for p in ranked}
+        gpus = self.settings.gpus
         running = running_jobs(records, lambda c: _value(by_config.get(c)),
-                               lambda c: by_config[c].expected_gpu_hours if c in by_config else 0.0)
+                               lambda c: by_config[c].expected_gpu_hours if c in by_config else 0.0,
+                               lambda c: requirement_of(gpus, c))
         waiting_since = self.configs.waiting_since(r.get("config_key", "") for _, r in records
                                                    if r.get("state") == QUEUED)
         ready = {p.config_key for p in ranked if p.ready}
-        queued = queued_jobs(records, waiting_since, ready, self.preemption, now)
-        line = [c for c, _ in queued] + candidates(ranked)
+        queued = queued_jobs(records, waiting_since, ready, self.preemption, now, lambda c: requirement_of(gpus, c))
+        line = [c for c, _ in queued] + candidates(ranked, lambda c: requirement_of(gpus, c))
         front = [job_id for c, job_id in queued if c.starving]
-        return decide(running, line, free_slots, self.preemption, now), fences, front
+        return decide(running, line, self._idle_gpus(free_slots), self.preemption, now, gpus.classes), fences, front
+
+    def _idle_gpus(self, free_slots: int) -> int | list[Gpu | None]:
+        """The idle GPUs: how many, or with GPU requirements set (and a lease view), each one's GPU
+        (`scheduling/placement.py` `read_placement`), so candidates take only GPUs that fit them."""
+        gpus = self.settings.gpus
+        if self.leases is None or not any(restricts(r) for r in (*gpus.boards.values(), *gpus.per_config.values())):
+            return free_slots
+        return [s.gpu for s in read_placement(self.conn, self.keys, self.leases, gpus).free]
 
     def tick(self, free_slots: int) -> list[str]:
         """Put the starving queued jobs at the head of RQ's queue, then ask the jobs `decide` chooses

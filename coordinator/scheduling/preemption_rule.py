@@ -29,14 +29,20 @@ Rules, in order (every number a setting of `PreemptionSettings`, the `preemption
      picked as starving, nor one at the per-job cap.
    A job is never preempted before it has run `min_run_minutes` in its current attempt.
    Ties between victims: the newest checkpoint first (least work to redo), then the job id.
+4. GPUs that differ (issue 26): a member of the line takes only an idle GPU, a promised slot or a
+   victim whose GPU meets its requirement (`gpus.boards` / `per_config`; a GPU of unknown model
+   meets only a config without one). A starving big-memory config thus frees a big GPU, and among
+   those prefers a job that can move at once to an idle GPU that fits it (a small job taken off a
+   big GPU at its checkpoint and resumed on a small one), before the lost-work order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from coordinator.core.settings import PreemptionSettings
+from coordinator.core.gpu_requirements import Gpu, meets, restricts
+from coordinator.core.settings import GpuClass, GpuRequirement, PreemptionSettings
 
 __all__ = ["PreemptionSettings", "RunningJob", "decide", "lost_hours"]
 
@@ -59,6 +65,8 @@ class RunningJob:
     checkpoint_at: float | None = None  # unix s of its newest checkpoint (None: none yet)
     checkpoint_epoch: int = 0
     expected_hours: float = 0.0  # its config's expected training hours (0: unknown, no lost-work cost)
+    gpu: Gpu | None = None  # the GPU its attempt holds (None: unknown)
+    requirement: GpuRequirement = GpuRequirement()  # what its config needs of a GPU (where it could move)
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ class Candidate:
     starving: bool = False
     waited_hours: float = 0.0
     queued: bool = False  # its job is already in RQ's queue (takes a GPU in the queue's order)
+    requirement: GpuRequirement = GpuRequirement()  # what its config needs of a GPU
 
 
 @dataclass(frozen=True)
@@ -89,25 +98,29 @@ class Decision:
     protected: dict[str, str] = field(default_factory=dict)
 
 
-def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free_slots: int,
-           s: PreemptionSettings, now: float) -> Decision:
+def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int | Sequence[Gpu | None],
+           s: PreemptionSettings, now: float, classes: Mapping[str, GpuClass] | None = None) -> Decision:
     """Which running jobs to ask to yield, given the line for GPUs (queued jobs first, then the
-    eligible configs best first) and the idle GPUs (`free_slots`)."""
+    eligible configs best first) and the idle GPUs (`free`: how many, or each one's GPU; `classes`
+    sorts GPUs into the classes requirements name)."""
     if not s.enabled:
         return Decision(protected={j.job_id: "preemption disabled" for j in running})
-    pending = sum(1 for j in running if j.preempt_requested_at is not None)
-    waiting = list(ranked)[max(free_slots, 0) + pending:]
+    fits = _Fits(classes or {})
+    waiting = _unserved(list(ranked), [None] * max(free, 0) if isinstance(free, int) else list(free),
+                        [j.gpu for j in running if j.preempt_requested_at is not None], fits)
     protected = {j.job_id: why for j in running if (why := _protected(j, s, now))}
     pool = [j for j in running if j.job_id not in protected]
+    left_idle = [] if isinstance(free, int) else _left_idle(list(ranked), list(free), fits)
     chosen: list[Preemption] = []
     for c in waiting:
-        if not pool:
-            break
         if c.queued and not c.starving:
             continue  # RQ gives it the next GPU that frees up
-        victim = _victim(c, pool, s, now)
-        if victim is None:  # only a value candidate: no later (lower) one outranks any job by more
-            break
+        fitting = [j for j in pool if fits(c.requirement, j.gpu)]
+        if not fitting:
+            continue
+        victim = _victim(c, fitting, s, now, lambda j: any(fits(j.requirement, g) for g in left_idle))
+        if victim is None:  # a value candidate that does not pay
+            continue
         pool.remove(victim)
         if c.starving:
             why = f"{c.config_key} starving: waited {_hours(c.waited_hours)} (bound {_hours(s.max_wait_hours)})"
@@ -117,6 +130,44 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free_slot
         chosen.append(Preemption(victim.job_id, victim.config_key, victim.slot, c.config_key,
                                  WAIT if c.starving else VALUE, why))
     return Decision(tuple(chosen), protected)
+
+
+class _Fits:
+    """Whether a GPU meets a requirement: every GPU meets none; an unknown GPU meets only none."""
+
+    def __init__(self, classes: Mapping[str, GpuClass]) -> None:
+        self.classes = classes
+
+    def __call__(self, requirement: GpuRequirement, gpu: Gpu | None) -> bool:
+        if not restricts(requirement):
+            return True
+        return gpu is not None and meets(gpu, requirement, self.classes).ok
+
+
+def _unserved(line: list[Candidate], idle: list[Gpu | None], promised: list[Gpu | None],
+              fits: _Fits) -> list[Candidate]:
+    """The members of the line that neither an idle GPU nor a slot a pending preemption frees will
+    serve: in order, each takes the first such GPU that fits it."""
+    waiting = []
+    for c in line:
+        for gpus in (idle, promised):
+            g = next((i for i, gpu in enumerate(gpus) if fits(c.requirement, gpu)), None)
+            if g is not None:
+                gpus.pop(g)
+                break
+        else:
+            waiting.append(c)
+    return waiting
+
+
+def _left_idle(line: list[Candidate], idle: list[Gpu | None], fits: _Fits) -> list[Gpu | None]:
+    """The idle GPUs no member of the line takes (where a preempted job could move at once)."""
+    left = list(idle)
+    for c in line:
+        g = next((i for i, gpu in enumerate(left) if fits(c.requirement, gpu)), None)
+        if g is not None:
+            left.pop(g)
+    return left
 
 
 def lost_hours(j: RunningJob, s: PreemptionSettings, now: float) -> float:
@@ -147,12 +198,13 @@ def _protected(j: RunningJob, s: PreemptionSettings, now: float) -> str | None:
     return None
 
 
-def _victim(c: Candidate, pool: list[RunningJob], s: PreemptionSettings, now: float) -> RunningJob | None:
+def _victim(c: Candidate, pool: list[RunningJob], s: PreemptionSettings, now: float,
+            movable: Callable[[RunningJob], bool]) -> RunningJob | None:
     def newest_checkpoint_first(j: RunningJob) -> tuple[float, str]:
         return (-(j.checkpoint_at or 0.0), j.job_id)
 
     if c.starving:
-        return min(pool, key=lambda j: (j.preemptions >= s.max_preemptions_per_job, j.starving,
+        return min(pool, key=lambda j: (j.preemptions >= s.max_preemptions_per_job, j.starving, not movable(j),
                                         lost_hours(j, s, now) * (1 + j.preemptions), j.value,
                                         *newest_checkpoint_first(j)))
     allowed = [j for j in pool if not j.starving and j.preemptions < s.max_preemptions_per_job]

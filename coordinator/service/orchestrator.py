@@ -96,9 +96,9 @@ class TrainingOrchestrator:
         self.consumer = EventConsumer(self.conn, self.keys, e.group, name)
         self.scheduler = TrainingScheduler.from_settings(self.conn, self.keys, self.settings, self.clock)
         self.configs = self.scheduler.configs
-        self.preempter = Preempter(self.jobs, self.scheduler, self.settings)
         lease = self.settings.leases
         self.leases = LeaseManager(self.conn, self.keys, lease.ttl_s, lease.default_node_slots)
+        self.preempter = Preempter(self.jobs, self.scheduler, self.settings, leases=self.leases)
         self.recovery = Recovery(self.jobs, self.settings)
         self.metrics = Metrics(self.conn, self.keys, self.settings)
         self.periodic = PeriodicWork(self.conn, self.keys.prefix, self.periodic_tasks())

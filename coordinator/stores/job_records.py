@@ -23,7 +23,8 @@ CANCELLED_STOP, PREEMPTED_STOP = "cancelled", "preempted"
 # What `active_records` reads of each active job (the preempter's view of the running attempts).
 RECORD_FIELDS = ("state", "config_key", "node", "started_at", "fence", "score_at_start", "picked_starving",
                  "preemptions", "preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why",
-                 "updated_at", "epoch", "created_at")
+                 "updated_at", "epoch", "created_at", "gpu_model",
+                 "gpu_memory_gb")
 SLOT_STATES = frozenset({LEASED, RUNNING})  # attempts that hold a GPU slot
 
 
