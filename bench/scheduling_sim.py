@@ -41,7 +41,20 @@ training (r_for: the config it yielded to, on all its untrained data; r_victim: 
 its file) and H_for the GPU-hours of the training it yielded to; its *lost work*: r_victim x (GPU-hours
 since its newest epoch + resume overhead). It is bad when the true gain is below the lost work.
 
+Heterogeneous clusters (`--cluster ringrift-contended,ringrift-roomy`; `bench/sim_cluster.py`): the
+`hosts` are RingRift-shaped GPUs of 20-96 GB, some on ephemeral hosts that vanish; the world knows
+each GPU class's speed per board and each board's memory need, the coordinator neither. Each
+simulated worker registers its GPU as a real one does and listens to the queues the shipped
+worker's `fitting_queues` gives it; a training on a GPU too small for it dies of out-of-memory; a
+vanished host's attempts are found by the orchestrator's reaper once their leases expire. A
+placement policy is a settings change (`sim_cluster.PLACEMENTS`): `class-blind` (no `gpus`
+requirements: today's default) and `memory-aware` (the README's `gpus.boards`/`per_config`). Per
+run: out-of-memory placements, GPU-hours they and the vanished hosts wasted, worst wait, hours from
+an export to the first published model trained on it, the share of the >= 40 GB GPUs' hours spent
+on small boards, and weighted Elo per GPU-hour present (an absent ephemeral host's hours excluded).
+
     python -m bench.scheduling_sim                          # both workloads, 2/3/4/8 GPUs, 1 seed
+    python -m bench.scheduling_sim --cluster ringrift-contended,ringrift-roomy   # 2 x 2 placements, 3 days
     python -m bench.scheduling_sim --workload ringrift --gpus 4 --seeds 3
     python -m bench.scheduling_sim --quick                  # a smoke test (seconds)
 """
@@ -170,6 +183,7 @@ class Hetero:
     big_board_misplaced: int  # big-board attempts on a GPU with less memory than they need
     export_to_model_h: list[float] = field(default_factory=list)  # per export: until a model trained on it
     unpublished_age_h: list[float] = field(default_factory=list)  # exports no model covers at the end: their age
+    big_board_models: int = 0  # models published of square19 and hexagonal configs
 
     def share_big_on_small(self) -> float:
         return self.big_on_small_h / self.big_gpu_hours if self.big_gpu_hours else 0.0
@@ -231,6 +245,7 @@ class Simulation:
         self.big_on_small_h = 0.0
         self.big_board_attempts = 0
         self.big_board_misplaced = 0
+        self.big_board_models = 0
         self.exported_at: dict[str, list[float]] = {s.key: [] for s in self.specs}
         self.published_seq = {s.key: 0 for s in self.specs}
         self.export_to_model_h: list[float] = []
@@ -301,7 +316,8 @@ class Simulation:
         open_ages = [(self.horizon - t) / HOUR for k, times in self.exported_at.items()
                      for t in times[self.published_seq[k]:]]
         return Hetero(self.cluster, self.placement, sum(present.values()), big, self.big_on_small_h,
-                      self.big_board_attempts, self.big_board_misplaced, self.export_to_model_h, open_ages)
+                      self.big_board_attempts, self.big_board_misplaced, self.export_to_model_h, open_ages,
+                      self.big_board_models)
 
     def _vanish(self, node: str) -> None:
         for run in self.workers.vanish(node):
@@ -408,6 +424,7 @@ class Simulation:
         if outcome == "complete":
             self.trainings += 1
             self._published(key, record["npz_path"])
+            self.big_board_models += run.config_key.rsplit("_", 1)[0] not in SMALL_BOARDS
             credited = int(float(record.get("covered_samples") or 0))
             self.credited_untrained += max(0, credited - self.world.covered_by(key, record["npz_path"]))
             _gain, measured = self.world.train(key, record["npz_path"])
@@ -596,7 +613,7 @@ def markdown(rows: Sequence[Row]) -> str:
 HETERO_HEADER = ["cluster", "GPUs (>= 40 GB)", "placement", "policy", "OOM placements", "GPU-h lost to OOM",
                  "GPU-h lost on vanished hosts", "GPU-h wasted (% of all)", "jobs failed", "node-breaker hand-backs",
                  "worst wait h", "export -> model h (median)", "(p90)", "(max, unpublished incl.)",
-                 "big-GPU time on small boards", "weighted Elo/GPU-h", "trainings", "s/run", "problems"]
+                 "big-GPU time on small boards", "weighted Elo/GPU-h", "trainings (large boards)", "s/run", "problems"]
 
 
 def hetero_cells(r: Result) -> list[str]:
@@ -610,7 +627,7 @@ def hetero_cells(r: Result) -> list[str]:
             f"{c.vanish_gpu_hours:.1f}", f"{wasted:.1f} ({100 * wasted / h.gpu_hours:.1f}%)", str(c.failed_jobs),
             str(c.held), f"{r.worst_wait_h:.1f}", f"{statistics.median(done):.1f}",
             f"{done[int(0.9 * (len(done) - 1))]:.1f}", f"{worst:.1f}", f"{100 * h.share_big_on_small():.1f}%",
-            f"{r.per_gpu_hour:.2f}", str(r.trainings), f"{r.wall_s:.0f}", str(len(r.problems))]
+            f"{r.per_gpu_hour:.2f}", f"{r.trainings} ({h.big_board_models})", f"{r.wall_s:.0f}", str(len(r.problems))]
 
 
 def compare_clusters(clusters: Sequence[str], placements: Sequence[str], policies: Sequence[str], seed: int,

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,6 +166,7 @@ class Workers:
         self.registered: dict[str, gpu_inventory.Registered] = {}
         self._queues: dict[str, Queue] = {TRAINING_QUEUE: self.queue}
         self.breakers = CircuitBreakers.from_settings(conn, store.keys, settings, clock) if settings else None
+        self.rng = random.Random(1)  # the retry backoff's jitter: the same for every run
 
     # -- GPUs ---------------------------------------------------------------------------------------
     def register(self, node: str | None = None) -> None:
@@ -361,7 +363,8 @@ class Workers:
         assert self.settings is not None
         now, node = self.clock(), run.lease.node
         record = self.store.get(run.job_id)
-        decision = decide("trainer_error", int(record.get("failures_trainer", 0)), self.settings.retries)
+        decision = decide("trainer_error", int(record.get("failures_trainer", 0)), self.settings.retries,
+                          self.rng)
         fields = {"reason": "trainer_error", "error": "trainer exited with status 1", "stderr_tail": OOM_ERROR,
                   "attempt": run.attempt, "node": node, "failure_class": decision.failure_class,
                   "will_retry": str(decision.will_retry).lower(), "retry_in_s": round(decision.delay_s, 3)}
