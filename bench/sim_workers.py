@@ -1,9 +1,15 @@
 """Simulated GPU workers for the scheduling simulator: `rq worker training` + `workers/tasks.py`
-emulated at the Redis level, on the simulated clock, one worker per 1-GPU node.
+emulated at the Redis level, on the simulated clock, one worker per GPU slot (`SimGpu`: a 1-GPU
+node on the uniform cluster; on a heterogeneous one a host's GPUs, each its own worker).
 
 Per attempt, the same store calls as `run_training` / `TrainingRun`, in the same order:
-1. take the next RQ job from the `training` queue, FIFO (`Queue.dequeue_any`, as RQ's worker does);
-   its args are (job_id, prefix);
+1. take the next RQ job, FIFO (`Queue.dequeue_any`, as RQ's worker does) from the queues the shipped
+   worker listens to: `workers.worker.fitting_queues` (the registered requirement queues its GPU
+   meets, most demanding first) before `training`; its args are (job_id, prefix). A worker on a
+   heterogeneous cluster registers its GPU when it starts as a real one without NVML does
+   (`workers.gpu_inventory.register`: its node's `hosts` entry); idle workers take jobs longest
+   idle first (Redis serves the client blocked longest on BLPOP); `tasks._hold_reason` (the node's
+   open breaker) and the fit backstop (`tasks.queue_requirement` + `meets`) hand a job back;
 2. the config lease and the node's GPU slot (`LeaseManager.try_acquire`: one try; busy -> the job
    is deferred with `JobStore.defer`, as the task does after its tries);
 3. `JobStore.start` (job_start.lua) with the fencing token, the epoch of the job's newest checkpoint
@@ -19,8 +25,14 @@ Per attempt, the same store calls as `run_training` / `TrainingRun`, in the same
    `JobStore.preempted`; else the trainer completes: `JobStore.finish` (job_finish.lua) with the
    fields `TrainingRun._complete` writes (model path from `attempt_paths`, its command fingerprint);
 6. the leases are released.
-Not emulated: circuit breakers and quality holds (nothing fails here), the trainer's timeout (the
-simulator sets `training.timeout_s` above every training), lease loss. The lease keeper renews in
+Heterogeneous clusters (`bench/sim_cluster.py`) add: a training runs at its GPU's true speed; one on a
+GPU with less memory than it truly needs fails `OOM_AFTER_H` after its start as `TrainingRun._fail`
+('trainer_error': retried once after backoff, then failed) and is recorded on the config's and the
+node's circuit breakers, as a success is; an ephemeral host vanishes (`vanish`): its attempts stop
+at once, the work since their newest whole epoch is lost, their leases expire (the lease key and
+the node slot go, the reaper's expiry entry is set to the simulated expiry) and the orchestrator's
+reaper retries them. Not emulated: quality holds, the trainer's timeout (the simulator sets
+`training.timeout_s` above every training). The lease keeper renews in
 the host's time; so does this (`renew_due`), so leases never lapse while the simulation runs.
 """
 
@@ -28,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,20 +48,38 @@ from dataclasses import dataclass, field
 import redis
 from rq import Queue
 
+from bench.sim_cluster import OOM_AFTER_H, SimGpu, fits
 from bench.sim_world import RESUME_OVERHEAD_H
-from coordinator.bus.events import TRAINING_COMPLETE
+from coordinator.bus.events import TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.core.clock import ManualClock
 from coordinator.core.errors import LeaseUnavailable
-from coordinator.core.job_states import COMPLETE
+from coordinator.core.gpu_requirements import meets
+from coordinator.core.job_states import COMPLETE, FAILED, RETRYING
 from coordinator.core.keys import TRAINING_QUEUE
+from coordinator.core.retry import decide
+from coordinator.core.settings import Settings
+from coordinator.core.text import decode_hash
 from coordinator.scheduling.preempter import lost_gpu_hours
+from coordinator.stores.breakers import CircuitBreakers
 from coordinator.stores.job_records import PREEMPTED_STOP, Outcome
 from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import Lease, LeaseManager
 from coordinator.trainer.command import attempt_paths
 from coordinator.trainer.warm_start import command_fingerprint
+from workers import gpu_inventory
+from workers.tasks import _hold_reason, queue_requirement, slot_gpu
+from workers.worker import fitting_queues
 
 HOUR = 3600.0
+OOM_ERROR = "torch.OutOfMemoryError: CUDA out of memory."
+
+
+class _NoNvml:
+    """What `pynvml` is on a machine without a driver: the worker falls back to its `hosts` entry."""
+
+    @staticmethod
+    def nvmlInit() -> None:
+        raise RuntimeError("NVML Shared Library Not Found (simulated worker)")
 
 
 @dataclass
@@ -65,12 +96,18 @@ class Attempt:
     overhead_s: float
     token: int
     written_epoch: int = 0
+    worker: str = ""
+    fails_at: float | None = None  # out of memory: the trainer dies then
 
     @property
     def ends_at(self) -> float:
+        if self.fails_at is not None:
+            return self.fails_at
         return self.started + self.overhead_s + (self.epochs - self.resumed_epoch) * self.epoch_s
 
     def epoch_at(self, now: float) -> int:
+        if self.fails_at is not None:
+            return self.resumed_epoch
         done = math.floor((now - self.started - self.overhead_s) / self.epoch_s + 1e-9)
         return min(self.epochs, self.resumed_epoch + max(0, done))
 
@@ -83,27 +120,38 @@ class Counters:
     attempts: int = 0
     completed: int = 0
     preempted: dict[str, int] = field(default_factory=lambda: {"wait": 0, "value": 0})
-    lost_gpu_hours: float = 0.0  # partial epochs lost + resume overheads
+    lost_gpu_hours: float = 0.0  # partial epochs lost + resume overheads (preemptions)
     deferred: int = 0
     not_started: int = 0
     release_lost: int = 0
     renew_lost: int = 0
     overlaps: int = 0  # a config with two attempts at once (must stay 0)
+    oom: int = 0  # attempts started on a GPU with less memory than their training needs
+    oom_gpu_hours: float = 0.0
+    failed_jobs: int = 0  # jobs that ended failed (their retries spent)
+    vanished: int = 0  # attempts whose GPU vanished under them
+    vanish_gpu_hours: float = 0.0  # work since the newest checkpoint + the resume's overhead
+    held: int = 0  # jobs handed back: the node's breaker was open
+    misfits: int = 0  # jobs a worker took whose queue's requirement its GPU does not meet (must stay 0)
 
 
 class Workers:
-    """One simulated worker per node; `on_*` callbacks tell the simulator what happened."""
+    """One simulated worker per GPU slot; `on_*` callbacks tell the simulator what happened.
+    `duration_h(config_key, gpu)`: the training's true hours on that GPU. `settings`: given on a
+    heterogeneous cluster, it turns on GPU registration, out-of-memory, breakers and vanishing."""
 
     def __init__(self, conn: redis.Redis, store: JobStore, leases: LeaseManager, clock: ManualClock,
-                 nodes: list[str], gpu_hours: Callable[[str], float], defer_s: float,
-                 on_start: Callable[[Attempt], None], on_end: Callable[[Attempt, str, dict[str, str]], None]) -> None:
+                 gpus: list[SimGpu], duration_h: Callable[[str, SimGpu], float], defer_s: float,
+                 on_start: Callable[[Attempt], None], on_end: Callable[[Attempt, str, dict[str, str]], None],
+                 settings: Settings | None = None) -> None:
         self.conn = conn
         self.store = store
         self.leases = leases
         self.clock = clock
         self.queue = Queue(TRAINING_QUEUE, connection=conn)
-        self.running: dict[str, Attempt | None] = {n: None for n in nodes}
-        self.gpu_hours = gpu_hours
+        self.gpus = {g.worker: g for g in gpus}
+        self.running: dict[str, Attempt | None] = {g.worker: None for g in gpus}
+        self.duration_h = duration_h
         self.defer_s = defer_s
         self.on_start = on_start
         self.on_end = on_end
@@ -111,37 +159,92 @@ class Workers:
         self.counters = Counters()
         self.tokens = 0
         self._renewed = time.monotonic()
+        self.settings = settings
+        self.hetero = settings is not None
+        self.gone: set[str] = set()  # workers whose host vanished
+        self.idle_since: dict[str, float] = {g.worker: 0.0 for g in gpus}
+        self.registered: dict[str, gpu_inventory.Registered] = {}
+        self._queues: dict[str, Queue] = {TRAINING_QUEUE: self.queue}
+        self.breakers = CircuitBreakers.from_settings(conn, store.keys, settings, clock) if settings else None
+        self.rng = random.Random(1)  # the retry backoff's jitter: the same for every run
+
+    # -- GPUs ---------------------------------------------------------------------------------------
+    def register(self, node: str | None = None) -> None:
+        """Each worker (of `node`) registers its GPU as `TrainingWorker.register_birth` does."""
+        for gpu in self.gpus.values():
+            if node is None or gpu.node == node:
+                env = {gpu_inventory.NODE_ENV: gpu.node, "CUDA_VISIBLE_DEVICES": str(gpu.index)}
+                self.registered[gpu.worker] = gpu_inventory.register(
+                    self.conn, gpu.worker, self.store.keys.prefix, env=env, nvml=_NoNvml)  # type: ignore[arg-type]
+
+    def queues_for(self, worker: str) -> list[Queue]:
+        """`TrainingWorker.listen_for_placement`: the requirement queues its GPU meets, then `training`."""
+        registered = self.registered.get(worker)
+        if registered is None:
+            return [self.queue]
+        names = fitting_queues(self.conn.hgetall(self.store.keys.placement_queues), slot_gpu(registered))
+        return [*(self._queues.setdefault(n, Queue(n, connection=self.conn)) for n in names), self.queue]
 
     # -- taking work --------------------------------------------------------------------------------
     def take_jobs(self) -> int:
         """Idle workers take RQ jobs in FIFO order; how many attempts started."""
         started = 0
-        for node, current in self.running.items():
-            if current is not None:
-                continue
-            while True:
-                taken = Queue.dequeue_any([self.queue], None, connection=self.conn)
+        idle = [w for w, current in self.running.items() if current is None and w not in self.gone]
+        if self.hetero:
+            idle.sort(key=lambda w: self.idle_since[w])
+        empty: set[tuple[str, ...]] = set()
+        for worker in idle:
+            queues = self.queues_for(worker)
+            names = tuple(q.name for q in queues)
+            while names not in empty:
+                taken = Queue.dequeue_any(queues, None, connection=self.conn)
                 if taken is None:
-                    return started
-                if self._run_task(node, taken[0].args[0]):
+                    empty.add(names)
+                    break
+                if self._run_task(worker, taken[0].args[0], taken[1].name):
                     started += 1
                     break
+            if not self.hetero and empty:
+                return started
         return started
 
-    def _run_task(self, node: str, job_id: str) -> bool:
+    def _held(self, worker: str, job_id: str, record: dict[str, str], origin: str) -> str:
+        """`run_training`'s hand-backs before the leases: the node's breaker, and the fit backstop."""
+        node = self.gpus[worker].node
+        assert self.settings is not None and self.breakers is not None
+        node_breaker = decode_hash(self.conn.hgetall(self.store.keys.breaker("node", node)))
+        held = _hold_reason(self.conn, self.store.keys, self.settings, self.breakers, record["config_key"], node,
+                            node_breaker)
+        if held:
+            self.counters.held += 1
+            return held
+        needed = queue_requirement(self.conn, self.store.keys, origin)
+        if needed is not None and not meets(slot_gpu(self.registered.get(worker)), *needed):
+            self.counters.misfits += 1
+            return "does not fit this GPU"
+        return ""
+
+    def _run_task(self, worker: str, job_id: str, origin: str = TRAINING_QUEUE) -> bool:
         """`run_training` up to the trainer's start; False when the attempt did not start."""
         record = self.store.get(job_id)
         config_key = record["config_key"]
+        gpu = self.gpus[worker]
+        node = gpu.node
+        if self.hetero:
+            held = self._held(worker, job_id, record, origin)
+            if held:
+                self.store.defer(job_id, self.defer_s * 1.5, held)
+                return False
         try:
-            lease = self.leases.try_acquire(config_key, node, f"{node}:sim", job_id)
+            lease = self.leases.try_acquire(config_key, node, f"{worker}:sim", job_id)
         except LeaseUnavailable as exc:
             self.store.defer(job_id, self.defer_s, str(exc), count_as="lease_busy")
             self.counters.deferred += 1
             return False
         resumed = self.checkpoints.get(job_id, 0)
         parents = json.loads(record.get("warm_start_from") or "[]")
-        attempt = self.store.start(job_id, config_key, node, f"{node}:sim", fence=lease.fence, resumed_epoch=resumed,
-                                   init_weights=parents[0] if parents else None)
+        attempt = self.store.start(job_id, config_key, node, f"{worker}:sim", fence=lease.fence,
+                                   resumed_epoch=resumed, init_weights=parents[0] if parents else None)
         if attempt is None:
             self.counters.not_started += 1
             self.leases.release(lease)
@@ -151,10 +254,13 @@ class Workers:
             self.counters.overlaps += 1
         epochs = int(record["epochs"])
         self.tokens += 1
-        run = Attempt(job_id, config_key, self.store.get(job_id), lease, attempt, self.clock(), resumed, epochs,
-                      self.gpu_hours(config_key) * HOUR / epochs, RESUME_OVERHEAD_H * HOUR if resumed else 0.0,
-                      self.tokens, resumed)
-        self.running[node] = run
+        now = self.clock()
+        run = Attempt(job_id, config_key, self.store.get(job_id), lease, attempt, now, resumed, epochs,
+                      self.duration_h(config_key, gpu) * HOUR / epochs, RESUME_OVERHEAD_H * HOUR if resumed else 0.0,
+                      self.tokens, resumed, worker)
+        if not fits(gpu, config_key):
+            run.fails_at = now + OOM_AFTER_H * HOUR
+        self.running[worker] = run
         self.counters.attempts += 1
         self.on_start(run)
         return True
@@ -182,22 +288,22 @@ class Workers:
             self.check_stops()
 
     def check_stops(self) -> list[str]:
-        """Renew every running lease; the attempts asked to yield do so now. Returns their nodes."""
+        """Renew every running lease; the attempts asked to yield do so now. Returns their workers."""
         self._renewed = time.monotonic()
         yielded = []
-        for node, run in self.running.items():
+        for worker, run in self.running.items():
             if run is None:
                 continue
             renewal = self.leases.renew(run.lease, run.job_id)
             if not renewal.held:
                 self.counters.renew_lost += 1
             elif renewal.stop == PREEMPTED_STOP and self.clock() < run.ends_at:
-                self._preempted(node, run)
-                yielded.append(node)
+                self._preempted(worker, run)
+                yielded.append(worker)
         return yielded
 
     # -- ends ---------------------------------------------------------------------------------------
-    def _preempted(self, node: str, run: Attempt) -> None:
+    def _preempted(self, worker: str, run: Attempt) -> None:
         """`TrainingRun._preempted`: the attempt ends at the newest whole epoch."""
         now = self.clock()
         self.flush_progress()
@@ -205,25 +311,30 @@ class Workers:
         checkpoint_at = run.epoch_end(epoch) if epoch > run.resumed_epoch else None
         lost = lost_gpu_hours(checkpoint_at, run.started, now)
         record = self.store.get(run.job_id)
+        node = run.lease.node
         self.store.preempted(run.job_id, run.config_key, run.lease.fence, node, run.attempt, epoch, lost,
                              run.record["board_type"], run.record["num_players"])
         self.checkpoints[run.job_id] = epoch
         kind = record.get("preempt_kind", "?")
         self.counters.preempted[kind] = self.counters.preempted.get(kind, 0) + 1
         self.counters.lost_gpu_hours += lost + RESUME_OVERHEAD_H  # the resume pays its overhead
-        self._release(node, run)
+        self._release(worker, run)
         self.on_end(run, "preempted", {**record, "lost_gpu_hours": f"{lost:.6f}"})
 
-    def complete(self, node: str, token: int) -> bool:
-        """The trainer of `node`'s attempt `token` exited 0: `TrainingRun._complete`. False when that
-        attempt ended earlier (it yielded)."""
-        run = self.running.get(node)
+    def complete(self, worker: str, token: int) -> bool:
+        """The trainer of `worker`'s attempt `token` exited (0, or out of memory): `TrainingRun._complete`
+        or `_fail`. False when that attempt ended earlier (it yielded, or its GPU vanished)."""
+        run = self.running.get(worker)
         if run is None or run.token != token:
             return False
+        if run.fails_at is not None:
+            self._out_of_memory(worker, run)
+            return True
         self.flush_progress()
         record = self.store.get(run.job_id)  # the data it trains on now (a queued job follows newer exports)
         paths = attempt_paths(record["output_dir"], run.attempt)
         model = str(paths.model_path)
+        node = run.lease.node
         result = {
             "model_path": model, "epochs_completed": run.epochs, "duration_s": round(self.clock() - run.started, 3),
             "parent_model": record.get("parent_model", ""), "data_version": record.get("data_version", ""),
@@ -241,11 +352,84 @@ class Workers:
                                          model_command=fingerprint)
         self.counters.completed += outcome_text == "recorded"
         self.checkpoints.pop(run.job_id, None)
-        self._release(node, run)
+        self._record_breakers(run, success=True)
+        self._release(worker, run)
         self.on_end(run, "complete" if outcome_text == "recorded" else outcome_text, {**record, "model_path": model})
         return True
 
-    def _release(self, node: str, run: Attempt) -> None:
+    def _out_of_memory(self, worker: str, run: Attempt) -> None:
+        """`TrainingRun._fail('trainer_error', ...)`: the trainer died of out-of-memory; retried after
+        backoff up to `retries.trainer` times, then failed; both breakers hear of it."""
+        assert self.settings is not None
+        now, node = self.clock(), run.lease.node
+        record = self.store.get(run.job_id)
+        decision = decide("trainer_error", int(record.get("failures_trainer", 0)), self.settings.retries,
+                          self.rng)
+        fields = {"reason": "trainer_error", "error": "trainer exited with status 1", "stderr_tail": OOM_ERROR,
+                  "attempt": run.attempt, "node": node, "failure_class": decision.failure_class,
+                  "will_retry": str(decision.will_retry).lower(), "retry_in_s": round(decision.delay_s, 3)}
+        config_fields = {} if decision.will_retry else {
+            "last_failed_at": now, "last_error": fields["error"], "last_failed_job": run.job_id}
+        outcome = Outcome(TRAINING_FAILED, {**fields, "board_type": record["board_type"],
+                                            "num_players": record["num_players"]},
+                          {**fields, "duration_s": round(now - run.started, 3),
+                           f"failures_{decision.failure_class}": decision.failures_of_class},
+                          node=node, attempt=run.attempt, fence=run.lease.fence, config_fields=config_fields)
+        state = RETRYING if decision.will_retry else FAILED
+        self.store.finish(run.job_id, run.config_key, state, outcome,
+                          retry_at=now + decision.delay_s if decision.will_retry else None)
+        self.counters.oom += 1
+        self.counters.oom_gpu_hours += (now - run.started) / HOUR
+        self.counters.failed_jobs += state == FAILED
+        self._record_breakers(run, success=False)
+        self._release(worker, run)
+        self.on_end(run, "oom", record)
+
+    def _record_breakers(self, run: Attempt, success: bool) -> None:
+        if self.breakers is not None:
+            self.breakers.record("config", run.config_key, success)
+            self.breakers.record("node", run.lease.node, success)
+
+    def vanish(self, node: str) -> list[Attempt]:
+        """`node`'s host is gone (an ephemeral instance reclaimed): its workers stop at once, each
+        attempt's work since its newest whole epoch is lost, and its leases expire `ttl` later
+        (the key and the slot vanish; the reaper's expiry entry gets the simulated expiry)."""
+        now = self.clock()
+        self.flush_progress()
+        stopped = []
+        for worker, gpu in self.gpus.items():
+            if gpu.node != node:
+                continue
+            self.gone.add(worker)
+            run = self.running.get(worker)
+            if run is None:
+                continue
+            epoch = run.epoch_at(now)
+            since = run.epoch_end(epoch) if epoch > run.resumed_epoch else run.started
+            self.checkpoints[run.job_id] = epoch
+            self.counters.vanished += 1
+            self.counters.vanish_gpu_hours += (now - since) / HOUR + RESUME_OVERHEAD_H
+            keys, lease = self.store.keys, run.lease
+            holder = self.conn.get(keys.lease(lease.config_key))
+            if holder is not None and holder.decode().startswith(lease.token + "|"):
+                self.conn.delete(keys.lease(lease.config_key))
+            self.conn.zrem(keys.node_slots(node), lease.token)
+            self.conn.zadd(keys.lease_expiry, {run.job_id: int((now + lease.ttl_ms / 1000.0) * 1000)})
+            self.running[worker] = None
+            stopped.append(run)
+            self.on_end(run, "vanished", self.store.get(run.job_id))
+        return stopped
+
+    def back(self, node: str) -> None:
+        """A fresh instance of `node`'s host: its workers start and register their GPUs again."""
+        for worker, gpu in self.gpus.items():
+            if gpu.node == node:
+                self.gone.discard(worker)
+                self.idle_since[worker] = self.clock()
+        self.register(node)
+
+    def _release(self, worker: str, run: Attempt) -> None:
         if not self.leases.release(run.lease):
             self.counters.release_lost += 1
-        self.running[node] = None
+        self.running[worker] = None
+        self.idle_since[worker] = self.clock()

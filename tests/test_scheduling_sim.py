@@ -8,6 +8,7 @@ import pytest
 from bench import scheduling_sim as sim
 from bench.sim_world import cluster
 from coordinator.core.job_states import FINAL_STATES
+from coordinator.stores.gpus import GpuStore
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,47 @@ def test_with_ringrift_length_trainings_and_prefetch_the_wait_bound_holds_and_no
     assert r.problems == [] and r.preemptions["wait"] > 0  # the bound was exercised
     assert r.worst_wait_h <= sim.build_settings(4).preemption.max_wait_hours + checkpoint_h
     assert r.credited_untrained == 0
+
+
+# -- heterogeneous clusters: RingRift-shaped GPUs, memory needs per board, ephemeral hosts --------------
+@pytest.fixture(scope="module")
+def contended() -> dict[str, sim.Simulation]:
+    """Six simulated hours of the contended RingRift-shaped cluster (3 of 9 GPUs >= 40 GB, a 4x RTX
+    4090 vast.ai host that vanishes at 0.7 h for 2 h), class-blind and memory-aware (fakeredis)."""
+    runs = {}
+    for placement in ("class-blind", "memory-aware"):
+        s = sim.Simulation("ringrift", 0, "coordinator", days=0.25, seed=2, cluster_name="ringrift-contended",
+                           placement=placement)
+        s.result = s.run()  # type: ignore[attr-defined]
+        runs[placement] = s
+    return runs
+
+
+def test_memory_aware_placement_puts_every_large_board_on_a_gpu_that_holds_it(contended):
+    r = contended["memory-aware"].result
+    assert r.problems == [] and r.hetero.big_board_attempts > 0
+    assert r.counters.oom == 0 and r.hetero.big_board_misplaced == 0 and r.counters.misfits == 0
+    assert r.counters.failed_jobs == 0 and r.trainings > 0
+
+
+def test_class_blind_placement_runs_large_boards_on_24_gb_cards_which_die_of_out_of_memory(contended):
+    r = contended["class-blind"].result
+    assert r.problems == []
+    assert r.counters.oom > 0 and r.hetero.big_board_misplaced > 0 and r.counters.oom_gpu_hours > 0
+    # the failures reached the nodes' circuit breakers, as the real worker records them
+    s = contended["class-blind"]
+    failures = [int(s.conn.hget(s.keys.breaker("node", n), "failures") or 0) for n in s.settings.hosts]
+    assert sum(failures) > 0
+
+
+def test_workers_declared_their_gpus_and_a_vanished_host_went_through_the_reaper(contended):
+    s = contended["memory-aware"]
+    inventory = GpuStore(s.conn, s.keys).inventory()
+    assert [slot["memory_gb"] for slot in inventory["vast-29129529"]["slots"]] == [24.0] * 4
+    assert inventory["lambda-gh200-1"]["memory_gb"] == 96.0 and inventory["vast-29129529"]["ephemeral"]
+    c = s.result.counters
+    assert c.vanished > 0 and c.vanish_gpu_hours > 0
+    # the reaper found their leases expired and retried them (an infrastructure failure each)
+    reaped = [int(s.conn.hget(s.keys.job(j.decode()), "failures_infrastructure") or 0)
+              for j in s.conn.zrange(s.keys.jobs, 0, -1)]
+    assert sum(reaped) == c.vanished
