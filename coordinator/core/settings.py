@@ -304,13 +304,14 @@ class GpuRequirement:
 class SpeedPriors:
     """`gpus.speed_priors`: how fast a GPU trains before any of its epochs was timed, relative to an
     RTX 4090 (1.0), RingRift-like. A class's `relative_speed` wins; else a key equal to the class's
-    name, lower case (`A100-80` -> a100_80), else the first key whose words the GPU's model has (`rtx_4090`
-    matches "NVIDIA GeForce RTX 4090"; a trailing _<n> also needs >= 0.85 x n GB), else `unknown`."""
+    name in lower case, "gb" optional (`A100-80` -> a100_80gb); else the first key whose words the
+    GPU's model has (`rtx_4090` matches "NVIDIA GeForce RTX 4090"; a trailing _<n>gb also needs
+    >= 0.85 x n GB); else `unknown` (coordinator/scheduling/speeds.py)."""
 
     gh200: float = _setting(3.6)
     h200: float = _setting(3.3)
     h100: float = _setting(3.0)
-    a100_80: float = _setting(2.0)
+    a100_80gb: float = _setting(2.0)
     a100: float = _setting(1.6)
     l40s: float = _setting(1.3)
     rtx_4090: float = _setting(1.0)
