@@ -35,7 +35,9 @@
   job); a worker that dequeues a job checks `placement.better_elsewhere` against the idle GPUs and
   the busy ones about to free (Gavel-style), and when at least one more better GPU than jobs waiting
   behind it exists, it puts the job back at the front of its queue (where a faster idle worker,
-  blocked on that queue, takes it at once) and leaves that queue for LEAVE_S.
+  blocked on that queue, takes it at once; popped again within LEAVE_S, it is kept: the better
+  GPU was not there). When the better GPUs are all busy (about to free), it also leaves that queue
+  for LEAVE_S and looks again then.
 
   Why queues and not "take any job, hand back what does not fit": a handed-back job goes through
   the delayed set and a new RQ job; while it is out, a free big GPU takes a small job instead, so
@@ -137,6 +139,7 @@ class TrainingWorker(Worker):
             self.connection.set_retry(wanted)  # the pool's connections too, and the forked horses'
         self._base_queues = list(self.queues)  # as named on the command line
         self._left: dict[str, float] = {}  # queue -> monotonic time until which it is left to better GPUs
+        self._left_jobs: dict[str, float] = {}  # job put back for a better idle GPU -> until when it was
 
     def listen_for_placement(self) -> list[str]:
         """Listen to the requirement queues this worker's GPU meets, before `training` (see the
@@ -227,14 +230,20 @@ class TrainingWorker(Worker):
         except (redis.RedisError, ValueError, TypeError, KeyError, IndexError) as exc:
             self.log.warning("Worker %s: placement not checked for job %s (%s)", self.name, job.id, exc)
             better, waiting = [], 0
-        if len(better) <= waiting:
+        now = time.monotonic()
+        if len(better) <= waiting or self._left_jobs.get(job.id, 0.0) > now:
+            # Not enough better GPUs, or this job came back to us: the better one did not take it.
             self._mark(idle=False)
             return result
         with self.connection.pipeline(transaction=True) as pipe:
             pipe.lrem(IntermediateQueue(queue.key, self.connection).key, 1, job.id)
             pipe.lpush(queue.key, job.id)
             pipe.execute()
-        self._left[queue.name] = time.monotonic() + LEAVE_S
+        self._left_jobs = {j: t for j, t in self._left_jobs.items() if t > now}
+        if any(b.free_in_s <= 0 for b in better):  # a better idle GPU, blocked on this queue, takes it now
+            self._left_jobs[job.id] = now + LEAVE_S
+        else:  # it waits for a better GPU about to free (Gavel-style): leave the queue meanwhile
+            self._left[queue.name] = now + LEAVE_S
         self.log.info("Worker %s: job %s left on %s for %s", self.name, job.id, queue.name,
                       ", ".join(f"{b.gpu.node} ({b.gpu.describe()}, free in {b.free_in_s:.0f} s)" for b in better[:3]))
         self.listen_for_placement()
