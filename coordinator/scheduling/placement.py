@@ -19,9 +19,27 @@ queued. A config that no GPU known to the cluster meets is never queued by dispa
 would run it); `notes` says so, and `check-config` warns of it. Without requirements the rule
 is today's count (matching = min(queued, free)).
 
-The seam for learned speeds (the next step): `rank_gpus` orders the GPUs that fit a config;
-today by the config's `preferred` classes, then cost per hour. The matching tries GPUs in that
-order and `notes` names the first free one.
+Learned speeds (step 3, `coordinator/scheduling/speeds.py`): `rank_gpus` orders the GPUs that fit
+by the config's `preferred` classes, then the expected finish (`expected_finish`: when the GPU
+frees plus epochs x samples x the learned seconds per epoch per sample of the job's workload on its
+class; the prior where untimed), then cost per hour (ties). How the preference steers a job, with
+a queue per requirement where the first free fitting worker takes it: **the taker checks**. An idle
+worker marks its GPU idle (`GpuStore.mark_idle`); a worker that dequeues a job asks
+`better_elsewhere` whether another GPU should have it (a preferred class free now; an expected
+finish `gpus.faster_margin` times sooner, free now or, Gavel-style, busy but freeing early enough
+that waiting still finishes sooner; or, equally fast and free, a cheaper hour) and, when there are
+more such GPUs than jobs waiting behind it, puts it back at the front of its queue, where the better
+idle worker (blocked on that queue) takes it at once (`workers/worker.py`). A free GPU idles while a
+job that fits it waits only in that Gavel case: the job is expected to finish sooner on the faster
+GPU that frees first; and for at most LEAVE_S (2 s) before it looks again.
+
+What it does not do: no global assignment (each taker decides for the job it dequeued, counting
+better GPUs against the jobs waiting on that queue, not across queues); the busy GPU waited for
+may take a job of a more demanding queue first; a job never timed on its workload compares free
+GPUs by relative speed only and never waits for a busy one; a big GPU idle when a small job comes
+takes it (the wait bound across classes, `preemption_rule.py`, moves it off at a checkpoint);
+dispatch's count (`admits`) is unchanged. The record's `placement` adds `speed_note` ("~3.1x the
+24GB's epochs/h (learned on hexagonal)"); `notes` names the first free GPU in that order.
 """
 
 from __future__ import annotations
