@@ -39,7 +39,8 @@ may take a job of a more demanding queue first; a job never timed on its workloa
 GPUs by relative speed only and never waits for a busy one; a big GPU idle when a small job comes
 takes it (the wait bound across classes, `preemption_rule.py`, moves it off at a checkpoint);
 dispatch's count (`admits`) is unchanged. The record's `placement` adds `speed_note` ("~3.1x the
-24GB's epochs/h (learned on hexagonal)"); `notes` (priorities) still names the first free GPU by preference and cost, without speeds.
+24GB's epochs/h (learned on hexagonal)"); `notes` (priorities) still names the first free GPU by
+preference and cost, without speeds.
 """
 
 from __future__ import annotations
