@@ -80,7 +80,8 @@ def test_big_board_jobs_start_only_on_the_big_gpu_and_small_jobs_fill_the_small_
     jobs = by_config(real_conn, keys)
     assert jobs["hexagonal_2p"]["node"] == "node-0"
     assert {jobs["hex8_2p"]["node"], jobs["hex8_3p"]["node"]} == {"node-1", "node-2"}
-    assert jobs["hexagonal_2p"]["placement"] == "hexagonal_2p -> node-0 (H100 80GB HBM3, 80 GB): needs >= 40 GB"
+    assert jobs["hexagonal_2p"]["placement"] == ("hexagonal_2p -> node-0 (H100 80GB HBM3, 80 GB): needs >= 40 GB; "
+                                                 "~3.0x the 24GB's epochs/h (prior)")
     assert "hexagonal_3p" not in jobs  # waits: no free GPU with >= 40 GB
     path = tmp_path / "coordinator.yaml"
     assert cli.main(["--config", str(path), "status", "--json"]) == 0

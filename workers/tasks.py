@@ -61,12 +61,16 @@ from coordinator.core.settings import (
     worker_settings,
 )
 from coordinator.core.text import decode_hash
+from coordinator.scheduling.placement import speed_note
 from coordinator.scheduling.preempter import lost_gpu_hours
 from coordinator.scheduling.scheduler import quality_block_until
+from coordinator.scheduling.speeds import table_from, workload_of
 from coordinator.stores.breakers import OPEN, CircuitBreakers, breaker_state
+from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import CANCELLED_STOP, PREEMPTED_STOP, Outcome
 from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager
+from coordinator.stores.speeds import SpeedStore
 from coordinator.trainer.checkpoints import newest_checkpoint
 from coordinator.trainer.command import attempt_paths, build_argv, record_values
 from coordinator.trainer.output import OutputParser, result_figures
@@ -172,16 +176,31 @@ def _misfit(conn: redis.Redis, keys: Keys, rq_job: Any, worker: str) -> str:
     return "" if verdict else f"does not fit this GPU: {verdict.why}"
 
 
-def placement_text(config_key: str, node: str, gpu: Gpu, requirement: GpuRequirement) -> str:
+def placement_text(config_key: str, node: str, gpu: Gpu, requirement: GpuRequirement, speed: str = "") -> str:
     """Why the job went where it went, for its record: "hexagonal_2p -> node-1 (H100, 80 GB): needs
-    >= 40 GB" (the GPU took it from its requirement's queue: no GPU that does not meet it listens
-    there; learned speeds will add how much faster it is)."""
+    >= 40 GB; ~3.1x the 24GB's epochs/h (learned on hexagonal)" (the GPU took it from its
+    requirement's queue, where no GPU that does not meet it listens; `speed`: `placement.speed_note`)."""
     why = f"needs {need_text(requirement)}" if restricts(requirement) else "no GPU requirement: any GPU"
-    return f"{config_key} -> {node} ({gpu.describe() if gpu.model or gpu.memory_gb else 'unknown GPU'}): {why}"
+    where = f"{config_key} -> {node} ({gpu.describe() if gpu.model or gpu.memory_gb else 'unknown GPU'}): {why}"
+    return f"{where}; {speed}" if speed else where
+
+
+def speed_text(conn: redis.Redis, keys: Keys, settings: Settings, record: Mapping[str, str], gpu: Gpu) -> str:
+    """How fast this GPU trains the job's workload against the cluster's slowest other class
+    (`placement.speed_note`); "" when Redis cannot say."""
+    g = settings.gpus
+    try:
+        table = table_from(SpeedStore(conn, keys).read(), g.classes, g.speed_priors)
+        cluster = GpuStore(conn, keys).all_gpus()
+    except redis.RedisError as exc:
+        log.warning("speeds not read: %s", exc)
+        return ""
+    return speed_note(table, workload_of(record.get("board_type", ""), json.loads(record.get("command") or "[]")),
+                      gpu, cluster, g.classes)
 
 
 def attempt_gpu(registered: gpu_inventory.Registered | None, settings: Settings, record: Mapping[str, str],
-                resumes: bool) -> tuple[dict[str, str], BatchSize]:
+                resumes: bool, speed: str = "") -> tuple[dict[str, str], BatchSize]:
     """The GPU this attempt got (the worker's slot) as the job record keeps it, and its batch size
     (`coordinator.core.gpu_requirements.batch_size_for`: submitted, kept on resume, the GPU class's)."""
     slot = registered.slot if registered else None
@@ -198,7 +217,8 @@ def attempt_gpu(registered: gpu_inventory.Registered | None, settings: Settings,
         requirement = settings.gpus.requirement_for(config_key)
     except EventError:
         requirement = GpuRequirement()
-    fields["placement"] = placement_text(config_key, slot.node if slot else "", slot_gpu(registered), requirement)
+    fields["placement"] = placement_text(config_key, slot.node if slot else "", slot_gpu(registered), requirement,
+                                         speed)
     return fields, size
 
 
@@ -209,7 +229,8 @@ def _record_gpu(store: JobStore, settings: Settings, record: Mapping[str, str], 
     except redis.RedisError as exc:
         log.warning("GPU inventory not recorded: %s", exc)
         registered = gpu_inventory.current()
-    fields, size = attempt_gpu(registered, settings, record, resumes)
+    speed = speed_text(store.conn, store.keys, settings, record, slot_gpu(registered)) if registered else ""
+    fields, size = attempt_gpu(registered, settings, record, resumes, speed)
     store.record_attempt_gpu(record["job_id"], fields, size.value)
 
 
@@ -279,6 +300,9 @@ class TrainingRun:
         self.parent_model = record.get("parent_model") or None  # set by store.start (warm start)
         # Beside config_key on every event of the job (issue 15 point 5).
         self.config_fields = {"board_type": record["board_type"], "num_players": record["num_players"]}
+        # The GPU class its epochs are timed for (`speeds.class_key`), on each TRAINING_PROGRESS.
+        self.speed_class = record.get("gpu_class") or (record.get("gpu_model") or "").removeprefix("NVIDIA ").strip()
+        self._timed: tuple[float, float] | None = None  # (epoch, monotonic time) of the last progress line
 
     def execute(self) -> dict[str, Any]:
         try:
@@ -359,16 +383,30 @@ class TrainingRun:
             self.log.warning("job %s was no longer leased when its trainer started", self.job_id)
 
     def _progress(self, figures: dict[str, Any]) -> None:
-        """One progress line's figures (every number it carries) on the record and the stream."""
+        """One progress line's figures (every number it carries) on the record and the stream, with
+        the epoch's time (`epoch_time_s`, learned speeds): the trainer's, else this worker's clock
+        between two lines whose epoch advanced (the first line's includes the trainer's start-up:
+        none)."""
         shown = {k: v for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self._time_epoch(shown)
         rq_meta = None
         if self.rq_job is not None:  # what `rq info` and rq-dashboard show, in the same round trip
             self.rq_job.meta.update({"config_key": self.config_key, "attempt": self.attempt, **shown})
             rq_meta = (self.rq_job.key, self.rq_job.serializer.dumps(self.rq_job.meta))
         try:
-            self.store.progress(self.job_id, self.config_key, {**self.config_fields, **shown}, rq_meta)
+            speed = {"speed_class": self.speed_class} if self.speed_class else {}
+            self.store.progress(self.job_id, self.config_key, {**self.config_fields, **speed, **shown}, rq_meta)
         except redis.RedisError as exc:  # progress is best-effort; the lease keeper judges Redis loss
             self.log.warning("progress not recorded: %s", exc)
+
+    def _time_epoch(self, shown: dict[str, Any]) -> None:
+        epoch, now = shown.get("epoch"), time.monotonic()
+        if epoch is None:
+            return
+        if "epoch_time_s" not in shown and self._timed is not None and epoch > self._timed[0]:
+            shown["epoch_time_s"] = round((now - self._timed[1]) / (epoch - self._timed[0]), 3)
+        if self._timed is None or epoch > self._timed[0]:
+            self._timed = (float(epoch), now)
 
     def _complete(self, trainer: TrainerResult) -> dict[str, Any]:
         figures = result_figures(self.output_dir, trainer.summary, trainer.history, self.paths.model_path)

@@ -29,6 +29,16 @@
   unknown (no NVML, environment or `hosts` entry) meets no memory or class requirement: it runs
   only jobs without one. `rq info` lists each queue with its jobs and each worker with its queues.
 
+- Among the GPUs that fit, the job goes to the one expected to finish it first (issue 26's learned
+  speeds; `coordinator/scheduling/placement.py` says what this does and does not do): an idle
+  worker marks its GPU idle (`GpuStore.mark_idle`, refreshed every loop, dropped when it takes a
+  job); a worker that dequeues a job checks `placement.better_elsewhere` against the idle GPUs and
+  the busy ones about to free (Gavel-style), and when at least one more better GPU than jobs waiting
+  behind it exists, it puts the job back at the front of its queue (where a faster idle worker,
+  blocked on that queue, takes it at once; popped again within LEAVE_S, it is kept: the better
+  GPU was not there). When the better GPUs are all busy (about to free), it also leaves that queue
+  for LEAVE_S and looks again then.
+
   Why queues and not "take any job, hand back what does not fit": a handed-back job goes through
   the delayed set and a new RQ job; while it is out, a free big GPU takes a small job instead, so
   a big job could be bounced by small workers indefinitely, and idle small workers would take and
@@ -48,18 +58,59 @@ from typing import Any
 
 import redis
 from rq import Worker
+from rq.intermediate_queue import IntermediateQueue
 
 import workers.tasks  # the preload is the point of this module
+from coordinator.core.clock import RedisClock
 from coordinator.core.connection import failover_retry
+from coordinator.core.errors import EventError
 from coordinator.core.gpu_requirements import Gpu, from_spec, meets
 from coordinator.core.keys import TRAINING_QUEUE, Keys
-from coordinator.core.settings import RedisSettings
-from coordinator.ops.status import WORKER_NODE_FIELD
+from coordinator.core.settings import GpuRequirement, RedisSettings, worker_settings
+from coordinator.ops.status import WORKER_NODE_FIELD, eta_s
+from coordinator.scheduling.placement import SlotGpu, Workload, better_elsewhere
+from coordinator.scheduling.speeds import table_from, workload_of
+from coordinator.stores.gpus import GpuStore
+from coordinator.stores.job_records import SLOT_STATES, active_records
+from coordinator.stores.speeds import SpeedStore
 from workers import gpu_inventory
 from workers.tasks import slot_gpu
 
 # How often an idle worker looks for new requirement queues (a new config's requirement).
 PLACEMENT_REFRESH_S = 5
+# An idle mark older than this is a worker that died idle (it refreshes every PLACEMENT_REFRESH_S).
+IDLE_MAX_AGE_S = 3 * PLACEMENT_REFRESH_S
+# How long a worker leaves a queue whose job it put back for a better GPU.
+LEAVE_S = 2.0
+RECORD_FIELDS = ("job_id", "config_key", "board_type", "command", "samples", "epochs", "epoch", "settings",
+                 "batch_size")
+
+
+def better_gpus(conn: redis.Redis, prefix: str, job_id: str, me: SlotGpu, worker: str, now: float) -> list[SlotGpu]:
+    """The GPUs (idle now, or running a training about to end) that job `job_id` should rather go
+    to than `me` (`placement.better_elsewhere`, with the job's settings and the learned speeds)."""
+    keys = Keys(prefix)
+    record = dict(zip(RECORD_FIELDS, (v.decode() if v else "" for v in conn.hmget(keys.job(job_id), *RECORD_FIELDS))))
+    if not record["config_key"]:
+        return []
+    gpus = worker_settings(record).gpus
+    try:
+        requirement = gpus.requirement_for(record["config_key"])
+    except EventError:
+        requirement = GpuRequirement()
+    store = GpuStore(conn, keys)
+    others = [SlotGpu(g, cost) for name, g, cost in store.idle(now, IDLE_MAX_AGE_S) if name != worker]
+    for _, r in active_records(conn, keys):
+        eta = eta_s(r, now) if r.get("state") in SLOT_STATES and r.get("gpu_model") else None
+        if eta is not None:
+            inventory = store.node(r.get("node", ""))
+            others.append(SlotGpu(Gpu(r["gpu_model"], float(r.get("gpu_memory_gb") or 0), 0, r.get("node", "")),
+                                  inventory.cost_per_hour if inventory else None, max(eta, 1.0)))
+    samples, left = float(record["samples"] or 0), float(record["epochs"] or 1) - float(record["epoch"] or 0)
+    job = Workload(workload_of(record["board_type"], json.loads(record["command"] or "[]")),
+                   max(left, 1.0) * samples if samples > 0 else None)
+    table = table_from(SpeedStore(conn, keys).read(), gpus.classes, gpus.speed_priors)
+    return better_elsewhere(me, others, requirement, gpus.classes, table, job, gpus.faster_margin)
 
 
 def fitting_queues(registered: Mapping[bytes | str, bytes | str], gpu: Gpu) -> list[str]:
@@ -87,6 +138,8 @@ class TrainingWorker(Worker):
         if current is None or current.get_retries() < wanted.get_retries():  # type: ignore[attr-defined]
             self.connection.set_retry(wanted)  # the pool's connections too, and the forked horses'
         self._base_queues = list(self.queues)  # as named on the command line
+        self._left: dict[str, float] = {}  # queue -> monotonic time until which it is left to better GPUs
+        self._left_jobs: dict[str, float] = {}  # job put back for a better idle GPU -> until when it was
 
     def listen_for_placement(self) -> list[str]:
         """Listen to the requirement queues this worker's GPU meets, before `training` (see the
@@ -101,6 +154,7 @@ class TrainingWorker(Worker):
             self.log.warning("Worker %s: placement queues not read (%s)", self.name, exc)
             return self.queue_names()
         names = [*extra, *(q.name for q in self._base_queues if q.name not in extra)]
+        names = [n for n in names if self._left.get(n, 0.0) <= time.monotonic()]
         if names != self.queue_names():
             by_name = {q.name: q for q in self.queues}
             self.queues = [by_name.get(n) or self.queue_class(
@@ -116,19 +170,84 @@ class TrainingWorker(Worker):
         return names
 
     def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        """RQ's dequeue, with the queues refreshed first and again every PLACEMENT_REFRESH_S while idle."""
+        """RQ's dequeue, with the queues refreshed first and again every PLACEMENT_REFRESH_S while idle
+        (every LEAVE_S while a queue is left to a better GPU), and a job a better GPU should train put
+        back (module docstring)."""
         self.listen_for_placement()
+        self._mark(idle=True)
         if timeout is None:  # burst: one pass over the queues as they are now
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time) if self.queues else None
+            return self._keep(result)
         idle_since = time.monotonic()
         while True:
-            step = max(1, min(timeout, PLACEMENT_REFRESH_S))
-            result = super().dequeue_job_and_maintain_ttl(step, step)
+            step = max(1, min(timeout, PLACEMENT_REFRESH_S, int(LEAVE_S) if self._left else timeout))
+            if self.queues:
+                result = self._keep(super().dequeue_job_and_maintain_ttl(step, step))
+            else:  # every queue is left to better GPUs for now
+                self.heartbeat()
+                time.sleep(step)
+                result = None
             if result is not None:
                 return result
             if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                 return None
+            self._left = {n: t for n, t in self._left.items() if t > time.monotonic()}
             self.listen_for_placement()
+            self._mark(idle=True)
+
+    def _my_gpu(self) -> tuple[SlotGpu, str] | None:
+        registered = gpu_inventory.current()
+        gpu = slot_gpu(registered)
+        if registered is None or not (gpu.model or gpu.memory_gb):
+            return None
+        return SlotGpu(gpu, registered.inventory.cost_per_hour), registered.prefix
+
+    def _mark(self, idle: bool) -> None:
+        """Say in the idle set whether this worker's GPU is free (`GpuStore.mark_idle`)."""
+        mine = self._my_gpu()
+        if mine is None:
+            return
+        slot, store = mine[0], GpuStore(self.connection, Keys(mine[1]))
+        try:
+            if idle:
+                store.mark_idle(slot.gpu, slot.cost_per_hour, self.name, RedisClock(self.connection)(), IDLE_MAX_AGE_S)
+            else:
+                store.mark_busy(slot.gpu, slot.cost_per_hour, self.name)
+        except redis.RedisError as exc:
+            self.log.warning("Worker %s: idle mark not written (%s)", self.name, exc)
+
+    def _keep(self, result: Any) -> Any:
+        """`result` (job, queue), or None when the job was put back for a better GPU."""
+        if result is None:
+            return None
+        job, queue = result
+        mine = self._my_gpu()
+        try:
+            job_id, prefix = job.args[0], job.args[1]
+            better = better_gpus(self.connection, prefix, job_id, mine[0], self.name,
+                                 RedisClock(self.connection)()) if mine else []
+            waiting = int(self.connection.llen(queue.key)) if better else 0
+        except (redis.RedisError, ValueError, TypeError, KeyError, IndexError) as exc:
+            self.log.warning("Worker %s: placement not checked for job %s (%s)", self.name, job.id, exc)
+            better, waiting = [], 0
+        now = time.monotonic()
+        if len(better) <= waiting or self._left_jobs.get(job.id, 0.0) > now:
+            # Not enough better GPUs, or this job came back to us: the better one did not take it.
+            self._mark(idle=False)
+            return result
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.lrem(IntermediateQueue(queue.key, self.connection).key, 1, job.id)
+            pipe.lpush(queue.key, job.id)
+            pipe.execute()
+        self._left_jobs = {j: t for j, t in self._left_jobs.items() if t > now}
+        if any(b.free_in_s <= 0 for b in better):  # a better idle GPU, blocked on this queue, takes it now
+            self._left_jobs[job.id] = now + LEAVE_S
+        else:  # it waits for a better GPU about to free (Gavel-style): leave the queue meanwhile
+            self._left[queue.name] = now + LEAVE_S
+        self.log.info("Worker %s: job %s left on %s for %s", self.name, job.id, queue.name,
+                      ", ".join(f"{b.gpu.node} ({b.gpu.describe()}, free in {b.free_in_s:.0f} s)" for b in better[:3]))
+        self.listen_for_placement()
+        return None
 
     def register_birth(self) -> None:
         super().register_birth()

@@ -20,6 +20,7 @@ Key layout (prefix `ringrift` by default; `redis-cli` recipes in the README):
 | `<prefix>:cluster:health`            | hash   | the last CLUSTER_HEALTH_CHANGED fields, as recorded      |
 | `<prefix>:breaker:<kind>:<name>`     | hash   | a circuit breaker (kind config or node): state, failures |
 | `<prefix>:stats`                     | hash   | counters shared by all processes (e.g. lease_busy)       |
+| `<prefix>:speeds`                    | hash   | "<workload>|<GPU class>" -> learned s/epoch/sample (JSON) |
 
 Leases share the hash tag `{lease}`, so the scripts that take a config lease and a node slot
 together (and touch only the keys passed in) also run on Redis Cluster:
@@ -35,6 +36,7 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 | `<prefix>:{lease}:gpu:<node>:<slot>` | hash   | a worker's slot ("0", "0,1"): model, memory_gb, worker |
 | `<prefix>:{lease}:gpu_slots:<node>`  | set    | a node's slot names                                             |
 | `<prefix>:{lease}:gpu_nodes`         | set    | every node with a GPU inventory                                 |
+| `<prefix>:{lease}:gpu_idle`          | zset   | JSON of an idle worker's GPU -> when it last said so (placement) |
 | `<prefix>:placement:queues`          | hash   | RQ queue name -> JSON of the GPU requirement its jobs have      |
 |                                      |        | (`training-ge40gb`...): what a worker whose GPU meets it listens to |
 
@@ -124,6 +126,11 @@ class Keys:
         return f"{self.prefix}:config:{config_key}:models"
 
     @property
+    def speeds(self) -> str:
+        """Learned training speeds: "<workload>|<class>" -> JSON (coordinator/stores/speeds.py)."""
+        return f"{self.prefix}:speeds"
+
+    @property
     def stats(self) -> str:
         return f"{self.prefix}:stats"
 
@@ -170,6 +177,12 @@ class Keys:
     @property
     def gpu_nodes(self) -> str:
         return f"{self.prefix}:{{lease}}:gpu_nodes"
+
+    @property
+    def gpu_idle(self) -> str:
+        """Idle workers' GPUs (JSON member: node, slot, model, memory_gb, cost_per_hour, worker) ->
+        unix time each last said it was idle (coordinator/stores/gpus.py)."""
+        return f"{self.prefix}:{{lease}}:gpu_idle"
 
     @property
     def placement_queues(self) -> str:

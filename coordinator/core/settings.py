@@ -283,6 +283,7 @@ class GpuClass:
     min_memory_gb: float | None = None
     batch_size: int | None = None
     cost_per_hour: float | None = None
+    relative_speed: float | None = None
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -300,6 +301,26 @@ class GpuRequirement:
 
 
 @dataclass(frozen=True)
+class SpeedPriors:
+    """`gpus.speed_priors`: how fast a GPU trains before any of its epochs was timed, relative to an
+    RTX 4090 (1.0), RingRift-like. A class's `relative_speed` wins; else a key equal to the class's
+    name in lower case, "gb" optional (`A100-80` -> a100_80gb); else the first key whose words the
+    GPU's model has (`rtx_4090` matches "NVIDIA GeForce RTX 4090"; a trailing _<n>gb also needs
+    >= 0.85 x n GB); else `unknown` (coordinator/scheduling/speeds.py)."""
+
+    gh200: float = _setting(3.6)
+    h200: float = _setting(3.3)
+    h100: float = _setting(3.0)
+    a100_80gb: float = _setting(2.0)
+    a100: float = _setting(1.6)
+    l40s: float = _setting(1.3)
+    rtx_4090: float = _setting(1.0)
+    rtx_3090: float = _setting(0.7)
+    a10: float = _setting(0.6)
+    unknown: float = _setting(1.0, "A GPU that matches none of the above")
+
+
+@dataclass(frozen=True)
 class GpuSettings:
     """GPU classes, per-class training parameters and what each board or config needs of a GPU
     (the rules in `coordinator.core.gpu_requirements`)."""
@@ -313,6 +334,19 @@ class GpuSettings:
               "{hexagonal: {min_memory_gb: 40}}")
     per_config: Mapping[str, GpuRequirement] = _section(
         dict, "<board>_<players>p -> what differs from its board's requirement")
+    speed_priors: SpeedPriors = _section(
+        SpeedPriors, "Relative training speed per GPU before its epochs are timed (learned speeds replace it)")
+    speed_smoothing: float = _setting(
+        0.3, "Weight of the newest epoch in the learned seconds per epoch per sample (exponential mean)")
+    faster_margin: float = _setting(
+        1.2, "A free GPU leaves a job to another free (or sooner-free) one only if that one is expected to "
+             "finish it this many times sooner")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.speed_smoothing <= 1:
+            raise ValueError(f"speed_smoothing must be in (0, 1], got {self.speed_smoothing:g}")
+        if self.faster_margin < 1:
+            raise ValueError(f"faster_margin must be >= 1 (1: any faster GPU), got {self.faster_margin:g}")
 
     def requirement_for(self, config_key: str) -> GpuRequirement:
         """The config's requirement: each field from `per_config`, else from its board, else unset."""
@@ -457,10 +491,12 @@ def gpu_settings_from_json(values: Mapping[str, Any]) -> GpuSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
 
+    scalars = {k: float(values[k]) for k in ("speed_smoothing", "faster_margin") if k in values}
     return GpuSettings(
         classes={name: build(GpuClass, raw) for name, raw in (values.get("classes") or {}).items()},
         boards={name: build(GpuRequirement, raw) for name, raw in (values.get("boards") or {}).items()},
-        per_config={name: build(GpuRequirement, raw) for name, raw in (values.get("per_config") or {}).items()})
+        per_config={name: build(GpuRequirement, raw) for name, raw in (values.get("per_config") or {}).items()},
+        speed_priors=build(SpeedPriors, values.get("speed_priors") or {}), **scalars)
 
 
 def _missing(default: Any, values: Mapping[str, Any], where: str) -> list[str]:

@@ -19,9 +19,28 @@ queued. A config that no GPU known to the cluster meets is never queued by dispa
 would run it); `notes` says so, and `check-config` warns of it. Without requirements the rule
 is today's count (matching = min(queued, free)).
 
-The seam for learned speeds (the next step): `rank_gpus` orders the GPUs that fit a config;
-today by the config's `preferred` classes, then cost per hour. The matching tries GPUs in that
-order and `notes` names the first free one.
+Learned speeds (step 3, `coordinator/scheduling/speeds.py`): `rank_gpus` orders the GPUs that fit
+by the config's `preferred` classes, then the expected finish (`expected_finish`: when the GPU
+frees plus epochs x samples x the learned seconds per epoch per sample of the job's workload on its
+class; the prior where untimed), then cost per hour (ties). How the preference steers a job, with
+a queue per requirement where the first free fitting worker takes it: **the taker checks**. An idle
+worker marks its GPU idle (`GpuStore.mark_idle`); a worker that dequeues a job asks
+`better_elsewhere` whether another GPU should have it (a preferred class free now; an expected
+finish `gpus.faster_margin` times sooner, free now or, Gavel-style, busy but freeing early enough
+that waiting still finishes sooner; or, equally fast and free, a cheaper hour) and, when there are
+more such GPUs than jobs waiting behind it, puts it back at the front of its queue, where the better
+idle worker (blocked on that queue) takes it at once (`workers/worker.py`). A free GPU idles while a
+job that fits it waits only in that Gavel case: the job is expected to finish sooner on the faster
+GPU that frees first; and for at most LEAVE_S (2 s) before it looks again.
+
+What it does not do: no global assignment (each taker decides for the job it dequeued, counting
+better GPUs against the jobs waiting on that queue, not across queues); the busy GPU waited for
+may take a job of a more demanding queue first; a job never timed on its workload compares free
+GPUs by relative speed only and never waits for a busy one; a big GPU idle when a small job comes
+takes it (the wait bound across classes, `preemption_rule.py`, moves it off at a checkpoint);
+dispatch's count (`admits`) is unchanged. The record's `placement` adds `speed_note` ("~3.1x the
+24GB's epochs/h (learned on hexagonal)"); `notes` (priorities) still names the first free GPU by
+preference and cost, without speeds.
 """
 
 from __future__ import annotations
@@ -36,6 +55,7 @@ from coordinator.core.gpu_requirements import Gpu, meets, need_text, preference_
 from coordinator.core.job_states import QUEUED
 from coordinator.core.keys import Keys
 from coordinator.core.settings import GpuClass, GpuRequirement, GpuSettings
+from coordinator.scheduling.speeds import SpeedTable, class_key
 from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import SLOT_STATES, active_records
 from coordinator.stores.leases import LeaseManager
@@ -45,10 +65,32 @@ DOWN = "down"
 
 @dataclass(frozen=True)
 class SlotGpu:
-    """One GPU slot of a node that is not down, with the GPU it has and what an hour of it costs."""
+    """One GPU slot of a node that is not down, with the GPU it has, what an hour of it costs, and
+    when it is free (0: now; else the expected seconds until its running training ends)."""
 
     gpu: Gpu
     cost_per_hour: float | None = None
+    free_in_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What ranking needs of one job: its workload (`speeds.workload_of`) and its work in
+    sample-epochs (epochs left x samples; None when unknown: then only free GPUs compete)."""
+
+    name: str
+    work: float | None = None
+
+
+def expected_finish(slot: SlotGpu, speeds: SpeedTable, job: Workload, classes: Mapping[str, GpuClass]) -> float:
+    """Seconds from now until `job` would be done on `slot`: when it frees plus the job's run time
+    there. Where no run time is known (nothing timed on the workload, or no work), a free slot's
+    is 1 / its relative speed (comparable only between free slots) and a busy one's is infinite."""
+    cls = class_key(slot.gpu, classes)
+    run = speeds.expected_seconds(job.name, cls, job.work, slot.gpu) if job.work else None
+    if run is not None:
+        return slot.free_in_s + run
+    return 1.0 / speeds.relative(job.name, cls, slot.gpu) if slot.free_in_s <= 0 else float("inf")
 
 
 def requirement_of(gpus: GpuSettings, config_key: str) -> GpuRequirement:
@@ -59,16 +101,63 @@ def requirement_of(gpus: GpuSettings, config_key: str) -> GpuRequirement:
         return GpuRequirement()
 
 
-def rank_gpus(requirement: GpuRequirement, slots: Iterable[SlotGpu], classes: Mapping[str, GpuClass]) -> list[SlotGpu]:
-    """The slots whose GPU meets `requirement`, best first: the config's `preferred` classes in
-    order, then the cheaper hour (unknown cost last), then node name. THE SEAM for learned speeds:
-    the next step ranks by expected finish time (throughput per board and GPU class) here."""
-    def cost(s: SlotGpu) -> float:
-        return s.cost_per_hour if s.cost_per_hour is not None else float("inf")
+def _cost(s: SlotGpu) -> float:
+    return s.cost_per_hour if s.cost_per_hour is not None else float("inf")
 
+
+def rank_gpus(requirement: GpuRequirement, slots: Iterable[SlotGpu], classes: Mapping[str, GpuClass],
+              speeds: SpeedTable | None = None, job: Workload | None = None) -> list[SlotGpu]:
+    """The slots whose GPU meets `requirement`, best first: the config's `preferred` classes in
+    order, then (given `speeds` and `job`) the earliest expected finish (`expected_finish`: learned
+    speed per workload and GPU class, the prior where untimed), then the cheaper hour (unknown cost
+    last: cost breaks ties), then node name."""
     fitting = [s for s in slots if meets(s.gpu, requirement, classes)]
-    return sorted(fitting, key=lambda s: (preference_rank(s.gpu, requirement, classes), cost(s), s.gpu.node,
-                                          s.gpu.index))
+
+    def finish(s: SlotGpu) -> float:
+        return expected_finish(s, speeds, job, classes) if speeds is not None and job is not None else 0.0
+
+    return sorted(fitting, key=lambda s: (preference_rank(s.gpu, requirement, classes), finish(s), _cost(s),
+                                          s.gpu.node, s.gpu.index))
+
+
+def better_elsewhere(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuRequirement,
+                     classes: Mapping[str, GpuClass], speeds: SpeedTable, job: Workload,
+                     margin: float) -> list[SlotGpu]:
+    """The slots (free now, or freeing soon) that `job` should rather go to than `me`, a free GPU
+    that could start it now: a preferred class free now, or an expected finish `margin` times
+    sooner (waiting for a busy one included: Gavel-style), or, free now and no later, a cheaper hour."""
+    mine = expected_finish(me, speeds, job, classes)
+    my_rank = preference_rank(me.gpu, requirement, classes)
+    out = []
+    for other in others:
+        if not meets(other.gpu, requirement, classes):
+            continue
+        rank = preference_rank(other.gpu, requirement, classes)
+        if rank > my_rank:
+            continue
+        theirs = expected_finish(other, speeds, job, classes)
+        free_now = other.free_in_s <= 0
+        if (rank < my_rank and free_now) or theirs * margin <= mine or (
+                free_now and theirs <= mine and _cost(other) < _cost(me)):
+            out.append(other)
+    return out
+
+
+def speed_note(speeds: SpeedTable, workload: str, mine: Gpu, cluster: Iterable[Gpu],
+               classes: Mapping[str, GpuClass]) -> str:
+    """How `mine` compares with the slowest other GPU class of the cluster on `workload`, for the
+    job record: "~3.1x the RTX 4090's epochs/h (learned)"; "" in a cluster of one class."""
+    own = class_key(mine, classes)
+    others = {class_key(g, classes): g for g in cluster}
+    others.pop(own, None)
+    others.pop("unknown", None)
+    if not others:
+        return ""
+    slowest = min(others, key=lambda c: (speeds.relative(workload, c, others[c]), c))
+    ratio = speeds.relative(workload, own, mine) / speeds.relative(workload, slowest, others[slowest])
+    learned = speeds.basis(workload, own) != "prior" and speeds.basis(workload, slowest) != "prior"
+    basis = f"learned on {workload}" if learned else "prior"
+    return f"~{ratio:.1f}x the {slowest}'s epochs/h ({basis})"
 
 
 def max_matching(jobs: Sequence[GpuRequirement], slots: Sequence[SlotGpu],

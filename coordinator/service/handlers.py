@@ -22,8 +22,10 @@ from coordinator.core.clock import Clock
 from coordinator.core.inputs import is_count, parse_name_list
 from coordinator.core.keys import Keys
 from coordinator.core.settings import Settings
+from coordinator.scheduling.speeds import UNKNOWN_CLASS, table_from, workload_of
 from coordinator.stores.configs import ConfigStore
 from coordinator.stores.leases import LeaseManager
+from coordinator.stores.speeds import SpeedStore
 
 # Where the cluster health hash keeps the nodes the last `open_nodes` took out of dispatch.
 CIRCUIT_OPEN_FIELD = "circuit_open_nodes"
@@ -45,6 +47,7 @@ class EventHandlers:
     def by_type(self) -> dict[str, Handler]:
         """Event type -> its handler; other types are acknowledged with nothing to do."""
         return {
+            ev.TRAINING_PROGRESS: self._on_training_progress,
             ev.TRAINING_COMPLETE: self._on_training_complete,
             ev.TRAINING_FAILED: self._on_training_end,
             ev.TRAINING_CANCELLED: self._on_training_end,
@@ -67,8 +70,46 @@ class EventHandlers:
             self.configs.record_lineage(f["config_key"], self._recorded_path(f["model_path"]), parent or None)
         if f.get("duration_s"):
             earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
-            self.configs.record_training_cost(f["config_key"], float(f["duration_s"]) / 3600 + earlier)
+            wall = float(f["duration_s"]) / 3600 + earlier
+            self.configs.record_training_cost(f["config_key"], wall * self._relative_speed(f["job_id"]))
         return self._on_training_end(event)
+
+    def _job_workload(self, job_id: str) -> tuple[str, str, int]:
+        """(workload, GPU class of its current attempt, samples) from the job record."""
+        board, command, cls, model, samples = (v.decode() if v else "" for v in self.conn.hmget(
+            self.keys.job(job_id), "board_type", "command", "gpu_class", "gpu_model", "samples"))
+        cls = cls or model.removeprefix("NVIDIA ").strip()  # `speeds.class_key`: an unclassified GPU's model
+        try:
+            argv = json.loads(command) if command else []
+        except ValueError:
+            argv = []
+        return workload_of(board, argv), cls, int(float(samples or 0))
+
+    def _relative_speed(self, job_id: str) -> float:
+        """How fast the job's GPU class trains its workload, in prior units (RTX 4090 = 1): its
+        GPU-hours count as that many reference hours (`cost.py`: an H100 hour is not a 4090 hour).
+        1 for an unknown GPU."""
+        workload, cls, _samples = self._job_workload(job_id)
+        if not cls:
+            return 1.0
+        g = self.settings.gpus
+        return table_from(SpeedStore(self.conn, self.keys).read(), g.classes, g.speed_priors).relative(workload, cls)
+
+    def _on_training_progress(self, event: Event) -> list[str]:
+        """A timed epoch (`epoch_time_s`, the trainer's or the worker's clock) teaches the speed of its
+        (workload, GPU class): seconds per sample = epoch time / the job's samples. Epochs without a
+        time, samples or GPU class teach nothing. Nothing to rescore."""
+        f = event.fields
+        if not f.get("epoch_time_s"):
+            return []
+        workload, cls, samples = self._job_workload(f["job_id"])
+        cls = f.get("speed_class") or cls  # the attempt's own (the record may be a later attempt's)
+        seconds = float(f["epoch_time_s"])
+        if samples <= 0 or seconds <= 0 or not cls or cls == UNKNOWN_CLASS:
+            return []
+        SpeedStore(self.conn, self.keys).observe(workload, cls, seconds / samples,
+                                                 self.settings.gpus.speed_smoothing, self.clock(), event.id)
+        return []
 
     def _on_quality_block(self, event: Event) -> list[str]:
         """Block the config until its next export or `until` (default: quality_block_hours from now);

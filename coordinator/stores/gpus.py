@@ -122,6 +122,35 @@ class GpuStore:
             pipe.execute()
         return written
 
+    # -- idle GPUs (placement: a slower free GPU leaves a job to a faster idle one) ------------------
+    def mark_idle(self, gpu: Gpu, cost_per_hour: float | None, worker: str, now: float, max_age_s: float) -> None:
+        """This worker's GPU is free and listening (refreshed while idle); entries older than
+        `max_age_s` (a worker that died idle) are dropped."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.gpu_idle, {idle_member(gpu, cost_per_hour, worker): now})
+            pipe.zremrangebyscore(self.keys.gpu_idle, "-inf", now - max_age_s)
+            pipe.execute()
+
+    def mark_busy(self, gpu: Gpu, cost_per_hour: float | None, worker: str) -> None:
+        self.conn.zrem(self.keys.gpu_idle, idle_member(gpu, cost_per_hour, worker))
+
+    def idle(self, now: float, max_age_s: float) -> list[tuple[str, Gpu, float | None]]:
+        """(worker, GPU, cost per hour) of every worker idle within `max_age_s`."""
+        out = []
+        for raw in self.conn.zrangebyscore(self.keys.gpu_idle, now - max_age_s, "+inf"):
+            try:
+                m = json.loads(raw)
+                out.append((m["worker"], Gpu(m["model"], float(m["memory_gb"]), int(m["index"]), m["node"]),
+                            m["cost_per_hour"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    def all_gpus(self) -> list[Gpu]:
+        """Every GPU of every node with an inventory (detected or declared)."""
+        inventories = [self.node(n.decode()) for n in sorted(self.conn.smembers(self.keys.gpu_nodes))]
+        return [d for inventory in inventories if inventory for d in inventory.devices]
+
     def _detected(self, node_key: str) -> bool:
         source = self.conn.hget(node_key, "source")
         return bool(source) and source.decode() in DETECTED
@@ -152,6 +181,12 @@ class GpuStore:
             out[name] = {**_node_row(node), "slots": [
                 _slot_row(decode_hash(next(slot_replies)), node, slot) for slot in slot_names[name]]}
         return out
+
+
+def idle_member(gpu: Gpu, cost_per_hour: float | None, worker: str) -> str:
+    """The idle set's member for a worker's GPU (stable for the worker's life)."""
+    return json.dumps({"worker": worker, "node": gpu.node, "index": gpu.index, "model": gpu.model,
+                       "memory_gb": gpu.memory_gb, "cost_per_hour": cost_per_hour}, sort_keys=True)
 
 
 def gpu_label(model: str, memory_gb: str | float) -> str:
