@@ -110,6 +110,12 @@ class FaultProxy:
                 _drop(route)
                 if route.server:
                     route.server.close()
+            # Connections still being served (one may be opening its upstream) end here, not when the
+            # stopped loop's coroutines are collected ("Exception ignored in ... _serve").
+            serving = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
         if self._thread.is_alive():
             self._run(shut)
             self._loop.call_soon_threadsafe(self._loop.stop)
