@@ -13,6 +13,8 @@ No test module imports from another test module; what two of them need lives her
 - import_graph.py ROOT, module_files, imports, graph (who imports whom in coordinator/ and workers/)
 - signal_trainer.py  a trainer that records the signals it gets (run as `python -m tests.support.signal_trainer`)
 - gated_train.py  a trainer wrapper that pauses after an epoch while a hold file says so (hold, release)
+- speed_trainer.py  a stub trainer whose epochs take as long as its GPU class makes them (holds like gated_train)
+- blocking.py     pause, resume, blocked_clients: which `rq worker` is first in a queue's line, set by the test
 - races.py        GATED_STUB, GATED_REFERENCE, wait_until_handled, starve (waits on state, never on time)
 - preemption.py   the preemption scenario the stub-trainer and reference-trainer tests share
 - chromium_cdp.py  headless Chromium over the DevTools pipe, recording what the page draws on its canvases
