@@ -48,13 +48,17 @@ simulated worker registers its GPU as a real one does and listens to the queues 
 worker's `fitting_queues` gives it; a training on a GPU too small for it dies of out-of-memory; a
 vanished host's attempts are found by the orchestrator's reaper once their leases expire. A
 placement policy is a settings change (`sim_cluster.PLACEMENTS`): `class-blind` (no `gpus`
-requirements: today's default) and `memory-aware` (the README's `gpus.boards`/`per_config`). Per
-run: out-of-memory placements, GPU-hours they and the vanished hosts wasted, worst wait, hours from
+requirements: today's default), `memory-aware` (the README's `gpus.boards`/`per_config`, speed
+clause off: `gpus.faster_margin` 1e9) and `speed-aware` (the README's example as shipped). The
+workers run the shipped worker's hand-back check on every dequeued job and report epoch times, so
+the coordinator learns per-class speeds from the simulated epochs (`bench/sim_workers.py`). Per
+run: hand-backs, the learned speeds against the hidden ones (a second table), and
+out-of-memory placements, GPU-hours they and the vanished hosts wasted, worst wait, hours from
 an export to the first published model trained on it, the share of the >= 40 GB GPUs' hours spent
 on small boards, and weighted Elo per GPU-hour present (an absent ephemeral host's hours excluded).
 
     python -m bench.scheduling_sim                          # both workloads, 2/3/4/8 GPUs, 1 seed
-    python -m bench.scheduling_sim --cluster ringrift-contended,ringrift-roomy   # 2 x 2 placements, 3 days
+    python -m bench.scheduling_sim --cluster ringrift-contended,ringrift-roomy   # 2 x 3 placements, 3 days
     python -m bench.scheduling_sim --workload ringrift --gpus 4 --seeds 3
     python -m bench.scheduling_sim --quick                  # a smoke test (seconds)
 """

@@ -25,7 +25,12 @@ Per attempt, the same store calls as `run_training` / `TrainingRun`, in the same
    `JobStore.preempted`; else the trainer completes: `JobStore.finish` (job_finish.lua) with the
    fields `TrainingRun._complete` writes (model path from `attempt_paths`, its command fingerprint);
 6. the leases are released.
-Heterogeneous clusters (`bench/sim_cluster.py`) add: a training runs at its GPU's true speed; one on a
+Heterogeneous clusters (`bench/sim_cluster.py`) add the shipped worker's placement: idle marks
+(`GpuStore.mark_idle`, refreshed at each wake-up), `workers.worker.better_gpus` on each dequeued job
+and `TrainingWorker._keep`'s put-back re-enacted (`Workers._keep`: that method needs a live RQ
+worker), `tasks._record_gpu` after the start, and `epoch_time_s` + `speed_class` on each progress
+entry after an attempt's first (the coordinator learns speeds from them); and:
+a training runs at its GPU's true speed; one on a
 GPU with less memory than it truly needs fails `OOM_AFTER_H` after its start as `TrainingRun._fail`
 ('trainer_error': retried once after backoff, then failed) and is recorded on the config's and the
 node's circuit breakers, as a success is; an ephemeral host vanishes (`vanish`): its attempts stop
