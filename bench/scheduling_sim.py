@@ -48,13 +48,17 @@ simulated worker registers its GPU as a real one does and listens to the queues 
 worker's `fitting_queues` gives it; a training on a GPU too small for it dies of out-of-memory; a
 vanished host's attempts are found by the orchestrator's reaper once their leases expire. A
 placement policy is a settings change (`sim_cluster.PLACEMENTS`): `class-blind` (no `gpus`
-requirements: today's default) and `memory-aware` (the README's `gpus.boards`/`per_config`). Per
-run: out-of-memory placements, GPU-hours they and the vanished hosts wasted, worst wait, hours from
+requirements: today's default), `memory-aware` (the README's `gpus.boards`/`per_config`, speed
+clause off: `gpus.faster_margin` 1e9) and `speed-aware` (the README's example as shipped). The
+workers run the shipped worker's hand-back check on every dequeued job and report epoch times, so
+the coordinator learns per-class speeds from the simulated epochs (`bench/sim_workers.py`). Per
+run: hand-backs, the learned speeds against the hidden ones (a second table), and
+out-of-memory placements, GPU-hours they and the vanished hosts wasted, worst wait, hours from
 an export to the first published model trained on it, the share of the >= 40 GB GPUs' hours spent
 on small boards, and weighted Elo per GPU-hour present (an absent ephemeral host's hours excluded).
 
     python -m bench.scheduling_sim                          # both workloads, 2/3/4/8 GPUs, 1 seed
-    python -m bench.scheduling_sim --cluster ringrift-contended,ringrift-roomy   # 2 x 2 placements, 3 days
+    python -m bench.scheduling_sim --cluster ringrift-contended,ringrift-roomy   # 2 x 3 placements, 3 days
     python -m bench.scheduling_sim --workload ringrift --gpus 4 --seeds 3
     python -m bench.scheduling_sim --quick                  # a smoke test (seconds)
 """
@@ -90,13 +94,17 @@ from bench.sim_workers import Attempt, Counters, Workers
 from bench.sim_world import DATA_ROOT, MODELS_ROOT, RESUME_OVERHEAD_H, WORKLOADS, World, cluster
 from coordinator.bus import events as ev
 from coordinator.core.clock import ManualClock
+from coordinator.core.gpu_requirements import Gpu
 from coordinator.core.job_states import FINAL_STATES
 from coordinator.core.settings import Settings
+from coordinator.scheduling.speeds import class_key, table_from
 from coordinator.service import metrics as metrics_module
 from coordinator.service import orchestrator as orchestrator_module
 from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.stores import leases as leases_module
 from coordinator.stores.gpus import GpuStore
+from coordinator.stores.speeds import SpeedStore
+from workers.tasks import slot_gpu
 
 HOUR = 3600.0
 T0 = 1_700_000_000.0  # below the host's clock: Redis' TIME (lease expiries) stays ahead of the simulated one
@@ -105,6 +113,7 @@ WAKE_S = 1.0  # a wake-up lands this long after the instant it waits for
 POLICIES = ("coordinator", "coordinator-nopreempt", "coordinator-nocost", "round_robin", "most_new_data", "oracle")
 DEFAULT_DAYS = {"ringrift": 14.0, "short": 4.0}
 HETERO_DAYS = 3.0
+SPEED_BOARDS = ("hexagonal", "hex8")  # the boards whose learned speeds a heterogeneous run reports
 
 
 def build_settings(gpus: int, preemption: bool = True, base: Settings | None = None,
@@ -170,6 +179,18 @@ class Result:
         return self.weighted_elo / hours
 
 
+@dataclass(frozen=True)
+class SpeedRow:
+    """One (board, GPU class) at the end of a run: the coordinator's speed relative to the H100 class
+    (`SpeedTable.relative`, learned where timed) beside the world's hidden one, and its basis."""
+
+    board: str
+    cls: str
+    learned: float
+    truth: str  # the class's GPU models' true ratios ("0.50/0.33" where one class holds two)
+    basis: str
+
+
 @dataclass
 class Hetero:
     """A heterogeneous run's figures besides `Result`'s."""
@@ -184,6 +205,11 @@ class Hetero:
     export_to_model_h: list[float] = field(default_factory=list)  # per export: until a model trained on it
     unpublished_age_h: list[float] = field(default_factory=list)  # exports no model covers at the end: their age
     big_board_models: int = 0  # models published of square19 and hexagonal configs
+    hand_backs: int = 0  # dequeued jobs put back for a better GPU (the shipped worker's placement check)
+    hand_backs_to_idle: int = 0  # ... for one free then (the rest waited for one about to free)
+    handed_back_jobs: int = 0  # distinct jobs put back at least once
+    timed_epochs: int = 0  # progress entries with an epoch time
+    speeds: list[SpeedRow] = field(default_factory=list)  # the learned speeds at the end vs the truth
 
     def share_big_on_small(self) -> float:
         return self.big_on_small_h / self.big_gpu_hours if self.big_gpu_hours else 0.0
@@ -315,9 +341,33 @@ class Simulation:
         big = sum(present[g.worker] for g in self.sim_gpus if g.big)
         open_ages = [(self.horizon - t) / HOUR for k, times in self.exported_at.items()
                      for t in times[self.published_seq[k]:]]
+        c = self.workers.counters
         return Hetero(self.cluster, self.placement, sum(present.values()), big, self.big_on_small_h,
                       self.big_board_attempts, self.big_board_misplaced, self.export_to_model_h, open_ages,
-                      self.big_board_models)
+                      self.big_board_models, c.hand_backs, c.hand_backs_to_idle, len(self.workers.handed_back),
+                      c.timed_epochs, self._speed_rows())
+
+    def _speed_rows(self, boards: Sequence[str] = SPEED_BOARDS) -> list[SpeedRow]:
+        """What the coordinator learned from the simulated epochs (`SpeedStore`), per board and GPU
+        class of the cluster, relative to the H100's class, beside the world's truth."""
+        g = self.settings.gpus
+        table = table_from(SpeedStore(self.conn, self.keys).read(), g.classes, g.speed_priors)
+        by_class: dict[str, tuple[Gpu, list[SimGpu]]] = {}
+        for sim_gpu in self.sim_gpus:
+            gpu = slot_gpu(self.workers.registered.get(sim_gpu.worker))
+            by_class.setdefault(class_key(gpu, g.classes), (gpu, []))[1].append(sim_gpu)
+        ref = next((c for c, (_, sims) in by_class.items() if any(x.kind == "H100" for x in sims)), None)
+        if ref is None:
+            return []
+        rows = []
+        for board in boards:
+            key = f"{board}_2p"
+            base = table.relative(board, ref, by_class[ref][0])
+            for cls, (gpu, sims) in sorted(by_class.items(), key=lambda kv: -speed(kv[1][1][0], key)):
+                truths = sorted({speed(x, key) for x in sims}, reverse=True)
+                rows.append(SpeedRow(board, cls, table.relative(board, cls, gpu) / base,
+                                     "/".join(f"{t:.2f}" for t in truths), table.basis(board, cls)))
+        return rows
 
     def _vanish(self, node: str) -> None:
         for run in self.workers.vanish(node):
@@ -613,7 +663,8 @@ def markdown(rows: Sequence[Row]) -> str:
 HETERO_HEADER = ["cluster", "GPUs (>= 40 GB)", "placement", "policy", "OOM placements", "GPU-h lost to OOM",
                  "GPU-h lost on vanished hosts", "GPU-h wasted (% of all)", "jobs failed", "node-breaker hand-backs",
                  "worst wait h", "export -> model h (median)", "(p90)", "(max, unpublished incl.)",
-                 "big-GPU time on small boards", "weighted Elo/GPU-h", "trainings (large boards)", "s/run", "problems"]
+                 "big-GPU time on small boards", "weighted Elo/GPU-h", "trainings (large boards)",
+                 "hand-backs (to an idle GPU; jobs)", "s/run", "problems"]
 
 
 def hetero_cells(r: Result) -> list[str]:
@@ -627,7 +678,8 @@ def hetero_cells(r: Result) -> list[str]:
             f"{c.vanish_gpu_hours:.1f}", f"{wasted:.1f} ({100 * wasted / h.gpu_hours:.1f}%)", str(c.failed_jobs),
             str(c.held), f"{r.worst_wait_h:.1f}", f"{statistics.median(done):.1f}",
             f"{done[int(0.9 * (len(done) - 1))]:.1f}", f"{worst:.1f}", f"{100 * h.share_big_on_small():.1f}%",
-            f"{r.per_gpu_hour:.2f}", f"{r.trainings} ({h.big_board_models})", f"{r.wall_s:.0f}", str(len(r.problems))]
+            f"{r.per_gpu_hour:.2f}", f"{r.trainings} ({h.big_board_models})",
+            f"{h.hand_backs} ({h.hand_backs_to_idle}; {h.handed_back_jobs})", f"{r.wall_s:.0f}", str(len(r.problems))]
 
 
 def compare_clusters(clusters: Sequence[str], placements: Sequence[str], policies: Sequence[str], seed: int,
@@ -652,6 +704,20 @@ def hetero_markdown(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+def speeds_markdown(results: Sequence[Result]) -> str:
+    """Per run and board: each GPU class's learned speed relative to the H100 class, the world's
+    truth in brackets, `*` where the class was never timed on the board (a prior, scaled)."""
+    lines = ["| cluster | placement | board | learned speed vs H100 (truth); * = prior, untimed |", "|---|---|---|---|"]
+    for r in results:
+        h = r.hetero
+        assert h is not None
+        for board in dict.fromkeys(row.board for row in h.speeds):
+            cells = [f"{row.cls} {row.learned:.2f}{'*' if row.basis == 'prior' else ''} ({row.truth})"
+                     for row in h.speeds if row.board == board]
+            lines.append(f"| {h.cluster} | {h.placement} | {board} | {', '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main_clusters(args: argparse.Namespace) -> int:
     """`--cluster` other than uniform: the heterogeneous comparison, one table."""
     began = time.monotonic()
@@ -665,6 +731,9 @@ def main_clusters(args: argparse.Namespace) -> int:
     print(f"\n### heterogeneous clusters: seed {args.first_seed}, {days:g} days, workload "
           f"{args.workload if args.workload in WORKLOADS else 'ringrift'}, tick {args.tick_minutes:g} min\n")
     print(hetero_markdown(results))
+    print(f"\nLearned speeds at the end (relative to the H100's class; timed epochs per run: "
+          f"{', '.join(str(r.hetero.timed_epochs) for r in results if r.hetero)})\n")
+    print(speeds_markdown(results))
     problems = 0
     for r in results:
         problems += len(r.problems)

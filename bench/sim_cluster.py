@@ -193,10 +193,25 @@ def _class_blind(s: Settings) -> Settings:
     return replace(s, gpus=GpuSettings())
 
 
+# No setting turns the worker's hand-back off: a `faster_margin` no GPU can beat drops its speed
+# clause only; a preferred class free now, or an equally fast free GPU with a cheaper hour, still
+# takes a job from the worker that dequeued it (`placement.better_elsewhere`).
+NO_SPEED_MARGIN = 1e9
+
+
 def _memory_aware(s: Settings) -> Settings:
-    """The README's example: classes, `gpus.boards` and `gpus.per_config`."""
+    """The README's example (classes, `gpus.boards` and `gpus.per_config`), with the speed preference
+    off: `gpus.faster_margin` at NO_SPEED_MARGIN."""
+    return replace(s, gpus=GpuSettings(README_CLASSES, README_BOARDS, README_PER_CONFIG,
+                                       faster_margin=NO_SPEED_MARGIN))
+
+
+def _speed_aware(s: Settings) -> Settings:
+    """The README's example as shipped: memory needs, and the GPU expected to finish first by the
+    learned speeds (`gpus.faster_margin` at its default)."""
     return replace(s, gpus=GpuSettings(README_CLASSES, README_BOARDS, README_PER_CONFIG))
 
 
 PLACEMENTS = {p.name: p for p in (PlacementPolicy("class-blind", _class_blind),
-                                  PlacementPolicy("memory-aware", _memory_aware))}
+                                  PlacementPolicy("memory-aware", _memory_aware),
+                                  PlacementPolicy("speed-aware", _speed_aware))}

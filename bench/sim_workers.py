@@ -25,7 +25,12 @@ Per attempt, the same store calls as `run_training` / `TrainingRun`, in the same
    `JobStore.preempted`; else the trainer completes: `JobStore.finish` (job_finish.lua) with the
    fields `TrainingRun._complete` writes (model path from `attempt_paths`, its command fingerprint);
 6. the leases are released.
-Heterogeneous clusters (`bench/sim_cluster.py`) add: a training runs at its GPU's true speed; one on a
+Heterogeneous clusters (`bench/sim_cluster.py`) add the shipped worker's placement: idle marks
+(`GpuStore.mark_idle`, refreshed at each wake-up), `workers.worker.better_gpus` on each dequeued job
+and `TrainingWorker._keep`'s put-back re-enacted (`Workers._keep`: that method needs a live RQ
+worker), `tasks._record_gpu` after the start, and `epoch_time_s` + `speed_class` on each progress
+entry after an attempt's first (the coordinator learns speeds from them); and:
+a training runs at its GPU's true speed; one on a
 GPU with less memory than it truly needs fails `OOM_AFTER_H` after its start as `TrainingRun._fail`
 ('trainer_error': retried once after backoff, then failed) and is recorded on the config's and the
 node's circuit breakers, as a success is; an ephemeral host vanishes (`vanish`): its attempts stop
@@ -38,11 +43,13 @@ the host's time; so does this (`renew_due`), so leases never lapse while the sim
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -57,18 +64,20 @@ from coordinator.core.gpu_requirements import meets
 from coordinator.core.job_states import COMPLETE, FAILED, RETRYING
 from coordinator.core.keys import TRAINING_QUEUE
 from coordinator.core.retry import decide
-from coordinator.core.settings import Settings
+from coordinator.core.settings import Settings, worker_settings
 from coordinator.core.text import decode_hash
+from coordinator.scheduling.placement import SlotGpu
 from coordinator.scheduling.preempter import lost_gpu_hours
 from coordinator.stores.breakers import CircuitBreakers
+from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import PREEMPTED_STOP, Outcome
 from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import Lease, LeaseManager
 from coordinator.trainer.command import attempt_paths
 from coordinator.trainer.warm_start import command_fingerprint
 from workers import gpu_inventory
-from workers.tasks import _hold_reason, queue_requirement, slot_gpu
-from workers.worker import fitting_queues
+from workers.tasks import _hold_reason, _record_gpu, queue_requirement, slot_gpu
+from workers.worker import IDLE_MAX_AGE_S, LEAVE_S, better_gpus, fitting_queues
 
 HOUR = 3600.0
 OOM_ERROR = "torch.OutOfMemoryError: CUDA out of memory."
@@ -98,6 +107,7 @@ class Attempt:
     written_epoch: int = 0
     worker: str = ""
     fails_at: float | None = None  # out of memory: the trainer dies then
+    speed_class: str = ""  # the GPU class its epochs are timed for (`TrainingRun.speed_class`)
 
     @property
     def ends_at(self) -> float:
@@ -133,6 +143,9 @@ class Counters:
     vanish_gpu_hours: float = 0.0  # work since the newest checkpoint + the resume's overhead
     held: int = 0  # jobs handed back: the node's breaker was open
     misfits: int = 0  # jobs a worker took whose queue's requirement its GPU does not meet (must stay 0)
+    hand_backs: int = 0  # dequeued jobs put back for a better GPU (the shipped worker's `_keep`)
+    hand_backs_to_idle: int = 0  # ... of them for a better GPU free now (the rest: one about to free)
+    timed_epochs: int = 0  # TRAINING_PROGRESS entries that carried an `epoch_time_s`
 
 
 class Workers:
@@ -167,6 +180,9 @@ class Workers:
         self._queues: dict[str, Queue] = {TRAINING_QUEUE: self.queue}
         self.breakers = CircuitBreakers.from_settings(conn, store.keys, settings, clock) if settings else None
         self.rng = random.Random(1)  # the retry backoff's jitter: the same for every run
+        self.left: dict[str, dict[str, float]] = {}  # worker -> queue -> until when it is left to a better GPU
+        self.left_jobs: dict[str, dict[str, float]] = {}  # worker -> RQ job put back for a better idle GPU -> until
+        self.handed_back: set[str] = set()  # jobs put back at least once
 
     # -- GPUs ---------------------------------------------------------------------------------------
     def register(self, node: str | None = None) -> None:
@@ -178,35 +194,103 @@ class Workers:
                     self.conn, gpu.worker, self.store.keys.prefix, env=env, nvml=_NoNvml)  # type: ignore[arg-type]
 
     def queues_for(self, worker: str) -> list[Queue]:
-        """`TrainingWorker.listen_for_placement`: the requirement queues its GPU meets, then `training`."""
+        """`TrainingWorker.listen_for_placement`: the requirement queues its GPU meets, then `training`,
+        less those it left to a better GPU about to free (until LEAVE_S after, on the simulated clock)."""
         registered = self.registered.get(worker)
         if registered is None:
             return [self.queue]
         names = fitting_queues(self.conn.hgetall(self.store.keys.placement_queues), slot_gpu(registered))
-        return [*(self._queues.setdefault(n, Queue(n, connection=self.conn)) for n in names), self.queue]
+        left = self.left.get(worker, {})
+        now = self.clock()
+        queues = [*(self._queues.setdefault(n, Queue(n, connection=self.conn)) for n in names), self.queue]
+        return [q for q in queues if left.get(q.name, float("-inf")) <= now]
 
     # -- taking work --------------------------------------------------------------------------------
     def take_jobs(self) -> int:
-        """Idle workers take RQ jobs in FIFO order; how many attempts started."""
+        """Idle workers take RQ jobs in FIFO order; how many attempts started. On a heterogeneous
+        cluster each idle worker first refreshes its idle mark (`TrainingWorker._mark`), and a job it
+        dequeues goes through the shipped worker's placement check (`_keep`): one a better GPU should
+        train is put back at the front of its queue; the worker then blocks again behind the idle
+        workers already waiting (Redis serves the client blocked longest), so a better idle one takes it."""
         started = 0
         idle = [w for w, current in self.running.items() if current is None and w not in self.gone]
         if self.hetero:
             idle.sort(key=lambda w: self.idle_since[w])
+            for worker in idle:
+                self._mark(worker, idle=True)
+        order = deque(idle)
         empty: set[tuple[str, ...]] = set()
-        for worker in idle:
+        while order:
+            worker = order.popleft()
             queues = self.queues_for(worker)
             names = tuple(q.name for q in queues)
             while names not in empty:
-                taken = Queue.dequeue_any(queues, None, connection=self.conn)
+                taken = Queue.dequeue_any(queues, None, connection=self.conn) if queues else None
                 if taken is None:
                     empty.add(names)
                     break
+                job, queue = taken
+                if self.hetero:
+                    verdict = self._keep(worker, job.id, job.args[0], queue)
+                    if verdict == "to_idle":  # a better idle worker, blocked on that queue, takes it now
+                        order.append(worker)
+                        break
+                    if verdict == "to_busy":  # it waits for a better GPU about to free: leave the queue
+                        queues = self.queues_for(worker)
+                        names = tuple(q.name for q in queues)
+                        continue
                 if self._run_task(worker, taken[0].args[0], taken[1].name):
                     started += 1
                     break
+                if self.hetero:
+                    self._mark(worker, idle=True)  # the job was handed on (deferred): idle again
             if not self.hetero and empty:
                 return started
         return started
+
+    def _mark(self, worker: str, idle: bool) -> None:
+        """`TrainingWorker._mark`: this worker's GPU in the idle set (`GpuStore.mark_idle`/`mark_busy`)."""
+        mine = self._slot(worker)
+        if mine is None:
+            return
+        store = GpuStore(self.conn, self.store.keys)
+        if idle:
+            store.mark_idle(mine.gpu, mine.cost_per_hour, worker, self.clock(), IDLE_MAX_AGE_S)
+        else:
+            store.mark_busy(mine.gpu, mine.cost_per_hour, worker)
+
+    def _slot(self, worker: str) -> SlotGpu | None:
+        """`TrainingWorker._my_gpu`: the worker's registered GPU and its host's cost per hour."""
+        registered = self.registered.get(worker)
+        gpu = slot_gpu(registered)
+        if registered is None or not (gpu.model or gpu.memory_gb):
+            return None
+        return SlotGpu(gpu, registered.inventory.cost_per_hour)
+
+    def _keep(self, worker: str, rq_id: str, job_id: str, queue: Queue) -> str:
+        """`TrainingWorker._keep` on the simulated clock: "keep", or the job was put back at the front of
+        its queue for a better GPU, "to_idle" (one is free now) or "to_busy" (they are all about to
+        free, Gavel-style: this worker leaves the queue for LEAVE_S). The decision is the shipped
+        `workers.worker.better_gpus` (`placement.better_elsewhere` with the learned speeds); only the
+        method around it is re-enacted (it needs a live RQ worker)."""
+        mine = self._slot(worker)
+        now = self.clock()
+        better = better_gpus(self.conn, self.store.keys.prefix, job_id, mine, worker, now) if mine else []
+        waiting = int(self.conn.llen(queue.key)) if better else 0
+        kept = self.left_jobs.setdefault(worker, {})
+        if len(better) <= waiting or kept.get(rq_id, float("-inf")) > now:
+            self._mark(worker, idle=False)
+            return "keep"
+        self.conn.lpush(queue.key, rq_id)
+        self.left_jobs[worker] = kept = {j: t for j, t in kept.items() if t > now}
+        self.counters.hand_backs += 1
+        self.handed_back.add(job_id)
+        if any(b.free_in_s <= 0 for b in better):
+            kept[rq_id] = now + LEAVE_S
+            self.counters.hand_backs_to_idle += 1
+            return "to_idle"
+        self.left.setdefault(worker, {})[queue.name] = now + LEAVE_S
+        return "to_busy"
 
     def _held(self, worker: str, job_id: str, record: dict[str, str], origin: str) -> str:
         """`run_training`'s hand-backs before the leases: the node's breaker, and the fit backstop."""
@@ -249,6 +333,9 @@ class Workers:
             self.counters.not_started += 1
             self.leases.release(lease)
             return False
+        if self.hetero:  # `_record_gpu`: the attempt's GPU, class and batch size on the record
+            with self._as_worker(worker):
+                _record_gpu(self.store, worker_settings(record), record, f"{worker}:sim", resumes=resumed > 0)
         self.store.mark_running(job_id, config_key)
         if any(a is not None and a.config_key == config_key for a in self.running.values()):
             self.counters.overlaps += 1
@@ -258,12 +345,26 @@ class Workers:
         run = Attempt(job_id, config_key, self.store.get(job_id), lease, attempt, now, resumed, epochs,
                       self.duration_h(config_key, gpu) * HOUR / epochs, RESUME_OVERHEAD_H * HOUR if resumed else 0.0,
                       self.tokens, resumed, worker)
+        # `TrainingRun.speed_class`: the class its epochs are timed for
+        run.speed_class = run.record.get("gpu_class") or (run.record.get("gpu_model") or "").removeprefix(
+            "NVIDIA ").strip()
         if not fits(gpu, config_key):
             run.fails_at = now + OOM_AFTER_H * HOUR
         self.running[worker] = run
         self.counters.attempts += 1
         self.on_start(run)
         return True
+
+    @contextlib.contextmanager
+    def _as_worker(self, worker: str) -> Iterator[None]:
+        """This process as `worker`'s: `gpu_inventory.current()` is its registration (what the worker
+        process's forked work horse inherits) while shipped code that reads it runs."""
+        saved = gpu_inventory._current
+        gpu_inventory._current = self.registered.get(worker)
+        try:
+            yield
+        finally:
+            gpu_inventory._current = saved
 
     # -- while running ------------------------------------------------------------------------------
     def flush_progress(self) -> None:
@@ -275,9 +376,14 @@ class Workers:
             epoch = run.epoch_at(now)
             if epoch > run.written_epoch:
                 self.clock.at = run.epoch_end(epoch)
+                figures: dict[str, object] = {"epoch": epoch, "total_epochs": run.epochs}
+                if epoch >= run.resumed_epoch + 2:  # `TrainingRun._time_epoch`: lines after the attempt's first
+                    figures["epoch_time_s"] = round(run.epoch_s, 3)
+                    self.counters.timed_epochs += 1
+                speed = {"speed_class": run.speed_class} if run.speed_class else {}
                 self.store.progress(run.job_id, run.config_key, {
-                    "board_type": run.record["board_type"], "num_players": run.record["num_players"],
-                    "epoch": epoch, "total_epochs": run.epochs})
+                    "board_type": run.record["board_type"], "num_players": run.record["num_players"], **speed,
+                    **figures})
                 self.clock.at = now
                 run.written_epoch = epoch
                 self.checkpoints[run.job_id] = epoch

@@ -9,6 +9,7 @@ from bench import scheduling_sim as sim
 from bench.sim_world import cluster
 from coordinator.core.job_states import FINAL_STATES
 from coordinator.stores.gpus import GpuStore
+from coordinator.stores.speeds import SpeedStore
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +80,10 @@ def test_with_ringrift_length_trainings_and_prefetch_the_wait_bound_holds_and_no
 @pytest.fixture(scope="module")
 def contended() -> dict[str, sim.Simulation]:
     """Six simulated hours of the contended RingRift-shaped cluster (3 of 9 GPUs >= 40 GB, a 4x RTX
-    4090 vast.ai host that vanishes at 0.7 h for 2 h), class-blind and memory-aware (fakeredis)."""
+    4090 vast.ai host that vanishes at 0.7 h for 2 h), class-blind, memory-aware and speed-aware
+    (fakeredis)."""
     runs = {}
-    for placement in ("class-blind", "memory-aware"):
+    for placement in ("class-blind", "memory-aware", "speed-aware"):
         s = sim.Simulation("ringrift", 0, "coordinator", days=0.25, seed=2, cluster_name="ringrift-contended",
                            placement=placement)
         s.result = s.run()  # type: ignore[attr-defined]
@@ -117,3 +119,31 @@ def test_workers_declared_their_gpus_and_a_vanished_host_went_through_the_reaper
     reaped = [int(s.conn.hget(s.keys.job(j.decode()), "failures_infrastructure") or 0)
               for j in s.conn.zrange(s.keys.jobs, 0, -1)]
     assert sum(reaped) == c.vanished
+
+
+def test_speed_aware_placement_learns_the_speeds_from_simulated_epochs_and_places_by_them(contended):
+    """The simulated workers report each epoch's time as `workers/tasks.py` does (`epoch_time_s`,
+    `speed_class`) and run the shipped worker's hand-back check: the coordinator learned the hidden
+    per-class speeds from them, and jobs were put back for a faster GPU, never onto one too small."""
+    s = contended["speed-aware"]
+    r = s.result
+    assert r.problems == [] and r.counters.oom == 0 and r.counters.misfits == 0
+    assert r.hetero.timed_epochs > 0 and r.hetero.hand_backs > 0 and r.hetero.handed_back_jobs > 0
+    learned = {(row.board, row.cls): row for row in r.hetero.speeds}
+    gh200 = learned[("hexagonal", "GH200")]
+    assert gh200.basis != "prior" and learned[("hexagonal", "H100")].basis != "prior"
+    hidden = float(gh200.truth)  # GH200 / H100 on hexagonal, the world's (1.30); the prior says 1.2
+    assert abs(gh200.learned / hidden - 1) <= 0.25
+    stored = SpeedStore(s.conn, s.keys).read()
+    assert stored[("hexagonal", "H100")][1] > 0  # learned under the class name, from TRAINING_PROGRESS
+    # the record says where the attempt ran and how fast that GPU is (`_record_gpu`)
+    records = [s.conn.hgetall(s.keys.job(j.decode())) for j in s.conn.zrange(s.keys.jobs, 0, -1)]
+    assert any(rec.get(b"gpu_class") == b"GH200" for rec in records)
+
+
+def test_without_the_speed_margin_memory_aware_placement_still_learns_but_hands_back_less(contended):
+    """`gpus.faster_margin` at NO_SPEED_MARGIN drops the speed clause only (preferred classes and a
+    cheaper equal GPU remain): fewer hand-backs than speed-aware, the same speeds learned."""
+    r = contended["memory-aware"].result
+    assert r.counters.oom == 0 and r.hetero.timed_epochs > 0
+    assert r.hetero.hand_backs < contended["speed-aware"].result.hetero.hand_backs
