@@ -10,6 +10,7 @@ import pytest
 
 from coordinator.core.errors import LeaseUnavailable
 from coordinator.stores.leases import Lease, LeaseManager
+from tests.support.gang import assert_no_partial_hold
 from tests.support.jobs import take_job
 from tests.support.polling import wait_for
 
@@ -37,8 +38,11 @@ def test_a_gang_lease_takes_its_gpus_at_once_under_one_fence(leases, fake_conn, 
 
 
 def test_the_taker_gets_its_own_device_first(leases):
-    assert leases.try_acquire("hex8_2p", "n3", "w2", "j1", devices=(2, 0, 1)).devices == (2,)
-    assert leases.try_acquire("hex8_3p", "n3", "w1", "j2", gpus=2, devices=(1, 0, 2)).devices == (1, 0)
+    single = leases.try_acquire("hex8_2p", "n3", "w2", "j1", devices=(2, 0, 1))
+    assert single.devices == (2,)
+    leases.release(single)
+    # Its own device and then the first free other one, named in index order (CUDA_VISIBLE_DEVICES).
+    assert leases.try_acquire("hex8_3p", "n3", "w2", "j2", gpus=2, devices=(2, 0, 1)).devices == (0, 2)
 
 
 def test_all_or_nothing_when_too_few_slots_are_free(leases, fake_conn, keys):
@@ -110,25 +114,6 @@ def test_the_reaper_retries_an_expired_gang_and_its_gpus_are_free(make_orch, fak
     assert orch.leases.held_devices("node-a") == set()
     other = take_job(orch, orch.submit_training_sync("hex8", 2, "/d/y.npz", samples=10), "hex8_2p")
     assert other.devices == (0,)
-
-
-def assert_no_partial_hold(conn, keys, node: str, gpus: int, total: int) -> None:
-    """Every owner on the node holds exactly `gpus` slots (and as many devices), within its total:
-    one snapshot (MULTI), as a sampler sees the node between two scripts."""
-    with conn.pipeline(transaction=True) as pipe:
-        pipe.zrange(keys.node_slots(node), 0, -1)
-        pipe.hgetall(keys.node_devices(node))
-        raw_members, raw_devices = pipe.execute()
-    members = [m.decode() for m in raw_members]
-    owners: dict[str, int] = {}
-    for member in members:
-        owner = member.split("+", 1)[0]
-        owners[owner] = owners.get(owner, 0) + 1
-    assert all(count == gpus for count in owners.values()), owners
-    assert len(members) <= total
-    devices = {d.decode(): o.decode() for d, o in raw_devices.items()}
-    for owner in owners:
-        assert sum(1 for o in devices.values() if o == owner) == gpus
 
 
 def test_two_two_gpu_jobs_on_a_three_gpu_node_never_hold_anything_partial(leases, fake_conn, keys):

@@ -109,7 +109,8 @@ class LeaseManager:
         reply = self._acquire(keys=keys, args=[token, self.ttl_ms, self.default_slots, node, worker, job_id,
                                                max(1, gpus), "0" if only_listed else "1", *devices])
         if reply[0] == 1:
-            return Lease(config_key, node, token, int(reply[1]), self.ttl_ms, tuple(int(d) for d in reply[2:]))
+            # In index order, as CUDA_VISIBLE_DEVICES names them (the first is the trainer's cuda:0).
+            return Lease(config_key, node, token, int(reply[1]), self.ttl_ms, tuple(sorted(int(d) for d in reply[2:])))
         reason, detail = _text(reply[1]), _text(reply[2])
         if reason == "config":
             detail = parse_holder(detail).get("job_id", detail)
