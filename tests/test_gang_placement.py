@@ -4,7 +4,11 @@ dispatch's count, and the placeholders and environment the trainer gets."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from coordinator.core.errors import ConfigError
 from coordinator.core.gpu_requirements import (
@@ -114,3 +118,20 @@ def test_torchrun_placeholders_come_from_the_devices_the_lease_holds():
     # Two trainings running at once on a node hold different devices, so different ports.
     ports = {gpu_values(devices, 29500)["master_port"] for devices in ((0, 1), (2,), (3, 4, 5, 6), (7,))}
     assert len(ports) == 4
+
+
+def test_the_readmes_multi_gpu_examples_are_valid_settings():
+    """README "Multi-GPU trainings": both YAML examples parse, and the torchrun template is a valid one."""
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    section = text.split("## Multi-GPU trainings", 1)[1].split("\n## ", 1)[0]
+    first, second = (yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S))
+    settings = parse_settings({"training": {"data_roots": ["/d"]}, "hosts": {"n": 8}, **first})
+    assert settings.gpus.requirement_for("square19_3p") == GpuRequirement(min_memory_gb=40, gpus=2)
+    assert settings.gpus.requirement_for("hexagonal_4p").gpus == 4
+    example = parse_settings({"hosts": {"n": 8}, **second,
+                              "training": {**second["training"], "data_roots": ["/d"]}})
+    command = example.training.command_for("square19_2p")
+    assert template_problems(command) == [] and "--master_port={master_port}" in command
+    argv = build_argv(command, {**gpu_values((0, 1), example.gpus.master_port_base), "board_type": "square19"})
+    assert argv[:4] == ["/shared/ringrift/venv/bin/torchrun", "--nproc_per_node=2", "--master_addr=localhost",
+                        "--master_port=29500"]
