@@ -116,11 +116,11 @@ def every_setting_changed() -> Settings:
             classes={"H100": GpuClass(models=("H100", "H200"), batch_size=1536, cost_per_hour=2.5,
                                       relative_speed=2.8),
                      "A100-80": GpuClass(models=("A100",), min_memory_gb=70.0, batch_size=1024)},
-            boards={"hexagonal": GpuRequirement(min_memory_gb=40.0, preferred=("H100", "A100-80"))},
+            boards={"hexagonal": GpuRequirement(min_memory_gb=40.0, preferred=("H100", "A100-80"), gpus=2)},
             per_config={"hexagonal_4p": GpuRequirement(min_memory_gb=70.0, allowed=("H100",))},
             speed_priors=SpeedPriors(gh200=4.0, h200=3.5, h100=3.1, a100_80gb=2.1, a100=1.7, l40s=1.4, rtx_4090=1.1,
                                      rtx_3090=0.8, a10=0.5, unknown=0.9),
-            speed_smoothing=0.5, faster_margin=1.5),
+            speed_smoothing=0.5, faster_margin=1.5, master_port_base=30000),
         hosts={"gpu-a": 2, "gpu-b": HostGpus(4, gpu="RTX 4090", gpu_memory_gb=24.0, ephemeral=True)})
 
 

@@ -5,9 +5,12 @@
    config is blocked by quality, or the worker's GPU does not meet the requirement of the queue
    the job came from (a backstop: `workers/worker.py` listens only to queues its GPU meets),
    then takes the config's training lease and one of this node's GPU slots (one script, with a
-   fencing token); if they are busy the job is deferred too;
+   fencing token) — a multi-GPU training (`gpus: k`) takes k slots of this node at once, this
+   worker's own device first, or none; if they are busy the job is deferred too;
 2. moves the job to leased (TRAINING_STARTED, with the epoch it resumes from: the newest
-   checkpoint of an earlier attempt) and runs the trainer as a subprocess, renewing the leases
+   checkpoint of an earlier attempt) and runs the trainer as a subprocess (CUDA_VISIBLE_DEVICES:
+   exactly the devices its lease holds; `{gpus}`, `{devices}`, `{master_port}` for a torchrun
+   template: `coordinator/trainer/command.py`), renewing the leases
    every TTL/3 and stopping the trainer when a lease is lost or the job is cancelled (the
    renewal's reply says so: no polling);
 3. turns the trainer's per-epoch lines into TRAINING_PROGRESS;
@@ -44,8 +47,10 @@ from coordinator.core.gpu_requirements import (
     batch_size_for,
     from_spec,
     gpu_class,
+    gpus_needed,
     meets,
     need_text,
+    node_meets,
     restricts,
 )
 from coordinator.core.job_states import CANCELLED, COMPLETE, FAILED, RETRYING
@@ -72,7 +77,13 @@ from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.stores.speeds import SpeedStore
 from coordinator.trainer.checkpoints import newest_checkpoint
-from coordinator.trainer.command import attempt_paths, build_argv, record_values
+from coordinator.trainer.command import (
+    attempt_paths,
+    build_argv,
+    gpu_values,
+    record_values,
+    visible_devices_env,
+)
 from coordinator.trainer.output import OutputParser, result_figures
 from coordinator.trainer.warm_start import command_fingerprint, init_weights_failure
 from workers import gpu_inventory
@@ -117,9 +128,12 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
         store.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
         return {"job_id": job_id, "deferred": held}
     leases = LeaseManager.from_settings(conn, keys, settings, int(os.environ.get(GPUS_ENV) or 0) or None)
+    requirement = _requirement(settings, config_key)
+    devices, only_listed = device_pool(_registered(conn, keys, worker), requirement, settings.gpus.classes)
     try:
         lease = leases.acquire(config_key, node, worker, job_id, attempts=settings.leases.acquire_attempts,
-                               max_delay_s=settings.leases.acquire_max_delay_s)
+                               max_delay_s=settings.leases.acquire_max_delay_s, gpus=gpus_needed(requirement),
+                               devices=devices, only_listed=only_listed)
     except LeaseUnavailable as exc:
         store.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc), count_as="lease_busy")
         log.info("job %s deferred: %s", job_id, exc)
@@ -132,9 +146,10 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
             state = store.get(job_id).get("state")
             log.warning("job %s is %s, not queued: not running it", job_id, state)
             return {"job_id": job_id, "skipped": state}
-        _record_gpu(store, settings, record, worker, resumes=resume is not None)
+        _record_gpu(store, settings, record, worker, resumes=resume is not None, lease=lease)
         run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, settings.retries,
-                          resume, rq_job, preempt_signal=signal.Signals[settings.preemption.signal])
+                          resume, rq_job, preempt_signal=signal.Signals[settings.preemption.signal],
+                          master_port_base=settings.gpus.master_port_base)
         return run.execute()
     finally:
         try:
@@ -157,6 +172,36 @@ def slot_gpu(registered: gpu_inventory.Registered | None) -> Gpu:
     return Gpu(smallest.model, smallest.memory_gb, smallest.index, registered.slot.node if registered else "")
 
 
+def _requirement(settings: Settings, config_key: str) -> GpuRequirement:
+    try:
+        return settings.gpus.requirement_for(config_key)
+    except EventError:  # not a config key (a test's or an old record's): no requirement
+        return GpuRequirement()
+
+
+def _registered(conn: redis.Redis, keys: Keys, worker: str) -> gpu_inventory.Registered | None:
+    try:
+        return gpu_inventory.for_job(conn, worker, keys.prefix)
+    except redis.RedisError as exc:
+        log.warning("GPU inventory not read (%s): any device of the node", exc)
+        return gpu_inventory.current()
+
+
+def device_pool(registered: gpu_inventory.Registered | None, requirement: GpuRequirement,
+                classes: Mapping[str, GpuClass]) -> tuple[tuple[int, ...], bool]:
+    """The node's devices this job's lease may take, best first: this worker's own, then the
+    node's others that meet `requirement` (by index); and whether only those (a requirement that
+    refuses some GPU: memory, class) or, after them, any device of the node (`try_acquire`)."""
+    if registered is None:
+        return (), False
+    own = registered.slot.devices
+    fitting = [d.index for d in registered.inventory.devices if meets(d, requirement, classes)]
+    known = {d.index for d in registered.inventory.devices}
+    pool = [d for d in own if d in fitting or d not in known] + [d for d in fitting if d not in own]
+    strict = requirement.min_memory_gb is not None or requirement.allowed is not None
+    return tuple(pool), strict
+
+
 def queue_requirement(conn: redis.Redis, keys: Keys, queue: str) -> tuple[GpuRequirement, dict[str, GpuClass]] | None:
     """The GPU requirement of an RQ queue's jobs (`Keys.placement_queues`), None for `training` or
     an unregistered queue (no requirement)."""
@@ -172,7 +217,8 @@ def _misfit(conn: redis.Redis, keys: Keys, rq_job: Any, worker: str) -> str:
     needed = queue_requirement(conn, keys, rq_job.origin) if rq_job is not None else None
     if needed is None:
         return ""
-    verdict = meets(slot_gpu(gpu_inventory.for_job(conn, worker, keys.prefix)), *needed)
+    registered = gpu_inventory.for_job(conn, worker, keys.prefix)
+    verdict = node_meets(slot_gpu(registered), registered.inventory.devices if registered else (), *needed)
     return "" if verdict else f"does not fit this GPU: {verdict.why}"
 
 
@@ -222,8 +268,10 @@ def attempt_gpu(registered: gpu_inventory.Registered | None, settings: Settings,
     return fields, size
 
 
-def _record_gpu(store: JobStore, settings: Settings, record: Mapping[str, str], worker: str, resumes: bool) -> None:
-    """Put the attempt's GPU and batch size on the job record (the trainer's {batch_size} is it)."""
+def _record_gpu(store: JobStore, settings: Settings, record: Mapping[str, str], worker: str, resumes: bool,
+                lease: Lease | None = None) -> None:
+    """Put the attempt's GPU and batch size on the job record (the trainer's {batch_size} is it),
+    and the devices its lease holds (`gpu_devices`: its CUDA_VISIBLE_DEVICES) with its master port."""
     try:
         registered = gpu_inventory.for_job(store.conn, worker, store.keys.prefix)
     except redis.RedisError as exc:
@@ -231,6 +279,9 @@ def _record_gpu(store: JobStore, settings: Settings, record: Mapping[str, str], 
         registered = gpu_inventory.current()
     speed = speed_text(store.conn, store.keys, settings, record, slot_gpu(registered)) if registered else ""
     fields, size = attempt_gpu(registered, settings, record, resumes, speed)
+    if lease is not None and lease.devices:
+        values = gpu_values(lease.devices, settings.gpus.master_port_base)
+        fields.update(gpu_devices=values["devices"], gpus_held=values["gpus"], master_port=values["master_port"])
     store.record_attempt_gpu(record["job_id"], fields, size.value)
 
 
@@ -275,7 +326,7 @@ class TrainingRun:
 
     def __init__(self, store: JobStore, record: dict[str, str], node: str, attempt: int, leases: LeaseManager,
                  lease: Lease, breakers: CircuitBreakers, retries: RetrySettings, resume: str | None,
-                 rq_job: Any = None, preempt_signal: int = signal.SIGTERM) -> None:
+                 rq_job: Any = None, preempt_signal: int = signal.SIGTERM, *, master_port_base: int) -> None:
         self.store = store
         self.record = record
         self.job_id = record["job_id"]
@@ -293,6 +344,7 @@ class TrainingRun:
         self.started_at = time.time()  # this host's: compared only with its checkpoints' mtimes
         self.stop = threading.Event()
         self.preempt_signal = preempt_signal
+        self.master_port_base = master_port_base
         self.stop_why: str | None = None  # why the trainer is being stopped (the keeper's reason)
         # Each attempt writes its own directory: a stale attempt never overwrites a published model.
         self.paths = attempt_paths(record["output_dir"], attempt)
@@ -341,7 +393,8 @@ class TrainingRun:
             except BadTrainingData as exc:  # before any GPU time: poison, never retried
                 self._fail("bad_input", str(exc), "")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        values = record_values(self.record, self.paths, self.attempt, self.resume, self.parent_model)
+        values = {**record_values(self.record, self.paths, self.attempt, self.resume, self.parent_model),
+                  **gpu_values(self.lease.devices, self.master_port_base)}
         result = run_trainer(
             build_argv(json.loads(self.record["command"]), values),
             timeout_s=float(self.record["timeout_s"]),
@@ -354,6 +407,7 @@ class TrainingRun:
             model_path=self.paths.model_path,
             cwd=self.record.get("working_dir") or None,
             stop_signal=self._stop_signal,
+            extra_env=visible_devices_env(self.lease.devices),
         )
         if keeper.lost_reason == CANCELLED_STOP and result.stopped:
             return self._cancelled()

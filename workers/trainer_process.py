@@ -19,7 +19,7 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -52,14 +52,16 @@ def run_trainer(
     model_path: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     stop_signal: Callable[[], int] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> TrainerResult:
     """Run the trainer to its end (or past `timeout_s`, or until `stop` is set, then stop it:
     SIGTERM, SIGKILL after `kill_grace_s`); never raises on the trainer's failure. `parser`:
     how to read its lines (default: JSON progress lines only); `model_path`: where a trainer
     that exits 0 must have written its model; `cwd`: the trainer's working directory (default:
     the worker's); `stop_signal`: asked when `stop` is set, the signal that asks the trainer to
-    checkpoint and exit (default SIGTERM; preemption's setting)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    checkpoint and exit (default SIGTERM; preemption's setting); `extra_env`: set in the trainer's
+    environment over the worker's (CUDA_VISIBLE_DEVICES: the devices its lease holds)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     parser = parser or OutputParser()
     tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     history: list[dict[str, Any]] = []

@@ -53,7 +53,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis
@@ -64,7 +64,7 @@ import workers.tasks  # the preload is the point of this module
 from coordinator.core.clock import RedisClock
 from coordinator.core.connection import failover_retry
 from coordinator.core.errors import EventError
-from coordinator.core.gpu_requirements import Gpu, from_spec, meets
+from coordinator.core.gpu_requirements import Gpu, from_spec, node_meets
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.settings import GpuRequirement, RedisSettings, worker_settings
 from coordinator.ops.status import WORKER_NODE_FIELD, eta_s
@@ -72,6 +72,7 @@ from coordinator.scheduling.placement import SlotGpu, Workload, better_elsewhere
 from coordinator.scheduling.speeds import table_from, workload_of
 from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import SLOT_STATES, active_records
+from coordinator.stores.leases import held_devices
 from coordinator.stores.speeds import SpeedStore
 from workers import gpu_inventory
 from workers.tasks import slot_gpu
@@ -113,9 +114,12 @@ def better_gpus(conn: redis.Redis, prefix: str, job_id: str, me: SlotGpu, worker
     return better_elsewhere(me, others, requirement, gpus.classes, table, job, gpus.faster_margin)
 
 
-def fitting_queues(registered: Mapping[bytes | str, bytes | str], gpu: Gpu) -> list[str]:
+def fitting_queues(registered: Mapping[bytes | str, bytes | str], gpu: Gpu,
+                   node_devices: Sequence[Gpu] = ()) -> list[str]:
     """The registered requirement queues (`Keys.placement_queues`: name -> requirement JSON) whose
-    requirement `gpu` meets, most demanding first (more memory, then a class restriction, then name)."""
+    requirement `gpu` meets (a multi-GPU one: and `node_devices`, its node's GPUs, have as many that
+    meet it: `gpu_requirements.node_meets`), most demanding first (more memory, then a class
+    restriction, then name)."""
     fitting = []
     for raw_name, raw_spec in registered.items():
         name = raw_name.decode() if isinstance(raw_name, bytes) else raw_name
@@ -123,7 +127,7 @@ def fitting_queues(registered: Mapping[bytes | str, bytes | str], gpu: Gpu) -> l
             requirement, classes = from_spec(json.loads(raw_spec))
         except (ValueError, TypeError, KeyError):
             continue  # not ours to judge: no worker listens to a queue it cannot read
-        if meets(gpu, requirement, classes):
+        if node_meets(gpu, node_devices, requirement, classes):
             fitting.append((-(requirement.min_memory_gb or 0.0), requirement.allowed is None, name))
     return [name for *_rank, name in sorted(fitting)]
 
@@ -149,7 +153,8 @@ class TrainingWorker(Worker):
         registered = gpu_inventory.current()
         prefix = registered.prefix if registered else os.environ.get(gpu_inventory.PREFIX_ENV) or RedisSettings.prefix
         try:
-            extra = fitting_queues(self.connection.hgetall(Keys(prefix).placement_queues), slot_gpu(registered))
+            extra = fitting_queues(self.connection.hgetall(Keys(prefix).placement_queues), slot_gpu(registered),
+                                   registered.inventory.devices if registered and registered.inventory else ())
         except redis.RedisError as exc:
             self.log.warning("Worker %s: placement queues not read (%s)", self.name, exc)
             return self.queue_names()
@@ -181,9 +186,9 @@ class TrainingWorker(Worker):
         idle_since = time.monotonic()
         while True:
             step = max(1, min(timeout, PLACEMENT_REFRESH_S, int(LEAVE_S) if self._left else timeout))
-            if self.queues:
+            if self.queues and not self._slot_held():
                 result = self._keep(super().dequeue_job_and_maintain_ttl(step, step))
-            else:  # every queue is left to better GPUs for now
+            else:  # every queue is left to better GPUs for now, or a multi-GPU lease holds our GPU
                 self.heartbeat()
                 time.sleep(step)
                 result = None
@@ -194,6 +199,19 @@ class TrainingWorker(Worker):
             self._left = {n: t for n, t in self._left.items() if t > time.monotonic()}
             self.listen_for_placement()
             self._mark(idle=True)
+
+    def _slot_held(self) -> bool:
+        """Whether another worker's lease holds every device of this worker's slot (a multi-GPU
+        training took it with its own): the worker then takes nothing until it is released."""
+        registered = gpu_inventory.current()
+        if registered is None or not registered.slot.devices:
+            return False
+        try:
+            held = held_devices(self.connection, Keys(registered.prefix), registered.slot.node)
+        except redis.RedisError as exc:
+            self.log.warning("Worker %s: held GPUs not read (%s)", self.name, exc)
+            return False
+        return set(registered.slot.devices) <= held
 
     def _my_gpu(self) -> tuple[SlotGpu, str] | None:
         registered = gpu_inventory.current()

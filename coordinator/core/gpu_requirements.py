@@ -7,6 +7,9 @@ requirement (and why not, in words), and the batch size a job gets on it. Pure: 
   `RTX 4090` matches "NVIDIA GeForce RTX 4090".
 - `meets(gpu, requirement, classes)`: memory first (`min_memory_gb`), then `allowed` classes.
   `preferred` never refuses a GPU; `preference_rank` orders the GPUs that meet it.
+- `gpus_needed(requirement)`: how many GPUs of one node a training takes at once (`gpus`, else 1);
+  `node_meets(gpu, node_devices, ...)`: a worker's GPU meets it and its node has that many GPUs
+  that meet it (a multi-GPU training's lease takes them all at once: `stores/leases.py`).
 - `batch_size_for`: a batch size the submission named wins on any GPU; an attempt that resumes
   keeps the batch size its job started with unless its GPU's class cannot hold it (the class's
   batch size is smaller); otherwise the class's batch size, else the job's.
@@ -15,7 +18,7 @@ requirement (and why not, in words), and the batch size a job gets on it. Pure: 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from coordinator.core.keys import TRAINING_QUEUE
@@ -94,6 +97,27 @@ def meets(gpu: Gpu, requirement: GpuRequirement, classes: Mapping[str, GpuClass]
     return Verdict(True)
 
 
+def gpus_needed(requirement: GpuRequirement) -> int:
+    """How many GPUs of one node a training of `requirement` takes at once (unset: 1)."""
+    return max(1, requirement.gpus or 1)
+
+
+def node_meets(gpu: Gpu, node_devices: Sequence[Gpu], requirement: GpuRequirement,
+               classes: Mapping[str, GpuClass]) -> Verdict:
+    """Whether a worker whose GPU is `gpu`, on a node with `node_devices`, may take a job of
+    `requirement`: its GPU meets it, and (a multi-GPU training) the node has `gpus_needed` GPUs that
+    meet it (its own among them)."""
+    verdict = meets(gpu, requirement, classes)
+    needed = gpus_needed(requirement)
+    if not verdict or needed == 1:
+        return verdict
+    fitting = sum(1 for d in node_devices if meets(d, requirement, classes))
+    if fitting < needed:
+        where = gpu.node or "this node"
+        return Verdict(False, f"needs {needed} GPUs on one node; {where} has {fitting} that fit")
+    return Verdict(True)
+
+
 def preference_rank(gpu: Gpu, requirement: GpuRequirement, classes: Mapping[str, GpuClass]) -> int:
     """0 for the GPU of the first `preferred` class, 1 for the second, ...; len(preferred) for a
     GPU of no preferred class (every GPU ranks 0 when nothing is preferred)."""
@@ -122,14 +146,15 @@ def batch_size_for(gpu: Gpu | None, classes: Mapping[str, GpuClass], job_batch_s
 
 # -- placement: which RQ queue carries a job of a requirement, and what a worker listens to ------------
 def restricts(requirement: GpuRequirement) -> bool:
-    """Whether the requirement refuses some GPU (`preferred` alone refuses none)."""
-    return requirement.min_memory_gb is not None or requirement.allowed is not None
+    """Whether the requirement refuses some GPU (`preferred` alone refuses none; a multi-GPU one
+    refuses the nodes with fewer GPUs)."""
+    return requirement.min_memory_gb is not None or requirement.allowed is not None or gpus_needed(requirement) > 1
 
 
 def queue_name(requirement: GpuRequirement) -> str:
     """The RQ queue of a job with `requirement`: `training` when it runs anywhere, else one named by
-    what it needs, e.g. `training-ge40gb`, `training-only-GH200-H100`, `training-ge80gb-only-H100`
-    (only workers whose GPU meets it listen to it)."""
+    what it needs, e.g. `training-ge40gb`, `training-only-GH200-H100`, `training-ge80gb-only-H100`,
+    `training-x2gpus` (only workers whose GPU, and node, meet it listen to it)."""
     if not restricts(requirement):
         return TRAINING_QUEUE
     parts = [TRAINING_QUEUE]
@@ -137,6 +162,8 @@ def queue_name(requirement: GpuRequirement) -> str:
         parts.append(f"ge{requirement.min_memory_gb:g}gb")
     if requirement.allowed is not None:
         parts.append("only-" + "-".join(sorted(re.sub(r"[^A-Za-z0-9_.]+", "_", a) for a in requirement.allowed)))
+    if gpus_needed(requirement) > 1:
+        parts.append(f"x{gpus_needed(requirement)}gpus")
     return "-".join(parts)
 
 
@@ -144,7 +171,8 @@ def requirement_spec(requirement: GpuRequirement, classes: Mapping[str, GpuClass
     """What a worker needs to tell whether its GPU meets `requirement`, as JSON-able data: the
     requirement and the definitions of the classes it allows (a worker has no settings of its own)."""
     allowed = list(requirement.allowed) if requirement.allowed is not None else None
-    return {"min_memory_gb": requirement.min_memory_gb, "allowed": allowed,
+    gang = {"gpus": gpus_needed(requirement)} if gpus_needed(requirement) > 1 else {}
+    return {"min_memory_gb": requirement.min_memory_gb, "allowed": allowed, **gang,
             "classes": {name: {"models": list(c.models), "min_memory_gb": c.min_memory_gb}
                         for name, c in classes.items()} if allowed is not None else {}}
 
@@ -154,7 +182,8 @@ def from_spec(spec: Mapping) -> tuple[GpuRequirement, dict[str, GpuClass]]:
     allowed = spec.get("allowed")
     classes = {name: GpuClass(tuple(c["models"]), c.get("min_memory_gb")) for name, c in
                (spec.get("classes") or {}).items()}
-    return GpuRequirement(spec.get("min_memory_gb"), tuple(allowed) if allowed is not None else None), classes
+    return GpuRequirement(spec.get("min_memory_gb"), tuple(allowed) if allowed is not None else None,
+                          gpus=spec.get("gpus")), classes
 
 
 def need_text(requirement: GpuRequirement) -> str:
@@ -164,4 +193,6 @@ def need_text(requirement: GpuRequirement) -> str:
         parts.append(f">= {requirement.min_memory_gb:g} GB")
     if requirement.allowed is not None:
         parts.append(("of " if parts else "") + "class " + " or ".join(requirement.allowed))
+    if gpus_needed(requirement) > 1:
+        parts.insert(0, f"{gpus_needed(requirement)} GPUs on one node" + (", each" if parts else ""))
     return " ".join(parts) or "any GPU"

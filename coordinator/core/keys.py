@@ -27,7 +27,10 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 
 | `<prefix>:{lease}:train:<config_key>` | string | a config's lease: "token|fence|node|worker|job"; TTL |
 | `<prefix>:{lease}:fence:<config_key>` | string | the config's fencing counter, one per acquisition |
-| `<prefix>:{lease}:slots:<node>`      | zset   | a node's GPU slots in use: owner token -> expiry (ms)           |
+| `<prefix>:{lease}:slots:<node>`      | zset   | a node's GPU slots in use: owner token (`token+2`.. for a       |
+|                                      |        | multi-GPU lease's other GPUs) -> expiry (ms)                    |
+| `<prefix>:{lease}:devices:<node>`    | hash   | device index -> owner token of the lease that took it (held     |
+|                                      |        | while that token's slot is unexpired)                           |
 | `<prefix>:{lease}:node:<node>`       | hash   | a node's `gpus` and health `status` (healthy, degraded, down)   |
 | `<prefix>:{lease}:nodes`             | set    | every node name known                                           |
 | `<prefix>:{lease}:expiry`            | zset   | job id -> lease expiry (ms): the reaper reads the expired |
@@ -150,6 +153,10 @@ class Keys:
 
     def node_slots(self, node: str) -> str:
         return f"{self.prefix}:{{lease}}:slots:{node}"
+
+    def node_devices(self, node: str) -> str:
+        """Device index -> the owner token of the lease holding it (`lease_acquire.lua`)."""
+        return f"{self.prefix}:{{lease}}:devices:{node}"
 
     def node(self, node: str) -> str:
         return f"{self.prefix}:{{lease}}:node:{node}"

@@ -298,6 +298,8 @@ class GpuRequirement:
     min_memory_gb: float | None = None
     allowed: tuple[str, ...] | None = None
     preferred: tuple[str, ...] | None = None
+    # GPUs of ONE node a training takes at once (a multi-GPU, torchrun-style training; unset: 1).
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)
@@ -330,8 +332,8 @@ class GpuSettings:
               "cost_per_hour}; a GPU is of the first class that matches it, e.g. {H100: {models: [H100, H200], "
               "batch_size: 1536}}")
     boards: Mapping[str, GpuRequirement] = _section(
-        dict, "Board -> {min_memory_gb, allowed: [classes], preferred: [classes, best first]}, e.g. "
-              "{hexagonal: {min_memory_gb: 40}}")
+        dict, "Board -> {min_memory_gb, allowed: [classes], preferred: [classes, best first], gpus: GPUs of one "
+              "node taken at once}, e.g. {hexagonal: {min_memory_gb: 40}, square19: {gpus: 2}}")
     per_config: Mapping[str, GpuRequirement] = _section(
         dict, "<board>_<players>p -> what differs from its board's requirement")
     speed_priors: SpeedPriors = _section(
@@ -341,6 +343,9 @@ class GpuSettings:
     faster_margin: float = _setting(
         1.2, "A free GPU leaves a job to another free (or sooner-free) one only if that one is expected to "
              "finish it this many times sooner")
+    master_port_base: int = _setting(
+        29500, "A trainer's {master_port} is this plus the lowest device index its lease holds on its node, so "
+               "no two trainings running at once on a node share a port (torchrun's default is 29500)")
 
     def __post_init__(self) -> None:
         if not 0 < self.speed_smoothing <= 1:
@@ -353,7 +358,7 @@ class GpuSettings:
         board = parse_config_key(config_key)[0]
         layers = [r for r in (self.per_config.get(config_key), self.boards.get(board)) if r is not None]
         return GpuRequirement(**{name: next((getattr(r, name) for r in layers if getattr(r, name) is not None), None)
-                                 for name in ("min_memory_gb", "allowed", "preferred")})
+                                 for name in ("min_memory_gb", "allowed", "preferred", "gpus")})
 
 
 class HostGpus(int):
@@ -491,7 +496,9 @@ def gpu_settings_from_json(values: Mapping[str, Any]) -> GpuSettings:
         known = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
 
-    scalars = {k: float(values[k]) for k in ("speed_smoothing", "faster_margin") if k in values}
+    scalars: dict[str, Any] = {k: float(values[k]) for k in ("speed_smoothing", "faster_margin") if k in values}
+    if "master_port_base" in values:
+        scalars["master_port_base"] = int(values["master_port_base"])
     return GpuSettings(
         classes={name: build(GpuClass, raw) for name, raw in (values.get("classes") or {}).items()},
         boards={name: build(GpuRequirement, raw) for name, raw in (values.get("boards") or {}).items()},
@@ -626,6 +633,10 @@ def gpu_problems(gpus: GpuSettings, hosts: Mapping[str, int]) -> list[str]:
             if need.min_memory_gb and biggest and len(declared) == len(hosts) and need.min_memory_gb > biggest[1]:
                 problems.append(f"gpus.{section}.{name}.min_memory_gb: {need.min_memory_gb:g} GB is more than any "
                                 f"host's GPU (largest: {biggest[0]}, {biggest[1]:g} GB): it could never train")
+            most = max(hosts.items(), key=lambda item: int(item[1]), default=None)
+            if need.gpus and most and need.gpus > int(most[1]):
+                problems.append(f"gpus.{section}.{name}.gpus: {need.gpus} GPUs on one node, more than any host has "
+                                f"(most: {most[0]}, {int(most[1])}): it could never train")
     return problems
 
 

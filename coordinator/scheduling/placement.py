@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 import redis
 
 from coordinator.core.errors import EventError
-from coordinator.core.gpu_requirements import Gpu, meets, need_text, preference_rank, restricts
+from coordinator.core.gpu_requirements import Gpu, gpus_needed, meets, need_text, preference_rank, restricts
 from coordinator.core.job_states import QUEUED
 from coordinator.core.keys import Keys
 from coordinator.core.settings import GpuClass, GpuRequirement, GpuSettings
@@ -125,7 +125,10 @@ def better_elsewhere(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuReq
                      margin: float) -> list[SlotGpu]:
     """The slots (free now, or freeing soon) that `job` should rather go to than `me`, a free GPU
     that could start it now: a preferred class free now, or an expected finish `margin` times
-    sooner (waiting for a busy one included: Gavel-style), or, free now and no later, a cheaper hour."""
+    sooner (waiting for a busy one included: Gavel-style), or, free now and no later, a cheaper hour.
+    None for a multi-GPU job: one slot elsewhere says nothing of a node with room for all of it."""
+    if gpus_needed(requirement) > 1:
+        return []
     mine = expected_finish(me, speeds, job, classes)
     my_rank = preference_rank(me.gpu, requirement, classes)
     out = []
@@ -191,7 +194,14 @@ class Placement:
     waiting: list[GpuRequirement] = field(default_factory=list)
 
     def fits(self, requirement: GpuRequirement, slot: SlotGpu) -> bool:
-        return bool(meets(slot.gpu, requirement, self.classes))
+        """The slot's GPU meets it, and (a multi-GPU job) its node has as many GPUs that do. Such a
+        job counts as one slot in the matching: whether all of its node's GPUs are free when a
+        worker takes it is the lease's to say (all at once, or deferred)."""
+        if not meets(slot.gpu, requirement, self.classes):
+            return False
+        needed = gpus_needed(requirement)
+        return needed == 1 or sum(1 for s in self.slots if s.gpu.node == slot.gpu.node
+                                  and meets(s.gpu, requirement, self.classes)) >= needed
 
     def known(self, requirement: GpuRequirement) -> bool:
         """Whether any GPU of the cluster (free or not) meets it."""
@@ -257,10 +267,11 @@ def read_placement(conn: redis.Redis, keys: Keys, leases: LeaseManager, settings
     held = [r for _, r in records if r.get("state") in SLOT_STATES]
     for r in sorted(held, key=lambda r: -(requirement_of(settings, r.get("config_key", "")).min_memory_gb or 0)):
         requirement = requirement_of(settings, r.get("config_key", ""))
-        on_node = [s for s in free if s.gpu.node == r.get("node")]
-        fitting = [s for s in on_node if meets(s.gpu, requirement, settings.classes)] or on_node
-        if fitting:  # the smallest that fits: what its attempt most likely holds
-            free.remove(min(fitting, key=lambda s: s.gpu.memory_gb))
+        for _ in range(gpus_needed(requirement)):  # a multi-GPU attempt holds that many of its node's
+            on_node = [s for s in free if s.gpu.node == r.get("node")]
+            fitting = [s for s in on_node if meets(s.gpu, requirement, settings.classes)] or on_node
+            if fitting:  # the smallest that fits: what its attempt most likely holds
+                free.remove(min(fitting, key=lambda s: s.gpu.memory_gb))
     placement = Placement(slots, free, settings.classes)
     for _, r in records:
         if r.get("state") == QUEUED:

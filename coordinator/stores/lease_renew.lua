@@ -1,22 +1,33 @@
--- Extend a held config lease and its node slot, only if the caller still owns them; and, in the
--- same reply, tell the holder whether its job was asked to stop (how cancel and preemption
--- requests reach a running training without polling).
+-- Extend a held config lease and all its node slots (each GPU of a multi-GPU lease), only if the
+-- caller still owns them all; and, in the same reply, tell the holder whether its job was asked
+-- to stop (how cancel and preemption requests reach a running training without polling).
 -- KEYS[1] config lease (string "token|fence|node|worker|job_id")   KEYS[2] node slot zset
 -- KEYS[3] lease expiry zset (member: the lease's job id, score: its expiry in ms)
 -- KEYS[4] the job hash (optional; fields cancel_requested, preempt_requested_at). Not under the
 --         {lease} hash tag: with it the script needs one Redis, not a Cluster (README).
--- ARGV[1] owner token   ARGV[2] ttl ms
--- Returns {0} when the caller no longer holds the lease; when extended {1, cancel_requested,
--- preempt_requested_at} ('' each when not asked; the rule, cancel first, is
--- coordinator.scheduling.preempter.stop_reason).
+-- ARGV[1] owner token   ARGV[2] ttl ms   ARGV[3] the lease's GPU count (absent: 1)
+-- Returns {0} when the caller no longer holds the lease (or one of its slots expired and may be
+-- another's now: never re-taken here); when extended {1, cancel_requested, preempt_requested_at}
+-- ('' each when not asked; the rule, cancel first, is coordinator.scheduling.preempter.stop_reason).
 local value = redis.call('GET', KEYS[1])
 if not value or string.sub(value, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
   return {0}
 end
+local members = {ARGV[1]}
+for i = 2, tonumber(ARGV[3] or '1') do
+  members[#members + 1] = ARGV[1] .. '+' .. i
+end
+for _, member in ipairs(members) do
+  if not redis.call('ZSCORE', KEYS[2], member) then
+    return {0}
+  end
+end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), ARGV[1])
+for _, member in ipairs(members) do
+  redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[2]), member)
+end
 local job_id = string.match(value, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$')
 if job_id then
   redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[2]), job_id)

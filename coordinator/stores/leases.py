@@ -2,9 +2,16 @@
 
 A worker that trains config C on node N holds two leases, taken together in one script or not
 at all: C's training lease (one trainer per config) and one of N's GPU slots (at most `gpus`
-trainings per node). Each acquisition returns a fencing token from C's counter, which only
-grows; a result is published only if its token is still C's newest (see `job_finish.lua`), so a
-paused or partitioned worker that lost its lease cannot overwrite a newer model.
+trainings per node) — or, for a multi-GPU training (`gpus.boards`/`per_config` `gpus: k`), k of
+N's slots, all at once or none (never a partial hold, so two such trainings cannot each hold half
+of what they need). Each slot is a device of the node (`Keys.node_devices`: index -> owner
+token): the lease says which (`Lease.devices`, what the trainer's CUDA_VISIBLE_DEVICES names),
+chosen from the devices the caller offers, its own first. All of a lease's slots share one
+expiry, one fencing token and one owner token: renewed, released and expired together.
+
+Each acquisition returns a fencing token from C's counter, which only grows; a result is
+published only if its token is still C's newest (see `job_finish.lua`), so a paused or
+partitioned worker that lost its lease cannot overwrite a newer model.
 
 Renewal and release compare the owner token (scripts), so nobody extends or frees a lease it
 does not hold. The same scripts keep `Keys.lease_expiry` (job id -> the lease's expiry), so the
@@ -22,7 +29,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as CallTimeout
 from dataclasses import dataclass
@@ -64,6 +71,11 @@ class Lease:
     token: str
     fence: int
     ttl_ms: int
+    devices: tuple[int, ...] = ()  # the node's device indices it holds (one per GPU slot)
+
+    @property
+    def gpus(self) -> int:
+        return max(1, len(self.devices))
 
 
 class LeaseManager:
@@ -85,26 +97,32 @@ class LeaseManager:
         lease = settings.leases
         return cls(conn, keys, lease.ttl_s, default_slots or lease.default_node_slots)
 
-    def try_acquire(self, config_key: str, node: str, worker: str, job_id: str) -> Lease:
-        """One attempt; raises LeaseUnavailable with the reason (config, slots, node_down)."""
+    def try_acquire(self, config_key: str, node: str, worker: str, job_id: str, gpus: int = 1,
+                    devices: Sequence[int] = (), only_listed: bool = False) -> Lease:
+        """One attempt at the config lease and `gpus` slots of `node` (all or none), on `devices`
+        (the indices it prefers, best first), then on any of the node's, unless `only_listed` (the
+        job needs something of a GPU that only those have); raises LeaseUnavailable with the
+        reason (config, slots, node_down)."""
         token = uuid.uuid4().hex
         keys = [self.keys.lease(config_key), self.keys.fence(config_key), self.keys.node_slots(node),
-                self.keys.node(node), self.keys.lease_expiry]
-        reply = self._acquire(keys=keys, args=[token, self.ttl_ms, self.default_slots, node, worker, job_id])
+                self.keys.node(node), self.keys.lease_expiry, self.keys.node_devices(node)]
+        reply = self._acquire(keys=keys, args=[token, self.ttl_ms, self.default_slots, node, worker, job_id,
+                                               max(1, gpus), "0" if only_listed else "1", *devices])
         if reply[0] == 1:
-            return Lease(config_key, node, token, int(reply[1]), self.ttl_ms)
+            # In index order, as CUDA_VISIBLE_DEVICES names them (the first is the trainer's cuda:0).
+            return Lease(config_key, node, token, int(reply[1]), self.ttl_ms, tuple(sorted(int(d) for d in reply[2:])))
         reason, detail = _text(reply[1]), _text(reply[2])
         if reason == "config":
             detail = parse_holder(detail).get("job_id", detail)
         raise LeaseUnavailable(config_key, node, reason, detail)
 
     def acquire(self, config_key: str, node: str, worker: str, job_id: str, attempts: int,
-                max_delay_s: float) -> Lease:
+                max_delay_s: float, gpus: int = 1, devices: Sequence[int] = (), only_listed: bool = False) -> Lease:
         """Up to `attempts` tries, a random pause (up to `max_delay_s`) between them: the settings'
         `leases.acquire_attempts` and `leases.acquire_max_delay_s`, which the caller passes."""
         for attempt in range(attempts):
             try:
-                return self.try_acquire(config_key, node, worker, job_id)
+                return self.try_acquire(config_key, node, worker, job_id, gpus, devices, only_listed)
             except LeaseUnavailable as exc:
                 if exc.reason == "node_down" or attempt == attempts - 1:
                     raise
@@ -112,17 +130,23 @@ class LeaseManager:
         raise AssertionError("unreachable")
 
     def renew(self, lease: Lease, job_id: str | None = None) -> Renewal:
-        """Extend both leases by the TTL (falsy when the caller no longer holds them); with `job_id`,
-        the same reply says whether the job was asked to stop (cancel, preemption)."""
+        """Extend the config lease and every slot of it by the TTL (falsy when the caller no longer
+        holds them all); with `job_id`, the same reply says whether the job was asked to stop
+        (cancel, preemption)."""
         keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node), self.keys.lease_expiry]
         if job_id is not None:
             keys.append(self.keys.job(job_id))
-        held, *asked = self._renew(keys=keys, args=[lease.token, lease.ttl_ms])
+        held, *asked = self._renew(keys=keys, args=[lease.token, lease.ttl_ms, lease.gpus])
         return Renewal(bool(held), stop_reason(*asked) if held else None)
 
     def release(self, lease: Lease) -> bool:
-        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node), self.keys.lease_expiry]
-        return bool(self._release(keys=keys, args=[lease.token]))
+        """Give back the config lease and all its slots at once (only the caller's)."""
+        keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node), self.keys.lease_expiry,
+                self.keys.node_devices(lease.node)]
+        return bool(self._release(keys=keys, args=[lease.token, lease.gpus, *lease.devices]))
+
+    def held_devices(self, node: str) -> set[int]:
+        return held_devices(self.conn, self.keys, node)
 
     def newest_fence(self, config_key: str) -> int:
         return int(self.conn.get(self.keys.fence(config_key)) or 0)
@@ -262,6 +286,19 @@ class LeaseKeeper:
         if self.lost_reason is None:
             self.lost_reason = reason
             self.on_lost(reason)
+
+
+def held_devices(conn: redis.Redis, keys: Keys, node: str) -> set[int]:
+    """The device indices of `node` an unexpired lease holds now (one round trip, one snapshot):
+    what a worker whose own GPU is among them waits for before it takes another job."""
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.time()
+        pipe.hgetall(keys.node_devices(node))
+        pipe.zrange(keys.node_slots(node), 0, -1, withscores=True)
+        (seconds, micros), devices, slots = pipe.execute()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    live = {_text(member) for member, expiry in slots if expiry > now_ms}
+    return {int(_text(d)) for d, owner in devices.items() if _text(owner) in live}
 
 
 HOLDER_FIELDS = ("token", "fence", "node", "worker", "job_id")

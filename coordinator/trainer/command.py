@@ -18,6 +18,12 @@ Rules, in this order:
 
 `template_problems` lists what is wrong with a template (unknown placeholders, by name) for
 `check-config`; `build_argv` fills one; `attempt_paths` is where an attempt's files go.
+
+Multi-GPU trainings (a torchrun-style template, README "Multi-GPU trainings"): `gpu_values` gives
+`{gpus}` and `{nproc_per_node}` (how many GPUs the attempt's lease holds), `{devices}` (their
+indices on the node, "0,1": also the trainer's CUDA_VISIBLE_DEVICES, `visible_devices_env`) and
+`{master_port}`: `gpus.master_port_base` plus the lowest device index the lease holds. Two
+trainings running at once on a node never hold the same device, so they never share a port.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ PLACEHOLDERS = frozenset({
     "python", "board_type", "num_players", "config_key", "npz_path", "epochs", "batch_size",
     "learning_rate", "patience", "output_dir", "model_path", "checkpoint_dir", "init_weights",
     "resume", "samples", "job_id", "attempt", "gpu_model", "gpu_memory_gb", "gpu_class",
+    "gpus", "nproc_per_node", "devices", "master_port",
 })
 # What the reference trainer (workers.train, workers.stub_train) takes after its module name.
 # `--init-weights` is last so that without a parent model the list is exactly the old one.
@@ -137,6 +144,20 @@ def record_values(record: Mapping[str, str], paths: AttemptPaths, attempt: int,
         "gpu_model": record.get("gpu_model"), "gpu_memory_gb": record.get("gpu_memory_gb"),
         "gpu_class": record.get("gpu_class"),
     }
+
+
+def gpu_values(devices: Sequence[int], master_port_base: int) -> dict[str, object]:
+    """The multi-GPU placeholders of an attempt whose lease holds `devices` (none known: one GPU,
+    no device list, the base port)."""
+    return {"gpus": max(1, len(devices)), "nproc_per_node": max(1, len(devices)),
+            "devices": ",".join(str(d) for d in devices),
+            "master_port": master_port_base + (min(devices) if devices else 0)}
+
+
+def visible_devices_env(devices: Sequence[int]) -> dict[str, str]:
+    """The trainer's CUDA_VISIBLE_DEVICES: exactly the devices its lease holds (none: left as the
+    worker's)."""
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices)} if devices else {}
 
 
 def _absent(value: object) -> bool:
