@@ -179,3 +179,31 @@ def test_a_small_job_on_a_big_gpu_is_moved_to_an_idle_small_gpu_first():
     # ...but moves at once to the idle 4090 (which the big config cannot use); the other would wait.
     assert victims([small_on_big, big_on_big], [big], free=[RTX4090]) == ["hex8"]
     assert victims([small_on_big, big_on_big], [big], free=[]) == ["hexagonal"]  # nowhere to move: least lost
+
+
+# -- multi-GPU trainings (issue 27) ---------------------------------------------------------------
+
+def on(node: str) -> Gpu:
+    return Gpu("H100", 80.0, node=node)
+
+
+def test_a_starving_two_gpu_training_frees_two_gpus_of_one_node_never_one_here_and_one_there():
+    duo = replace(starving("square19_2p"), requirement=GpuRequirement(gpus=2))
+    a1, b1 = job("a1", 1.0, gpu=on("a")), job("b1", 1.0, gpu=on("b"))
+    assert victims([a1, b1], [duo]) == []  # one GPU on each node: no node can give it two
+    a2 = job("a2", 5.0, gpu=on("a"))
+    assert sorted(victims([a1, a2, b1], [duo])) == ["a1", "a2"]
+    # An idle GPU of node b and one job there: only b1 yields.
+    assert victims([a1, a2, b1], [duo], free=[on("b")]) == ["b1"]
+    # Two idle GPUs of one node serve it: nobody yields; one idle here and one there does not.
+    assert victims([a1, a2, b1], [duo], free=[on("b"), on("b")]) == []
+    assert victims([a1, b1], [duo], free=[on("a"), on("b")]) in (["a1"], ["b1"])
+
+
+def test_a_multi_gpu_training_never_preempts_for_value_and_a_pending_gang_is_not_asked_twice():
+    duo = Candidate("square19_2p", 99.0, requirement=GpuRequirement(gpus=2))
+    assert victims([job("a1", 0.0, gpu=on("a")), job("a2", 0.0, gpu=on("a"))], [duo]) == []
+    starving_duo = replace(starving("square19_2p"), requirement=GpuRequirement(gpus=2))
+    pending = [job("a1", 1.0, gpu=on("a"), preempt_requested_at=NOW), job("a2", 1.0, gpu=on("a"),
+                                                                          preempt_requested_at=NOW)]
+    assert victims([*pending, job("b1", 1.0, gpu=on("b"))], [starving_duo]) == []  # node a is promised to it

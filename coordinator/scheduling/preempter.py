@@ -88,7 +88,7 @@ def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Cal
             preempt_requested_at=_number(r, "preempt_requested_at"),
             checkpoint_at=_number(r, "updated_at") if r.get("epoch") else None,
             checkpoint_epoch=int(float(r.get("epoch") or 0)), expected_hours=hours_of(config_key),
-            gpu=_attempt_gpu(r), requirement=requirement_of(config_key)))
+            gpu=_attempt_gpu(r), requirement=requirement_of(config_key), gpus=int(r.get("gpus_held") or 1)))
     return jobs
 
 
@@ -175,7 +175,8 @@ class Preempter:
         """The idle GPUs: how many, or with GPU requirements set (and a lease view), each one's GPU
         (`scheduling/placement.py` `read_placement`), so candidates take only GPUs that fit them."""
         gpus = self.settings.gpus
-        if self.leases is None or not any(restricts(r) for r in (*gpus.boards.values(), *gpus.per_config.values())):
+        needs = (*gpus.boards.values(), *gpus.per_config.values())
+        if self.leases is None or not any(restricts(r) or (r.gpus or 1) > 1 for r in needs):
             return free_slots
         return [s.gpu for s in read_placement(self.conn, self.keys, self.leases, gpus).free]
 

@@ -34,6 +34,9 @@ Rules, in order (every number a setting of `PreemptionSettings`, the `preemption
    meets only a config without one). A starving big-memory config thus frees a big GPU, and among
    those prefers a job that can move at once to an idle GPU that fits it (a small job taken off a
    big GPU at its checkpoint and resumed on a small one), before the lost-work order.
+5. Multi-GPU trainings (`gpus: N`, issue 27): one is served only by N idle or promised GPUs of one
+   node; starving, it takes the fewest jobs of one node whose GPUs, with that node's idle ones, make
+   N (each in the victim order above); it never preempts for value.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class RunningJob:
     checkpoint_epoch: int = 0
     expected_hours: float = 0.0  # its config's expected training hours (0: unknown, no lost-work cost)
     gpu: Gpu | None = None  # the GPU its attempt holds (None: unknown)
+    gpus: int = 1  # how many GPUs of its node it holds (a multi-GPU training: more than one)
     requirement: GpuRequirement = GpuRequirement()  # what its config needs of a GPU (where it could move)
 
 
@@ -115,6 +119,15 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int
     for c in waiting:
         if c.queued and not c.starving:
             continue  # RQ gives it the next GPU that frees up
+        if _gpus(c) > 1:  # a multi-GPU training: only the wait bound frees GPUs for it, all on one node
+            victims = _gang_victims(c, pool, left_idle, s, now, fits) if c.starving else []
+            for victim in victims:
+                pool.remove(victim)
+                chosen.append(Preemption(victim.job_id, victim.config_key, victim.slot, c.config_key, WAIT,
+                                         f"{c.config_key} starving: waited {_hours(c.waited_hours)} (bound "
+                                         f"{_hours(s.max_wait_hours)}); needs {_gpus(c)} GPUs on "
+                                         f"{victim.gpu.node if victim.gpu else '?'}"))
+            continue
         fitting = [j for j in pool if fits(c.requirement, j.gpu)]
         if not fitting:
             continue
@@ -144,12 +157,21 @@ class _Fits:
         return gpu is not None and meets(gpu, requirement, self.classes).ok
 
 
+def _gpus(c: Candidate) -> int:
+    return c.requirement.gpus or 1
+
+
 def _unserved(line: list[Candidate], idle: list[Gpu | None], promised: list[Gpu | None],
               fits: _Fits) -> list[Candidate]:
     """The members of the line that neither an idle GPU nor a slot a pending preemption frees will
-    serve: in order, each takes the first such GPU that fits it."""
+    serve: in order, each takes the first such GPU that fits it (a multi-GPU one, N of them on one
+    node, idle or promised)."""
     waiting = []
     for c in line:
+        if _gpus(c) > 1:
+            if not _take_on_one_node(c, idle, promised, fits):
+                waiting.append(c)
+            continue
         for gpus in (idle, promised):
             g = next((i for i, gpu in enumerate(gpus) if fits(c.requirement, gpu)), None)
             if g is not None:
@@ -160,10 +182,49 @@ def _unserved(line: list[Candidate], idle: list[Gpu | None], promised: list[Gpu 
     return waiting
 
 
+def _take_on_one_node(c: Candidate, idle: list[Gpu | None], promised: list[Gpu | None], fits: _Fits) -> bool:
+    """Take N idle or promised GPUs of one node that fit `c` (N = its GPUs), if some node has them."""
+    n = _gpus(c)
+    for node in sorted({g.node for g in (*idle, *promised) if g is not None}):
+        here = [(gpus, g) for gpus in (idle, promised) for g in gpus
+                if g is not None and g.node == node and fits(c.requirement, g)]
+        if len(here) >= n:
+            for gpus, g in here[:n]:
+                gpus.remove(g)
+            return True
+    return False
+
+
+def _gang_victims(c: Candidate, pool: list[RunningJob], left_idle: list[Gpu | None], s: PreemptionSettings,
+                  now: float, fits: _Fits) -> list[RunningJob]:
+    """The fewest jobs whose GPUs, with the idle ones of their node, give `c` its N GPUs on one node
+    (each job in the wait bound's victim order); none when no node can."""
+    def order(j: RunningJob) -> tuple:
+        return (j.preemptions >= s.max_preemptions_per_job, j.starving,
+                lost_hours(j, s, now) * (1 + j.preemptions), j.value, -(j.checkpoint_at or 0.0), j.job_id)
+
+    n, best = _gpus(c), None
+    for node in sorted({j.gpu.node for j in pool if j.gpu is not None}):
+        have = sum(1 for g in left_idle if g is not None and g.node == node and fits(c.requirement, g))
+        picked: list[RunningJob] = []
+        for j in sorted((j for j in pool if j.gpu is not None and j.gpu.node == node
+                         and fits(c.requirement, j.gpu)), key=order):
+            if have >= n:
+                break
+            picked.append(j)
+            have += j.gpus
+        if have >= n and picked and (best is None or len(picked) < len(best)):
+            best = picked
+    return best or []
+
+
 def _left_idle(line: list[Candidate], idle: list[Gpu | None], fits: _Fits) -> list[Gpu | None]:
     """The idle GPUs no member of the line takes (where a preempted job could move at once)."""
     left = list(idle)
     for c in line:
+        if _gpus(c) > 1:  # takes N of one node, or none (they stay idle, its victims' node's own)
+            _take_on_one_node(c, left, [], fits)
+            continue
         g = next((i for i, gpu in enumerate(left) if fits(c.requirement, gpu)), None)
         if g is not None:
             left.pop(g)

@@ -24,7 +24,7 @@ CANCELLED_STOP, PREEMPTED_STOP = "cancelled", "preempted"
 RECORD_FIELDS = ("state", "config_key", "node", "started_at", "fence", "score_at_start", "picked_starving",
                  "preemptions", "preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why",
                  "updated_at", "epoch", "created_at", "gpu_model",
-                 "gpu_memory_gb")
+                 "gpu_memory_gb", "gpus_held")
 SLOT_STATES = frozenset({LEASED, RUNNING})  # attempts that hold a GPU slot
 
 
