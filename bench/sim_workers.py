@@ -15,10 +15,11 @@ Per attempt, the same store calls as `run_training` / `TrainingRun`, in the same
 3. `JobStore.start` (job_start.lua) with the fencing token, the epoch of the job's newest checkpoint
    (kept here per job: what `newest_checkpoint` would find) and the newest published model of
    `warm_start_from` (the files "exist"); `mark_running`;
-4. the trainer: the record's `epochs` over the config's true GPU-hours (a resumed attempt first
-   pays RESUME_OVERHEAD_H); `JobStore.progress` with the newest epoch reached, written when the
-   coordinator is about to read it (`flush_progress`, at the epoch's end time) rather than once per
-   epoch: the preempter reads only the newest epoch and its time;
+4. the trainer: the record's `epochs`, each one pass over the record's `samples` at the board's true
+   cost per sample on its GPU (`World.training_hours`; a resumed attempt first pays RESUME_OVERHEAD_H);
+   `JobStore.progress` with the newest epoch reached, written when the coordinator is about to read
+   it (`flush_progress`, at the epoch's end time) rather than once per epoch: the preempter reads only
+   the newest epoch and its time;
 5. the lease renewal's reply carries the stop reason (`LeaseManager.renew`); 'preempted' -> the
    trainer stops at once (RingRift's trainer saves on SIGTERM, but the next attempt resumes from the
    newest whole epoch, so the partial epoch is lost: `lost_gpu_hours` since that epoch's end),
@@ -159,11 +160,12 @@ class Counters:
 
 class Workers:
     """One simulated worker per GPU slot; `on_*` callbacks tell the simulator what happened.
-    `duration_h(config_key, gpu)`: the training's true hours on that GPU. `settings`: given on a
+    `duration_h(config_key, gpu, samples)`: the training's true hours on that GPU, on an export of
+    `samples` (the job record's at the attempt's start). `settings`: given on a
     heterogeneous cluster, it turns on GPU registration, out-of-memory, breakers and vanishing."""
 
     def __init__(self, conn: redis.Redis, store: JobStore, leases: LeaseManager, clock: ManualClock,
-                 gpus: list[SimGpu], duration_h: Callable[[str, SimGpu], float], defer_s: float,
+                 gpus: list[SimGpu], duration_h: Callable[[str, SimGpu, float], float], defer_s: float,
                  on_start: Callable[[Attempt], None], on_end: Callable[[Attempt, str, dict[str, str]], None],
                  settings: Settings | None = None) -> None:
         self.conn = conn
@@ -350,9 +352,10 @@ class Workers:
         epochs = int(record["epochs"])
         self.tokens += 1
         now = self.clock()
-        run = Attempt(job_id, config_key, self.store.get(job_id), lease, attempt, now, resumed, epochs,
-                      self.duration_h(config_key, gpu) * HOUR / epochs, RESUME_OVERHEAD_H * HOUR if resumed else 0.0,
-                      self.tokens, resumed, worker)
+        started = self.store.get(job_id)  # the export it trains on: one pass over its samples per epoch
+        hours = self.duration_h(config_key, gpu, float(started.get("samples") or 0))
+        run = Attempt(job_id, config_key, started, lease, attempt, now, resumed, epochs, hours * HOUR / epochs,
+                      RESUME_OVERHEAD_H * HOUR if resumed else 0.0, self.tokens, resumed, worker)
         # `TrainingRun.speed_class`: the class its epochs are timed for
         run.speed_class = run.record.get("gpu_class") or (run.record.get("gpu_model") or "").removeprefix(
             "NVIDIA ").strip()
