@@ -11,16 +11,19 @@ from rq.intermediate_queue import IntermediateQueue
 
 from coordinator.core.gpu_requirements import Gpu
 from coordinator.core.keys import Keys
-from coordinator.core.settings import worker_settings_json
+from coordinator.core.settings import parse_settings, worker_settings_json
 from coordinator.scheduling.placement import SlotGpu
 from coordinator.stores.gpus import NVML, NodeInventory, slot_of
 from coordinator.stores.jobs import JobStore
-from tests.test_gpus import H100, RTX4090, settings_with
 from workers import gpu_inventory
 from workers.tasks import _record_gpu
 from workers.worker import KEEP, LEAVE_S, TO_BUSY, TO_IDLE, keep_or_hand_back
 
 QUEUE = "rq:queue:training"
+H100 = Gpu("NVIDIA H100 80GB HBM3", 80.0, 0, "gpu-node-1")
+RTX4090 = Gpu("NVIDIA GeForce RTX 4090", 24.0, 2, "gpu-node-3")
+GPUS = {"classes": {"H100": {"models": ["H100"], "batch_size": 1536},
+                    "24GB": {"models": ["RTX 4090"], "batch_size": 256}}}
 IDLE_H100 = SlotGpu(H100)
 BUSY_H100 = SlotGpu(H100, free_in_s=120.0)
 
@@ -64,7 +67,7 @@ def _registered(gpu: Gpu, prefix: str) -> gpu_inventory.Registered:
 
 def test_the_attempts_gpu_is_recorded_from_the_registration_given_else_the_processs(monkeypatch):
     conn, keys = fakeredis.FakeRedis(), Keys("t")
-    s = settings_with()
+    s = parse_settings({"training": {"data_roots": ["/data"]}, "gpus": GPUS})
     store = JobStore.from_settings(conn, keys, s)
     record = {"job_id": "j", "config_key": "hexagonal_2p", "board_type": "hexagonal", "num_players": "2",
               "epochs": "3", "batch_size": str(s.training.batch_size), "command": "[]",
