@@ -251,7 +251,7 @@ class Simulation:
         self.tasks = self.orch.periodic_tasks()
         self.keys = self.orch.keys
         self.workers = Workers(self.conn, self.orch.jobs, self.orch.leases, self.clock, self.sim_gpus,
-                               lambda key, gpu: self.world.by_key[key].gpu_hours / speed(gpu, key),
+                               lambda key, gpu, samples: self.world.training_hours(key, samples) / speed(gpu, key),
                                self.settings.leases.defer_s, self._started, self._ended,
                                self.settings if self.hetero else None)
         self.events: list[tuple[float, int, str, tuple]] = []
@@ -503,7 +503,7 @@ class Simulation:
             return
         r_victim = self.world.rate_of_job(key, record["npz_path"])
         r_for = self.world.rate_now(beneficiary)
-        gain = (r_for - r_victim) * self.world.by_key[beneficiary].gpu_hours
+        gain = (r_for - r_victim) * self.world.hours_on(beneficiary)
         lost = r_victim * (float(record["lost_gpu_hours"]) + RESUME_OVERHEAD_H)
         self.bad_value += gain < lost
 

@@ -16,7 +16,8 @@ as a real worker without NVML does (`workers.gpu_inventory.register`).
 
 Truth (`GPU_KINDS`, `MEMORY_NEED_GB`): speed relative to an H100 on the small boards (square8,
 hex8: small models, a big GPU is barely faster) and on the large ones (square19, hexagonal); the
-world's `Spec.gpu_hours` is on an H100. A training needs `MEMORY_NEED_GB` of its board (hexagonal
+world's training hours (`World.training_hours`: the board's cost per sample x the export's samples)
+are an H100's. A training needs `MEMORY_NEED_GB` of its board (hexagonal
 4p more); on a GPU with less it dies of out-of-memory `OOM_AFTER_H` after its start (data loaded,
 model built, first batches): a failed attempt (`trainer_error`, which the real worker also records
 on the config's and the node's circuit breakers). An ephemeral host is up for an exponential time

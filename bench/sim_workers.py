@@ -15,10 +15,11 @@ Per attempt, the same store calls as `run_training` / `TrainingRun`, in the same
 3. `JobStore.start` (job_start.lua) with the fencing token, the epoch of the job's newest checkpoint
    (kept here per job: what `newest_checkpoint` would find) and the newest published model of
    `warm_start_from` (the files "exist"); `mark_running`;
-4. the trainer: the record's `epochs` over the config's true GPU-hours (a resumed attempt first
-   pays RESUME_OVERHEAD_H); `JobStore.progress` with the newest epoch reached, written when the
-   coordinator is about to read it (`flush_progress`, at the epoch's end time) rather than once per
-   epoch: the preempter reads only the newest epoch and its time;
+4. the trainer: the record's `epochs`, each one pass over the record's `samples` at the board's true
+   cost per sample on its GPU (`World.training_hours`; a resumed attempt first pays RESUME_OVERHEAD_H);
+   `JobStore.progress` with the newest epoch reached, written when the coordinator is about to read
+   it (`flush_progress`, at the epoch's end time) rather than once per epoch: the preempter reads only
+   the newest epoch and its time;
 5. the lease renewal's reply carries the stop reason (`LeaseManager.renew`); 'preempted' -> the
    trainer stops at once (RingRift's trainer saves on SIGTERM, but the next attempt resumes from the
    newest whole epoch, so the partial epoch is lost: `lost_gpu_hours` since that epoch's end),
@@ -26,10 +27,11 @@ Per attempt, the same store calls as `run_training` / `TrainingRun`, in the same
    fields `TrainingRun._complete` writes (model path from `attempt_paths`, its command fingerprint);
 6. the leases are released.
 Heterogeneous clusters (`bench/sim_cluster.py`) add the shipped worker's placement: idle marks
-(`GpuStore.mark_idle`, refreshed at each wake-up), `workers.worker.better_gpus` on each dequeued job
-and `TrainingWorker._keep`'s put-back re-enacted (`Workers._keep`: that method needs a live RQ
-worker), `tasks._record_gpu` after the start, and `epoch_time_s` + `speed_class` on each progress
-entry after an attempt's first (the coordinator learns speeds from them); and:
+(`GpuStore.mark_idle`, refreshed at each wake-up), `workers.worker.better_gpus` and
+`keep_or_hand_back` (the decision and put-back `TrainingWorker._keep` makes) on each dequeued job,
+`tasks._record_gpu` with the worker's own registration after the start, and `epoch_time_s` +
+`speed_class` on each progress entry after an attempt's first (the coordinator learns speeds from
+them); and:
 a training runs at its GPU's true speed; one on a
 GPU with less memory than it truly needs fails `OOM_AFTER_H` after its start as `TrainingRun._fail`
 ('trainer_error': retried once after backoff, then failed) and is recorded on the config's and the
@@ -43,13 +45,12 @@ the host's time; so does this (`renew_due`), so leases never lapse while the sim
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -77,7 +78,16 @@ from coordinator.trainer.command import attempt_paths
 from coordinator.trainer.warm_start import command_fingerprint
 from workers import gpu_inventory
 from workers.tasks import _hold_reason, _record_gpu, queue_requirement, slot_gpu
-from workers.worker import IDLE_MAX_AGE_S, LEAVE_S, better_gpus, fitting_queues
+from workers.worker import (
+    IDLE_MAX_AGE_S,
+    KEEP,
+    LEAVE_S,
+    TO_BUSY,
+    TO_IDLE,
+    better_gpus,
+    fitting_queues,
+    keep_or_hand_back,
+)
 
 HOUR = 3600.0
 OOM_ERROR = "torch.OutOfMemoryError: CUDA out of memory."
@@ -150,11 +160,12 @@ class Counters:
 
 class Workers:
     """One simulated worker per GPU slot; `on_*` callbacks tell the simulator what happened.
-    `duration_h(config_key, gpu)`: the training's true hours on that GPU. `settings`: given on a
+    `duration_h(config_key, gpu, samples)`: the training's true hours on that GPU, on an export of
+    `samples` (the job record's at the attempt's start). `settings`: given on a
     heterogeneous cluster, it turns on GPU registration, out-of-memory, breakers and vanishing."""
 
     def __init__(self, conn: redis.Redis, store: JobStore, leases: LeaseManager, clock: ManualClock,
-                 gpus: list[SimGpu], duration_h: Callable[[str, SimGpu], float], defer_s: float,
+                 gpus: list[SimGpu], duration_h: Callable[[str, SimGpu, float], float], defer_s: float,
                  on_start: Callable[[Attempt], None], on_end: Callable[[Attempt, str, dict[str, str]], None],
                  settings: Settings | None = None) -> None:
         self.conn = conn
@@ -232,10 +243,10 @@ class Workers:
                 job, queue = taken
                 if self.hetero:
                     verdict = self._keep(worker, job.id, job.args[0], queue)
-                    if verdict == "to_idle":  # a better idle worker, blocked on that queue, takes it now
+                    if verdict == TO_IDLE:  # a better idle worker, blocked on that queue, takes it now
                         order.append(worker)
                         break
-                    if verdict == "to_busy":  # it waits for a better GPU about to free: leave the queue
+                    if verdict == TO_BUSY:  # it waits for a better GPU about to free: leave the queue
                         queues = self.queues_for(worker)
                         names = tuple(q.name for q in queues)
                         continue
@@ -268,29 +279,28 @@ class Workers:
         return SlotGpu(gpu, registered.inventory.cost_per_hour)
 
     def _keep(self, worker: str, rq_id: str, job_id: str, queue: Queue) -> str:
-        """`TrainingWorker._keep` on the simulated clock: "keep", or the job was put back at the front of
-        its queue for a better GPU, "to_idle" (one is free now) or "to_busy" (they are all about to
-        free, Gavel-style: this worker leaves the queue for LEAVE_S). The decision is the shipped
-        `workers.worker.better_gpus` (`placement.better_elsewhere` with the learned speeds); only the
-        method around it is re-enacted (it needs a live RQ worker)."""
+        """`TrainingWorker._keep` on the simulated clock: KEEP, or the job was put back at the front of
+        its queue for a better GPU, TO_IDLE (one is free now) or TO_BUSY (they are all about to free,
+        Gavel-style: this worker leaves the queue for LEAVE_S). The shipped `better_gpus`
+        (`placement.better_elsewhere` with the learned speeds) and `keep_or_hand_back` (the decision
+        and the put-back) decide; only the worker's own bookkeeping around them is here (the method
+        needs a live RQ worker)."""
         mine = self._slot(worker)
         now = self.clock()
         better = better_gpus(self.conn, self.store.keys.prefix, job_id, mine, worker, now) if mine else []
         waiting = int(self.conn.llen(queue.key)) if better else 0
-        kept = self.left_jobs.setdefault(worker, {})
-        if len(better) <= waiting or kept.get(rq_id, float("-inf")) > now:
+        verdict = keep_or_hand_back(self.conn, queue.key, rq_id, better, waiting,
+                                    self.left_jobs.setdefault(worker, {}), now)
+        if verdict == KEEP:
             self._mark(worker, idle=False)
-            return "keep"
-        self.conn.lpush(queue.key, rq_id)
-        self.left_jobs[worker] = kept = {j: t for j, t in kept.items() if t > now}
+            return verdict
         self.counters.hand_backs += 1
         self.handed_back.add(job_id)
-        if any(b.free_in_s <= 0 for b in better):
-            kept[rq_id] = now + LEAVE_S
+        if verdict == TO_IDLE:
             self.counters.hand_backs_to_idle += 1
-            return "to_idle"
-        self.left.setdefault(worker, {})[queue.name] = now + LEAVE_S
-        return "to_busy"
+        else:
+            self.left.setdefault(worker, {})[queue.name] = now + LEAVE_S
+        return verdict
 
     def _held(self, worker: str, job_id: str, record: dict[str, str], origin: str) -> str:
         """`run_training`'s hand-backs before the leases: the node's breaker, and the fit backstop."""
@@ -334,17 +344,18 @@ class Workers:
             self.leases.release(lease)
             return False
         if self.hetero:  # `_record_gpu`: the attempt's GPU, class and batch size on the record
-            with self._as_worker(worker):
-                _record_gpu(self.store, worker_settings(record), record, f"{worker}:sim", resumes=resumed > 0)
+            _record_gpu(self.store, worker_settings(record), record, f"{worker}:sim", resumes=resumed > 0,
+                        made=self.registered.get(worker))
         self.store.mark_running(job_id, config_key)
         if any(a is not None and a.config_key == config_key for a in self.running.values()):
             self.counters.overlaps += 1
         epochs = int(record["epochs"])
         self.tokens += 1
         now = self.clock()
-        run = Attempt(job_id, config_key, self.store.get(job_id), lease, attempt, now, resumed, epochs,
-                      self.duration_h(config_key, gpu) * HOUR / epochs, RESUME_OVERHEAD_H * HOUR if resumed else 0.0,
-                      self.tokens, resumed, worker)
+        started = self.store.get(job_id)  # the export it trains on: one pass over its samples per epoch
+        hours = self.duration_h(config_key, gpu, float(started.get("samples") or 0))
+        run = Attempt(job_id, config_key, started, lease, attempt, now, resumed, epochs, hours * HOUR / epochs,
+                      RESUME_OVERHEAD_H * HOUR if resumed else 0.0, self.tokens, resumed, worker)
         # `TrainingRun.speed_class`: the class its epochs are timed for
         run.speed_class = run.record.get("gpu_class") or (run.record.get("gpu_model") or "").removeprefix(
             "NVIDIA ").strip()
@@ -354,17 +365,6 @@ class Workers:
         self.counters.attempts += 1
         self.on_start(run)
         return True
-
-    @contextlib.contextmanager
-    def _as_worker(self, worker: str) -> Iterator[None]:
-        """This process as `worker`'s: `gpu_inventory.current()` is its registration (what the worker
-        process's forked work horse inherits) while shipped code that reads it runs."""
-        saved = gpu_inventory._current
-        gpu_inventory._current = self.registered.get(worker)
-        try:
-            yield
-        finally:
-            gpu_inventory._current = saved
 
     # -- while running ------------------------------------------------------------------------------
     def flush_progress(self) -> None:

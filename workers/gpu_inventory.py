@@ -149,11 +149,13 @@ def register(conn: redis.Redis, worker: str, prefix: str | None = None, env: Map
     return _current
 
 
-def for_job(conn: redis.Redis, worker: str, prefix: str) -> Registered:
-    """This worker's registration under the job's key prefix: the one made at start, or made now
-    (another prefix, or a worker class that did not register at start)."""
-    if _current is not None and _current.prefix == prefix:
-        return _current
+def for_job(conn: redis.Redis, worker: str, prefix: str, made: Registered | None = None) -> Registered:
+    """This worker's registration under the job's key prefix: the one made at start (`made`, else
+    this process's: `current()`), or made now (another prefix, or a worker class that did not
+    register at start)."""
+    made = made if made is not None else _current
+    if made is not None and made.prefix == prefix:
+        return made
     return register(conn, worker, prefix)
 
 

@@ -269,14 +269,15 @@ def attempt_gpu(registered: gpu_inventory.Registered | None, settings: Settings,
 
 
 def _record_gpu(store: JobStore, settings: Settings, record: Mapping[str, str], worker: str, resumes: bool,
-                lease: Lease | None = None) -> None:
+                lease: Lease | None = None, made: gpu_inventory.Registered | None = None) -> None:
     """Put the attempt's GPU and batch size on the job record (the trainer's {batch_size} is it),
-    and the devices its lease holds (`gpu_devices`: its CUDA_VISIBLE_DEVICES) with its master port."""
+    and the devices its lease holds (`gpu_devices`: its CUDA_VISIBLE_DEVICES) with its master port.
+    `made`: the worker's registration (default: this process's, `gpu_inventory.current()`)."""
     try:
-        registered = gpu_inventory.for_job(store.conn, worker, store.keys.prefix)
+        registered = gpu_inventory.for_job(store.conn, worker, store.keys.prefix, made)
     except redis.RedisError as exc:
         log.warning("GPU inventory not recorded: %s", exc)
-        registered = gpu_inventory.current()
+        registered = made if made is not None else gpu_inventory.current()
     speed = speed_text(store.conn, store.keys, settings, record, slot_gpu(registered)) if registered else ""
     fields, size = attempt_gpu(registered, settings, record, resumes, speed)
     if lease is not None and lease.devices:

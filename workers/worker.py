@@ -114,6 +114,33 @@ def better_gpus(conn: redis.Redis, prefix: str, job_id: str, me: SlotGpu, worker
     return better_elsewhere(me, others, requirement, gpus.classes, table, job, gpus.faster_margin)
 
 
+KEEP, TO_IDLE, TO_BUSY = "keep", "to_idle", "to_busy"
+
+
+def keep_or_hand_back(conn: redis.Redis, queue_key: str, rq_id: str, better: Sequence[SlotGpu], waiting: int,
+                      left_jobs: dict[str, float], now: float) -> str:
+    """A worker's decision on the RQ job `rq_id` it dequeued from `queue_key`, given the GPUs it
+    should rather go to (`better_gpus`) and the jobs `waiting` behind it in that queue: KEEP (not
+    more better GPUs than jobs waiting, or the job came back within LEAVE_S of being put back: the
+    better GPU did not take it), else the job is put back at the front of its queue (and out of RQ's
+    intermediate queue): TO_IDLE when a better GPU is free now (one blocked on the queue takes it;
+    `left_jobs[rq_id]` is set to `now + LEAVE_S`), TO_BUSY when they are all about to free
+    (Gavel-style: the caller leaves the queue for LEAVE_S). `left_jobs`: RQ job -> until when it was
+    left to a better idle GPU, on the caller's clock (`now`); expired entries are dropped."""
+    if len(better) <= waiting or left_jobs.get(rq_id, float("-inf")) > now:
+        return KEEP
+    with conn.pipeline(transaction=True) as pipe:
+        pipe.lrem(IntermediateQueue(queue_key, conn).key, 1, rq_id)
+        pipe.lpush(queue_key, rq_id)
+        pipe.execute()
+    for expired in [j for j, until in left_jobs.items() if until <= now]:
+        del left_jobs[expired]
+    if any(b.free_in_s <= 0 for b in better):
+        left_jobs[rq_id] = now + LEAVE_S
+        return TO_IDLE
+    return TO_BUSY
+
+
 def fitting_queues(registered: Mapping[bytes | str, bytes | str], gpu: Gpu,
                    node_devices: Sequence[Gpu] = ()) -> list[str]:
     """The registered requirement queues (`Keys.placement_queues`: name -> requirement JSON) whose
@@ -249,18 +276,11 @@ class TrainingWorker(Worker):
             self.log.warning("Worker %s: placement not checked for job %s (%s)", self.name, job.id, exc)
             better, waiting = [], 0
         now = time.monotonic()
-        if len(better) <= waiting or self._left_jobs.get(job.id, 0.0) > now:
-            # Not enough better GPUs, or this job came back to us: the better one did not take it.
+        verdict = keep_or_hand_back(self.connection, queue.key, job.id, better, waiting, self._left_jobs, now)
+        if verdict == KEEP:
             self._mark(idle=False)
             return result
-        with self.connection.pipeline(transaction=True) as pipe:
-            pipe.lrem(IntermediateQueue(queue.key, self.connection).key, 1, job.id)
-            pipe.lpush(queue.key, job.id)
-            pipe.execute()
-        self._left_jobs = {j: t for j, t in self._left_jobs.items() if t > now}
-        if any(b.free_in_s <= 0 for b in better):  # a better idle GPU, blocked on this queue, takes it now
-            self._left_jobs[job.id] = now + LEAVE_S
-        else:  # it waits for a better GPU about to free (Gavel-style): leave the queue meanwhile
+        if verdict == TO_BUSY:  # it waits for a better GPU about to free: leave the queue meanwhile
             self._left[queue.name] = now + LEAVE_S
         self.log.info("Worker %s: job %s left on %s for %s", self.name, job.id, queue.name,
                       ", ".join(f"{b.gpu.node} ({b.gpu.describe()}, free in {b.free_in_s:.0f} s)" for b in better[:3]))
