@@ -71,7 +71,9 @@ def provider_notice(nodes: NodeSettings, opener: Callable[..., object] = urllib.
                 body = reply.read(4096).decode("utf-8", "replace").strip().lower()
                 if reply.status == 200 and body not in NOT_A_NOTICE:
                     return f"url {nodes.notice_url}"
-        except (urllib.error.URLError, OSError, ValueError) as exc:  # 404 (HTTPError) included: no notice
+        except urllib.error.HTTPError as exc:  # 404 until a notice is given (AWS' spot/instance-action)
+            exc.close()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             log.debug("notice URL %s: %s", nodes.notice_url, exc)
     return None
 
