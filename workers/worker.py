@@ -18,6 +18,10 @@
 - When it starts it finds its GPUs (`workers.gpu_inventory`: NVML, else its environment, else its
   node's `hosts` entry) and writes its node's inventory and its slot to Redis; a failure there is
   logged and the worker starts anyway (each job registers again).
+- On an ephemeral host (`hosts.<node>.ephemeral`, RINGRIFT_EPHEMERAL) SIGTERM is also a termination
+  notice: beside RQ's warm shutdown it writes the worker's notice key, which the running training's
+  lease renewal reads; the training checkpoints and is requeued elsewhere (`workers/node_notice.py`).
+  Elsewhere SIGTERM is only RQ's warm shutdown.
 - It takes only jobs its GPU fits (issue 26's placement). A job whose config needs something of a
   GPU (`gpus.boards`, `gpus.per_config`: memory, allowed classes) is queued on that requirement's
   own RQ queue (`training-ge40gb`, ...; `coordinator/stores/jobs.py`), registered in
