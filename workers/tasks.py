@@ -17,7 +17,9 @@
 4. ends with TRAINING_COMPLETE (published only under the newest fencing token), or
    TRAINING_FAILED with its reason, failure class and whether it will retry (after backoff), or
    TRAINING_CANCELLED, or TRAINING_PREEMPTED (asked to yield: `preemption.signal` to the trainer,
-   which checkpoints and exits; `JobStore.preempted`); records the result on
+   which checkpoints and exits; `JobStore.preempted`; on an ephemeral host a termination notice
+   does the same, kind `node_notice`, and the job is queued again at once: `workers/node_notice.py`);
+   records the result on
    the config's and node's circuit breakers (not for a preemption); frees the leases.
 Everything it needs is in the job record the orchestrator wrote: a worker needs only Redis.
 """
@@ -32,6 +34,7 @@ import signal
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -71,8 +74,9 @@ from coordinator.scheduling.preempter import lost_gpu_hours
 from coordinator.scheduling.scheduler import quality_block_until
 from coordinator.scheduling.speeds import table_from, workload_of
 from coordinator.stores.breakers import OPEN, CircuitBreakers, breaker_state
+from coordinator.stores.configs import ConfigStore
 from coordinator.stores.gpus import GpuStore
-from coordinator.stores.job_records import CANCELLED_STOP, PREEMPTED_STOP, Outcome
+from coordinator.stores.job_records import CANCELLED_STOP, NOTICE_STOP, PREEMPTED_STOP, Outcome
 from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager
 from coordinator.stores.speeds import SpeedStore
@@ -86,7 +90,7 @@ from coordinator.trainer.command import (
 )
 from coordinator.trainer.output import OutputParser, result_figures
 from coordinator.trainer.warm_start import command_fingerprint, init_weights_failure
-from workers import gpu_inventory
+from workers import gpu_inventory, node_notice
 from workers.trainer_process import TrainerResult, run_trainer
 
 log = logging.getLogger(__name__)
@@ -138,6 +142,7 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
         store.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc), count_as="lease_busy")
         log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
+    run: TrainingRun | None = None
     try:
         resume, resumed_epoch = job_checkpoint(record)
         attempt = store.start(job_id, config_key, node, worker, fence=lease.fence, resumed_epoch=resumed_epoch,
@@ -150,16 +155,36 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
         run = TrainingRun(store, store.get(job_id), node, attempt, leases, lease, breakers, settings.retries,
                           resume, rq_job, preempt_signal=signal.Signals[settings.preemption.signal],
                           master_port_base=settings.gpus.master_port_base)
+        run.notice = worker_notice(conn, keys, worker, settings)
         return run.execute()
     finally:
         try:
-            if not leases.release(lease):
+            if (run is None or not run.released) and not leases.release(lease):
                 count_lost(conn, keys, STAT_RELEASE_LOST)
                 log.warning("lease of %s was no longer ours at release (expired or taken over)", job_id,
                             extra={"job_id": job_id, "config_key": config_key})
         except redis.RedisError:  # it expires by itself; the reaper treats it as abandoned
             log.warning("could not release the lease of %s; it will expire", job_id,
                         extra={"job_id": job_id, "config_key": config_key})
+
+
+def worker_notice(conn: redis.Redis, keys: Keys, worker: str, settings: Settings) -> Notice | None:
+    """What this attempt listens to for a termination notice: None unless the worker's host is
+    ephemeral (`hosts.<node>.ephemeral`, RINGRIFT_EPHEMERAL)."""
+    registered = _registered(conn, keys, worker)
+    if registered is None or not registered.inventory.ephemeral:
+        return None
+    return Notice(worker, settings)
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An ephemeral worker's notice sources: its notice key (SIGTERM), read by the lease renewals,
+    and the provider's file or URL (`settings.nodes`), polled by `node_notice.Watcher`. `settings`
+    also requeue the job at once after such a yield."""
+
+    worker: str
+    settings: Settings
 
 
 def slot_gpu(registered: gpu_inventory.Registered | None) -> Gpu:
@@ -347,6 +372,8 @@ class TrainingRun:
         self.preempt_signal = preempt_signal
         self.master_port_base = master_port_base
         self.stop_why: str | None = None  # why the trainer is being stopped (the keeper's reason)
+        self.notice: Notice | None = None  # set on an ephemeral host (`worker_notice`)
+        self.released = False  # the lease was given back before the attempt's end (a notice's requeue)
         # Each attempt writes its own directory: a stale attempt never overwrites a published model.
         self.paths = attempt_paths(record["output_dir"], attempt)
         self.output_dir = self.paths.output_dir
@@ -359,7 +386,9 @@ class TrainingRun:
 
     def execute(self) -> dict[str, Any]:
         try:
-            with LeaseKeeper(self.leases, self.lease, on_lost=self._stop_trainer, job_id=self.job_id) as keeper:
+            with LeaseKeeper(self.leases, self.lease, on_lost=self._stop_trainer, job_id=self.job_id,
+                             worker=self.notice.worker if self.notice else None) as keeper, node_notice.watching(
+                    self.notice.settings.nodes if self.notice else None, lambda found: self._provider_notice(keeper)):
                 return self._train(keeper)
         except TrainingFailed:
             raise
@@ -372,11 +401,17 @@ class TrainingRun:
         self.stop_why = reason
         self.stop.set()
 
+    def _provider_notice(self, keeper: LeaseKeeper) -> None:
+        """The provider announced this host's termination: stop for it now, and tell the worker
+        (its warm shutdown: it takes nothing more here)."""
+        keeper.ask_stop(NOTICE_STOP)
+        node_notice.signal_worker()
+
     def _stop_signal(self) -> int:
-        """Preemption asks with `preemption.signal` (checkpoint and exit); a lost lease kills at once
-        (another attempt may start as soon as it expires: no time for a checkpoint); anything else
-        asks with SIGTERM."""
-        if self.stop_why == PREEMPTED_STOP:
+        """Preemption and a termination notice ask with `preemption.signal` (checkpoint and exit); a
+        lost lease kills at once (another attempt may start as soon as it expires: no time for a
+        checkpoint); anything else asks with SIGTERM."""
+        if self.stop_why in (PREEMPTED_STOP, NOTICE_STOP):
             return self.preempt_signal
         if (self.stop_why or "").startswith("lease_lost"):
             return signal.SIGKILL
@@ -414,6 +449,8 @@ class TrainingRun:
             return self._cancelled()
         if keeper.lost_reason == PREEMPTED_STOP and result.stopped:  # whatever its exit status
             return self._preempted(result)
+        if keeper.lost_reason == NOTICE_STOP and result.stopped:
+            return self._preempted(result, kind=NOTICE_STOP)
         if keeper.lost_reason and result.stopped:
             self._fail("lease_lost", keeper.lost_reason, result.stderr_tail)
         if result.timed_out:
@@ -494,9 +531,11 @@ class TrainingRun:
         self._breakers(success=True)
         return {"job_id": self.job_id, **result}
 
-    def _preempted(self, result: TrainerResult) -> dict[str, Any]:
+    def _preempted(self, result: TrainerResult, kind: str = "") -> dict[str, Any]:
         """The trainer yielded its GPU on request: the attempt ends preempted (no retry, no breaker
-        count; the job resumes from its checkpoint when its config is picked again)."""
+        count; the job resumes from its checkpoint when its config is picked again). `kind`
+        NOTICE_STOP: its host is going away: not a preemption the cap counts, and the job is queued
+        again at once (`_requeue_now`)."""
         checkpoint, _ = job_checkpoint(self.record)
         mtime = os.path.getmtime(checkpoint) if checkpoint else None
         epoch = int(result.history[-1].get("epoch", 0)) if result.history else int(
@@ -504,9 +543,32 @@ class TrainingRun:
         outcome = self.store.preempted(
             self.job_id, self.config_key,
             self.lease.fence, self.node, self.attempt, epoch, lost_gpu_hours(mtime, self.started_at, time.time()),
-            **self.config_fields)
-        self.log.info("job %s preempted at epoch %s (%s)", self.job_id, epoch, outcome)
+            **self.config_fields, kind=kind)
+        self.log.info("job %s preempted at epoch %s (%s%s)", self.job_id, epoch, outcome, f", {kind}" if kind else "")
+        if kind == NOTICE_STOP and outcome == "recorded":
+            return {"job_id": self.job_id, "preempted": outcome, "kind": kind, "requeued": self._requeue_now()}
         return {"job_id": self.job_id, "preempted": outcome}
+
+    def _requeue_now(self) -> bool:
+        """After a termination notice: give the lease back (its fence already advanced), then queue
+        the job again at once, to resume from its checkpoint on another worker. Should this worker
+        die in between, the job waits in state preempted and its config's next pick resumes it."""
+        try:
+            self.leases.release(self.lease)
+            self.released = True  # run_training's own release would find it gone
+        except redis.RedisError as exc:  # it expires by itself; the resume is deferred until then
+            self.log.warning("lease of %s not released after the notice (%s)", self.job_id, exc)
+        settings = self.notice.settings if self.notice else worker_settings(self.record)
+        # The record's own trainer limits (a worker's `training` section is the built-in one).
+        settings = replace(settings, training=replace(settings.training, timeout_s=int(float(self.record["timeout_s"])),
+                                                      kill_grace_s=int(float(self.record["kill_grace_s"]))))
+        configs = ConfigStore(self.store.conn, self.store.keys, settings.scheduler, self.store.clock)
+        try:
+            return self.store.resume_preempted(settings, self.config_key, self.job_id, configs)
+        except redis.RedisError as exc:
+            self.log.warning("job %s not requeued after the notice (%s): its config's next pick resumes it",
+                             self.job_id, exc)
+            return False
 
     def _cancelled(self) -> dict[str, Any]:
         fields = {"reason": "cancelled", "attempt": self.attempt, "node": self.node}

@@ -18,6 +18,10 @@
 - When it starts it finds its GPUs (`workers.gpu_inventory`: NVML, else its environment, else its
   node's `hosts` entry) and writes its node's inventory and its slot to Redis; a failure there is
   logged and the worker starts anyway (each job registers again).
+- On an ephemeral host (`hosts.<node>.ephemeral`, RINGRIFT_EPHEMERAL) SIGTERM is also a termination
+  notice: beside RQ's warm shutdown it writes the worker's notice key, which the running training's
+  lease renewal reads; the training checkpoints and is requeued elsewhere (`workers/node_notice.py`).
+  Elsewhere SIGTERM is only RQ's warm shutdown.
 - It takes only jobs its GPU fits (issue 26's placement). A job whose config needs something of a
   GPU (`gpus.boards`, `gpus.per_config`: memory, allowed classes) is queued on that requirement's
   own RQ queue (`training-ge40gb`, ...; `coordinator/stores/jobs.py`), registered in
@@ -52,6 +56,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -74,7 +80,7 @@ from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import SLOT_STATES, active_records
 from coordinator.stores.leases import held_devices
 from coordinator.stores.speeds import SpeedStore
-from workers import gpu_inventory
+from workers import gpu_inventory, node_notice
 from workers.tasks import slot_gpu
 
 # How often an idle worker looks for new requirement queues (a new config's requirement).
@@ -171,6 +177,7 @@ class TrainingWorker(Worker):
         self._base_queues = list(self.queues)  # as named on the command line
         self._left: dict[str, float] = {}  # queue -> monotonic time until which it is left to better GPUs
         self._left_jobs: dict[str, float] = {}  # job put back for a better idle GPU -> until when it was
+        node_notice.remember_worker(os.getpid())  # the pid its work horses signal on a provider notice
 
     def listen_for_placement(self) -> list[str]:
         """Listen to the requirement queues this worker's GPU meets, before `training` (see the
@@ -292,12 +299,33 @@ class TrainingWorker(Worker):
         try:
             registered = gpu_inventory.register(self.connection, self.name)
             self.connection.hset(self.key, mapping=gpu_inventory.slot_fields(registered))
+            node_notice.clear_notice(self.connection, Keys(registered.prefix), self.name)
         except redis.RedisError as exc:
             self.log.warning("Worker %s: GPU inventory not recorded (%s); each job records it", self.name, exc)
 
     def serialize(self) -> dict:
         fields = gpu_inventory.slot_fields(gpu_inventory.current())
         return {**super().serialize(), WORKER_NODE_FIELD: workers.tasks.node_name(), **fields}
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """RQ's warm shutdown (no new job; the running one may end), and on an ephemeral host SIGTERM
+        is also a termination notice: its key is written (from a thread: no Redis inside a signal
+        handler), the running training's next lease renewal reads it, checkpoints and is requeued
+        (`workers/node_notice.py`); the work horse records that before this worker exits."""
+        registered = gpu_inventory.current()
+        if signum == signal.SIGTERM and registered is not None and registered.inventory.ephemeral:
+            threading.Thread(target=self._write_notice, args=(registered.prefix,), daemon=True).start()
+        super().request_stop(signum, frame)
+
+    def _write_notice(self, prefix: str) -> None:
+        try:
+            job = self.get_current_job()
+            prefix = job.args[1] if job is not None and len(job.args) > 1 else prefix  # the job's keys
+            node_notice.write_notice(self.connection, Keys(prefix), self.name, "sigterm")
+            self.log.warning("Worker %s: SIGTERM on an ephemeral host: termination notice for job %s", self.name,
+                             job.id if job is not None else "(none)")
+        except redis.RedisError as exc:  # its lease then expires as for a node that vanished
+            self.log.warning("Worker %s: termination notice not written (%s)", self.name, exc)
 
     def maintain_heartbeats(self, job: Any, execution: Any) -> None:
         try:

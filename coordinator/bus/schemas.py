@@ -293,8 +293,10 @@ SCHEMAS: dict[str, Schema] = {
                                   optional=TRAINING_COMMON),
     ev.TRAINING_PREEMPTED: Schema(
         required={"job_id": JOB_ID, "config_key": _config_key},
-        optional={**TRAINING_COMMON, "epoch": EPOCH, "preempted_for": _config_key, "kind": _one_of("wait", "value"),
+        optional={**TRAINING_COMMON, "epoch": EPOCH, "preempted_for": _config_key,
+                  "kind": _one_of("wait", "value", "node_notice"),
                   "requested_at": _number(0, 1e11), "lost_gpu_hours": _number(0, 1e6), "preemptions": EPOCH,
+                  "notice_yields": EPOCH,
                   "preempted_gpu_hours": _number(0, 1e6)}),
     ev.INTAKE_REJECTED: Schema(whole=_intake_rejected),
     ev.CIRCUIT_OPENED: Schema(required={"kind": _one_of("config", "node"), "name": _text}),

@@ -34,6 +34,8 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 | `<prefix>:{lease}:node:<node>`       | hash   | a node's `gpus` and health `status` (healthy, degraded, down)   |
 | `<prefix>:{lease}:nodes`             | set    | every node name known                                           |
 | `<prefix>:{lease}:expiry`            | zset   | job id -> lease expiry (ms): the reaper reads the expired |
+| `<prefix>:{lease}:notice:<worker>`   | string | a termination notice an ephemeral worker got (SIGTERM): its source |
+|                                      |        | and time; the lease renewal tells the training (TTL 1 h)        |
 | `<prefix>:jobs:delayed`              | zset   | job id -> unix time it goes back to RQ (leases were busy)       |
 | `<prefix>:{lease}:gpus:<node>`       | hash   | a node's GPUs: source (nvml, env, hosts), gpus, model, devices |
 | `<prefix>:{lease}:gpu:<node>:<slot>` | hash   | a worker's slot ("0", "0,1"): model, memory_gb, worker |
@@ -46,8 +48,9 @@ together (and touch only the keys passed in) also run on Redis Cluster:
 RQ keeps its own keys (`rq:queue:training`, `rq:job:<rq_job_id>`, `rq:worker:<name>`, ...), named by
 RQ itself (`rq_queue_key`, `rq_worker_key` here are RQ's own rules, so the code never spells
 them). An RQ job's id is our job id, with a suffix for each later attempt (`<job_id>-a2`: a
-retry; `-d1`: a deferral; `-p1`: a resume after a preemption), so RQ's record of an earlier
-attempt is never overwritten; the job record's `rq_job_id` names the current one.
+retry; `-d1`: a deferral; `-p1`: a resume after a preemption; `-p0n1`: after a node's termination
+notice), so RQ's record of an earlier attempt is never overwritten; the job record's `rq_job_id`
+names the current one.
 """
 
 from __future__ import annotations
@@ -164,6 +167,10 @@ class Keys:
     @property
     def nodes(self) -> str:
         return f"{self.prefix}:{{lease}}:nodes"
+
+    def worker_notice(self, worker: str) -> str:
+        """An ephemeral worker's termination notice (`workers/node_notice.py`): read by its lease renewal."""
+        return f"{self.prefix}:{{lease}}:notice:{worker}"
 
     @property
     def lease_expiry(self) -> str:

@@ -361,6 +361,20 @@ class GpuSettings:
                                  for name in ("min_memory_gb", "allowed", "preferred", "gpus")})
 
 
+@dataclass(frozen=True)
+class NodeSettings:
+    """The `nodes` section: termination notices on ephemeral hosts (`hosts.<node>.ephemeral`, or a
+    worker's RINGRIFT_EPHEMERAL). A worker on such a host that gets SIGTERM, or finds the provider's
+    notice below, has its training checkpoint at once and requeued elsewhere (`workers/node_notice.py`)."""
+
+    notice_file: str | None = _setting(
+        None, "A file whose existence is the provider's termination notice (null: none polled)")
+    notice_url: str | None = _setting(
+        None, "A local URL that answers 200 with a body other than empty/false/0 once termination is "
+              "announced, e.g. a metadata service's spot notice (null: none polled)")
+    notice_poll_s: float = _setting(2.0, "How often a training on an ephemeral host looks for that notice")
+
+
 class HostGpus(int):
     """A `hosts` entry written as a mapping: the int is its GPU count (what an integer entry means,
     and what every reader of `hosts` takes), the attributes what it declares of its GPUs for a
@@ -425,6 +439,8 @@ class Settings:
                             "(coordinator/scheduling/preemption_rule.py)")
     gpus: GpuSettings = _section(
         GpuSettings, "GPU classes, training parameters per class, and what each board or config needs of a GPU")
+    nodes: NodeSettings = _section(
+        NodeSettings, "Ephemeral hosts' termination notices: a training there checkpoints and moves elsewhere")
     hosts: Mapping[str, int] = _section(
         dict, "Node name -> its GPU count, or {gpus, gpu (model), gpu_memory_gb (per GPU), cost_per_hour, "
               "ephemeral}: what its workers take where they cannot detect their GPUs (NVML)")
@@ -433,7 +449,7 @@ class Settings:
 
 # The sections a worker needs, carried whole as JSON in each job record's `settings` field (so a
 # worker needs nothing but the Redis URL) and rebuilt with these dataclasses.
-WORKER_SECTIONS = ("events", "leases", "retries", "breakers", "scheduler", "preemption", "gpus")
+WORKER_SECTIONS = ("events", "leases", "retries", "breakers", "scheduler", "preemption", "gpus", "nodes")
 # Beside the sections in that JSON: `training.batch_size` as the orchestrator had it, so a worker
 # tells a batch size the submission named (it wins on any GPU) from the default (the GPU's class
 # gives one instead).
@@ -526,7 +542,10 @@ def _rebuild(default: Any, values: Mapping[str, Any]) -> Any:
     for name, value in values.items():
         if name in default.__dataclass_fields__:
             current = getattr(default, name)
-            changes[name] = _rebuild(current, value) if isinstance(value, dict) else type(current)(value)
+            if isinstance(value, dict):
+                changes[name] = _rebuild(current, value)
+            else:  # an optional setting (default None) keeps its JSON value as it is
+                changes[name] = value if current is None or value is None else type(current)(value)
     return replace(default, **changes) if changes else default
 
 

@@ -25,7 +25,7 @@ from coordinator.core.text import decode_hash
 from coordinator.scheduling.preemption_rule import VALUE, WAIT
 from coordinator.stores.breakers import OPEN, breaker_state, node_breakers_open
 from coordinator.stores.gpus import GpuStore
-from coordinator.stores.job_records import pending_preemptions, training_queues
+from coordinator.stores.job_records import NOTICE_STOP, pending_preemptions, training_queues
 from coordinator.stores.leases import LeaseManager
 
 JOBS_SCANNED = 2000
@@ -59,8 +59,9 @@ class Metrics:
         self.fenced = Counter("ringrift_fenced_publishes", "Results refused because a newer lease existed",
                               registry=r)
         self.preemptions = Counter("ringrift_preemptions", "Trainings that yielded their GPU at a checkpoint, by "
-                                   "kind (wait: the wait bound; value: outranked by the margin)", ["kind"], registry=r)
-        for kind in (WAIT, VALUE):
+                                   "kind (wait: the wait bound; value: outranked by the margin; node_notice: its "
+                                   "ephemeral host announced its termination)", ["kind"], registry=r)
+        for kind in (WAIT, VALUE, NOTICE_STOP):
             self.preemptions.labels(kind)
         self.preempted_hours = Counter("ringrift_preemption_lost_gpu_hours", "GPU-hours of work preempted "
                                        "trainings had done since their newest checkpoint", registry=r)

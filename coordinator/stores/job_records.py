@@ -18,8 +18,10 @@ from coordinator.core.job_states import LEASED, RUNNING
 from coordinator.core.keys import TRAINING_QUEUE, Keys, rq_queue_key
 from coordinator.core.settings import Settings
 
-# Why a running attempt is asked to stop (`stop_reason`, from its lease renewal's reply).
-CANCELLED_STOP, PREEMPTED_STOP = "cancelled", "preempted"
+# Why a running attempt is asked to stop (`stop_reason`, from its lease renewal's reply): cancelled
+# by an operator, preempted by the scheduler, or its ephemeral host announced its termination
+# (NOTICE_STOP is also that yield's TRAINING_PREEMPTED `kind`).
+CANCELLED_STOP, PREEMPTED_STOP, NOTICE_STOP = "cancelled", "preempted", "node_notice"
 # What `active_records` reads of each active job (the preempter's view of the running attempts).
 RECORD_FIELDS = ("state", "config_key", "node", "started_at", "fence", "score_at_start", "picked_starving",
                  "preemptions", "preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why",
@@ -90,10 +92,13 @@ class PendingPreemption:
     requested_at: float
 
 
-def stop_reason(cancel_requested: object, preempt_requested_at: object) -> str | None:
-    """What the job record asks of its running attempt: 'cancelled' (wins), 'preempted' or nothing."""
+def stop_reason(cancel_requested: object, preempt_requested_at: object, notice: object = None) -> str | None:
+    """What its running attempt is asked: 'cancelled' (wins), 'node_notice' (its worker's host is
+    going away: it yields without it counting as a preemption), 'preempted' or nothing."""
     if cancel_requested:
         return CANCELLED_STOP
+    if notice:
+        return NOTICE_STOP
     return PREEMPTED_STOP if preempt_requested_at else None
 
 

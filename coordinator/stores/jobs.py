@@ -13,7 +13,8 @@ the store's clock (Redis' TIME unless a test gives another).
 - progress (`job_progress.lua`): epoch figures on the record + TRAINING_PROGRESS (+ RQ's job meta).
 - finish (`job_finish.lua`): -> complete / failed / retrying / cancelled, fenced (a stale attempt
   publishes nothing), frees the config unless it retries, TRAINING_COMPLETE/FAILED/CANCELLED.
-- preempted (`job_preempted.lua`): running -> preempted at the trainer's checkpoint.
+- preempted (`job_preempted.lua`): running -> preempted at the trainer's checkpoint (asked by the
+  scheduler, or kind `node_notice`: its ephemeral host is going away; `resume_preempted` then at once).
 - transition (`job_transition.lua`): the simple moves (reap, retry) that recovery decides.
 - requeue_delayed / resume_preempted (WATCH/MULTI): retrying, deferred or preempted -> queued and
   back on RQ's queue (`_requeue`, one step for all three).
@@ -70,7 +71,7 @@ from coordinator.core.lua import script
 from coordinator.core.settings import EventSettings, Settings, worker_settings_json
 from coordinator.core.text import decode_hash, optional_text, strings
 from coordinator.stores.configs import INELIGIBLE, ConfigStore
-from coordinator.stores.job_records import Outcome, SubmitResult, TrainingParams, new_job_id
+from coordinator.stores.job_records import NOTICE_STOP, Outcome, SubmitResult, TrainingParams, new_job_id
 from coordinator.trainer.warm_start import command_fingerprint, offered_models, published_entry
 
 MAX_WATCH_RETRIES = 20
@@ -293,8 +294,8 @@ class JobStore:
         job_key, config_hash = self.keys.job(job_id), self.keys.config(config_key)
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.watch(job_key, config_hash)
-            state, attempts, preemptions = (
-                optional_text(v) for v in pipe.hmget(job_key, "state", "attempts", "preemptions"))
+            state, attempts, preemptions, notices = (
+                optional_text(v) for v in pipe.hmget(job_key, "state", "attempts", "preemptions", "notice_yields"))
             newest = _newest_export(pipe.hmget(config_hash, RESUME_DATA_FIELDS))
             npz_path = newest.get("npz_path")
             if state != PREEMPTED:  # resumed or cancelled meanwhile: the config no longer waits on it
@@ -310,7 +311,8 @@ class JobStore:
             # --data-path): the next attempt covers, and is credited with, what was exported meanwhile.
             pipe.hset(job_key, mapping=newest)
             configs.forget_preempted_job(config_key, pipe)
-            self._requeue(pipe, settings, job_id, config_key, npz_path, attempts, f"p{preemptions or 0}")
+            suffix = f"p{preemptions or 0}" + (f"n{notices}" if notices else "")  # each resume its own RQ id
+            self._requeue(pipe, settings, job_id, config_key, npz_path, attempts, suffix)
             pipe.execute()
         return True
 
@@ -488,14 +490,20 @@ class JobStore:
         return {0: "not_running", 1: "recorded", 2: "fenced"}[int(result)]
 
     def preempted(self, job_id: str, config_key: str, fence: int | None, node: str, attempt: int, epoch: int,
-                  lost_hours: float, board_type: str = "", num_players: str = "") -> str:
-        """End an attempt that yielded on request (`job_preempted.lua`): "recorded", "fenced" (another
-        attempt holds the job: nothing changed) or "not_running" (ended elsewhere)."""
+                  lost_hours: float, board_type: str = "", num_players: str = "", kind: str = "") -> str:
+        """End an attempt that yielded (`job_preempted.lua`): "recorded", "fenced" (another attempt
+        holds the job: nothing changed) or "not_running" (ended elsewhere). `kind` "" : on the
+        scheduler's request (its kind, counted in `preemptions`); NOTICE_STOP ("node_notice"): its ephemeral host
+        announced its termination (counted in `notice_yields` only; the config's fence advances)."""
+        if kind not in ("", NOTICE_STOP):
+            raise JobError(job_id, f"unknown yield kind {kind!r}")
         result = self._run(
-            self._preempted, [self.keys.job(job_id), self.keys.events, self.keys.config(config_key)],
+            self._preempted, [self.keys.job(job_id), self.keys.events, self.keys.config(config_key),
+                              self.keys.fence(config_key)],
             job_id=job_id, config_key=config_key, fence="" if fence is None else str(fence), node=node,
             attempt=str(attempt), epoch=str(epoch), lost_hours=f"{lost_hours:.6f}", **{"from": states(PREEMPTED)},
-            to=PREEMPTED, board_type=board_type, num_players=num_players, event=TRAINING_PREEMPTED)
+            to=PREEMPTED, board_type=board_type, num_players=num_players, event=TRAINING_PREEMPTED,
+            kind=kind, notice_kind=NOTICE_STOP)
         return {0: "not_running", 1: "recorded", 2: "fenced"}[int(result)]
 
     def request_preemption(self, job_id: str, fence: str, for_config: str, kind: str, why: str) -> bool:

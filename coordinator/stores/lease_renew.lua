@@ -5,10 +5,12 @@
 -- KEYS[3] lease expiry zset (member: the lease's job id, score: its expiry in ms)
 -- KEYS[4] the job hash (optional; fields cancel_requested, preempt_requested_at). Not under the
 --         {lease} hash tag: with it the script needs one Redis, not a Cluster (README).
+-- KEYS[5] the holder's termination notice (optional, `Keys.worker_notice`: its ephemeral host is
+--         going away; set by the worker on SIGTERM)
 -- ARGV[1] owner token   ARGV[2] ttl ms   ARGV[3] the lease's GPU count (absent: 1)
 -- Returns {0} when the caller no longer holds the lease (or one of its slots expired and may be
--- another's now: never re-taken here); when extended {1, cancel_requested, preempt_requested_at}
--- ('' each when not asked; the rule, cancel first, is coordinator.scheduling.preempter.stop_reason).
+-- another's now: never re-taken here); when extended {1, cancel_requested, preempt_requested_at,
+-- notice} ('' each when not asked; the rule, cancel first, is coordinator.stores.job_records.stop_reason).
 local value = redis.call('GET', KEYS[1])
 if not value or string.sub(value, 1, #ARGV[1] + 1) ~= ARGV[1] .. '|' then
   return {0}
@@ -32,8 +34,12 @@ local job_id = string.match(value, '^[^|]*|[^|]*|[^|]*|[^|]*|(.*)$')
 if job_id then
   redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[2]), job_id)
 end
+local notice = ''
+if KEYS[5] then
+  notice = redis.call('GET', KEYS[5]) or ''
+end
 if KEYS[4] then
   local asked = redis.call('HMGET', KEYS[4], 'cancel_requested', 'preempt_requested_at')
-  return {1, asked[1] or '', asked[2] or ''}
+  return {1, asked[1] or '', asked[2] or '', notice}
 end
-return {1, '', ''}
+return {1, '', '', notice}

@@ -54,8 +54,8 @@ GIVE_UP_FRACTION = 0.1
 
 @dataclass(frozen=True)
 class Renewal:
-    """A renewal's reply: still `held`, and the `stop` its job was asked for ('cancelled' or
-    'preempted'), if any. Truthy when held."""
+    """A renewal's reply: still `held`, and the `stop` its job was asked for ('cancelled',
+    'node_notice' or 'preempted'), if any. Truthy when held."""
 
     held: bool
     stop: str | None = None
@@ -129,13 +129,16 @@ class LeaseManager:
             time.sleep(random.uniform(0, max_delay_s))
         raise AssertionError("unreachable")
 
-    def renew(self, lease: Lease, job_id: str | None = None) -> Renewal:
+    def renew(self, lease: Lease, job_id: str | None = None, worker: str | None = None) -> Renewal:
         """Extend the config lease and every slot of it by the TTL (falsy when the caller no longer
         holds them all); with `job_id`, the same reply says whether the job was asked to stop
-        (cancel, preemption)."""
+        (cancel, preemption), and with `worker` too, whether that worker got a termination notice
+        (`Keys.worker_notice`: 'node_notice')."""
         keys = [self.keys.lease(lease.config_key), self.keys.node_slots(lease.node), self.keys.lease_expiry]
         if job_id is not None:
             keys.append(self.keys.job(job_id))
+            if worker is not None:
+                keys.append(self.keys.worker_notice(worker))
         held, *asked = self._renew(keys=keys, args=[lease.token, lease.ttl_ms, lease.gpus])
         return Renewal(bool(held), stop_reason(*asked) if held else None)
 
@@ -218,13 +221,16 @@ class LeaseKeeper:
     lease's TTL, when another worker may already hold it."""
 
     def __init__(self, manager: LeaseManager, lease: Lease, on_lost: Callable[[str], None],
-                 job_id: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 job_id: str | None = None, clock: Callable[[], float] = time.monotonic,
+                 worker: str | None = None) -> None:
         self.manager = manager
         self.lease = lease
         self.on_lost = on_lost
         self.job_id = job_id
+        self.worker = worker  # whose termination notice the renewals read (with job_id)
         self.clock = clock
         self.lost_reason: str | None = None
+        self._lost_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{lease.config_key}", daemon=True)
         self._calls = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lease-call-{lease.config_key}")
@@ -263,7 +269,7 @@ class LeaseKeeper:
                 return
             sent = self.clock()  # Redis sets the new expiry at most this late: count from here
             try:
-                renewal = self._call(lambda: self.manager.renew(self.lease, self.job_id), last_ok)
+                renewal = self._call(self._renew, last_ok)
             except CallTimeout:
                 self._lost("lease_lost: Redis did not answer within the lease's TTL")
                 return
@@ -280,12 +286,24 @@ class LeaseKeeper:
                 # Keep renewing: the lease stays this attempt's while its trainer checkpoints and exits.
                 self._lost(renewal.stop)
 
+    def ask_stop(self, reason: str) -> None:
+        """Stop for `reason` now, as if a renewal had said so (a termination notice found on the
+        host: `workers/node_notice.py`); the renewals go on while the trainer checkpoints."""
+        self._lost(reason)
+
+    def _renew(self) -> Renewal:
+        if self.worker is None:
+            return self.manager.renew(self.lease, self.job_id)
+        return self.manager.renew(self.lease, self.job_id, self.worker)
+
     def _lost(self, reason: str) -> None:
         """The first reason to stop is kept and reported; later ones (a lease lost while the
         trainer stops on request) only end the renewals."""
-        if self.lost_reason is None:
+        with self._lost_lock:  # the renewal thread and a notice watcher may both report
+            if self.lost_reason is not None:
+                return
             self.lost_reason = reason
-            self.on_lost(reason)
+        self.on_lost(reason)
 
 
 def held_devices(conn: redis.Redis, keys: Keys, node: str) -> set[int]:
