@@ -95,9 +95,14 @@ def test_the_fastest_fitting_free_gpu_ranks_first_and_cost_breaks_ties():
 def test_a_slower_free_gpu_leaves_a_job_to_a_faster_free_one_but_never_idles_for_an_equal_one():
     table = SpeedTable({}, CLASSES)
     job = Workload("hex8")
-    assert better_elsewhere(SlotGpu(RTX), [SlotGpu(H100)], GpuRequirement(), CLASSES, table, job, 1.2) == [
+    # A prior never sends a job away (priors rank GPUs by large models); timed speeds do.
+    assert better_elsewhere(SlotGpu(RTX), [SlotGpu(H100)], GpuRequirement(), CLASSES, table, job, 1.2) == []
+    learned = SpeedTable({("hex8", "24GB"): Learned(4e-3, 5), ("hex8", "H100"): Learned(1e-3, 5)}, CLASSES)
+    assert better_elsewhere(SlotGpu(RTX), [SlotGpu(H100)], GpuRequirement(), CLASSES, learned, job, 1.2) == [
         SlotGpu(H100)]
-    assert better_elsewhere(SlotGpu(H100), [SlotGpu(RTX)], GpuRequirement(), CLASSES, table, job, 1.2) == []
+    assert better_elsewhere(SlotGpu(H100), [SlotGpu(RTX)], GpuRequirement(), CLASSES, learned, job, 1.2) == []
+    only_h100 = SpeedTable({("hex8", "H100"): Learned(1e-3, 5)}, CLASSES)  # the 4090 only by prior
+    assert better_elsewhere(SlotGpu(RTX), [SlotGpu(H100)], GpuRequirement(), CLASSES, only_h100, job, 1.2) == []
     other_rtx = Gpu("NVIDIA GeForce RTX 4090", 24, 1, "small")
     assert better_elsewhere(SlotGpu(RTX, 0.5), [SlotGpu(other_rtx, 0.5)], GpuRequirement(), CLASSES, table,
                             job, 1.2) == []  # same class, same cost: nobody waits for anybody

@@ -125,11 +125,16 @@ def better_elsewhere(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuReq
                      margin: float) -> list[SlotGpu]:
     """The slots (free now, or freeing soon) that `job` should rather go to than `me`, a free GPU
     that could start it now: a preferred class free now, or an expected finish `margin` times
-    sooner (waiting for a busy one included: Gavel-style), or, free now and no later, a cheaper hour.
+    sooner (waiting for a busy one included: Gavel-style) where both speeds on the job's workload
+    were timed, or, free now and no later, a cheaper hour. A prior never sends a job away: priors
+    rank GPUs by large models (a GH200 3.6x a 4090), while on a small board the 4090 is nearly as
+    fast, and trusting them sent small boards' jobs to the big GPUs the large boards wait for (the
+    heterogeneous simulator: 27% of big-GPU time on small boards, Elo/GPU-h 5.30 against 7.20).
     None for a multi-GPU job: one slot elsewhere says nothing of a node with room for all of it."""
     if gpus_needed(requirement) > 1:
         return []
     mine = expected_finish(me, speeds, job, classes)
+    mine_timed = speeds.timed(job.name, class_key(me.gpu, classes))
     my_rank = preference_rank(me.gpu, requirement, classes)
     out = []
     for other in others:
@@ -140,7 +145,8 @@ def better_elsewhere(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuReq
             continue
         theirs = expected_finish(other, speeds, job, classes)
         free_now = other.free_in_s <= 0
-        if (rank < my_rank and free_now) or theirs * margin <= mine or (
+        measured = mine_timed and speeds.timed(job.name, class_key(other.gpu, classes))
+        if (rank < my_rank and free_now) or (measured and theirs * margin <= mine) or (
                 free_now and theirs <= mine and _cost(other) < _cost(me)):
             out.append(other)
     return out

@@ -143,6 +143,11 @@ class SpeedTable:
         per_sample = self.seconds_per_sample(workload, cls, gpu)
         return None if per_sample is None else work * per_sample
 
+    def timed(self, workload: str, cls: str) -> bool:
+        """Whether the class's figure on the workload was learned from its own epochs (not a prior)."""
+        own = self.learned.get((workload, cls))
+        return own is not None and own.epochs > 0
+
     def basis(self, workload: str, cls: str) -> str:
         """Where a class's figure comes from, in words: "learned from 12 epochs" or "prior"."""
         own = self.learned.get((workload, cls))
