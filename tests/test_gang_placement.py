@@ -97,8 +97,11 @@ def test_dispatch_counts_a_multi_gpu_job_only_where_a_node_has_its_gpus():
 
 def test_a_multi_gpu_job_is_never_handed_to_a_single_better_gpu():
     me, faster = SlotGpu(Gpu(RTX, 24, 0, "a")), SlotGpu(Gpu(H100, 80, 0, "b"))
-    table = table_from({}, {}, parse_settings({"training": {"data_roots": ["/d"]}}).gpus.speed_priors)
     from coordinator.scheduling.placement import Workload
+    from coordinator.scheduling.speeds import class_key
+
+    timed = {("hex8", class_key(me.gpu, {})): (4e-3, 5), ("hex8", class_key(faster.gpu, {})): (1e-3, 5)}
+    table = table_from(timed, {}, parse_settings({"training": {"data_roots": ["/d"]}}).gpus.speed_priors)
 
     job = Workload("hex8")
     assert better_elsewhere(me, [faster], GpuRequirement(), {}, table, job, 1.2) == [faster]

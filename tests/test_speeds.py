@@ -108,12 +108,14 @@ def test_a_slower_free_gpu_leaves_a_job_to_a_faster_free_one_but_never_idles_for
                             job, 1.2) == []  # same class, same cost: nobody waits for anybody
     assert better_elsewhere(SlotGpu(RTX, 0.5), [SlotGpu(other_rtx, 0.4)], GpuRequirement(), CLASSES, table,
                             job, 1.2) == [SlotGpu(other_rtx, 0.4)]  # a tie: the cheaper hour
-    # A busy GPU counts only with an absolute estimate, and only if waiting for it finishes sooner.
+    # A busy GPU never counts, however soon it frees (waiting for it broke the wait bound).
     timed = SpeedTable({("hex8", "24GB"): Learned(4e-3, 5), ("hex8", "H100"): Learned(1e-3, 5)}, CLASSES)
     work = Workload("hex8", 10 * 1000)  # 40 s on the 4090, 10 s on the H100
     soon, late = SlotGpu(H100, free_in_s=5.0), SlotGpu(H100, free_in_s=35.0)
-    assert better_elsewhere(SlotGpu(RTX), [soon], GpuRequirement(), CLASSES, timed, work, 1.2) == [soon]
+    assert better_elsewhere(SlotGpu(RTX), [soon], GpuRequirement(), CLASSES, timed, work, 1.2) == []
     assert better_elsewhere(SlotGpu(RTX), [late], GpuRequirement(), CLASSES, timed, work, 1.2) == []
+    assert better_elsewhere(SlotGpu(RTX), [SlotGpu(H100)], GpuRequirement(), CLASSES, timed, work, 1.2) == [
+        SlotGpu(H100)]
     assert better_elsewhere(SlotGpu(RTX), [soon], GpuRequirement(), CLASSES, table, Workload("hex8"), 1.2) == []
 
 

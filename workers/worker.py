@@ -36,12 +36,12 @@
 - Among the GPUs that fit, the job goes to the one expected to finish it first (issue 26's learned
   speeds; `coordinator/scheduling/placement.py` says what this does and does not do): an idle
   worker marks its GPU idle (`GpuStore.mark_idle`, refreshed every loop, dropped when it takes a
-  job); a worker that dequeues a job checks `placement.better_elsewhere` against the idle GPUs and
-  the busy ones about to free (Gavel-style), and when at least one more better GPU than jobs waiting
-  behind it exists, it puts the job back at the front of its queue (where a faster idle worker,
-  blocked on that queue, takes it at once; popped again within LEAVE_S, it is kept: the better
-  GPU was not there). When the better GPUs are all busy (about to free), it also leaves that queue
-  for LEAVE_S and looks again then.
+  job); a worker that dequeues a job checks `placement.better_elsewhere` against the idle GPUs (a
+  busy one is never waited for), and when at least one more better GPU than jobs waiting behind it
+  exists, it puts the job back at the front of its queue (where a faster idle worker, blocked on
+  that queue, takes it at once; popped again within LEAVE_S, it is kept: the better GPU was not
+  there). `keep_or_hand_back` also handles better GPUs that are all busy (TO_BUSY: the caller
+  leaves the queue for LEAVE_S), which `better_elsewhere` no longer offers.
 
   Why queues and not "take any job, hand back what does not fit": a handed-back job goes through
   the delayed set and a new RQ job; while it is out, a free big GPU takes a small job instead, so

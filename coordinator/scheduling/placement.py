@@ -25,19 +25,17 @@ frees plus epochs x samples x the learned seconds per epoch per sample of the jo
 class; the prior where untimed), then cost per hour (ties). How the preference steers a job, with
 a queue per requirement where the first free fitting worker takes it: **the taker checks**. An idle
 worker marks its GPU idle (`GpuStore.mark_idle`); a worker that dequeues a job asks
-`better_elsewhere` whether another GPU should have it (a preferred class free now; an expected
-finish `gpus.faster_margin` times sooner, free now or, Gavel-style, busy but freeing early enough
-that waiting still finishes sooner; or, equally fast and free, a cheaper hour) and, when there are
-more such GPUs than jobs waiting behind it, puts it back at the front of its queue, where the better
-idle worker (blocked on that queue) takes it at once (`workers/worker.py`). A free GPU idles while a
-job that fits it waits only in that Gavel case: the job is expected to finish sooner on the faster
-GPU that frees first; and for at most LEAVE_S (2 s) before it looks again.
+`better_elsewhere` whether another GPU, free now, should have it (a preferred class; an expected
+finish `gpus.faster_margin` times sooner where both speeds on the job's workload were timed, never
+on a prior; or as soon and a cheaper hour) and, when there are more such GPUs than jobs waiting
+behind it, puts it back at the front of its queue, where the better idle worker (blocked on that
+queue) takes it at once (`workers/worker.py`). A free GPU never idles for a job that fits it: a
+busy faster GPU is never waited for (Gavel-style waiting on estimated free times broke the wait
+bound in the heterogeneous simulator).
 
 What it does not do: no global assignment (each taker decides for the job it dequeued, counting
-better GPUs against the jobs waiting on that queue, not across queues); the busy GPU waited for
-may take a job of a more demanding queue first; a job never timed on its workload compares free
-GPUs by relative speed only and never waits for a busy one; a big GPU idle when a small job comes
-takes it (the wait bound across classes, `preemption_rule.py`, moves it off at a checkpoint);
+better GPUs against the jobs waiting on that queue, not across queues); a job whose workload was
+not timed on both GPUs is not moved for speed; a big GPU idle when a small job comes takes it (the wait bound across classes, `preemption_rule.py`, moves it off at a checkpoint);
 dispatch's count (`admits`) is unchanged. The record's `placement` adds `speed_note` ("~3.1x the
 24GB's epochs/h (learned on hexagonal)"); `notes` (priorities) still names the first free GPU by
 preference and cost, without speeds.
@@ -123,10 +121,12 @@ def rank_gpus(requirement: GpuRequirement, slots: Iterable[SlotGpu], classes: Ma
 def better_elsewhere(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuRequirement,
                      classes: Mapping[str, GpuClass], speeds: SpeedTable, job: Workload,
                      margin: float) -> list[SlotGpu]:
-    """The slots (free now, or freeing soon) that `job` should rather go to than `me`, a free GPU
-    that could start it now: a preferred class free now, or an expected finish `margin` times
-    sooner (waiting for a busy one included: Gavel-style) where both speeds on the job's workload
-    were timed, or, free now and no later, a cheaper hour. A prior never sends a job away: priors
+    """The free slots that `job` should rather go to than `me`, a free GPU that could start it now:
+    a preferred class, or an expected finish `margin` times sooner where both speeds on the job's
+    workload were timed, or no later and a cheaper hour. A busy GPU never counts, however soon it
+    frees (Gavel-style waiting): in the heterogeneous simulator, waiting for estimated free times
+    pushed the worst wait on the contended cluster to 21.7 h, past the 12 h bound (11.0 h without).
+    A prior never sends a job away: priors
     rank GPUs by large models (a GH200 3.6x a 4090), while on a small board the 4090 is nearly as
     fast, and trusting them sent small boards' jobs to the big GPUs the large boards wait for (the
     heterogeneous simulator: 27% of big-GPU time on small boards, Elo/GPU-h 5.30 against 7.20).
@@ -138,16 +138,14 @@ def better_elsewhere(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuReq
     my_rank = preference_rank(me.gpu, requirement, classes)
     out = []
     for other in others:
-        if not meets(other.gpu, requirement, classes):
+        if other.free_in_s > 0 or not meets(other.gpu, requirement, classes):
             continue
         rank = preference_rank(other.gpu, requirement, classes)
         if rank > my_rank:
             continue
         theirs = expected_finish(other, speeds, job, classes)
-        free_now = other.free_in_s <= 0
         measured = mine_timed and speeds.timed(job.name, class_key(other.gpu, classes))
-        if (rank < my_rank and free_now) or (measured and theirs * margin <= mine) or (
-                free_now and theirs <= mine and _cost(other) < _cost(me)):
+        if rank < my_rank or (measured and theirs * margin <= mine) or (theirs <= mine and _cost(other) < _cost(me)):
             out.append(other)
     return out
 
