@@ -307,6 +307,19 @@ class TrainingWorker(Worker):
         fields = gpu_inventory.slot_fields(gpu_inventory.current())
         return {**super().serialize(), WORKER_NODE_FIELD: workers.tasks.node_name(), **fields}
 
+    def unsubscribe(self) -> None:
+        """RQ's, without its hang on a warm shutdown: once unsubscribed, redis-py's pubsub thread may
+        wait for a new subscription for its whole sleep time (RQ's 60 s), and RQ's `stop()` joins it
+        without a timeout (seen: a noticed worker's exit held 15 s and more). Wake it, bound the join
+        (the thread is a daemon), then close."""
+        if not self.pubsub_thread:
+            return
+        self.log.info("Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub.unsubscribe()
+        self.pubsub.subscribed_event.set()  # a get_message waiting for a subscription returns now
+        self.pubsub_thread.stop(timeout=1)
+        self.pubsub.close()
+
     def request_stop(self, signum: int, frame: Any) -> None:
         """RQ's warm shutdown (no new job; the running one may end), and on an ephemeral host SIGTERM
         is also a termination notice: its key is written (from a thread: no Redis inside a signal

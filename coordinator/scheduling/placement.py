@@ -35,7 +35,8 @@ bound in the heterogeneous simulator).
 
 What it does not do: no global assignment (each taker decides for the job it dequeued, counting
 better GPUs against the jobs waiting on that queue, not across queues); a job whose workload was
-not timed on both GPUs is not moved for speed; a big GPU idle when a small job comes takes it (the wait bound across classes, `preemption_rule.py`, moves it off at a checkpoint);
+not timed on both GPUs is not moved for speed; a big GPU idle when a small job comes takes it
+(the wait bound across classes, `preemption_rule.py`, moves it off at a checkpoint);
 dispatch's count (`admits`) is unchanged. The record's `placement` adds `speed_note` ("~3.1x the
 24GB's epochs/h (learned on hexagonal)"); `notes` (priorities) still names the first free GPU by
 preference and cost, without speeds.
