@@ -341,8 +341,8 @@ class GpuSettings:
     speed_smoothing: float = _setting(
         0.3, "Weight of the newest epoch in the learned seconds per epoch per sample (exponential mean)")
     faster_margin: float = _setting(
-        1.2, "A free GPU leaves a job to another free (or sooner-free) one only if that one is expected to "
-             "finish it this many times sooner")
+        1.2, "A free GPU leaves a job to another free one only if that one is expected to finish it this "
+             "many times sooner (both speeds timed on the job's workload; a busy GPU is never waited for)")
     master_port_base: int = _setting(
         29500, "A trainer's {master_port} is this plus the lowest device index its lease holds on its node, so "
                "no two trainings running at once on a node share a port (torchrun's default is 29500)")

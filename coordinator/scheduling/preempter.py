@@ -199,9 +199,8 @@ class Preempter:
     def _to_the_head(self, job_ids: list[str]) -> None:
         """Starving queued jobs at the head of RQ's queue, in this order; one held back after a busy
         lease goes back on the queue now (else the GPU freed for it would go to the next in line)."""
-        for job_id in job_ids:
-            if self.store.is_deferred(job_id):
-                self.store.requeue_delayed(self.settings, job_id)
+        for job_id in self.store.deferred(job_ids):
+            self.store.requeue_delayed(self.settings, job_id)
         self.store.queue_first(self.store.rq_job_ids(job_ids))
 
     def mark_dispatch(self, config_key: str, job_id: str) -> None:

@@ -237,9 +237,13 @@ class JobStore:
         record. The config's wait ends when the job starts (`job_start.lua`), not here."""
         self.conn.hset(self.keys.job(job_id), mapping=dict(fields))
 
-    def is_deferred(self, job_id: str) -> bool:
-        """Whether the job is held out of RQ's queue until a later time (`defer`, a retry's backoff)."""
-        return self.conn.zscore(self.keys.delayed_jobs, job_id) is not None
+    def deferred(self, job_ids: list[str]) -> set[str]:
+        """Those of the jobs held out of RQ's queue until a later time (`defer`, a retry's backoff):
+        one round trip."""
+        with self.conn.pipeline(transaction=False) as pipe:  # batched reads only
+            for job_id in job_ids:
+                pipe.zscore(self.keys.delayed_jobs, job_id)
+            return {job_id for job_id, score in zip(job_ids, pipe.execute()) if score is not None}
 
     def rq_job_ids(self, job_ids: list[str]) -> list[str]:
         """The RQ job id of each job's current attempt (one round trip)."""
