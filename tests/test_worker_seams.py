@@ -1,7 +1,8 @@
 """The shipped worker's placement steps as functions a caller passes its own state to, so the scheduling
 simulator calls them instead of copying them: the keep-or-hand-back decision with its put-back
 (`workers.worker.keep_or_hand_back`), and recording the attempt's GPU from a given registration
-(`workers.tasks._record_gpu(made=...)`) rather than the process-global one."""
+(`workers.tasks._record_gpu(made=...)`) rather than the process-global one; and whether a worker's
+GPUs are held by others' leases (`workers.worker.slot_held`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from coordinator.core.settings import parse_settings, worker_settings_json
 from coordinator.scheduling.placement import SlotGpu
 from coordinator.stores.gpus import NVML, NodeInventory, slot_of
 from coordinator.stores.jobs import JobStore
+from coordinator.stores.leases import LeaseManager
 from workers import gpu_inventory
 from workers.tasks import _record_gpu
-from workers.worker import KEEP, LEAVE_S, TO_BUSY, TO_IDLE, keep_or_hand_back
+from workers.worker import KEEP, LEAVE_S, TO_BUSY, TO_IDLE, keep_or_hand_back, slot_held
 
 QUEUE = "rq:queue:training"
 H100 = Gpu("NVIDIA H100 80GB HBM3", 80.0, 0, "gpu-node-1")
@@ -78,3 +80,18 @@ def test_the_attempts_gpu_is_recorded_from_the_registration_given_else_the_proce
     _record_gpu(store, s, record, "w", resumes=False)  # the real worker: its process's registration
     assert conn.hget(keys.job("j"), "gpu_class") == b"24GB"
     assert gpu_inventory.current().slot.gpus[0] == RTX4090  # nothing swapped the global
+
+
+def test_a_worker_of_the_whole_node_waits_only_when_every_gpu_of_the_node_is_held():
+    conn, keys = fakeredis.FakeRedis(), Keys("t")
+    leases = LeaseManager(conn, keys, ttl_s=60, default_slots=1)
+    leases.register_nodes({"n": 2})  # an integer hosts entry: 2 GPUs, model unknown
+    unknown = NodeInventory("n", gpu_inventory.UNKNOWN, (Gpu("", 0.0, 0, "n"),))  # the worker could not count them
+    whole = gpu_inventory.Registered(unknown, slot_of(unknown, None, "w1"), "t", whole_node=True)
+    pinned = gpu_inventory.Registered(unknown, slot_of(unknown, (0,), "w2"), "t")  # CUDA_VISIBLE_DEVICES=0
+    assert not slot_held(conn, whole) and not slot_held(conn, pinned)
+    assert leases.try_acquire("hex8_2p", "n", "w0", "j1", devices=(0,)).devices == (0,)
+    assert slot_held(conn, pinned)  # its one GPU is taken
+    assert not slot_held(conn, whole)  # device 1 is still free: it must go on taking jobs
+    assert leases.try_acquire("hex8_3p", "n", "w3", "j2", devices=(0,)).devices == (1,)
+    assert slot_held(conn, whole)

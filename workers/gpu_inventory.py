@@ -49,6 +49,7 @@ class Registered:
     inventory: NodeInventory
     slot: Slot
     prefix: str
+    whole_node: bool = False  # no CUDA_VISIBLE_DEVICES: any of the node's devices is the worker's
 
 
 _current: Registered | None = None  # set in the worker's main process: its forked work horses inherit it
@@ -143,7 +144,7 @@ def register(conn: redis.Redis, worker: str, prefix: str | None = None, env: Map
     inventory, visible = detect(node, env, store.node(node), nvml)
     slot = slot_of(inventory, visible, worker)
     store.register_worker(inventory, slot, RedisClock(conn)())
-    _current = Registered(inventory, slot, prefix)
+    _current = Registered(inventory, slot, prefix, whole_node=visible is None)
     log.info("GPU slot %s of %s: %s (%s)", slot.name, node,
              ", ".join(g.describe() for g in slot.gpus) or "unknown GPU", inventory.source)
     return _current

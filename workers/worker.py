@@ -165,6 +165,21 @@ def fitting_queues(registered: Mapping[bytes | str, bytes | str], gpu: Gpu,
     return [name for *_rank, name in sorted(fitting)]
 
 
+def slot_held(conn: redis.Redis, registered: gpu_inventory.Registered | None) -> bool:
+    """Whether leases hold every GPU of a worker's slot (a multi-GPU training took it with its own):
+    the devices its CUDA_VISIBLE_DEVICES names; for a worker of the whole node, as many devices as the
+    node has (its `hosts` count, else its inventory's). A worker that could not tell its node's GPU
+    count counts one, and a one-GPU training on device 0 of a two-GPU node must not stop the others."""
+    if registered is None or not registered.slot.devices:
+        return False
+    keys, node = Keys(registered.prefix), registered.slot.node
+    held = held_devices(conn, keys, node)
+    if registered.whole_node:
+        configured = int(conn.hget(keys.node(node), "gpus") or 0)
+        return len(held) >= max(configured, len(registered.inventory.devices), 1)
+    return set(registered.slot.devices) <= held
+
+
 class TrainingWorker(Worker):
     """`rq.Worker`; see the module docstring."""
 
@@ -235,17 +250,13 @@ class TrainingWorker(Worker):
             self._mark(idle=True)
 
     def _slot_held(self) -> bool:
-        """Whether another worker's lease holds every device of this worker's slot (a multi-GPU
-        training took it with its own): the worker then takes nothing until it is released."""
-        registered = gpu_inventory.current()
-        if registered is None or not registered.slot.devices:
-            return False
+        """Whether leases hold this worker's GPUs (`slot_held`): it then takes nothing until one is
+        released."""
         try:
-            held = held_devices(self.connection, Keys(registered.prefix), registered.slot.node)
+            return slot_held(self.connection, gpu_inventory.current())
         except redis.RedisError as exc:
             self.log.warning("Worker %s: held GPUs not read (%s)", self.name, exc)
             return False
-        return set(registered.slot.devices) <= held
 
     def _my_gpu(self) -> tuple[SlotGpu, str] | None:
         registered = gpu_inventory.current()
