@@ -121,7 +121,8 @@ def every_setting_changed() -> Settings:
             per_config={"hexagonal_4p": GpuRequirement(min_memory_gb=70.0, allowed=("H100",))},
             speed_priors=SpeedPriors(gh200=4.0, h200=3.5, h100=3.1, a100_80gb=2.1, a100=1.7, l40s=1.4, rtx_4090=1.1,
                                      rtx_3090=0.8, a10=0.5, unknown=0.9),
-            speed_smoothing=0.5, faster_margin=1.5, master_port_base=30000),
+            speed_smoothing=0.5, faster_margin=1.5, master_port_base=30000, backfill="hold",
+            reservation_grace_minutes=5.0),
         nodes=NodeSettings(notice_file="/run/ringrift/termination", notice_url="http://127.0.0.1:8500/notice",
                            notice_poll_s=1.0),
         hosts={"gpu-a": 2, "gpu-b": HostGpus(4, gpu="RTX 4090", gpu_memory_gb=24.0, ephemeral=True)})

@@ -22,7 +22,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 
 from coordinator.core.keys import TRAINING_QUEUE, Keys
-from coordinator.ops.status import eta_s
+from coordinator.stores.job_records import eta_s
 from coordinator.stores.speeds import SpeedStore
 from coordinator.trainer.command import REFERENCE_ARGS
 from tests.support.blocking import pause, resume

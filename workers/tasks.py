@@ -69,7 +69,7 @@ from coordinator.core.settings import (
     worker_settings,
 )
 from coordinator.core.text import decode_hash
-from coordinator.scheduling.placement import speed_note
+from coordinator.scheduling.placement import expected_run_s, job_workload, speed_note
 from coordinator.scheduling.preempter import lost_gpu_hours
 from coordinator.scheduling.scheduler import quality_block_until
 from coordinator.scheduling.speeds import table_from, workload_of
@@ -79,6 +79,7 @@ from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import CANCELLED_STOP, NOTICE_STOP, PREEMPTED_STOP, Outcome
 from coordinator.stores.jobs import JobStore
 from coordinator.stores.leases import Lease, LeaseKeeper, LeaseManager
+from coordinator.stores.reservations import ReservationStore
 from coordinator.stores.speeds import SpeedStore
 from coordinator.trainer.checkpoints import newest_checkpoint
 from coordinator.trainer.command import (
@@ -131,6 +132,11 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
     if held:
         store.defer(job_id, defer_s * random.uniform(1.0, 2.0), held)
         return {"job_id": job_id, "deferred": held}
+    reserved = reservation_refusal(conn, keys, settings, record, node, worker, store.clock())
+    if reserved:
+        store.defer(job_id, defer_s * random.uniform(1.0, 2.0), reserved, count_as="reserved")
+        log.info("job %s deferred: %s", job_id, reserved)
+        return {"job_id": job_id, "deferred": reserved}
     leases = LeaseManager.from_settings(conn, keys, settings, int(os.environ.get(GPUS_ENV) or 0) or None)
     requirement = _requirement(settings, config_key)
     devices, only_listed = device_pool(_registered(conn, keys, worker), requirement, settings.gpus.classes)
@@ -142,6 +148,8 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
         store.defer(job_id, defer_s * random.uniform(1.0, 2.0), str(exc), count_as="lease_busy")
         log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
+    if lease.gpus > 1:
+        _drop_reservation(conn, keys, node, job_id)
     run: TrainingRun | None = None
     try:
         resume, resumed_epoch = job_checkpoint(record)
@@ -166,6 +174,35 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
         except redis.RedisError:  # it expires by itself; the reaper treats it as abandoned
             log.warning("could not release the lease of %s; it will expire", job_id,
                         extra={"job_id": job_id, "config_key": config_key})
+
+
+def reservation_refusal(conn: redis.Redis, keys: Keys, settings: Settings, record: Mapping[str, str], node: str,
+                        worker: str, now: float) -> str | None:
+    """Why a reservation of `node` for a waiting multi-GPU job keeps this job off it (None: it may
+    start: `ReservationStore.admit`, with the job's expected end on this worker's GPU from the
+    learned speeds; `coordinator/scheduling/reservations.py` has the rules)."""
+    try:
+        if not conn.hexists(keys.reservations, node):
+            return None
+        gpus = settings.gpus
+        table = table_from(SpeedStore(conn, keys).read(), gpus.classes, gpus.speed_priors)
+        run_s = expected_run_s(table, job_workload(record), slot_gpu(_registered(conn, keys, worker)), gpus.classes)
+        r = ReservationStore(conn, keys).admit(node, record.get("job_id", ""), None if run_s is None else now + run_s)
+    except redis.RedisError as exc:  # the next tick's preemption of the node keeps the reservation's bound
+        log.warning("reservation of %s not checked (%s)", node, exc)
+        return None
+    if r is None:
+        return None
+    ends = "unknown" if run_s is None else f"{run_s / 3600:.1f} h"
+    start = time.strftime("%H:%M", time.gmtime(r.start_at))
+    return f"node {node} reserved for {r.config_key} ({r.gpus} GPUs) from {start} UTC; this job ({ends}) ends later"
+
+
+def _drop_reservation(conn: redis.Redis, keys: Keys, node: str, job_id: str) -> None:
+    try:
+        ReservationStore(conn, keys).drop(node, job_id)
+    except redis.RedisError:  # the next tick replaces it
+        pass
 
 
 def worker_notice(conn: redis.Redis, keys: Keys, worker: str, settings: Settings) -> Notice | None:

@@ -73,11 +73,11 @@ from coordinator.core.errors import EventError
 from coordinator.core.gpu_requirements import Gpu, from_spec, node_meets
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.settings import GpuRequirement, RedisSettings, worker_settings
-from coordinator.ops.status import WORKER_NODE_FIELD, eta_s
-from coordinator.scheduling.placement import SlotGpu, Workload, better_elsewhere
-from coordinator.scheduling.speeds import table_from, workload_of
+from coordinator.ops.status import WORKER_NODE_FIELD
+from coordinator.scheduling.placement import SlotGpu, better_elsewhere, job_workload
+from coordinator.scheduling.speeds import table_from
 from coordinator.stores.gpus import GpuStore
-from coordinator.stores.job_records import SLOT_STATES, active_records
+from coordinator.stores.job_records import SLOT_STATES, active_records, eta_s
 from coordinator.stores.leases import held_devices
 from coordinator.stores.speeds import SpeedStore
 from workers import gpu_inventory, node_notice
@@ -113,9 +113,7 @@ def better_gpus(conn: redis.Redis, prefix: str, job_id: str, me: SlotGpu, worker
             inventory = store.node(r.get("node", ""))
             others.append(SlotGpu(Gpu(r["gpu_model"], float(r.get("gpu_memory_gb") or 0), 0, r.get("node", "")),
                                   inventory.cost_per_hour if inventory else None, max(eta, 1.0)))
-    samples, left = float(record["samples"] or 0), float(record["epochs"] or 1) - float(record["epoch"] or 0)
-    job = Workload(workload_of(record["board_type"], json.loads(record["command"] or "[]")),
-                   max(left, 1.0) * samples if samples > 0 else None)
+    job = job_workload(record)
     table = table_from(SpeedStore(conn, keys).read(), gpus.classes, gpus.speed_priors)
     return better_elsewhere(me, others, requirement, gpus.classes, table, job, gpus.faster_margin)
 

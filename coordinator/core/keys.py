@@ -168,6 +168,12 @@ class Keys:
     def nodes(self) -> str:
         return f"{self.prefix}:{{lease}}:nodes"
 
+    @property
+    def reservations(self) -> str:
+        """Node -> JSON of the waiting multi-GPU job its GPUs are reserved for (the preempter writes
+        them each tick; `coordinator/stores/reservations.py`)."""
+        return f"{self.prefix}:{{lease}}:reservations"
+
     def worker_notice(self, worker: str) -> str:
         """An ephemeral worker's termination notice (`workers/node_notice.py`): read by its lease renewal."""
         return f"{self.prefix}:{{lease}}:notice:{worker}"

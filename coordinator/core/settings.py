@@ -322,6 +322,9 @@ class SpeedPriors:
     unknown: float = _setting(1.0, "A GPU that matches none of the above")
 
 
+BACKFILL_MODES = ("backfill", "hold", "off")  # what each does: `backfill` below
+
+
 @dataclass(frozen=True)
 class GpuSettings:
     """GPU classes, per-class training parameters and what each board or config needs of a GPU
@@ -347,7 +350,20 @@ class GpuSettings:
         29500, "A trainer's {master_port} is this plus the lowest device index its lease holds on its node, so "
                "no two trainings running at once on a node share a port (torchrun's default is 29500)")
 
+    backfill: str = _setting(
+        "backfill", "A multi-GPU training waiting for GPUs of one node reserves the node expected to free them "
+                    "first. backfill: other jobs start there only if expected to end before the reservation, or "
+                    "on GPUs it does not need; hold: only on GPUs it does not need; off: no reservation (it waits "
+                    "until the GPUs happen to be free, or for its wait bound)")
+    reservation_grace_minutes: float = _setting(
+        10.0, "This long past a reservation's expected start, the jobs still holding the node's GPUs are asked to "
+              "yield at a checkpoint (their end was estimated too early)")
+
     def __post_init__(self) -> None:
+        if self.backfill not in BACKFILL_MODES:
+            raise ValueError(f"backfill must be one of {', '.join(BACKFILL_MODES)}, got {self.backfill!r}")
+        if self.reservation_grace_minutes < 0:
+            raise ValueError(f"reservation_grace_minutes must be >= 0, got {self.reservation_grace_minutes:g}")
         if not 0 < self.speed_smoothing <= 1:
             raise ValueError(f"speed_smoothing must be in (0, 1], got {self.speed_smoothing:g}")
         if self.faster_margin < 1:

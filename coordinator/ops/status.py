@@ -30,7 +30,7 @@ from coordinator.core.text import decode_hash
 from coordinator.scheduling.scheduler import TrainingScheduler
 from coordinator.stores.breakers import describe, list_breakers
 from coordinator.stores.gpus import GpuStore
-from coordinator.stores.job_records import pending_preemptions, training_queues
+from coordinator.stores.job_records import eta_s, pending_preemptions, training_queues
 from coordinator.stores.leases import LeaseManager
 
 RECENT_EVENTS_SCANNED = 2000
@@ -112,14 +112,6 @@ def _running(conn: redis.Redis, keys: Keys, now: float) -> list[dict[str, Any]]:
                      "preempt_for": r.get("preempt_for") if r.get("preempt_requested_at") else None,
                      "preempt_why": r.get("preempt_why") if r.get("preempt_requested_at") else None})
     return sorted(rows, key=lambda row: row["config_key"])
-
-
-def eta_s(r: dict[str, str], now: float) -> float | None:
-    """Seconds left of a running attempt at its pace so far (epochs done since it started or resumed)."""
-    epoch, total = int(r.get("epoch") or 0), int(r.get("epochs") or 0)
-    done = max(epoch - int(r.get("resumed_epoch") or 0), 0)
-    elapsed = now - float(r.get("started_at") or now)
-    return round(elapsed / done * (total - epoch), 1) if done else None
 
 
 def _workers(conn: redis.Redis, now: float, held: list[dict[str, str]]) -> list[dict[str, Any]]:

@@ -44,6 +44,7 @@ preference and cost, without speeds.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ from coordinator.core.gpu_requirements import Gpu, gpus_needed, meets, need_text
 from coordinator.core.job_states import QUEUED
 from coordinator.core.keys import Keys
 from coordinator.core.settings import GpuClass, GpuRequirement, GpuSettings
-from coordinator.scheduling.speeds import SpeedTable, class_key
+from coordinator.scheduling.speeds import SpeedTable, class_key, workload_of
 from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import SLOT_STATES, active_records
 from coordinator.stores.leases import LeaseManager
@@ -81,15 +82,28 @@ class Workload:
     work: float | None = None
 
 
+def job_workload(record: Mapping[str, str]) -> Workload:
+    """A job record's workload (board, or board/model) and the work it has left (epochs left x samples)."""
+    samples = float(record.get("samples") or 0)
+    left = float(record.get("epochs") or 1) - float(record.get("epoch") or 0)
+    return Workload(workload_of(record.get("board_type", ""), json.loads(record.get("command") or "[]")),
+                    max(left, 1.0) * samples if samples > 0 else None)
+
+
+def expected_run_s(speeds: SpeedTable, job: Workload, gpu: Gpu, classes: Mapping[str, GpuClass]) -> float | None:
+    """Seconds `job` is expected to train on `gpu` (None: its work or the speed is unknown)."""
+    return speeds.expected_seconds(job.name, class_key(gpu, classes), job.work, gpu) if job.work else None
+
+
 def expected_finish(slot: SlotGpu, speeds: SpeedTable, job: Workload, classes: Mapping[str, GpuClass]) -> float:
     """Seconds from now until `job` would be done on `slot`: when it frees plus the job's run time
     there. Where no run time is known (nothing timed on the workload, or no work), a free slot's
     is 1 / its relative speed (comparable only between free slots) and a busy one's is infinite."""
-    cls = class_key(slot.gpu, classes)
-    run = speeds.expected_seconds(job.name, cls, job.work, slot.gpu) if job.work else None
+    run = expected_run_s(speeds, job, slot.gpu, classes)
     if run is not None:
         return slot.free_in_s + run
-    return 1.0 / speeds.relative(job.name, cls, slot.gpu) if slot.free_in_s <= 0 else float("inf")
+    return 1.0 / speeds.relative(job.name, class_key(slot.gpu, classes), slot.gpu) if slot.free_in_s <= 0 \
+        else float("inf")
 
 
 def requirement_of(gpus: GpuSettings, config_key: str) -> GpuRequirement:

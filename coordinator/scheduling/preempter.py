@@ -32,14 +32,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from coordinator.core.gpu_requirements import Gpu, restricts
 from coordinator.core.job_states import PREEMPTED, QUEUED
 from coordinator.core.settings import GpuRequirement, PreemptionSettings, Settings
 from coordinator.scheduling.placement import read_placement, requirement_of
-from coordinator.scheduling.preemption_rule import Candidate, Decision, RunningJob, decide
-from coordinator.stores.job_records import SLOT_STATES, active_records
+from coordinator.scheduling.preemption_rule import Candidate, Decision, Fits, RunningJob, decide
+from coordinator.scheduling.reservations import Waiting, plan
+from coordinator.stores.job_records import SLOT_STATES, active_records, eta_s
+from coordinator.stores.reservations import Reservation, ReservationStore
 
 if TYPE_CHECKING:
     from coordinator.scheduling.scheduler import Priority, TrainingScheduler
@@ -71,12 +74,24 @@ def _number(record: Mapping[str, str], name: str) -> float | None:
     return float(record[name]) if record.get(name) else None
 
 
+def ends_at(r: Mapping[str, str], expected_gpu_hours: float, now: float) -> float | None:
+    """When a running attempt is expected to end: at its pace so far (`eta_s`), else from its config's
+    expected GPU-hours over the GPUs it holds; None when neither is known."""
+    eta = eta_s(dict(r), now)
+    if eta is not None:
+        return now + eta
+    if expected_gpu_hours > 0 and r.get("started_at"):
+        return float(r["started_at"]) + expected_gpu_hours * 3600.0 / int(r.get("gpus_held") or 1)
+    return None
+
+
 def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Callable[[str], float],
                  hours_of: Callable[[str], float] = lambda _c: 0.0,
-                 requirement_of: Callable[[str], GpuRequirement] = lambda _c: GpuRequirement()) -> list[RunningJob]:
+                 requirement_of: Callable[[str], GpuRequirement] = lambda _c: GpuRequirement(),
+                 now: float | None = None) -> list[RunningJob]:
     """The attempts holding GPU slots, each valued `value_of(config_key)` (its score now) with its
-    config's expected training hours `hours_of(config_key)`, the GPU its attempt recorded and what
-    its config needs of one."""
+    config's expected training hours `hours_of(config_key)`, the GPU its attempt recorded, what
+    its config needs of one and (given `now`) when it is expected to end."""
     jobs = []
     for job_id, r in records:
         if r.get("state") not in SLOT_STATES or not r.get("started_at"):
@@ -88,7 +103,8 @@ def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Cal
             preempt_requested_at=_number(r, "preempt_requested_at"),
             checkpoint_at=_number(r, "updated_at") if r.get("epoch") else None,
             checkpoint_epoch=int(float(r.get("epoch") or 0)), expected_hours=hours_of(config_key),
-            gpu=_attempt_gpu(r), requirement=requirement_of(config_key), gpus=int(r.get("gpus_held") or 1)))
+            gpu=_attempt_gpu(r), requirement=requirement_of(config_key), gpus=int(r.get("gpus_held") or 1),
+            ends_at=None if now is None else ends_at(r, hours_of(config_key), now)))
     return jobs
 
 
@@ -116,7 +132,7 @@ def queued_jobs(records: Iterable[tuple[str, Mapping[str, str]]], waiting_since:
         waited = 0.0 if since is None else max(0.0, now - since) / 3600.0
         starving = since is not None and waited >= s.starve_after_hours
         queued.append((Candidate(config_key, waited, starving, waited, queued=True,
-                                 requirement=requirement_of(config_key)), job_id,
+                                 requirement=requirement_of(config_key), job_id=job_id), job_id,
                        _number(r, "created_at") or 0.0))
     queued.sort(key=lambda q: (not q[0].starving, -q[0].waited_hours if q[0].starving else q[2]))
     return [(c, job_id) for c, job_id, _ in queued]
@@ -143,33 +159,60 @@ class Preempter:
         self.preemption: PreemptionSettings = settings.preemption
         self.clock = clock or store.clock
         self.leases = leases  # the GPU slots, for the idle GPUs' models when requirements are set
+        self.reservations = ReservationStore(self.conn, self.keys)
 
     def decide(self, free_slots: int) -> Decision:
         """The decision for the cluster as Redis holds it now (reads only). `free_slots`: the GPUs
         no attempt holds (queued jobs take them first)."""
         return self._decide(free_slots)[0]
 
-    def _decide(self, free_slots: int) -> tuple[Decision, dict[str, str], list[str]]:
-        """The decision, the fencing token of each active job's attempt it was made on, and the ids
-        of the starving queued jobs, longest wait first (the head of RQ's queue)."""
+    def _decide(self, free_slots: int) -> tuple[Decision, dict[str, str], list[str], list[Reservation]]:
+        """The decision, the fencing token of each active job's attempt it was made on, the ids of
+        the starving queued jobs, longest wait first (the head of RQ's queue), and the reservations
+        of nodes for the queued multi-GPU jobs (`reservations.plan`)."""
         now = self.clock()
         records = active_records(self.conn, self.keys)
         fences = {job_id: r.get("fence", "") for job_id, r in records}
         if not any(r.get("state") in SLOT_STATES for _, r in records):
-            return Decision(), fences, []  # nothing to preempt: no need to rank every config
+            return Decision(), fences, [], []  # nothing to preempt or wait for: no need to rank every config
         ranked = self.scheduler.ranked(preemption_notes={})  # `candidates` reads no notes: no second read
         by_config = {p.config_key: p for p in ranked}
         gpus = self.settings.gpus
         running = running_jobs(records, lambda c: _value(by_config.get(c)),
                                lambda c: by_config[c].expected_gpu_hours if c in by_config else 0.0,
-                               lambda c: requirement_of(gpus, c))
+                               lambda c: requirement_of(gpus, c), now)
         waiting_since = self.configs.waiting_since(r.get("config_key", "") for _, r in records
                                                    if r.get("state") == QUEUED)
         ready = {p.config_key for p in ranked if p.ready}
         queued = queued_jobs(records, waiting_since, ready, self.preemption, now, lambda c: requirement_of(gpus, c))
-        line = [c for c, _ in queued] + candidates(ranked, lambda c: requirement_of(gpus, c))
+        idle = self._idle_gpus(free_slots)
+        waiting = [c for c, _ in queued]
+        reservations = self._reserve(waiting, running, idle, now)
+        line = waiting + candidates(ranked, lambda c: requirement_of(gpus, c))
         front = [job_id for c, job_id in queued if c.starving]
-        return decide(running, line, self._idle_gpus(free_slots), self.preemption, now, gpus.classes), fences, front
+        decision = decide(running, line, idle, self.preemption, now, gpus.classes) \
+            if self.preemption.enabled else Decision()
+        return decision, fences, front, reservations
+
+    def _reserve(self, queued: list[Candidate], running: Sequence[RunningJob], idle: int | list[Gpu | None],
+                 now: float) -> list[Reservation]:
+        """Plan the queued multi-GPU jobs' reservations (`reservations.plan`) on the known GPUs (the
+        idle ones, and each running job's until its expected end), and mark in `queued` which node
+        each holds and whether it is due (past its start by `reservation_grace_minutes`)."""
+        gangs = [Waiting(c.job_id, c.config_key, c.requirement) for c in queued if (c.requirement.gpus or 1) > 1]
+        if not gangs or isinstance(idle, int):
+            return []
+        known = [(g, now) for g in idle if g is not None]
+        known += [(j.gpu, j.ends_at if j.ends_at is not None else float("inf"))
+                  for j in running if j.gpu is not None for _ in range(j.gpus)]
+        fits = Fits(self.settings.gpus.classes)
+        made = plan(gangs, known, fits, now, self.settings.gpus.backfill)
+        grace_s = self.settings.gpus.reservation_grace_minutes * 60.0
+        by_job = {r.job_id: r for r in made}
+        for i, c in enumerate(queued):
+            if (r := by_job.get(c.job_id)) is not None:
+                queued[i] = replace(c, reserved_node=r.node, reservation_due=now >= r.start_at + grace_s)
+        return made
 
     def _idle_gpus(self, free_slots: int) -> int | list[Gpu | None]:
         """The idle GPUs: how many, or with GPU requirements set (and a lease view), each one's GPU
@@ -184,9 +227,10 @@ class Preempter:
         """Put the starving queued jobs at the head of RQ's queue, then ask the jobs `decide` chooses
         to yield (each the attempt it was decided on: a newer attempt of the job is not asked); the
         ids of those asked. `free_slots`: the GPUs no attempt holds."""
+        decision, fences, front, reservations = self._decide(free_slots)
+        self.reservations.replace(reservations)
         if not self.preemption.enabled:
             return []
-        decision, fences, front = self._decide(free_slots)
         if front:
             self._to_the_head(front)
         asked = []

@@ -36,7 +36,10 @@ Rules, in order (every number a setting of `PreemptionSettings`, the `preemption
    big GPU at its checkpoint and resumed on a small one), before the lost-work order.
 5. Multi-GPU trainings (`gpus: N`, issue 27): one is served only by N idle or promised GPUs of one
    node; starving, it takes the fewest jobs of one node whose GPUs, with that node's idle ones, make
-   N (each in the victim order above); it never preempts for value.
+   N (each in the victim order above); it never preempts for value. A queued one holds a reservation
+   of the node expected to free N GPUs first (`reservations.py`: only jobs that end before it start
+   there meanwhile); `reservation_grace_minutes` past its start, the jobs still on that node yield
+   to it the same way (the estimate of their end was too early).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ class RunningJob:
     gpu: Gpu | None = None  # the GPU its attempt holds (None: unknown)
     gpus: int = 1  # how many GPUs of its node it holds (a multi-GPU training: more than one)
     requirement: GpuRequirement = GpuRequirement()  # what its config needs of a GPU (where it could move)
+    ends_at: float | None = None  # unix s its training is expected to end (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ class Candidate:
     waited_hours: float = 0.0
     queued: bool = False  # its job is already in RQ's queue (takes a GPU in the queue's order)
     requirement: GpuRequirement = GpuRequirement()  # what its config needs of a GPU
+    job_id: str = ""  # a queued one's job
+    reserved_node: str | None = None  # a multi-GPU one: the node reserved for it (`reservations.plan`)
+    reservation_due: bool = False  # ... and that reservation's start passed by the grace: its GPUs are due
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,7 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int
     sorts GPUs into the classes requirements name)."""
     if not s.enabled:
         return Decision(protected={j.job_id: "preemption disabled" for j in running})
-    fits = _Fits(classes or {})
+    fits = Fits(classes or {})
     waiting = _unserved(list(ranked), [None] * max(free, 0) if isinstance(free, int) else list(free),
                         [j.gpu for j in running if j.preempt_requested_at is not None], fits)
     protected = {j.job_id: why for j in running if (why := _protected(j, s, now))}
@@ -119,14 +126,17 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int
     for c in waiting:
         if c.queued and not c.starving:
             continue  # RQ gives it the next GPU that frees up
-        if _gpus(c) > 1:  # a multi-GPU training: only the wait bound frees GPUs for it, all on one node
-            victims = _gang_victims(c, pool, left_idle, s, now, fits) if c.starving else []
+        if _gpus(c) > 1:  # a multi-GPU training: only the wait bound or its due reservation frees GPUs for it
+            due = c.reservation_due and not c.starving
+            victims = _gang_victims(c, pool, left_idle, s, now, fits, c.reserved_node if due else None) \
+                if c.starving or c.reservation_due else []
             for victim in victims:
                 pool.remove(victim)
+                reason = (f"its reservation of {c.reserved_node} is due" if due else
+                          f"waited {_hours(c.waited_hours)} (bound {_hours(s.max_wait_hours)})")
                 chosen.append(Preemption(victim.job_id, victim.config_key, victim.slot, c.config_key, WAIT,
-                                         f"{c.config_key} starving: waited {_hours(c.waited_hours)} (bound "
-                                         f"{_hours(s.max_wait_hours)}); needs {_gpus(c)} GPUs on "
-                                         f"{victim.gpu.node if victim.gpu else '?'}"))
+                                         f"{c.config_key} {'' if due else 'starving: '}{reason}; needs {_gpus(c)} "
+                                         f"GPUs on {victim.gpu.node if victim.gpu else '?'}"))
             continue
         fitting = [j for j in pool if fits(c.requirement, j.gpu)]
         if not fitting:
@@ -145,7 +155,7 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int
     return Decision(tuple(chosen), protected)
 
 
-class _Fits:
+class Fits:
     """Whether a GPU meets a requirement: every GPU meets none; an unknown GPU meets only none."""
 
     def __init__(self, classes: Mapping[str, GpuClass]) -> None:
@@ -162,7 +172,7 @@ def _gpus(c: Candidate) -> int:
 
 
 def _unserved(line: list[Candidate], idle: list[Gpu | None], promised: list[Gpu | None],
-              fits: _Fits) -> list[Candidate]:
+              fits: Fits) -> list[Candidate]:
     """The members of the line that neither an idle GPU nor a slot a pending preemption frees will
     serve: in order, each takes the first such GPU that fits it (a multi-GPU one, N of them on one
     node, idle or promised)."""
@@ -182,7 +192,7 @@ def _unserved(line: list[Candidate], idle: list[Gpu | None], promised: list[Gpu 
     return waiting
 
 
-def _take_on_one_node(c: Candidate, idle: list[Gpu | None], promised: list[Gpu | None], fits: _Fits) -> bool:
+def _take_on_one_node(c: Candidate, idle: list[Gpu | None], promised: list[Gpu | None], fits: Fits) -> bool:
     """Take N idle or promised GPUs of one node that fit `c` (N = its GPUs), if some node has them."""
     n = _gpus(c)
     for node in sorted({g.node for g in (*idle, *promised) if g is not None}):
@@ -196,15 +206,15 @@ def _take_on_one_node(c: Candidate, idle: list[Gpu | None], promised: list[Gpu |
 
 
 def _gang_victims(c: Candidate, pool: list[RunningJob], left_idle: list[Gpu | None], s: PreemptionSettings,
-                  now: float, fits: _Fits) -> list[RunningJob]:
+                  now: float, fits: Fits, only_node: str | None = None) -> list[RunningJob]:
     """The fewest jobs whose GPUs, with the idle ones of their node, give `c` its N GPUs on one node
-    (each job in the wait bound's victim order); none when no node can."""
+    (`only_node` when given; each job in the wait bound's victim order); none when no node can."""
     def order(j: RunningJob) -> tuple:
         return (j.preemptions >= s.max_preemptions_per_job, j.starving,
                 lost_hours(j, s, now) * (1 + j.preemptions), j.value, -(j.checkpoint_at or 0.0), j.job_id)
 
     n, best = _gpus(c), None
-    for node in sorted({j.gpu.node for j in pool if j.gpu is not None}):
+    for node in sorted({j.gpu.node for j in pool if j.gpu is not None and only_node in (None, j.gpu.node)}):
         have = sum(1 for g in left_idle if g is not None and g.node == node and fits(c.requirement, g))
         picked: list[RunningJob] = []
         for j in sorted((j for j in pool if j.gpu is not None and j.gpu.node == node
@@ -218,7 +228,7 @@ def _gang_victims(c: Candidate, pool: list[RunningJob], left_idle: list[Gpu | No
     return best or []
 
 
-def _left_idle(line: list[Candidate], idle: list[Gpu | None], fits: _Fits) -> list[Gpu | None]:
+def _left_idle(line: list[Candidate], idle: list[Gpu | None], fits: Fits) -> list[Gpu | None]:
     """The idle GPUs no member of the line takes (where a preempted job could move at once)."""
     left = list(idle)
     for c in line:

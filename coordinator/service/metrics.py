@@ -119,6 +119,8 @@ class _ClusterCollector:
         stats = decode_hash(conn.hgetall(keys.stats))
         yield CounterMetricFamily("ringrift_lease_busy", "Jobs handed back because their leases were busy",
                                   value=float(stats.get("lease_busy", 0)))
+        yield CounterMetricFamily("ringrift_reserved", "Jobs handed back because their node was reserved for a "
+                                  "waiting multi-GPU training", value=float(stats.get("reserved", 0)))
 
     def _jobs_by_state(self) -> GaugeMetricFamily:
         ids = self.conn.zrevrange(self.keys.jobs, 0, JOBS_SCANNED - 1)

@@ -132,3 +132,11 @@ def training_queues(conn: redis.Redis, keys: Keys) -> dict[str, int]:
         for name in names:
             pipe.llen(rq_queue_key(name))
         return dict(zip(names, pipe.execute()))
+
+
+def eta_s(r: dict[str, str], now: float) -> float | None:
+    """Seconds left of a running attempt at its pace so far (epochs done since it started or resumed)."""
+    epoch, total = int(r.get("epoch") or 0), int(r.get("epochs") or 0)
+    done = max(epoch - int(r.get("resumed_epoch") or 0), 0)
+    elapsed = now - float(r.get("started_at") or now)
+    return round(elapsed / done * (total - epoch), 1) if done else None

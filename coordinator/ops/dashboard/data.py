@@ -31,12 +31,11 @@ from coordinator.core.settings import Settings
 from coordinator.core.text import decode_hash
 from coordinator.core.text import text as _text
 from coordinator.ops.dashboard.stream_tail import StreamTail
-from coordinator.ops.status import eta_s
 from coordinator.scheduling.scheduler import FACTORS
 from coordinator.stores.breakers import node_breakers_open
 from coordinator.stores.configs import INELIGIBLE
 from coordinator.stores.gpus import GpuStore
-from coordinator.stores.job_records import training_queues
+from coordinator.stores.job_records import eta_s, training_queues
 from coordinator.stores.leases import LeaseManager
 
 TIMELINE_HOURS = 24.0
