@@ -124,7 +124,7 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int
     left_idle = [] if isinstance(free, int) else _left_idle(list(ranked), list(free), fits)
     chosen: list[Preemption] = []
     for c in waiting:
-        if c.queued and not c.starving:
+        if c.queued and not c.starving and not c.reservation_due:
             continue  # RQ gives it the next GPU that frees up
         if _gpus(c) > 1:  # a multi-GPU training: only the wait bound or its due reservation frees GPUs for it
             due = c.reservation_due and not c.starving
