@@ -24,6 +24,7 @@ from tests.support.exports import xadd_export
 from tests.support.gang import assert_no_partial_hold
 from tests.support.gated_train import hold, release
 from tests.support.polling import wait_for
+from tests.support.races import GATED_STUB
 from tests.support.streams import stream_events
 from tests.support.trainers import write_npz
 
@@ -127,3 +128,48 @@ def test_two_two_gpu_jobs_on_a_three_gpu_node_run_one_after_the_other(
     assert all(len(r["CUDA_VISIBLE_DEVICES"].split(",")) == 2 for r in ran)
     assert not [e.fields for e in stream_events(real_conn, "TRAINING_FAILED")]
     assert samples > 3
+
+
+def test_a_waiting_two_gpu_job_reserves_its_node_where_a_long_job_is_refused_and_runs_elsewhere(
+        redis_server, real_conn, keys, service, node_workers, tmp_path: Path):
+    """Step 2 (backfill with reservations): the gang job waiting for duo's busy GPUs reserves duo; a
+    1-GPU job of unknown length that a free duo GPU dequeues is handed back (it could outlast the
+    reservation) and trains on solo once solo has a worker; the gang job then gets duo's GPUs."""
+    node_workers("duo", 2)
+    service(GATED_STUB, epochs=2, hosts={"duo": 2, "solo": 1}, gpus=GANG, leases=LEASES,
+            scheduler={"rescore_interval_s": 1})
+    wait_for(lambda: real_conn.hget("rq:worker:duo-gpu1", "queues") == b"training-x2gpus,training", timeout_s=30)
+    first, second = (tmp_path / f"hex8_{p}p.npz" for p in (2, 3))
+    for players, npz in ((2, first), (3, second)):
+        npz.write_bytes(b"stub")
+        hold(npz, 1)
+        xadd_export(real_conn, ("hex8", players), npz, 1000)
+    wait_for(lambda: all(by_config(real_conn, keys).get(f"hex8_{p}p", {}).get("epoch") == "1" for p in (2, 3)),
+             timeout_s=60)
+    gang_npz = tmp_path / "square19_2p.npz"
+    gang_npz.write_bytes(b"stub")
+    xadd_export(real_conn, ("square19", 2), gang_npz, 1000)
+    wait_for(lambda: real_conn.hget(keys.reservations, "duo"), timeout_s=30)
+    reservation = json.loads(real_conn.hget(keys.reservations, "duo"))
+    gang_id = by_config(real_conn, keys)["square19_2p"]["job_id"]
+    assert (reservation["job_id"], reservation["gpus"], reservation["mode"]) == (gang_id, 2, "backfill")
+
+    release(first)  # one of duo's GPUs frees; the other stays busy
+    wait_for(lambda: by_config(real_conn, keys)["hex8_2p"]["state"] == "complete", timeout_s=30)
+    long_npz = tmp_path / "square8_2p.npz"
+    long_npz.write_bytes(b"stub")
+    xadd_export(real_conn, ("square8", 2), long_npz, 1000)
+    wait_for(lambda: "reserved for square19_2p" in by_config(real_conn, keys).get("square8_2p", {}).get(
+        "deferred_reason", ""), timeout_s=30)
+    assert by_config(real_conn, keys)["square8_2p"]["state"] == "queued"  # not started on duo
+    node_workers("solo", 1)
+    wait_for(lambda: by_config(real_conn, keys)["square8_2p"]["state"] == "complete", timeout_s=60)
+    assert by_config(real_conn, keys)["square8_2p"]["node"] == "solo"
+    assert by_config(real_conn, keys)["square19_2p"]["state"] == "queued"  # still waiting for duo's second GPU
+
+    release(second)
+    wait_for(lambda: by_config(real_conn, keys)["square19_2p"]["state"] == "complete", timeout_s=60)
+    gang = by_config(real_conn, keys)["square19_2p"]
+    assert (gang["node"], gang["gpu_devices"]) == ("duo", "0,1")
+    wait_for(lambda: not real_conn.hexists(keys.reservations, "duo"), timeout_s=10)  # dropped at its start
+    assert not [e.fields for e in stream_events(real_conn, "TRAINING_FAILED")]

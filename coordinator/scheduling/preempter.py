@@ -109,8 +109,9 @@ def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Cal
 
 
 def _attempt_gpu(r: Mapping[str, str]) -> Gpu | None:
-    """The GPU the attempt recorded (`JobStore.record_attempt_gpu`), None when it recorded none."""
-    if not r.get("gpu_model") and not r.get("gpu_memory_gb"):
+    """The GPU the attempt recorded (`JobStore.record_attempt_gpu`); of unknown model on its node
+    when it recorded only the node; None when neither."""
+    if not r.get("gpu_model") and not r.get("gpu_memory_gb") and not r.get("node"):
         return None
     return Gpu(r.get("gpu_model", ""), float(r.get("gpu_memory_gb") or 0), node=r.get("node", ""))
 
