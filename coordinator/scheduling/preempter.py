@@ -174,8 +174,9 @@ class Preempter:
         now = self.clock()
         records = active_records(self.conn, self.keys)
         fences = {job_id: r.get("fence", "") for job_id, r in records}
-        if not any(r.get("state") in SLOT_STATES for _, r in records):
-            return Decision(), fences, [], []  # nothing to preempt or wait for: no need to rank every config
+        if not any(r.get("state") in SLOT_STATES for _, r in records) or not (
+                self.preemption.enabled or self._multi_gpu()):
+            return Decision(), fences, [], []  # nothing to preempt or reserve: no need to rank every config
         ranked = self.scheduler.ranked(preemption_notes={})  # `candidates` reads no notes: no second read
         by_config = {p.config_key: p for p in ranked}
         gpus = self.settings.gpus
@@ -214,6 +215,11 @@ class Preempter:
             if (r := by_job.get(c.job_id)) is not None:
                 queued[i] = replace(c, reserved_node=r.node, reservation_due=now >= r.start_at + grace_s)
         return made
+
+    def _multi_gpu(self) -> bool:
+        """Whether some board or config asks for several GPUs (only those make reservations)."""
+        gpus = self.settings.gpus
+        return any((r.gpus or 1) > 1 for r in (*gpus.boards.values(), *gpus.per_config.values()))
 
     def _idle_gpus(self, free_slots: int) -> int | list[Gpu | None]:
         """The idle GPUs: how many, or with GPU requirements set (and a lease view), each one's GPU

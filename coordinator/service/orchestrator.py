@@ -200,8 +200,8 @@ class TrainingOrchestrator:
         self._slots = None
         self._rescore(None)
         created = self.dispatch()
-        if self.settings.preemption.enabled:  # no slot for a more urgent config: a running job yields
-            self.preempter.tick(max(0, self.total_slots() - self.preempter.held_slots()))
+        # Reservations for multi-GPU jobs; with preemption on, a running job yields to a more urgent config.
+        self.preempter.tick(max(0, self.total_slots() - self.preempter.held_slots()))
         return created
 
     def _rescore(self, config_keys: list[str] | None) -> None:
