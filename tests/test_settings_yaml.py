@@ -124,7 +124,8 @@ def every_setting_changed() -> Settings:
             speed_smoothing=0.5, faster_margin=1.5, master_port_base=30000, backfill="hold",
             reservation_grace_minutes=5.0),
         nodes=NodeSettings(notice_file="/run/ringrift/termination", notice_url="http://127.0.0.1:8500/notice",
-                           notice_poll_s=1.0),
+                           notice_poll_s=1.0, ephemeral_lifetime_hours=4.0, long_training_share=0.25,
+                           checkpoint_interval_stable=2, checkpoint_interval_ephemeral=3),
         hosts={"gpu-a": 2, "gpu-b": HostGpus(4, gpu="RTX 4090", gpu_memory_gb=24.0, ephemeral=True)})
 
 

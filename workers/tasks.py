@@ -342,6 +342,8 @@ def _record_gpu(store: JobStore, settings: Settings, record: Mapping[str, str], 
         registered = made if made is not None else gpu_inventory.current()
     speed = speed_text(store.conn, store.keys, settings, record, slot_gpu(registered)) if registered else ""
     fields, size = attempt_gpu(registered, settings, record, resumes, speed)
+    ephemeral = bool(registered and registered.inventory.ephemeral)
+    fields["checkpoint_interval"] = settings.nodes.checkpoint_interval(ephemeral)  # per node class
     if lease is not None and lease.devices:
         values = gpu_values(lease.devices, settings.gpus.master_port_base)
         fields.update(gpu_devices=values["devices"], gpus_held=values["gpus"], master_port=values["master_port"])

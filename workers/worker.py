@@ -59,7 +59,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -74,7 +75,7 @@ from coordinator.core.gpu_requirements import Gpu, from_spec, node_meets
 from coordinator.core.keys import TRAINING_QUEUE, Keys
 from coordinator.core.settings import GpuRequirement, RedisSettings, worker_settings
 from coordinator.ops.status import WORKER_NODE_FIELD
-from coordinator.scheduling.placement import SlotGpu, better_elsewhere, job_workload
+from coordinator.scheduling.placement import SlotGpu, better_elsewhere, better_node_class, job_workload
 from coordinator.scheduling.speeds import table_from
 from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import SLOT_STATES, active_records, eta_s
@@ -100,13 +101,16 @@ def better_gpus(conn: redis.Redis, prefix: str, job_id: str, me: SlotGpu, worker
     record = dict(zip(RECORD_FIELDS, (v.decode() if v else "" for v in conn.hmget(keys.job(job_id), *RECORD_FIELDS))))
     if not record["config_key"]:
         return []
-    gpus = worker_settings(record).gpus
+    settings = worker_settings(record)
+    gpus = settings.gpus
     try:
         requirement = gpus.requirement_for(record["config_key"])
     except EventError:
         requirement = GpuRequirement()
     store = GpuStore(conn, keys)
-    others = [SlotGpu(g, cost) for name, g, cost in store.idle(now, IDLE_MAX_AGE_S) if name != worker]
+    ephemeral = _ephemeral_nodes(store)
+    others = [SlotGpu(g, cost, ephemeral=ephemeral(g.node)) for name, g, cost in store.idle(now, IDLE_MAX_AGE_S)
+              if name != worker]
     for _, r in active_records(conn, keys):
         eta = eta_s(r, now) if r.get("state") in SLOT_STATES and r.get("gpu_model") else None
         if eta is not None:
@@ -115,7 +119,25 @@ def better_gpus(conn: redis.Redis, prefix: str, job_id: str, me: SlotGpu, worker
                                   inventory.cost_per_hour if inventory else None, max(eta, 1.0)))
     job = job_workload(record)
     table = table_from(SpeedStore(conn, keys).read(), gpus.classes, gpus.speed_priors)
-    return better_elsewhere(me, others, requirement, gpus.classes, table, job, gpus.faster_margin)
+    faster = better_elsewhere(me, others, requirement, gpus.classes, table, job, gpus.faster_margin)
+    if faster:
+        return faster
+    lifetime_s = store.lifetime_hours(settings.nodes.ephemeral_lifetime_hours) * 3600
+    return better_node_class(replace(me, ephemeral=ephemeral(me.gpu.node)), others, requirement, gpus.classes,
+                             table, job, gpus.faster_margin, lifetime_s, settings.nodes.long_training_share)
+
+
+def _ephemeral_nodes(store: GpuStore) -> Callable[[str], bool]:
+    """Whether a node is ephemeral, by its stored inventory (read once per node)."""
+    seen: dict[str, bool] = {}
+
+    def ephemeral(node: str) -> bool:
+        if node not in seen:
+            inventory = store.node(node)
+            seen[node] = bool(inventory and inventory.ephemeral)
+        return seen[node]
+
+    return ephemeral
 
 
 KEEP, TO_IDLE, TO_BUSY = "keep", "to_idle", "to_busy"
@@ -344,6 +366,10 @@ class TrainingWorker(Worker):
             job = self.get_current_job()
             prefix = job.args[1] if job is not None and len(job.args) > 1 else prefix  # the job's keys
             node_notice.write_notice(self.connection, Keys(prefix), self.name, "sigterm")
+            registered = gpu_inventory.current()
+            if registered is not None:  # the host's life ends: placement learns how long ephemeral hosts live
+                GpuStore(self.connection, Keys(prefix)).end_of_life(registered.slot.node,
+                                                                    RedisClock(self.connection)())
             self.log.warning("Worker %s: SIGTERM on an ephemeral host: termination notice for job %s", self.name,
                              job.id if job is not None else "(none)")
         except redis.RedisError as exc:  # its lease then expires as for a node that vanished

@@ -199,6 +199,11 @@ class Keys:
         return f"{self.prefix}:{{lease}}:gpu_nodes"
 
     @property
+    def ephemeral_lifetime(self) -> str:
+        """Observed lifetimes of ephemeral hosts: mean_h (exponential mean), count, last_h."""
+        return f"{self.prefix}:{{lease}}:ephemeral_lifetime"
+
+    @property
     def gpu_idle(self) -> str:
         """Idle workers' GPUs (JSON member: node, slot, model, memory_gb, cost_per_hour, worker) ->
         unix time each last said it was idle (coordinator/stores/gpus.py)."""

@@ -389,6 +389,25 @@ class NodeSettings:
         None, "A local URL that answers 200 with a body other than empty/false/0 once termination is "
               "announced, e.g. a metadata service's spot notice (null: none polled)")
     notice_poll_s: float = _setting(2.0, "How often a training on an ephemeral host looks for that notice")
+    ephemeral_lifetime_hours: float = _setting(
+        8.0, "An ephemeral host's expected lifetime until lifetimes are observed (from a worker's start to its "
+             "host's notice, averaged)")
+    long_training_share: float = _setting(
+        0.5, "A training expected to run longer than this share of that lifetime prefers an idle stable GPU to "
+             "an ephemeral one; a shorter one, an idle ephemeral GPU to a stable one")
+    checkpoint_interval_stable: int = _setting(
+        1, "The trainer's {checkpoint_interval} (epochs between checkpoints) on a stable host")
+    checkpoint_interval_ephemeral: int = _setting(
+        1, "The trainer's {checkpoint_interval} on an ephemeral host (what a notice without grace loses)")
+
+    def __post_init__(self) -> None:
+        if self.ephemeral_lifetime_hours <= 0 or not 0 < self.long_training_share:
+            raise ValueError("ephemeral_lifetime_hours and long_training_share must be > 0")
+        if self.checkpoint_interval_stable < 1 or self.checkpoint_interval_ephemeral < 1:
+            raise ValueError("checkpoint intervals must be >= 1 epoch")
+
+    def checkpoint_interval(self, ephemeral: bool) -> int:
+        return self.checkpoint_interval_ephemeral if ephemeral else self.checkpoint_interval_stable
 
 
 class HostGpus(int):

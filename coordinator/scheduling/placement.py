@@ -71,6 +71,7 @@ class SlotGpu:
     gpu: Gpu
     cost_per_hour: float | None = None
     free_in_s: float = 0.0
+    ephemeral: bool = False  # on an ephemeral host (it may go away with little notice)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,32 @@ def better_elsewhere(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuReq
         theirs = expected_finish(other, speeds, job, classes)
         measured = mine_timed and speeds.timed(job.name, class_key(other.gpu, classes))
         if rank < my_rank or (measured and theirs * margin <= mine) or (theirs <= mine and _cost(other) < _cost(me)):
+            out.append(other)
+    return out
+
+
+def better_node_class(me: SlotGpu, others: Iterable[SlotGpu], requirement: GpuRequirement,
+                      classes: Mapping[str, GpuClass], speeds: SpeedTable, job: Workload, margin: float,
+                      lifetime_s: float, long_share: float) -> list[SlotGpu]:
+    """The idle GPUs of the other node class `job` should rather go to than `me`: a long training
+    (expected to run more than `long_share` of an ephemeral host's expected lifetime `lifetime_s`)
+    on an ephemeral GPU goes to a stable one, a shorter one on a stable GPU to an ephemeral one
+    (keeping the stable GPUs for the trainings a vanishing host would cut). Only to a GPU that fits
+    it and is not expected slower: of the same class, or both speeds timed and its finish within
+    `margin`. None when the run time is unknown (no move on a guess) or for a multi-GPU job."""
+    run_s = expected_run_s(speeds, job, me.gpu, classes)
+    if gpus_needed(requirement) > 1 or run_s is None:
+        return []
+    if (run_s > long_share * lifetime_s) != me.ephemeral:
+        return []  # a long training on a stable GPU, a short one on an ephemeral GPU: where each belongs
+    mine_cls = class_key(me.gpu, classes)
+    out = []
+    for other in others:
+        if other.free_in_s > 0 or other.ephemeral == me.ephemeral or not meets(other.gpu, requirement, classes):
+            continue
+        cls = class_key(other.gpu, classes)
+        timed = speeds.timed(job.name, cls) and speeds.timed(job.name, mine_cls)
+        if cls == mine_cls or (timed and expected_finish(other, speeds, job, classes) <= run_s * margin):
             out.append(other)
     return out
 

@@ -24,11 +24,13 @@ import redis
 
 from coordinator.core.gpu_requirements import Gpu
 from coordinator.core.keys import Keys
+from coordinator.core.lua import script
 from coordinator.core.settings import HostGpus
 from coordinator.core.text import decode_hash
 
 NVML, ENV, HOSTS = "nvml", "env", "hosts"  # where an inventory came from, most trusted first
 DETECTED = frozenset({NVML, ENV})
+LIFETIME_WEIGHT = 0.3  # the newest lifetime's weight in the observed mean
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,7 @@ class GpuStore:
     def __init__(self, conn: redis.Redis, keys: Keys) -> None:
         self.conn = conn
         self.keys = keys
+        self._end_of_life = script(conn, "node_lifetime.lua")
 
     def register_worker(self, inventory: NodeInventory, slot: Slot, now: float) -> None:
         """A starting worker's node inventory (unless it only has a declaration and the node has a
@@ -101,6 +104,7 @@ class GpuStore:
             if not keep_node:
                 pipe.hset(node_key, mapping={**inventory.fields(), "updated_at": f"{now:.3f}"})
             pipe.sadd(self.keys.gpu_nodes, inventory.node)
+            pipe.hsetnx(node_key, "up_since", f"{now:.3f}")  # this life of the host (`end_of_life`)
             pipe.hset(self.keys.gpu_slot(slot.node, slot.name), mapping=slot_fields)
             pipe.sadd(self.keys.gpu_slots(slot.node), slot.name)
             pipe.execute()
@@ -121,6 +125,19 @@ class GpuStore:
                 pipe.sadd(self.keys.gpu_nodes, node)
             pipe.execute()
         return written
+
+    # -- ephemeral hosts' lifetimes (placement: long trainings prefer stable hosts) -----------------
+    def end_of_life(self, node: str, now: float, weight: float = LIFETIME_WEIGHT) -> float | None:
+        """`node` got its termination notice: its life (since its first worker of this life
+        registered) joins the observed lifetimes; the hours, None when counted already."""
+        hours = self._end_of_life(keys=[self.keys.gpu_node(node), self.keys.ephemeral_lifetime],
+                                  args=[f"{now:.3f}", repr(weight)])
+        return float(hours) if hours else None
+
+    def lifetime_hours(self, prior_hours: float) -> float:
+        """Ephemeral hosts' expected lifetime: the observed mean, else `prior_hours`."""
+        mean = self.conn.hget(self.keys.ephemeral_lifetime, "mean_h")
+        return float(mean) if mean else prior_hours
 
     # -- idle GPUs (placement: a slower free GPU leaves a job to a faster idle one) ------------------
     def mark_idle(self, gpu: Gpu, cost_per_hour: float | None, worker: str, now: float, max_age_s: float) -> None:

@@ -38,7 +38,7 @@ PLACEHOLDERS = frozenset({
     "python", "board_type", "num_players", "config_key", "npz_path", "epochs", "batch_size",
     "learning_rate", "patience", "output_dir", "model_path", "checkpoint_dir", "init_weights",
     "resume", "samples", "job_id", "attempt", "gpu_model", "gpu_memory_gb", "gpu_class",
-    "gpus", "nproc_per_node", "devices", "master_port",
+    "gpus", "nproc_per_node", "devices", "master_port", "checkpoint_interval",
 })
 # What the reference trainer (workers.train, workers.stub_train) takes after its module name.
 # `--init-weights` is last so that without a parent model the list is exactly the old one.
@@ -143,6 +143,8 @@ def record_values(record: Mapping[str, str], paths: AttemptPaths, attempt: int,
         "init_weights": init_weights, "resume": resume,
         "gpu_model": record.get("gpu_model"), "gpu_memory_gb": record.get("gpu_memory_gb"),
         "gpu_class": record.get("gpu_class"),
+        # Epochs between checkpoints: `nodes.checkpoint_interval_stable` / `_ephemeral`, by the attempt's host.
+        "checkpoint_interval": record.get("checkpoint_interval") or 1,
     }
 
 
