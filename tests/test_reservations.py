@@ -72,7 +72,7 @@ def test_the_store_admits_the_reserved_job_short_jobs_with_backfill_and_one_job_
     assert store.admit("n", "unknown", None).job_id == "gang"
     assert store.admit("m", "short", NOW + 60).job_id == "g2"  # hold: no backfill
     assert store.admit("elsewhere", "long", None) is None
-    assert not store.drop("n", "someone-else") and store.drop("n", "gang")
+    assert not store.drop("someone-else") and store.drop("gang")
     assert set(store.all()) == {"m"}
     store.replace([])
     assert store.all() == {}

@@ -149,7 +149,7 @@ def run_training(job_id: str, prefix: str) -> dict[str, Any]:
         log.info("job %s deferred: %s", job_id, exc)
         return {"job_id": job_id, "deferred": exc.reason, "detail": exc.detail}
     if lease.gpus > 1:
-        _drop_reservation(conn, keys, node, job_id)
+        _drop_reservation(conn, keys, job_id)
     run: TrainingRun | None = None
     try:
         resume, resumed_epoch = job_checkpoint(record)
@@ -198,9 +198,9 @@ def reservation_refusal(conn: redis.Redis, keys: Keys, settings: Settings, recor
     return f"node {node} reserved for {r.config_key} ({r.gpus} GPUs) from {start} UTC; this job ({ends}) ends later"
 
 
-def _drop_reservation(conn: redis.Redis, keys: Keys, node: str, job_id: str) -> None:
+def _drop_reservation(conn: redis.Redis, keys: Keys, job_id: str) -> None:
     try:
-        ReservationStore(conn, keys).drop(node, job_id)
+        ReservationStore(conn, keys).drop(job_id)
     except redis.RedisError:  # the next tick replaces it
         pass
 

@@ -64,5 +64,6 @@ class ReservationStore:
         raw = self._admit(keys=[self.keys.reservations], args=[node, job_id, "" if ends_at is None else repr(ends_at)])
         return Reservation.from_json(raw) if raw else None
 
-    def drop(self, node: str, job_id: str) -> bool:
-        return bool(self._drop(keys=[self.keys.reservations], args=[node, job_id]))
+    def drop(self, job_id: str) -> bool:
+        """The job started: its reservation goes, whichever node it reserved."""
+        return bool(self._drop(keys=[self.keys.reservations], args=[job_id]))
