@@ -59,6 +59,17 @@ def test_only_fitting_gpus_of_one_node_count_and_an_unknown_end_is_never_planned
     assert plan([Waiting("j", "hexagonal_2p", BIG_DUO)], cluster, FITS, NOW, HOLD)[0].mode == HOLD
 
 
+def test_a_job_that_keeps_its_node_keeps_the_promised_start_while_the_estimates_slip():
+    late = [(gpu("a", 0), NOW + 3 * HOUR), (gpu("a", 1), NOW + 3 * HOUR), (gpu("b", 0), NOW + 9 * HOUR),
+            (gpu("b", 1), NOW + 9 * HOUR)]
+    promise = Reservation("j", "square19_2p", "a", 2, NOW + HOUR, 0)  # an hour ago a's GPUs were due now
+    (r,) = plan([Waiting("j", "square19_2p", DUO)], late, FITS, NOW, before={"j": promise})
+    assert (r.node, r.start_at, r.promised_at) == ("a", NOW + 3 * HOUR, NOW + HOUR)
+    moved = [(gpu("a", 0), NOW + 12 * HOUR), (gpu("a", 1), NOW + 12 * HOUR), *late[2:]]
+    (r,) = plan([Waiting("j", "square19_2p", DUO)], moved, FITS, NOW, before={"j": promise})
+    assert (r.node, r.promised_at) == ("b", NOW + 9 * HOUR)  # another node: a new promise
+
+
 def test_the_store_admits_the_reserved_job_short_jobs_with_backfill_and_one_job_per_spare_gpu():
     conn, keys = fakeredis.FakeRedis(), Keys("t")
     store = ReservationStore(conn, keys)
@@ -66,7 +77,7 @@ def test_the_store_admits_the_reserved_job_short_jobs_with_backfill_and_one_job_
                    Reservation("g2", "square19_3p", "m", 2, NOW + HOUR, 0, HOLD)])
     assert json.loads(conn.hget(keys.reservations, "n"))["job_id"] == "gang"  # plain JSON for redis-cli
     assert store.admit("n", "gang", None) is None
-    assert store.admit("n", "short", NOW + HOUR - 1) is None  # ends before the reservation: backfill
+    assert store.admit("n", "short", NOW + HOUR - 1) is None  # ends before the promised start: backfill
     assert store.admit("n", "long", NOW + 2 * HOUR) is None  # takes the one spare GPU
     assert store.admit("n", "long2", NOW + 2 * HOUR).job_id == "gang"  # none left
     assert store.admit("n", "unknown", None).job_id == "gang"

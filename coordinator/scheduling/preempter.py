@@ -208,12 +208,13 @@ class Preempter:
         known += [(j.gpu, j.ends_at if j.ends_at is not None else float("inf"))
                   for j in running if j.gpu is not None for _ in range(j.gpus)]
         fits = Fits(self.settings.gpus.classes)
-        made = plan(gangs, known, fits, now, self.settings.gpus.backfill)
+        before = {r.job_id: r for r in self.reservations.all().values()}
+        made = plan(gangs, known, fits, now, self.settings.gpus.backfill, before)
         grace_s = self.settings.gpus.reservation_grace_minutes * 60.0
         by_job = {r.job_id: r for r in made}
         for i, c in enumerate(queued):
             if (r := by_job.get(c.job_id)) is not None:
-                queued[i] = replace(c, reserved_node=r.node, reservation_due=now >= r.start_at + grace_s)
+                queued[i] = replace(c, reserved_node=r.node, reservation_due=now >= r.promised_at + grace_s)
         return made
 
     def _multi_gpu(self) -> bool:

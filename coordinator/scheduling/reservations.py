@@ -7,15 +7,18 @@ cluster with the time it is expected free (now when idle; a running training's e
 - each waiting job takes the node whose N-th GPU that fits it frees first (N: its `gpus`; ties: the
   node's name), and those N GPUs are set aside for it (a later job of the line plans around them);
 - `start_at` is that time; `spare` is how many more of the node's GPUs are expected free by then,
-  i.e. how many other jobs may still start there without delaying it.
+  i.e. how many other jobs may still start there without delaying it; `promised_at` is the start
+  expected when the job first reserved that node (kept on every later tick while it keeps the node:
+  estimates slip as trainings run late, the promise does not).
 
 What a worker on a reserved node may start (`coordinator/stores/reservation_admit.lua`): the reserved
-job itself; with `backfill`, a job expected to end before `start_at` (its expected run time on
+job itself; with `backfill`, a job expected to end before `promised_at` (its expected run time on
 that GPU from the learned speeds, `coordinator/scheduling/speeds.py`); any job while `spare` > 0
 (each one takes one); else none: the job is deferred and another node takes it. So the reserved job
-starts by `start_at`, unless the trainings there run past their expected end: `reservation_grace_minutes`
-after `start_at` the preemption rule asks them to yield at a checkpoint (`preemption_rule` rule 5),
-which bounds its wait by the node's expected free time plus one checkpoint interval.
+starts by `promised_at`, unless the trainings there run past their expected end:
+`reservation_grace_minutes` after `promised_at` the preemption rule asks them to yield at a
+checkpoint (`preemption_rule` rule 5), which bounds its wait by the node's expected free time
+plus the grace and one checkpoint interval.
 
 The preempter plans on every tick and replaces the stored reservations (a started job's goes; the
 estimates are refreshed). `backfill: off` plans none.
@@ -23,7 +26,7 @@ estimates are refreshed). `backfill: off` plans none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from coordinator.core.gpu_requirements import Gpu
@@ -41,9 +44,11 @@ class Waiting:
 
 
 def plan(waiting: Sequence[Waiting], gpus: Sequence[tuple[Gpu, float]],
-         fits: Callable[[GpuRequirement, Gpu], bool], now: float, mode: str = BACKFILL) -> list[Reservation]:
+         fits: Callable[[GpuRequirement, Gpu], bool], now: float, mode: str = BACKFILL,
+         before: Mapping[str, Reservation] | None = None) -> list[Reservation]:
     """The reservations for `waiting` (module docstring), given each known GPU with the unix time it
-    is expected free (`float('inf')`: unknown); none with mode OFF."""
+    is expected free (`float('inf')`: unknown); none with mode OFF. `before`: the stored ones, by
+    job id: a job that keeps its node keeps the start promised when it first reserved it."""
     if mode == OFF:
         return []
     left = [(g, max(free_at, now)) for g, free_at in gpus]
@@ -63,5 +68,7 @@ def plan(waiting: Sequence[Waiting], gpus: Sequence[tuple[Gpu, float]],
         for entry in taken:
             left.remove(entry)
         spare = sum(1 for g, free_at in left if g.node == node and free_at <= start_at)
-        made.append(Reservation(w.job_id, w.config_key, node, n, start_at, spare, mode))
+        kept = (before or {}).get(w.job_id)
+        promised_at = kept.promised_at if kept is not None and kept.node == node else start_at
+        made.append(Reservation(w.job_id, w.config_key, node, n, start_at, spare, mode, promised_at))
     return made

@@ -1,8 +1,8 @@
 -- May job ARGV[2] start on node ARGV[1], given the node's reservation (`scheduling/reservations.py`)?
--- KEYS[1] reservations hash (node -> JSON: job_id, start_at, spare, mode)
+-- KEYS[1] reservations hash (node -> JSON: job_id, promised_at, spare, mode)
 -- ARGV[1] node   ARGV[2] job id   ARGV[3] unix time the job is expected to end ('' unknown)
 -- Returns '' when it may (no reservation; the reserved job; with mode backfill, one that ends by
--- start_at; else one of the `spare` GPUs, taken here), else the reservation's JSON.
+-- promised_at; else one of the `spare` GPUs, taken here), else the reservation's JSON.
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 if not raw then
   return ''
@@ -12,7 +12,7 @@ if r.job_id == ARGV[2] then
   return ''
 end
 local ends_at = tonumber(ARGV[3])
-if r.mode == 'backfill' and ends_at and ends_at <= r.start_at then
+if r.mode == 'backfill' and ends_at and ends_at <= r.promised_at then
   return ''
 end
 if r.spare > 0 then

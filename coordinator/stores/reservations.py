@@ -28,7 +28,14 @@ class Reservation:
     gpus: int
     start_at: float
     spare: int  # the node's other GPUs expected free by start_at: other jobs may still take these
-    mode: str = BACKFILL  # BACKFILL: a job that ends before start_at may also start there; HOLD: not
+    mode: str = BACKFILL  # BACKFILL: a job that ends before promised_at may also start there; HOLD: not
+    # The start first expected when the job reserved this node: kept while it waits for it (the
+    # bound: estimates that slip never move it), so trainings running late are asked to yield.
+    promised_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.promised_at:
+            object.__setattr__(self, "promised_at", self.start_at)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
