@@ -87,3 +87,19 @@ def test_priorities_written_to_a_pipe_keep_every_cell_whole(fake_conn, keys, mak
     text = capsys.readouterr().out
     assert "…" not in text
     assert all(key in text for key in LONG_CONFIGS)
+
+
+def test_status_shows_a_nodes_reservation_for_a_waiting_multi_gpu_job(fake_conn, keys, make_settings):
+    from coordinator.stores.reservations import Reservation, ReservationStore
+
+    worker = Worker(["training"], name="duo-gpu0", connection=fake_conn)
+    worker.register_birth()
+    fake_conn.hset(worker.key, WORKER_NODE_FIELD, "duo")
+    ReservationStore(fake_conn, keys).replace([Reservation("job-7", "square19_2p", "duo", 2, 1_800_000_000.0, 0)])
+    status = gather(fake_conn, make_settings())
+    assert [(r["node"], r["job_id"], r["promised_at"]) for r in status["reservations"]] == [
+        ("duo", "job-7", 1_800_000_000.0)]
+    out = io.StringIO()
+    print_status(status, console=wide_console(out))
+    assert "reserved: square19_2p (2 GPUs) from " + time.strftime("%H:%M", time.localtime(1_800_000_000)) \
+        in out.getvalue()

@@ -16,6 +16,7 @@ each worker its `gpu_slot` and `gpu`.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import redis
@@ -32,6 +33,7 @@ from coordinator.stores.breakers import describe, list_breakers
 from coordinator.stores.gpus import GpuStore
 from coordinator.stores.job_records import eta_s, pending_preemptions, training_queues
 from coordinator.stores.leases import LeaseManager
+from coordinator.stores.reservations import ReservationStore
 
 RECENT_EVENTS_SCANNED = 2000
 Breakers = dict[tuple[str, str], dict[str, Any]]  # (kind, name) -> the breaker `describe`d
@@ -61,6 +63,7 @@ def gather(conn: redis.Redis, settings: Settings, failures: int = 5) -> dict[str
         "queue": {"depth": sum(queues.values()), "queues": queues,
                   "delayed": conn.zcard(keys.delayed_jobs), "active": conn.hlen(keys.active)},
         "nodes": _nodes(conn, keys, leases, held, workers, breakers, GpuStore(conn, keys).inventory()),
+        "reservations": [asdict(r) for r in ReservationStore(conn, keys).all().values()],
         "workers": workers,
         "failures": _failures(conn, keys, failures),
     }

@@ -98,8 +98,12 @@ def _nodes(status: dict[str, Any], fill: bool) -> Table:
     for column in ("node", "status", "breaker", "slots", "GPU", "worker", "slot", "worker's GPU", "state", "heartbeat"):
         table.add_column(column, no_wrap=True)
     workers = {w["name"]: w for w in status["workers"]}
+    reserved = {r["node"]: r for r in status.get("reservations", [])}
     for n in status["nodes"]:
         health = n["status"] if n["status"] == "healthy" else f"[red]{n['status']}[/red]"
+        if (r := reserved.get(n["node"])) is not None:
+            health += (f" [yellow]reserved: {r['config_key']} ({r['gpus']} GPUs) from "
+                       f"{time.strftime('%H:%M', time.localtime(r['promised_at']))}[/yellow]")
         node_cells = [n["node"], health if n["listed"] else f"{health} (not in hosts)", _breaker(n),
                       f"{n['in_use']}/{n['gpus']}", _node_gpu(n)]
         for w in [workers[name] for name in n["workers"]] or [None]:
