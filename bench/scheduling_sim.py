@@ -57,9 +57,22 @@ out-of-memory placements, GPU-hours they and the vanished hosts wasted, worst wa
 an export to the first published model trained on it, the share of the >= 40 GB GPUs' hours spent
 on small boards, and weighted Elo per GPU-hour present (an absent ephemeral host's hours excluded).
 
+Multi-GPU ("gang") trainings (`--cluster ringrift-gang`, issue 27): hosts of 1-4 GPUs, hexagonal
+on 2 GPUs of one node and hexagonal_4p on 4 (`sim_cluster.GANG_BOARDS`), the simulated workers
+running them as `run_training` does (reservation check, N-GPU lease, reservation dropped, the
+gang's other workers idle; `bench/sim_workers.py`); the placements `gang-backfill`, `gang-hold` and
+`gang-off` differ only in `gpus.backfill`. Per gang job's wait (`GangWait`): when it waited from
+(its job queued, resumed or stopped), when the preempter first reserved a node for it and the
+reservation's `start_at` then (read from `Keys.reservations`: the node's expected free time), the
+checkpoint interval (the longest epoch of the attempts on that node then), and when it started. The
+bound: it starts by `start_at` + one checkpoint interval (+ `gpus.reservation_grace_minutes` and one
+tick: the preempter sees a due reservation at its next tick). And the GPU-hours busy and idle, while
+a gang job was queued, on the nodes reserved for one and on every node that could run one.
+
     python -m bench.scheduling_sim                          # both workloads, 2/3/4/8 GPUs, 1 seed
     python -m bench.scheduling_sim --cluster ringrift-contended,ringrift-roomy   # 2 x 3 placements, 3 days
     python -m bench.scheduling_sim --workload ringrift --gpus 4 --seeds 3
+    python -m bench.scheduling_sim --cluster ringrift-gang  # gang-backfill, gang-hold, gang-off, 3 days
     python -m bench.scheduling_sim --quick                  # a smoke test (seconds)
 """
 
@@ -80,6 +93,7 @@ import redis
 
 from bench.sim_cluster import (
     CLUSTERS,
+    GANG_PLACEMENTS,
     HEALTH_DELAY_S,
     PLACEMENTS,
     SMALL_BOARDS,
@@ -94,15 +108,18 @@ from bench.sim_workers import Attempt, Counters, Workers
 from bench.sim_world import DATA_ROOT, MODELS_ROOT, RESUME_OVERHEAD_H, WORKLOADS, World, cluster
 from coordinator.bus import events as ev
 from coordinator.core.clock import ManualClock
-from coordinator.core.gpu_requirements import Gpu
-from coordinator.core.job_states import FINAL_STATES
+from coordinator.core.gpu_requirements import Gpu, gpus_needed
+from coordinator.core.job_states import FINAL_STATES, QUEUED
 from coordinator.core.settings import Settings
+from coordinator.scheduling.placement import requirement_of
 from coordinator.scheduling.speeds import class_key, table_from
 from coordinator.service import metrics as metrics_module
 from coordinator.service import orchestrator as orchestrator_module
 from coordinator.service.orchestrator import TrainingOrchestrator
 from coordinator.stores import leases as leases_module
 from coordinator.stores.gpus import GpuStore
+from coordinator.stores.job_records import SLOT_STATES
+from coordinator.stores.reservations import Reservation
 from coordinator.stores.speeds import SpeedStore
 from workers.tasks import slot_gpu
 
@@ -192,6 +209,55 @@ class SpeedRow:
 
 
 @dataclass
+class GangWait:
+    """One wait of a multi-GPU job for its GPUs: from its job queued (or resumed, or stopped) to its
+    attempt's start (None: still waiting at the end)."""
+
+    job_id: str
+    config_key: str
+    gpus: int
+    since: float  # sim unix s
+    reserved_at: float | None = None  # the preempter's first reservation of a node for it
+    node: str = ""  # that reservation's node
+    start_at: float | None = None  # its `start_at` then: the node's expected free time
+    checkpoint_s: float = 0.0  # the longest epoch of the attempts on that node then
+    nodes: set[str] = field(default_factory=set)  # every node reserved for it meanwhile
+    started_at: float | None = None
+    started_node: str = ""
+
+    def wait_h(self, end: float) -> float:
+        return ((self.started_at if self.started_at is not None else end) - self.since) / HOUR
+
+    def past_bound_s(self, end: float) -> float | None:
+        """Seconds it started (or, still waiting, the run ended) past `start_at` + one checkpoint
+        interval (<= 0: within the bound); None without a reservation."""
+        if self.start_at is None:
+            return None
+        return (self.started_at if self.started_at is not None else end) - self.start_at - self.checkpoint_s
+
+
+@dataclass
+class Gang:
+    """A multi-GPU run's figures: each gang job's waits, and GPU-hours while one was queued."""
+
+    waits: list[GangWait]
+    allowance_s: float  # `reservation_grace_minutes` + one tick: the latency of the due reservation's yield
+    end: float
+    reserved_busy_h: float = 0.0  # GPU-hours busy on nodes reserved for a queued gang job
+    reserved_idle_h: float = 0.0
+    capable_busy_h: float = 0.0  # the same on every node with enough GPUs for a queued gang job
+    capable_idle_h: float = 0.0
+    queued_h: float = 0.0  # hours at least one gang job was queued
+
+    def judged(self) -> list[GangWait]:
+        return [w for w in self.waits if w.start_at is not None]
+
+    def violations(self) -> list[GangWait]:
+        """Waits that ended (or the run ended) later than the bound plus the allowance."""
+        return [w for w in self.judged() if (w.past_bound_s(self.end) or 0.0) > self.allowance_s]
+
+
+@dataclass
 class Hetero:
     """A heterogeneous run's figures besides `Result`'s."""
 
@@ -210,6 +276,7 @@ class Hetero:
     handed_back_jobs: int = 0  # distinct jobs put back at least once
     timed_epochs: int = 0  # progress entries with an epoch time
     speeds: list[SpeedRow] = field(default_factory=list)  # the learned speeds at the end vs the truth
+    gang: Gang | None = None  # multi-GPU trainings' figures (a placement with `gpus: N` configs)
 
     def share_big_on_small(self) -> float:
         return self.big_on_small_h / self.big_gpu_hours if self.big_gpu_hours else 0.0
@@ -275,6 +342,16 @@ class Simulation:
         self.exported_at: dict[str, list[float]] = {s.key: [] for s in self.specs}
         self.published_seq = {s.key: 0 for s in self.specs}
         self.export_to_model_h: list[float] = []
+        # multi-GPU trainings: config -> its GPUs, and the nodes with that many GPUs that hold it
+        self.gang_configs = {s.key: gpus_needed(requirement_of(self.settings.gpus, s.key)) for s in self.specs}
+        self.gang_configs = {k: n for k, n in self.gang_configs.items() if n > 1 and self.hetero}
+        self.gang_nodes = {k: self._gang_capable(k) for k in self.gang_configs}
+        self.gang_open: dict[str, GangWait] = {}  # job id -> its wait now
+        self.gang_queued: set[str] = set()  # ... of them queued now (in line for GPUs)
+        self.gang_waits: list[GangWait] = []
+        self.reservations: dict[str, Reservation] = {}
+        self.gang = Gang([], (self.settings.gpus.reservation_grace_minutes * 60 + self.tick_s), self.horizon)
+        self.accrued_to = T0
         self.baseline = policy in ("round_robin", "most_new_data", "oracle")
         if self.baseline:
             self.orch.scheduler.get_next_training_config = self._picker()  # type: ignore[method-assign]
@@ -303,6 +380,7 @@ class Simulation:
         self._pump(tick=False)
         while self.events and self.events[0][0] <= self.horizon:
             at, _, kind, data = heapq.heappop(self.events)
+            self._accrue(at)
             self.clock.at = at
             if kind == "export":
                 self._export(*data)
@@ -319,7 +397,9 @@ class Simulation:
             elif kind == "tick":
                 self._push(at + self.tick_s, "tick")
             self._pump(tick=kind in ("tick", "wake"))
+        self._accrue(self.horizon)
         self.clock.at = self.horizon
+        self.gang_waits += self.gang_open.values()
         for key, since in self.wait_since.items():
             if since is not None:
                 self._waited(key, since)
@@ -345,7 +425,8 @@ class Simulation:
         return Hetero(self.cluster, self.placement, sum(present.values()), big, self.big_on_small_h,
                       self.big_board_attempts, self.big_board_misplaced, self.export_to_model_h, open_ages,
                       self.big_board_models, c.hand_backs, c.hand_backs_to_idle, len(self.workers.handed_back),
-                      c.timed_epochs, self._speed_rows())
+                      c.timed_epochs, self._speed_rows(),
+                      replace(self.gang, waits=self.gang_waits) if self.gang_configs else None)
 
     def _speed_rows(self, boards: Sequence[str] = SPEED_BOARDS) -> list[SpeedRow]:
         """What the coordinator learned from the simulated epochs (`SpeedStore`), per board and GPU
@@ -368,6 +449,82 @@ class Simulation:
                 rows.append(SpeedRow(board, cls, table.relative(board, cls, gpu) / base,
                                      "/".join(f"{t:.2f}" for t in truths), table.basis(board, cls)))
         return rows
+
+    # -- multi-GPU trainings ------------------------------------------------------------------------------
+    def _gang_capable(self, key: str) -> set[str]:
+        """The nodes with as many GPUs as `key` needs, each of the memory its requirement asks."""
+        requirement = requirement_of(self.settings.gpus, key)
+        count: dict[str, int] = {}
+        for g in self.sim_gpus:
+            if g.memory_gb >= (requirement.min_memory_gb or 0):
+                count[g.node] = count.get(g.node, 0) + 1
+        return {node for node, n in count.items() if n >= gpus_needed(requirement)}
+
+    def _watch_gangs(self) -> None:
+        """The gang jobs' waits as Redis holds them: each active gang job not on GPUs waits (from
+        now, if it was not yet); the stored reservations (the first one of each wait is its bound)."""
+        if not self.gang_configs:
+            return
+        now = self.clock()
+        with self.conn.pipeline(transaction=False) as pipe:
+            for key in self.gang_configs:
+                pipe.hget(self.keys.active, key)
+            pipe.hgetall(self.keys.reservations)
+            *active, raw = pipe.execute()
+        jobs = {_text(job): key for key, job in zip(self.gang_configs, active) if job}
+        states = {job: _text(self.conn.hget(self.keys.job(job), "state") or b"") for job in jobs}
+        self.gang_queued = set()
+        for job, key in jobs.items():
+            state = states[job]
+            if state in SLOT_STATES or state in FINAL_STATES:
+                continue
+            self.gang_open.setdefault(job, GangWait(job, key, self.gang_configs[key], now))
+            if state == QUEUED:
+                self.gang_queued.add(job)
+        self.reservations = {_text(node): Reservation.from_json(v) for node, v in raw.items()}
+        for r in self.reservations.values():
+            wait = self.gang_open.get(r.job_id)
+            if wait is None:
+                continue
+            wait.nodes.add(r.node)
+            if wait.reserved_at is None:
+                epochs = [run.epoch_s for run in self.workers.running.values() if run is not None
+                          and run.lease.node == r.node]
+                wait.reserved_at, wait.node, wait.start_at = now, r.node, r.start_at
+                wait.checkpoint_s = max(epochs, default=0.0)
+
+    def _gang_started(self, run: Attempt) -> None:
+        wait = self.gang_open.pop(run.job_id, None) or GangWait(
+            run.job_id, run.config_key, self.gang_configs[run.config_key], self.clock())
+        wait.started_at, wait.started_node = self.clock(), run.lease.node
+        self.gang_waits.append(wait)
+        self.gang_queued.discard(run.job_id)
+
+    def _accrue(self, to: float) -> None:
+        """GPU-hours busy and idle from the last event to `to` while a gang job was queued: on the
+        nodes reserved for one, and on every node that could run one."""
+        dt = (min(to, self.horizon) - self.accrued_to) / HOUR
+        self.accrued_to = max(self.accrued_to, min(to, self.horizon))
+        if dt <= 0 or not self.gang_queued:
+            return
+        busy: dict[str, int] = {}
+        for run in self.workers.running.values():
+            if run is not None:
+                busy[run.lease.node] = busy.get(run.lease.node, 0) + run.lease.gpus
+        present: dict[str, int] = {}
+        for g in self.sim_gpus:
+            if g.worker not in self.workers.gone:
+                present[g.node] = present.get(g.node, 0) + 1
+        reserved = {r.node for r in self.reservations.values() if r.job_id in self.gang_queued}
+        capable = set().union(*(self.gang_nodes[self.gang_open[j].config_key] for j in self.gang_queued))
+        g = self.gang
+        g.queued_h += dt
+        for node in reserved:
+            g.reserved_busy_h += busy.get(node, 0) * dt
+            g.reserved_idle_h += max(0, present.get(node, 0) - busy.get(node, 0)) * dt
+        for node in capable:
+            g.capable_busy_h += busy.get(node, 0) * dt
+            g.capable_idle_h += max(0, present.get(node, 0) - busy.get(node, 0)) * dt
 
     def _vanish(self, node: str) -> None:
         for run in self.workers.vanish(node):
@@ -409,6 +566,7 @@ class Simulation:
         self.workers.renew_due()
         if self.settings.preemption.enabled:
             self._wake_ups()
+        self._watch_gangs()
 
     def _unread(self) -> bool:
         """Whether the stream has entries the group has not read: `process_once` then returns at
@@ -458,6 +616,8 @@ class Simulation:
         self.running.add(key)
         self.last_start[key] = self.clock()
         self._push(run.ends_at, "end", run.worker, run.token)
+        if key in self.gang_configs:
+            self._gang_started(run)
         if self.hetero and run.config_key.rsplit("_", 1)[0] not in SMALL_BOARDS:
             self.big_board_attempts += 1
             self.big_board_misplaced += self.workers.gpus[run.worker].memory_gb < memory_need_gb(key)
@@ -550,7 +710,7 @@ class Simulation:
             if state not in FINAL_STATES and job_id not in active:
                 found.append(f"job {job_id} is {state or 'missing'} but not its config's active job")
         c = self.workers.counters
-        for name in ("overlaps", "release_lost", "renew_lost", "not_started"):
+        for name in ("overlaps", "release_lost", "renew_lost", "not_started", "drop_missed", "device_overlaps"):
             if getattr(c, name):
                 found.append(f"{name}: {getattr(c, name)}")
         return found
@@ -704,6 +864,58 @@ def hetero_markdown(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
+GANG_HEADER = ["cluster", "placement (gpus.backfill)", "gang waits (judged: reserved)", "worst wait h",
+               "worst start past expected free + checkpoint, min (allowance)",
+               "waits over the bound (over it + the allowance)",
+               "hours a gang job was queued", "reserved nodes: GPU-h busy / idle",
+               "gang-capable nodes: GPU-h busy / idle",
+               "jobs deferred by a reservation", "preemptions wait/value", "weighted Elo/GPU-h", "trainings"]
+
+
+def gang_cells(r: Result) -> list[str]:
+    h = r.hetero
+    assert h is not None and h.gang is not None
+    g, end = h.gang, h.gang.end
+    past = [w.past_bound_s(end) or 0.0 for w in g.judged()]
+    over = sum(p > 0 for p in past)
+    return [h.cluster, h.placement, f"{len(g.waits)} ({len(g.judged())})",
+            f"{max((w.wait_h(end) for w in g.waits), default=0.0):.1f}",
+            f"{max(past, default=0.0) / 60:.0f} ({g.allowance_s / 60:.0f})", f"{over} ({len(g.violations())})",
+            f"{g.queued_h:.1f}", f"{g.reserved_busy_h:.1f} / {g.reserved_idle_h:.1f}",
+            f"{g.capable_busy_h:.1f} / {g.capable_idle_h:.1f}", str(r.counters.reserved),
+            f"{r.preemptions.get('wait', 0)}/{r.preemptions.get('value', 0)}", f"{r.per_gpu_hour:.2f}",
+            str(r.trainings)]
+
+
+def gang_markdown(results: Sequence[Result]) -> str:
+    """One row per multi-GPU run (`Gang`)."""
+    lines = ["| " + " | ".join(GANG_HEADER) + " |", "|" + "---|" * len(GANG_HEADER)]
+    lines += ["| " + " | ".join(gang_cells(r)) + " |" for r in results if r.hetero and r.hetero.gang]
+    return "\n".join(lines)
+
+
+def gang_waits_markdown(results: Sequence[Result]) -> str:
+    """Each gang job's wait of each multi-GPU run: hours from the run's start."""
+    def at(t: float | None) -> str:
+        return "-" if t is None else f"{(t - T0) / HOUR:.2f}"
+
+    lines = ["| placement | config (GPUs) | waits from h | first reserved h (node) | its expected free h "
+             "| checkpoint min | started h (node) | wait h | past expected free + checkpoint, min |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if not (r.hetero and r.hetero.gang):
+            continue
+        g = r.hetero.gang
+        for w in sorted(g.waits, key=lambda w: w.since):
+            past = w.past_bound_s(g.end)
+            lines.append(f"| {r.hetero.placement} | {w.config_key} ({w.gpus}) | {at(w.since)} | "
+                         f"{at(w.reserved_at)}{f' ({w.node})' if w.node else ''} | {at(w.start_at)} | "
+                         f"{w.checkpoint_s / 60:.0f} | {at(w.started_at)}"
+                         f"{f' ({w.started_node})' if w.started_node else ' (waiting)'} | {w.wait_h(g.end):.1f} | "
+                         f"{'-' if past is None else f'{past / 60:.0f}'} |")
+    return "\n".join(lines)
+
+
 def speeds_markdown(results: Sequence[Result]) -> str:
     """Per run and board: each GPU class's learned speed relative to the H100 class, the world's
     truth in brackets, `*` where the class was never timed on the board (a prior, scaled)."""
@@ -724,8 +936,11 @@ def main_clusters(args: argparse.Namespace) -> int:
     logging.getLogger("coordinator").setLevel(logging.ERROR)  # the reaper's WARNING per vanished attempt
     days = args.days or HETERO_DAYS
     policies = args.policies.split(",") if args.policies else ["coordinator"]
+    clusters = args.cluster.split(",")
+    placements = args.placements.split(",") if args.placements else [
+        p for p in PLACEMENTS if (p in GANG_PLACEMENTS) == ("ringrift-gang" in clusters)]
     with backend(args.redis) as conn:
-        results = compare_clusters(args.cluster.split(","), args.placements.split(","), policies, args.first_seed,
+        results = compare_clusters(clusters, placements, policies, args.first_seed,
                                    days, args.workload if args.workload in WORKLOADS else "ringrift",
                                    args.tick_minutes, lambda line: print(line, file=sys.stderr, flush=True), conn)
     print(f"\n### heterogeneous clusters: seed {args.first_seed}, {days:g} days, workload "
@@ -734,6 +949,13 @@ def main_clusters(args: argparse.Namespace) -> int:
     print(f"\nLearned speeds at the end (relative to the H100's class; timed epochs per run: "
           f"{', '.join(str(r.hetero.timed_epochs) for r in results if r.hetero)})\n")
     print(speeds_markdown(results))
+    if any(r.hetero and r.hetero.gang for r in results):
+        print("\nMulti-GPU trainings: the bound is a start by the reserved node's expected free time (its first "
+              "reservation's start_at) + one checkpoint interval; the allowance adds reservation_grace_minutes + "
+              "one tick\n")
+        print(gang_markdown(results))
+        print("\nEach gang job's wait\n")
+        print(gang_waits_markdown(results))
     problems = 0
     for r in results:
         problems += len(r.problems)
@@ -757,7 +979,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"comma-separated, of {', '.join(CLUSTERS)}: uniform is N identical 1-GPU nodes "
                              "(--gpus); the others RingRift-shaped heterogeneous clusters (bench/sim_cluster.py), "
                              f"compared per placement (--placements), {HETERO_DAYS:g} days by default")
-    parser.add_argument("--placements", default=",".join(PLACEMENTS), help="comma-separated placement policies")
+    parser.add_argument("--placements", default="",
+                        help=f"comma-separated placement policies, of {', '.join(PLACEMENTS)} (default: the gang-* "
+                             "ones with ringrift-gang, else the others)")
     parser.add_argument("--tick-minutes", type=float, default=10.0,
                         help="the periodic tick on the simulated clock (exact wake-ups besides)")
     parser.add_argument("--redis", choices=("server", "fake"), default="server",

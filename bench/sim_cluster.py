@@ -13,6 +13,12 @@ as a real worker without NVML does (`workers.gpu_inventory.register`).
 - `ringrift-contended`: 9 GPUs for 12 configs, 3 of them >= 40 GB (GH200, H100, A100-80), six
   of 20-32 GB (a 4x RTX 4090 vast.ai host and an RTX 5090, both ephemeral; a 20 GB vGPU).
 - `ringrift-roomy`: 28 GPUs, 8 of them >= 40 GB.
+- `ringrift-gang`: 19 GPUs on multi-GPU hosts (4x H100, 2x A100-80, 2x L40S, a GH200; 4x RTX 4090,
+  4x RTX 3090 and an RTX 5090 on ephemeral vast.ai hosts; a 20 GB vGPU), for multi-GPU trainings:
+  its placements (`gang-backfill`, `gang-hold`, `gang-off`) make hexagonal a 2-GPU training (>= 40
+  GB each) and hexagonal_4p a 4-GPU one (>= 80 GB: only the H100 host), and differ only in
+  `gpus.backfill`. A gang of N trains `GANG_EFFICIENCY` x N times as fast as one GPU of its class
+  (an assumption: data-parallel scaling at 90%), and needs the board's memory on each GPU.
 
 Truth (`GPU_KINDS`, `MEMORY_NEED_GB`): speed relative to an H100 on the small boards (square8,
 hex8: small models, a big GPU is barely faster) and on the large ones (square19, hexagonal); the
@@ -33,15 +39,16 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from coordinator.core.settings import GpuClass, GpuRequirement, GpuSettings, HostGpus, Settings
+from coordinator.core.settings import BACKFILL_MODES, GpuClass, GpuRequirement, GpuSettings, HostGpus, Settings
 
-CLUSTERS = ("uniform", "ringrift-contended", "ringrift-roomy")
+CLUSTERS = ("uniform", "ringrift-contended", "ringrift-roomy", "ringrift-gang")
 SMALL_BOARDS = frozenset({"square8", "hex8"})
 BIG_GPU_GB = 40.0  # "big GPU": one that can hold a large board
 OOM_AFTER_H = 0.1
 EPHEMERAL_UP_MEAN_H = 20.0
 EPHEMERAL_GONE_H = (1.0, 4.0)
 HEALTH_DELAY_S = 60.0
+GANG_EFFICIENCY = 0.9  # a gang of N GPUs trains N x this as fast as one GPU of its class
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,14 @@ HOSTS = {
         Host("vast-29128352", "RTX 5090", 2, ephemeral=True),
         Host("vultr-a100-20gb", "A100D-20C"), Host("vultr-a100-20gb-2", "A100D-20C"),
     ),
+    # Multi-GPU hosts for multi-GPU ("gang") trainings: a 4x H100 host, two 2-GPU hosts, one GH200,
+    # 24-32 GB cards on ephemeral vast.ai hosts, a 20 GB vGPU (19 GPUs, 9 of them >= 40 GB).
+    "ringrift-gang": (
+        Host("nebius-h100x4-1", "H100", 4), Host("runpod-a100x2-1", "A100-80", 2),
+        Host("nebius-l40sx2-1", "L40S", 2), Host("lambda-gh200-1", "GH200"),
+        Host("vast-29129529", "RTX 4090", 4, ephemeral=True), Host("vast-29118471", "RTX 3090", 4, ephemeral=True),
+        Host("vast-29118472", "RTX 5090", ephemeral=True), Host("vultr-a100-20gb", "A100D-20C"),
+    ),
 }
 
 
@@ -130,6 +145,11 @@ def speed(gpu: SimGpu, config_key: str) -> float:
         return 1.0
     k = GPU_KINDS[gpu.kind]
     return k.speed_small if config_key.rsplit("_", 1)[0] in SMALL_BOARDS else k.speed_large
+
+
+def gang_speedup(gpus: int) -> float:
+    """How many times one GPU's speed a training on `gpus` GPUs of one node runs at."""
+    return 1.0 if gpus <= 1 else GANG_EFFICIENCY * gpus
 
 
 def fits(gpu: SimGpu, config_key: str) -> bool:
@@ -213,6 +233,20 @@ def _speed_aware(s: Settings) -> Settings:
     return replace(s, gpus=GpuSettings(README_CLASSES, README_BOARDS, README_PER_CONFIG))
 
 
+# Multi-GPU trainings (issue 27): hexagonal on 2 GPUs of one node, hexagonal_4p on 4 of 80 GB.
+GANG_BOARDS = {**README_BOARDS, "hexagonal": replace(README_BOARDS["hexagonal"], gpus=2)}
+GANG_PER_CONFIG = {"hexagonal_4p": GpuRequirement(80, gpus=4)}
+
+
+def _gang(mode: str) -> Callable[[Settings], Settings]:
+    """The speed-aware settings with the multi-GPU boards, and `gpus.backfill` at `mode`."""
+    def configure(s: Settings) -> Settings:
+        return replace(s, gpus=GpuSettings(README_CLASSES, GANG_BOARDS, GANG_PER_CONFIG, backfill=mode))
+    return configure
+
+
 PLACEMENTS = {p.name: p for p in (PlacementPolicy("class-blind", _class_blind),
                                   PlacementPolicy("memory-aware", _memory_aware),
-                                  PlacementPolicy("speed-aware", _speed_aware))}
+                                  PlacementPolicy("speed-aware", _speed_aware),
+                                  *(PlacementPolicy(f"gang-{mode}", _gang(mode)) for mode in BACKFILL_MODES))}
+GANG_PLACEMENTS = tuple(f"gang-{mode}" for mode in BACKFILL_MODES)

@@ -39,8 +39,22 @@ node's circuit breakers, as a success is; an ephemeral host vanishes (`vanish`):
 at once, the work since their newest whole epoch is lost, their leases expire (the lease key and
 the node slot go, the reaper's expiry entry is set to the simulated expiry) and the orchestrator's
 reaper retries them. Not emulated: quality holds, the trainer's timeout (the simulator sets
-`training.timeout_s` above every training). The lease keeper renews in
-the host's time; so does this (`renew_due`), so leases never lapse while the simulation runs.
+`training.timeout_s` above every training).
+
+Multi-GPU ("gang") trainings (`gpus: N` in `gpus.boards`/`per_config`), as `run_training` does them:
+the worker listens to the requirement queues its node can serve (`fitting_queues` with its node's
+devices); before the lease, the shipped `workers.tasks.reservation_refusal` (a node reserved for a
+waiting multi-GPU job admits only that job, one expected to end before the reservation, or one of its
+spare GPUs): refused -> `JobStore.defer(..., count_as="reserved")`; the lease takes N GPUs of the node
+at once (`try_acquire(gpus=N, devices=...)` with the shipped `device_pool` of the worker's
+registration; every attempt passes its devices, so the lease holds the worker's own GPU), then the
+job's reservation is dropped (`ReservationStore.drop`, as `_drop_reservation`); `_record_gpu` gets the
+lease (`gpus_held`, `gpu_devices` on the record). The other workers of the GPUs a gang holds take
+nothing meanwhile (the shipped `workers.worker.slot_held`, checked after the idle mark, as the shipped
+worker's loop does). A gang of N trains `sim_cluster.gang_speedup(N)` (N x 0.9) times as fast as one
+GPU of its class; its epoch times are reported with its GPU's class, as the shipped worker does; a
+preemption or a vanished host stops all its GPUs, and it loses N x the GPU time since its checkpoint.
+The lease keeper renews in the host's time; so does this (`renew_due`), so leases never lapse while the simulation runs.
 """
 
 from __future__ import annotations
@@ -56,12 +70,12 @@ from dataclasses import dataclass, field
 import redis
 from rq import Queue
 
-from bench.sim_cluster import OOM_AFTER_H, SimGpu, fits
+from bench.sim_cluster import OOM_AFTER_H, SimGpu, fits, gang_speedup
 from bench.sim_world import RESUME_OVERHEAD_H
 from coordinator.bus.events import TRAINING_COMPLETE, TRAINING_FAILED
 from coordinator.core.clock import ManualClock
 from coordinator.core.errors import LeaseUnavailable
-from coordinator.core.gpu_requirements import meets
+from coordinator.core.gpu_requirements import gpus_needed, node_meets
 from coordinator.core.job_states import COMPLETE, FAILED, RETRYING
 from coordinator.core.keys import TRAINING_QUEUE
 from coordinator.core.retry import decide
@@ -77,7 +91,16 @@ from coordinator.stores.leases import Lease, LeaseManager
 from coordinator.trainer.command import attempt_paths
 from coordinator.trainer.warm_start import command_fingerprint
 from workers import gpu_inventory
-from workers.tasks import _hold_reason, _record_gpu, queue_requirement, slot_gpu
+from workers.tasks import (
+    _drop_reservation,
+    _hold_reason,
+    _record_gpu,
+    _requirement,
+    device_pool,
+    queue_requirement,
+    reservation_refusal,
+    slot_gpu,
+)
 from workers.worker import (
     IDLE_MAX_AGE_S,
     KEEP,
@@ -87,6 +110,7 @@ from workers.worker import (
     better_gpus,
     fitting_queues,
     keep_or_hand_back,
+    slot_held,
 )
 
 HOUR = 3600.0
@@ -156,6 +180,10 @@ class Counters:
     hand_backs: int = 0  # dequeued jobs put back for a better GPU (the shipped worker's `_keep`)
     hand_backs_to_idle: int = 0  # ... of them for a better GPU free now (the rest: one about to free)
     timed_epochs: int = 0  # TRAINING_PROGRESS entries that carried an `epoch_time_s`
+    reserved: int = 0  # jobs deferred by a node's reservation for a multi-GPU job (`reservation_refusal`)
+    gang_attempts: int = 0  # attempts on more than one GPU
+    drop_missed: int = 0  # a multi-GPU attempt started and its reservation stayed (must stay 0)
+    device_overlaps: int = 0  # an attempt started on a GPU another attempt holds (must stay 0)
 
 
 class Workers:
@@ -210,7 +238,8 @@ class Workers:
         registered = self.registered.get(worker)
         if registered is None:
             return [self.queue]
-        names = fitting_queues(self.conn.hgetall(self.store.keys.placement_queues), slot_gpu(registered))
+        names = fitting_queues(self.conn.hgetall(self.store.keys.placement_queues), slot_gpu(registered),
+                               registered.inventory.devices)
         left = self.left.get(worker, {})
         now = self.clock()
         queues = [*(self._queues.setdefault(n, Queue(n, connection=self.conn)) for n in names), self.queue]
@@ -229,6 +258,8 @@ class Workers:
             idle.sort(key=lambda w: self.idle_since[w])
             for worker in idle:
                 self._mark(worker, idle=True)
+            # the shipped loop marks idle, then takes nothing while a multi-GPU lease holds its GPU
+            idle = [w for w in idle if not slot_held(self.conn, self.registered.get(w))]
         order = deque(idle)
         empty: set[tuple[str, ...]] = set()
         while order:
@@ -255,6 +286,7 @@ class Workers:
                     break
                 if self.hetero:
                     self._mark(worker, idle=True)  # the job was handed on (deferred): idle again
+                    self.idle_since[worker] = self.clock()  # and blocked again, behind the idle workers
             if not self.hetero and empty:
                 return started
         return started
@@ -313,7 +345,9 @@ class Workers:
             self.counters.held += 1
             return held
         needed = queue_requirement(self.conn, self.store.keys, origin)
-        if needed is not None and not meets(slot_gpu(self.registered.get(worker)), *needed):
+        registered = self.registered.get(worker)
+        devices = registered.inventory.devices if registered else ()
+        if needed is not None and not node_meets(slot_gpu(registered), devices, *needed):
             self.counters.misfits += 1
             return "does not fit this GPU"
         return ""
@@ -324,17 +358,33 @@ class Workers:
         config_key = record["config_key"]
         gpu = self.gpus[worker]
         node = gpu.node
+        gpus, devices, only_listed = 1, (), False
         if self.hetero:
             held = self._held(worker, job_id, record, origin)
             if held:
                 self.store.defer(job_id, self.defer_s * 1.5, held)
                 return False
+            assert self.settings is not None
+            settings = worker_settings(record)
+            reserved = reservation_refusal(self.conn, self.store.keys, settings, record, node, worker, self.clock())
+            if reserved:
+                self.store.defer(job_id, self.defer_s * 1.5, reserved, count_as="reserved")
+                self.counters.reserved += 1
+                return False
+            requirement = _requirement(settings, config_key)
+            gpus = gpus_needed(requirement)
+            devices, only_listed = device_pool(self.registered.get(worker), requirement, settings.gpus.classes)
         try:
-            lease = self.leases.try_acquire(config_key, node, f"{worker}:sim", job_id)
+            lease = self.leases.try_acquire(config_key, node, f"{worker}:sim", job_id, gpus=gpus, devices=devices,
+                                            only_listed=only_listed)
         except LeaseUnavailable as exc:
             self.store.defer(job_id, self.defer_s, str(exc), count_as="lease_busy")
             self.counters.deferred += 1
             return False
+        if lease.gpus > 1:  # `_drop_reservation`
+            _drop_reservation(self.conn, self.store.keys, node, job_id)
+            raw = self.conn.hget(self.store.keys.reservations, node)
+            self.counters.drop_missed += bool(raw and json.loads(raw)["job_id"] == job_id)
         resumed = self.checkpoints.get(job_id, 0)
         parents = json.loads(record.get("warm_start_from") or "[]")
         attempt = self.store.start(job_id, config_key, node, f"{worker}:sim", fence=lease.fence,
@@ -345,15 +395,17 @@ class Workers:
             return False
         if self.hetero:  # `_record_gpu`: the attempt's GPU, class and batch size on the record
             _record_gpu(self.store, worker_settings(record), record, f"{worker}:sim", resumes=resumed > 0,
-                        made=self.registered.get(worker))
+                        lease=lease, made=self.registered.get(worker))
         self.store.mark_running(job_id, config_key)
         if any(a is not None and a.config_key == config_key for a in self.running.values()):
             self.counters.overlaps += 1
+        self.counters.device_overlaps += any(a is not None and a.lease.node == node and set(a.lease.devices)
+                                             & set(lease.devices) for a in self.running.values())
         epochs = int(record["epochs"])
         self.tokens += 1
         now = self.clock()
         started = self.store.get(job_id)  # the export it trains on: one pass over its samples per epoch
-        hours = self.duration_h(config_key, gpu, float(started.get("samples") or 0))
+        hours = self.duration_h(config_key, gpu, float(started.get("samples") or 0)) / gang_speedup(lease.gpus)
         run = Attempt(job_id, config_key, started, lease, attempt, now, resumed, epochs, hours * HOUR / epochs,
                       RESUME_OVERHEAD_H * HOUR if resumed else 0.0, self.tokens, resumed, worker)
         # `TrainingRun.speed_class`: the class its epochs are timed for
@@ -363,6 +415,7 @@ class Workers:
             run.fails_at = now + OOM_AFTER_H * HOUR
         self.running[worker] = run
         self.counters.attempts += 1
+        self.counters.gang_attempts += lease.gpus > 1
         self.on_start(run)
         return True
 
@@ -415,7 +468,7 @@ class Workers:
         self.flush_progress()
         epoch = run.epoch_at(now)
         checkpoint_at = run.epoch_end(epoch) if epoch > run.resumed_epoch else None
-        lost = lost_gpu_hours(checkpoint_at, run.started, now)
+        lost = lost_gpu_hours(checkpoint_at, run.started, now, run.lease.gpus)
         record = self.store.get(run.job_id)
         node = run.lease.node
         self.store.preempted(run.job_id, run.config_key, run.lease.fence, node, run.attempt, epoch, lost,
@@ -423,7 +476,7 @@ class Workers:
         self.checkpoints[run.job_id] = epoch
         kind = record.get("preempt_kind", "?")
         self.counters.preempted[kind] = self.counters.preempted.get(kind, 0) + 1
-        self.counters.lost_gpu_hours += lost + RESUME_OVERHEAD_H  # the resume pays its overhead
+        self.counters.lost_gpu_hours += lost + RESUME_OVERHEAD_H * run.lease.gpus  # the resume pays its overhead
         self._release(worker, run)
         self.on_end(run, "preempted", {**record, "lost_gpu_hours": f"{lost:.6f}"})
 
@@ -514,12 +567,13 @@ class Workers:
             since = run.epoch_end(epoch) if epoch > run.resumed_epoch else run.started
             self.checkpoints[run.job_id] = epoch
             self.counters.vanished += 1
-            self.counters.vanish_gpu_hours += (now - since) / HOUR + RESUME_OVERHEAD_H
+            self.counters.vanish_gpu_hours += ((now - since) / HOUR + RESUME_OVERHEAD_H) * run.lease.gpus
             keys, lease = self.store.keys, run.lease
             holder = self.conn.get(keys.lease(lease.config_key))
             if holder is not None and holder.decode().startswith(lease.token + "|"):
                 self.conn.delete(keys.lease(lease.config_key))
-            self.conn.zrem(keys.node_slots(node), lease.token)
+            members = [lease.token, *(f"{lease.token}+{i}" for i in range(2, lease.gpus + 1))]  # lease_acquire.lua's
+            self.conn.zrem(keys.node_slots(node), *members)
             self.conn.zadd(keys.lease_expiry, {run.job_id: int((now + lease.ttl_ms / 1000.0) * 1000)})
             self.running[worker] = None
             stopped.append(run)
@@ -539,3 +593,6 @@ class Workers:
             self.counters.release_lost += 1
         self.running[worker] = None
         self.idle_since[worker] = self.clock()
+        for other, gpu in self.gpus.items():  # the gang's other GPUs: their workers block again now
+            if gpu.node == run.lease.node and gpu.index in run.lease.devices and other != worker:
+                self.idle_since[other] = self.clock()

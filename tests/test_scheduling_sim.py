@@ -172,3 +172,49 @@ def test_without_the_speed_margin_memory_aware_placement_still_learns_and_hands_
     r = contended["memory-aware"].result
     assert r.counters.oom == 0 and r.hetero.timed_epochs > 0
     assert r.hetero.hand_backs <= contended["speed-aware"].result.hetero.hand_backs
+
+
+# -- multi-GPU trainings: reservations, backfill against holding the GPUs idle ---------------------------
+@pytest.fixture(scope="module")
+def gangs() -> dict[str, sim.Simulation]:
+    """The RingRift-shaped cluster with multi-GPU hosts (hexagonal on 2 GPUs, hexagonal_4p on 4 of
+    80 GB): three simulated hours of short trainings with backfill (a reserved 4-GPU job starts), and
+    six hours of RingRift-length ones with backfill and with hold (fakeredis)."""
+    runs = {}
+    for name, workload, days, placement in (("short", "short", 0.125, "gang-backfill"),
+                                            ("backfill", "ringrift", 0.25, "gang-backfill"),
+                                            ("hold", "ringrift", 0.25, "gang-hold")):
+        s = sim.Simulation(workload, 0, "coordinator", days=days, seed=0, cluster_name="ringrift-gang",
+                           placement=placement)
+        s.result = s.run()  # type: ignore[attr-defined]
+        runs[name] = s
+    return runs
+
+
+def test_gang_jobs_take_n_gpus_of_one_node_and_start_by_their_reservation_plus_a_checkpoint(gangs):
+    """The simulated workers run multi-GPU trainings as `run_training` does (reservation check, N-GPU
+    lease, reservation dropped): no GPU ran two attempts, and every reserved gang job started (or
+    still waits) within its reserved node's expected free time + one checkpoint interval + the
+    grace and one tick."""
+    for s in gangs.values():
+        r = s.result
+        assert r.problems == [] and r.counters.device_overlaps == 0 and r.counters.drop_missed == 0
+        assert r.hetero.gang.violations() == []
+    short = gangs["short"].result
+    assert short.counters.gang_attempts > 0
+    started = [w for w in short.hetero.gang.judged() if w.started_at is not None]
+    assert started and all(w.started_node in w.nodes for w in started)
+    assert max(w.past_bound_s(short.hetero.gang.end) for w in started) <= short.hetero.gang.allowance_s
+    four = [w for w in started if w.gpus == 4]
+    assert four and four[0].started_node == "nebius-h100x4-1"  # the only node with 4 GPUs of 80 GB
+    # Held GPUs: the attempt's record names its devices and how many (`_record_gpu` with the lease).
+    job = gangs["short"].conn.hgetall(gangs["short"].keys.job(four[0].job_id))
+    assert job[b"gpus_held"] == b"4" and len(job[b"gpu_devices"].split(b",")) == 4
+
+
+def test_backfill_keeps_more_gpu_time_busy_on_reserved_nodes_than_holding_them(gangs):
+    backfill, hold = (gangs[k].result.hetero.gang for k in ("backfill", "hold"))
+    assert backfill.judged() and hold.judged()  # a gang job waited with a reservation in both
+    assert backfill.reserved_busy_h > hold.reserved_busy_h
+    assert backfill.reserved_idle_h < hold.reserved_idle_h
+    assert gangs["hold"].result.counters.reserved > gangs["backfill"].result.counters.reserved
