@@ -100,6 +100,7 @@ from workers.tasks import (
     queue_requirement,
     reservation_refusal,
     slot_gpu,
+    speed_class,
 )
 from workers.worker import (
     IDLE_MAX_AGE_S,
@@ -382,7 +383,7 @@ class Workers:
             self.counters.deferred += 1
             return False
         if lease.gpus > 1:  # `_drop_reservation`
-            _drop_reservation(self.conn, self.store.keys, node, job_id)
+            _drop_reservation(self.conn, self.store.keys, job_id)
             raw = self.conn.hget(self.store.keys.reservations, node)
             self.counters.drop_missed += bool(raw and json.loads(raw)["job_id"] == job_id)
         resumed = self.checkpoints.get(job_id, 0)
@@ -408,9 +409,7 @@ class Workers:
         hours = self.duration_h(config_key, gpu, float(started.get("samples") or 0)) / gang_speedup(lease.gpus)
         run = Attempt(job_id, config_key, started, lease, attempt, now, resumed, epochs, hours * HOUR / epochs,
                       RESUME_OVERHEAD_H * HOUR if resumed else 0.0, self.tokens, resumed, worker)
-        # `TrainingRun.speed_class`: the class its epochs are timed for
-        run.speed_class = run.record.get("gpu_class") or (run.record.get("gpu_model") or "").removeprefix(
-            "NVIDIA ").strip()
+        run.speed_class = speed_class(run.record, lease.gpus)  # as `TrainingRun`
         if not fits(gpu, config_key):
             run.fails_at = now + OOM_AFTER_H * HOUR
         self.running[worker] = run

@@ -138,3 +138,12 @@ def test_the_readmes_multi_gpu_examples_are_valid_settings():
     argv = build_argv(command, {**gpu_values((0, 1), example.gpus.master_port_base), "board_type": "square19"})
     assert argv[:4] == ["/shared/ringrift/venv/bin/torchrun", "--nproc_per_node=2", "--master_addr=localhost",
                         "--master_port=29500"]
+
+
+def test_a_multi_gpu_attempts_epochs_are_timed_apart_from_one_gpus():
+    from workers.tasks import speed_class
+
+    assert speed_class({"gpu_class": "H100"}, 1) == "H100"
+    assert speed_class({"gpu_class": "H100"}, 2) == "H100 x2"  # never learned as one H100's speed
+    assert speed_class({"gpu_model": "NVIDIA GeForce RTX 4090"}, 1) == "GeForce RTX 4090"
+    assert speed_class({}, 4) == ""

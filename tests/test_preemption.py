@@ -207,3 +207,10 @@ def test_a_multi_gpu_training_never_preempts_for_value_and_a_pending_gang_is_not
     pending = [job("a1", 1.0, gpu=on("a"), preempt_requested_at=NOW), job("a2", 1.0, gpu=on("a"),
                                                                           preempt_requested_at=NOW)]
     assert victims([*pending, job("b1", 1.0, gpu=on("b"))], [starving_duo]) == []  # node a is promised to it
+
+
+def test_a_starving_gang_counts_the_idle_gpu_of_its_node_that_only_configs_behind_it_would_take():
+    duo = replace(starving("square19_2p"), requirement=GpuRequirement(gpus=2), queued=True)
+    behind = Candidate("hex8_2p", 5.0)  # eligible, ranked after the starving queued job
+    a1 = job("a1", 1.0, gpu=on("a"))
+    assert victims([a1], [duo, behind], free=[on("a")]) == ["a1"]  # a's idle GPU + a1's make its two

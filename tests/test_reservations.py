@@ -82,7 +82,12 @@ def test_the_store_admits_the_reserved_job_short_jobs_with_backfill_and_one_job_
     assert store.admit("n", "long2", NOW + 2 * HOUR).job_id == "gang"  # none left
     assert store.admit("n", "unknown", None).job_id == "gang"
     assert store.admit("m", "short", NOW + 60).job_id == "g2"  # hold: no backfill
+    store.replace([Reservation("gang", "square19_2p", "n", 2, NOW + HOUR, 1)])
+    assert store.admit("n", "quad", NOW + 2 * HOUR, gpus=4).job_id == "gang"  # 4 GPUs: more than the one spare
+    assert store.admit("n", "one", NOW + 2 * HOUR, gpus=1) is None
     assert store.admit("elsewhere", "long", None) is None
+    store.replace([Reservation("gang", "square19_2p", "n", 2, NOW + HOUR, 1),
+                   Reservation("g2", "square19_3p", "m", 2, NOW + HOUR, 0, HOLD)])
     assert not store.drop("someone-else") and store.drop("gang")
     assert set(store.all()) == {"m"}
     store.replace([])

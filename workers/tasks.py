@@ -180,14 +180,16 @@ def reservation_refusal(conn: redis.Redis, keys: Keys, settings: Settings, recor
                         worker: str, now: float) -> str | None:
     """Why a reservation of `node` for a waiting multi-GPU job keeps this job off it (None: it may
     start: `ReservationStore.admit`, with the job's expected end on this worker's GPU from the
-    learned speeds; `coordinator/scheduling/reservations.py` has the rules)."""
+    learned speeds and the GPUs it takes; `coordinator/scheduling/reservations.py` has the rules)."""
     try:
         if not conn.hexists(keys.reservations, node):
             return None
         gpus = settings.gpus
         table = table_from(SpeedStore(conn, keys).read(), gpus.classes, gpus.speed_priors)
         run_s = expected_run_s(table, job_workload(record), slot_gpu(_registered(conn, keys, worker)), gpus.classes)
-        r = ReservationStore(conn, keys).admit(node, record.get("job_id", ""), None if run_s is None else now + run_s)
+        gpus_wanted = gpus_needed(_requirement(settings, record.get("config_key", "")))
+        r = ReservationStore(conn, keys).admit(node, record.get("job_id", ""), None if run_s is None else now + run_s,
+                                               gpus_wanted)
     except redis.RedisError as exc:  # the next tick's preemption of the node keeps the reservation's bound
         log.warning("reservation of %s not checked (%s)", node, exc)
         return None
@@ -203,6 +205,13 @@ def _drop_reservation(conn: redis.Redis, keys: Keys, job_id: str) -> None:
         ReservationStore(conn, keys).drop(job_id)
     except redis.RedisError:  # the next tick replaces it
         pass
+
+
+def speed_class(record: Mapping[str, str], gpus: int) -> str:
+    """The GPU class an attempt's epochs are timed for (`speeds.class_key`), on each TRAINING_PROGRESS;
+    a multi-GPU attempt's epochs time N GPUs at once: kept apart ("H100 x2"), never taken for one GPU's."""
+    cls = record.get("gpu_class") or (record.get("gpu_model") or "").removeprefix("NVIDIA ").strip()
+    return f"{cls} x{gpus}" if cls and gpus > 1 else cls
 
 
 def worker_notice(conn: redis.Redis, keys: Keys, worker: str, settings: Settings) -> Notice | None:
@@ -419,8 +428,7 @@ class TrainingRun:
         self.parent_model = record.get("parent_model") or None  # set by store.start (warm start)
         # Beside config_key on every event of the job (issue 15 point 5).
         self.config_fields = {"board_type": record["board_type"], "num_players": record["num_players"]}
-        # The GPU class its epochs are timed for (`speeds.class_key`), on each TRAINING_PROGRESS.
-        self.speed_class = record.get("gpu_class") or (record.get("gpu_model") or "").removeprefix("NVIDIA ").strip()
+        self.speed_class = speed_class(record, lease.gpus)
         self._timed: tuple[float, float] | None = None  # (epoch, monotonic time) of the last progress line
 
     def execute(self) -> dict[str, Any]:

@@ -45,9 +45,7 @@ from coordinator.stores.job_records import SLOT_STATES, active_records, eta_s
 from coordinator.stores.reservations import Reservation, ReservationStore
 
 if TYPE_CHECKING:
-    import redis
 
-    from coordinator.core.keys import Keys
     from coordinator.scheduling.scheduler import Priority, TrainingScheduler
     from coordinator.stores.jobs import JobStore
     from coordinator.stores.leases import LeaseManager
@@ -86,27 +84,6 @@ def ends_at(r: Mapping[str, str], expected_gpu_hours: float, now: float) -> floa
     if expected_gpu_hours > 0 and r.get("started_at"):
         return float(r["started_at"]) + expected_gpu_hours * 3600.0 / int(r.get("gpus_held") or 1)
     return None
-
-
-# What `eta_s` reads beyond `active_records`' fields: without them a running attempt's pace-based end
-# came out before its start (epochs 0: a negative time left), so every reserved node looked free now.
-PROGRESS_FIELDS = ("epochs", "resumed_epoch")
-
-
-def _with_progress(conn: redis.Redis, keys: Keys,
-                   records: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, str]]]:
-    """`records` with the running attempts' PROGRESS_FIELDS added (one more round trip)."""
-    running = [(job_id, r) for job_id, r in records if r.get("state") in SLOT_STATES]
-    if not running:
-        return records
-    with conn.pipeline(transaction=False) as pipe:  # batched reads only
-        for job_id, _ in running:
-            pipe.hmget(keys.job(job_id), PROGRESS_FIELDS)
-        rows = pipe.execute()
-    for (_, r), row in zip(running, rows):
-        r.update({n: v.decode() if isinstance(v, bytes) else str(v) for n, v in zip(PROGRESS_FIELDS, row)
-                  if v is not None})
-    return records
 
 
 def running_jobs(records: Iterable[tuple[str, Mapping[str, str]]], value_of: Callable[[str], float],
@@ -196,7 +173,7 @@ class Preempter:
         the starving queued jobs, longest wait first (the head of RQ's queue), and the reservations
         of nodes for the queued multi-GPU jobs (`reservations.plan`)."""
         now = self.clock()
-        records = _with_progress(self.conn, self.keys, active_records(self.conn, self.keys))
+        records = active_records(self.conn, self.keys)
         fences = {job_id: r.get("fence", "") for job_id, r in records}
         if not any(r.get("state") in SLOT_STATES for _, r in records) or not (
                 self.preemption.enabled or self._multi_gpu()):

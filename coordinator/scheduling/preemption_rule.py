@@ -117,7 +117,8 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int
     if not s.enabled:
         return Decision(protected={j.job_id: "preemption disabled" for j in running})
     fits = Fits(classes or {})
-    waiting = _unserved(list(ranked), [None] * max(free, 0) if isinstance(free, int) else list(free),
+    ranked = list(ranked)
+    waiting = _unserved(ranked, [None] * max(free, 0) if isinstance(free, int) else list(free),
                         [j.gpu for j in running if j.preempt_requested_at is not None], fits)
     protected = {j.job_id: why for j in running if (why := _protected(j, s, now))}
     pool = [j for j in running if j.job_id not in protected]
@@ -128,7 +129,9 @@ def decide(running: Sequence[RunningJob], ranked: Iterable[Candidate], free: int
             continue  # RQ gives it the next GPU that frees up
         if _gpus(c) > 1:  # a multi-GPU training: only the wait bound or its due reservation frees GPUs for it
             due = c.reservation_due and not c.starving
-            victims = _gang_victims(c, pool, left_idle, s, now, fits, c.reserved_node if due else None) \
+            # The idle GPUs the members ahead of it leave (those behind it do not outrank it).
+            ahead_idle = [] if isinstance(free, int) else _left_idle(ranked[:ranked.index(c)], list(free), fits)
+            victims = _gang_victims(c, pool, ahead_idle, s, now, fits, c.reserved_node if due else None) \
                 if c.starving or c.reservation_due else []
             for victim in victims:
                 pool.remove(victim)

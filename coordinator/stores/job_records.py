@@ -25,8 +25,8 @@ CANCELLED_STOP, PREEMPTED_STOP, NOTICE_STOP = "cancelled", "preempted", "node_no
 # What `active_records` reads of each active job (the preempter's view of the running attempts).
 RECORD_FIELDS = ("state", "config_key", "node", "started_at", "fence", "score_at_start", "picked_starving",
                  "preemptions", "preempt_requested_at", "preempt_for", "preempt_kind", "preempt_why",
-                 "updated_at", "epoch", "created_at", "gpu_model",
-                 "gpu_memory_gb", "gpus_held")
+                 "updated_at", "epoch", "epochs", "resumed_epoch", "created_at", "gpu_model",
+                 "gpu_memory_gb", "gpus_held")  # epochs, resumed_epoch: `eta_s`, the expected end
 SLOT_STATES = frozenset({LEASED, RUNNING})  # attempts that hold a GPU slot
 
 
@@ -139,4 +139,4 @@ def eta_s(r: dict[str, str], now: float) -> float | None:
     epoch, total = int(r.get("epoch") or 0), int(r.get("epochs") or 0)
     done = max(epoch - int(r.get("resumed_epoch") or 0), 0)
     elapsed = now - float(r.get("started_at") or now)
-    return round(elapsed / done * (total - epoch), 1) if done else None
+    return round(elapsed / done * max(total - epoch, 0), 1) if done and total else None

@@ -65,10 +65,11 @@ class ReservationStore:
         return {(n.decode() if isinstance(n, bytes) else n): Reservation.from_json(v)
                 for n, v in self.conn.hgetall(self.keys.reservations).items()}
 
-    def admit(self, node: str, job_id: str, ends_at: float | None) -> Reservation | None:
-        """None when `job_id` may start on `node` (taking a spare GPU if it needs one), else the
-        reservation that keeps it off."""
-        raw = self._admit(keys=[self.keys.reservations], args=[node, job_id, "" if ends_at is None else repr(ends_at)])
+    def admit(self, node: str, job_id: str, ends_at: float | None, gpus: int = 1) -> Reservation | None:
+        """None when `job_id` (taking `gpus` GPUs) may start on `node` (taking that many spare GPUs if
+        it needs them), else the reservation that keeps it off."""
+        raw = self._admit(keys=[self.keys.reservations],
+                          args=[node, job_id, "" if ends_at is None else repr(ends_at), gpus])
         return Reservation.from_json(raw) if raw else None
 
     def drop(self, job_id: str) -> bool:
