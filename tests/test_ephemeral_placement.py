@@ -91,6 +91,11 @@ def test_the_worker_hands_a_long_job_on_an_ephemeral_gpu_to_an_idle_stable_one()
     assert [g.gpu.node for g in better_gpus(conn, "t", "j", me, "vast-1-w", 1001.0)] == ["lambda-1"]
     job(samples=500_000)  # 1.4 h
     assert better_gpus(conn, "t", "j", me, "vast-1-w", 1001.0) == []
+    # An idle GPU kept for a waiting multi-GPU job is no place to hand a job to: it would refuse it.
+    from coordinator.stores.reservations import Reservation, ReservationStore
+    ReservationStore(conn, keys).replace([Reservation("gang", "hexagonal_2p", "lambda-1", 2, 2000.0, 0)])
+    job(samples=2_000_000)
+    assert better_gpus(conn, "t", "j", me, "vast-1-w", 1001.0) == []
 
 
 def test_the_checkpoint_interval_is_the_hosts_class():

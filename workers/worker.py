@@ -109,8 +109,9 @@ def better_gpus(conn: redis.Redis, prefix: str, job_id: str, me: SlotGpu, worker
         requirement = GpuRequirement()
     store = GpuStore(conn, keys)
     ephemeral = _ephemeral_nodes(store)
+    reserved = set(conn.hkeys(keys.reservations))  # idle there for a multi-GPU job: they would refuse it
     others = [SlotGpu(g, cost, ephemeral=ephemeral(g.node)) for name, g, cost in store.idle(now, IDLE_MAX_AGE_S)
-              if name != worker]
+              if name != worker and g.node.encode() not in reserved]
     for _, r in active_records(conn, keys):
         eta = eta_s(r, now) if r.get("state") in SLOT_STATES and r.get("gpu_model") else None
         if eta is not None:
