@@ -23,7 +23,7 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 
 from coordinator import TrainingOrchestrator
 from coordinator.bus.events import TRAINING_COMPLETE
@@ -33,6 +33,7 @@ from coordinator.core.settings import Settings
 from coordinator.service import recovery as recovery_module
 from coordinator.stores.breakers import CircuitBreakers
 from coordinator.stores.jobs import JobStore, Outcome
+from tests.support.burst import work
 from tests.support.exports import xadd_export
 from tests.support.jobs import take_job
 from tests.support.polling import wait_for
@@ -51,11 +52,6 @@ def settings_with(make_settings: Callable[..., Settings], **sections: Mapping[st
     base = make_settings()
     return replace(base, **{name: values if name == "hosts" else replace(getattr(base, name), **values)
                             for name, values in sections.items()})
-
-
-def work(conn: redis.Redis) -> None:
-    """Run every queued RQ job in this process, the way `rq worker training` runs one."""
-    SimpleWorker([Queue(TRAINING_QUEUE, connection=conn)], connection=conn).work(burst=True)
 
 
 def attempt_dir(store: JobStore, job_id: str, attempt: int = 1) -> Path:

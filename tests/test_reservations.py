@@ -142,3 +142,10 @@ def test_a_running_attempts_end_is_its_pace_else_its_configs_expected_hours_over
     fresh = {"started_at": str(NOW - HOUR), "epoch": "0", "epochs": "4", "gpus_held": "2"}
     assert ends_at(fresh, 10.0, NOW) == NOW - HOUR + 5 * HOUR
     assert ends_at(fresh, 0.0, NOW) is None
+
+
+def test_no_node_is_reserved_when_the_wait_bound_would_serve_the_job_first():
+    cluster = [(gpu("a", 0), NOW + 20 * HOUR), (gpu("a", 1), NOW + 30 * HOUR)]
+    assert plan([Waiting("j", "square19_2p", DUO, starves_at=NOW + 10 * HOUR)], cluster, FITS, NOW) == []
+    (r,) = plan([Waiting("j", "square19_2p", DUO, starves_at=NOW + 31 * HOUR)], cluster, FITS, NOW)
+    assert r.start_at == NOW + 30 * HOUR

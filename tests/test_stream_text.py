@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import redis
-from rq import Queue, SimpleWorker
 
 from coordinator import TrainingOrchestrator
-from coordinator.core.keys import TRAINING_QUEUE
+from tests.support.burst import work
 from tests.support.jobs import end_job, take_job
 from tests.support.trainers import STUB_TRAINER
 
@@ -18,7 +17,7 @@ def test_the_whole_stream_reads_with_decode_responses(redis_server, real_conn, m
     orch = TrainingOrchestrator(make_settings(redis_server.url, command=STUB_TRAINER), real_conn, consumer_name="t")
     orch.prepare()
     done = orch.submit_training_sync("hex8", 2, str(npz), samples=10)  # a real run: STARTED, PROGRESS, COMPLETE
-    SimpleWorker([Queue(TRAINING_QUEUE, connection=real_conn)], connection=real_conn).work(burst=True)
+    work(real_conn)
     assert orch.jobs.get(done)["state"] == "complete"
     failed = orch.submit_training_sync("square8", 2, str(npz), samples=10)
     lease = take_job(orch, failed, "square8_2p")

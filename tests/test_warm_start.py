@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from rq import Queue, SimpleWorker
 
 from coordinator import TrainingOrchestrator
-from coordinator.core.keys import TRAINING_QUEUE, Keys
+from coordinator.core.keys import Keys
 from coordinator.trainer.npz_data import write_synthetic_npz
 from coordinator.trainer.warm_start import (
     INIT_WEIGHTS_EXIT,
@@ -23,6 +22,7 @@ from coordinator.trainer.warm_start import (
     offered_models,
     published_entry,
 )
+from tests.support.burst import work
 from tests.support.streams import stream_events
 
 STUB = ("{python}", "-m", "workers.stub_train")
@@ -79,10 +79,6 @@ def run_job(conn, settings, npz: Path) -> tuple[TrainingOrchestrator, str]:
     job_id = orch.submit_training_sync("hex8", 2, str(npz), samples=10, epochs=1)
     work(conn)
     return orch, job_id
-
-
-def work(conn) -> None:
-    SimpleWorker([Queue(TRAINING_QUEUE, connection=conn)], connection=conn).work(burst=True)
 
 
 def of_job(conn, job_id: str, event_type: str):

@@ -202,7 +202,10 @@ class Preempter:
         """Plan the queued multi-GPU jobs' reservations (`reservations.plan`) on the known GPUs (the
         idle ones, and each running job's until its expected end), and mark in `queued` which node
         each holds and whether it is due (past its start by `reservation_grace_minutes`)."""
-        gangs = [Waiting(c.job_id, c.config_key, c.requirement) for c in queued if (c.requirement.gpus or 1) > 1]
+        bound = self.preemption
+        gangs = [Waiting(c.job_id, c.config_key, c.requirement,
+                         now + (bound.starve_after_hours - c.waited_hours) * 3600.0 if bound.enabled else float("inf"))
+                 for c in queued if (c.requirement.gpus or 1) > 1]
         if not gangs or isinstance(idle, int):
             return []
         known = [(g, now) for g in idle if g is not None]

@@ -6,6 +6,9 @@ cluster with the time it is expected free (now when idle; a running training's e
 
 - each waiting job takes the node whose N-th GPU that fits it frees first (N: its `gpus`; ties: the
   node's name), and those N GPUs are set aside for it (a later job of the line plans around them);
+  unless that is no sooner than the job starves (`starves_at`): its wait bound then frees a node for
+  it anyway (preemption rule 5), and a reservation would only idle GPUs meanwhile (the gang simulator,
+  RingRift-length trainings: reserved nodes expected free 20-35 h ahead, past the 12 h bound);
 - `start_at` is that time; `spare` is how many more of the node's GPUs are expected free by then,
   i.e. how many other jobs may still start there without delaying it; `promised_at` is the start
   expected when the job first reserved that node (kept on every later tick while it keeps the node:
@@ -41,6 +44,7 @@ class Waiting:
     job_id: str
     config_key: str
     requirement: GpuRequirement
+    starves_at: float = float("inf")  # when its wait bound takes GPUs for it anyway (preemption on)
 
 
 def plan(waiting: Sequence[Waiting], gpus: Sequence[tuple[Gpu, float]],
@@ -62,8 +66,8 @@ def plan(waiting: Sequence[Waiting], gpus: Sequence[tuple[Gpu, float]],
                 continue
             if best is None or fitting[n - 1][1] < best[0]:
                 best = (fitting[n - 1][1], node, fitting[:n])
-        if best is None:
-            continue  # no node has N GPUs that fit it, or none known to free: only its wait bound serves it
+        if best is None or best[0] >= w.starves_at:
+            continue  # no node frees N GPUs that fit it before its wait bound would: that bound serves it
         start_at, node, taken = best
         for entry in taken:
             left.remove(entry)
