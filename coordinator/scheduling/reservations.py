@@ -8,7 +8,9 @@ cluster with the time it is expected free (now when idle; a running training's e
   node's name), and those N GPUs are set aside for it (a later job of the line plans around them);
   unless that is no sooner than the job starves (`starves_at`): its wait bound then frees a node for
   it anyway (preemption rule 5), and a reservation would only idle GPUs meanwhile (the gang simulator,
-  RingRift-length trainings: reserved nodes expected free 20-35 h ahead, past the 12 h bound);
+  RingRift-length trainings: reserved nodes expected free 20-35 h ahead, past the 12 h bound); a job
+  that holds a reservation keeps its node (while that node still has N GPUs that fit it) however the
+  estimates move;
 - `start_at` is that time; `spare` is how many more of the node's GPUs are expected free by then,
   i.e. how many other jobs may still start there without delaying it; `promised_at` is the start
   expected when the job first reserved that node (kept on every later tick while it keeps the node:
@@ -59,20 +61,22 @@ def plan(waiting: Sequence[Waiting], gpus: Sequence[tuple[Gpu, float]],
     made = []
     for w in waiting:
         n = max(w.requirement.gpus or 1, 1)
-        best: tuple[float, str, list[tuple[Gpu, float]]] | None = None
+        kept = (before or {}).get(w.job_id)
+        options: dict[str, tuple[float, list[tuple[Gpu, float]]]] = {}
         for node in sorted({g.node for g, _ in left}):
             fitting = sorted((e for e in left if e[0].node == node and fits(w.requirement, e[0])), key=lambda e: e[1])
-            if len(fitting) < n or fitting[n - 1][1] == float("inf"):
-                continue
-            if best is None or fitting[n - 1][1] < best[0]:
-                best = (fitting[n - 1][1], node, fitting[:n])
-        if best is None or best[0] >= w.starves_at:
-            continue  # no node frees N GPUs that fit it before its wait bound would: that bound serves it
-        start_at, node, taken = best
+            if len(fitting) >= n and fitting[n - 1][1] != float("inf"):
+                options[node] = (fitting[n - 1][1], fitting[:n])
+        if kept is not None and kept.node in options:
+            node = kept.node  # a reservation holds: the promise stands however the estimates slip
+        else:
+            node = min(options, key=lambda k: (options[k][0], k), default=None)
+            if node is None or options[node][0] >= w.starves_at:
+                continue  # no node frees N GPUs that fit it before its wait bound would: that bound serves it
+        start_at, taken = options[node]
         for entry in taken:
             left.remove(entry)
         spare = sum(1 for g, free_at in left if g.node == node and free_at <= start_at)
-        kept = (before or {}).get(w.job_id)
         promised_at = kept.promised_at if kept is not None and kept.node == node else start_at
         made.append(Reservation(w.job_id, w.config_key, node, n, start_at, spare, mode, promised_at))
     return made
