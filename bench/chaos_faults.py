@@ -364,6 +364,10 @@ def spot_notice(chaos: Chaos, fault: str) -> Outcome:
     for proc in workers:
         proc.wait()
     chaos.cluster.start_node(node)  # a new instance in its place
+    ended = job_moved(chaos, job_id, attempt, mark)  # the attempt's end, if it wrote one
+    if ended is not None and ended.type == "TRAINING_COMPLETE" and not survivors:
+        # It finished before the notice reached it (its renewal was a TTL/3 away): nothing to resume.
+        return Outcome(fault, None, f"{node}: the training ended before the notice reached it", skipped=True)
     yielded = chaos.log.find(lambda e: e.type == "TRAINING_PREEMPTED" and e.fields.get("job_id") == job_id
                              and e.fields.get("attempt") == attempt, mark)
     recovered = retry_started(chaos, job_id, attempt, began)
@@ -375,7 +379,6 @@ def spot_notice(chaos: Chaos, fault: str) -> Outcome:
         outcome.note = (f"{node}: checkpointed at epoch {yielded.fields.get('epoch')} in {outcome.notice_s:.1f} s, "
                         f"lost {outcome.lost_gpu_hours * 3600:.2f} GPU-s")
     else:
-        ended = job_moved(chaos, job_id, attempt, mark)
         outcome.note = f"{node}: NO node_notice yield ({ended.type if ended else 'no event'})"
     if survivors:
         outcome.note += f"; {len(survivors)} process(es) SIGKILLed at the grace's end"
