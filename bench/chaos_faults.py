@@ -103,6 +103,7 @@ class Chaos:
 
 
 Fits = Callable[[dict[str, str]], bool]  # which running job (its record's fields) a fault may aim at
+RECORD_FIELDS = ("state", "node", "attempts", "config_key", "epoch", "resumed_epoch", "epochs")
 
 
 def busy_node(conn: redis.Redis, nodes: tuple[str, ...], fits: Fits | None = None) -> tuple[str, str, str, str] | None:
@@ -114,8 +115,6 @@ def busy_node(conn: redis.Redis, nodes: tuple[str, ...], fits: Fits | None = Non
             return record["node"], job_id.decode(), record["attempts"], record["config_key"]
     return None
 
-
-RECORD_FIELDS = ("state", "node", "attempts", "config_key", "epoch", "resumed_epoch", "epochs")
 
 
 def find_busy(chaos: Chaos, nodes: tuple[str, ...], fits: Fits | None = None, config_key: str | None = None,
