@@ -1,12 +1,15 @@
 """Chaos: N rounds of random faults over a stream of exports, then the damage report.
 
 Starts Redis HA (primary, replica, three sentinels), a fault proxy between the processes and Redis,
-`ringrift-train run` and three `rq worker training` processes (stub trainer: four 0.5 s epochs;
-see bench/chaos_cluster.py). Each round sends exports and injects one fault drawn with the seed
-(the kinds and their recovery rules: bench/chaos_faults.py): nodes and the orchestrator killed,
+`ringrift-train run` and six `rq worker training` processes on five nodes, one of them ephemeral and
+one with two GPUs for the multi-GPU config (stub trainer: four 0.5 s epochs, 1.5 s on the ephemeral
+node; see bench/chaos_cluster.py). Each round sends exports and injects one fault drawn with the
+seed (the kinds and their recovery rules: bench/chaos_faults.py): nodes and the orchestrator killed,
 workers frozen, Redis restarted, Sentinel failover, a worker cut off from Redis while its trainer
-runs (healed before, at or after the lease TTL), the orchestrator cut off, slow links. Then it
-waits for the pipeline to drain and checks, from the stream and the process table:
+runs (healed before, at or after the lease TTL), the orchestrator cut off, slow links, a spot
+termination notice, an ephemeral node vanishing, the two-GPU node killed under a two-GPU training.
+Then it waits for the pipeline to drain and checks, from the stream, the process table and the
+lease state:
 
 - lost: configs whose newest export was never trained (must be 0);
 - run twice concurrently: moments (sampled every 50 ms) when two live trainer processes of the
@@ -14,6 +17,11 @@ waits for the pipeline to drain and checks, from the stream and the process tabl
 - stale publishes accepted: TRAINING_COMPLETE under a fencing token older than one already
   issued for that config (must be 0); fenced and refused: publishes the fencing turned away
   (above 0 when partition_after_ttl ran: that fault is built to reach it);
+- partial gang holds: lease-state samples (every 0.1 s, one MULTI each; bench/chaos_gang.py) in
+  which a live lease held fewer GPU slots or devices than its config needs (must be 0), beside the
+  samples that saw a two-GPU lease whole (the control) and nodes with more slots than GPUs (must be 0);
+- termination notices: how many checkpointed (TRAINING_PREEMPTED kind node_notice: must be all),
+  the GPU-hours each lost (the event's `lost_gpu_hours`) and SIGTERM to checkpoint;
 - workers that quit by themselves (a Redis error not ridden out; they are restarted; must be 0);
 - recovery per fault kind.
 
@@ -43,9 +51,11 @@ from pathlib import Path
 import psutil
 import redis
 
-from bench.chaos_cluster import Cluster, RedisHA
+from bench.chaos_cluster import GANG_GPUS, NODE_GPUS, Cluster, RedisHA
 from bench.chaos_faults import CONFIGS, FAULTS, KEYS, Chaos, Outcome, inject, probe, send_export, wait_until
+from bench.chaos_gang import GangWatch
 from bench.chaos_soak import Sampler, growth, print_soak
+from bench.chaos_trainer import SCRIPT as CHAOS_TRAINER
 from coordinator.bus.events import Event, decode_entry
 from coordinator.core.connection import connect
 
@@ -61,7 +71,7 @@ RQ_WORKERS = "rq:workers"  # RQ's set of registered workers
 
 def cluster_settings(root: Path, ttl_s: float, retention_days: float, stream_maxlen: int) -> dict:
     return {
-        "training": {"default_epochs": 4, "command": ["{python}", "-m", "workers.stub_train", "--epoch-seconds", "0.5"],
+        "training": {"default_epochs": 4, "command": ["{python}", CHAOS_TRAINER, "--epoch-seconds", "0.5"],
                      "models_root": str(root / "models"), "data_roots": [str(root)], "check_npz": False,
                      "kill_grace_s": 2,
                      "job_retention_days": retention_days},
@@ -179,13 +189,17 @@ class Result:
     overlap_incidents: list[float] = field(default_factory=list)
     quit_unasked: int = 0
     drained: bool = False
+    gang_samples: int = 0
+    gang_whole: int = 0  # samples x multi-GPU leases seen holding all their GPUs (the control)
+    partial_holds: list[str] = field(default_factory=list)
+    oversubscribed: list[str] = field(default_factory=list)
     soak: list[tuple[float, dict[str, int]]] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
         """Nothing lost, nothing run twice, nothing stale published, no worker gave up."""
         return (self.report.get("lost", 1) == 0 and self.overlaps == 0 and self.report.get("stale", 1) == 0
-                and self.quit_unasked == 0)
+                and self.quit_unasked == 0 and not self.partial_holds and not self.oversubscribed)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -221,16 +235,18 @@ def run(args: argparse.Namespace) -> Result:
         chaos = Chaos(cluster, conn, log, rng, args.lease_ttl, str(root / "data.npz"))
         Path(chaos.npz).write_bytes(b"stub")
         watch = ConcurrencyWatch(root / "models")
+        gangs = GangWatch(conn, KEYS, gpu_needs(), {n: NODE_GPUS.get(n, 1) for n in cluster.nodes})
         sampler = Sampler(conn, args.sample_every) if args.soak else None
         try:
             cluster.start_orchestrator()
             for node in cluster.nodes:
-                cluster.start_worker(node)
-            if probe(chaos, time.time()) is None or wait_until(lambda: conn.scard(RQ_WORKERS) >= len(cluster.nodes),
+                cluster.start_node(node)
+            if probe(chaos, time.time()) is None or wait_until(lambda: conn.scard(RQ_WORKERS) >= len(cluster.workers),
                                                                  READY_TIMEOUT_S) is None:
                 tail = (root / "orchestrator.log").read_text()[-2000:]
                 raise SystemExit(f"the cluster did not come up (orchestrator log: {tail})")
             watch.start()
+            gangs.start()
             if sampler:
                 sampler.start()
             deadline = time.monotonic() + args.soak if args.soak else None
@@ -257,6 +273,7 @@ def run(args: argparse.Namespace) -> Result:
             cluster.replace_quit_workers()
         finally:
             watch.done.set()
+            gangs.done.set()
             if sampler:
                 sampler.done.set()
                 sampler.join(timeout=120)
@@ -273,7 +290,16 @@ def run(args: argparse.Namespace) -> Result:
     result.overlaps, result.samples, result.overlap_examples = watch.overlaps, watch.samples, watch.examples
     result.overlap_incidents = watch.incidents
     result.quit_unasked = cluster.quit_unasked
+    gangs.join(timeout=5)
+    result.gang_samples, result.gang_whole = gangs.samples, gangs.whole
+    result.partial_holds, result.oversubscribed = gangs.partial, gangs.oversubscribed
     return result
+
+
+def gpu_needs() -> dict[str, int]:
+    """Each config's GPUs: the `gpus` section's boards (the others: 1)."""
+    boards = GANG_GPUS["boards"]
+    return {c: boards.get(c.rsplit("_", 1)[0], {}).get("gpus", 1) for c in CONFIGS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,8 +318,9 @@ def print_table(args: argparse.Namespace, r: Result) -> None:
     done = [o for o in r.outcomes if not o.skipped]
     unrecovered = sum(o.recovery_s is None for o in done)
     what = f"soak {args.soak / 60:.0f} min, {r.rounds} rounds" if args.soak else f"{r.rounds} rounds"
-    print(f"\nchaos: {what} (seed {args.seed}), 3 workers (2 through the fault proxy with a plain URL, 1 on "
-          f"the Sentinel URL), Redis primary + replica + 3 sentinels, lease TTL {args.lease_ttl:g} s, "
+    print(f"\nchaos: {what} (seed {args.seed}), 6 workers on 5 nodes (node-0/1 through the fault proxy with a "
+          f"plain URL, node-2 on the Sentinel URL, node-3 ephemeral, node-4 two GPUs with a worker each, both "
+          f"proxied), Redis primary + replica + 3 sentinels, lease TTL {args.lease_ttl:g} s, "
           f"pipeline drained afterwards: {'yes' if r.drained else 'NO'}\n")
     print("| measure | value | must be |")
     print("|---|---|---|")
@@ -304,6 +331,25 @@ def print_table(args: argparse.Namespace, r: Result) -> None:
     print(f"| run twice concurrently ({r.samples} process-table samples) | {r.overlaps} | 0 |")
     print(f"| stale publishes accepted | {r.report.get('stale', '?')} | 0 |")
     print(f"| fenced and refused (stale publishes turned away) | {r.report.get('fenced', '?')} | > 0 |")
+    print(f"| partial gang holds ({r.gang_samples} lease-state samples) | {len(r.partial_holds)} | 0 |")
+    print(f"| two-GPU leases seen whole (same samples; the control) | {r.gang_whole} | > 0 |")
+    print(f"| nodes with more slots than GPUs (same samples) | {len(r.oversubscribed)} | 0 |")
+    for example in (r.partial_holds + r.oversubscribed)[:5]:
+        print(f"| lease state seen | {example} | |")
+    notices = [o for o in done if o.fault == "spot_notice"]
+    if notices:
+        lost = [o.lost_gpu_hours for o in notices if o.lost_gpu_hours is not None]
+        took = [o.notice_s for o in notices if o.notice_s is not None]
+        print(f"| notices that checkpointed (TRAINING_PREEMPTED node_notice) | {sum(o.checkpointed for o in notices)} "
+              f"of {len(notices)} | all |")
+        if lost:
+            print(f"| GPU-hours lost per notice: mean / max | {statistics.mean(lost):.6f} / {max(lost):.6f} "
+                  f"({statistics.mean(lost) * 3600:.2f} / {max(lost) * 3600:.2f} GPU-s) | |")
+        if took:
+            print(f"| notice to checkpoint (SIGTERM -> TRAINING_PREEMPTED): median / max | "
+                  f"{statistics.median(took):.1f} s / {max(took):.1f} s | |")
+        print(f"| noticed nodes still alive at the grace's end (SIGKILLed) | "
+              f"{sum(o.outlived_grace for o in notices)} | 0 |")
     print(f"| workers that quit by themselves | {r.quit_unasked} | 0 |")
     print(f"| faults not recovered within 60 s | {unrecovered} | 0 |")
     print(f"| faults skipped (no busy worker to aim at) | {len(r.outcomes) - len(done)} | |")

@@ -1,10 +1,20 @@
 """The chaos run's cluster, all started here: Redis HA (a primary, a replica, three sentinels), the
-fault proxy in front of it, `ringrift-train run` and three `rq worker training` processes.
+fault proxy in front of it, `ringrift-train run` and six `rq worker training` processes on five
+nodes:
 
-The orchestrator and workers node-0 and node-1 reach Redis through their own proxy routes with a
-plain `redis://` URL (what the README's node command uses); the proxy follows the primary that the
-sentinels name, as an HAProxy in front of Sentinel would, so those processes see a failover as a
-dropped connection. node-2 uses the Sentinel URL (`-c workers.rq_settings`), not the proxy.
+- node-0, node-1, node-2: one GPU each (`hosts: 1`), one worker each;
+- node-3: an ephemeral host (`hosts` entry `ephemeral: true`, and RINGRIFT_EPHEMERAL=1 for its
+  worker, which may register before the orchestrator has written `hosts`): SIGTERM to its worker is
+  a termination notice. Its GPU is slower (RINGRIFT_CHAOS_EPOCH_S, `bench/chaos_trainer.py`), so a
+  notice finds its training still running, as a real training's hours would;
+- node-4: two GPUs, one worker per GPU (CUDA_VISIBLE_DEVICES=0 and 1, RINGRIFT_GPUS=2: the README's
+  node set-up), the only node a multi-GPU training (`gpus.boards.square19.gpus: 2`) fits.
+
+The orchestrator and the workers of node-0, node-1, node-3 and node-4 reach Redis through their own
+proxy routes (one per node) with a plain `redis://` URL (what the README's node command uses); the
+proxy follows the primary that the sentinels name, as an HAProxy in front of Sentinel would, so those
+processes see a failover as a dropped connection. node-2 uses the Sentinel URL
+(`-c workers.rq_settings`), not the proxy.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import redis
 import yaml
 
 from bench import common
+from bench.chaos_trainer import EPOCH_ENV
 from bench.common import start_orchestrator
 from bench.proxy import FaultProxy
 from coordinator.ops.local_redis import LocalRedis, free_port, redis_server_binary
@@ -29,8 +40,13 @@ SENTINEL_DOWN_AFTER_MS = 4000
 SENTINEL_FAILOVER_TIMEOUT_MS = 3000
 FOLLOW_INTERVAL_S = 0.1
 READY_TIMEOUT_S = 60.0
-PROXIED_NODES = ("node-0", "node-1")
+PROXIED_NODES = ("node-0", "node-1")  # what the partition and slow-link faults aim at
 SENTINEL_NODE = "node-2"
+EPHEMERAL_NODE = "node-3"
+GANG_NODE = "node-4"
+NODE_GPUS = {GANG_NODE: 2}  # one worker per GPU; the others have one
+EPHEMERAL_EPOCH_S = 1.5  # the ephemeral node's epochs (the others': the command's 0.5 s)
+GANG_GPUS = {"boards": {"square19": {"gpus": 2}}}  # the `gpus` section: square19 trains on 2 GPUs of one node
 ORCHESTRATOR = "orchestrator"
 
 
@@ -148,35 +164,59 @@ class Cluster:
         self.proxy = FaultProxy(("127.0.0.1", port)).start()
         self.follower = PrimaryFollower(ha, self.proxy)
         self.follower.start()
-        self.urls = {name: self.proxy.add(name) for name in (ORCHESTRATOR, *PROXIED_NODES)}
+        self.urls = {name: self.proxy.add(name) for name in (ORCHESTRATOR, *PROXIED_NODES, EPHEMERAL_NODE,
+                                                                GANG_NODE)}
         self.urls[SENTINEL_NODE] = ha.sentinel_url
         self.config = root / "chaos.yaml"
+        hosts: dict[str, object] = {n: NODE_GPUS.get(n, 1) for n in self.nodes}
+        hosts[EPHEMERAL_NODE] = {"gpus": 1, "ephemeral": True}
         self.config.write_text(yaml.safe_dump({**settings, "redis": {"url": self.urls[ORCHESTRATOR]},
-                                               "hosts": {n: 1 for n in (*PROXIED_NODES, SENTINEL_NODE)}}))
+                                               "hosts": hosts, "gpus": GANG_GPUS}))
         self.orchestrator: subprocess.Popen[bytes] | None = None
-        self.workers: dict[str, subprocess.Popen[bytes]] = {}
+        self.workers: dict[str, subprocess.Popen[bytes]] = {}  # worker slot (node, or node/gpuN) -> process
         self.generation = 0
         self.quit_unasked = 0  # workers that exited although nobody stopped them
 
     @property
     def nodes(self) -> tuple[str, ...]:
-        return (*PROXIED_NODES, SENTINEL_NODE)
+        return (*PROXIED_NODES, SENTINEL_NODE, EPHEMERAL_NODE, GANG_NODE)
+
+    @staticmethod
+    def slots(node: str) -> list[str]:
+        """The node's worker slots: the node itself, or one per GPU (`node/gpu<i>`)."""
+        gpus = NODE_GPUS.get(node, 1)
+        return [node] if gpus == 1 else [f"{node}/gpu{i}" for i in range(gpus)]
+
+    def node_workers(self, node: str) -> list[subprocess.Popen[bytes]]:
+        return [self.workers[slot] for slot in self.slots(node) if slot in self.workers]
 
     def start_orchestrator(self) -> None:
         with open(self.root / "orchestrator.log", "ab") as log:
             self.orchestrator = start_orchestrator(self.config, log, {"RINGRIFT_CONSUMER": "chaos"})
 
-    def start_worker(self, node: str) -> None:
+    def start_node(self, node: str) -> None:
+        """Every worker of the node (a fresh instance of it)."""
+        for slot in self.slots(node):
+            self.start_worker(slot)
+
+    def start_worker(self, slot: str) -> None:
+        node, _, gpu = slot.partition("/")
+        env = {"OMP_NUM_THREADS": "1"}
+        if node == EPHEMERAL_NODE:
+            env.update({"RINGRIFT_EPHEMERAL": "1", EPOCH_ENV: str(EPHEMERAL_EPOCH_S)})
+        if gpu:
+            env.update({"RINGRIFT_GPUS": str(NODE_GPUS[node]), "CUDA_VISIBLE_DEVICES": gpu.removeprefix("gpu")})
         self.generation += 1
-        self.workers[node] = start_worker(self.urls[node], f"chaos-{node}-{self.generation}", node,
-                                          {"OMP_NUM_THREADS": "1"}, log_path=self.root / f"{node}.log")
+        name = f"chaos-{slot.replace('/', '-')}-{self.generation}"
+        self.workers[slot] = start_worker(self.urls[node], name, node, env,
+                                          log_path=self.root / f"{slot.replace('/', '-')}.log")
 
     def replace_quit_workers(self) -> list[str]:
         """Workers that exited on their own (a Redis error they did not ride out): counted, restarted."""
-        gone = [node for node, proc in self.workers.items() if proc.poll() is not None]
-        for node in gone:
+        gone = [slot for slot, proc in self.workers.items() if proc.poll() is not None]
+        for slot in gone:
             self.quit_unasked += 1
-            self.start_worker(node)
+            self.start_worker(slot)
         return gone
 
     def stop(self) -> None:
