@@ -161,6 +161,7 @@ def test_the_worker_records_the_yield_and_the_job_resumes_after_it(orch, preempt
     assert stop_reason(*record) == "preempted" and stop_reason(b"1", record[1]) == "cancelled"  # cancel wins
     assert lost_gpu_hours(None, 100.0, 100.0 + 1800) == pytest.approx(0.5)  # no checkpoint: the whole attempt
     assert lost_gpu_hours(100.0 + 1700, 100.0, 100.0 + 1800) == pytest.approx(100 / 3600)
+    assert lost_gpu_hours(None, 100.0, 100.0 + 1800, gpus=2) == pytest.approx(1.0)  # a 2-GPU attempt: both
     record_preempted = JobStore(fake_conn, keys, 1000).preempted
     args = (job_id, "hexagonal_2p")
     assert record_preempted(*args, lease.fence + 1, "node-a", 1, 7, 0.0) == "fenced"  # another attempt's
@@ -254,6 +255,12 @@ def test_completions_and_evaluations_feed_the_cost_factor(orch, fake_conn, keys)
                                      "model_path": model})
     orch.process_once(block_ms=None)
     assert [float(h) for h in fake_conn.lrange(keys.gpu_hours("hex8_2p"), 0, -1)] == [2.0]
+    # A 2-GPU training: its half hour costs a GPU-hour.
+    fake_conn.hset(keys.job("j2"), "gpus_held", "2")
+    fake_conn.xadd(keys.events, {"type": "TRAINING_COMPLETE", "job_id": "j2", "config_key": "hex8_2p",
+                                 "duration_s": "1800", "model_path": "/m/c.pt"})
+    orch.process_once(block_ms=None)
+    assert [float(h) for h in fake_conn.lrange(keys.gpu_hours("hex8_2p"), 0, -1)][:2] in ([1.0, 2.0], [2.0, 1.0])
     # x (no lineage): over the previous evaluation; b: over its parent a, by lineage.
     assert [float(g) for g in fake_conn.lrange(keys.elo_gains("hex8_2p"), 0, -1)] == [70.0, 40.0]
 

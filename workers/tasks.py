@@ -589,7 +589,8 @@ class TrainingRun:
             self.record.get("resumed_epoch") or 0)
         outcome = self.store.preempted(
             self.job_id, self.config_key,
-            self.lease.fence, self.node, self.attempt, epoch, lost_gpu_hours(mtime, self.started_at, time.time()),
+            self.lease.fence, self.node, self.attempt, epoch,
+            lost_gpu_hours(mtime, self.started_at, time.time(), self.lease.gpus),
             **self.config_fields, kind=kind)
         self.log.info("job %s preempted at epoch %s (%s%s)", self.job_id, epoch, outcome, f", {kind}" if kind else "")
         if kind == NOTICE_STOP and outcome == "recorded":

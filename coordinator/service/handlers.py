@@ -63,14 +63,15 @@ class EventHandlers:
 
     def _on_training_complete(self, event: Event) -> list[str]:
         """Also the model's lineage and the GPU-hours the training took (its attempts preempted before
-        included): the cost factor's inputs. One GPU per training."""
+        included; a multi-GPU attempt's hours times its GPUs): the cost factor's inputs."""
         f = event.fields
         if f.get("model_path"):  # lineage: an evaluation of this model is compared with its parent's
             parent = self._recorded_path(f.get("parent_model") or "")
             self.configs.record_lineage(f["config_key"], self._recorded_path(f["model_path"]), parent or None)
         if f.get("duration_s"):
-            earlier = float(self.conn.hget(self.keys.job(f["job_id"]), "yielded_gpu_hours") or 0)
-            wall = float(f["duration_s"]) / 3600 + earlier
+            earlier, gpus = (float(v or d) for v, d in zip(self.conn.hmget(
+                self.keys.job(f["job_id"]), "yielded_gpu_hours", "gpus_held"), (0, 1)))
+            wall = float(f["duration_s"]) / 3600 * gpus + earlier
             self.configs.record_training_cost(f["config_key"], wall * self._relative_speed(f["job_id"]))
         return self._on_training_end(event)
 

@@ -1,5 +1,5 @@
 -- An attempt that yielded its GPU ends: running -> preempted, not a failure (no retry or breaker
--- count). The attempt's hours are added to the job's `yielded_gpu_hours` (what its completion adds to
+-- count). The attempt's GPU-hours are added to the job's `yielded_gpu_hours` (what its completion adds to
 -- the config's training GPU-hours). The config waits again from now (`waiting_since`) with this job as
 -- its `preempted_job` (its active-job entry stays: the job resumes when the config is picked again).
 -- Two kinds: asked by the scheduler (kind '' here: the request's own, wait or value, counted in
@@ -35,7 +35,8 @@ else
 end
 local lost = redis.call('HINCRBYFLOAT', KEYS[1], 'preempted_gpu_hours', a.lost_hours)
 local started = tonumber(redis.call('HGET', KEYS[1], 'started_at') or '') or tonumber(a.now)
-redis.call('HINCRBYFLOAT', KEYS[1], 'yielded_gpu_hours', math.max(0, tonumber(a.now) - started) / 3600)
+local gpus = tonumber(redis.call('HGET', KEYS[1], 'gpus_held') or '1') or 1  -- a multi-GPU attempt's N
+redis.call('HINCRBYFLOAT', KEYS[1], 'yielded_gpu_hours', math.max(0, tonumber(a.now) - started) / 3600 * gpus)
 redis.call('HSET', KEYS[1], 'state', a.to, 'preempted_at', a.now, 'updated_at', a.now, 'epoch_reached', a.epoch,
   'last_yield_kind', kind)
 redis.call('HDEL', KEYS[1], 'preempt_requested_at', 'preempt_fence')
