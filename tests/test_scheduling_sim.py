@@ -194,6 +194,7 @@ def gangs() -> dict[str, sim.Simulation]:
     return runs
 
 
+@pytest.mark.slow  # three simulated runs, about 30 s
 def test_gang_jobs_take_n_gpus_of_one_node_and_start_by_their_reservation_plus_a_checkpoint(gangs):
     """The simulated workers run multi-GPU trainings as `run_training` does (reservation check, N-GPU
     lease, reservation dropped): no GPU ran two attempts, and every reserved gang job started (or
@@ -215,6 +216,7 @@ def test_gang_jobs_take_n_gpus_of_one_node_and_start_by_their_reservation_plus_a
     assert job[b"gpus_held"] == b"4" and len(job[b"gpu_devices"].split(b",")) == 4
 
 
+@pytest.mark.slow  # three simulated runs, about 30 s
 def test_backfill_keeps_more_gpu_time_busy_on_reserved_nodes_than_holding_them(gangs):
     backfill, hold = (gangs[k].result.hetero.gang for k in ("backfill", "hold"))
     assert backfill.judged() and hold.judged()  # a gang job waited with a reservation in both
